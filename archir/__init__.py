@@ -1,0 +1,34 @@
+"""archir: a graph IR for neural architecture search with hardware cost models.
+
+Public names:
+    Graph, Node, TensorType: the IR.
+    save, load: JSON structure + safetensors weights.
+    derive: supernet (choice nodes) -> plain graph.
+    lower: ``lower.to_fx``, ``lower.sync_back``, ``lower.to_onnx``.
+    ops: the op registry (``ops.get_op``, ``ops.op_names``, ``ops.OpHandlers``).
+    IRError and its subclasses.
+"""
+
+from archir.errors import (
+    GraphStructureError,
+    IRError,
+    LoweringError,
+    OpSchemaError,
+    SerializationError,
+    ShapeError,
+    WeightError,
+)
+from archir.types import TensorType
+from archir import ops
+from archir.graph import Graph, Node
+from archir.serialize import SCHEMA_VERSION, load, save
+from archir.choice import decision_keys, derive
+from archir import lower
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Graph", "Node", "TensorType", "save", "load", "derive", "decision_keys", "lower", "ops", "SCHEMA_VERSION",
+    "IRError", "GraphStructureError", "OpSchemaError", "ShapeError", "WeightError", "SerializationError",
+    "LoweringError", "__version__",
+]

@@ -1,0 +1,366 @@
+"""Lowering to ``torch.fx``: ``to_fx`` builds a GraphModule directly from the IR (no tracing).
+
+Ops with parameters (or train/eval behaviour) become ``call_module`` nodes whose modules
+sit at the node's id as a module path (``"stem.conv"`` -> ``gm.stem.conv``), so the
+GraphModule's ``state_dict`` reads like a hand-written network's. Other ops become
+``call_function`` nodes on torch functions. ``sync_back`` copies trained weights back into
+a graph (weight inheritance for morphism search).
+
+Each op's lowering is registered with ``@to_fx.register("op")``.
+"""
+
+from __future__ import annotations
+
+import keyword
+import operator
+import re
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from archir.errors import IRError, LoweringError
+from archir.graph import Graph, Node, arch_key
+from archir.ops import OpHandlers, chain_types, get_op, pair
+from archir.lower.modules import CHOICE_MODES, ArchSampler, ChoiceModule, Scale, stop_forward, zero
+
+__all__ = ["to_fx", "sync_back", "arch_parameters", "weight_parameters", "FX_HANDLERS", "module_path"]
+
+FX_HANDLERS = OpHandlers("to_fx")
+
+ARCH_ROOT = "archir_arch"
+_RESERVED = set(dir(fx.GraphModule)) | {"graph", "_graph", "meta", "training", "code", "_code", ARCH_ROOT}
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(a, dtype=np.float32, copy=True))
+
+
+class _Ctx:
+    def __init__(self, graph: Graph, choice_mode: str | None, decisions: dict | None, tau: float) -> None:
+        self.g = graph
+        self.fx = fx.Graph()
+        self.root = nn.Module()
+        self.paths: dict[str, str] = {}
+        self.taken: set[str] = set()
+        self.choice_mode = choice_mode
+        self.decisions = decisions or {}
+        self.tau = tau
+        self.samplers: dict[str, fx.Node] = {}
+        self.arch_paths: dict[str, str] = {}
+        self.n_modules = 0
+
+    def module(self, node_id: str, mod: nn.Module) -> str:
+        """Attach ``mod`` for ``node_id`` under its module path; returns the path."""
+        path = module_path(node_id, self.taken)
+        parent = self.root
+        *scopes, leaf = path.split(".")
+        for s in scopes:
+            if not hasattr(parent, s):
+                parent.add_module(s, nn.Module())
+            parent = getattr(parent, s)
+        parent.add_module(leaf, mod)
+        self.taken.add(path)
+        self.paths[node_id] = path
+        return path
+
+
+def _ident(s: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9_]", "_", s)
+    return ("m_" + s) if (s[:1].isdigit() or keyword.iskeyword(s) or s in _RESERVED) else s
+
+
+def module_path(node_id: str, taken: set[str]) -> str:
+    """The module path of a node: its id where that nests cleanly, else a flat escaped name.
+
+    A path nests cleanly when no other module sits on one of its scopes or below it, and
+    its first scope is not an attribute of ``GraphModule`` (``graph``, ``forward`` ...).
+    """
+    parts = node_id.split(".")
+    ok = all(p not in _RESERVED and (p.isidentifier() or p.isdigit()) for p in parts)
+    prefixes = {".".join(parts[:i]) for i in range(1, len(parts))}
+    if ok and node_id not in taken and not (prefixes & taken) and not any(t.startswith(node_id + ".") for t in taken):
+        return node_id
+    base = _ident(node_id.replace(".", "__"))
+    cand, k = base, 1
+    while cand in taken or any(t.startswith(cand + ".") or cand.startswith(t + ".") for t in taken):
+        k += 1
+        cand = f"{base}_{k}"
+    return cand
+
+
+def _meta_module(cls, *args, **kw) -> nn.Module:
+    # build on the meta device: no wasted random init, parameters are assigned next
+    return cls(*args, device="meta", **kw)
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+@FX_HANDLERS.register("conv2d")
+def _conv(ctx: _Ctx, node: Node, args, ins):
+    a = node.attrs
+    m = _meta_module(nn.Conv2d, ins[0].shape[0], a["out_channels"], pair(a["kernel_size"]), stride=pair(a["stride"]),
+                     padding=pair(a["padding"]), dilation=pair(a["dilation"]), groups=a["groups"], bias=a["bias"])
+    m.weight = nn.Parameter(_tensor(node.params["weight"]))
+    if a["bias"]:
+        m.bias = nn.Parameter(_tensor(node.params["bias"]))
+    return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
+
+
+@FX_HANDLERS.register("linear")
+def _linear(ctx, node, args, ins):
+    a = node.attrs
+    m = _meta_module(nn.Linear, ins[0].shape[-1], a["out_features"], bias=a["bias"])
+    m.weight = nn.Parameter(_tensor(node.params["weight"]))
+    if a["bias"]:
+        m.bias = nn.Parameter(_tensor(node.params["bias"]))
+    return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
+
+
+@FX_HANDLERS.register("batchnorm2d")
+def _bn(ctx, node, args, ins):
+    a = node.attrs
+    m = _meta_module(nn.BatchNorm2d, ins[0].shape[0], eps=a["eps"], momentum=a["momentum"], affine=a["affine"])
+    if a["affine"]:
+        m.weight = nn.Parameter(_tensor(node.params["weight"]))
+        m.bias = nn.Parameter(_tensor(node.params["bias"]))
+    m.running_mean = _tensor(node.buffers["running_mean"])
+    m.running_var = _tensor(node.buffers["running_var"])
+    m.num_batches_tracked = torch.tensor(0, dtype=torch.long)
+    return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
+
+
+@FX_HANDLERS.register("scale")
+def _scale(ctx, node, args, ins):
+    m = Scale(ins[0].shape[0], device="meta")
+    m.weight = nn.Parameter(_tensor(node.params["weight"]))
+    return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
+
+
+@FX_HANDLERS.register("dropout")
+def _dropout(ctx, node, args, ins):
+    return ctx.fx.call_module(ctx.module(node.id, nn.Dropout(node.attrs["p"])), tuple(args))
+
+
+def _fn(target: Callable, **fixed: Any):
+    def handler(ctx, node, args, ins):
+        kw = {k: (v(node.attrs) if callable(v) else v) for k, v in fixed.items()}
+        return ctx.fx.call_function(target, tuple(args), kw)
+
+    return handler
+
+
+for _op, _target in [("relu", torch.relu), ("relu6", F.relu6), ("sigmoid", torch.sigmoid),
+                     ("hardswish", F.hardswish), ("hardsigmoid", F.hardsigmoid), ("silu", F.silu),
+                     ("tanh", torch.tanh), ("stop_forward", stop_forward)]:
+    FX_HANDLERS.register(_op)(_fn(_target))
+
+FX_HANDLERS.register("add")(_fn(operator.add))
+FX_HANDLERS.register("mul")(_fn(operator.mul))
+FX_HANDLERS.register("zero")(_fn(zero, stride=lambda a: a["stride"]))
+FX_HANDLERS.register("global_avgpool")(_fn(F.adaptive_avg_pool2d, output_size=1))
+FX_HANDLERS.register("flatten")(_fn(torch.flatten, start_dim=lambda a: a["start_dim"]))
+FX_HANDLERS.register("maxpool2d")(_fn(
+    F.max_pool2d, kernel_size=lambda a: pair(a["kernel_size"]),
+    stride=lambda a: pair(a["stride"] if a["stride"] is not None else a["kernel_size"]),
+    padding=lambda a: pair(a["padding"]), dilation=lambda a: pair(a["dilation"]), ceil_mode=lambda a: a["ceil_mode"]))
+FX_HANDLERS.register("avgpool2d")(_fn(
+    F.avg_pool2d, kernel_size=lambda a: pair(a["kernel_size"]),
+    stride=lambda a: pair(a["stride"] if a["stride"] is not None else a["kernel_size"]),
+    padding=lambda a: pair(a["padding"]), count_include_pad=lambda a: a["count_include_pad"]))
+
+
+@FX_HANDLERS.register("identity")
+def _identity(ctx, node, args, ins):
+    return args[0]
+
+
+@FX_HANDLERS.register("stop_gradient")
+def _stop_gradient(ctx, node, args, ins):
+    return ctx.fx.call_method("detach", tuple(args))
+
+
+@FX_HANDLERS.register("concat")
+def _concat(ctx, node, args, ins):
+    return ctx.fx.call_function(torch.cat, (list(args),), {"dim": node.attrs["dim"]})
+
+
+def candidate_graph(node: Node, k: int, in_type) -> Graph:
+    """Candidate ``k`` of a choice node as a small graph ``x -> s0 -> s1 ...`` with its params."""
+    cand = node.attrs["candidates"][k]
+    sub = Graph(f"{node.id}.{cand['name']}")
+    h = sub.input("x", in_type.shape)
+    for j, spec in enumerate(cand["ops"]):
+        attrs = {kk: v for kk, v in spec.items() if kk != "op"}
+        h = sub.add(spec["op"], h, name=f"s{j}", **attrs)
+        pre = f"{cand['name']}.{j}."
+        sub.set_params(h, **{n[len(pre):]: a for n, a in node.params.items() if n.startswith(pre)})
+        sub.set_buffers(h, **{n[len(pre):]: a for n, a in node.buffers.items() if n.startswith(pre)})
+    sub.set_outputs(h)
+    return sub
+
+
+@FX_HANDLERS.register("choice")
+def _choice(ctx: _Ctx, node: Node, args, ins):
+    if ctx.choice_mode is None:
+        raise LoweringError(
+            "graph has choice nodes (a supernet)", node=node.id, rule="choice",
+            hint=f"lower with to_fx(g, choice_mode=one of {list(CHOICE_MODES)}), or derive a plain graph with "
+                 "archir.derive(g, decisions)")
+    key = arch_key(node.id, node.attrs)
+    names = [c["name"] for c in node.attrs["candidates"]]
+    if key not in ctx.samplers:
+        index = None
+        if key in ctx.decisions:
+            d = ctx.decisions[key]
+            index = names.index(d) if isinstance(d, str) and d in names else d
+            if not isinstance(index, int) or not 0 <= index < len(names):
+                raise LoweringError(f"decision {key!r} = {d!r} is not a candidate", node=node.id, rule="choice",
+                                    hint=f"use an index 0..{len(names) - 1} or one of {names}")
+        sampler = ArchSampler(_tensor(ctx.g.arch[key]), ctx.choice_mode, index=index, tau=ctx.tau)
+        path = f"{ARCH_ROOT}.{_ident(key)}"
+        while path in ctx.arch_paths.values():
+            path += "_"
+        if not hasattr(ctx.root, ARCH_ROOT):
+            ctx.root.add_module(ARCH_ROOT, nn.Module())
+        getattr(ctx.root, ARCH_ROOT).add_module(path.split(".", 1)[1], sampler)
+        ctx.arch_paths[key] = path
+        ctx.samplers[key] = ctx.fx.call_module(path, ())
+    cands = [to_fx(candidate_graph(node, k, ins[0])) for k in range(len(names))]
+    m = ChoiceModule(cands, names, single_path=ctx.choice_mode in ("sample", "fixed"))
+    return ctx.fx.call_module(ctx.module(node.id, m), (args[0], ctx.samplers[key]))
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def to_fx(graph: Graph, choice_mode: str | None = None, *, decisions: dict | None = None,
+          tau: float = 1.0) -> fx.GraphModule:
+    """Lower ``graph`` to a trainable ``torch.fx.GraphModule``, built directly (no tracing).
+
+    Args:
+        graph: a valid graph with initialised weights.
+        choice_mode: how ``choice`` nodes run: ``"softmax"`` (DARTS), ``"gumbel"`` (SNAS),
+            ``"sample"`` (ENAS/PARSEC, one path per forward), ``"fixed"`` (``decisions`` or the
+            argmax of the logits). ``None`` refuses supernets.
+        decisions: for ``"fixed"``: decision key -> candidate index or name.
+        tau: Gumbel-softmax temperature (change it later on ``gm.archir_arch.<key>.tau``).
+
+    Returns:
+        A GraphModule taking one tensor per graph input (``(N, *shape)``), returning one
+        tensor, or a tuple when the graph has several outputs. ``gm.meta["archir_modules"]``
+        maps node ids to module paths, ``gm.meta["archir_arch"]`` decision keys to samplers.
+
+    Raises:
+        IRError: the graph is invalid (validated first).
+        LoweringError: the graph has choice nodes and no ``choice_mode``.
+
+    Example:
+        >>> gm = archir.lower.to_fx(g)        # doctest: +SKIP
+        >>> gm.eval()(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 10])
+    """
+    if choice_mode is not None and choice_mode not in CHOICE_MODES:
+        raise LoweringError(f"unknown choice_mode {choice_mode!r}", rule="choice",
+                            hint=f"use one of {list(CHOICE_MODES)} or None")
+    graph.validate()
+    ctx = _Ctx(graph, choice_mode, decisions, tau)
+    env: dict[str, fx.Node] = {}
+    for n in graph.topo_order():
+        node = graph.node(n)
+        if node.op == "input":
+            env[n] = ctx.fx.placeholder(_ident(n))
+        else:
+            args = [env[s] for s in graph.inputs_of(n)]
+            handler = FX_HANDLERS.get(node.op, n)
+            try:
+                out = handler(ctx, node, args, graph.input_types(n))
+            except IRError:
+                raise
+            except Exception as e:  # a handler bug must still name the node
+                raise LoweringError(f"lowering {node.op} to torch.fx failed: {type(e).__name__}: {e}", node=n,
+                                    rule="to_fx") from e
+            if out.op != "placeholder" and "archir_id" not in out.meta:
+                out.meta["archir_id"] = n
+                if hasattr(out, "_rename"):  # name fx values after IR nodes: readable gm.code
+                    out._rename(_ident(n))
+            env[n] = out
+        env[n].meta.setdefault("archir_type", node.type)
+    outs = [env[o] for o in graph.outputs]
+    ctx.fx.output(outs[0] if len(outs) == 1 else tuple(outs))
+    gm = fx.GraphModule(ctx.root, ctx.fx, class_name=_ident(graph.name) or "ArchirModule")
+    gm.meta["archir_modules"] = dict(ctx.paths)
+    gm.meta["archir_arch"] = dict(ctx.arch_paths)
+    return gm
+
+
+def arch_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The architecture logits of a lowered supernet (for the DARTS/SNAS architecture optimiser)."""
+    return [p for n, p in module.named_parameters() if n.startswith(ARCH_ROOT + ".")]
+
+
+def weight_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """Every parameter of a lowered graph except the architecture logits."""
+    return [p for n, p in module.named_parameters() if not n.startswith(ARCH_ROOT + ".")]
+
+
+def _state(module: nn.Module, path: str) -> dict[str, torch.Tensor]:
+    try:
+        m = module.get_submodule(path)
+    except AttributeError:
+        return {}
+    return {k: v for k, v in m.state_dict().items() if k != "num_batches_tracked"}
+
+
+def sync_back(graph: Graph, module: nn.Module) -> Graph:
+    """A copy of ``graph`` carrying ``module``'s (trained) weights, buffers and arch logits.
+
+    Args:
+        graph: the graph ``module`` was lowered from.
+        module: the GraphModule from ``to_fx(graph, ...)`` (possibly trained).
+
+    Raises:
+        LoweringError: the module does not match the graph (a parameter is missing or has
+            another shape), naming the node.
+        WeightError: a trained weight is NaN/Inf.
+    """
+    meta = getattr(module, "meta", None) or {}
+    paths = meta.get("archir_modules")
+    if paths is None:
+        raise LoweringError("module carries no archir module map (gm.meta['archir_modules'])", rule="sync_back",
+                            hint="pass the GraphModule that archir.lower.to_fx made from this graph")
+    new = graph.copy()
+    for node in graph.nodes():
+        if not node.params and not node.buffers:
+            continue
+        path = paths.get(node.id)
+        state = _state(module, path) if path else {}
+        if node.op == "choice":
+            flat = {}
+            for k, c in enumerate(node.attrs["candidates"]):
+                for key, v in state.items():
+                    pre = f"cands.{k}.s"
+                    if key.startswith(pre):
+                        j, name = key[len(pre):].split(".", 1)
+                        flat[f"{c['name']}.{j}.{name}"] = v
+            state = flat
+        upd = {"params": {}, "buffers": {}}
+        for kind in ("params", "buffers"):
+            for name, old in getattr(node, kind).items():
+                t = state.get(name)
+                if t is None or tuple(t.shape) != old.shape:
+                    raise LoweringError(
+                        f"module has no {kind[:-1]} {name!r} of shape {old.shape} at {path!r}"
+                        + ("" if t is None else f" (found shape {tuple(t.shape)})"),
+                        node=node.id, rule="sync_back", hint="pass the module that to_fx made from this graph")
+                upd[kind][name] = t.detach().to("cpu", torch.float32).numpy()
+        new.set_params(node.id, **upd["params"])
+        new.set_buffers(node.id, **upd["buffers"])
+    for key, path in meta.get("archir_arch", {}).items():
+        new.arch[key] = np.asarray(module.get_submodule(path).logits.detach().cpu(), dtype=np.float32).copy()
+        new.arch[key].setflags(write=False)
+    new.validate()
+    return new

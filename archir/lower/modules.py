@@ -1,0 +1,97 @@
+"""Modules and functions that lowered fx graphs call.
+
+They live in an importable module so that a ``GraphModule``'s generated code can name
+them, and so that ``torch.fx`` symbolic tracing of a lowered module sees plain calls.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Scale", "ArchSampler", "ChoiceModule", "zero", "stop_forward", "CHOICE_MODES"]
+
+CHOICE_MODES = ("softmax", "gumbel", "sample", "fixed")
+
+
+def zero(x: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """Zeros shaped like ``x[:, :, ::stride, ::stride]`` (DARTS' ``none`` op; 0 * x keeps the graph)."""
+    if stride == 1:
+        return x.mul(0.0)
+    return x[:, :, ::stride, ::stride].mul(0.0)
+
+
+def stop_forward(x: torch.Tensor) -> torch.Tensor:
+    """``x - x.detach()``: zero in the forward pass, identity in the backward pass (Petridish)."""
+    return x - x.detach()
+
+
+class Scale(nn.Module):
+    """Learnable per-channel multiply: ``y = x * weight`` broadcast over the dims after the channel."""
+
+    def __init__(self, channels: int, device=None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight.view((-1,) + (1,) * (x.dim() - 2))
+
+
+class ArchSampler(nn.Module):
+    """Holds one decision's architecture logits and turns them into candidate weights.
+
+    Modes (``self.mode``): ``softmax`` (DARTS mixture), ``gumbel`` (SNAS, relaxed with
+    temperature ``self.tau``; ``self.hard`` for straight-through one-hot), ``sample`` (draw
+    one candidate per forward from softmax(logits): ENAS/PARSEC), ``fixed`` (always
+    candidate ``self.index``). Choice nodes tied to one decision share one sampler, so
+    they make the same draw in a forward pass. ``self.last_index`` records the last draw.
+    """
+
+    def __init__(self, logits: torch.Tensor, mode: str, index: int | None = None, tau: float = 1.0,
+                 hard: bool = False) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(logits)
+        self.mode = mode
+        self.tau = tau
+        self.hard = hard
+        self.index = int(torch.argmax(logits)) if index is None else int(index)
+        self.last_index: int | None = None
+
+    def forward(self) -> torch.Tensor:
+        if self.mode == "softmax":
+            return F.softmax(self.logits, dim=-1)
+        if self.mode == "gumbel":
+            return F.gumbel_softmax(self.logits, tau=self.tau, hard=self.hard)
+        if self.mode == "sample":
+            idx = int(torch.multinomial(F.softmax(self.logits.detach(), dim=-1), 1))
+        else:
+            idx = self.index
+        self.last_index = idx
+        return F.one_hot(torch.tensor(idx), self.logits.shape[0]).to(self.logits.dtype)
+
+    def extra_repr(self) -> str:
+        return f"candidates={self.logits.shape[0]}, mode={self.mode!r}"
+
+
+class ChoiceModule(nn.Module):
+    """Runs a choice node: a weighted sum over candidates, or only the chosen one.
+
+    In ``sample``/``fixed`` mode only the chosen candidate runs, so memory is that of one
+    sampled architecture (PARSEC, ENAS).
+    """
+
+    def __init__(self, candidates: list[nn.Module], names: list[str], single_path: bool) -> None:
+        super().__init__()
+        self.cands = nn.ModuleList(candidates)
+        self.names = list(names)
+        self.single_path = single_path
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if self.single_path:
+            return self.cands[int(torch.argmax(w))](x)
+        out = None
+        for k, cand in enumerate(self.cands):
+            y = w[k] * cand(x)
+            out = y if out is None else out + y
+        return out

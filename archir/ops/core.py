@@ -1,0 +1,491 @@
+"""The core ops of archir (DESIGN.md, "The IR").
+
+Shapes exclude the symbolic batch dimension: a ``conv2d`` sees ``(C, H, W)``.
+Attribute names and semantics follow torch (``torch.nn.Conv2d`` and friends), and
+initialisers follow torch's defaults, drawn from a ``numpy.random.Generator`` so that a
+seed gives the same weights on every machine.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from archir.errors import OpSchemaError, ShapeError
+from archir.ops.registry import AttrSpec, OpDef, get_op, pair, register_op
+from archir.types import DTYPES, TensorType
+
+# Bounds that keep a hostile file from asking for absurd tensors.
+MAX_DIM = 1 << 20
+MAX_NUMEL = 1 << 31
+MAX_KERNEL = 1024
+
+
+def _fail(node, msg, hint=None) -> ShapeError:
+    return ShapeError(msg, node=node, rule="shape", hint=hint)
+
+
+def _rank(op: str, t: TensorType, rank: int, node, what: str = "input") -> None:
+    if t.rank != rank:
+        raise _fail(
+            node,
+            f"{op} expects a rank-{rank} {what} per sample, got {t} ",
+            hint=f"{op} works on (N, C, H, W) tensors; insert a reshape or use another op"
+            if rank == 3
+            else None,
+        )
+
+
+def _out_size(size: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
+    span = size + 2 * p - d * (k - 1) - 1
+    out = (-(-span // s) if ceil else span // s) + 1
+    # torch: with ceil_mode the last window must start inside the input or left padding
+    if ceil and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _checked_type(shape, node) -> TensorType:
+    t = TensorType(tuple(shape))
+    for d in t.shape:
+        if d < 1 or d > MAX_DIM:
+            raise _fail(node, f"output dimension {d} out of range [1, {MAX_DIM}] (shape {t})",
+                        hint="check kernel_size/stride/padding against the input size")
+    if t.numel > MAX_NUMEL:
+        raise _fail(node, f"output has {t.numel} elements per sample, more than {MAX_NUMEL}")
+    return t
+
+
+def _uniform(rng: np.random.Generator, bound: float, shape) -> np.ndarray:
+    return rng.uniform(-bound, bound, size=shape).astype(np.float32)
+
+
+def _same(op):
+    def infer(attrs, ins, node):
+        return ins[0]
+
+    return infer
+
+
+# --------------------------------------------------------------------------- input
+
+
+def _input_check(attrs, node):
+    n = 1
+    for d in attrs["shape"]:
+        n *= d
+    if n > MAX_NUMEL:
+        raise OpSchemaError(f"input shape {attrs['shape']} has {n} elements, more than {MAX_NUMEL}",
+                            node=node, rule="attr", hint="use a smaller input shape")
+
+
+register_op(OpDef(
+    "input", arity=0,
+    attrs={"shape": AttrSpec("ints", min=1, max=MAX_DIM), "dtype": AttrSpec("str", "float32", choices=DTYPES)},
+    infer=lambda a, ins, node: TensorType(tuple(a["shape"]), a["dtype"]),
+    check=_input_check,
+    doc="graph input; shape excludes the batch dim",
+))
+
+# --------------------------------------------------------------------------- conv2d
+
+
+def _conv_in(ins, node):
+    _rank("conv2d", ins[0], 3, node)
+    return ins[0].shape
+
+
+def _conv_check(a, node):
+    if a["out_channels"] % a["groups"]:
+        raise OpSchemaError(f"out_channels={a['out_channels']} is not divisible by groups={a['groups']}",
+                            node=node, rule="attr", hint="make out_channels a multiple of groups")
+
+
+def _conv_infer(a, ins, node):
+    c, h, w = _conv_in(ins, node)
+    if c % a["groups"]:
+        raise _fail(node, f"input channels {c} not divisible by groups={a['groups']}",
+                    hint="choose groups dividing the input channel count")
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (pair(a[k]) for k in ("kernel_size", "stride", "padding", "dilation"))
+    oh, ow = _out_size(h, kh, sh, ph, dh, False), _out_size(w, kw, sw, pw, dw, False)
+    if oh < 1 or ow < 1:
+        raise _fail(node, f"conv2d kernel {kh}x{kw} (dilation {dh}x{dw}, padding {ph}x{pw}) does not fit input {ins[0]}",
+                    hint="use a smaller kernel, more padding or a larger input")
+    return _checked_type((a["out_channels"], oh, ow), node)
+
+
+def _conv_params(a, ins):
+    c = ins[0].shape[0]
+    kh, kw = pair(a["kernel_size"])
+    p = {"weight": (a["out_channels"], c // a["groups"], kh, kw)}
+    if a["bias"]:
+        p["bias"] = (a["out_channels"],)
+    return p
+
+
+def _conv_init(a, ins, rng):
+    shapes = _conv_params(a, ins)
+    w = shapes["weight"]
+    bound = 1.0 / math.sqrt(w[1] * w[2] * w[3])  # torch's kaiming_uniform_(a=sqrt(5)) default
+    params = {"weight": _uniform(rng, bound, w)}
+    if "bias" in shapes:
+        params["bias"] = _uniform(rng, bound, shapes["bias"])
+    return params, {}
+
+
+register_op(OpDef(
+    "conv2d", arity=1,
+    attrs={
+        "out_channels": AttrSpec("int", min=1, max=MAX_DIM),
+        "kernel_size": AttrSpec("pair", min=1, max=MAX_KERNEL),
+        "stride": AttrSpec("pair", 1, min=1, max=MAX_KERNEL),
+        "padding": AttrSpec("pair", 0, min=0, max=MAX_KERNEL),
+        "dilation": AttrSpec("pair", 1, min=1, max=MAX_KERNEL),
+        "groups": AttrSpec("int", 1, min=1, max=MAX_DIM),
+        "bias": AttrSpec("bool", True),
+    },
+    infer=_conv_infer, param_shapes=_conv_params, init=_conv_init, check=_conv_check,
+    doc="2-d convolution (torch.nn.Conv2d); in_channels come from the input shape",
+))
+
+# --------------------------------------------------------------------------- linear
+
+
+def _linear_infer(a, ins, node):
+    if ins[0].rank < 1:
+        raise _fail(node, f"linear needs a feature dimension, got {ins[0]}", hint="flatten first")
+    return _checked_type(ins[0].shape[:-1] + (a["out_features"],), node)
+
+
+def _linear_params(a, ins):
+    p = {"weight": (a["out_features"], ins[0].shape[-1])}
+    if a["bias"]:
+        p["bias"] = (a["out_features"],)
+    return p
+
+
+def _linear_init(a, ins, rng):
+    shapes = _linear_params(a, ins)
+    bound = 1.0 / math.sqrt(shapes["weight"][1])
+    return {k: _uniform(rng, bound, s) for k, s in shapes.items()}, {}
+
+
+register_op(OpDef(
+    "linear", arity=1,
+    attrs={"out_features": AttrSpec("int", min=1, max=MAX_DIM), "bias": AttrSpec("bool", True)},
+    infer=_linear_infer, param_shapes=_linear_params, init=_linear_init,
+    doc="fully connected layer on the last dim (torch.nn.Linear)",
+))
+
+# --------------------------------------------------------------------------- batchnorm2d
+
+
+def _bn_infer(a, ins, node):
+    _rank("batchnorm2d", ins[0], 3, node)
+    return ins[0]
+
+
+def _bn_params(a, ins):
+    c = ins[0].shape[0]
+    return {"weight": (c,), "bias": (c,)} if a["affine"] else {}
+
+
+def _bn_buffers(a, ins):
+    c = ins[0].shape[0]
+    return {"running_mean": (c,), "running_var": (c,)}
+
+
+def _bn_init(a, ins, rng):
+    c = ins[0].shape[0]
+    params = {"weight": np.ones(c, np.float32), "bias": np.zeros(c, np.float32)} if a["affine"] else {}
+    return params, {"running_mean": np.zeros(c, np.float32), "running_var": np.ones(c, np.float32)}
+
+
+register_op(OpDef(
+    "batchnorm2d", arity=1,
+    attrs={"eps": AttrSpec("float", 1e-5, min=0.0), "momentum": AttrSpec("float", 0.1, min=0.0, max=1.0),
+           "affine": AttrSpec("bool", True)},
+    infer=_bn_infer, param_shapes=_bn_params, buffer_shapes=_bn_buffers, init=_bn_init,
+    doc="batch norm over channels (torch.nn.BatchNorm2d); running stats are buffers",
+))
+
+# --------------------------------------------------------------------------- elementwise
+
+for _name, _doc in [
+    ("relu", "max(x, 0)"),
+    ("relu6", "min(max(x, 0), 6)"),
+    ("sigmoid", "1 / (1 + exp(-x))"),
+    ("hardswish", "x * relu6(x + 3) / 6"),
+    ("hardsigmoid", "relu6(x + 3) / 6"),
+    ("silu", "x * sigmoid(x)"),
+    ("tanh", "tanh(x)"),
+    ("identity", "x"),
+    ("stop_gradient", "x.detach(): forward x, no gradient (training only)"),
+    ("stop_forward", "x - x.detach(): forward 0, gradient of x (training only)"),
+]:
+    register_op(OpDef(
+        _name, arity=1, infer=_same(_name), doc=_doc,
+        training_only=_name.startswith("stop_"),
+        removed_by="finalize" if _name.startswith("stop_") else None,
+    ))
+
+register_op(OpDef(
+    "dropout", arity=1, attrs={"p": AttrSpec("float", 0.5, min=0.0, max=1.0)}, infer=_same("dropout"),
+    doc="dropout (identity in eval mode)",
+))
+
+
+def _zero_infer(a, ins, node):
+    s = a["stride"]
+    if s == 1:
+        return ins[0]
+    _rank("zero", ins[0], 3, node)
+    c, h, w = ins[0].shape
+    return TensorType((c, -(-h // s), -(-w // s)))
+
+
+register_op(OpDef(
+    "zero", arity=1, attrs={"stride": AttrSpec("int", 1, min=1, max=MAX_KERNEL)}, infer=_zero_infer,
+    doc="zeros shaped like x[:, :, ::stride, ::stride] (the DARTS 'none' op)",
+))
+
+# --------------------------------------------------------------------------- pooling
+
+
+def _pool_check(a, node):
+    (kh, kw), (ph, pw) = pair(a["kernel_size"]), pair(a["padding"])
+    if ph > kh // 2 or pw > kw // 2:
+        raise OpSchemaError(f"padding {a['padding']} is more than half of kernel_size {a['kernel_size']}",
+                            node=node, rule="attr", hint="torch requires padding <= kernel_size // 2")
+
+
+def _pool_infer(op):
+    def infer(a, ins, node):
+        _rank(op, ins[0], 3, node)
+        c, h, w = ins[0].shape
+        k, p = pair(a["kernel_size"]), pair(a["padding"])
+        s = pair(a["stride"]) if a["stride"] is not None else k
+        d = pair(a.get("dilation", 1))
+        ceil = a.get("ceil_mode", False)
+        oh, ow = _out_size(h, k[0], s[0], p[0], d[0], ceil), _out_size(w, k[1], s[1], p[1], d[1], ceil)
+        if oh < 1 or ow < 1:
+            raise _fail(node, f"{op} window {k} does not fit input {ins[0]}", hint="use a smaller kernel_size")
+        return _checked_type((c, oh, ow), node)
+
+    return infer
+
+
+register_op(OpDef(
+    "maxpool2d", arity=1,
+    attrs={"kernel_size": AttrSpec("pair", min=1, max=MAX_KERNEL),
+           "stride": AttrSpec("pair", None, min=1, max=MAX_KERNEL, optional=True),
+           "padding": AttrSpec("pair", 0, min=0, max=MAX_KERNEL),
+           "dilation": AttrSpec("pair", 1, min=1, max=MAX_KERNEL),
+           "ceil_mode": AttrSpec("bool", False)},
+    infer=_pool_infer("maxpool2d"), check=_pool_check,
+    doc="2-d max pooling (stride defaults to kernel_size)",
+))
+register_op(OpDef(
+    "avgpool2d", arity=1,
+    attrs={"kernel_size": AttrSpec("pair", min=1, max=MAX_KERNEL),
+           "stride": AttrSpec("pair", None, min=1, max=MAX_KERNEL, optional=True),
+           "padding": AttrSpec("pair", 0, min=0, max=MAX_KERNEL),
+           "count_include_pad": AttrSpec("bool", True)},
+    infer=_pool_infer("avgpool2d"), check=_pool_check,
+    doc="2-d average pooling (stride defaults to kernel_size)",
+))
+
+
+def _gap_infer(a, ins, node):
+    _rank("global_avgpool", ins[0], 3, node)
+    return TensorType((ins[0].shape[0], 1, 1))
+
+
+register_op(OpDef("global_avgpool", arity=1, infer=_gap_infer, doc="mean over H and W, keeps (C, 1, 1)"))
+
+
+def _flatten_infer(a, ins, node):
+    t = ins[0]
+    sd = a["start_dim"]  # torch's dim, counting the batch dim as 0
+    if sd > max(t.rank, 1):
+        raise _fail(node, f"flatten start_dim={sd} is past the last dim of {t}", hint="use start_dim=1")
+    keep = t.shape[: sd - 1]
+    return _checked_type(keep + (math.prod(t.shape[sd - 1:]),), node)
+
+
+register_op(OpDef(
+    "flatten", arity=1, attrs={"start_dim": AttrSpec("int", 1, min=1, max=16)}, infer=_flatten_infer,
+    doc="torch.flatten(x, start_dim) to the last dim; the batch dim is never flattened",
+))
+
+# --------------------------------------------------------------------------- binary / n-ary
+
+
+def _add_infer(a, ins, node):
+    if ins[0].shape != ins[1].shape:
+        raise _fail(node, f"add needs equal shapes, got {ins[0]} and {ins[1]}",
+                    hint="project one input (1x1 conv / pooling) so the shapes match")
+    return ins[0]
+
+
+register_op(OpDef("add", arity=2, infer=_add_infer, doc="elementwise sum of two equal-shape tensors"))
+
+
+def _mul_infer(a, ins, node):
+    x, y = ins
+    if x.rank != y.rank:
+        raise _fail(node, f"mul needs equal ranks, got {x} and {y}",
+                    hint="reshape the gate to (C, 1, 1) for a (C, H, W) input")
+    out = []
+    for dx, dy in zip(x.shape, y.shape):
+        if dx != dy and 1 not in (dx, dy):
+            raise _fail(node, f"mul cannot broadcast {x} with {y}", hint="dims must be equal or 1")
+        out.append(max(dx, dy))
+    return TensorType(tuple(out))
+
+
+register_op(OpDef("mul", arity=2, infer=_mul_infer, doc="elementwise product with broadcasting (squeeze-excite)"))
+
+
+def concat_axis(dim: int, rank: int, node=None) -> int:
+    """Per-sample axis of torch's ``dim`` (which counts the batch dim) for a rank-``rank`` sample."""
+    full = rank + 1
+    d = dim + full if dim < 0 else dim
+    if not 1 <= d < full:
+        raise _fail(node, f"concat dim={dim} is out of range for {rank}-d samples (dim 0 is the batch)",
+                    hint="use dim=1 to concatenate channels")
+    return d - 1
+
+
+def _concat_infer(a, ins, node):
+    r = ins[0].rank
+    ax = concat_axis(a["dim"], r, node)
+    out = list(ins[0].shape)
+    for t in ins[1:]:
+        if t.rank != r or any(t.shape[i] != ins[0].shape[i] for i in range(r) if i != ax):
+            raise _fail(node, f"concat on dim {a['dim']} needs equal other dims, got {[str(x) for x in ins]}",
+                        hint="resize inputs (pooling / strided conv) so only the concat dim differs")
+        out[ax] += t.shape[ax]
+    return _checked_type(out, node)
+
+
+register_op(OpDef(
+    "concat", arity=None, min_inputs=1, attrs={"dim": AttrSpec("int", 1, min=-16, max=16)}, infer=_concat_infer,
+    doc="torch.cat(inputs, dim); dim counts the batch dim",
+))
+
+
+def _scale_infer(a, ins, node):
+    if ins[0].rank < 1:
+        raise _fail(node, "scale needs a channel dim", hint="apply it to (C, ...) tensors")
+    return ins[0]
+
+
+register_op(OpDef(
+    "scale", arity=1, infer=_scale_infer,
+    param_shapes=lambda a, ins: {"weight": (ins[0].shape[0],)},
+    init=lambda a, ins, rng: ({"weight": np.ones(ins[0].shape[0], np.float32)}, {}),
+    doc="learnable per-channel multiply, initialised to 1",
+))
+
+# --------------------------------------------------------------------------- choice
+
+_NOT_IN_CHOICE = {"input", "choice"}
+
+
+def _choice_check(a, node):
+    cands = a["candidates"]
+
+    def bad(msg):
+        return OpSchemaError(
+            msg, node=node, rule="attr",
+            hint='candidates is a list of {"name": str, "ops": [{"op": "conv2d", "kernel_size": 3, ...}, ...]}',
+        )
+
+    if not isinstance(cands, list) or not cands:
+        raise bad("choice needs a non-empty list of candidates")
+    out, names = [], set()
+    for k, c in enumerate(cands):
+        if not isinstance(c, dict) or set(c) - {"name", "ops"} or not isinstance(c.get("ops"), list):
+            raise bad(f"candidate {k} is not {{'name': ..., 'ops': [...]}}")
+        name = c.get("name", f"c{k}")
+        if not isinstance(name, str) or not name or "." in name or name in names:
+            raise bad(f"candidate {k} name {name!r} must be a unique non-empty string without dots")
+        names.add(name)
+        ops = []
+        for j, spec in enumerate(c["ops"]):
+            if not isinstance(spec, dict) or not isinstance(spec.get("op"), str):
+                raise bad(f"candidate {name!r} step {j} must be a dict with an 'op' key")
+            sub = get_op(spec["op"], node)
+            if sub.name in _NOT_IN_CHOICE or sub.arity != 1:
+                raise bad(f"candidate {name!r} step {j}: op {sub.name!r} cannot be a step of a choice (one input only)")
+            attrs = {k2: v for k2, v in spec.items() if k2 != "op"}
+            ops.append({"op": sub.name, **sub.normalize_attrs(attrs, node=f"{node}[{name}.{j}]")})
+        out.append({"name": name, "ops": ops})
+    a = dict(a)
+    a["candidates"] = out
+    return a
+
+
+def candidate_names(attrs: dict) -> list[str]:
+    return [c["name"] for c in attrs["candidates"]]
+
+
+def chain_types(chain: list[dict], t: TensorType, node) -> list[TensorType]:
+    """Input type of every step of a candidate chain, plus the output type at the end."""
+    types = [t]
+    for j, spec in enumerate(chain):
+        sub = get_op(spec["op"], node)
+        attrs = {k: v for k, v in spec.items() if k != "op"}
+        types.append(sub.infer(attrs, [types[-1]], f"{node}[step {j}]"))
+    return types
+
+
+def _choice_infer(a, ins, node):
+    outs = []
+    for c in a["candidates"]:
+        outs.append(chain_types(c["ops"], ins[0], f"{node}:{c['name']}")[-1])
+    for c, t in zip(a["candidates"], outs):
+        if t != outs[0]:
+            raise _fail(node, f"choice candidates disagree on the output: {a['candidates'][0]['name']!r} gives "
+                        f"{outs[0]}, {c['name']!r} gives {t}", hint="every candidate must produce the same shape")
+    return outs[0]
+
+
+def _choice_arrays(kind):
+    def shapes(a, ins):
+        out = {}
+        for c in a["candidates"]:
+            types = chain_types(c["ops"], ins[0], None)
+            for j, spec in enumerate(c["ops"]):
+                sub = get_op(spec["op"])
+                attrs = {k: v for k, v in spec.items() if k != "op"}
+                fn = sub.param_shapes if kind == "params" else sub.buffer_shapes
+                for pname, shp in fn(attrs, [types[j]]).items():
+                    out[f"{c['name']}.{j}.{pname}"] = shp
+        return out
+
+    return shapes
+
+
+def _choice_init(a, ins, rng):
+    params, buffers = {}, {}
+    for c in a["candidates"]:
+        types = chain_types(c["ops"], ins[0], None)
+        for j, spec in enumerate(c["ops"]):
+            sub = get_op(spec["op"])
+            attrs = {k: v for k, v in spec.items() if k != "op"}
+            p, b = sub.init(attrs, [types[j]], rng)
+            params.update({f"{c['name']}.{j}.{k}": v for k, v in p.items()})
+            buffers.update({f"{c['name']}.{j}.{k}": v for k, v in b.items()})
+    return params, buffers
+
+
+register_op(OpDef(
+    "choice", arity=1,
+    attrs={"candidates": AttrSpec("json"), "tie": AttrSpec("str", None, optional=True)},
+    infer=_choice_infer, param_shapes=_choice_arrays("params"), buffer_shapes=_choice_arrays("buffers"),
+    init=_choice_init, check=_choice_check, training_only=True, removed_by="archir.derive",
+    doc="search-space node: one of several candidate op chains; params are namespaced '<candidate>.<step>.<name>'",
+))

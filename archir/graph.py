@@ -424,6 +424,9 @@ class Graph:
         for i in self._inputs:
             if i not in self._g or self._g.nodes[i]["op"] != "input":
                 raise GraphStructureError("listed as a graph input but is not an input node", node=i, rule="inputs")
+            if self._inputs.count(i) > 1:
+                raise GraphStructureError("listed more than once as a graph input", node=i, rule="inputs",
+                                          hint="list each input node once in the graph inputs")
         for o in self._outputs:
             self._data(o)
         for n, d in self._g.nodes(data=True):
@@ -438,9 +441,12 @@ class Graph:
             if attrs != d["attrs"]:
                 raise OpSchemaError(f"attributes {d['attrs']} are not in canonical form (expected {attrs})",
                                     node=n, rule="attr", hint="set attributes with g.set_attrs()")
-            ports = sorted(p for _, _, p in self._g.in_edges(n, data="port"))
-            if any(not isinstance(p, int) for p in ports):
-                raise GraphStructureError(f"edge ports must be ints, got {ports}", node=n, rule="port")
+            ports = [p for _, _, p in self._g.in_edges(n, data="port")]
+            # check before sorting: an edge added through g.nx without port=... has port None
+            if any(not isinstance(p, int) or isinstance(p, bool) for p in ports):
+                raise GraphStructureError(f"edge ports must be ints, got {ports}", node=n, rule="port",
+                                          hint="give every edge port=<input index> (use g.add()/set_input())")
+            ports.sort()
             dup = sorted({p for p in ports if ports.count(p) > 1})
             if dup:
                 raise GraphStructureError(f"input port(s) {dup} filled more than once", node=n, rule="port",
@@ -520,7 +526,7 @@ class Graph:
             lines += [line(u, "in ") for u in self.inputs_of(n)]
             lines.append(line(n, ">>>"))
             lines += [line(v, "out") for v, _ in self.users_of(n)][:8]
-        except IRError:  # a broken graph must not hide the original error
+        except Exception:  # a broken graph (e.g. non-int ports) must not hide the original error
             return ""
         return "\n".join(lines)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -42,19 +43,85 @@ def _weights_path(path: Path) -> Path:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Replace one file atomically: a temporary file beside it, flushed, then renamed over it."""
+    _write_pair(path, data, None, None)
+
+
+def _unlink(p: str | Path) -> None:
+    try:
+        os.unlink(p)
+    except OSError:
+        pass
+
+
+def _write_temp(path: Path, data: bytes) -> str:
+    """Write ``data`` to a new temporary file beside ``path``, flushed to disk; returns its name."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink(tmp)
         raise
+    return tmp
+
+
+def _keep_aside(path: Path) -> str | None:
+    """A second name for the current file at ``path`` (a hard link, else a copy), or None if there is none."""
+    if not path.is_file():
+        return None
+    fd, bak = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".bak", dir=path.parent)
+    os.close(fd)
+    try:
+        os.unlink(bak)
+        os.link(path, bak)  # no copy of a large weights file
+    except OSError:
+        try:
+            shutil.copyfile(path, bak)  # filesystems without hard links
+        except BaseException:
+            _unlink(bak)
+            raise
+    return bak
+
+
+def _write_pair(path: Path, text: bytes, wpath: Path | None, blob: bytes | None) -> None:
+    """Replace the JSON at ``path`` (and the weights at ``wpath``) so that a failure changes neither.
+
+    Both files are written to temporary files first (where a full disk fails); then the weights are
+    renamed into place and then the JSON. If the JSON rename fails, the old weights file is put back
+    (or the new one removed when there was none), so the old pair still loads.
+    """
+    tmps: list[str] = []
+    backup = None
+    try:
+        tmp_w = None
+        if wpath is not None:
+            tmp_w = _write_temp(wpath, blob)
+            tmps.append(tmp_w)
+        tmp_j = _write_temp(path, text)
+        tmps.append(tmp_j)
+        if tmp_w is not None:
+            backup = _keep_aside(wpath)
+            os.replace(tmp_w, wpath)
+            tmps.remove(tmp_w)
+        try:
+            os.replace(tmp_j, path)
+            tmps.remove(tmp_j)
+        except BaseException:
+            if tmp_w is not None:
+                if backup is not None:
+                    os.replace(backup, wpath)
+                    backup = None
+                else:
+                    _unlink(wpath)
+            raise
+    finally:
+        for t in tmps:
+            _unlink(t)
+        if backup is not None:
+            _unlink(backup)
 
 
 def _tensors(g: Graph) -> dict[str, np.ndarray]:
@@ -112,15 +179,18 @@ def save(g: Graph, path: str | os.PathLike) -> Path:
                                  hint="create the folder first")
     g.validate(weights=False)
     tensors = _tensors(g)
-    weights = None
+    weights, wpath, blob = None, None, None
+    if tensors:
+        blob = st_save(tensors, metadata={"format": FORMAT, "schema_version": str(SCHEMA_VERSION)})
+        wpath = _weights_path(path)
+        weights = {"file": wpath.name, "sha256": hashlib.sha256(blob).hexdigest(), "count": len(tensors)}
     try:
-        if tensors:
-            blob = st_save(tensors, metadata={"format": FORMAT, "schema_version": str(SCHEMA_VERSION)})
-            wpath = _weights_path(path)
-            weights = {"file": wpath.name, "sha256": hashlib.sha256(blob).hexdigest(), "count": len(tensors)}
-            _atomic_write(wpath, blob)
         text = json.dumps(to_json_dict(g, weights), indent=1, sort_keys=False)
-        _atomic_write(path, text.encode())
+    except (TypeError, ValueError) as e:
+        raise SerializationError(f"{path}: the graph's meta is not plain JSON ({e})", rule="save",
+                                 hint="keep g.meta to str, int, float, bool, None, lists and dicts") from None
+    try:
+        _write_pair(path, text.encode(), wpath, blob)
     except OSError as e:
         raise SerializationError(f"{path}: write failed: {e.strerror or e}", rule="save",
                                  hint="check the disk space and permissions; the old files are unchanged") from e
@@ -247,9 +317,9 @@ def load(path: str | os.PathLike) -> Graph:
         if hashlib.sha256(blob).hexdigest() != w["sha256"]:
             raise SerializationError(f"{wpath} does not match {path.name} (sha256 differs)", rule="weights",
                                      hint="the weights belong to another save of this graph; save both files again")
-        try:
+        try:  # KeyError: a dtype that numpy lacks (BF16, as in torch checkpoints)
             tensors = st_load(blob)
-        except (SafetensorError, ValueError, OSError) as e:
+        except (SafetensorError, ValueError, OSError, KeyError, TypeError) as e:
             raise SerializationError(f"{wpath}: not a valid safetensors file ({e})", rule="weights") from None
         _assign_weights(g, tensors, str(wpath))
     g.validate(weights=w is not None)
@@ -264,6 +334,9 @@ def _assign_weights(g: Graph, tensors: dict[str, np.ndarray], src: str) -> None:
         if kind == "arch" and len(parts) == 2:
             if parts[1] not in {arch_key(n.id, n.attrs) for n in g.nodes("choice")}:
                 raise SerializationError(f"{src}: tensor {key!r} belongs to no choice node", rule="weights")
+            if arr.dtype != np.float32:
+                raise SerializationError(f"{src}: tensor {key!r} is {arr.dtype}, archir weights are float32",
+                                         rule="weights")
             g.arch[parts[1]] = freeze_array(arr)
         elif kind in ("params", "buffers") and len(parts) == 3:
             nid, name = parts[1], parts[2]

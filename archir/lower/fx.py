@@ -31,7 +31,10 @@ __all__ = ["to_fx", "sync_back", "arch_parameters", "weight_parameters", "FX_HAN
 FX_HANDLERS = OpHandlers("to_fx")
 
 ARCH_ROOT = "archir_arch"
-_RESERVED = set(dir(fx.GraphModule)) | {"graph", "_graph", "meta", "training", "code", "_code", ARCH_ROOT}
+# "self" and "torch" are names the generated forward() itself uses: an input, value or module
+# called so would shadow them
+_RESERVED = set(dir(fx.GraphModule)) | {"graph", "_graph", "meta", "training", "code", "_code", ARCH_ROOT,
+                                        "self", "torch"}
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -173,6 +176,11 @@ FX_HANDLERS.register("avgpool2d")(_fn(
     padding=lambda a: pair(a["padding"]), count_include_pad=lambda a: a["count_include_pad"]))
 
 
+@FX_HANDLERS.register("input")
+def _input(ctx, node, args, ins):
+    return ctx.fx.placeholder(_ident(node.id))
+
+
 @FX_HANDLERS.register("identity")
 def _identity(ctx, node, args, ins):
     return args[0]
@@ -272,7 +280,7 @@ def to_fx(graph: Graph, choice_mode: str | None = None, *, decisions: dict | Non
     for n in graph.topo_order():
         node = graph.node(n)
         if node.op == "input":
-            env[n] = ctx.fx.placeholder(_ident(n))
+            env[n] = FX_HANDLERS.get("input", n)(ctx, node, [], [])
         else:
             args = [env[s] for s in graph.inputs_of(n)]
             handler = FX_HANDLERS.get(node.op, n)
@@ -364,3 +372,7 @@ def sync_back(graph: Graph, module: nn.Module) -> Graph:
         new.arch[key].setflags(write=False)
     new.validate()
     return new
+
+
+# DESIGN.md: backends register per-op handlers as @to_fx.register("op") / @to_onnx.register("op")
+to_fx.register = FX_HANDLERS.register  # type: ignore[attr-defined]

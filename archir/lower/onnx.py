@@ -148,8 +148,34 @@ def _pool_attrs(a) -> dict:
 @ONNX_HANDLERS.register("maxpool2d")
 def _maxpool(ctx, node, xs, ins, out):
     a = node.attrs
-    return ctx.emit("MaxPool", [xs[0]], out, dilations=list(pair(a["dilation"])), ceil_mode=int(a["ceil_mode"]),
-                    **_pool_attrs(a))
+    attrs = _pool_attrs(a)
+    k, s, pads = attrs["kernel_shape"], attrs["strides"], attrs["pads"]
+    dil = list(pair(a["dilation"]))
+    size, osize = ins[0].shape[1:], node.type.shape[1:]
+    x = xs[0]
+    if a["ceil_mode"]:
+        # torch's ceil_mode drops a last window that would start in the right padding; ONNX shape
+        # inference does not (the checker then rejects the model). Emit floor mode with the end
+        # padding that gives torch's output size instead: padding is -inf for max pooling, so the
+        # values are torch's.
+        ends = [max(pads[i], (osize[i] - 1) * s[i] + dil[i] * (k[i] - 1) + 1 - size[i] - pads[i]) for i in range(2)]
+        if all(e < kk for e, kk in zip(ends, k)):  # ONNX Runtime needs pads < kernel_shape
+            attrs["pads"] = pads[:2] + ends
+        else:  # (dilated windows) pad the extra end explicitly with -inf
+            extra = [e - p for e, p in zip(ends, pads[2:])]
+            x = ctx.emit("Pad", [x, ctx.const(f"{node.id}::pads", [0, 0, 0, 0, 0, 0, *extra], np.int64),
+                                 ctx.const(f"{node.id}::neg_inf", -np.inf)], _aux(ctx, node, "pad"), mode="constant")
+    # A dilated window wider apart than the input can hold padding only: torch gives -inf there,
+    # ONNX Runtime the lowest float. Those positions depend on shapes only; mask them to -inf.
+    only_pad = [[all(not pads[i] <= o * s[i] + j * dil[i] < pads[i] + size[i] for j in range(k[i]))
+                 for o in range(osize[i])] if dil[i] > size[i] and pads[i] > 0 else [False] * osize[i]
+                for i in range(2)]
+    if not any(only_pad[0]) and not any(only_pad[1]):
+        return ctx.emit("MaxPool", [x], out, dilations=dil, ceil_mode=0, **attrs)
+    y = ctx.emit("MaxPool", [x], _aux(ctx, node, "maxpool"), dilations=dil, ceil_mode=0, **attrs)
+    mask = np.logical_or.outer(np.array(only_pad[0]), np.array(only_pad[1]))
+    return ctx.emit("Where", [ctx.const(f"{node.id}::only_padding", mask, np.bool_),
+                              ctx.const(f"{node.id}::neg_inf", -np.inf), y], out)
 
 
 @ONNX_HANDLERS.register("avgpool2d")
@@ -167,6 +193,7 @@ def _flatten(ctx, node, xs, ins, out):
     return ctx.emit("Reshape", [xs[0], ctx.const(f"{node.id}::shape", shape, np.int64)], out)
 
 
+ONNX_HANDLERS.register("input")(lambda ctx, node, xs, ins, out: out)  # a graph input: its value is its name
 ONNX_HANDLERS.register("add")(lambda ctx, node, xs, ins, out: ctx.emit("Add", xs, out))
 ONNX_HANDLERS.register("mul")(lambda ctx, node, xs, ins, out: ctx.emit("Mul", xs, out))
 ONNX_HANDLERS.register("concat")(lambda ctx, node, xs, ins, out: ctx.emit("Concat", xs, out, axis=node.attrs["dim"]))
@@ -229,7 +256,7 @@ def to_onnx(graph: Graph, *, check: bool = True) -> onnx.ModelProto:
     for n in graph.topo_order():
         node = graph.node(n)
         if node.op == "input":
-            env[n] = n
+            env[n] = ONNX_HANDLERS.get("input", n)(ctx, node, [], [], n)
             continue
         handler = ONNX_HANDLERS.get(node.op, n)
         try:
@@ -261,3 +288,7 @@ def to_onnx(graph: Graph, *, check: bool = True) -> onnx.ModelProto:
             raise LoweringError(f"the ONNX model for graph {graph.name!r} fails the ONNX checker: {e}",
                                 rule="to_onnx", hint="this is an archir bug; please report it with the graph") from e
     return model
+
+
+# DESIGN.md: backends register per-op handlers as @to_onnx.register("op")
+to_onnx.register = ONNX_HANDLERS.register  # type: ignore[attr-defined]

@@ -1,0 +1,430 @@
+"""Hypothesis strategies that build random *valid* archir graphs, for property tests.
+
+Import them in any test module::
+
+    from hypothesis import given
+    from tests.strategies import graphs, supernets, input_arrays
+
+    @given(graphs(max_nodes=12))
+    def test_my_pass_keeps_validity(g):
+        g2 = my_pass(g)
+        g2.validate()
+
+Public names:
+
+- :func:`graphs` (``graphs(max_nodes=14, allow_choice=False, max_inputs=2, max_outputs=2)``):
+  plain networks built with the public ``Graph`` API. One (sometimes two) inputs of shape
+  ``(C, H, W)`` with ``C`` in 1..8 and ``H``, ``W`` in 4..12; a random body of ``conv2d``
+  (random groups, dilation, stride, padding, kernel, bias; square or per-dim pairs),
+  ``batchnorm2d``, activations (relu, relu6, sigmoid, hardswish, hardsigmoid, silu, tanh),
+  ``maxpool2d`` (ceil_mode, dilation, default stride), ``avgpool2d`` (count_include_pad both
+  ways), ``identity``, ``dropout``, ``zero`` (strided too), ``scale``, residual ``add`` (with an
+  earlier node of equal shape, or ``add(x, x)``), broadcast ``mul`` by a ``(C, 1, 1)`` gate (and
+  equal-shape ``mul``), ``concat`` of equal-spatial nodes (channels; sometimes H or W), and
+  ``global_avgpool -> flatten -> linear`` heads (sometimes ``flatten -> linear`` straight from
+  a feature map, sometimes a ``linear`` on a rank-2 ``(C, H*W)`` tensor; one or two outputs).
+  With ``allow_choice=True`` some body steps are ``choice`` nodes (see :func:`supernets`).
+  Every attribute is drawn legal for the current shape (nothing is rejected by catching an
+  error), spatial dims stay <= 16 and channels <= 32. The graph is validated, weights come
+  from a drawn seed, BN running stats/affine params and ``scale`` weights are randomised so
+  that eval-mode numerics are not trivial. Every graph input reaches an output. Node ids are
+  readable (``"n3.conv2d"``, ``"conv2d_7"`` or ``"b3_relu"`` styles).
+- :func:`supernets` (``supernets(max_cells=3, max_nodes_per_cell=3)``): DARTS-like supernets.
+  A stem, then cells (normal or reduction) whose intermediate nodes sum one or two ``choice``
+  edges; candidates come from :data:`CANDIDATE_MENU` (``none`` = zero, ``skip_connect``,
+  pools, sep/dil convs, plain convs); edges at the same position of cells of the same kind are
+  often tied (``tie="normal.n0.e1"``) and share one decision. Architecture logits are drawn
+  ``N(0, 1)`` so ``derive(g)`` (argmax) is meaningful; BN stats inside candidates are
+  randomised too.
+- :func:`decisions` (``decisions(g)``): a complete random decision map ``{key: name}`` for a
+  supernet (to pass to ``archir.derive``).
+- :func:`input_arrays` (``input_arrays(g, batch=2, seed=0)``): seeded float32 inputs, one
+  array ``(batch, *shape)`` per graph input, in ``g.inputs`` order.
+- :func:`candidates_for`: the DARTS-like candidate list for a given input shape and stride.
+
+All strategies are deterministic given hypothesis' draws (and so derandomizable).
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+from hypothesis import strategies as st
+
+import archir
+from archir.ops.core import _out_size  # the IR's own size rule (torch's, incl. ceil_mode)
+from archir.graph import freeze_array
+from archir.samples import randomize_bn
+
+__all__ = ["graphs", "supernets", "decisions", "input_arrays", "candidates_for", "CANDIDATE_MENU",
+           "ACTIVATIONS", "randomize_weights"]
+
+ACTIVATIONS = ("relu", "relu6", "sigmoid", "hardswish", "hardsigmoid", "silu", "tanh")
+MAX_SPATIAL = 16
+MAX_CHANNELS = 32
+
+#: candidate names of :func:`candidates_for`, in DARTS order.
+CANDIDATE_MENU = ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3", "dil_conv_3x3",
+                  "conv_5x5", "conv_1x1")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def input_arrays(g: archir.Graph, batch: int = 2, seed: int = 0) -> list[np.ndarray]:
+    """Seeded standard-normal inputs ``(batch, *shape)`` for every graph input, in order."""
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((batch, *g.node(i).type.shape)).astype(np.float32) for i in g.inputs]
+
+
+def randomize_weights(g: archir.Graph, seed: int) -> archir.Graph:
+    """Make eval-mode numerics non-trivial (in place, new arrays): BN stats and affine params
+    (also inside choice candidates), ``scale`` weights, and N(0, 1) architecture logits."""
+    randomize_bn(g, seed)
+    rng = np.random.default_rng(seed + 7919)
+    for node in g.nodes("scale"):
+        g.set_params(node.id, weight=rng.uniform(0.5, 1.5, node.type.shape[0]))
+    for node in g.nodes("choice"):
+        bufs = {k: (rng.normal(0, 0.1, a.shape) if k.endswith("running_mean") else rng.uniform(0.5, 1.5, a.shape))
+                for k, a in node.buffers.items()}
+        if bufs:
+            g.set_buffers(node.id, **bufs)
+        bn_steps = {k.rsplit(".", 1)[0] for k in node.buffers}  # "<cand>.<step>" of each BN step
+        ps = {}
+        for k, a in node.params.items():
+            if k.rsplit(".", 1)[0] in bn_steps:
+                ps[k] = rng.uniform(0.5, 1.5, a.shape) if k.endswith("weight") else rng.normal(0, 0.1, a.shape)
+        if ps:
+            g.set_params(node.id, **ps)
+    for key in sorted(g.arch):
+        g.arch[key] = freeze_array(rng.standard_normal(g.arch[key].shape[0]))
+    return g
+
+
+def _conv_dim_ok(size: int, k: int, s: int, p: int, d: int) -> bool:
+    if d * (k - 1) + 1 > size + 2 * p:
+        return False
+    return 1 <= _out_size(size, k, s, p, d, False) <= MAX_SPATIAL
+
+
+def _pool_dim_ok(size: int, k: int, s: int, p: int, d: int, ceil: bool) -> bool:
+    if p > k // 2 or d * (k - 1) + 1 > size + 2 * p or d > size:  # d > size: windows of padding only
+        return False
+    return 1 <= _out_size(size, k, s, p, d, ceil) <= MAX_SPATIAL
+
+
+def _draw_conv_dim(draw, size: int) -> tuple[int, int, int, int]:
+    """(kernel, stride, padding, dilation) for one spatial dim of a conv on ``size``."""
+    p = draw(st.integers(0, 2 if size <= 12 else 0))  # padding may grow the map, but never past 16
+    span = size + 2 * p
+    k = draw(st.sampled_from([v for v in (1, 2, 3, 5) if v <= span]))
+    dmax = 3 if k == 1 else max(1, min(3, (span - 1) // (k - 1)))
+    d = draw(st.integers(1, dmax))
+    s_min = 1 if _out_size(size, k, 1, p, d, False) <= MAX_SPATIAL else 2
+    s = draw(st.integers(s_min, 3))
+    return k, s, p, d
+
+
+def _draw_pool_dim(draw, size: int, *, dilation: bool, ceil: bool, default_stride: bool):
+    """(kernel, stride, padding, dilation) for one dim of a pool on ``size`` (stride None = kernel)."""
+    k = draw(st.integers(1, min(4, size + 1)))  # k = size + 1 needs padding 1 <= k // 2
+    hi = k // 2
+    dmax = 1
+    if dilation and k > 1:
+        # d <= size: a window wider apart than the map could see padding only (-inf in torch)
+        dmax = max(d for d in (1, 2) if d * (k - 1) + 1 <= size + 2 * hi and d <= size)
+    d = draw(st.integers(1, dmax))
+    eff = d * (k - 1) + 1
+    p_lo = max(0, -(-(eff - size) // 2))
+    p = draw(st.integers(p_lo, hi))
+    if default_stride and _pool_dim_ok(size, k, k, p, d, ceil):
+        return k, None, p, d
+    s_min = 1 if _out_size(size, k, 1, p, d, ceil) <= MAX_SPATIAL else 2
+    return k, draw(st.integers(s_min, 3)), p, d
+
+
+def _pairs(hw: list[tuple]) -> dict[str, object]:
+    """Per-dim tuples [(k, s, p, d) for H, (k, s, p, d) for W] -> torch-style attrs."""
+    out = {}
+    for i, name in enumerate(("kernel_size", "stride", "padding", "dilation")):
+        a, b = hw[0][i], hw[1][i]
+        out[name] = a if a == b else [a, b]
+    return out
+
+
+def candidates_for(c: int, stride: int, names=CANDIDATE_MENU) -> list[dict]:
+    """DARTS-like candidate chains for a ``(c, H, W)`` input; all give ``(c, ceil(H/s), ceil(W/s))``.
+
+    ``skip_connect`` is the empty chain (identity) at stride 1 and a strided 1x1 conv + BN at
+    stride 2; ``none`` is ``zero`` with the stride.
+    """
+    s = stride
+    menu = {
+        "none": [{"op": "zero", "stride": s}],
+        "skip_connect": [] if s == 1 else [{"op": "conv2d", "out_channels": c, "kernel_size": 1, "stride": s,
+                                            "bias": False}, {"op": "batchnorm2d"}],
+        "max_pool_3x3": [{"op": "maxpool2d", "kernel_size": 3, "stride": s, "padding": 1}],
+        "avg_pool_3x3": [{"op": "avgpool2d", "kernel_size": 3, "stride": s, "padding": 1,
+                          "count_include_pad": False}],
+        "sep_conv_3x3": [
+            {"op": "relu"},
+            {"op": "conv2d", "out_channels": c, "kernel_size": 3, "stride": s, "padding": 1, "groups": c, "bias": False},
+            {"op": "conv2d", "out_channels": c, "kernel_size": 1, "bias": False},
+            {"op": "batchnorm2d", "affine": False},
+            {"op": "relu"},
+            {"op": "conv2d", "out_channels": c, "kernel_size": 3, "padding": 1, "groups": c, "bias": False},
+            {"op": "conv2d", "out_channels": c, "kernel_size": 1, "bias": False},
+            {"op": "batchnorm2d"},
+        ],
+        "dil_conv_3x3": [
+            {"op": "relu"},
+            {"op": "conv2d", "out_channels": c, "kernel_size": 3, "stride": s, "padding": 2, "dilation": 2,
+             "groups": c, "bias": False},
+            {"op": "conv2d", "out_channels": c, "kernel_size": 1, "bias": False},
+            {"op": "batchnorm2d"},
+        ],
+        "conv_5x5": [{"op": "relu"}, {"op": "conv2d", "out_channels": c, "kernel_size": 5, "stride": s, "padding": 2},
+                     {"op": "batchnorm2d"}],
+        "conv_1x1": [{"op": "conv2d", "out_channels": c, "kernel_size": 1, "stride": s}, {"op": "hardswish"}],
+    }
+    return [{"name": n, "ops": menu[n]} for n in names]
+
+
+_candidate_names = st.lists(st.sampled_from(CANDIDATE_MENU), min_size=2, max_size=5, unique=True).map(
+    lambda ns: tuple(n for n in CANDIDATE_MENU if n in ns))  # menu order, like DARTS' PRIMITIVES
+
+
+# --------------------------------------------------------------------------- graphs()
+
+
+class _Builder:
+    def __init__(self, draw, g: archir.Graph, naming: str, allow_choice: bool) -> None:
+        self.draw, self.g, self.naming, self.allow_choice = draw, g, naming, allow_choice
+        self.k = 0
+        self.ties: dict[str, tuple[str, ...]] = {}
+
+    def name(self, op: str) -> str | None:
+        self.k += 1
+        if self.naming == "auto":
+            return None
+        if self.naming == "scoped":
+            return f"n{self.k}.{op}"
+        return f"b{self.k}_{op}"
+
+    def add(self, op: str, *ins: str, **attrs) -> str:
+        return self.g.add(op, *ins, name=self.name(op), **attrs)
+
+    def shape(self, n: str) -> tuple[int, ...]:
+        return self.g.node(n).type.shape
+
+    def maps(self) -> list[str]:
+        """Rank-3 nodes so far (candidates for residuals, gates, concats, branches)."""
+        return [n.id for n in self.g.nodes() if n.type is not None and n.type.rank == 3]
+
+    # one body step on a (C, H, W) node; returns the new frontier
+    def step(self, cur: str) -> str:
+        draw = self.draw
+        c, h, w = self.shape(cur)
+        ops = ["conv2d", "batchnorm2d", "act", "maxpool2d", "avgpool2d", "identity", "dropout", "zero", "scale",
+               "add", "mul", "concat"]
+        weights = [6, 3, 4, 2, 2, 1, 1, 1, 1, 3, 2, 2]
+        if self.allow_choice:
+            ops.append("choice")
+            weights.append(4)
+        op = draw(st.sampled_from([o for o, wt in zip(ops, weights) for _ in range(wt)]))
+        if op == "conv2d":
+            in_groups = [d for d in range(1, c + 1) if c % d == 0]
+            groups = draw(st.sampled_from(in_groups))
+            mult = draw(st.integers(1, max(1, 16 // groups)))
+            hw = [_draw_conv_dim(draw, h)]
+            if draw(st.booleans()) and _conv_dim_ok(w, *hw[0]):
+                hw.append(hw[0])  # square attrs (an int in torch style)
+            else:
+                hw.append(_draw_conv_dim(draw, w))
+            return self.add("conv2d", cur, out_channels=groups * mult, groups=groups, bias=draw(st.booleans()),
+                            **_pairs(hw))
+        if op == "batchnorm2d":
+            return self.add("batchnorm2d", cur, eps=draw(st.sampled_from([1e-5, 1e-3, 0.1])),
+                            momentum=draw(st.sampled_from([0.1, 0.01, 0.9])), affine=draw(st.booleans()))
+        if op == "act":
+            return self.add(draw(st.sampled_from(ACTIVATIONS)), cur)
+        if op in ("maxpool2d", "avgpool2d"):
+            is_max = op == "maxpool2d"
+            ceil = is_max and draw(st.booleans())
+            default_stride = draw(st.booleans())
+            kw = dict(dilation=is_max, ceil=ceil, default_stride=default_stride)
+            hw = [_draw_pool_dim(draw, h, **kw)]
+            k0, s0, p0, d0 = hw[0]
+            if draw(st.booleans()) and _pool_dim_ok(w, k0, k0 if s0 is None else s0, p0, d0, ceil):
+                hw.append(hw[0])
+            else:
+                hw.append(_draw_pool_dim(draw, w, **kw))
+            if (hw[0][1] is None) != (hw[1][1] is None):  # one dim took the default stride: spell it out
+                hw = [(k, k if s is None else s, p, d) for k, s, p, d in hw]
+            attrs = _pairs(hw)
+            if not is_max:
+                attrs.pop("dilation")
+                attrs["count_include_pad"] = draw(st.booleans())
+            else:
+                attrs["ceil_mode"] = ceil
+            return self.add(op, cur, **attrs)
+        if op == "identity":
+            return self.add("identity", cur)
+        if op == "dropout":
+            return self.add("dropout", cur, p=draw(st.sampled_from([0.0, 0.1, 0.5, 0.9])))
+        if op == "zero":
+            return self.add("zero", cur, stride=draw(st.integers(1, 3)))
+        if op == "scale":
+            return self.add("scale", cur)
+        if op == "add":
+            same = [n for n in self.maps() if self.shape(n) == (c, h, w)]  # includes cur: add(x, x)
+            other = draw(st.sampled_from(same))
+            a, b = (cur, other) if draw(st.booleans()) else (other, cur)
+            return self.add("add", a, b)
+        if op == "mul":
+            same = [n for n in self.maps() if self.shape(n) == (c, h, w) and n != cur]
+            if same and draw(st.integers(0, 3)) == 0:
+                gate = draw(st.sampled_from(same))  # equal-shape product
+            else:
+                src = draw(st.sampled_from([n for n in self.maps() if self.shape(n)[0] == c]))
+                gate = self.add("global_avgpool", src)  # (C, 1, 1) squeeze-excite gate
+                if draw(st.booleans()):
+                    gate = self.add("conv2d", gate, out_channels=c, kernel_size=1)
+                gate = self.add(draw(st.sampled_from(["sigmoid", "hardsigmoid", "identity"])), gate)
+            a, b = (cur, gate) if draw(st.booleans()) else (gate, cur)
+            return self.add("mul", a, b)
+        if op == "concat":
+            axis = draw(st.sampled_from(["channel", "channel", "channel", "spatial"]))
+            if axis == "channel":
+                fits = [n for n in self.maps() if self.shape(n)[1:] == (h, w)]
+                dim = draw(st.sampled_from([1, -3]))
+                total_axis = 0
+            else:
+                ax = draw(st.sampled_from([1, 2]))  # per-sample axis: H or W
+                fits = [n for n in self.maps() if self.shape(n)[0] == c and self.shape(n)[3 - ax] == (h, w)[2 - ax]]
+                dim = draw(st.sampled_from([ax + 1, ax - 3]))
+                total_axis = ax
+            cap = MAX_CHANNELS if total_axis == 0 else MAX_SPATIAL
+            parts = [cur]
+            size = self.shape(cur)[total_axis]
+            for _ in range(draw(st.integers(0, 2))):
+                ok = [n for n in fits if size + self.shape(n)[total_axis] <= cap]
+                if not ok:
+                    break
+                n = draw(st.sampled_from(ok))
+                parts.insert(draw(st.integers(0, len(parts))), n)
+                size += self.shape(n)[total_axis]
+            return self.add("concat", *parts, dim=dim)
+        assert op == "choice"
+        stride = draw(st.sampled_from([1, 1, 2]))
+        reuse = [k for k in self.ties]
+        if reuse and draw(st.booleans()):
+            key = draw(st.sampled_from(reuse))
+            return self.g.add("choice", cur, name=self.name("choice"),
+                              candidates=candidates_for(c, stride, self.ties[key]), tie=key)
+        names = draw(_candidate_names)
+        tie = None
+        if draw(st.booleans()):
+            tie = f"tie{len(self.ties)}"
+            self.ties[tie] = names
+        return self.g.add("choice", cur, name=self.name("choice"), candidates=candidates_for(c, stride, names),
+                          tie=tie)
+
+    def head(self, src: str) -> str:
+        draw = self.draw
+        kind = draw(st.sampled_from(["gap", "gap", "gap", "gap2", "flat", "rank2"]))
+        if kind in ("gap", "gap2"):
+            h = self.add("flatten", self.add("global_avgpool", src))
+        elif kind == "flat":
+            h = self.add("flatten", src)
+        else:
+            h = self.add("flatten", src, start_dim=2)  # (C, H*W): linear on the last dim
+        if kind == "gap2":
+            h = self.add(draw(st.sampled_from(ACTIVATIONS)), self.add("linear", h, out_features=draw(st.integers(1, 8))))
+        return self.add("linear", h, out_features=draw(st.integers(1, 6)), bias=draw(st.booleans()))
+
+
+@st.composite
+def graphs(draw, max_nodes: int = 14, allow_choice: bool = False, max_inputs: int = 2,
+           max_outputs: int = 2) -> archir.Graph:
+    """A random valid graph (see the module docstring); ``max_nodes`` bounds the body steps."""
+    g = archir.Graph(draw(st.sampled_from(["rand", "random_net", "g"])))
+    b = _Builder(draw, g, draw(st.sampled_from(["scoped", "flat", "auto"])), allow_choice)
+
+    def shape():
+        return (draw(st.integers(1, 8)), draw(st.integers(4, 12)), draw(st.integers(4, 12)))
+
+    s0 = shape()
+    x0 = g.input("x", s0)
+    x1 = None
+    if max_inputs > 1 and draw(st.integers(0, 3)) == 0:
+        x1 = g.input("y", s0 if draw(st.booleans()) else shape())  # same shape: it can meet x's path
+    cur = x0
+    steps = draw(st.integers(1, max(1, max_nodes)))
+    for _ in range(steps):
+        if len(g) >= max_nodes:
+            break
+        if draw(st.integers(0, 5)) == 0:  # branch from an earlier map (the residual/concat steps rejoin)
+            cur = draw(st.sampled_from(b.maps()))
+        cur = b.step(cur)
+    outs = [b.head(cur)]
+    if x1 is not None and x1 not in nx.ancestors(g.nx, cur) and cur != x1:
+        from_y = [n for n in b.maps() if n == x1 or x1 in nx.ancestors(g.nx, n)]
+        y = from_y[-1]
+        if draw(st.booleans()):
+            y = b.step(y)
+        outs.append(b.head(y))
+    elif max_outputs > 1 and draw(st.integers(0, 3)) == 0:
+        outs.append(b.head(draw(st.sampled_from(b.maps()))))
+    g.set_outputs(*outs)
+    seed = draw(st.integers(0, 2**16))
+    g.init_params(seed)
+    randomize_weights(g, seed + 1)
+    return g.validate()
+
+
+# --------------------------------------------------------------------------- supernets()
+
+
+@st.composite
+def supernets(draw, max_cells: int = 3, max_nodes_per_cell: int = 3) -> archir.Graph:
+    """A random DARTS-like supernet (see the module docstring), validated, weights initialised."""
+    g = archir.Graph("supernet")
+    c = draw(st.integers(2, 6))
+    hw = draw(st.integers(4, 10))
+    x = g.input("x", (draw(st.integers(1, 4)), hw, hw))
+    s = g.add("batchnorm2d", g.add("conv2d", x, out_channels=c, kernel_size=3, padding=1, bias=False,
+                                   name="stem.conv"), name="stem.bn")
+    menus: dict[str, tuple[str, ...]] = {}
+    tie_often = draw(st.booleans())
+    for i in range(draw(st.integers(1, max_cells))):
+        kind = "reduce" if (i > 0 and draw(st.integers(0, 2)) == 0) else "normal"
+        states = [s]
+        for n in range(draw(st.integers(1, max_nodes_per_cell))):
+            edges = []
+            for e in range(draw(st.integers(1, 2))):
+                j = draw(st.integers(0, len(states) - 1))
+                src = states[j]
+                stride = 2 if (kind == "reduce" and j == 0) else 1
+                key = f"{kind}.n{n}.e{e}"
+                if key not in menus:
+                    menus[key] = draw(_candidate_names)
+                tied = draw(st.integers(0, 3)) > (0 if tie_often else 2)
+                cin = g.node(src).type.shape[0]
+                edges.append(g.add("choice", src, name=f"cell{i}.n{n}.e{e}", candidates=candidates_for(cin, stride,
+                                   menus[key] if tied else draw(_candidate_names)), tie=key if tied else None))
+            states.append(edges[0] if len(edges) == 1 else g.add("add", *edges, name=f"cell{i}.n{n}.add"))
+        s = states[-1]
+    y = g.add("linear", g.add("flatten", g.add("global_avgpool", s, name="pool"), name="flatten"),
+              out_features=draw(st.integers(1, 5)), name="head")
+    g.set_outputs(y)
+    seed = draw(st.integers(0, 2**16))
+    g.init_params(seed)
+    randomize_weights(g, seed + 1)
+    return g.validate()
+
+
+@st.composite
+def decisions(draw, g: archir.Graph) -> dict[str, str]:
+    """A complete decision map ``{decision key: candidate name}`` for supernet ``g``."""
+    return {k: draw(st.sampled_from(names)) for k, names in archir.decision_keys(g).items()}

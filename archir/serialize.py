@@ -29,7 +29,7 @@ from archir.errors import IRError, SerializationError
 from archir.graph import Graph, arch_key, freeze_array
 from archir.ops import get_op
 
-__all__ = ["save", "load", "SCHEMA_VERSION", "to_json_dict", "from_json_dict"]
+__all__ = ["save", "load", "atomic_write", "SCHEMA_VERSION", "to_json_dict", "from_json_dict"]
 
 SCHEMA_VERSION = 1
 FORMAT = "archir.graph"
@@ -42,9 +42,21 @@ def _weights_path(path: Path) -> Path:
     return path.with_suffix(".safetensors")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Replace one file atomically: a temporary file beside it, flushed, then renamed over it."""
-    _write_pair(path, data, None, None)
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Replace one file atomically: a temporary file beside it, flushed, then renamed over it.
+
+    A failure leaves the old file as it was and no temporary file behind.
+    """
+    _write_pair(Path(path), data, None, None)
+
+
+_atomic_write = atomic_write
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _unlink(p: str | Path) -> None:
@@ -58,6 +70,7 @@ def _write_temp(path: Path, data: bytes) -> str:
     """Write ``data`` to a new temporary file beside ``path``, flushed to disk; returns its name."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; saved graphs get the usual mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

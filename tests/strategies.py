@@ -168,7 +168,8 @@ def candidates_for(c: int, stride: int, names=CANDIDATE_MENU) -> list[dict]:
                           "count_include_pad": False}],
         "sep_conv_3x3": [
             {"op": "relu"},
-            {"op": "conv2d", "out_channels": c, "kernel_size": 3, "stride": s, "padding": 1, "groups": c, "bias": False},
+            {"op": "conv2d", "out_channels": c, "kernel_size": 3, "stride": s, "padding": 1, "groups": c,
+             "bias": False},
             {"op": "conv2d", "out_channels": c, "kernel_size": 1, "bias": False},
             {"op": "batchnorm2d", "affine": False},
             {"op": "relu"},
@@ -227,7 +228,7 @@ class _Builder:
         c, h, w = self.shape(cur)
         ops = ["conv2d", "batchnorm2d", "act", "maxpool2d", "avgpool2d", "identity", "dropout", "zero", "scale",
                "add", "mul", "concat"]
-        weights = [6, 3, 4, 2, 2, 1, 1, 1, 1, 3, 2, 2]
+        weights = [6, 3, 4, 3, 2, 1, 1, 1, 1, 3, 2, 2]
         if self.allow_choice:
             ops.append("choice")
             weights.append(4)
@@ -340,7 +341,8 @@ class _Builder:
         else:
             h = self.add("flatten", src, start_dim=2)  # (C, H*W): linear on the last dim
         if kind == "gap2":
-            h = self.add(draw(st.sampled_from(ACTIVATIONS)), self.add("linear", h, out_features=draw(st.integers(1, 8))))
+            h = self.add("linear", h, out_features=draw(st.integers(1, 8)))
+            h = self.add(draw(st.sampled_from(ACTIVATIONS)), h)
         return self.add("linear", h, out_features=draw(st.integers(1, 6)), bias=draw(st.booleans()))
 
 

@@ -225,7 +225,8 @@ def _choice(ctx: _Ctx, node: Node, args, ins):
         if key in ctx.decisions:
             d = ctx.decisions[key]
             index = names.index(d) if isinstance(d, str) and d in names else d
-            if not isinstance(index, int) or not 0 <= index < len(names):
+            # like archir.derive: an index (numpy ints too, bools not) or a candidate name
+            if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(names):
                 raise LoweringError(f"decision {key!r} = {d!r} is not a candidate", node=node.id, rule="choice",
                                     hint=f"use an index 0..{len(names) - 1} or one of {names}")
         sampler = ArchSampler(_tensor(ctx.g.arch[key]), ctx.choice_mode, index=index, tau=ctx.tau)
@@ -275,6 +276,12 @@ def to_fx(graph: Graph, choice_mode: str | None = None, *, decisions: dict | Non
         raise LoweringError(f"unknown choice_mode {choice_mode!r}", rule="choice",
                             hint=f"use one of {list(CHOICE_MODES)} or None")
     graph.validate()
+    if decisions:
+        keys = {arch_key(n.id, n.attrs) for n in graph.nodes("choice")}
+        unknown = sorted(set(decisions) - keys)
+        if unknown:  # a typo must not silently fall back to the argmax
+            raise LoweringError(f"decisions name unknown decision key(s) {unknown}", rule="choice",
+                                hint=f"the decision keys here are {sorted(keys)} (a tie name, else the node id)")
     ctx = _Ctx(graph, choice_mode, decisions, tau)
     env: dict[str, fx.Node] = {}
     for n in graph.topo_order():

@@ -1,0 +1,195 @@
+"""Tests of ``archir.lower.to_onnx``: checker, opset, dynamic batch, names, and agreement with
+the fx lowering under ONNX Runtime (CPU) in eval mode (atol 1e-5, rtol 1e-4)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+
+import archir
+from archir import samples
+from archir.lower import to_fx, to_onnx
+
+ATOL, RTOL = 1e-5, 1e-4
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _inputs(g: archir.Graph, batch: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((batch, *g.node(i).type.shape)).astype(np.float32) for i in g.inputs]
+
+
+def _fx_outputs(g: archir.Graph, xs: list[np.ndarray]) -> list[np.ndarray]:
+    gm = to_fx(g).eval()
+    with torch.no_grad():
+        out = gm(*[torch.from_numpy(x) for x in xs])
+    return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+
+
+def _sample(name: str) -> archir.Graph:
+    build = samples.SAMPLES[name]
+    return build(cells=3) if name == "darts_like" else build()
+
+
+@pytest.mark.parametrize("name", sorted(samples.SAMPLES))
+def test_samples_export_check_and_match_fx(name):
+    g = _sample(name)
+    model = to_onnx(g)
+    onnx.checker.check_model(model, full_check=True)
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
+    assert [i.name for i in model.graph.input] == list(g.inputs)
+    assert [o.name for o in model.graph.output] == list(g.outputs)
+    for vi in (*model.graph.input, *model.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        assert dims[0].dim_param == "batch" and not dims[0].HasField("dim_value")
+        want = g.node(vi.name).type.shape
+        assert [d.dim_value for d in dims[1:]] == list(want)
+    # every IR node's value keeps the node id as its ONNX name
+    produced = {o for n in model.graph.node for o in n.output}
+    assert {n.id for n in g.nodes() if n.op != "input"} <= produced
+    sess = _session(model)
+    for batch in (1, 3):
+        xs = _inputs(g, batch, seed=batch)
+        got = sess.run(None, dict(zip(g.inputs, xs)))
+        want = _fx_outputs(g, xs)
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            assert a.shape == b.shape == (batch, 10)
+            np.testing.assert_allclose(a, b, atol=ATOL, rtol=RTOL)
+    assert np.abs(want[0]).max() > 1e-3  # a meaningful comparison, not zeros against zeros
+
+
+def test_weights_are_initializers_named_after_nodes():
+    g = samples.resnet_like()
+    model = to_onnx(g)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    np.testing.assert_array_equal(inits["stem.conv.weight"], g.node("stem.conv").params["weight"])
+    np.testing.assert_array_equal(inits["b3.proj.bn.running_var"], g.node("b3.proj.bn").buffers["running_var"])
+
+
+def test_output_that_is_an_input_or_repeated():
+    g = archir.Graph("odd_outputs")
+    x = g.input("x", (2, 4, 4))
+    y = g.input("y", (2, 4, 4))
+    h = g.add("relu", x, name="h")
+    s = g.add("add", h, y, name="s")
+    g.set_outputs(x, h, h, s, y)
+    g.validate()
+    model = to_onnx(g)
+    names = [o.name for o in model.graph.output]
+    assert names[1] == "h" and names[3] == "s" and len(set(names)) == 5
+    xs = _inputs(g, 2)
+    got = _session(model).run(None, {"x": xs[0], "y": xs[1]})
+    want = [xs[0], np.maximum(xs[0], 0), np.maximum(xs[0], 0), np.maximum(xs[0], 0) + xs[1], xs[1]]
+    for a, b, c in zip(got, want, _fx_outputs(g, xs)):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(c, b)
+
+
+def test_graph_that_only_passes_its_input_through():
+    g = archir.Graph("passthrough")
+    x = g.input("x", (3, 2, 2))
+    g.set_outputs(x, x)
+    model = to_onnx(g.validate())
+    xs = _inputs(g, 4)
+    for out in _session(model).run(None, {"x": xs[0]}):
+        np.testing.assert_array_equal(out, xs[0])
+
+
+def test_refuses_training_only_nodes_listing_all_of_them():
+    g = archir.Graph("train_only")
+    x = g.input("x", (4, 6, 6))
+    c = g.add("choice", x, name="cell.e0", candidates=[
+        {"name": "skip", "ops": []},
+        {"name": "pool", "ops": [{"op": "maxpool2d", "kernel_size": 3, "stride": 1, "padding": 1}]}])
+    sg = g.add("stop_gradient", c, name="sg")
+    sf = g.add("stop_forward", x, name="sf")
+    g.set_outputs(g.add("add", sg, sf, name="out"))
+    g.init_params(0).validate()
+    with pytest.raises(archir.LoweringError) as e:
+        to_onnx(g)
+    msg = str(e.value)
+    for nid, op in (("cell.e0", "choice"), ("sg", "stop_gradient"), ("sf", "stop_forward")):
+        assert f"{nid} ({op})" in msg
+    assert "archir.derive" in msg and "finalize" in msg
+    assert e.value.rule == "to_onnx"
+    # derive removes the choice, the stop_* ops remain and are still refused, by name
+    with pytest.raises(archir.LoweringError) as e:
+        to_onnx(archir.derive(g, {"cell.e0": "pool"}))
+    assert "cell.e0" not in str(e.value) and "sg (stop_gradient)" in str(e.value)
+    assert "archir.derive" not in str(e.value) and "finalize" in str(e.value)
+
+
+@pytest.mark.parametrize("h,w", [(1, 2), (3, 3), (5, 6), (8, 7)])
+def test_maxpool_ceil_mode_and_dilation_match_torch(h, w):
+    """torch drops a ceil_mode window that would start in the right padding, and gives -inf for
+    a dilated window holding padding only; the ONNX model must do the same (and pass the checker)."""
+    x = np.random.default_rng(h * w).standard_normal((2, 2, h, w)).astype(np.float32)
+    checked = 0
+    for k, s, p, d, ceil in itertools.product(range(1, 5), (1, 2, 3), range(0, 3), (1, 2, 3), (False, True)):
+        if p > k // 2 or d * (k - 1) + 1 > min(h, w) + 2 * p:
+            continue
+        g = archir.Graph("mp")
+        g.set_outputs(g.add("maxpool2d", g.input("x", (2, h, w)), kernel_size=k, stride=s, padding=p, dilation=d,
+                            ceil_mode=ceil, name="mp"))
+        model = to_onnx(g.validate())
+        got = _session(model).run(None, {"x": x})[0]
+        want = F.max_pool2d(torch.from_numpy(x), k, s, p, d, ceil_mode=ceil).numpy()
+        assert got.shape == want.shape == (2, *g.node("mp").type.shape), (k, s, p, d, ceil)
+        np.testing.assert_array_equal(got, want, err_msg=str((k, s, p, d, ceil)))
+        checked += 1
+    assert checked > 20
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+def test_avgpool_padding_divisor_matches_torch(count_include_pad):
+    x = np.random.default_rng(0).standard_normal((2, 3, 7, 6)).astype(np.float32)
+    for k, s, p in [(3, 1, 1), (2, 2, 1), ([3, 2], [2, 1], [1, 1]), (4, None, 2)]:
+        g = archir.Graph("ap")
+        g.set_outputs(g.add("avgpool2d", g.input("x", (3, 7, 6)), kernel_size=k, stride=s, padding=p,
+                            count_include_pad=count_include_pad, name="ap"))
+        got = _session(to_onnx(g.validate())).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, _fx_outputs(g, [x])[0], atol=ATOL, rtol=RTOL)
+
+
+def test_every_op_lowers_in_one_graph():
+    """One small graph with every exportable op and the less common attribute forms."""
+    g = archir.Graph("all_ops")
+    x = g.input("x", (4, 9, 8))
+    h = g.add("conv2d", x, out_channels=8, kernel_size=[3, 2], stride=[2, 1], padding=[1, 2], dilation=[1, 2],
+              groups=2, name="conv")
+    h = g.add("batchnorm2d", h, affine=False, name="bn")
+    for act in ("relu6", "hardswish", "silu", "tanh", "sigmoid"):
+        h = g.add(act, h, name=act)
+    h = g.add("scale", h, name="scale")
+    gate = g.add("hardsigmoid", g.add("global_avgpool", h, name="se.pool"), name="se.gate")
+    h = g.add("mul", gate, h, name="se.mul")
+    z = g.add("zero", h, stride=2, name="zero")
+    p = g.add("maxpool2d", h, kernel_size=2, stride=2, ceil_mode=True, name="pool")  # (8, 3, 5) like zero
+    h = g.add("concat", p, g.add("identity", z, name="id"), dim=-3, name="cat")
+    h = g.add("dropout", h, p=0.3, name="drop")
+    flat2 = g.add("flatten", h, start_dim=2, name="flat2")
+    rank2 = g.add("linear", flat2, out_features=3, name="rank2")
+    y = g.add("linear", g.add("flatten", h, name="flat"), out_features=5, bias=False, name="head")
+    g.set_outputs(y, rank2)
+    g.init_params(1)
+    samples.randomize_bn(g, 2)
+    g.set_params("scale", weight=np.linspace(0.5, 1.5, 8))
+    g.validate()
+    model = to_onnx(g)
+    xs = _inputs(g, 3)
+    for a, b in zip(_session(model).run(None, {"x": xs[0]}), _fx_outputs(g, xs)):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=ATOL, rtol=RTOL)

@@ -1,0 +1,561 @@
+"""The ``archir`` command line: ``show``, ``export``, ``draw``, ``demo``.
+
+Usage::
+
+    archir show net.json                      # node table with totals
+    archir export net.json --onnx net.onnx    # ONNX, verified under ONNX Runtime
+    archir draw net.json -o net.svg           # Graphviz drawing (.dot needs no graphviz)
+    archir demo --out ./archir-demo           # build, save, lower, export, verify a sample network
+    archir --version
+
+Exit codes: 0 success; 1 the ONNX export did not match torch.fx under ONNX Runtime;
+2 bad input or usage (a bad graph file, a missing path, an unknown option). A user's
+mistake is reported as one line (``archir: error: ...``) plus a ``how to fix`` line,
+never as a traceback; a traceback means an archir bug.
+
+Adding a subcommand (later issues: ``archir search``, ``archir measure``): write a module
+``archir/cli/<name>.py`` that defines ``SUBCOMMANDS = [Subcommand(name, help,
+add_arguments, run)]`` and add the module name to :data:`EXTRA_MODULES`. ``run(args)``
+returns the exit code and raises :class:`CLIError` (or any ``archir.IRError``) for bad
+input; :func:`main` turns those into the one-line message and exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import archir
+from archir.errors import IRError
+
+__all__ = ["main", "build_parser", "Subcommand", "SUBCOMMANDS", "EXTRA_MODULES", "CLIError", "to_dot",
+           "export_verified", "ExportReport"]
+
+PROG = "archir"
+
+
+class CLIError(Exception):
+    """A user-facing error of the command line that is not about a graph (a path, a tool).
+
+    Args:
+        message: what is wrong and where (one line).
+        hint: how to fix it (one line), or None.
+        exit_code: the process exit code (2: bad input; 1: a check failed).
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``archir <name>`` subcommand.
+
+    Attributes:
+        name: the word after ``archir``.
+        help: one line for ``archir --help``.
+        add_arguments: adds the subcommand's arguments to its ``argparse`` parser.
+        run: runs it on the parsed arguments; returns the exit code.
+        description: the longer text of ``archir <name> --help`` (defaults to ``help``).
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str = ""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0]
+
+
+def _load(path: str) -> archir.Graph:
+    """Load and validate a graph file; errors are ``IRError`` naming the file."""
+    return archir.load(path)
+
+
+def _check_out_path(path: Path, what: str, example: str) -> None:
+    """Refuse an output path whose folder is missing or which is a folder, before any work."""
+    if path.is_dir():
+        raise CLIError(f"{path}: is a folder, not a file",
+                       hint=f"give a file name for the {what}, e.g. {path / example}")
+    if not path.parent.is_dir():
+        raise CLIError(f"{path}: folder {path.parent} does not exist", hint=f"create it first (mkdir -p {path.parent})")
+
+
+@contextmanager
+def _atomic_target(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds.
+
+    The temporary file sits in the same folder so the final ``os.replace`` is atomic: a
+    failure (or a failed check inside the block) leaves an old ``path`` untouched.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as f:  # flush the data to disk before the rename makes it visible
+            os.fsync(f.fileno())
+        # mkstemp makes the file 0600; give it the mode a plain open() would (0666 less the umask)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read the umask is to set it; put it back at once
+    os.umask(mask)
+    return mask
+
+
+def _fmt_s(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+# --------------------------------------------------------------------------- export + verification
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_verified` did: the file, the timings and the numeric agreement."""
+
+    path: Path
+    bytes: int
+    to_onnx_s: float
+    verify_s: float
+    max_abs_err: float
+    max_rel_err: float
+    ok: bool
+    atol: float
+    rtol: float
+    ort_version: str
+    batch_size: int
+    output_shapes: list[tuple[int, ...]] = field(default_factory=list)
+
+
+def _seeded_inputs(graph: archir.Graph, batch_size: int, seed: int):
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn((batch_size, *graph.node(i).type.shape), generator=gen) for i in graph.inputs]
+
+
+def export_verified(graph: archir.Graph, out: str | os.PathLike, *, atol: float = 1e-5, rtol: float = 1e-4,
+                    batch_size: int = 2, seed: int = 0, module=None) -> ExportReport:
+    """Export ``graph`` to ONNX at ``out`` and verify it under ONNX Runtime (CPU) against torch.fx.
+
+    The model is written to a temporary file beside ``out``, loaded by ONNX Runtime, run on
+    seeded random inputs and compared with the ``to_fx`` module in eval mode. Only when the
+    outputs match (``|fx - ort| <= atol + rtol * |fx|`` everywhere) is the file renamed to
+    ``out``; otherwise an old ``out`` is left as it was.
+
+    Args:
+        graph: a valid plain graph with weights.
+        out: the ``.onnx`` file to write.
+        atol, rtol: the tolerances of the comparison.
+        batch_size: the batch of the seeded inputs.
+        seed: the seed of the inputs.
+        module: the ``to_fx`` module of ``graph``, if the caller already has one.
+
+    Returns:
+        An :class:`ExportReport`.
+
+    Raises:
+        IRError: the graph is invalid or cannot be exported (e.g. it still has choice nodes).
+        CLIError: the output path is unusable, or the outputs do not match (``exit_code`` 1).
+    """
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    out = Path(out)
+    _check_out_path(out, "ONNX model", "net.onnx")
+    t0 = time.perf_counter()
+    proto = archir.lower.to_onnx(graph)
+    to_onnx_s = time.perf_counter() - t0
+    try:
+        data = proto.SerializeToString()
+    except ValueError as e:  # protobuf refuses messages over 2 GiB
+        raise CLIError(f"{out}: the ONNX model is too large to serialize ({e})",
+                       hint="models over 2 GiB need ONNX external data, which archir export does not write yet"
+                       ) from None
+    t1 = time.perf_counter()
+    with _atomic_target(out) as tmp:
+        tmp.write_bytes(data)
+        if module is None:
+            module = archir.lower.to_fx(graph)
+        module.eval()
+        xs = _seeded_inputs(graph, batch_size, seed)
+        with torch.no_grad():
+            ref = module(*xs)
+        refs = [r.numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # ORT's warnings are not the user's concern here
+        sess = ort.InferenceSession(str(tmp), opts, providers=["CPUExecutionProvider"])
+        got = sess.run(None, {i: x.numpy() for i, x in zip(graph.inputs, xs)})
+        max_abs = max_rel = 0.0
+        ok = True
+        for r, o in zip(refs, got):
+            if r.shape != o.shape:
+                ok, max_abs, max_rel = False, float("inf"), float("inf")
+                continue
+            err = np.abs(r.astype(np.float64) - o.astype(np.float64))
+            max_abs = max(max_abs, float(err.max(initial=0.0)))
+            max_rel = max(max_rel, float((err / np.maximum(np.abs(r), 1e-12)).max(initial=0.0)))
+            ok = ok and bool(np.all(err <= atol + rtol * np.abs(r)))
+        report = ExportReport(out, len(data), to_onnx_s, time.perf_counter() - t1, max_abs, max_rel, ok, atol, rtol,
+                              ort.__version__, batch_size, [tuple(r.shape) for r in refs])
+        if not ok:
+            raise CLIError(f"{out}: ONNX Runtime {ort.__version__} output differs from torch.fx: max |fx - ort| = "
+                           f"{max_abs:.3g} exceeds atol {atol:g} + rtol {rtol:g} * |fx|; the file was not written",
+                           hint="this is an archir lowering bug; please report it with the graph file "
+                                "(or loosen --atol/--rtol if the difference is acceptable)", exit_code=1)
+    return report
+
+
+def _print_verified(r: ExportReport) -> None:
+    print(f"max |fx - ort| = {r.max_abs_err:.3g} (max relative {r.max_rel_err:.3g}; atol {r.atol:g}, rtol {r.rtol:g}, "
+          f"batch {r.batch_size}, seeded random input)")
+    print(f"verified with ONNX Runtime {r.ort_version}: outputs match")
+
+
+# --------------------------------------------------------------------------- show
+
+
+def _add_show(p: argparse.ArgumentParser) -> None:
+    p.add_argument("graph", help="the graph's .json file (its .safetensors weights beside it)")
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    g = _load(args.graph)
+    print(g.summary())
+    nodes = g.nodes()
+    n_params = g.num_params()
+    n_buffers = sum(int(a.size) for n in nodes for a in n.buffers.values())
+    n_arch = sum(int(a.size) for a in g.arch.values())
+    ops = Counter(n.op for n in nodes)
+    outs = ", ".join(f"{o} {g.node(o).type}" for o in g.outputs)
+    print()
+    print(f"total: {len(g)} nodes, {n_params:,} params ({n_params * 4 / 2**20:.2f} MiB float32), "
+          f"{n_buffers:,} buffer values" + (f", {n_arch:,} architecture logits" if n_arch else ""))
+    print("ops: " + ", ".join(f"{op} x{k}" for op, k in sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))))
+    print(f"outputs: {outs}")
+    return 0
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("graph", help="the graph's .json file (its .safetensors weights beside it)")
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write")
+    p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance of the check (default: 1e-5)")
+    p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance of the check (default: 1e-4)")
+    p.add_argument("--batch-size", type=int, default=2, help="batch of the seeded check input (default: 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the check input (default: 0)")
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise CLIError(f"{name} must be positive, got {value}", hint=f"pass {name} with a value > 0")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    _positive("--batch-size", args.batch_size)
+    if args.atol < 0 or args.rtol < 0:
+        raise CLIError(f"tolerances must be >= 0 (got --atol {args.atol}, --rtol {args.rtol})",
+                       hint="pass --atol/--rtol values >= 0")
+    _check_out_path(Path(args.onnx), "ONNX model", "net.onnx")
+    g = _load(args.graph)
+    r = export_verified(g, args.onnx, atol=args.atol, rtol=args.rtol, batch_size=args.batch_size, seed=args.seed)
+    print(f"wrote {r.path} ({r.bytes:,} bytes, opset {archir.lower.onnx.OPSET}, dynamic batch axis; "
+          f"to_onnx {_fmt_s(r.to_onnx_s)})")
+    _print_verified(r)
+    return 0
+
+
+# --------------------------------------------------------------------------- draw
+
+_DOT_TEXT = {".dot", ".gv"}
+_DOT_RENDERED = {".svg": "svg", ".png": "png", ".pdf": "pdf"}
+
+
+def _q(s: str) -> str:
+    """A DOT double-quoted string (escapes quotes and backslashes; newlines become \\n)."""
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def to_dot(graph: archir.Graph) -> str:
+    """The Graphviz DOT text of ``graph``.
+
+    Nodes are labelled ``id / op / output shape``; edges into a node with more than one
+    input are labelled with the consumer's input port. Nodes are grouped in a cluster per
+    top-level scope (``cell3.*``), graph inputs are ovals and outputs double-bordered.
+    """
+    lines = [f"digraph {_q(graph.name)} {{", "  rankdir=TB;",
+             '  node [shape=box, style="rounded,filled", fillcolor="#f5f5f5", fontname="Helvetica", fontsize=10];',
+             '  edge [fontname="Helvetica", fontsize=8];']
+    outputs = set(graph.outputs)
+
+    def node_line(nid: str) -> str:
+        node = graph.node(nid)
+        label = f"{nid}\n{node.op}\n{node.type}"
+        extra = ""
+        if node.op == "input":
+            extra = ', shape=oval, fillcolor="#dbeafe"'
+        elif node.params:
+            extra = ', fillcolor="#fef3c7"'
+        if nid in outputs:
+            extra += ", peripheries=2"
+        return f"{_q(nid)} [label={_q(label)}{extra}];"
+
+    scopes: dict[str | None, list[str]] = {}
+    order = graph.topo_order()
+    for nid in order:
+        scope = nid.split(".", 1)[0] if "." in nid else None
+        scopes.setdefault(scope, []).append(nid)
+    for scope, ids in scopes.items():
+        if scope is None or len(ids) == 1:
+            lines += [f"  {node_line(n)}" for n in ids]
+            continue
+        lines.append(f"  subgraph {_q('cluster_' + scope)} {{")
+        lines.append(f'    label={_q(scope)}; style="rounded,dashed"; color="#9ca3af";')
+        lines += [f"    {node_line(n)}" for n in ids]
+        lines.append("  }")
+    for nid in order:
+        srcs = graph.inputs_of(nid)
+        for port, src in enumerate(srcs):
+            attr = f" [label={_q(str(port))}]" if len(srcs) > 1 else ""
+            lines.append(f"  {_q(src)} -> {_q(nid)}{attr};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _add_draw(p: argparse.ArgumentParser) -> None:
+    p.add_argument("graph", help="the graph's .json file")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="net.dot / net.gv (DOT text, no graphviz needed) or net.svg / .png / .pdf "
+                        "(rendered with graphviz's dot)")
+
+
+def _run_draw(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    suffix = out.suffix.lower()
+    if suffix not in _DOT_TEXT and suffix not in _DOT_RENDERED:
+        raise CLIError(f"{out}: unknown drawing format {suffix or '(no suffix)'!r}",
+                       hint="name the output .dot (text) or .svg, .png, .pdf (needs graphviz)")
+    _check_out_path(out, "drawing", "net.dot")
+    dot_bin = None
+    if suffix in _DOT_RENDERED:
+        dot_bin = shutil.which("dot")
+        if dot_bin is None:  # check before loading the graph: fail fast
+            raise CLIError(f"{out}: drawing {suffix} needs graphviz's 'dot' program, which is not on PATH",
+                           hint="install graphviz (apt-get install graphviz) or write .dot instead")
+    g = _load(args.graph)
+    text = to_dot(g)
+    with _atomic_target(out) as tmp:
+        if dot_bin is None:
+            tmp.write_text(text)
+        else:
+            res = subprocess.run([dot_bin, f"-T{_DOT_RENDERED[suffix]}", "-o", str(tmp)], input=text.encode(),
+                                 capture_output=True)
+            if res.returncode != 0:
+                msg = _first_line(res.stderr.decode(errors="replace")) or f"exit code {res.returncode}"
+                raise CLIError(f"{out}: graphviz dot failed: {msg}",
+                               hint="write .dot instead and render it yourself, or check your graphviz install")
+    print(f"wrote {out} ({len(g)} nodes)")
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    from archir.samples import SAMPLES
+
+    p.add_argument("--out", default="archir-demo", metavar="DIR", help="folder for the files (default: ./archir-demo)")
+    p.add_argument("--sample", default="darts_like", choices=sorted(SAMPLES),
+                   help="which sample network to build (default: darts_like)")
+    p.add_argument("--cells", type=int, default=None, help="cells of darts_like (default: 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default: 0)")
+    p.add_argument("--batch-size", type=int, default=8, help="batch to run through torch.fx and ORT (default: 8)")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    import onnxruntime as ort
+    import torch
+
+    from archir.samples import SAMPLES
+
+    _positive("--batch-size", args.batch_size)
+    kw = {}
+    if args.cells is not None:
+        if args.sample != "darts_like":
+            raise CLIError(f"--cells applies to --sample darts_like, not {args.sample}",
+                           hint="drop --cells, or use --sample darts_like")
+        _positive("--cells", args.cells)
+        kw["cells"] = args.cells
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+
+    t = time.perf_counter()
+    g = SAMPLES[args.sample](seed=args.seed, **kw)
+    times["build"] = time.perf_counter() - t
+    t = time.perf_counter()
+    g.validate()
+    times["validate"] = time.perf_counter() - t
+
+    json_path = out / f"{g.name}.json"
+    t = time.perf_counter()
+    archir.save(g, json_path)
+    g2 = archir.load(json_path)
+    times["save + load"] = time.perf_counter() - t
+    if g2.structural_hash() != g.structural_hash() or g2.weights_hash() != g.weights_hash():
+        raise CLIError(f"{json_path}: the reloaded graph differs from the saved one",
+                       hint="this is an archir serialization bug; please report it", exit_code=1)
+
+    t = time.perf_counter()
+    module = archir.lower.to_fx(g)
+    times["to_fx"] = time.perf_counter() - t
+    module.eval()
+    x = _seeded_inputs(g, args.batch_size, args.seed)
+    with torch.no_grad():
+        module(*x)  # first call: one-off allocations, not part of the timing
+        t = time.perf_counter()
+        y = module(*x)
+        times["fx forward"] = time.perf_counter() - t
+    ys = y if isinstance(y, tuple) else (y,)
+
+    onnx_path = out / f"{g.name}.onnx"
+    r = export_verified(g, onnx_path, batch_size=args.batch_size, seed=args.seed, module=module)
+    times["to_onnx"] = r.to_onnx_s
+    times["ORT verify"] = r.verify_s
+
+    weights = json_path.with_suffix(".safetensors")
+    print(f"archir demo: sample {args.sample!r} (seed {args.seed})")
+    print(f"  graph      {g.name}: {len(g)} nodes, {g.num_params():,} params, valid")
+    print(f"  input      {', '.join(f'{i} {g.node(i).type}' for i in g.inputs)}")
+    print(f"  output     {', '.join(f'{o} {g.node(o).type}' for o in g.outputs)}; "
+          f"torch.fx on a batch of {args.batch_size}: {', '.join(str(tuple(v.shape)) for v in ys)}")
+    print(f"  files      {json_path}")
+    if weights.exists():
+        print(f"             {weights}")
+    print(f"             {onnx_path} ({r.bytes:,} bytes, opset {archir.lower.onnx.OPSET})")
+    print(f"  check      reloaded {json_path.name}: same structure and weights hashes")
+    print(f"  check      max |fx - ort| = {r.max_abs_err:.3g} (atol {r.atol:g}, rtol {r.rtol:g}): "
+          f"verified with ONNX Runtime {ort.__version__}: outputs match")
+    print("  timings    " + ", ".join(f"{k} {_fmt_s(v)}" for k, v in times.items()))
+    print(f"  next       archir show {json_path}  |  archir draw {json_path} -o {out / (g.name + '.dot')}")
+    return 0
+
+
+# --------------------------------------------------------------------------- registry and entry point
+
+SUBCOMMANDS: list[Subcommand] = [
+    Subcommand("show", "print a graph's node table (node, op, output shape, params) with totals", _add_show, _run_show),
+    Subcommand("export", "export a graph to ONNX and verify it under ONNX Runtime", _add_export, _run_export,
+               "Export a graph to ONNX (opset 17, dynamic batch axis), then run the torch.fx module and "
+               "ONNX Runtime (CPU) on the same seeded random input and compare. The file is written "
+               "atomically and only when the outputs match: a failure leaves an old file untouched. "
+               "Exit code 1 when the outputs differ."),
+    Subcommand("draw", "draw a graph as Graphviz DOT (or SVG/PNG/PDF with graphviz installed)", _add_draw,
+               _run_draw),
+    Subcommand("demo", "build a sample network, save it, lower it to torch.fx and ONNX, verify, summarise",
+               _add_demo, _run_demo,
+               "The main job until 'archir search' exists: build a sample network (archir.samples), "
+               "validate it, save it (.json + .safetensors), lower it to torch.fx and run a batch, export "
+               "ONNX, verify it under ONNX Runtime, and print a summary with timings."),
+]
+
+#: Modules under ``archir/cli/`` that define ``SUBCOMMANDS`` of their own (imported by ``build_parser``).
+EXTRA_MODULES: tuple[str, ...] = ()
+
+
+def _all_subcommands() -> list[Subcommand]:
+    subs = list(SUBCOMMANDS)
+    for mod in EXTRA_MODULES:
+        subs += list(importlib.import_module(mod).SUBCOMMANDS)
+    return subs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``argparse`` parser of ``archir`` with every subcommand; ``args.run`` runs the chosen one."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="archir: a graph-IR compiler toolkit for neural architecture search.",
+        epilog="exit codes: 0 success, 1 a verification failed, 2 bad input or usage. "
+               "Run 'archir <command> --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {archir.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for sc in _all_subcommands():
+        p = sub.add_parser(sc.name, help=sc.help, description=sc.description or sc.help)
+        sc.add_arguments(p)
+        p.set_defaults(run=sc.run)
+    return parser
+
+
+def _error(message: str, hint: str | None) -> None:
+    print(f"{PROG}: error: {_first_line(message)}", file=sys.stderr)
+    if hint:
+        print(f"  how to fix: {_first_line(hint)}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``archir`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code.
+
+    Bad input (``archir.IRError``, an unreadable path, a :class:`CLIError`) is printed as
+    one line on stderr with a ``how to fix`` line, exit code 2 (1 for a failed
+    verification). Any other exception is an archir bug and propagates with its traceback.
+
+    Example:
+        >>> main(["show", "net.json"])   # doctest: +SKIP
+        0
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help/--version (0) or a usage error (2): argparse already printed
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    try:
+        return int(args.run(args) or 0)
+    except IRError as e:
+        # the first line says what and where; the hint says how to fix (context lines are for the API)
+        _error(str(e), e.hint)
+        return 2
+    except CLIError as e:
+        _error(e.message, e.hint)
+        return e.exit_code
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        _error(f"{where}{e.strerror or e}", "check the path and its permissions")
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""passes: graph-to-graph rewrites of archir graphs, checked numerically.
+
+Public names:
+    Infrastructure: graph_pass, pass_name, PassError, PreconditionError, PostconditionError,
+        FunctionNotPreserved.
+    The numeric check: check_preserved, PreservationReport, OutputError (eval mode).
+    Pipelines: PassManager, PassRecord, PassInstrument, bind, and the instruments Verify,
+        CheckPreserved, Timing, DumpIR.
+    Morphisms (function-preserving): deepen, insert_bn, enlarge_kernel, add_skip.
+    Search helpers: MORPHISMS, register_morphism, legal_targets, random_morphism.
+"""
+
+from passes.infra import (
+    FunctionNotPreserved,
+    PassError,
+    PostconditionError,
+    PreconditionError,
+    graph_pass,
+    pass_name,
+)
+from passes.check import OutputError, PreservationReport, check_preserved
+from passes.manager import (
+    CheckPreserved,
+    DumpIR,
+    PassInstrument,
+    PassManager,
+    PassRecord,
+    Timing,
+    Verify,
+    bind,
+)
+from passes.deepen import deepen
+from passes.insert_bn import insert_bn
+from passes.enlarge_kernel import enlarge_kernel
+from passes.skip import add_skip
+from passes.targets import MORPHISMS, legal_targets, random_morphism, register_morphism
+
+__all__ = [
+    "graph_pass", "pass_name", "PassError", "PreconditionError", "PostconditionError", "FunctionNotPreserved",
+    "check_preserved", "PreservationReport", "OutputError",
+    "PassManager", "PassRecord", "PassInstrument", "bind", "Verify", "CheckPreserved", "Timing", "DumpIR",
+    "deepen", "insert_bn", "enlarge_kernel", "add_skip",
+    "MORPHISMS", "register_morphism", "legal_targets", "random_morphism",
+]

@@ -1,0 +1,736 @@
+"""Channel coupling: which channels of a graph are tied together, and who reads them.
+
+This is the one channel-coupling analysis of archir (DESIGN.md, "The hard parts"). ``widen``
+uses it to grow a conv consistently; ``prune_channels`` builds on :func:`dependency_groups`
+to remove channels consistently. Both are edits of *channel classes*, applied through
+:meth:`Coupling.remap`, so the two can never disagree about what is tied.
+
+The model
+---------
+A *channel* is one index of a tensor's channel axis: axis 0 of a ``(C, H, W)`` feature map,
+or one feature of a ``(F,)`` vector. Every channel of every node's output is labelled with a
+*class*; two channels have the same class when they must be changed together (widened by the
+same replication map, or pruned together). Classes come from a union-find over the channels
+of the *sources*:
+
+- **sources** make new channels: ``conv2d`` with ``groups == 1`` (``out_channels``), ``linear``
+  on a vector (``out_features``), graph ``input`` nodes (pinned, see below);
+- **carriers** pass their input's channels through, index for index: BN, ``scale``, the
+  elementwise activations, ``identity``/``dropout``/``zero``/``stop_*``, max/avg pools,
+  ``global_avgpool``, and depthwise convs (``groups == in_channels == out_channels``: channel
+  ``i`` of the output is filter ``i`` applied to input channel ``i`` only);
+- **ties**: ``add``, ``mul`` with equal channel counts (a squeeze-excite gate ``(C, 1, 1)``
+  broadcasts over H and W, not over channels), and ``concat`` along a non-channel axis make
+  their inputs' channels the same classes, position by position;
+- ``concat`` along the channel axis lays its inputs' channels one after the other (the offsets);
+- ``flatten(start_dim=1)`` of ``(C, H, W)`` keeps the classes, but each channel now covers
+  ``H*W`` consecutive features (its *width*): a ``linear`` after it reads channel ``c`` through
+  weight columns ``[c*H*W, (c+1)*H*W)`` (with ``global_avgpool`` first the width is 1).
+
+So each tensor has a *layout*: a sequence of entries ``(class, width)`` along its channel axis
+(:meth:`Coupling.layout`). The arrays indexed by channels are described per node by
+:class:`ArrayAxis` (:meth:`Coupling.rule`):
+
+- ``role="filter"``: a source's weight rows / bias (axis 0, indexed by its output layout);
+- ``role="channel"``: a carrier's per-channel arrays: BN weight/bias/running stats, ``scale``
+  weight, a depthwise conv's filters and bias (axis 0, indexed by its output layout);
+- ``role="column"``: a consumer's input slice: conv weight axis 1, linear weight axis 1
+  (indexed by the layout of its input, widths included).
+
+**Pins.** Some channels cannot change, and every class holding one carries a :class:`Pin`
+saying why: a graph input's channels, a graph output's channels (the interface is fixed), and
+the channels that meet an op whose coupling archir does not model (*unknown coupling*): a
+grouped conv that is not depthwise, a depthwise conv with a channel multiplier, ``flatten``
+with ``start_dim > 1`` or of a rank-2 tensor, ``linear`` on a non-vector, ``mul`` broadcasting
+across the channel axis (``(1, H, W) * (C, H, W)``), ``add``/``mul`` whose inputs' layouts do not
+line up, ``choice`` nodes (the coupling depends on the decision: ``archir.derive`` first), and
+any op without a rule here. An unknown op's inputs are pinned and its output is a new pinned
+class, so nothing is guessed. By default unknown coupling is recorded, not raised, so the rest
+of a graph stays analysable (search drivers list legal targets); any edit that touches a pinned
+class raises :class:`~passes.infra.PreconditionError` naming the node and the reason
+(:meth:`Coupling.remap`, :meth:`Group.require_free`). ``analyze(g, strict=True)`` raises at the
+first unknown coupling instead.
+
+**Groups** (:func:`dependency_groups`, for pruning): classes joined by sharing a source node.
+A group is what one ``prune_channels`` decision works on: its classes are its independent
+channels, :meth:`Group.channel_refs` lists every array slice of one class ((node, array, axis,
+index range): the sets of "(node, axis, channel-index) to remove together" of issue 5), and the
+group names its producers, carriers and consumers. ``add(concat(a, b), c)`` makes one group of
+``a``, ``b`` and ``c`` (``c``'s first channels tied to ``a``, the rest to ``b``); a concat that
+meets no add leaves ``a`` and ``b`` separate groups and its consumers in both.
+
+**Edits** (:meth:`Coupling.remap`): an edit says, per class, what replaces every occurrence of
+it: ``("keep",)`` (unchanged), ``()`` (removed: pruning), ``("keep", "copy")`` (replicated
+right after itself: widen), ``("keep", "new")`` (a fresh channel right after it: widen's zero
+mode). Inserting next to every occurrence of the class keeps every tie consistent: both inputs
+of an ``add`` hold the class at the same positions, so they grow at the same positions; a
+``concat`` grows inside the segment of the input that holds the class, which shifts the offsets
+of the segments after it for every consumer. The result is, per affected node, an index map
+from new positions to old ones (:class:`PositionMap`) and the attrs to set (``out_channels``,
+``groups`` of a depthwise conv, ``out_features``).
+
+Example:
+    >>> import archir.samples as S
+    >>> cp = analyze(S.resnet_like())
+    >>> sorted(cp.group_of("b1.b.conv").producers)   # the residual stream
+    ['b1.b.conv', 'b2.b.conv', 'stem.conv']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from archir import Graph
+from archir.ops.core import concat_axis
+
+from passes.infra import PreconditionError
+
+__all__ = ["analyze", "dependency_groups", "Coupling", "Group", "Pin", "ArrayAxis", "NodeRule", "ChannelRef",
+           "PositionMap", "NodeRemap", "EDIT_TAGS"]
+
+#: ops that apply the same function to every element: channels pass through unchanged
+_ELEMENTWISE = frozenset({"relu", "relu6", "sigmoid", "hardswish", "hardsigmoid", "silu", "tanh", "identity",
+                          "dropout", "stop_gradient", "stop_forward", "zero"})
+#: ops that work per channel over H and W
+_SPATIAL = frozenset({"maxpool2d", "avgpool2d", "global_avgpool"})
+
+#: what may replace a channel in an edit (see Coupling.remap)
+EDIT_TAGS = ("keep", "copy", "new")
+
+
+@dataclass(frozen=True)
+class Pin:
+    """Why a channel class cannot change.
+
+    Attributes:
+        node: the node that pins it (the graph input/output, or the op with unknown coupling).
+        kind: ``"input"``, ``"output"`` or ``"unknown"``.
+        reason: what, in words.
+        hint: how to get around it.
+    """
+
+    node: str
+    kind: str
+    reason: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.node!r}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class ArrayAxis:
+    """One axis of a node's param/buffer that is indexed by channels.
+
+    Attributes:
+        kind: ``"params"`` or ``"buffers"``.
+        name: the array name (``"weight"``, ``"running_mean"`` ...).
+        axis: the array axis indexed by channels.
+        side: ``"out"`` (indexed by the node's output layout) or ``"in"`` (by its input's layout).
+        role: ``"filter"`` (a source's rows/bias), ``"channel"`` (a carrier's per-channel
+            array), ``"column"`` (a consumer's input slice).
+    """
+
+    kind: str
+    name: str
+    axis: int
+    side: str
+    role: str
+
+
+@dataclass(frozen=True)
+class NodeRule:
+    """How one node treats channels.
+
+    Attributes:
+        node, op: the node.
+        kind: ``"source"`` (conv/linear making channels), ``"carrier"`` (passes, ties or lays
+            out its inputs' channels), ``"input"`` (a graph input: pinned source), ``"opaque"``
+            (unknown coupling: inputs pinned, output a new pinned class).
+        arrays: the channel-indexed axes of its params/buffers.
+        reason: for ``"opaque"``, why its coupling is unknown.
+    """
+
+    node: str
+    op: str
+    kind: str
+    arrays: tuple[ArrayAxis, ...] = ()
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ChannelRef:
+    """One slice that belongs to a channel: ``array[..., start:stop, ...]`` along ``axis`` of ``node``.
+
+    ``array`` is ``"output"`` for the node's output tensor (``axis`` 0 is the per-sample channel
+    axis; the batch dim is not counted), else a param/buffer name of kind ``kind``.
+    """
+
+    node: str
+    array: str
+    axis: int
+    start: int
+    stop: int
+    kind: str = "output"
+
+
+@dataclass(frozen=True)
+class PositionMap:
+    """How an edit rewrites one channel axis.
+
+    Attributes:
+        src: for each new position, the old position it derives from (``np.take`` index).
+        tag: for each new position, ``"keep"``, ``"copy"`` or ``"new"`` (a ``new`` position
+            points at its anchor's old position only to have a shape; its values are fresh).
+        share: for each new position, how many new positions carry the values of its old
+            position (``keep`` + ``copy`` of that occurrence): a consumer's column is divided by it.
+        entries: the new number of channels (entries; a flattened channel of width ``H*W``
+            counts once).
+    """
+
+    src: np.ndarray
+    tag: np.ndarray
+    share: np.ndarray
+    entries: int
+
+    @property
+    def positions(self) -> int:
+        return int(self.src.shape[0])
+
+
+@dataclass(frozen=True)
+class NodeRemap:
+    """What an edit does to one node: new output and/or input positions and attrs to set.
+
+    Attributes:
+        node: the node id.
+        out: the map of its output channel axis (``None`` if unchanged).
+        inp: the map of its port-0 input's channel axis, for nodes with ``side="in"`` arrays
+            (``None`` if unchanged).
+        attrs: attributes to set (``out_channels``, ``groups``, ``out_features``).
+    """
+
+    node: str
+    out: PositionMap | None
+    inp: PositionMap | None
+    attrs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Group:
+    """A set of channel classes that share source nodes: one unit for channel pruning.
+
+    Attributes:
+        index: position in :meth:`Coupling.groups`.
+        classes: the channel classes (independent channels) of the group, in the order of the
+            first producer's channels.
+        producers: nodes whose output makes these channels (conv/linear sources, graph inputs,
+            outputs of unknown-coupling ops).
+        carriers: nodes whose output carries them (BN, activations, pools, add, mul, concat,
+            depthwise convs, flatten ...).
+        consumers: conv/linear nodes that read them through their weight's input axis.
+        pins: why (some of) the channels cannot change; empty when the group is free.
+    """
+
+    index: int
+    classes: tuple[int, ...]
+    producers: tuple[str, ...]
+    carriers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    pins: tuple[Pin, ...]
+    _coupling: "Coupling" = field(repr=False, compare=False)
+
+    @property
+    def size(self) -> int:
+        """Number of independent channels (classes)."""
+        return len(self.classes)
+
+    @property
+    def free(self) -> bool:
+        return not self.pins
+
+    def channel_refs(self, i: int) -> tuple[ChannelRef, ...]:
+        """Every slice of the group's ``i``-th channel: what must be removed together."""
+        return self._coupling.refs(self.classes[i])
+
+    def require_free(self, what: str = "change these channels", *, pass_name: str | None = None) -> None:
+        """Raise ``PreconditionError`` naming the pins when the group's channels cannot change."""
+        if self.pins:
+            raise self._coupling.pin_error(self.classes, what, pass_name=pass_name)
+
+
+class _UF:
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+
+    def make(self, n: int) -> list[int]:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        return list(range(start, start + n))
+
+    def find(self, x: int) -> int:
+        p = self.parent
+        while p[x] != x:
+            p[x] = p[p[x]]
+            x = p[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            if ra < rb:  # the older element stays the root: class ids follow topological order
+                p, q = ra, rb
+            else:
+                p, q = rb, ra
+            self.parent[q] = p
+
+
+_GROUP_HINT = ("put a conv2d/linear between them (it decouples channels), or widen/prune another node "
+               "(passes.widen_targets(g) lists the legal ones)")
+
+
+class _Builder:
+    def __init__(self, g: Graph, strict: bool) -> None:
+        self.g = g
+        self.strict = strict
+        self.uf = _UF()
+        self.layout: dict[str, list[tuple[int, int]]] = {}  # node -> [(element, width)]
+        self.rules: dict[str, NodeRule] = {}
+        self.pins: list[tuple[list[tuple[int, int]], Pin]] = []
+
+    # -- helpers
+    def _fresh(self, n: str, t) -> list[tuple[int, int]]:
+        c = t.shape[0] if t.rank >= 1 else 1
+        return [(e, 1) for e in self.uf.make(c)]
+
+    def _opaque(self, n: str, reason: str, hint: str) -> None:
+        if self.strict:
+            raise PreconditionError(f"unknown channel coupling: {reason}", node=n, hint=hint)
+        d = self.g.nx.nodes[n]
+        pin = Pin(n, "unknown", reason, hint)
+        for u in self.g.inputs_of(n):
+            self.pins.append((self.layout[u], pin))
+        self.rules[n] = NodeRule(n, d["op"], "opaque", (), reason)
+        self.layout[n] = self._fresh(n, d["type"])
+        self.pins.append((self.layout[n], pin))
+
+    def _carrier(self, n: str, layout: list[tuple[int, int]], arrays: Sequence[ArrayAxis] = ()) -> None:
+        self.rules[n] = NodeRule(n, self.g.nx.nodes[n]["op"], "carrier", tuple(arrays))
+        self.layout[n] = layout
+
+    def _tie(self, n: str, ins: list[str], what: str) -> bool:
+        lays = [self.layout[u] for u in ins]
+        first = lays[0]
+        for u, lay in zip(ins[1:], lays[1:]):
+            if len(lay) != len(first) or any(w1 != w2 for (_, w1), (_, w2) in zip(first, lay)):
+                self._opaque(n, f"{what} inputs {ins[0]!r} and {u!r} do not line up channel for channel "
+                                f"(e.g. a flattened feature map meets a vector)",
+                             "make both inputs the same kind of tensor (global_avgpool before flatten, or "
+                             "a linear on each side)")
+                return False
+        for lay in lays[1:]:
+            for (a, _), (b, _) in zip(first, lay):
+                self.uf.union(a, b)
+        self._carrier(n, list(first))
+        return True
+
+    # -- the rules, one per op
+    def visit(self, n: str) -> None:
+        g = self.g
+        d = g.nx.nodes[n]
+        op, a, t = d["op"], d["attrs"], d["type"]
+        ins = g.inputs_of(n)
+        it = [g.nx.nodes[u]["type"] for u in ins]
+        if op == "input":
+            self.rules[n] = NodeRule(n, op, "input")
+            self.layout[n] = self._fresh(n, t)
+            self.pins.append((self.layout[n], Pin(n, "input", f"graph input {n!r} has a fixed shape {t}",
+                                                  "the graph's inputs keep their shape")))
+        elif op == "conv2d":
+            cin, groups, cout = it[0].shape[0], a["groups"], a["out_channels"]
+            if groups == 1:
+                arrays = [ArrayAxis("params", "weight", 0, "out", "filter")]
+                if a["bias"]:
+                    arrays.append(ArrayAxis("params", "bias", 0, "out", "filter"))
+                arrays.append(ArrayAxis("params", "weight", 1, "in", "column"))
+                self.rules[n] = NodeRule(n, op, "source", tuple(arrays))
+                self.layout[n] = self._fresh(n, t)
+            elif groups == cin == cout:
+                arrays = [ArrayAxis("params", "weight", 0, "out", "channel")]
+                if a["bias"]:
+                    arrays.append(ArrayAxis("params", "bias", 0, "out", "channel"))
+                self._carrier(n, list(self.layout[ins[0]]), arrays)
+            elif groups == cin:
+                self._opaque(n, f"depthwise conv with a channel multiplier (in {cin}, out {cout}, groups {groups}) "
+                                f"is not modelled: only groups == in_channels == out_channels pass channels through",
+                             "use out_channels == groups == in_channels, or leave this conv's channels alone")
+            else:
+                self._opaque(n, f"grouped conv (in {cin}, out {cout}, groups {groups}) ties channels per group; "
+                                f"archir models groups == 1 and depthwise (groups == in == out) convs only",
+                             "leave this conv's input and output channels alone")
+        elif op == "linear":
+            if it[0].rank != 1:
+                self._opaque(n, f"linear on a rank-{it[0].rank} tensor {it[0]} acts on its last axis, "
+                                f"not on channels", "flatten to a vector before the linear")
+                return
+            arrays = [ArrayAxis("params", "weight", 0, "out", "filter")]
+            if a["bias"]:
+                arrays.append(ArrayAxis("params", "bias", 0, "out", "filter"))
+            arrays.append(ArrayAxis("params", "weight", 1, "in", "column"))
+            self.rules[n] = NodeRule(n, op, "source", tuple(arrays))
+            self.layout[n] = self._fresh(n, t)
+        elif op == "batchnorm2d":
+            arrays = []
+            if a["affine"]:
+                arrays += [ArrayAxis("params", "weight", 0, "out", "channel"),
+                           ArrayAxis("params", "bias", 0, "out", "channel")]
+            arrays += [ArrayAxis("buffers", "running_mean", 0, "out", "channel"),
+                       ArrayAxis("buffers", "running_var", 0, "out", "channel")]
+            self._carrier(n, list(self.layout[ins[0]]), arrays)
+        elif op == "scale":
+            self._carrier(n, list(self.layout[ins[0]]), [ArrayAxis("params", "weight", 0, "out", "channel")])
+        elif op in _ELEMENTWISE or op in _SPATIAL:
+            self._carrier(n, list(self.layout[ins[0]]))
+        elif op == "flatten":
+            sd, r = a["start_dim"], it[0].rank
+            if sd == 1 and r == 1:
+                self._carrier(n, list(self.layout[ins[0]]))
+            elif sd == 1 and r == 3:
+                hw = it[0].shape[1] * it[0].shape[2]
+                self._carrier(n, [(e, w * hw) for e, w in self.layout[ins[0]]])
+            else:
+                self._opaque(n, f"flatten(start_dim={sd}) of a rank-{r} tensor {it[0]} keeps a non-channel "
+                                f"axis; what follows it would act on channels in a way archir does not model",
+                             "use flatten(start_dim=1) (after global_avgpool for a vector of channels)")
+        elif op == "add":
+            self._tie(n, ins, "add")
+        elif op == "mul":
+            cx, cy = it[0].shape[:1], it[1].shape[:1]
+            if cx != cy:
+                self._opaque(n, f"mul broadcasts {it[0]} with {it[1]} across the channel axis; only a gate with "
+                                f"the same channels (like squeeze-excite's (C, 1, 1)) keeps channels apart",
+                             "make the gate (C, 1, 1) (one value per channel)")
+                return
+            self._tie(n, ins, "mul")
+        elif op == "concat":
+            r = it[0].rank
+            if r not in (1, 3):
+                self._opaque(n, f"concat of rank-{r} tensors has no channel axis archir models",
+                             "concat (C, H, W) maps or vectors")
+                return
+            if concat_axis(a["dim"], r, n) == 0:
+                lay = [x for u in ins for x in self.layout[u]]
+                self._carrier(n, lay)
+            else:
+                self._tie(n, ins, f"concat (dim={a['dim']}, not channels)")
+        elif op == "choice":
+            self._opaque(n, "choice node: its channel coupling depends on the decision",
+                         "derive a plain graph first (archir.derive)")
+        else:
+            self._opaque(n, f"op {op!r} has no channel-coupling rule", "add a rule for it to passes/coupling.py")
+
+    def finish(self) -> "Coupling":
+        for o in self.g.outputs:
+            t = self.g.nx.nodes[o]["type"]
+            self.pins.append((self.layout[o], Pin(o, "output", f"graph output {o!r} keeps its shape {t}",
+                                                  "a consumer conv/linear between the target and the output "
+                                                  "decouples the channels from the interface")))
+        roots: dict[int, int] = {}
+        layouts: dict[str, tuple[tuple[int, int], ...]] = {}
+        for n in self.g.topo_order():
+            lay = []
+            for e, w in self.layout[n]:
+                r = self.uf.find(e)
+                c = roots.setdefault(r, len(roots))
+                lay.append((c, w))
+            layouts[n] = tuple(lay)
+        pins: dict[int, list[Pin]] = {}
+        for lay, pin in self.pins:
+            seen = set()
+            for e, _ in lay:
+                c = roots[self.uf.find(e)]
+                if c in seen:
+                    continue
+                seen.add(c)
+                lst = pins.setdefault(c, [])
+                if pin not in lst:
+                    lst.append(pin)
+        return Coupling(self.g, layouts, self.rules, {c: tuple(p) for c, p in pins.items()}, len(roots))
+
+
+class Coupling:
+    """The result of :func:`analyze`: layouts, rules, pins and groups of one graph.
+
+    It describes the graph as it was when analysed; analyse again after editing it.
+    """
+
+    def __init__(self, g: Graph, layouts, rules, pins, n_classes) -> None:
+        self.graph_name = g.name
+        self._layouts: dict[str, tuple[tuple[int, int], ...]] = layouts
+        self._rules: dict[str, NodeRule] = rules
+        self._pins: dict[int, tuple[Pin, ...]] = pins
+        self._n_classes = n_classes
+        self._order = list(layouts)  # topological
+        self._inputs = {n: g.inputs_of(n) for n in self._order}
+        self._occurs: dict[int, list[str]] = {}
+        for n, lay in layouts.items():
+            for c in dict.fromkeys(c for c, _ in lay):
+                self._occurs.setdefault(c, []).append(n)
+        self._read_by: dict[int, list[str]] = {}
+        for n, rule in rules.items():
+            if any(x.side == "in" for x in rule.arrays):
+                for c in dict.fromkeys(c for c, _ in layouts[self._inputs[n][0]]):
+                    self._read_by.setdefault(c, []).append(n)
+        self._groups: list[Group] | None = None
+        self._group_of_class: dict[int, int] = {}
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def num_classes(self) -> int:
+        return self._n_classes
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        """The node ids in the topological order of the analysis."""
+        return tuple(self._order)
+
+    def layout(self, node: str) -> tuple[tuple[int, int], ...]:
+        """The ``(class, width)`` entries of ``node``'s output channel axis."""
+        return self._layouts[node]
+
+    def classes(self, node: str) -> tuple[int, ...]:
+        """The distinct classes of ``node``'s output, in order of first position."""
+        return tuple(dict.fromkeys(c for c, _ in self._layouts[node]))
+
+    def rule(self, node: str) -> NodeRule:
+        """How ``node`` treats channels (:class:`NodeRule`)."""
+        return self._rules[node]
+
+    def input_of(self, node: str) -> str:
+        """The port-0 input of ``node`` (whose layout indexes its ``side="in"`` arrays)."""
+        return self._inputs[node][0]
+
+    def pins(self, classes: int | Iterable[int]) -> tuple[Pin, ...]:
+        """The pins of one class or of several (deduplicated, in order)."""
+        if isinstance(classes, (int, np.integer)):
+            return self._pins.get(int(classes), ())
+        out: list[Pin] = []
+        for c in classes:
+            for p in self._pins.get(c, ()):
+                if p not in out:
+                    out.append(p)
+        return tuple(out)
+
+    def holders(self, cls: int) -> tuple[str, ...]:
+        """Nodes whose output holds channels of class ``cls``, in topological order."""
+        return tuple(self._occurs.get(cls, ()))
+
+    def readers(self, cls: int) -> tuple[str, ...]:
+        """Nodes that read class ``cls`` through a ``side="in"`` array (conv/linear columns)."""
+        return tuple(self._read_by.get(cls, ()))
+
+    def refs(self, cls: int) -> tuple[ChannelRef, ...]:
+        """Every slice of class ``cls``: output positions, filters, per-channel arrays, columns."""
+        out: list[ChannelRef] = []
+        for n in self._occurs.get(cls, ()):
+            spans = _spans(self._layouts[n], cls)
+            rule = self._rules[n]
+            for s, e in spans:
+                out.append(ChannelRef(n, "output", 0, s, e))
+            for x in rule.arrays:
+                if x.side == "out":
+                    out += [ChannelRef(n, x.name, x.axis, s, e, x.kind) for s, e in spans]
+        for n in self._read_by.get(cls, ()):
+            spans = _spans(self._layouts[self._inputs[n][0]], cls)
+            for x in self._rules[n].arrays:
+                if x.side == "in":
+                    out += [ChannelRef(n, x.name, x.axis, s, e, x.kind) for s, e in spans]
+        return tuple(out)
+
+    # ------------------------------------------------------------------ groups
+
+    def groups(self) -> list[Group]:
+        """The dependency groups (see the module docstring), in topological order of their first producer."""
+        if self._groups is not None:
+            return self._groups
+        uf = _UF()
+        uf.make(self._n_classes)
+        for n in self._order:
+            if self._rules[n].kind != "carrier":
+                cs = self.classes(n)
+                for c in cs[1:]:
+                    uf.union(cs[0], c)
+        members: dict[int, list[int]] = {}
+        for n in self._order:  # classes in order of first appearance (a producer's channel order)
+            if self._rules[n].kind != "carrier":
+                for c in self.classes(n):
+                    lst = members.setdefault(uf.find(c), [])
+                    if c not in lst:
+                        lst.append(c)
+        rank = {n: i for i, n in enumerate(self._order)}
+        groups = []
+        for root, classes in members.items():
+            holders = sorted({n for c in classes for n in self._occurs.get(c, ())}, key=rank.__getitem__)
+            prod = [n for n in holders if self._rules[n].kind != "carrier"]
+            carr = [n for n in holders if self._rules[n].kind == "carrier"]
+            cons = sorted({n for c in classes for n in self._read_by.get(c, ())}, key=rank.__getitem__)
+            gi = len(groups)
+            for c in classes:
+                self._group_of_class[c] = gi
+            groups.append(Group(gi, tuple(classes), tuple(prod), tuple(carr), tuple(cons), self.pins(classes), self))
+        self._groups = groups
+        return groups
+
+    def group_of(self, node: str) -> Group:
+        """The group holding ``node``'s output channels (its first channel's group)."""
+        self.groups()
+        lay = self._layouts[node]
+        if not lay:
+            raise KeyError(node)
+        return self._groups[self._group_of_class[lay[0][0]]]
+
+    # ------------------------------------------------------------------ edits
+
+    def pin_error(self, classes: Iterable[int], what: str, *, node: str | None = None,
+                  pass_name: str | None = None) -> PreconditionError:
+        """The ``PreconditionError`` for an edit of ``classes`` that meets pins (what, where, how)."""
+        pins = self.pins(classes)
+        listing = "; ".join(str(p) for p in pins[:4]) + (f"; and {len(pins) - 4} more" if len(pins) > 4 else "")
+        hints = list(dict.fromkeys(p.hint for p in pins if p.hint))
+        return PreconditionError(f"cannot {what}: its channels, or channels tied to them, must keep their "
+                                 f"count ({listing})", node=node or (pins[0].node if pins else None),
+                                 pass_name=pass_name, hint="; ".join(hints[:2]) or _GROUP_HINT)
+
+    def remap(self, edit: Mapping[int, Sequence[str]], *, what: str = "edit these channels",
+              pass_name: str | None = None) -> dict[str, NodeRemap]:
+        """Per-node index maps for an edit of channel classes (see the module docstring).
+
+        Args:
+            edit: class -> the tags that replace each occurrence of it (``"keep"``, ``"copy"``,
+                ``"new"``; ``()`` removes it). Classes not in ``edit`` are kept.
+            what: the action, for error messages.
+            pass_name: the pass, for error messages.
+
+        Returns:
+            ``{node: NodeRemap}`` in topological order, for every node whose output or
+            ``side="in"`` input changes.
+
+        Raises:
+            PreconditionError: an edited class is pinned, or a node would be left with no channels.
+        """
+        edit = {int(c): tuple(v) for c, v in edit.items() if tuple(v) != ("keep",)}
+        for c, tags in edit.items():
+            bad = [t for t in tags if t not in EDIT_TAGS]
+            if bad or not 0 <= c < self._n_classes:
+                raise ValueError(f"bad edit of class {c}: {tags} (tags are {EDIT_TAGS})")
+        if any(c in self._pins for c in edit):
+            raise self.pin_error([c for c in edit if c in self._pins], what, pass_name=pass_name)
+        outs: set[str] = set()
+        ins: set[str] = set()
+        for c in edit:
+            outs.update(self._occurs.get(c, ()))
+            ins.update(self._read_by.get(c, ()))
+        result: dict[str, NodeRemap] = {}
+        for n in self._order:
+            if n not in outs and n not in ins:
+                continue
+            out = _posmap(self._layouts[n], edit) if n in outs else None
+            inp = _posmap(self._layouts[self._inputs[n][0]], edit) if n in ins else None
+            if (out is not None and out.entries == 0) or (inp is not None and inp.entries == 0):
+                raise PreconditionError(f"the edit would leave node {n!r} with no channels", node=n,
+                                        pass_name=pass_name, hint="keep at least one channel per tensor")
+            attrs = {}
+            rule = self._rules[n]
+            if out is not None:
+                if rule.op == "conv2d":
+                    attrs = {"out_channels": out.entries}
+                    if rule.kind == "carrier":  # depthwise: one group per channel
+                        attrs["groups"] = out.entries
+                elif rule.op == "linear":
+                    attrs = {"out_features": out.entries}
+            result[n] = NodeRemap(n, out, inp, attrs)
+        return result
+
+
+def _spans(layout: Sequence[tuple[int, int]], cls: int) -> list[tuple[int, int]]:
+    out, s = [], 0
+    for c, w in layout:
+        if c == cls:
+            out.append((s, s + w))
+        s += w
+    return out
+
+
+def _posmap(layout: Sequence[tuple[int, int]], edit: Mapping[int, tuple[str, ...]]) -> PositionMap:
+    src: list[int] = []
+    tag: list[str] = []
+    share: list[int] = []
+    entries = 0
+    s = 0
+    for c, w in layout:
+        tags = edit.get(c, ("keep",))
+        k = sum(t != "new" for t in tags)
+        for t in tags:
+            src.extend(range(s, s + w))
+            tag.extend([t] * w)
+            share.extend([k] * w)
+            entries += 1
+        s += w
+    return PositionMap(np.asarray(src, dtype=np.int64), np.asarray(tag, dtype=object),
+                       np.asarray(share, dtype=np.int64), entries)
+
+
+def analyze(g: Graph, *, strict: bool = False) -> Coupling:
+    """Analyse how the channels of ``g`` are coupled (see the module docstring).
+
+    Args:
+        g: a graph whose shapes are inferred (any valid graph; the graph is not changed).
+        strict: raise at the first op whose coupling is unknown instead of pinning its channels.
+
+    Returns:
+        A :class:`Coupling`.
+
+    Raises:
+        PreconditionError: (``strict=True``) an op couples channels in a way archir does not
+            model; the error names the node, the reason and how to fix it. Also when a node
+            has no inferred type.
+
+    Example:
+        >>> import archir.samples as S
+        >>> cp = analyze(S.chain())
+        >>> cp.rule("l0.bn").kind, len(cp.layout("l0.bn"))
+        ('carrier', 8)
+    """
+    for n, d in g.nx.nodes(data=True):
+        if d.get("type") is None:  # analysing must not edit the graph, so ask rather than infer
+            raise PreconditionError("node has no inferred type; channel coupling needs shapes", node=n,
+                                    hint="call g.infer_shapes() (or g.validate()) first")
+    b = _Builder(g, strict)
+    for n in g.topo_order():
+        b.visit(n)
+    return b.finish()
+
+
+def dependency_groups(g: Graph, *, strict: bool = False) -> list[Group]:
+    """The channel-dependency groups of ``g``: channels that must be pruned (or widened) together.
+
+    Each :class:`Group` lists its independent channels (``classes``), its producers, carriers and
+    consumers, and its pins (a pinned group must not change: graph input/output channels, or
+    channels meeting an op whose coupling is unknown). ``group.channel_refs(i)`` gives the
+    ``(node, array, axis, start, stop)`` slices of channel ``i``; ``Coupling.remap`` turns a
+    removal into per-node index maps.
+
+    Args:
+        g: the graph.
+        strict: raise ``PreconditionError`` on unknown coupling instead of pinning.
+
+    Example:
+        >>> import archir.samples as S
+        >>> [grp.producers for grp in dependency_groups(S.chain()) if grp.free]
+        [('l0.conv',), ('l1.conv',)]
+    """
+    return analyze(g, strict=strict).groups()

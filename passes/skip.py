@@ -1,0 +1,283 @@
+"""``add_skip``: a new, zero-initialised path from an earlier tensor ``src`` to the output of ``dst``
+(NASH types II/IV: skip connections by addition or by concatenation).
+
+Why the function is preserved::
+
+    mode="add":    y' = dst(x) + P(src(x)),  P = 1x1 conv src_C -> dst_C, stride s, weight 0, no bias
+                   P(.) = 0, so y' = dst(x) = y. The zero projection also fixes channel mismatch, and
+                   the stride s (with floor((H_src - 1) / s) + 1 = H_dst) fixes spatial mismatch.
+                   (A plain identity add, y' = y + src, would change the function: the path is
+                   always projected, and the projection starts at zero. Its gradient is not zero:
+                   dL/dP = dL/dy' * src, so training grows the path.)
+
+    mode="concat": y' = concat([dst(x), Q(src(x))]) on channels, where Q = src itself when the
+                   spatial sizes agree, else a strided 1x1 conv (seeded, non-zero). Every consumer
+                   of dst is extended so the new channels get zero weight:
+                     conv (groups=1):  W' = [W, 0] on the input-channel axis  -> sum over c of W'[:, c] x'[c] = W x
+                     flatten -> linear: zero columns at the flattened positions of the new channels
+                     BN, scale:         identity stats / weight 1 for the new channels (channel-wise,
+                                        the old channels are untouched); then their consumers in turn
+                     relu, pools, dropout, identity ...: channel-wise, carried through to their consumers
+                     concat:            the new channels keep their offset in the larger concat
+                   so every tensor that is not channel-extended is unchanged. Consumers that cannot take
+                   extra channels with zero weight (add/mul with an unextended operand, grouped or
+                   depthwise convs, linear on a feature map, a graph output) are refused with the reason.
+                   Non-zero Q keeps the gradient to the new consumer weights non-zero.
+
+``src`` must be a strict ancestor of ``dst`` (a path src -> ... -> dst exists), which keeps the graph
+acyclic: the new nodes read ``src`` and ``dst``, and only ``dst``'s consumers are rewired.
+"""
+
+from __future__ import annotations
+
+import math
+
+import networkx as nx
+import numpy as np
+
+from archir import Graph
+
+from passes._util import fresh_scope, identity_bn, is_plain_target, require_node, require_rank3
+from passes.infra import PreconditionError, graph_pass
+
+__all__ = ["add_skip", "skip_targets", "SKIP_MODES"]
+
+SKIP_MODES = ("add", "concat")
+
+#: ops that act channel-wise (per channel, same channel count out as in): new channels pass through
+_CHANNELWISE = {"relu", "relu6", "sigmoid", "hardswish", "hardsigmoid", "silu", "tanh", "identity", "dropout",
+                "stop_gradient", "stop_forward", "maxpool2d", "avgpool2d", "global_avgpool", "zero"}
+
+
+def _stride_for(src: int, dst: int) -> int | None:
+    """The stride s of a 1x1 conv (no padding) taking size ``src`` to ``dst``, or None."""
+    if dst > src:
+        return None
+    for s in range(max(1, src // dst), math.ceil(src / dst) + 1):
+        if (src - 1) // s + 1 == dst:
+            return s
+    return None
+
+
+def _strides(g: Graph, src: str, dst: str) -> tuple[int, int] | None:
+    (_, h1, w1), (_, h2, w2) = g.node(src).type.shape, g.node(dst).type.shape
+    sh, sw = _stride_for(h1, h2), _stride_for(w1, w2)
+    return None if sh is None or sw is None else (sh, sw)
+
+
+def _extension_plan(g: Graph, start: str, new_mask: np.ndarray):
+    """Walk the consumers of ``start`` (whose channel axis becomes ``new_mask``, True = new channel).
+
+    Returns ``(masks, edits)``: the channel mask of every extended node, and a list of
+    ``(node, kind, mask)`` weight edits (``kind`` in ``"in_zero"``, ``"bn"``, ``"scale"``). Raises
+    ``PreconditionError`` at the first consumer that cannot take the new channels. Does not edit ``g``.
+    """
+    masks = {start: new_mask}
+    edits = []
+    nxg = g.nx
+    order = g.topo_order()
+    pos = {n: i for i, n in enumerate(order)}
+    todo = {v for v, _ in g.users_of(start)}
+    outputs = set(g.outputs)
+    if start in outputs:
+        raise PreconditionError("it is a graph output: concatenating channels onto it would change the output shape",
+                                pass_name="add_skip", node=start, hint="use mode='add', or a dst inside the network")
+    while todo:
+        n = min(todo, key=pos.__getitem__)
+        todo.discard(n)
+        d = nxg.nodes[n]
+        op, attrs = d["op"], d["attrs"]
+        ins = g.inputs_of(n)
+        in_masks = [masks.get(u) for u in ins]
+        m_in = next(m for m in in_masks if m is not None)
+        out_mask = None
+        if op in _CHANNELWISE or op in ("batchnorm2d", "scale"):
+            out_mask = m_in
+            if op == "batchnorm2d":
+                edits.append((n, "bn", m_in))
+            elif op == "scale":
+                edits.append((n, "scale", m_in))
+        elif op == "conv2d":
+            if attrs["groups"] != 1:
+                raise PreconditionError(
+                    f"consumer {n!r} is a grouped conv (groups={attrs['groups']}): its input channels are tied to "
+                    "its output groups, so it cannot take extra input channels with zero weight",
+                    pass_name="add_skip", node=n, hint="use mode='add', or widen the graph instead")
+            edits.append((n, "in_zero", m_in))
+        elif op == "linear":
+            if g.node(ins[0]).type.rank != 1:
+                raise PreconditionError(
+                    f"consumer {n!r} is a linear layer on a {g.node(ins[0]).type} tensor; the new channels are not "
+                    "its feature axis", pass_name="add_skip", node=n, hint="use mode='add'")
+            edits.append((n, "in_zero", m_in))
+        elif op == "flatten":
+            t = g.node(ins[0]).type
+            if attrs["start_dim"] != 1:
+                raise PreconditionError(f"consumer {n!r} is a flatten with start_dim={attrs['start_dim']}",
+                                        pass_name="add_skip", node=n, hint="use mode='add'")
+            out_mask = np.repeat(m_in, int(np.prod(t.shape[1:], dtype=np.int64)))
+        elif op == "concat":
+            t0 = g.node(ins[0]).type
+            if attrs["dim"] not in (1, -t0.rank):
+                raise PreconditionError(f"consumer {n!r} concatenates on dim {attrs['dim']}, not on channels",
+                                        pass_name="add_skip", node=n, hint="use mode='add'")
+            parts = [m if m is not None else np.zeros(g.node(u).type.shape[0], bool) for u, m in zip(ins, in_masks)]
+            out_mask = np.concatenate(parts)
+        elif op in ("add", "mul"):
+            if any(m is None for m in in_masks) or any(not np.array_equal(m, in_masks[0]) for m in in_masks):
+                other = [u for u, m in zip(ins, in_masks) if m is None or not np.array_equal(m, m_in)]
+                raise PreconditionError(
+                    f"consumer {n!r} is {'an' if op == 'add' else 'a'} {op} whose other operand {other[0]!r} does not get the new channels "
+                    "(channels are tied through it)", pass_name="add_skip", node=n,
+                    hint="use mode='add', or widen the coupled producers instead")
+            out_mask = m_in
+        else:
+            raise PreconditionError(f"consumer {n!r} is a {op}, which cannot be extended with zero weights for "
+                                    "new input channels", pass_name="add_skip", node=n, hint="use mode='add'")
+        if out_mask is not None:
+            if n in outputs:
+                raise PreconditionError(
+                    f"the new channels reach graph output {n!r} (through channel-wise ops), which would change "
+                    "the output shape", pass_name="add_skip", node=n,
+                    hint="use mode='add', or a dst whose channels meet a conv/linear before the output")
+            masks[n] = out_mask
+            todo |= {v for v, _ in g.users_of(n)}
+    return masks, edits
+
+
+def _apply_edits(g: Graph, edits) -> None:
+    for n, kind, mask in edits:
+        node = g.node(n)
+        if kind == "in_zero":
+            w = node.params["weight"]
+            new = np.zeros((w.shape[0], mask.size) + w.shape[2:], np.float32)
+            new[:, ~mask] = w
+            g.set_params(n, weight=new)
+        elif kind == "bn":
+            old_p, old_b = node.params, node.buffers
+            idp, idb = identity_bn(mask.size, node.attrs["eps"])
+            for src, ident, setter in ((old_p, idp, g.set_params), (old_b, idb, g.set_buffers)):
+                upd = {}
+                for k, a in src.items():
+                    full = ident[k].copy()
+                    full[~mask] = a
+                    upd[k] = full
+                setter(n, **upd)
+        elif kind == "scale":
+            full = np.ones(mask.size, np.float32)
+            full[~mask] = node.params["weight"]
+            g.set_params(n, weight=full)
+
+
+@graph_pass(preserves="function")
+def add_skip(g: Graph, src: str, dst: str, mode: str = "add", seed: int = 0) -> Graph:
+    """Add a zero-initialised path from ``src`` to the output of ``dst`` (function-preserving).
+
+    Args:
+        g: the graph (not changed).
+        src: a ``(C, H, W)`` node that is a strict ancestor of ``dst``.
+        dst: a ``(C, H, W)`` node; its spatial size must be ``src``'s divided by an integer stride
+            (``floor((H_src - 1) / s) + 1 == H_dst``), channels may differ.
+        mode: ``"add"``: ``dst + conv1x1(src)`` with the projection's weight at zero (strided
+            where the sizes differ); ``"concat"``: ``concat([dst, src or strided conv1x1(src)])``
+            with every consumer of ``dst`` given zero weights for the new channels.
+        seed: seeds the (non-zero) strided projection of ``mode="concat"``.
+
+    Returns:
+        A new graph with the nodes ``{dst}.skip.proj`` (when there is a projection) and
+        ``{dst}.skip.add`` / ``{dst}.skip.cat`` (or a fresh scope ``{dst}.skip_2`` ...).
+
+    Raises:
+        PreconditionError: unknown node (the message lists legal targets), not a ``(C, H, W)``
+            node, ``src`` is not a strict ancestor of ``dst``, the spatial sizes are not related
+            by an integer stride, an unknown mode, or (concat) a consumer of ``dst`` that cannot
+            take extra channels with zero weight (named, with the reason).
+
+    Example:
+        >>> g2 = passes.add_skip(g, src="stem.relu", dst="b1.b.bn", mode="add")     # doctest: +SKIP
+    """
+    for role, n in (("src", src), ("dst", dst)):
+        require_node(g, n, morphism="add_skip", role=role,
+                     legal=lambda role=role: (t[role] for t in skip_targets(g, limit=50)))
+    if mode not in SKIP_MODES:
+        raise PreconditionError(f"mode must be one of {SKIP_MODES}, got {mode!r}", pass_name="add_skip")
+    c1, _, _ = require_rank3(g, src, morphism="add_skip", role="src")
+    c2, _, _ = require_rank3(g, dst, morphism="add_skip", role="dst")
+    if src == dst or not nx.has_path(g.nx, src, dst):
+        raise PreconditionError(
+            f"src {src!r} is not an earlier tensor on a path to dst {dst!r}; a skip from a non-ancestor would "
+            "create a cycle or connect unrelated branches", pass_name="add_skip", node=dst,
+            hint="pick a src among dst's ancestors (nx.ancestors(g.nx, dst))")
+    strides = _strides(g, src, dst)
+    if strides is None:
+        raise PreconditionError(
+            f"spatial size {g.node(src).type.shape[1:]} of src {src!r} does not reduce to "
+            f"{g.node(dst).type.shape[1:]} of dst {dst!r} with an integer stride",
+            pass_name="add_skip", node=dst, hint="pick a src at the same or a larger (integer multiple) resolution")
+    g = g.copy()
+    scope = fresh_scope(g, f"{dst}.skip")
+    stride = strides[0] if strides[0] == strides[1] else list(strides)
+    if mode == "add":
+        proj = g.add("conv2d", src, out_channels=c2, kernel_size=1, stride=stride, bias=False, name=f"{scope}.proj")
+        g.set_params(proj, weight=np.zeros((c2, c1, 1, 1), np.float32))
+        new = g.add("add", dst, proj, name=f"{scope}.add")
+        g.replace_uses(dst, new, exclude=[new])
+        return g.validate()
+    # concat: plan the consumer edits on the old graph first, so a refusal leaves nothing half done
+    mask = np.concatenate([np.zeros(c2, bool), np.ones(c1, bool)])
+    _, edits = _extension_plan(g, dst, mask)
+    path = src
+    if strides != (1, 1):
+        path = g.add("conv2d", src, out_channels=c1, kernel_size=1, stride=stride, bias=False, name=f"{scope}.proj")
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / math.sqrt(c1)  # torch's default conv init bound for a 1x1 kernel
+        g.set_params(path, weight=rng.uniform(-bound, bound, (c1, c1, 1, 1)))
+    cat = g.add("concat", dst, path, name=f"{scope}.cat", dim=1)
+    g.replace_uses(dst, cat, exclude=[cat])
+    g.infer_shapes()
+    _apply_edits(g, edits)
+    return g.validate()
+
+
+def skip_targets(g: Graph, limit: int | None = None) -> list[dict]:
+    """Legal ``add_skip`` calls: every (ancestor ``src``, ``dst``) pair of ``(C, H, W)`` nodes whose sizes
+    relate by an integer stride, in ``mode="add"``, and in ``mode="concat"`` where every consumer of
+    ``dst`` can take new channels. Sources come in topological order; ``limit`` stops early."""
+    out: list[dict] = []
+    order = g.topo_order()
+    nxg = g.nx
+    bit = {n: 1 << i for i, n in enumerate(order)}
+    anc: dict[str, int] = {}
+    for n in order:  # ancestor sets as bitsets: one pass in topological order
+        a = 0
+        for u in nxg.predecessors(n):
+            a |= anc[u] | bit[u]
+        anc[n] = a
+    plain = [n for n in order if is_plain_target(g, n)]
+    hw = {n: nxg.nodes[n]["type"].shape[1:] for n in plain}
+    stride_ok: dict[tuple, bool] = {}
+
+    def fits(a, b) -> bool:
+        key = (a, b)
+        if key not in stride_ok:
+            stride_ok[key] = _stride_for(a[0], b[0]) is not None and _stride_for(a[1], b[1]) is not None
+        return stride_ok[key]
+
+    for dst in plain:
+        a, concat_ok = anc[dst], None
+        for src in plain:  # in topological order: deterministic whatever the hash seed
+            if not a & bit[src] or not fits(hw[src], hw[dst]):
+                continue
+            out.append({"src": src, "dst": dst, "mode": "add"})
+            if concat_ok is None:
+                c2 = nxg.nodes[dst]["type"].shape[0]
+                try:
+                    _extension_plan(g, dst, np.concatenate([np.zeros(c2, bool), np.ones(1, bool)]))
+                    concat_ok = True
+                except PreconditionError:
+                    concat_ok = False
+            if concat_ok:
+                out.append({"src": src, "dst": dst, "mode": "concat"})
+            if limit is not None and len(out) >= limit:
+                return out
+    return out

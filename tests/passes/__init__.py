@@ -1,0 +1,72 @@
+"""Tests of ``passes/``, and the checks every morphism test shares."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from archir import samples
+from archir.lower import to_onnx
+
+from passes.check import check_preserved, make_inputs, run_graph
+
+ATOL, RTOL = 1e-5, 1e-4
+
+#: the sample networks every morphism is tested on (darts_like kept small for speed)
+SAMPLE_BUILDERS = {
+    "chain": samples.chain,
+    "resnet_like": samples.resnet_like,
+    "densenet_like": samples.densenet_like,
+    "mobilenet_like": samples.mobilenet_like,
+    "darts_like": functools.partial(samples.darts_like, cells=2),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _sample(name: str):
+    return SAMPLE_BUILDERS[name]()
+
+
+def sample(name: str):
+    """A sample net (built once per test session; passes never change their input)."""
+    return _sample(name)
+
+
+def _ort_session(model_bytes: bytes):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def assert_onnx_agrees(g, *, atol: float = ATOL, rtol: float = RTOL, n: int = 2, seed: int = 1) -> None:
+    """``to_onnx(g)`` under ONNX Runtime matches ``to_fx(g)`` (eval mode) on seeded inputs."""
+    xs = make_inputs(g, n=n, seed=seed)
+    ref = run_graph(g, xs)
+    sess = _ort_session(to_onnx(g).SerializeToString())
+    got = sess.run(None, {i: x.numpy() for i, x in zip(g.inputs, xs)})
+    assert len(got) == len(ref)
+    for o, r in zip(got, ref):
+        np.testing.assert_allclose(o, r.numpy(), atol=atol, rtol=rtol)
+
+
+def assert_morphism(before, after, *, onnx: bool = True):
+    """The three checks of a morphism result: valid, same function (eval mode), ONNX agrees.
+
+    Returns the preservation report.
+    """
+    assert after is not before
+    after.validate()
+    report = check_preserved(before, after, atol=ATOL, rtol=RTOL)
+    assert report.ok, str(report)
+    if onnx:
+        assert_onnx_agrees(after)
+    return report
+
+
+def new_nodes(before, after) -> set[str]:
+    return set(after) - set(before)

@@ -6,7 +6,9 @@ Public names:
     The numeric check: check_preserved, PreservationReport, OutputError (eval mode).
     Pipelines: PassManager, PassRecord, PassInstrument, bind, and the instruments Verify,
         CheckPreserved, Timing, DumpIR.
-    Morphisms (function-preserving): deepen, insert_bn, enlarge_kernel, add_skip.
+    Morphisms (function-preserving): deepen, insert_bn, enlarge_kernel, add_skip, widen
+        (and widen_noisy, its noisy Net2Net variant; widen_targets, widen_reason).
+    Channel coupling (shared by widen and pruning): analyze, dependency_groups, Coupling, Group.
     Search helpers: MORPHISMS, register_morphism, legal_targets, random_morphism.
 """
 
@@ -33,12 +35,15 @@ from passes.deepen import deepen
 from passes.insert_bn import insert_bn
 from passes.enlarge_kernel import enlarge_kernel
 from passes.skip import add_skip
+from passes.widen import widen, widen_noisy, widen_reason, widen_targets
+from passes.coupling import Coupling, Group, analyze, dependency_groups
 from passes.targets import MORPHISMS, legal_targets, random_morphism, register_morphism
 
 __all__ = [
     "graph_pass", "pass_name", "PassError", "PreconditionError", "PostconditionError", "FunctionNotPreserved",
     "check_preserved", "PreservationReport", "OutputError",
     "PassManager", "PassRecord", "PassInstrument", "bind", "Verify", "CheckPreserved", "Timing", "DumpIR",
-    "deepen", "insert_bn", "enlarge_kernel", "add_skip",
+    "deepen", "insert_bn", "enlarge_kernel", "add_skip", "widen", "widen_noisy", "widen_targets", "widen_reason",
+    "analyze", "dependency_groups", "Coupling", "Group",
     "MORPHISMS", "register_morphism", "legal_targets", "random_morphism",
 ]

@@ -2,8 +2,8 @@
 
 ``MORPHISMS`` maps a name to ``(fn, targets_fn)``: ``fn(g, **kwargs) -> Graph`` is a
 ``@graph_pass(preserves="function")`` morphism and ``targets_fn(g) -> list[dict]`` lists the
-kwargs of every legal call on ``g``. ``register_morphism`` adds one (``widen`` is registered by
-whoever imports ``passes.widen``; this module does not import it).
+kwargs of every legal call on ``g``. ``register_morphism`` adds one. Registered here:
+``deepen``, ``insert_bn``, ``enlarge_kernel``, ``add_skip`` and ``widen`` (doubling a layer).
 
 A driver asks ``legal_targets(g, "deepen")`` for the moves of one morphism, or lets
 ``random_morphism(g, rng)`` pick a morphism and a target uniformly (the morphism first, so a
@@ -25,6 +25,7 @@ from passes.enlarge_kernel import enlarge_kernel, enlarge_kernel_targets
 from passes.infra import PreconditionError
 from passes.insert_bn import insert_bn, insert_bn_targets
 from passes.skip import add_skip, skip_targets
+from passes.widen import widen, widen_targets
 
 __all__ = ["MORPHISMS", "register_morphism", "legal_targets", "random_morphism", "morphism_names"]
 
@@ -157,5 +158,5 @@ def random_morphism(g: Graph, rng: np.random.Generator | int, morphisms: Iterabl
 
 for _name, _fn, _tf in (("deepen", deepen, deepen_targets), ("insert_bn", insert_bn, insert_bn_targets),
                         ("enlarge_kernel", enlarge_kernel, enlarge_kernel_targets),
-                        ("add_skip", add_skip, skip_targets)):
+                        ("add_skip", add_skip, skip_targets), ("widen", widen, widen_targets)):
     register_morphism(_name, _fn, _tf)

@@ -3,9 +3,9 @@
 The command line sits at the top of the house: it may import ``archir``, ``passes``,
 ``costmodels`` and ``search``, and nothing imports it. Subcommands are listed in
 :data:`archir.cli.main.SUBCOMMANDS`; a later subcommand lives in its own module under
-``archir/cli/`` and is named in :data:`archir.cli.main.EXTRA_MODULES` (see that module's
+``archir/cli/`` that defines ``SUBCOMMANDS`` and is found automatically (see that module's
 docstring).
 
 Public names (in ``archir.cli.main``): ``main``, ``Subcommand``, ``SUBCOMMANDS``,
-``EXTRA_MODULES``, ``CLIError``, ``build_parser``, ``to_dot``, ``export_verified``.
+``extra_modules``, ``CLIError``, ``build_parser``, ``to_dot``, ``export_verified``.
 """

@@ -13,11 +13,14 @@ Exit codes: 0 success; 1 the ONNX export did not match torch.fx under ONNX Runti
 mistake is reported as one line (``archir: error: ...``) plus a ``how to fix`` line,
 never as a traceback; a traceback means an archir bug.
 
-Adding a subcommand (later issues: ``archir search``, ``archir measure``): write a module
-``archir/cli/<name>.py`` that defines ``SUBCOMMANDS = [Subcommand(name, help,
-add_arguments, run)]`` and add the module name to :data:`EXTRA_MODULES`. ``run(args)``
-returns the exit code and raises :class:`CLIError` (or any ``archir.IRError``) for bad
-input; :func:`main` turns those into the one-line message and exit code.
+Adding a subcommand: write a module ``archir/cli/<name>.py`` that defines
+``SUBCOMMANDS = [Subcommand(name, help, add_arguments, run, user_errors=(...))]``;
+:func:`build_parser` finds every module of this package that defines ``SUBCOMMANDS``.
+``run(args)`` returns the exit code and raises :class:`CLIError`, any ``archir.IRError``
+or one of its ``user_errors`` (exception types with an optional ``hint`` attribute, e.g.
+``passes.PassError``) for bad input; :func:`main` turns those into the one-line message
+and exit code 2. Subcommand modules import ``passes``/``costmodels``/``search`` lazily,
+inside ``run``, so ``archir --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import pkgutil
 import shutil
 import subprocess
 import sys
@@ -39,7 +43,7 @@ from typing import Callable, Iterator, Sequence
 import archir
 from archir.errors import IRError
 
-__all__ = ["main", "build_parser", "Subcommand", "SUBCOMMANDS", "EXTRA_MODULES", "CLIError", "to_dot",
+__all__ = ["main", "build_parser", "Subcommand", "SUBCOMMANDS", "extra_modules", "CLIError", "to_dot",
            "export_verified", "ExportReport"]
 
 PROG = "archir"
@@ -71,6 +75,8 @@ class Subcommand:
         add_arguments: adds the subcommand's arguments to its ``argparse`` parser.
         run: runs it on the parsed arguments; returns the exit code.
         description: the longer text of ``archir <name> --help`` (defaults to ``help``).
+        user_errors: returns the exception types that mean bad input for this subcommand
+            (called only when ``run`` raised, so the module's heavy imports stay lazy).
     """
 
     name: str
@@ -78,6 +84,7 @@ class Subcommand:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
     description: str = ""
+    user_errors: Callable[[], tuple[type[BaseException], ...]] | None = None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -491,14 +498,21 @@ SUBCOMMANDS: list[Subcommand] = [
                "ONNX, verify it under ONNX Runtime, and print a summary with timings."),
 ]
 
-#: Modules under ``archir/cli/`` that define ``SUBCOMMANDS`` of their own (imported by ``build_parser``).
-EXTRA_MODULES: tuple[str, ...] = ()
+def extra_modules() -> list[str]:
+    """The modules of ``archir.cli`` besides this one, sorted (each may define ``SUBCOMMANDS``)."""
+    import archir.cli as pkg
+    return sorted(f"{pkg.__name__}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__)
+                  if m.name != "main" and not m.name.startswith("_"))
 
 
 def _all_subcommands() -> list[Subcommand]:
     subs = list(SUBCOMMANDS)
-    for mod in EXTRA_MODULES:
-        subs += list(importlib.import_module(mod).SUBCOMMANDS)
+    for mod in extra_modules():
+        subs += list(getattr(importlib.import_module(mod), "SUBCOMMANDS", []))
+    names = [s.name for s in subs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise RuntimeError(f"archir CLI: subcommand(s) {dup} defined twice under archir/cli/")
     return subs
 
 
@@ -513,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     for sc in _all_subcommands():
         p = sub.add_parser(sc.name, help=sc.help, description=sc.description or sc.help)
         sc.add_arguments(p)
-        p.set_defaults(run=sc.run)
+        p.set_defaults(run=sc.run, user_errors=sc.user_errors)
     return parser
 
 
@@ -555,6 +569,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        declared = args.user_errors() if args.user_errors else ()
+        if declared and isinstance(e, declared):
+            hint = getattr(e, "hint", None)
+            msg = str(e)
+            if hint and "how to fix" in msg:  # the message already carries the hint on a later line
+                msg = msg.split("\n", 1)[0]
+            _error(msg, hint)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

@@ -93,22 +93,47 @@ def test_unknown_option_is_a_usage_error(capsys):
     assert "unrecognized arguments: --bogus" in err and "Traceback" not in err
 
 
+class _Refused(Exception):
+    def __init__(self, msg, hint):
+        super().__init__(msg)
+        self.hint = hint
+
+
 def test_extra_modules_add_subcommands(monkeypatch, capsys):
-    # how a later issue adds `archir search`: a module with SUBCOMMANDS, named in EXTRA_MODULES
+    # how a later issue adds `archir search`: a module under archir/cli with SUBCOMMANDS
     mod = types.ModuleType("archir_cli_fake_ext")
 
     def add(p):
         p.add_argument("--who", default="world")
 
     def run(args):
+        if args.who == "nobody":
+            raise _Refused("nobody to greet", "pass --who NAME")
+        if args.who == "bug":
+            raise KeyError("a bug")
         print(f"hello {args.who}")
         return 0
 
-    mod.SUBCOMMANDS = [Subcommand("hello", "say hello", add, run)]
+    mod.SUBCOMMANDS = [Subcommand("hello", "say hello", add, run, user_errors=lambda: (_Refused,))]
     monkeypatch.setitem(sys.modules, mod.__name__, mod)
-    monkeypatch.setattr(cli, "EXTRA_MODULES", (mod.__name__,))
+    monkeypatch.setattr(cli, "extra_modules", lambda: [mod.__name__])
     assert main(["hello", "--who", "archir"]) == 0
     assert capsys.readouterr().out == "hello archir\n"
+    # a declared user error: one line and a hint, exit 2, no traceback
+    assert main(["hello", "--who", "nobody"]) == 2
+    err = capsys.readouterr().err
+    assert err == "archir: error: nobody to greet\n  how to fix: pass --who NAME\n"
+    # anything else is a bug and propagates
+    with pytest.raises(KeyError):
+        main(["hello", "--who", "bug"])
+
+
+def test_subcommand_modules_are_discovered():
+    # every module under archir/cli (besides main) is searched for SUBCOMMANDS
+    mods = cli.extra_modules()
+    assert "archir.cli.main" not in mods
+    names = [a.dest for a in cli.build_parser()._subparsers._group_actions[0]._choices_actions]
+    assert len(names) == len(set(names)) and {"show", "export", "draw", "demo"} <= set(names)
 
 
 def test_nothing_imports_archir_cli():

@@ -12,7 +12,7 @@ from tests.passes import assert_morphism
 
 
 def test_registry_has_the_morphisms():
-    assert {"deepen", "insert_bn", "enlarge_kernel", "add_skip"} <= set(MORPHISMS)
+    assert {"deepen", "insert_bn", "enlarge_kernel", "add_skip", "widen"} <= set(MORPHISMS)
     for name, (fn, tf) in MORPHISMS.items():
         assert fn.preserves == "function" and callable(tf), name
 
@@ -66,7 +66,7 @@ def test_random_morphism_is_seeded_and_preserving():
     assert name in MORPHISMS
     assert_morphism(g, a)
     seen = {random_morphism(g, s)[1].split("(")[0] for s in range(40)}
-    assert seen == {"deepen", "insert_bn", "enlarge_kernel", "add_skip"}  # morphism first, then target
+    assert seen == {"deepen", "insert_bn", "enlarge_kernel", "add_skip", "widen"}  # morphism first, then target
 
 
 def test_random_morphism_restricted_and_no_targets():

@@ -20,7 +20,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import networkx as nx
 import numpy as np
@@ -311,7 +312,8 @@ def load(path: str | os.PathLike) -> Graph:
     except (UnicodeDecodeError, ValueError) as e:
         raise SerializationError(f"{src}: not valid JSON ({e})", rule="format",
                                  hint="the file is truncated or damaged; re-save it with archir.save()") from None
-    g = from_json_dict(doc, src)
+    with _naming_file(src):
+        g = from_json_dict(doc, src)
     w = doc.get("weights")
     if w is not None:
         _need(isinstance(w, dict) and isinstance(w.get("file"), str) and isinstance(w.get("sha256"), str),
@@ -335,8 +337,21 @@ def load(path: str | os.PathLike) -> Graph:
         except (SafetensorError, ValueError, OSError, KeyError, TypeError) as e:
             raise SerializationError(f"{wpath}: not a valid safetensors file ({e})", rule="weights") from None
         _assign_weights(g, tensors, str(wpath))
-    g.validate(weights=w is not None)
+    with _naming_file(src):
+        g.validate(weights=w is not None)
     return g
+
+
+@contextmanager
+def _naming_file(src: str) -> Iterator[None]:
+    """Re-raise an ``IRError`` about the graph with the file's path in front of its message."""
+    try:
+        yield
+    except IRError as e:
+        if e.message.startswith(src):
+            raise
+        raise type(e)(f"{src}: {e.message}", node=e.node, rule=e.rule, hint=e.hint,
+                      context=e.context) from None
 
 
 def _assign_weights(g: Graph, tensors: dict[str, np.ndarray], src: str) -> None:

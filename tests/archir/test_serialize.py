@@ -528,3 +528,24 @@ def test_loaded_weights_are_private_read_only_copies(tmp_path):
     assert not w.flags.writeable
     with pytest.raises(ValueError, match="read-only"):
         w[0, 0] = 1.0
+
+
+@pytest.mark.parametrize("edit, err, words", [
+    (lambda doc: doc["nodes"][1]["attrs"].update(kernel_size="big"), OpSchemaError, "kernel_size"),
+    (lambda doc: doc["nodes"][2].update(inputs=[doc["nodes"][1]["id"], doc["inputs"][0]]), OpSchemaError,
+     "takes 1 input"),
+    (lambda doc: doc["nodes"][1].update(op="conv9d"), OpSchemaError, "conv9d"),
+])
+def test_load_errors_name_the_file_and_node(tmp_path, edit, err, words):
+    # a bad graph file: the error says which file, which node, and what is wrong
+    g = SAMPLES["chain"]()
+    archir.save(g, tmp_path / "good.json")
+    doc = json.loads((tmp_path / "good.json").read_text())
+    edit(doc)
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    shutil.copy(tmp_path / "good.safetensors", tmp_path / "bad.safetensors")
+    with pytest.raises(err) as info:
+        archir.load(tmp_path / "bad.json")
+    first = str(info.value).splitlines()[0]
+    assert str(tmp_path / "bad.json") in first and words in first and info.value.node is not None
+    assert info.value.hint

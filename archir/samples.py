@@ -12,15 +12,20 @@ identity, which makes numeric checks meaningful.
   ``mul``), hardswish/relu6.
 - :func:`darts_like`: a stack of DARTS-style cells (sep convs, dilated convs, pools, skips,
   ``concat`` of intermediate nodes), the network of ``benchmarks/lowering.py``.
+- :func:`darts_body`: the DARTS/NASNet stem-cells-head wiring with caller-supplied cell
+  nodes (shared with ``search.spaces.darts``).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
 from archir.graph import Graph
 
-__all__ = ["chain", "resnet_like", "densenet_like", "mobilenet_like", "darts_like", "randomize_bn", "SAMPLES"]
+__all__ = ["chain", "resnet_like", "densenet_like", "mobilenet_like", "darts_like", "darts_body", "randomize_bn",
+           "SAMPLES"]
 
 
 def randomize_bn(g: Graph, seed: int = 0) -> Graph:
@@ -151,16 +156,23 @@ def _dil_conv(g: Graph, x: str, c: int, k: int, stride: int, name: str) -> str:
     return g.add("batchnorm2d", h, name=f"{name}.bn")
 
 
-def darts_like(cells: int = 20, seed: int = 0, *, in_shape=(3, 32, 32), channels: int = 16, classes: int = 10,
-               bn_stats: bool = True) -> Graph:
-    """A DARTS-style network: stem, ``cells`` cells (reduction at 1/3 and 2/3), head.
+def darts_body(g: Graph, x: str, *, cells: int, channels: int, classes: int,
+               node: Callable[[int, bool, int, list[str], int], str]) -> str:
+    """The DARTS/NASNet network wiring around caller-supplied intermediate nodes; returns the output id.
 
-    Each cell preprocesses its two inputs with relu-conv1x1-bn, builds four intermediate
-    nodes from two ops each (sep/dilated convs, pools, skips), and concatenates them.
+    Stem (conv3x3 to ``3 * channels`` + BN), ``cells`` cells with reductions at ``cells // 3``
+    and ``2 * cells // 3`` (channels double there), then GAP, flatten, linear to ``classes``.
+    Each cell preprocesses its two inputs (the outputs of the two cells before it) with
+    relu-conv1x1-BN (stride 2 on the older one when the previous cell reduced), builds four
+    intermediate nodes with ``node(cell, reduction, n, states, c)`` -- ``states[:2]`` are the
+    preprocessed inputs, ``states[2:]`` the nodes so far, ``c`` the cell's channels; edges
+    from ``states[:2]`` in a reduction cell take stride 2 -- and concatenates the four nodes.
+
+    Used by :func:`darts_like` and by ``search.spaces.darts`` (plain genotypes and supernets),
+    so the three share one cell layout. Preprocessing nodes that no edge reads are left for
+    the caller to drop.
     """
-    g = Graph(f"darts_like_{cells}")
-    h = g.add("conv2d", g.input("x", in_shape), out_channels=3 * channels, kernel_size=3, padding=1, bias=False,
-              name="stem.conv")
+    h = g.add("conv2d", x, out_channels=3 * channels, kernel_size=3, padding=1, bias=False, name="stem.conv")
     h = g.add("batchnorm2d", h, name="stem.bn")
     s0 = s1 = h
     c = channels
@@ -177,7 +189,22 @@ def darts_like(cells: int = 20, seed: int = 0, *, in_shape=(3, 32, 32), channels
             p = g.add("conv2d", p, out_channels=c, kernel_size=1, stride=stride, bias=False, name=f"{name}.pre{j}.conv")
             pre.append(g.add("batchnorm2d", p, name=f"{name}.pre{j}.bn"))
         states = list(pre)
+        for n in range(4):
+            states.append(node(i, red, n, list(states), c))
+        s0, s1 = s1, g.add("concat", *states[2:], name=f"{name}.out")
+    return _head(g, s1, classes)
 
+
+def darts_like(cells: int = 20, seed: int = 0, *, in_shape=(3, 32, 32), channels: int = 16, classes: int = 10,
+               bn_stats: bool = True) -> Graph:
+    """A DARTS-style network: stem, ``cells`` cells (reduction at 1/3 and 2/3), head.
+
+    Each cell preprocesses its two inputs with relu-conv1x1-bn, builds four intermediate
+    nodes from two ops each (sep/dilated convs, pools, skips), and concatenates them.
+    """
+    g = Graph(f"darts_like_{cells}")
+
+    def node(i: int, red: bool, n: int, states: list[str], c: int) -> str:
         def edge(x: str, kind: int, stride: int, ename: str) -> str:
             if kind == 0:
                 return _sep_conv(g, x, c, 3, stride, ename)
@@ -190,15 +217,16 @@ def darts_like(cells: int = 20, seed: int = 0, *, in_shape=(3, 32, 32), channels
             return g.add("avgpool2d", x, kernel_size=3, stride=stride, padding=1, count_include_pad=False,
                          name=f"{ename}.avgpool")
 
-        for n in range(4):
-            a_in, b_in = states[n % len(states)], states[(n + 1) % len(states)]
-            outs = []
-            for e, src in enumerate((a_in, b_in)):
-                stride = 2 if red and src in pre else 1
-                outs.append(edge(src, (n + e + i) % 4, stride, f"{name}.n{n}.e{e}"))
-            states.append(g.add("add", *outs, name=f"{name}.n{n}.add"))
-        s0, s1 = s1, g.add("concat", *states[2:], name=f"{name}.out")
-    return _finish(g, _head(g, s1, classes), seed, bn_stats)
+        pre = states[:2]
+        a_in, b_in = states[n % len(states)], states[(n + 1) % len(states)]
+        outs = []
+        for e, src in enumerate((a_in, b_in)):
+            stride = 2 if red and src in pre else 1
+            outs.append(edge(src, (n + e + i) % 4, stride, f"cell{i}.n{n}.e{e}"))
+        return g.add("add", *outs, name=f"cell{i}.n{n}.add")
+
+    out = darts_body(g, g.input("x", in_shape), cells=cells, channels=channels, classes=classes, node=node)
+    return _finish(g, out, seed, bn_stats)
 
 
 SAMPLES = {"chain": chain, "resnet_like": resnet_like, "densenet_like": densenet_like,

@@ -1,0 +1,227 @@
+"""The ``Space`` protocol shared by every search space, ``get_space``, and graph helpers.
+
+A space turns *decisions* -- a plain JSON-able dict (str keys; int/str/list values) -- into
+graphs. Decisions returned by ``sample``/``mutate``/``decode`` are always in canonical form,
+so two decisions that mean the same network compare equal and serialise identically.
+
+- ``sample(rng)`` / ``mutate(d, rng)``: random decisions, and one small change to them
+  (every random draw takes an explicit ``numpy.random.Generator``).
+- ``encode(d)`` / ``decode(obj)``: decisions <-> a canonical dict with sorted keys; both check
+  the input and raise :class:`DecisionError` (a ``ValueError``) saying what, where and how.
+- ``build(d, seed=, cells=, channels=)``: a plain validated graph with fresh weights.
+- ``supernet(seed=)``: a graph with ``choice`` nodes (train it with
+  ``archir.lower.to_fx(g, choice_mode=...)``); ``supernet_decisions(d)`` gives the
+  ``archir.derive`` decisions for ``d``, and ``derive(supernet, d)`` = ``simplify(archir.derive(...))``
+  has the same structure as ``build(d)`` (and the supernet's trained weights).
+- ``describe(d)``: one short line for progress displays and the gallery.
+
+Example:
+    >>> import numpy as np
+    >>> from search.spaces import get_space
+    >>> space = get_space("chain", input_shape=(1, 8, 8), num_classes=10)
+    >>> d = space.sample(np.random.default_rng(0))
+    >>> g = space.build(d, seed=0)
+    >>> g.structural_hash() == space.derive(space.supernet(widths=space.widths(d)), d).structural_hash()
+    True
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from typing import Any, Mapping
+
+import networkx as nx
+import numpy as np
+
+import archir
+from archir import Graph
+
+__all__ = ["Space", "DecisionError", "get_space", "space_names", "simplify", "add_chain", "check_rng"]
+
+
+class DecisionError(ValueError):
+    """Decisions that do not fit a space.
+
+    Attributes:
+        where: the place in the decisions (``"normal[3]"``, ``"layers[2].kernel"``).
+        hint: how to mend it.
+    """
+
+    def __init__(self, message: str, *, where: str | None = None, hint: str | None = None) -> None:
+        self.message, self.where, self.hint = message, where, hint
+        text = (f"decisions{'' if where is None else ' ' + where}: " if where is not None else "decisions: ") + message
+        if hint:
+            text += f"\n  how to fix: {hint}"
+        super().__init__(text)
+
+
+def check_rng(rng: Any) -> np.random.Generator:
+    """``rng`` itself if it is a ``numpy.random.Generator``; a ``TypeError`` otherwise (no hidden seeds)."""
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}; "
+                        "make one with numpy.random.default_rng(seed)")
+    return rng
+
+
+def _check_shape(input_shape: Any, num_classes: Any) -> tuple[tuple[int, int, int], int]:
+    try:
+        shape = tuple(int(v) for v in input_shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1 or any(isinstance(v, bool) for v in input_shape):
+        raise ValueError(f"input_shape must be (C, H, W) of positive ints, got {input_shape!r} "
+                         "(how to fix: pass the dataset's input_shape, e.g. (1, 8, 8))")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r} "
+                         "(how to fix: pass the dataset's num_classes)")
+    return shape, int(num_classes)  # type: ignore[return-value]
+
+
+class Space(abc.ABC):
+    """A search space: decisions <-> graphs. See the module docstring for the protocol.
+
+    Args:
+        input_shape: ``(C, H, W)`` of one input (batch excluded).
+        num_classes: outputs of the linear head.
+    """
+
+    name: str = ""
+
+    def __init__(self, input_shape=(1, 8, 8), num_classes: int = 10) -> None:
+        self.input_shape, self.num_classes = _check_shape(input_shape, num_classes)
+
+    # ---------------------------------------------------------------- to implement
+
+    @abc.abstractmethod
+    def sample(self, rng: np.random.Generator) -> dict:
+        """Uniformly random canonical decisions drawn from ``rng``."""
+
+    @abc.abstractmethod
+    def mutate(self, decisions: Mapping, rng: np.random.Generator) -> dict:
+        """Canonical decisions that differ from ``decisions`` by one small change (never equal to it)."""
+
+    @abc.abstractmethod
+    def decode(self, obj: Any) -> dict:
+        """Check ``obj`` (e.g. from JSON) and return it as canonical decisions; ``DecisionError`` if it does not fit."""
+
+    @abc.abstractmethod
+    def build(self, decisions: Mapping, seed: int = 0, cells: int | None = None,
+              channels: int | None = None) -> Graph:
+        """A plain validated graph for ``decisions`` with weights initialised from ``seed``."""
+
+    @abc.abstractmethod
+    def supernet(self, seed: int = 0) -> Graph:
+        """A validated graph with ``choice`` nodes covering the space (weights from ``seed``)."""
+
+    @abc.abstractmethod
+    def supernet_decisions(self, decisions: Mapping) -> dict[str, str]:
+        """``archir.derive`` decisions (decision key -> candidate name) that select ``decisions``."""
+
+    @abc.abstractmethod
+    def describe(self, decisions: Mapping) -> str:
+        """One short human-readable line."""
+
+    # ---------------------------------------------------------------- shared
+
+    def encode(self, decisions: Mapping) -> dict:
+        """The canonical JSON-able dict of ``decisions`` (checked; keys sorted at every level)."""
+        return json.loads(json.dumps(self.decode(decisions), sort_keys=True))
+
+    def derive(self, supernet: Graph, decisions: Mapping) -> Graph:
+        """``decisions`` cut out of a (trained) supernet: same structure as ``build(decisions)``, with the
+        supernet's weights (weight sharing). Unselected edges (``none``) and identities are dropped."""
+        return simplify(archir.derive(supernet, self.supernet_decisions(decisions))).validate()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(input_shape={self.input_shape}, num_classes={self.num_classes})"
+
+
+# --------------------------------------------------------------------------- graph helpers
+
+
+def add_chain(g: Graph, x: str, ops: list[dict], name: str) -> str:
+    """Add a chain of op specs (``{"op": ..., **attrs}``, the format of choice candidates) after ``x``.
+
+    Node ``j`` is named ``f"{name}.{j}"``; an empty chain adds nothing and returns ``x``.
+    Builders and supernets share the op specs, so a built graph and a derived one agree.
+    """
+    h = x
+    for j, spec in enumerate(ops):
+        h = g.add(spec["op"], h, name=f"{name}.{j}", **{k: v for k, v in spec.items() if k != "op"})
+    return h
+
+
+def simplify(g: Graph) -> Graph:
+    """Drop what a derived supernet carries but a built network does not (in place; returns ``g``).
+
+    - ``add(a, zero(..))`` -> ``a``: an unselected edge (DARTS ``none``) or a skipped layer
+      (``zero`` and ``add`` have the same output shape, so ``a`` fits every consumer);
+    - ``identity`` nodes are bypassed (a stride-1 ``skip_connect``);
+    - nodes that no output depends on are removed (a cell input no selected edge reads).
+
+    The function is unchanged: ``zero`` adds nothing and ``identity`` passes its input on.
+    """
+    changed = True
+    while changed:
+        changed = False
+        for n in g.topo_order():
+            node = g.node(n)
+            if node.op == "identity":
+                (src,) = g.inputs_of(n)
+                g.replace_uses(n, src)
+                changed = True
+            elif node.op == "add":
+                a, b = g.inputs_of(n)
+                keep = b if g.node(a).op == "zero" else a if g.node(b).op == "zero" else None
+                if keep is not None:  # zero + zero -> that zero, which a later add drops in turn
+                    g.replace_uses(n, keep)
+                    changed = True
+        live = set(g.outputs)
+        for o in g.outputs:
+            live |= nx.ancestors(g.nx, o)
+        for n in reversed(g.topo_order()):
+            if n not in live and g.node(n).op != "input":
+                g.remove(n)
+                changed = True
+    return g
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def space_names() -> list[str]:
+    """The names ``get_space`` knows."""
+    return sorted(_spaces())
+
+
+def _spaces() -> dict[str, type]:
+    from search.spaces.chain import ChainSpace
+    from search.spaces.darts import DartsSpace
+
+    return {"darts": DartsSpace, "chain": ChainSpace}
+
+
+def get_space(name: str, **kwargs: Any) -> Space:
+    """The space called ``name`` (``"darts"`` or ``"chain"``), built with ``kwargs``.
+
+    Args:
+        name: the space name.
+        **kwargs: ``input_shape``, ``num_classes`` and the space's own options
+            (``cells``, ``channels`` for darts; ``layers``, ``stem``, ... for chain).
+
+    Raises:
+        ValueError: unknown name, or options the space rejects.
+
+    Example:
+        >>> get_space("darts", input_shape=(1, 8, 8), num_classes=10).name
+        'darts'
+    """
+    spaces = _spaces()
+    if name not in spaces:
+        raise ValueError(f"unknown search space {name!r} (how to fix: use one of {sorted(spaces)})")
+    try:
+        return spaces[name](**kwargs)
+    except TypeError as e:  # an option the space does not take
+        raise ValueError(f"search space {name!r}: {e} (how to fix: see help(search.spaces.{spaces[name].__name__}))") \
+            from None

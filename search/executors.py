@@ -1,0 +1,253 @@
+"""Executors: where the candidates of a round are evaluated.
+
+- ``serial`` (default): one after the other, in this process.
+- ``process``: a local ``concurrent.futures.ProcessPoolExecutor`` with the ``spawn`` start
+  method (no fork of a process holding torch threads); every worker runs torch with one thread.
+- ``ray``: Ray Core tasks. ``ray.init()`` starts a local Ray by default; ``address=`` joins an
+  existing cluster (``"auto"`` or ``"ray://host:10001"``). ``num_cpus``/``num_gpus`` are the
+  resources each candidate asks for.
+
+A task is plain data (a dict of the space's name and options, the decisions, the seed, the
+training and cost config); a result is plain data too (metrics, costs, and the trained graph as
+its archir JSON text and safetensors bytes). User graphs are never pickled as a storage format;
+in transit the executor uses its own serialisation of these plain values. Every candidate
+trains with one torch thread and its own seed, so the same seeds give the same results with
+every executor (the driver tells results to the strategy in id order, whatever order they
+finish in).
+
+Example:
+    >>> with get_executor("process", workers=2) as ex:                  # doctest: +SKIP
+    ...     for index, result in ex.map_unordered(evaluate_candidate, tasks):
+    ...         print(index, result["status"])
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Iterator, Sequence
+
+__all__ = ["Executor", "SerialExecutor", "ProcessExecutor", "RayExecutor", "EXECUTORS", "get_executor",
+           "ExecutorError"]
+
+Task = dict
+Result = dict
+
+
+class ExecutorError(RuntimeError):
+    """An executor cannot be used (Ray not installed, a cluster address unreachable, bad options).
+
+    Attributes:
+        hint: how to fix it (one line).
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def _crashed(task: Task, reason: str) -> Result:
+    """The result of a candidate whose worker died or raised outside the evaluation function."""
+    return {"id": task.get("id"), "status": "failed", "reason": reason, "metrics": {}, "costs": {}, "timings": {},
+            "graph_hash": None, "graph_json": None, "weights": None}
+
+
+def _one_line(e: BaseException) -> str:
+    text = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+class Executor(ABC):
+    """Runs a function over tasks; results come back as they finish, with their task's index."""
+
+    name = ""
+
+    @abstractmethod
+    def map_unordered(self, fn: Callable[[Task], Result], tasks: Sequence[Task]) -> Iterator[tuple[int, Result]]:
+        """Yield ``(index, fn(tasks[index]))`` as each finishes. A worker that dies yields a failed result."""
+
+    def close(self) -> None:
+        """Release workers (idempotent)."""
+
+    def describe(self) -> str:
+        """One line for the progress display."""
+        return self.name
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class SerialExecutor(Executor):
+    """One task after the other in this process."""
+
+    name = "serial"
+
+    def map_unordered(self, fn, tasks):
+        for i, t in enumerate(tasks):
+            yield i, fn(t)
+
+
+def _init_worker(threads: int) -> None:
+    # set before torch spins up its pools: one thread per worker, the workers are the parallelism
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["MKL_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class ProcessExecutor(Executor):
+    """A local pool of ``workers`` processes (``spawn`` start method, one torch thread each).
+
+    A worker process that dies (segfault, out of memory) fails the candidates it held with the
+    reason, and the pool is rebuilt for the next round: the search goes on.
+    """
+
+    name = "process"
+
+    def __init__(self, workers: int | None = None, threads_per_worker: int = 1) -> None:
+        workers = workers or min(4, os.cpu_count() or 1)
+        if not (isinstance(workers, int) and workers >= 1):
+            raise ExecutorError(f"process executor: workers must be an int >= 1, got {workers!r}",
+                                hint="pass --workers 2")
+        self.workers = workers
+        self.threads = threads_per_worker
+        self._pool = None
+
+    def _get_pool(self):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_init_worker, initargs=(self.threads,))
+        return self._pool
+
+    def map_unordered(self, fn, tasks):
+        from concurrent.futures import as_completed
+        from concurrent.futures.process import BrokenProcessPool
+
+        pool = self._get_pool()
+        futs = {pool.submit(fn, t): i for i, t in enumerate(tasks)}
+        broken = False
+        for f in as_completed(futs):
+            i = futs[f]
+            try:
+                yield i, f.result()
+            except BrokenProcessPool as e:
+                broken = True
+                yield i, _crashed(tasks[i], f"worker process died ({_one_line(e)})")
+            except Exception as e:  # an exception outside fn's own handling, e.g. a pickling error
+                yield i, _crashed(tasks[i], f"worker error: {_one_line(e)}")
+        if broken:
+            self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def describe(self) -> str:
+        return f"process ({self.workers} workers)"
+
+
+class RayExecutor(Executor):
+    """Ray Core tasks, one per candidate.
+
+    Args:
+        address: None starts a local Ray (``ray.init()``); otherwise the address of an existing
+            cluster (``"auto"``, ``"ray://head:10001"``).
+        num_cpus, num_gpus: resources each candidate task asks for (default 1 CPU, 0 GPUs).
+        workers: CPUs of the local Ray when it is started here (default: all).
+
+    Raises:
+        ExecutorError: Ray is not installed, or the cluster cannot be reached.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: float = 1, num_gpus: float = 0,
+                 workers: int | None = None) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ExecutorError("the ray executor needs Ray, which is not installed",
+                                hint="pip install 'archir[ray]' (or pip install ray), or use --executor process"
+                                ) from None
+        if not num_cpus > 0 or num_gpus < 0:
+            raise ExecutorError(f"ray executor: num_cpus must be > 0 and num_gpus >= 0 (got {num_cpus}, {num_gpus})",
+                                hint="pass --cpus-per-candidate 1 --gpus-per-candidate 0")
+        self._ray = ray
+        self.address = address
+        self._started = False
+        if not ray.is_initialized():
+            kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                  "logging_level": logging.ERROR}
+            try:
+                if address is None:
+                    ray.init(num_cpus=workers, **kw)
+                else:
+                    ray.init(address=address, **kw)
+            except Exception as e:  # ConnectionError, RuntimeError, ...: Ray's own types vary by version
+                raise ExecutorError(f"ray executor: cannot start or join Ray at {address or 'local'}: {_one_line(e)}",
+                                    hint="check --address (e.g. ray://head:10001 or auto) and that the cluster "
+                                         "runs the same Ray and Python versions") from None
+            self._started = True
+        self.num_cpus, self.num_gpus = num_cpus, num_gpus
+
+    def map_unordered(self, fn, tasks):
+        ray = self._ray
+        remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0)(_ray_entry)
+        refs = {remote.remote(fn, t): i for i, t in enumerate(tasks)}
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for r in done:
+                i = refs[r]
+                try:
+                    yield i, ray.get(r)
+                except Exception as e:  # RayTaskError, WorkerCrashedError, ...
+                    yield i, _crashed(tasks[i], f"ray task failed: {_one_line(e)}")
+
+    def close(self) -> None:
+        if self._started and self._ray.is_initialized():
+            self._ray.shutdown()
+        self._started = False
+
+    def describe(self) -> str:
+        where = self.address or "local"
+        return f"ray ({where}, {self.num_cpus:g} CPU / {self.num_gpus:g} GPU per candidate)"
+
+
+def _ray_entry(fn, task):
+    _init_worker(int(task.get("threads", 1)))
+    return fn(task)
+
+
+EXECUTORS: dict[str, type[Executor]] = {"serial": SerialExecutor, "process": ProcessExecutor, "ray": RayExecutor}
+
+
+def get_executor(name: str, **options) -> Executor:
+    """The executor called ``name`` (``serial``, ``process``, ``ray``) built with its ``options``.
+
+    Options that do not apply to the executor (e.g. ``address`` for ``serial``) are refused.
+
+    Raises:
+        ExecutorError: unknown name, an option it does not take, or Ray missing.
+    """
+    if name not in EXECUTORS:
+        raise ExecutorError(f"unknown executor {name!r}", hint=f"choose one of {sorted(EXECUTORS)}")
+    import inspect
+
+    cls = EXECUTORS[name]
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    given = {k: v for k, v in options.items() if v is not None}
+    bad = sorted(set(given) - allowed)
+    if bad:
+        raise ExecutorError(f"executor {name!r} takes no option(s) {bad}",
+                            hint=f"its options are {sorted(allowed) or 'none'}; drop the others or change --executor")
+    return cls(**given)

@@ -1,0 +1,778 @@
+"""The search loop: ask a strategy, evaluate on an executor, record in the store, repeat.
+
+::
+
+    from search.experiment import ExperimentConfig, run_search
+    cfg = ExperimentConfig(space="chain", strategy="evolution", dataset="digits", budget="3m",
+                           objective="macs", seed=0)
+    summary = run_search(cfg, "runs/demo", executor="process")
+    summary.best.metrics["test_error"], [c.id for c in summary.frontier]
+
+How a search runs (one *round* at a time):
+
+1. the strategy is asked for ``round_size`` candidates; each gets the next id and a seed
+   derived from (experiment seed, id) and is recorded in the store as ``queued``;
+2. the executor evaluates them (build the graph, train it, count/measure its costs);
+   each result is recorded as it arrives (``done`` with the trained graph in
+   ``graphs/<id>.json``, or ``failed`` with the reason: the search goes on);
+3. the round's results are told to the strategy in id order, whatever order they finished in.
+
+So the same seed gives the same candidates with any executor, and a killed search resumes
+exactly: ``resume=True`` replays every stored round through a fresh strategy (ask, check the
+decisions match, tell the stored results), re-runs the unfinished candidates of the last round,
+and continues. Nothing finished is lost or evaluated twice.
+
+**Budget**: ``"200c"`` stops after 200 candidates (failed ones count); ``"10m"`` / ``"90s"`` /
+``"1h"`` is search wall time, summed over resumed sessions; a new round is not started when the
+time left is less than the mean round time so far (the search ends near the budget, not a
+round after it).
+
+**Objective** (lower is better; this is the ``score`` stored per candidate):
+
+- ``error``: the validation error.
+- ``macs`` | ``params`` | ``flops`` | ``latency:<backend>`` (``ort-cpu``, ``torch-cpu``,
+  ``ort-cuda``, ``torch-cuda``): ``val_error + cost_weight * log2(cost)``, the additive form of
+  MnasNet's ``accuracy * (cost / target) ** w`` reward: with the default ``cost_weight`` 0.02,
+  halving the cost is worth 2 points of validation error. Latency is the median of
+  ``costmodels.measure`` (batch 1, one thread) in milliseconds; counts come from
+  ``costmodels.count`` (batch 1).
+- ``max_latency_ms``: a hard budget. Every candidate is still trained and recorded, but one over
+  the budget is marked ``within_budget=False`` and is never selected (not as an evolution parent
+  while a member within budget is drawn, not as the best, not on the Pareto frontier). Latency is
+  measured on the objective's backend, or on ``latency_backend`` when the objective is not a
+  latency.
+
+The Pareto gallery plots validation error against the objective's cost (MACs for ``error``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from search.pareto import Point, frontier
+from search.store import Candidate, Store, StoreError
+
+__all__ = ["ExperimentConfig", "ConfigError", "Budget", "parse_budget", "Objective", "parse_objective",
+           "run_search", "SearchSummary", "evaluate_candidate", "candidate_seed", "best_candidate",
+           "frontier_candidates", "gallery_table", "write_gallery", "export_candidate", "load_candidate_graph",
+           "DEFAULT_TRAIN"]
+
+
+class ConfigError(ValueError):
+    """A bad experiment option (budget, objective, round size, ...).
+
+    Attributes:
+        hint: how to fix it (one line).
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+# --------------------------------------------------------------------------- budget and objective
+
+
+@dataclass(frozen=True)
+class Budget:
+    """``kind`` ``"time"`` (``value`` seconds) or ``"candidates"`` (``value`` a count)."""
+
+    kind: str
+    value: float
+
+    def __str__(self) -> str:
+        return f"{int(self.value)} candidates" if self.kind == "candidates" else _fmt_time(self.value)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_budget(text: str) -> Budget:
+    """Parse ``"200c"`` (candidates), ``"90s"``, ``"10m"``, ``"1.5h"`` (search wall time).
+
+    Raises:
+        ConfigError: anything else, or a budget that is not positive.
+
+    Example:
+        >>> parse_budget("10m")
+        Budget(kind='time', value=600.0)
+        >>> parse_budget("200c")
+        Budget(kind='candidates', value=200)
+    """
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([csmh])\s*", str(text))
+    if not m:
+        raise ConfigError(f"budget {text!r} is not a number with a unit",
+                          hint="use e.g. 200c (candidates), 90s, 10m or 1h (wall time)")
+    num, unit = float(m.group(1)), m.group(2)
+    if unit == "c":
+        if num != int(num) or num < 1:
+            raise ConfigError(f"budget {text!r}: the number of candidates must be a whole number >= 1",
+                              hint="use e.g. 200c")
+        return Budget("candidates", int(num))
+    if num <= 0:
+        raise ConfigError(f"budget {text!r}: the time must be positive", hint="use e.g. 3m")
+    return Budget("time", num * _UNITS[unit])
+
+
+_COUNT_COSTS = ("macs", "params", "flops")
+_LATENCY_BACKENDS = ("ort-cpu", "torch-cpu", "ort-cuda", "torch-cuda")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A parsed objective: ``cost`` is None (error only), a count, or ``"latency"`` on ``backend``."""
+
+    cost: str | None
+    backend: str | None = None
+
+    @property
+    def cost_key(self) -> str:
+        """The key of the cost in a candidate's ``costs`` (the gallery's x axis)."""
+        if self.cost is None:
+            return "macs"
+        return "latency_ms" if self.cost == "latency" else self.cost
+
+    @property
+    def cost_label(self) -> str:
+        """The x axis label of the gallery."""
+        return {"macs": "MACs", "params": "parameters", "flops": "FLOPs"}.get(
+            self.cost_key, f"latency ms ({self.backend}, batch 1)")
+
+
+def parse_objective(text: str) -> Objective:
+    """Parse ``error``, ``macs``, ``params``, ``flops`` or ``latency:<backend>``.
+
+    Raises:
+        ConfigError: anything else (the message lists the choices).
+
+    Example:
+        >>> parse_objective("latency:ort-cpu")
+        Objective(cost='latency', backend='ort-cpu')
+    """
+    t = str(text).strip()
+    if t == "error":
+        return Objective(None)
+    if t in _COUNT_COSTS:
+        return Objective(t)
+    if t.startswith("latency"):
+        backend = t.partition(":")[2] or "ort-cpu"
+        if backend not in _LATENCY_BACKENDS:
+            raise ConfigError(f"objective {text!r}: unknown latency backend {backend!r}",
+                              hint=f"use latency:<backend> with one of {', '.join(_LATENCY_BACKENDS)}")
+        return Objective("latency", backend)
+    raise ConfigError(f"unknown objective {text!r}",
+                      hint="use error, macs, params, flops or latency:ort-cpu (latency:torch-cpu, ...)")
+
+
+# --------------------------------------------------------------------------- config
+
+DEFAULT_TRAIN: dict[str, Any] = {"epochs": 4, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 3e-4,
+                                 "schedule": "cosine"}
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything that defines a search run (stored in the run's store; ``--resume`` must match it).
+
+    Attributes:
+        space: ``"chain"`` or ``"darts"`` (``search.spaces.get_space``).
+        space_options: extra keyword arguments of the space (e.g. ``cells``, ``channels``).
+        strategy: ``"random"``, ``"evolution"`` (``search.strategies.STRATEGIES``).
+        strategy_options: e.g. ``{"population": 10, "sample": 3}`` for evolution.
+        dataset: ``"digits"`` or a path (``.npz`` / image folder) for ``search.data.load_dataset``.
+        objective: see the module docstring.
+        cost_weight: the weight of ``log2(cost)`` in the score.
+        max_latency_ms: hard latency budget, or None.
+        latency_backend: where latency is measured for ``max_latency_ms`` when the objective has none.
+        budget: ``"200c"`` or ``"10m"`` (see :func:`parse_budget`).
+        seed: the experiment seed (strategy, candidate seeds).
+        round_size: candidates asked per round (evaluated in parallel by a parallel executor).
+        train: ``search.train.TrainConfig`` fields except ``seed`` (per candidate) and ``threads`` (1).
+    """
+
+    space: str = "chain"
+    space_options: dict = field(default_factory=dict)
+    strategy: str = "evolution"
+    strategy_options: dict = field(default_factory=dict)
+    dataset: str = "digits"
+    objective: str = "error"
+    cost_weight: float = 0.02
+    max_latency_ms: float | None = None
+    latency_backend: str = "ort-cpu"
+    budget: str = "20c"
+    seed: int = 0
+    round_size: int = 2
+    train: dict = field(default_factory=lambda: dict(DEFAULT_TRAIN))
+
+    def to_dict(self) -> dict:
+        """The JSON form stored in the run."""
+        return json.loads(json.dumps(asdict(self), sort_keys=True))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
+        """The config of a stored run."""
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def check(self) -> tuple[Budget, Objective]:
+        """Check every option; returns the parsed budget and objective.
+
+        Raises:
+            ConfigError: the first bad option, with how to fix it.
+        """
+        budget = parse_budget(self.budget)
+        obj = parse_objective(self.objective)
+        if not (isinstance(self.round_size, int) and self.round_size >= 1):
+            raise ConfigError(f"round size must be an int >= 1, got {self.round_size!r}", hint="pass --round-size 2")
+        if not (isinstance(self.cost_weight, (int, float)) and math.isfinite(self.cost_weight)
+                and self.cost_weight >= 0):
+            raise ConfigError(f"cost weight must be a finite number >= 0, got {self.cost_weight!r}",
+                              hint="pass --cost-weight 0.02")
+        if self.max_latency_ms is not None and not self.max_latency_ms > 0:
+            raise ConfigError(f"--max-latency-ms must be positive, got {self.max_latency_ms}",
+                              hint="pass a latency budget in milliseconds, e.g. --max-latency-ms 0.5")
+        if self.latency_backend not in _LATENCY_BACKENDS:
+            raise ConfigError(f"unknown latency backend {self.latency_backend!r}",
+                              hint=f"use one of {', '.join(_LATENCY_BACKENDS)}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be an int >= 0, got {self.seed!r}", hint="pass --seed 0")
+        return budget, obj
+
+    def latency_backend_used(self) -> str | None:
+        """The backend latency is measured on, or None when latency is not needed."""
+        obj = parse_objective(self.objective)
+        if obj.cost == "latency":
+            return obj.backend
+        return self.latency_backend if self.max_latency_ms is not None else None
+
+
+def candidate_seed(seed: int, cid: int) -> int:
+    """The seed of candidate ``cid`` of an experiment seeded ``seed`` (weights and training)."""
+    return int(np.random.SeedSequence([int(seed), int(cid)]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+# --------------------------------------------------------------------------- the worker side
+
+
+_DATASETS: dict[str, Any] = {}
+
+
+def _dataset(spec: str):
+    if spec not in _DATASETS:
+        from search.data import load_dataset
+
+        _DATASETS[spec] = load_dataset(spec)
+    return _DATASETS[spec]
+
+
+def _one_line(e: BaseException) -> str:
+    text = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def evaluate_candidate(task: Mapping[str, Any]) -> dict:
+    """Evaluate one candidate (runs in the executor's worker): build, train, cost, serialise.
+
+    Args:
+        task: plain data: ``id``, ``seed``, ``space`` (name), ``space_options`` (incl.
+            ``input_shape``, ``num_classes``), ``decisions``, ``dataset``, ``train`` (TrainConfig
+            fields), ``latency_backend`` (or None), ``threads``.
+
+    Returns:
+        Plain data: ``id``, ``status`` (``ok``/``failed``), ``reason``, ``metrics``, ``costs``,
+        ``timings``, ``epochs``, ``graph_hash``, ``graph_json`` (archir JSON text) and
+        ``weights`` (safetensors bytes) of the trained graph. Never raises for a bad candidate.
+    """
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {"id": task["id"], "status": "failed", "reason": None, "metrics": {}, "costs": {},
+                           "timings": {}, "epochs": 0, "graph_hash": None, "graph_json": None, "weights": None}
+    stage = "build"
+    try:
+        import archir
+        from search.spaces import get_space
+        from search.train import TrainConfig, train
+
+        opts = dict(task["space_options"])
+        space = get_space(task["space"], **opts)
+        g = space.build(space.decode(task["decisions"]), seed=int(task["seed"]))
+        out["graph_hash"] = g.structural_hash()
+        t1 = time.perf_counter()
+        out["timings"]["build_s"] = t1 - t0
+        stage = "train"
+        ds = _dataset(task["dataset"])
+        cfg = TrainConfig(**{**task["train"], "seed": int(task["seed"]), "threads": int(task.get("threads", 1))})
+        res = train(g, ds, cfg)
+        t2 = time.perf_counter()
+        out["timings"]["train_s"] = t2 - t1
+        out["epochs"] = int(res.epochs)
+        out["metrics"] = {k: float(v) for k, v in res.metrics.items()}
+        if res.status != "ok" or res.graph is None:
+            out["reason"] = res.reason or "training failed"
+            return out
+        stage = "cost"
+        import costmodels
+
+        tg = res.graph
+        c = costmodels.count(tg)
+        costs = {"params": float(c.params), "macs": float(c.macs), "flops": float(c.flops)}
+        if task.get("latency_backend"):
+            lat = costmodels.measure(tg, backend=task["latency_backend"], batch_size=1, threads=1,
+                                     warmup=int(task.get("latency_warmup", 5)),
+                                     repeats=int(task.get("latency_repeats", 20)))
+            costs["latency_ms"] = float(lat.median_ms)
+            costs["latency_iqr_ms"] = float(lat.iqr_ms)
+        out["costs"] = costs
+        t3 = time.perf_counter()
+        out["timings"]["cost_s"] = t3 - t2
+        stage = "save"
+        with tempfile.TemporaryDirectory(prefix="archir-cand-") as tmp:
+            p = archir.save(tg, Path(tmp) / f"{task['id']}.json")
+            out["graph_json"] = p.read_text()
+            w = p.with_suffix(".safetensors")
+            out["weights"] = w.read_bytes() if w.exists() else None
+        out["status"] = "ok"
+    except Exception as e:  # a bad candidate is recorded as failed with the reason; the search goes on
+        out["reason"] = f"{stage}: {_one_line(e)}"
+    finally:
+        out["timings"]["total_s"] = time.perf_counter() - t0
+    return out
+
+
+# --------------------------------------------------------------------------- the driver side
+
+
+def _score(cfg: ExperimentConfig, obj: Objective, metrics: Mapping, costs: Mapping) -> float:
+    err = float(metrics["val_error"])
+    if obj.cost is None:
+        return err
+    cost = float(costs[obj.cost_key])
+    return err + float(cfg.cost_weight) * math.log2(max(cost, 1e-12))
+
+
+def _within_budget(cfg: ExperimentConfig, costs: Mapping) -> bool:
+    if cfg.max_latency_ms is None:
+        return True
+    return float(costs.get("latency_ms", math.inf)) <= cfg.max_latency_ms
+
+
+def best_candidate(cands: Sequence[Candidate]) -> Candidate | None:
+    """The done, within-budget candidate with the lowest score (lowest id on ties), or None."""
+    ok = [c for c in cands if c.status == "done" and c.within_budget and c.score is not None]
+    return min(ok, key=lambda c: (c.score, c.id)) if ok else None
+
+
+def frontier_candidates(cands: Sequence[Candidate], cost_key: str) -> list[Candidate]:
+    """The done candidates on the Pareto frontier of (validation error, ``costs[cost_key]``)."""
+    by_id = {c.id: c for c in cands}
+    pts = [Point(c.id, float(c.metrics["val_error"]), float(c.costs[cost_key]), c.within_budget)
+           for c in cands if c.status == "done" and "val_error" in c.metrics and cost_key in c.costs]
+    return [by_id[p.id] for p in frontier(pts)]
+
+
+@dataclass
+class SearchSummary:
+    """What :func:`run_search` leaves: the run folder, the counts, the best and the frontier."""
+
+    run_dir: Path
+    config: ExperimentConfig
+    counts: dict
+    best: Candidate | None
+    frontier: list[Candidate]
+    elapsed_s: float
+    session_s: float
+    resumed: int = 0
+    requeued: list[int] = field(default_factory=list)
+
+
+def _fmt_time(s: float) -> str:
+    s = max(0.0, float(s))
+    if s < 60:
+        return f"{s:.0f}s"
+    m, sec = divmod(int(round(s)), 60)
+    if m < 60:
+        return f"{m}m{sec:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
+def _fmt_cost(key: str, v: float) -> str:
+    if key == "latency_ms":
+        return f"{v:.3g} ms"
+    for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.3g}{suf}"
+    return f"{v:.3g}"
+
+
+class Progress:
+    """The live progress display: one line per finished candidate (coloured with rich if installed).
+
+    Args:
+        stream: where to write (default stderr); ``None`` turns the display off.
+    """
+
+    def __init__(self, stream=sys.stderr, use_rich: bool | None = None) -> None:
+        self.stream = stream
+        self._console = None
+        if stream is not None and use_rich is not False:
+            try:
+                from rich.console import Console
+
+                if use_rich or stream.isatty():
+                    self._console = Console(file=stream, highlight=False)
+            except ImportError:
+                pass
+
+    def line(self, text: str, style: str | None = None) -> None:
+        """Write one line."""
+        if self.stream is None:
+            return
+        if self._console is not None:
+            self._console.print(text, style=style, markup=False)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def candidate(self, c: Candidate, *, counts: Mapping[str, int], best: Candidate | None, frontier_size: int,
+                  elapsed: float, budget: Budget, cost_key: str, describe: str = "") -> None:
+        """The line for one finished candidate with the running totals."""
+        finished = counts["done"] + counts["failed"]
+        if budget.kind == "candidates":
+            left = f"{finished}/{int(budget.value)} candidates"
+        else:
+            left = f"{_fmt_time(budget.value - elapsed)} left"
+        if c.status == "done":
+            what = f"#{c.id:<3} done   val_err {c.metrics['val_error']:.3f}  {cost_key} " \
+                   f"{_fmt_cost(cost_key, c.costs.get(cost_key, float('nan')))}" + ("" if c.within_budget else
+                                                                                     "  OVER BUDGET")
+        else:
+            what = f"#{c.id:<3} FAILED ({c.error})"
+        best_s = f"best {best.metrics['val_error']:.3f} (#{best.id})" if best else "best -"
+        self.line(f"[{_fmt_time(elapsed)} elapsed, {left}] {what} {c.op}"
+                  f" | done {counts['done']} failed {counts['failed']} | {best_s} | frontier {frontier_size}"
+                  + (f" | {describe}" if describe else ""), style=None if c.status == "done" else "red")
+
+
+def _rounds(cands: Sequence[Candidate]) -> list[list[Candidate]]:
+    out: dict[int, list[Candidate]] = {}
+    for c in cands:
+        out.setdefault(c.round, []).append(c)
+    return [out[r] for r in sorted(out)]
+
+
+def _same(space, a: Mapping, b: Mapping) -> bool:
+    return json.dumps(space.encode(a), sort_keys=True) == json.dumps(space.encode(b), sort_keys=True)
+
+
+def _write_graph(run_dir: Path, cid: int, text: str, weights: bytes | None) -> str:
+    from archir.serialize import atomic_write
+
+    gdir = run_dir / "graphs"
+    gdir.mkdir(exist_ok=True)
+    if weights is not None:  # the weights first: the JSON names them and checks their sha256
+        atomic_write(gdir / f"{cid}.safetensors", weights)
+    atomic_write(gdir / f"{cid}.json", text.encode())
+    return f"graphs/{cid}.json"
+
+
+def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: str = "serial",
+               executor_options: Mapping[str, Any] | None = None, resume: bool = False,
+               progress: Progress | None = None, on_candidate: Callable[[Candidate], None] | None = None
+               ) -> SearchSummary:
+    """Run (or resume) a search into the run folder ``out``.
+
+    Args:
+        config: the experiment.
+        out: the run folder (``search.db``, ``graphs/``); must not hold a search unless ``resume``.
+        executor: ``"serial"``, ``"process"`` or ``"ray"``.
+        executor_options: e.g. ``{"workers": 2}`` (process), ``{"address": "auto", "num_cpus": 1}`` (ray).
+        resume: continue the search stored in ``out`` (its config must equal ``config``).
+        progress: the display (default: none).
+        on_candidate: called with every candidate as it is recorded finished (tests, notebooks).
+
+    Returns:
+        A :class:`SearchSummary`.
+
+    Raises:
+        ConfigError: a bad option. StoreError / ConfigMismatch: ``out`` already holds a search
+        (without ``resume``), holds none (with ``resume``), or holds a different experiment.
+        search.data.DataError: the dataset cannot be loaded. ExecutorError: the executor cannot start.
+    """
+    from search.executors import get_executor
+    from search.spaces import get_space
+    from search.strategies import get_strategy
+
+    budget, obj = config.check()
+    run_dir = Path(out)
+    progress = progress or Progress(None)
+    ds = _dataset(config.dataset)
+    space_options = {**config.space_options, "input_shape": tuple(ds.input_shape), "num_classes": int(ds.num_classes)}
+    space = get_space(config.space, **space_options)
+    strat = get_strategy(config.strategy, space, seed=np.random.default_rng([int(config.seed), 1]),
+                         **config.strategy_options)
+    from search.train import TrainConfig
+
+    try:
+        TrainConfig(**{**config.train, "seed": 0, "threads": 1})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"training options {config.train}: {_one_line(e)}",
+                          hint="check the --epochs / --batch-size / --lr values") from None
+
+    cfg_dict = config.to_dict()
+    requeued: list[int] = []
+    if resume:
+        store = Store.open(run_dir)
+        store.check_config(cfg_dict)
+        requeued = store.requeue_unfinished()
+    else:
+        store = Store.create(run_dir, cfg_dict)
+    store.set_info("space_options", {**space_options, "input_shape": list(space_options["input_shape"])})
+
+    latency_backend = config.latency_backend_used()
+
+    def task_of(c: Candidate) -> dict:
+        return {"id": c.id, "seed": c.seed, "space": config.space, "space_options": space_options,
+                "decisions": c.decisions, "dataset": config.dataset, "train": dict(config.train),
+                "latency_backend": latency_backend, "threads": 1}
+
+    all_cands: dict[int, Candidate] = {}
+    t_start = time.perf_counter()
+    base_elapsed = store.elapsed_s
+    last_tick = [t_start]
+    round_times: list[float] = []
+
+    def elapsed() -> float:
+        return base_elapsed + (time.perf_counter() - t_start)
+
+    def tick() -> None:
+        now = time.perf_counter()
+        store.add_elapsed(now - last_tick[0])
+        last_tick[0] = now
+
+    def counts() -> dict:
+        out_ = {"queued": 0, "running": 0, "done": 0, "failed": 0}
+        for c in all_cands.values():
+            out_[c.status] += 1
+        return out_
+
+    try:
+        # ---- replay the stored rounds through a fresh strategy (resume)
+        stored = store.candidates()
+        pending: list[Candidate] = []
+        rounds = _rounds(stored)
+        for k, rnd in enumerate(rounds):
+            specs = strat.ask(len(rnd))
+            for spec, c in zip(specs, rnd):
+                if not _same(space, spec.decisions, c.decisions):
+                    raise StoreError(f"{run_dir}: cannot resume: candidate {c.id} (round {c.round}) was {c.decisions} "
+                                     f"but the strategy now proposes {spec.decisions}; the space or strategy code "
+                                     "changed since this run started",
+                                     hint="start a new run (another --out folder) with this version of archir")
+            all_cands.update({c.id: c for c in rnd})
+            if all(c.finished for c in rnd):
+                strat.tell(rnd)
+            else:
+                if k != len(rounds) - 1:
+                    raise StoreError(f"{run_dir}: round {rnd[0].round} is unfinished but later rounds exist; "
+                                     "the store was not written by archir search", hint="start a new run")
+                pending = rnd
+        if stored:
+            progress.line(f"resumed {run_dir}: {sum(c.finished for c in stored)} finished candidates kept, "
+                          f"{len(requeued)} re-queued ({', '.join(map(str, requeued)) or 'none'}); "
+                          f"{_fmt_time(base_elapsed)} spent before")
+
+        ex = get_executor(executor, **dict(executor_options or {}))
+        progress.line(f"search: space {config.space}, strategy {config.strategy}, objective {config.objective}, "
+                      f"budget {budget}, dataset {config.dataset}, seed {config.seed}, executor {ex.describe()}, "
+                      f"run folder {run_dir}")
+
+        def run_round(rnd: list[Candidate]) -> None:
+            todo = [c for c in rnd if not c.finished]
+            t0 = time.perf_counter()
+            if todo:
+                store.mark_running([c.id for c in todo])
+                for c in todo:
+                    c.status = "running"
+                tasks = [task_of(c) for c in todo]
+                for i, res in ex.map_unordered(evaluate_candidate, tasks):
+                    c = todo[i]
+                    _record(c, res)
+                    tick()
+                    cs = counts()
+                    done = [x for x in all_cands.values() if x.status == "done"]
+                    progress.candidate(c, counts=cs, best=best_candidate(done),
+                                       frontier_size=len(frontier_candidates(done, obj.cost_key)),
+                                       elapsed=elapsed(), budget=budget, cost_key=obj.cost_key)
+                    if on_candidate is not None:
+                        on_candidate(c)
+            round_times.append(time.perf_counter() - t0)
+            strat.tell(sorted(rnd, key=lambda c: c.id))
+
+        def _record(c: Candidate, res: Mapping) -> None:
+            c.metrics = dict(res.get("metrics") or {})
+            c.costs = dict(res.get("costs") or {})
+            c.timings = {**(res.get("timings") or {}), "epochs": int(res.get("epochs") or 0)}
+            c.graph_hash = res.get("graph_hash")
+            if res.get("status") == "ok":
+                try:
+                    c.graph_path = _write_graph(run_dir, c.id, res["graph_json"], res.get("weights"))
+                    c.score = _score(config, obj, c.metrics, c.costs)
+                    if not math.isfinite(c.score):
+                        raise ValueError(f"score {c.score} is not finite")
+                    c.within_budget = _within_budget(config, c.costs)
+                    c.status, c.error = "done", None
+                except (OSError, KeyError, ValueError) as e:
+                    c.status, c.error, c.score = "failed", f"record: {_one_line(e)}", None
+            else:
+                c.status, c.error, c.score = "failed", res.get("reason") or "failed (no reason given)", None
+            store.finish(c)
+
+        try:
+            if pending:
+                run_round(pending)
+            while True:
+                n_asked = len(all_cands)
+                if budget.kind == "candidates":
+                    n = min(config.round_size, int(budget.value) - n_asked)
+                    if n <= 0:
+                        break
+                else:
+                    left = budget.value - elapsed()
+                    mean_round = sum(round_times) / len(round_times) if round_times else 0.0
+                    if left <= 0 or (round_times and left < mean_round):
+                        break
+                    n = config.round_size
+                specs = strat.ask(n)
+                rnd_no = (max(c.round for c in all_cands.values()) + 1) if all_cands else 0
+                first = store.next_id()
+                rnd = [Candidate(id=first + i, round=rnd_no, op=s.op, decisions=s.decisions, parents=list(s.parents),
+                                 seed=candidate_seed(config.seed, first + i)) for i, s in enumerate(specs)]
+                store.add(rnd)
+                all_cands.update({c.id: c for c in rnd})
+                run_round(rnd)
+        finally:
+            ex.close()
+            tick()
+        final = store.candidates()
+        return SearchSummary(run_dir, config, store.counts(), best_candidate(final),
+                             frontier_candidates(final, obj.cost_key), store.elapsed_s,
+                             time.perf_counter() - t_start, resumed=sum(c.finished for c in stored), requeued=requeued)
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------- gallery and export
+
+
+def gallery_table(cands: Sequence[Candidate], cost_key: str, *, space=None, only_frontier: bool = False) -> str:
+    """A text table of the frontier (``*``) and other finished candidates, by cost."""
+    front = {c.id for c in frontier_candidates(cands, cost_key)}
+    rows = [c for c in cands if c.status == "done" and (c.id in front or not only_frontier)]
+    rows.sort(key=lambda c: (c.costs.get(cost_key, math.inf), c.metrics.get("val_error", math.inf), c.id))
+    head = f"{'':1} {'id':>4} {'val_err':>7} {'test_err':>8} {cost_key:>10} {'params':>8} {'macs':>8}  {'op':<20} " \
+           f"architecture"
+    lines = [head, "-" * len(head)]
+    for c in rows:
+        desc = ""
+        if space is not None:
+            try:
+                desc = space.describe(c.decisions)
+            except Exception:  # an old run's decisions no longer fit: show the raw decisions
+                desc = json.dumps(c.decisions, sort_keys=True)[:60]
+        flag = "*" if c.id in front else ("x" if not c.within_budget else "")
+        lines.append(f"{flag:1} {c.id:>4} {c.metrics.get('val_error', math.nan):>7.3f} "
+                     f"{c.metrics.get('test_error', math.nan):>8.3f} "
+                     f"{_fmt_cost(cost_key, c.costs.get(cost_key, math.nan)):>10} "
+                     f"{_fmt_cost('params', c.costs.get('params', math.nan)):>8} "
+                     f"{_fmt_cost('macs', c.costs.get('macs', math.nan)):>8}  {c.op[:20]:<20} {desc}")
+    failed = [c for c in cands if c.status == "failed"]
+    lines.append(f"* on the Pareto frontier ({len(front)}); x over the hard budget; {len(rows)} shown, "
+                 f"{len(failed)} failed")
+    return "\n".join(lines)
+
+
+def write_gallery(run_dir: str | os.PathLike, png: str | os.PathLike | None = None) -> tuple[str, Path | None]:
+    """The gallery table of a run and its ``pareto.png`` (written to ``png``, default ``run_dir/pareto.png``).
+
+    Returns:
+        (table text, the PNG path or None when no candidate finished).
+
+    Raises:
+        StoreError: no run there. search.pareto.PlotUnavailable: matplotlib is missing.
+    """
+    from search.pareto import plot
+
+    run_dir = Path(run_dir)
+    with Store.open(run_dir) as st:
+        cfg = ExperimentConfig.from_dict(st.config)
+        cands = st.candidates()
+        opts = st.info("space_options")
+    obj = parse_objective(cfg.objective)
+    space = None
+    try:
+        from search.spaces import get_space
+
+        space = get_space(cfg.space, **opts) if opts else None
+    except Exception:  # the table is still useful without the architecture descriptions
+        space = None
+    table = gallery_table(cands, obj.cost_key, space=space)
+    pts = [Point(c.id, float(c.metrics["val_error"]), float(c.costs[obj.cost_key]), c.within_budget)
+           for c in cands if c.status == "done" and obj.cost_key in c.costs]
+    if not pts:
+        return table, None
+    path = Path(png) if png is not None else run_dir / "pareto.png"
+    plot(pts, path, cost_label=obj.cost_label,
+         title=f"{cfg.space} / {cfg.strategy} on {cfg.dataset}: {len(pts)} candidates")
+    return table, path
+
+
+def load_candidate_graph(run_dir: str | os.PathLike, *, cid: int | None = None, best: bool = False):
+    """The trained graph of candidate ``cid`` (or of the best one) of a run, with its row.
+
+    Returns:
+        (archir.Graph, Candidate).
+
+    Raises:
+        StoreError: no run, no such candidate, or the candidate did not finish successfully.
+    """
+    import archir
+
+    if (cid is None) == (not best):
+        raise ValueError("give exactly one of cid= or best=True")
+    run_dir = Path(run_dir)
+    with Store.open(run_dir) as st:
+        if best:
+            c = best_candidate(st.candidates("done"))
+            if c is None:
+                raise StoreError(f"{run_dir}: no finished candidate within the budget yet",
+                                 hint="let the search run longer (archir search ... --resume)")
+        else:
+            c = st.get(cid)
+    if c.status != "done" or not c.graph_path:
+        raise StoreError(f"{run_dir}: candidate {c.id} is {c.status}" + (f" ({c.error})" if c.error else "")
+                         + "; it has no trained graph", hint="pick a done candidate (see archir gallery)")
+    return archir.load(run_dir / c.graph_path), c
+
+
+def export_candidate(run_dir: str | os.PathLike, onnx_path: str | os.PathLike, *, cid: int | None = None,
+                     best: bool = False):
+    """Export a run's candidate (``cid`` or the best) to ONNX, verified under ONNX Runtime.
+
+    Returns:
+        (search.pareto.VerifiedExport, Candidate).
+    """
+    from search.pareto import export_onnx
+
+    g, c = load_candidate_graph(run_dir, cid=cid, best=best)
+    return export_onnx(g, onnx_path), c

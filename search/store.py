@@ -1,0 +1,402 @@
+"""The experiment store: one SQLite database per search run, in WAL mode.
+
+A run directory holds::
+
+    runs/demo/
+      search.db              # this store (SQLite, WAL): the config and every candidate
+      graphs/<id>.json       # each finished candidate's graph (archir.save) ...
+      graphs/<id>.safetensors  # ... with its trained weights
+      pareto.png, best.onnx  # written by the gallery / export
+
+Only the driver process writes the store (executors return results; the driver records
+them), so there is never a concurrent writer. WAL mode lets ``archir gallery`` read while a
+search is running, and a search killed at any moment (even ``SIGKILL``) leaves a consistent
+database: a candidate is either recorded with its result or still ``queued``/``running``.
+
+Every candidate row holds: ``id`` (0, 1, 2, ... in the order the driver asked for them),
+``round`` (the ask/tell round it belongs to), ``parents`` (ids, JSON list), ``op`` (what made
+it: ``"sample"``, ``"mutate:<decision key>"``), ``decisions`` (JSON), ``seed``, ``status``
+(``queued`` -> ``running`` -> ``done`` | ``failed``), ``graph_hash``
+(:meth:`archir.Graph.structural_hash`), ``graph_path`` (relative to the run directory),
+``metrics``/``costs``/``timings`` (JSON), ``score`` (the scalarised objective, lower is better),
+``within_budget`` and ``error`` (the reason a candidate failed).
+
+The experiment's config (space, strategy, objective, budget, seeds, training) is stored once;
+:meth:`Store.check_config` compares it with a resumed run's config and names every
+difference, so ``--resume`` never mixes two different experiments in one store.
+
+Example:
+    >>> st = Store.create("runs/demo", {"space": "chain", "seed": 0})   # doctest: +SKIP
+    >>> st.add(Candidate(id=0, round=0, op="sample", decisions={...}, seed=123))  # doctest: +SKIP
+    >>> [c.status for c in st.candidates()]                              # doctest: +SKIP
+    ['queued']
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+__all__ = ["Store", "Candidate", "StoreError", "ConfigMismatch", "STORE_SCHEMA_VERSION", "DB_NAME", "STATUSES"]
+
+STORE_SCHEMA_VERSION = 1
+DB_NAME = "search.db"
+STATUSES = ("queued", "running", "done", "failed")
+
+
+class StoreError(ValueError):
+    """The store cannot be opened or used as asked (missing, not a store, newer schema, ...).
+
+    Attributes:
+        hint: how to fix it (one line).
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class ConfigMismatch(StoreError):
+    """``--resume`` was given a config that differs from the stored experiment's config."""
+
+
+@dataclass
+class Candidate:
+    """One candidate architecture of a search, as recorded in the store.
+
+    Attributes:
+        id: its number in the run (0, 1, 2, ... in the order the driver asked for them).
+        round: the ask/tell round it was asked in.
+        op: what produced it: ``"sample"``, ``"mutate:<decision key>"``, ...
+        decisions: the space's decisions (plain JSON).
+        seed: the seed of its weights and training.
+        parents: ids of the candidates it was derived from.
+        status: ``"queued"``, ``"running"``, ``"done"`` or ``"failed"``.
+        graph_hash: the structural hash of its graph (None until evaluated).
+        graph_path: its graph file, relative to the run directory (None until done).
+        metrics: training metrics (``val_error``, ``test_error``, ...).
+        costs: hardware costs (``params``, ``macs``, ``latency_ms``, ...).
+        timings: seconds spent (``build_s``, ``train_s``, ``cost_s``, ``total_s``) and ``epochs``.
+        score: the scalarised objective (lower is better), None unless done.
+        within_budget: False when a hard budget (``--max-latency-ms``) is exceeded.
+        error: one line: why it failed.
+    """
+
+    id: int
+    round: int
+    op: str
+    decisions: dict
+    seed: int
+    parents: list[int] = field(default_factory=list)
+    status: str = "queued"
+    graph_hash: str | None = None
+    graph_path: str | None = None
+    metrics: dict = field(default_factory=dict)
+    costs: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    score: float | None = None
+    within_budget: bool = True
+    error: str | None = None
+    created_at: float = 0.0
+    finished_at: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        """True when done or failed."""
+        return self.status in ("done", "failed")
+
+
+_COLUMNS = ("id", "round", "op", "decisions", "seed", "parents", "status", "graph_hash", "graph_path", "metrics",
+            "costs", "timings", "score", "within_budget", "error", "created_at", "finished_at")
+_JSON_COLUMNS = {"decisions", "parents", "metrics", "costs", "timings"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS candidates (
+    id INTEGER PRIMARY KEY,
+    round INTEGER NOT NULL,
+    op TEXT NOT NULL,
+    decisions TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    parents TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed')),
+    graph_hash TEXT,
+    graph_path TEXT,
+    metrics TEXT NOT NULL,
+    costs TEXT NOT NULL,
+    timings TEXT NOT NULL,
+    score REAL,
+    within_budget INTEGER NOT NULL,
+    error TEXT,
+    created_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS candidates_status ON candidates(status);
+"""
+
+
+def _dumps(v: Any) -> str:
+    return json.dumps(v, sort_keys=True, allow_nan=True)
+
+
+def _diff(a: Any, b: Any, path: str = "") -> list[str]:
+    """Readable differences between two JSON values (``key: stored X, given Y``)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            p = f"{path}.{k}" if path else str(k)
+            if k not in a:
+                out.append(f"{p}: not in the stored config, given {b[k]!r}")
+            elif k not in b:
+                out.append(f"{p}: stored {a[k]!r}, not given")
+            else:
+                out += _diff(a[k], b[k], p)
+        return out
+    return [] if a == b else [f"{path or 'config'}: stored {a!r}, given {b!r}"]
+
+
+class Store:
+    """The SQLite store of one search run (see the module docstring).
+
+    Use :meth:`create` for a new run and :meth:`open` to read or resume one. The store is
+    a context manager; :meth:`close` closes the connection.
+    """
+
+    def __init__(self, run_dir: Path, conn: sqlite3.Connection) -> None:
+        self.run_dir = run_dir
+        self.path = run_dir / DB_NAME
+        self._conn = conn
+
+    # ------------------------------------------------------------------ open / create
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")  # a finished candidate survives a crash
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise StoreError(f"{path}: not an archir search store ({e})",
+                             hint="point at a run directory written by 'archir search', or use a new --out") from None
+        return conn
+
+    @classmethod
+    def create(cls, run_dir: str | Path, config: Mapping[str, Any]) -> "Store":
+        """Create a new store in ``run_dir`` (made if missing) holding ``config``.
+
+        Raises:
+            StoreError: ``run_dir`` already holds a store (resume it, or pick a new folder).
+        """
+        run_dir = Path(run_dir)
+        if (run_dir / DB_NAME).exists():
+            raise StoreError(f"{run_dir}: already holds a search ({DB_NAME})",
+                             hint="pass --resume to continue it, or choose another --out folder")
+        if run_dir.exists() and not run_dir.is_dir():
+            raise StoreError(f"{run_dir}: exists and is not a folder", hint="choose another --out folder")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "graphs").mkdir(exist_ok=True)
+        conn = cls._connect(run_dir / DB_NAME)
+        with conn:
+            conn.execute("BEGIN")
+            for stmt in _SCHEMA.strip().split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [
+                ("format", "archir.search"), ("schema_version", str(STORE_SCHEMA_VERSION)),
+                ("config", _dumps(dict(config))), ("created_at", repr(time.time())), ("elapsed_s", "0.0")])
+        return cls(run_dir, conn)
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> "Store":
+        """Open the store of an existing run.
+
+        Raises:
+            StoreError: no store there, not an archir store, or written by a newer archir.
+        """
+        run_dir = Path(run_dir)
+        path = run_dir / DB_NAME
+        if not path.is_file():
+            raise StoreError(f"{run_dir}: no search store ({DB_NAME}) in this folder",
+                             hint="give the --out folder of an 'archir search' run")
+        conn = cls._connect(path)
+        try:
+            rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise StoreError(f"{path}: not an archir search store ({e})",
+                             hint="point at a run directory written by 'archir search'") from None
+        if rows.get("format") != "archir.search":
+            conn.close()
+            raise StoreError(f"{path}: not an archir search store", hint="point at a run directory of 'archir search'")
+        ver = int(rows.get("schema_version", "0"))
+        if ver > STORE_SCHEMA_VERSION:
+            conn.close()
+            raise StoreError(f"{path}: written with store schema {ver}; this archir reads up to "
+                             f"{STORE_SCHEMA_VERSION}", hint="upgrade archir to read this run")
+        return cls(run_dir, conn)
+
+    def close(self) -> None:
+        """Close the connection (WAL contents are checkpointed by SQLite)."""
+        self._conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ meta / config
+
+    def _meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._conn.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = "
+                           "excluded.value", (key, value))
+
+    @property
+    def config(self) -> dict:
+        """The experiment config stored at creation."""
+        return json.loads(self._meta("config") or "{}")
+
+    def check_config(self, config: Mapping[str, Any]) -> None:
+        """Raise :class:`ConfigMismatch` naming every difference between ``config`` and the stored one."""
+        stored = self.config
+        given = json.loads(_dumps(dict(config)))  # compare JSON forms (tuples become lists)
+        diffs = _diff(stored, given)
+        if diffs:
+            shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+            raise ConfigMismatch(f"{self.run_dir}: --resume with a different experiment config: {shown}",
+                                 hint="resume with the same options as the first run, or use a new --out folder")
+
+    def info(self, key: str, default: Any = None) -> Any:
+        """A JSON value the driver stored beside the config with :meth:`set_info` (e.g. resolved shapes)."""
+        v = self._meta(f"info.{key}")
+        return default if v is None else json.loads(v)
+
+    def set_info(self, key: str, value: Any) -> None:
+        """Store a JSON value under ``key`` (not part of the config that ``--resume`` compares)."""
+        self._set_meta(f"info.{key}", _dumps(value))
+
+    @property
+    def elapsed_s(self) -> float:
+        """Search wall time spent in earlier sessions (added up by :meth:`add_elapsed`)."""
+        return float(self._meta("elapsed_s") or 0.0)
+
+    def add_elapsed(self, seconds: float) -> None:
+        """Add ``seconds`` of search wall time (time budgets count across resumed sessions)."""
+        self._set_meta("elapsed_s", repr(self.elapsed_s + float(seconds)))
+
+    # ------------------------------------------------------------------ candidates
+
+    @staticmethod
+    def _row(c: Candidate) -> tuple:
+        vals = []
+        for col in _COLUMNS:
+            v = getattr(c, col)
+            if col in _JSON_COLUMNS:
+                v = _dumps(v)
+            elif col == "within_budget":
+                v = int(bool(v))
+            vals.append(v)
+        return tuple(vals)
+
+    @staticmethod
+    def _from_row(row: tuple) -> Candidate:
+        kw = {}
+        for col, v in zip(_COLUMNS, row):
+            if col in _JSON_COLUMNS:
+                v = json.loads(v)
+            elif col == "within_budget":
+                v = bool(v)
+            kw[col] = v
+        return Candidate(**kw)
+
+    def add(self, cands: Candidate | Iterable[Candidate]) -> None:
+        """Record new candidates (status ``queued``) in one transaction.
+
+        Raises:
+            StoreError: a candidate id is already recorded (nothing is written then).
+        """
+        cands = [cands] if isinstance(cands, Candidate) else list(cands)
+        now = time.time()
+        for c in cands:
+            c.created_at = c.created_at or now
+        try:
+            with self._conn:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.executemany(f"INSERT INTO candidates({', '.join(_COLUMNS)}) VALUES "
+                                       f"({', '.join('?' * len(_COLUMNS))})", [self._row(c) for c in cands])
+        except sqlite3.IntegrityError as e:
+            raise StoreError(f"{self.path}: candidate id already recorded ({e})",
+                             hint="this is an archir bug: ids are given out once") from None
+
+    def mark_running(self, ids: Iterable[int]) -> None:
+        """Set the status of queued candidates to ``running``."""
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany("UPDATE candidates SET status = 'running' WHERE id = ? AND status = 'queued'",
+                                   [(int(i),) for i in ids])
+
+    def finish(self, c: Candidate) -> None:
+        """Write a finished candidate's result (``status`` done or failed) over its row."""
+        if c.status not in ("done", "failed"):
+            raise ValueError(f"candidate {c.id}: finish() needs status done or failed, not {c.status!r}")
+        c.finished_at = c.finished_at or time.time()
+        row = self._row(c)
+        sets = ", ".join(f"{col} = ?" for col in _COLUMNS[1:])
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            cur = self._conn.execute(f"UPDATE candidates SET {sets} WHERE id = ?", (*row[1:], c.id))
+            if cur.rowcount != 1:
+                raise StoreError(f"{self.path}: candidate {c.id} was never recorded", hint="this is an archir bug")
+
+    def requeue_unfinished(self) -> list[int]:
+        """Set every ``running`` candidate back to ``queued`` (after a killed search); returns the ids."""
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            ids = [r[0] for r in self._conn.execute(
+                "SELECT id FROM candidates WHERE status IN ('queued', 'running') ORDER BY id")]
+            self._conn.execute("UPDATE candidates SET status = 'queued' WHERE status = 'running'")
+        return ids
+
+    def candidates(self, status: str | Iterable[str] | None = None) -> list[Candidate]:
+        """Recorded candidates in id order, optionally only those of ``status``."""
+        q = f"SELECT {', '.join(_COLUMNS)} FROM candidates"
+        args: tuple = ()
+        if status is not None:
+            sts = [status] if isinstance(status, str) else list(status)
+            q += f" WHERE status IN ({', '.join('?' * len(sts))})"
+            args = tuple(sts)
+        return [self._from_row(r) for r in self._conn.execute(q + " ORDER BY id", args)]
+
+    def get(self, cid: int) -> Candidate:
+        """The candidate with id ``cid``.
+
+        Raises:
+            StoreError: no such candidate (the message gives the range of ids).
+        """
+        row = self._conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM candidates WHERE id = ?", (int(cid),)).fetchone()
+        if row is None:
+            n = self._conn.execute("SELECT COUNT(*) FROM candidates").fetchone()[0]
+            raise StoreError(f"{self.run_dir}: no candidate {cid} (this run has ids 0..{n - 1})" if n else
+                             f"{self.run_dir}: no candidate {cid} (this run has none yet)",
+                             hint="run 'archir gallery' on the folder to list the candidates")
+        return self._from_row(row)
+
+    def counts(self) -> dict[str, int]:
+        """How many candidates have each status."""
+        out = dict.fromkeys(STATUSES, 0)
+        for st, n in self._conn.execute("SELECT status, COUNT(*) FROM candidates GROUP BY status"):
+            out[st] = n
+        return out
+
+    def next_id(self) -> int:
+        """The id the next asked candidate gets."""
+        return int(self._conn.execute("SELECT COALESCE(MAX(id) + 1, 0) FROM candidates").fetchone()[0])

@@ -1,0 +1,15 @@
+"""Search strategies with an ask/tell interface (see :mod:`search.strategies.base`).
+
+Public names:
+    Strategy, CandidateSpec, STRATEGIES, register_strategy, get_strategy, StrategyError,
+        mutation_op: the interface and the registry.
+    RandomSearch (``"random"``), RegularizedEvolution (``"evolution"``): the strategies.
+"""
+
+from search.strategies.base import (STRATEGIES, CandidateSpec, Strategy, StrategyError, get_strategy, mutation_op,
+                                    register_strategy)
+from search.strategies.random_search import RandomSearch
+from search.strategies.evolution import RegularizedEvolution
+
+__all__ = ["Strategy", "CandidateSpec", "STRATEGIES", "register_strategy", "get_strategy", "StrategyError",
+           "mutation_op", "RandomSearch", "RegularizedEvolution"]

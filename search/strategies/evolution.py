@@ -1,0 +1,72 @@
+"""Regularized (aging) evolution, Real et al., "Regularized Evolution for Image Classifier
+Architecture Search" (AAAI 2019), Algorithm 1.
+
+- The population is a queue of the last ``population`` (P) evaluated candidates.
+- The first P candidates asked for are random samples of the space.
+- Every later candidate: draw ``sample`` (S) members of the population uniformly without
+  replacement, take the best of them (the lowest score; a candidate over the hard budget, e.g.
+  ``--max-latency-ms``, is never chosen while a member within the budget was drawn), and
+  mutate it (``space.mutate``: one small change).
+- When a result is told, it joins the population and the *oldest* member leaves (aging),
+  not the worst: each architecture survives only P rounds unless its children carry it on,
+  which regularises against architectures lucky in one noisy training run.
+
+Failed candidates never join the population. With ``ask(n)`` for n > 1 the n children come
+from the same population (a synchronous batch); their results are told in id order.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Sequence
+
+from search.strategies.base import CandidateSpec, Strategy, StrategyError, mutation_op, register_strategy
+
+__all__ = ["RegularizedEvolution"]
+
+
+@register_strategy
+class RegularizedEvolution(Strategy):
+    """Aging evolution (options: ``population`` P = 10, ``sample`` S = 3)."""
+
+    name = "evolution"
+    OPTIONS = {"population": 10, "sample": 3}
+
+    def __init__(self, space, rng, **options) -> None:
+        super().__init__(space, rng, **options)
+        p, s = self.options["population"], self.options["sample"]
+        if not (isinstance(p, int) and p >= 2):
+            raise StrategyError(f"evolution: population must be an int >= 2, got {p!r}", hint="pass --population 10")
+        if not (isinstance(s, int) and 1 <= s <= p):
+            raise StrategyError(f"evolution: sample must be an int in 1..population ({p}), got {s!r}",
+                                hint="pass --sample 3 (at most --population)")
+        self.population: deque = deque()  # search.store.Candidate rows, oldest first
+        self.asked = 0
+
+    def _parent(self):
+        members = list(self.population)
+        idx = self.rng.choice(len(members), size=min(self.options["sample"], len(members)), replace=False)
+        drawn = [members[int(i)] for i in idx]
+        # within-budget first, then the lowest score, then the lowest id (a deterministic tie-break)
+        return min(drawn, key=lambda c: (not c.within_budget, c.score, c.id))
+
+    def ask(self, n: int) -> list[CandidateSpec]:
+        out = []
+        for _ in range(n):
+            if self.asked < self.options["population"] or not self.population:
+                out.append(CandidateSpec(decisions=self.space.sample(self.rng), op="sample", parents=[]))
+            else:
+                parent = self._parent()
+                child = self.space.mutate(parent.decisions, self.rng)
+                out.append(CandidateSpec(decisions=child, op=mutation_op(self.space, parent.decisions, child),
+                                         parents=[parent.id]))
+            self.asked += 1
+        return out
+
+    def tell(self, results: Sequence) -> None:
+        for c in results:
+            if c.status != "done" or c.score is None:
+                continue
+            self.population.append(c)
+            while len(self.population) > self.options["population"]:
+                self.population.popleft()  # remove the oldest, not the worst

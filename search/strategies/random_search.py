@@ -1,0 +1,42 @@
+"""Random search: every candidate is an independent sample of the space.
+
+Random search is the baseline any NAS method must beat (Li & Talwalkar, 2019). It keeps the
+encodings it has proposed and re-draws (up to ``retries`` times) a sample it has already
+asked for, so a small space is not evaluated twice before it is exhausted.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+from search.strategies.base import CandidateSpec, Strategy, register_strategy
+
+__all__ = ["RandomSearch"]
+
+
+@register_strategy
+class RandomSearch(Strategy):
+    """Independent samples of the space (options: ``retries`` re-draws of a repeated sample)."""
+
+    name = "random"
+    OPTIONS = {"retries": 20}
+
+    def __init__(self, space, rng, **options) -> None:
+        super().__init__(space, rng, **options)
+        self._seen: set[str] = set()
+
+    def ask(self, n: int) -> list[CandidateSpec]:
+        out = []
+        for _ in range(n):
+            for _ in range(int(self.options["retries"]) + 1):
+                d = self.space.sample(self.rng)
+                key = json.dumps(self.space.encode(d), sort_keys=True)
+                if key not in self._seen:
+                    break
+            self._seen.add(key)
+            out.append(CandidateSpec(decisions=d, op="sample", parents=[]))
+        return out
+
+    def tell(self, results: Sequence) -> None:
+        pass  # random search learns nothing

@@ -9,6 +9,10 @@ Public names:
     Morphisms (function-preserving): deepen, insert_bn, enlarge_kernel, add_skip, widen
         (and widen_noisy, its noisy Net2Net variant; widen_targets, widen_reason).
     Channel coupling (shared by widen and pruning): analyze, dependency_groups, Coupling, Group.
+    Pruning: prune_channels (-> PruneResult(graph, report)), prune_channels_pass, prunable_groups,
+        PruneReport, PruneResult; remove_op, prune_zero_paths (SNAS edge deletion).
+    Canonicalization (function-preserving, eval mode): fold_batchnorm, eliminate_identity,
+        eliminate_dead, canonicalize.
     Search helpers: MORPHISMS, register_morphism, legal_targets, random_morphism.
 """
 
@@ -37,6 +41,9 @@ from passes.enlarge_kernel import enlarge_kernel
 from passes.skip import add_skip
 from passes.widen import widen, widen_noisy, widen_reason, widen_targets
 from passes.coupling import Coupling, Group, analyze, dependency_groups
+from passes.prune import PruneReport, PruneResult, prunable_groups, prune_channels, prune_channels_pass
+from passes.remove_op import prune_zero_paths, remove_op
+from passes.canonicalize import canonicalize, eliminate_dead, eliminate_identity, fold_batchnorm
 from passes.targets import MORPHISMS, legal_targets, random_morphism, register_morphism
 
 __all__ = [
@@ -45,5 +52,8 @@ __all__ = [
     "PassManager", "PassRecord", "PassInstrument", "bind", "Verify", "CheckPreserved", "Timing", "DumpIR",
     "deepen", "insert_bn", "enlarge_kernel", "add_skip", "widen", "widen_noisy", "widen_targets", "widen_reason",
     "analyze", "dependency_groups", "Coupling", "Group",
+    "prune_channels", "prune_channels_pass", "prunable_groups", "PruneReport", "PruneResult",
+    "remove_op", "prune_zero_paths",
+    "fold_batchnorm", "eliminate_identity", "eliminate_dead", "canonicalize",
     "MORPHISMS", "register_morphism", "legal_targets", "random_morphism",
 ]

@@ -17,7 +17,7 @@ of the *sources*:
   on a vector (``out_features``), graph ``input`` nodes (pinned, see below);
 - **carriers** pass their input's channels through, index for index: BN, ``scale``, the
   elementwise activations, ``identity``/``dropout``/``zero``/``stop_*``, max/avg pools,
-  ``global_avgpool``, and depthwise convs (``groups == in_channels == out_channels``: channel
+  ``global_avgpool``, ``adaptive_avgpool2d``, and depthwise convs (``groups == in_channels == out_channels``: channel
   ``i`` of the output is filter ``i`` applied to input channel ``i`` only);
 - **ties**: ``add``, ``mul`` with equal channel counts (a squeeze-excite gate ``(C, 1, 1)``
   broadcasts over H and W, not over channels), and ``concat`` along a non-channel axis make
@@ -42,7 +42,7 @@ saying why: a graph input's channels, a graph output's channels (the interface i
 the channels that meet an op whose coupling archir does not model (*unknown coupling*): a
 grouped conv that is not depthwise, a depthwise conv with a channel multiplier, ``flatten``
 with ``start_dim > 1`` or of a rank-2 tensor, ``linear`` on a non-vector, ``mul`` broadcasting
-across the channel axis (``(1, H, W) * (C, H, W)``), ``add``/``mul`` whose inputs' layouts do not
+across the channel axis (``(1, H, W) * (C, H, W)``) or of operands of different ranks, ``add``/``mul`` whose inputs' layouts do not
 line up, ``choice`` nodes (the coupling depends on the decision: ``archir.derive`` first), and
 any op without a rule here. An unknown op's inputs are pinned and its output is a new pinned
 class, so nothing is guessed. By default unknown coupling is recorded, not raised, so the rest
@@ -95,7 +95,7 @@ __all__ = ["analyze", "dependency_groups", "Coupling", "Group", "Pin", "ArrayAxi
 _ELEMENTWISE = frozenset({"relu", "relu6", "sigmoid", "hardswish", "hardsigmoid", "silu", "tanh", "identity",
                           "dropout", "stop_gradient", "stop_forward", "zero"})
 #: ops that work per channel over H and W
-_SPATIAL = frozenset({"maxpool2d", "avgpool2d", "global_avgpool"})
+_SPATIAL = frozenset({"maxpool2d", "avgpool2d", "global_avgpool", "adaptive_avgpool2d"})
 
 #: what may replace a channel in an edit (see Coupling.remap)
 EDIT_TAGS = ("keep", "copy", "new")
@@ -408,6 +408,12 @@ class _Builder:
         elif op == "add":
             self._tie(n, ins, "add")
         elif op == "mul":
+            if it[0].rank != it[1].rank:
+                # broadcasting aligns trailing axes: a lower-rank operand's axis 0 is not channels
+                self._opaque(n, f"mul of a rank-{it[0].rank} {it[0]} with a rank-{it[1].rank} {it[1]} aligns "
+                                f"trailing axes, so their channel axes do not meet",
+                             "give the gate the input's rank, e.g. (C, 1, 1) for a (C, H, W) input")
+                return
             cx, cy = it[0].shape[:1], it[1].shape[:1]
             if cx != cy:
                 self._opaque(n, f"mul broadcasts {it[0]} with {it[1]} across the channel axis; only a gate with "

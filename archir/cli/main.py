@@ -277,8 +277,12 @@ def _run_show(args: argparse.Namespace) -> int:
 
 
 def _add_export(p: argparse.ArgumentParser) -> None:
-    p.add_argument("graph", help="the graph's .json file (its .safetensors weights beside it)")
+    p.add_argument("graph", help="the graph's .json file (its .safetensors weights beside it), or the run folder "
+                                 "of 'archir search' with --best or --id N")
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--best", action="store_true", help="run folder: export the best candidate")
+    which.add_argument("--id", type=int, default=None, metavar="N", help="run folder: export candidate N")
     p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance of the check (default: 1e-5)")
     p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance of the check (default: 1e-4)")
     p.add_argument("--batch-size", type=int, default=2, help="batch of the seeded check input (default: 2)")
@@ -290,13 +294,36 @@ def _positive(name: str, value: float) -> None:
         raise CLIError(f"{name} must be positive, got {value}", hint=f"pass {name} with a value > 0")
 
 
+def _load_candidate(args: argparse.Namespace) -> archir.Graph:
+    """The trained graph of a search run's candidate (``--best`` or ``--id N``)."""
+    if not (args.best or args.id is not None):
+        raise CLIError(f"{args.graph}: is a folder: say which candidate of the search run to export",
+                       hint="add --best, or --id N (archir gallery lists the ids)")
+    from search.experiment import load_candidate_graph
+    from search.store import StoreError
+
+    try:
+        g, c = load_candidate_graph(args.graph, cid=args.id, best=args.best)
+    except StoreError as e:
+        raise CLIError(str(e), hint=e.hint) from None
+    print(f"candidate {c.id} of {args.graph}: val error {c.metrics.get('val_error', float('nan')):.3f}, "
+          f"test error {c.metrics.get('test_error', float('nan')):.3f}")
+    return g
+
+
 def _run_export(args: argparse.Namespace) -> int:
     _positive("--batch-size", args.batch_size)
     if args.atol < 0 or args.rtol < 0:
         raise CLIError(f"tolerances must be >= 0 (got --atol {args.atol}, --rtol {args.rtol})",
                        hint="pass --atol/--rtol values >= 0")
     _check_out_path(Path(args.onnx), "ONNX model", "net.onnx")
-    g = _load(args.graph)
+    if Path(args.graph).is_dir():
+        g = _load_candidate(args)
+    elif args.best or args.id is not None:
+        raise CLIError(f"{args.graph}: --best/--id pick a candidate of a search run folder, and this is not a folder",
+                       hint="give the --out folder of 'archir search', or drop --best/--id for a graph file")
+    else:
+        g = _load(args.graph)
     r = export_verified(g, args.onnx, atol=args.atol, rtol=args.rtol, batch_size=args.batch_size, seed=args.seed)
     print(f"wrote {r.path} ({r.bytes:,} bytes, opset {archir.lower.onnx.OPSET}, dynamic batch axis; "
           f"to_onnx {_fmt_s(r.to_onnx_s)})")

@@ -1,0 +1,198 @@
+"""``archir search`` and ``archir gallery``: architecture search on a dataset, and its Pareto gallery.
+
+Usage::
+
+    archir search --out runs/demo                                   # chain space, evolution, digits, 3 minutes
+    archir search --space darts --strategy random --budget 200c --objective latency:ort-cpu --out runs/d
+    archir search --out runs/demo --executor process --workers 2    # candidates of a round in parallel
+    archir search --out runs/demo --executor ray [--address auto]   # Ray Core tasks (pip install 'archir[ray]')
+    archir search --out runs/demo --resume                          # continue a killed search (same options)
+    archir gallery runs/demo                                        # table + runs/demo/pareto.png
+    archir export runs/demo --best --onnx model.onnx                # (or --id N) verified under ONNX Runtime
+
+A search records every candidate in ``<out>/search.db`` (SQLite) and its trained graph in
+``<out>/graphs/<id>.json``; at the end it writes the gallery (``<out>/pareto.png``) and the best
+candidate as ``<out>/best.onnx`` (verified under ONNX Runtime) and prints where they are.
+The objective and budget are explained in :mod:`search.experiment`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from archir.cli.main import CLIError, Subcommand
+
+__all__ = ["SUBCOMMANDS"]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from search.data import DataError
+    from search.executors import ExecutorError
+    from search.experiment import ConfigError
+    from search.pareto import ExportMismatch, PlotUnavailable
+    from search.spaces import DecisionError
+    from search.store import StoreError
+    from search.strategies import StrategyError
+
+    return (ConfigError, StoreError, StrategyError, ExecutorError, DataError, DecisionError, PlotUnavailable,
+            ExportMismatch)
+
+
+# --------------------------------------------------------------------------- search
+
+
+def _add_search(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, metavar="DIR", help="the run folder (search.db, graphs/, pareto.png, "
+                                                             "best.onnx)")
+    p.add_argument("--space", default="chain", help="search space: chain (default) or darts")
+    p.add_argument("--strategy", default="evolution", help="random or evolution (default: evolution)")
+    p.add_argument("--dataset", default="digits",
+                   help="digits (built in, default), a .npz file with arrays x and y, or an image folder")
+    p.add_argument("--budget", default="3m",
+                   help="wall time (90s, 3m, 1h) or a number of candidates (200c); default 3m")
+    p.add_argument("--objective", default="error",
+                   help="error (default), macs, params, flops or latency:ort-cpu / latency:torch-cpu / ... : "
+                        "val_error + cost_weight * log2(cost)")
+    p.add_argument("--cost-weight", type=float, default=0.02,
+                   help="weight of log2(cost) in the score (default 0.02: halving the cost is worth 2 points "
+                        "of error)")
+    p.add_argument("--max-latency-ms", type=float, default=None,
+                   help="hard latency budget: candidates over it are recorded but never selected")
+    p.add_argument("--latency-backend", default="ort-cpu",
+                   help="where --max-latency-ms is measured when the objective is not a latency (default ort-cpu)")
+    p.add_argument("--seed", type=int, default=0, help="experiment seed (default 0)")
+    p.add_argument("--round-size", type=int, default=2,
+                   help="candidates asked per round, evaluated in parallel by process/ray (default 2)")
+    p.add_argument("--population", type=int, default=None, help="evolution: population size P (default 10)")
+    p.add_argument("--sample", type=int, default=None, help="evolution: tournament sample size S (default 3)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs per candidate (default 4)")
+    p.add_argument("--batch-size", type=int, default=None, help="training batch size (default 64)")
+    p.add_argument("--lr", type=float, default=None, help="SGD learning rate (default 0.05)")
+    p.add_argument("--schedule", default=None, help="cosine (default) or sgdr")
+    p.add_argument("--cells", type=int, default=None, help="space option: cells (darts) of the searched network")
+    p.add_argument("--channels", type=int, default=None, help="space option: initial channels (darts)")
+    p.add_argument("--executor", default="serial", choices=["serial", "process", "ray"],
+                   help="where candidates are evaluated (default serial)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="process: pool size (default: --round-size); ray: CPUs of a local Ray started here")
+    p.add_argument("--address", default=None, help="ray: address of an existing cluster (auto, ray://host:10001)")
+    p.add_argument("--cpus-per-candidate", type=float, default=None, help="ray: CPUs per candidate task (default 1)")
+    p.add_argument("--gpus-per-candidate", type=float, default=None, help="ray: GPUs per candidate task (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue the search stored in --out (same options)")
+    p.add_argument("--no-export", action="store_true", help="do not write pareto.png and best.onnx at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _config(args: argparse.Namespace):
+    from search.experiment import DEFAULT_TRAIN, ExperimentConfig
+
+    train = dict(DEFAULT_TRAIN)
+    for k in ("epochs", "batch_size", "lr", "schedule"):
+        v = getattr(args, k)
+        if v is not None:
+            train[k] = v
+    space_options = {k: getattr(args, k) for k in ("cells", "channels") if getattr(args, k) is not None}
+    strategy_options = {k: getattr(args, k) for k in ("population", "sample") if getattr(args, k) is not None}
+    return ExperimentConfig(space=args.space, space_options=space_options, strategy=args.strategy,
+                            strategy_options=strategy_options, dataset=args.dataset, objective=args.objective,
+                            cost_weight=args.cost_weight, max_latency_ms=args.max_latency_ms,
+                            latency_backend=args.latency_backend, budget=args.budget, seed=args.seed,
+                            round_size=args.round_size, train=train)
+
+
+def _executor_options(args: argparse.Namespace) -> dict:
+    if args.executor == "serial":
+        for flag in ("workers", "address", "cpus_per_candidate", "gpus_per_candidate"):
+            if getattr(args, flag) is not None:
+                raise CLIError(f"--{flag.replace('_', '-')} applies to --executor process or ray, not serial",
+                               hint="drop it, or pass --executor process / --executor ray")
+        return {}
+    if args.executor == "process":
+        for flag in ("address", "cpus_per_candidate", "gpus_per_candidate"):
+            if getattr(args, flag) is not None:
+                raise CLIError(f"--{flag.replace('_', '-')} applies to --executor ray, not process",
+                               hint="drop it, or pass --executor ray")
+        return {"workers": args.workers or args.round_size}
+    return {"address": args.address, "workers": args.workers, "num_cpus": args.cpus_per_candidate,
+            "num_gpus": args.gpus_per_candidate}
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from search.experiment import Progress, _fmt_time, run_search, write_gallery, export_candidate
+    from search.pareto import PlotUnavailable
+
+    cfg = _config(args)
+    cfg.check()
+    opts = _executor_options(args)
+    out = Path(args.out)
+    progress = Progress(None if args.quiet else sys.stderr)
+    s = run_search(cfg, out, executor=args.executor, executor_options=opts, resume=args.resume, progress=progress)
+    c = s.counts
+    print(f"search finished: {c['done'] + c['failed']} candidates ({c['done']} done, {c['failed']} failed) in "
+          f"{_fmt_time(s.session_s)}" + (f" ({_fmt_time(s.elapsed_s)} over all sessions)" if args.resume else ""))
+    if s.best is None:
+        print("no candidate finished within the budget: nothing to export "
+              "(give a larger --budget, or relax --max-latency-ms)")
+        return 0
+    b = s.best
+    print(f"best: candidate {b.id}: val error {b.metrics['val_error']:.3f}, test error "
+          f"{b.metrics.get('test_error', float('nan')):.3f}, {int(b.costs['params']):,} params, "
+          f"{int(b.costs['macs']):,} MACs" + (f", {b.costs['latency_ms']:.3g} ms" if "latency_ms" in b.costs else ""))
+    print(f"Pareto frontier: {len(s.frontier)} candidates ({', '.join(str(f.id) for f in s.frontier)})")
+    if args.no_export:
+        return 0
+    try:
+        _, png = write_gallery(out)
+        print(f"gallery: {png}  (table: archir gallery {out})")
+    except PlotUnavailable as e:
+        print(f"gallery: not drawn ({e}; {e.hint}); table: archir gallery {out}")
+    rep, _ = export_candidate(out, out / "best.onnx", best=True)
+    print(f"best ONNX: {rep.path} ({rep.bytes:,} bytes; verified with ONNX Runtime {rep.ort_version}: "
+          f"max |fx - ort| = {rep.max_abs_err:.3g})")
+    return 0
+
+
+# --------------------------------------------------------------------------- gallery
+
+
+def _add_gallery(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="the run folder of 'archir search' (--out)")
+    p.add_argument("--png", default=None, metavar="PATH", help="where to write the plot (default: RUN/pareto.png)")
+    p.add_argument("--no-plot", action="store_true", help="print the table only")
+
+
+def _run_gallery(args: argparse.Namespace) -> int:
+    from search.experiment import ExperimentConfig, gallery_table, parse_objective, write_gallery
+    from search.store import Store
+
+    run = Path(args.run)
+    if args.no_plot:
+        with Store.open(run) as st:
+            cfg = ExperimentConfig.from_dict(st.config)
+            table = gallery_table(st.candidates(), parse_objective(cfg.objective).cost_key)
+        print(table)
+        return 0
+    if args.png is not None and not Path(args.png).parent.is_dir():
+        raise CLIError(f"{args.png}: folder {Path(args.png).parent} does not exist", hint="create it first")
+    table, png = write_gallery(run, args.png)
+    print(table)
+    print(f"wrote {png}" if png else "no finished candidate yet: no plot")
+    return 0
+
+
+SUBCOMMANDS = [
+    Subcommand("search", "search a space of architectures on a dataset under a cost objective",
+               _add_search, _run_search,
+               "Search a space (chain or darts) with random search or regularized evolution: every candidate "
+               "is built, trained on the dataset, priced (params, MACs, optionally latency) and recorded in "
+               "OUT/search.db with its trained graph. Ends with the Pareto gallery (OUT/pareto.png) and the "
+               "best model exported to OUT/best.onnx, verified under ONNX Runtime. --resume continues a "
+               "killed search with the same options.", user_errors=_user_errors),
+    Subcommand("gallery", "print a search run's candidates and Pareto frontier, and plot it (pareto.png)",
+               _add_gallery, _run_gallery,
+               "The table of a run's finished candidates by cost (* marks the Pareto frontier of "
+               "validation error against the objective's cost) and a PNG of all candidates with the "
+               "frontier (needs matplotlib).", user_errors=_user_errors),
+]

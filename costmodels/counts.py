@@ -149,6 +149,18 @@ def _pool(attrs, ins, out):
     return OpCost(flops=kh * kw * out.numel)
 
 
+@COUNT_HANDLERS.register("adaptive_avgpool2d")
+def _adaptive_pool(attrs, ins, out):
+    from archir.ops.core import adaptive_windows
+
+    c, h, w = ins[0].shape
+    oh, ow = pair(attrs["output_size"])
+    # one flop per element of every (possibly overlapping) window: the adds plus the divide
+    rows = sum(e - s for s, e in adaptive_windows(h, oh))
+    cols = sum(e - s for s, e in adaptive_windows(w, ow))
+    return OpCost(flops=c * rows * cols)
+
+
 @COUNT_HANDLERS.register("global_avgpool")
 def _gap(attrs, ins, out):
     return OpCost(flops=ins[0].numel)  # H*W - 1 adds and one divide per channel
@@ -292,7 +304,8 @@ def count(g: Graph, batch_size: int = 1) -> Counts:
       ``relu`` 1, ``relu6`` 2, ``sigmoid`` 4 (neg, exp, add, divide), ``hardsigmoid`` 4,
       ``hardswish`` 5, ``silu`` 5, ``tanh`` 5 per element; ``add``, ``mul``, ``scale``,
       ``stop_forward`` 1 per output element; ``maxpool2d``/``avgpool2d`` ``kh * kw`` per output
-      element (the window, padding included); ``global_avgpool`` one per input element;
+      element (the window, padding included); ``global_avgpool`` one per input element; ``adaptive_avgpool2d`` one per element of every
+      window (windows may overlap);
       ``identity``, ``dropout`` (eval), ``flatten``, ``stop_gradient``, ``concat``, ``zero``: 0.
     - ``activation_bytes``: bytes of the node's output tensor; 0 for ``input`` nodes (given,
       not computed). View ops are counted here although backends alias them.

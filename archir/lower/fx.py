@@ -165,6 +165,8 @@ FX_HANDLERS.register("add")(_fn(operator.add))
 FX_HANDLERS.register("mul")(_fn(operator.mul))
 FX_HANDLERS.register("zero")(_fn(zero, stride=lambda a: a["stride"]))
 FX_HANDLERS.register("global_avgpool")(_fn(F.adaptive_avg_pool2d, output_size=1))
+FX_HANDLERS.register("adaptive_avgpool2d")(_fn(F.adaptive_avg_pool2d,
+                                                output_size=lambda a: pair(a["output_size"])))
 FX_HANDLERS.register("flatten")(_fn(torch.flatten, start_dim=lambda a: a["start_dim"]))
 FX_HANDLERS.register("maxpool2d")(_fn(
     F.max_pool2d, kernel_size=lambda a: pair(a["kernel_size"]),

@@ -21,7 +21,7 @@ from archir.graph import Graph, Node
 from archir.ops import OpHandlers, get_op, pair
 from archir.types import TensorType
 
-__all__ = ["to_onnx", "ONNX_HANDLERS", "OPSET", "IR_VERSION"]
+__all__ = ["to_onnx", "ONNX_HANDLERS", "OPSET", "IR_VERSION", "adaptive_matrix"]
 
 ONNX_HANDLERS = OpHandlers("to_onnx")
 OPSET = 17
@@ -182,6 +182,33 @@ def _maxpool(ctx, node, xs, ins, out):
 def _avgpool(ctx, node, xs, ins, out):
     a = node.attrs
     return ctx.emit("AveragePool", [xs[0]], out, count_include_pad=int(a["count_include_pad"]), **_pool_attrs(a))
+
+
+def adaptive_matrix(size: int, out: int) -> np.ndarray:
+    """The ``(out, size)`` averaging matrix of adaptive pooling along one axis (rows sum to 1)."""
+    from archir.ops.core import adaptive_windows
+
+    m = np.zeros((out, size), np.float32)
+    for i, (s, e) in enumerate(adaptive_windows(size, out)):
+        m[i, s:e] = 1.0 / (e - s)
+    return m
+
+
+@ONNX_HANDLERS.register("adaptive_avgpool2d")
+def _adaptive_avgpool(ctx, node, xs, ins, out):
+    _, h, w = ins[0].shape
+    oh, ow = pair(node.attrs["output_size"])
+    if (oh, ow) == (1, 1):
+        return ctx.emit("GlobalAveragePool", [xs[0]], out)
+    if h % oh == 0 and w % ow == 0:  # equal, disjoint windows: a plain average pool
+        k = [h // oh, w // ow]
+        return ctx.emit("AveragePool", [xs[0]], out, kernel_shape=k, strides=k)
+    # ONNX has no adaptive pooling. Windows of unequal size (or repeated inputs when upsampling)
+    # are separable averages: y = Ph @ x @ Pw^T with the per-axis averaging matrices. from_onnx
+    # recognises this pair of MatMuls by their constant matrices.
+    cols = ctx.emit("MatMul", [xs[0], ctx.const(f"{node.id}::adaptive_w", adaptive_matrix(w, ow).T.copy())],
+                    _aux(ctx, node, "adaptive_cols"))
+    return ctx.emit("MatMul", [ctx.const(f"{node.id}::adaptive_h", adaptive_matrix(h, oh)), cols], out)
 
 
 @ONNX_HANDLERS.register("flatten")

@@ -305,6 +305,33 @@ def _gap_infer(a, ins, node):
 register_op(OpDef("global_avgpool", arity=1, infer=_gap_infer, doc="mean over H and W, keeps (C, 1, 1)"))
 
 
+def adaptive_windows(size: int, out: int) -> list[tuple[int, int]]:
+    """The ``[start, end)`` input windows of adaptive pooling from ``size`` to ``out`` positions.
+
+    torch's rule: window ``i`` is ``[floor(i * size / out), ceil((i + 1) * size / out))``, so the
+    windows cover the input, may overlap, and repeat inputs when ``out > size``.
+
+    Example:
+        >>> adaptive_windows(5, 3)
+        [(0, 2), (1, 4), (3, 5)]
+    """
+    return [((i * size) // out, -(-((i + 1) * size) // out)) for i in range(out)]
+
+
+def _adaptive_infer(a, ins, node):
+    _rank("adaptive_avgpool2d", ins[0], 3, node)
+    oh, ow = pair(a["output_size"])
+    return _checked_type((ins[0].shape[0], oh, ow), node)
+
+
+register_op(OpDef(
+    "adaptive_avgpool2d", arity=1,
+    attrs={"output_size": AttrSpec("pair", min=1, max=MAX_DIM)},
+    infer=_adaptive_infer,
+    doc="adaptive average pooling to any (oh, ow) (torch.nn.AdaptiveAvgPool2d); windows may overlap or repeat",
+))
+
+
 def _flatten_infer(a, ins, node):
     t = ins[0]
     sd = a["start_dim"]  # torch's dim, counting the batch dim as 0

@@ -1,0 +1,86 @@
+"""What both frontends share: their errors, the list of unsupported nodes, readable node ids.
+
+A frontend never guesses: a construct it cannot map exactly onto IR ops is recorded as an
+:class:`Unsupported` entry, the import runs to the end so that *every* such node is found,
+and then one :class:`UnsupportedModelError` lists them all (op or target, where it comes
+from, and why).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from archir.errors import IRError
+
+__all__ = ["FrontendError", "UnsupportedModelError", "UnsafeModelError", "Unsupported", "IdMaker"]
+
+
+class FrontendError(IRError):
+    """A model cannot be imported (it does not trace, does not run, or does not match after import)."""
+
+
+class UnsafeModelError(FrontendError):
+    """A model file is refused before it is read in full: unsafe external data, custom ops, size caps."""
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """One node a frontend cannot map onto IR ops.
+
+    Attributes:
+        what: the op or call target (``"call_method view"``, ``"ONNX Transpose"``).
+        where: where it comes from: module path and source line, or the ONNX node name.
+        reason: why it is not supported.
+    """
+
+    what: str
+    where: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.what} at {self.where}: {self.reason}"
+
+
+class UnsupportedModelError(FrontendError):
+    """One error listing every unsupported node of a model (``.unsupported``).
+
+    The first line of the message names them all (so a one-line CLI report is complete);
+    ``context`` has one line per node with the reason.
+    """
+
+    def __init__(self, model: str, items: list[Unsupported], *, hint: str | None = None) -> None:
+        self.unsupported = list(items)
+        short = "; ".join(f"{u.what} at {u.where}" for u in items)
+        super().__init__(
+            f"cannot import {model}: {len(items)} unsupported node(s): {short}",
+            rule="unsupported",
+            hint=hint or "rewrite these parts with supported layers (see docs/frontend_support.md), "
+                         "or add the op to archir's registry",
+            context="\n".join(f"  - {u}" for u in items),
+        )
+
+
+_BAD = re.compile(r"[^A-Za-z0-9_\-]")
+
+
+def clean_id(text: str) -> str:
+    """A readable IR id from a module path or ONNX name: each dot-separated part made legal."""
+    parts = [_BAD.sub("_", p) for p in str(text).split(".") if p != ""]
+    return ".".join(parts) if parts else "node"
+
+
+class IdMaker:
+    """Hands out unique, readable node ids (``layer1.0.relu``, then ``layer1.0.relu_1`` ...)."""
+
+    def __init__(self) -> None:
+        self.taken: set[str] = set()
+
+    def __call__(self, base: str) -> str:
+        base = clean_id(base)
+        name, k = base, 0
+        while name in self.taken:
+            k += 1
+            name = f"{base}_{k}"
+        self.taken.add(name)
+        return name

@@ -1,0 +1,938 @@
+"""``from_torch``: an ``nn.Module`` as an archir graph.
+
+How it works:
+
+1. The module is put in eval mode (restored afterwards) and traced with ``torch.fx``
+   symbolic tracing. Where that fails (Python control flow on tensor values or shapes, ...),
+   ``torch.export`` captures it instead, specialised to the example inputs' shapes; then the
+   graph is made of ATen ops and is mapped by the same rules.
+2. The traced module runs once on the example inputs; every value's shape is recorded
+   (shape arguments like ``x.view(x.size(0), -1)`` are then read from the recorded result).
+3. Every node is mapped onto IR ops. Modules become nodes named after their module path
+   (``layer1.0.conv1``); function and method calls are named after the module they are called
+   in (``layer1.0.add``). Weights and BatchNorm running statistics are copied.
+4. Unsupported constructs are collected, not skipped: at the end one
+   :class:`~archir.frontend.UnsupportedModelError` lists every one of them with its target,
+   module path, source line and reason.
+5. The imported graph is checked: ``to_fx(graph)`` must reproduce the module's outputs on the
+   example inputs (eval mode).
+
+The graph describes the network in eval mode. Train-mode-only behaviour that the IR cannot
+express is listed in ``graph.meta["frontend"]["notes"]`` (torchvision's stochastic depth is
+the identity in eval mode and imported as such).
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from archir.errors import IRError
+from archir.frontend.common import FrontendError, IdMaker, Unsupported, UnsupportedModelError, clean_id
+from archir.graph import Graph
+from archir.ops import pair
+
+__all__ = ["from_torch"]
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+
+
+class _Skip(Exception):
+    """Raised by a mapping rule: this node is unsupported (the message is the reason)."""
+
+
+@dataclass(frozen=True)
+class _Act:
+    """An activation argument: the IR node holding the value, and its full shape (batch first)."""
+
+    id: str
+    shape: tuple[int, ...]
+
+
+class _Bad:
+    """The value of a node that could not be mapped (its users are not reported again)."""
+
+
+_BAD = _Bad()
+
+
+# --------------------------------------------------------------------------- argument binding
+
+# canonical op -> (parameter names in order, defaults). aten ops bind through their schema.
+_SIGS: dict[str, tuple[list[str], dict[str, Any]]] = {
+    "conv2d": (["input", "weight", "bias", "stride", "padding", "dilation", "groups"],
+               {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}),
+    "linear": (["input", "weight", "bias"], {"bias": None}),
+    "batch_norm": (["input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"],
+                   {"weight": None, "bias": None, "training": False, "momentum": 0.1, "eps": 1e-5}),
+    "unary": (["input", "inplace"], {"inplace": False}),
+    "hardtanh": (["input", "min_val", "max_val", "inplace"], {"min_val": -1.0, "max_val": 1.0, "inplace": False}),
+    "relu6": (["input", "inplace"], {"inplace": False}),
+    "max_pool2d": (["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"],
+                   {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, "return_indices": False}),
+    "avg_pool2d": (["input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                    "divisor_override"],
+                   {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True,
+                    "divisor_override": None}),
+    "adaptive_avg_pool2d": (["input", "output_size"], {}),
+    "mean": (["input", "dim", "keepdim", "dtype"], {"dim": None, "keepdim": False, "dtype": None}),
+    "flatten": (["input", "start_dim", "end_dim"], {"start_dim": 0, "end_dim": -1}),
+    "tensor_flatten": (["input", "start_dim", "end_dim"], {"start_dim": 0, "end_dim": -1}),
+    "reshape": (["input", "shape"], {}),
+    "view": (["input", "*shape"], {}),
+    "binary": (["input", "other", "alpha"], {"alpha": 1}),
+    "cat": (["tensors", "dim"], {"dim": 0}),
+    "dropout": (["input", "p", "training", "inplace"], {"p": 0.5, "training": True, "inplace": False}),
+    "stochastic_depth": (["input", "p", "mode", "training"], {"training": True}),
+    "identity": (["input"], {}),
+}
+
+
+def _bind(sig: str, args: tuple, kwargs: dict) -> dict:
+    names, defaults = _SIGS[sig]
+    out: dict[str, Any] = {}
+    if names and names[-1].startswith("*"):  # x.view(a, b) or x.view((a, b))
+        out[names[0]] = args[0]
+        rest = args[1:]
+        out[names[-1][1:]] = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else list(rest)
+        out.update(kwargs)
+        return out
+    if len(args) > len(names):
+        raise _Skip(f"takes at most {len(names)} positional arguments here, got {len(args)}")
+    out.update(zip(names, args))
+    for k, v in kwargs.items():
+        if k not in names:
+            raise _Skip(f"unexpected keyword argument {k!r}")
+        out[k] = v
+    for k, v in defaults.items():
+        out.setdefault(k, v)
+    missing = [k for k in names if k not in out]
+    if missing:
+        raise _Skip(f"missing argument(s) {missing}")
+    return out
+
+
+def _bind_aten(target, args: tuple, kwargs: dict) -> dict:
+    out: dict[str, Any] = {}
+    for i, a in enumerate(target._schema.arguments):
+        if i < len(args):
+            out[a.name] = args[i]
+        elif a.name in kwargs:
+            out[a.name] = kwargs[a.name]
+        elif a.has_default_value():
+            out[a.name] = a.default_value
+    if "self" in out:  # aten calls the first tensor "self"
+        out["input"] = out.pop("self")
+    return out
+
+
+# --------------------------------------------------------------------------- the importer
+
+
+class _Importer:
+    def __init__(self, gm: fx.GraphModule, root: nn.Module, shapes: dict, name: str, tracer: str) -> None:
+        self.gm = gm
+        self.root = root
+        self.shapes = shapes  # fx node -> recorded value summary
+        self.g = Graph(name)
+        self.ids = IdMaker()
+        self.env: dict[fx.Node, Any] = {}
+        self.problems: list[Unsupported] = []
+        self.notes: list[str] = []
+        self.tracer = tracer
+        self.order = {n: i for i, n in enumerate(gm.graph.nodes)}
+        self.module_calls: dict[str, str] = {}
+
+    # ----------------------------------------------------------------- helpers
+
+    def where(self, node: fx.Node) -> str:
+        scope = self.scope(node, leaf=True) or "<top level>"
+        line = _user_line(node)
+        return f"{scope} ({line})" if line else scope
+
+    def scope(self, node: fx.Node, leaf: bool = False) -> str:
+        if node.op == "call_module":
+            return str(node.target)
+        stack = node.meta.get("nn_module_stack") or {}
+        if not stack:
+            return ""
+        path, typ = list(stack.values())[-1]
+        return str(path)
+
+    def _leaf_scope(self, node: fx.Node) -> bool:
+        """Whether the innermost module around an ATen node (torch.export) is a torch.nn layer."""
+        stack = node.meta.get("nn_module_stack") or {}
+        if not stack:
+            return False
+        _, typ = list(stack.values())[-1]
+        mod = typ if isinstance(typ, str) else f"{getattr(typ, '__module__', '')}.{getattr(typ, '__name__', '')}"
+        return mod.startswith("torch.nn.modules.") and ".container." not in mod
+
+    def node_id(self, node: fx.Node, op: str) -> str:
+        if node.op == "call_module":
+            return self.ids(str(node.target))
+        scope = self.scope(node)
+        if scope and self.tracer == "torch.export" and self._leaf_scope(node):
+            return self.ids(scope)
+        return self.ids(f"{scope}.{op}" if scope else op)
+
+    def add(self, node: fx.Node, op: str, inputs: Sequence[str], *, params=None, buffers=None, **attrs) -> str:
+        nid = self.node_id(node, op)
+        try:
+            self.g.add(op, *inputs, name=nid, **attrs)
+        except IRError as e:
+            self.ids.taken.discard(nid)
+            raise _Skip(f"maps to {op} but {e.message}") from None
+        if params:
+            self.g.set_params(nid, **{k: _np(v) for k, v in params.items()})
+        if buffers:
+            self.g.set_buffers(nid, **{k: _np(v) for k, v in buffers.items()})
+        return nid
+
+    def value(self, a: Any) -> Any:
+        """An fx argument as a Python value: activations as ``_Act``, constants as tensors."""
+        if isinstance(a, fx.Node):
+            v = self.env.get(a, _BAD)
+            return v
+        if isinstance(a, tuple):
+            return tuple(self.value(x) for x in a)
+        if isinstance(a, list):
+            return [self.value(x) for x in a]
+        if isinstance(a, dict):
+            return {k: self.value(v) for k, v in a.items()}
+        return a
+
+    def out_shape(self, node: fx.Node) -> tuple[int, ...] | None:
+        info = self.shapes.get(node)
+        return info if isinstance(info, tuple) else None
+
+    # ----------------------------------------------------------------- the walk
+
+    def run(self) -> Graph:
+        outputs: list = []
+        for node in self.gm.graph.nodes:
+            if node.op == "output":
+                outputs = self.collect_outputs(node)
+                continue
+            try:
+                self.env[node] = self.visit(node)
+            except _Skip as e:
+                self.env[node] = _BAD
+                self.problems.append(Unsupported(_what(node, self.gm), self.where(node), str(e)))
+        return outputs
+
+    def collect_outputs(self, node: fx.Node) -> list:
+        res = node.args[0]
+        flat = list(res) if isinstance(res, (list, tuple)) else [res]
+        outs = []
+        for r in flat:
+            v = self.env.get(r, _BAD) if isinstance(r, fx.Node) else None
+            if isinstance(v, _Act):
+                outs.append(v.id)
+            elif v is _BAD:
+                outs.append(None)  # its producer is already reported
+            else:
+                self.problems.append(Unsupported("output", "<module output>",
+                                                 f"the model returns a {type(r).__name__} that is not a tensor; "
+                                                 "archir graphs return tensors (or a tuple of them)"))
+        if isinstance(res, dict):
+            self.problems.append(Unsupported("output", "<module output>",
+                                             "the model returns a dict; return a tensor or a tuple of tensors"))
+        return outs
+
+    def visit(self, node: fx.Node) -> Any:
+        if node.op == "placeholder":
+            shape = self.out_shape(node)
+            if shape is None:
+                raise _Skip("a forward() argument that is not a tensor")
+            nid = self.ids(clean_id(str(node.target)))
+            self.g.input(nid, shape[1:])
+            return _Act(nid, shape)
+        if node.op == "get_attr":
+            return _fetch(self.gm, str(node.target))
+        args = self.value(node.args)
+        kwargs = self.value(node.kwargs)
+        if any(v is _BAD for v in _flat(args, kwargs)):
+            return _BAD  # an input is unsupported and already reported
+        if node.op == "call_module":
+            mod = self.gm.get_submodule(str(node.target))
+            if any(True for _ in mod.parameters(recurse=False)) or any(True for _ in mod.buffers(recurse=False)):
+                first = self.module_calls.get(str(node.target))
+                if first is not None:
+                    raise _Skip(f"module {node.target!r} ({type(mod).__name__}) is called again: its weights are "
+                                f"shared with node {first!r}, and archir has no weight tying")
+            rule = _MODULE_RULES.get(type(mod))
+            if rule is None:
+                rule = next((r for cls, r in _MODULE_RULES.items() if isinstance(mod, cls)), None)
+            if rule is None:
+                raise _Skip(f"module type {type(mod).__module__}.{type(mod).__name__} has no mapping")
+            out = rule(self, node, mod, args, kwargs)
+        elif node.op in ("call_function", "call_method"):
+            out = self.call(node, args, kwargs)
+        else:
+            raise _Skip(f"fx node kind {node.op!r} has no mapping")
+        if node.op == "call_module" and isinstance(out, _Act):
+            self.module_calls.setdefault(str(node.target), out.id)
+        return out
+
+    def call(self, node: fx.Node, args: tuple, kwargs: dict) -> Any:
+        info = self.shapes.get(node)
+        target = node.target
+        if isinstance(target, torch._ops.OpOverload):
+            name = target._schema.name.split("::")[-1]
+            rule = _ATEN_RULES.get(name)
+            if rule is None:
+                if info == "python":
+                    return _Py()
+                raise _Skip(f"ATen op {name} has no mapping")
+            sig, fn, inplace = rule
+            kw = _bind_aten(target, args, kwargs)
+        else:
+            key = target if node.op == "call_function" else ("method", target)
+            rule = _CALL_RULES.get(key)
+            if rule is None and node.op == "call_function" and _is_stochastic_depth(target):
+                rule = ("stochastic_depth", _stochastic_depth, False)
+            if rule is None:
+                if info == "python":
+                    # shape arithmetic (x.size(0), x.shape[2] ...): consumed as arguments of mapped ops,
+                    # which read what they need from the recorded result shapes
+                    if any(isinstance(a, _Act) for a in _flat(args, kwargs)) and not _is_shape_query(node):
+                        raise _Skip("returns a non-tensor value computed from a tensor's data")
+                    return _Py()
+                raise _Skip("no mapping for this call")
+            sig, fn, inplace = rule
+            kw = _bind(sig, args, kwargs)
+        if inplace or kw.get("inplace"):
+            self.check_inplace(node)
+        return fn(self, node, kw)
+
+    def check_inplace(self, node: fx.Node) -> None:
+        src = node.args[0] if node.args else None
+        if not isinstance(src, fx.Node):
+            return
+        later = [u for u in src.users if u is not node and self.order[u] > self.order[node]]
+        if later:
+            raise _Skip(f"works in place on {src.name!r}, which {later[0].name!r} reads afterwards (it would see the "
+                        "changed values); use the out-of-place form")
+
+
+class _Py:
+    """A Python (non-tensor) value such as ``x.size(0)``; mapped ops do not need its value."""
+
+
+def _flat(*xs) -> list:
+    out = []
+    for x in xs:
+        if isinstance(x, (list, tuple)):
+            out += _flat(*x)
+        elif isinstance(x, dict):
+            out += _flat(*x.values())
+        else:
+            out.append(x)
+    return out
+
+
+def _is_shape_query(node: fx.Node) -> bool:
+    t = node.target
+    return (node.op == "call_method" and t in ("size", "dim")) or (
+        node.op == "call_function" and t in (getattr, operator.getitem, len))
+
+
+def _is_stochastic_depth(target) -> bool:
+    return getattr(target, "__name__", "") == "stochastic_depth" and \
+        str(getattr(target, "__module__", "")).startswith("torchvision.")
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy()
+
+
+def _fetch(gm: nn.Module, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _what(node: fx.Node, gm: fx.GraphModule) -> str:
+    if node.op == "call_module":
+        mod = gm.get_submodule(str(node.target))
+        return f"module {type(mod).__name__}"
+    t = node.target
+    if isinstance(t, torch._ops.OpOverload):
+        return f"aten.{t._schema.name.split('::')[-1]}"
+    if node.op == "call_method":
+        return f"method .{t}()"
+    if node.op == "call_function":
+        mod = getattr(t, "__module__", None) or ""
+        name = getattr(t, "__name__", str(t))
+        return f"function {mod + '.' if mod and mod != 'builtins' else ''}{name}"
+    return f"{node.op} {t}"
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)')
+
+
+def _user_line(node: fx.Node) -> str:
+    """The innermost source line outside torch itself that created ``node`` (``file.py:12 code``)."""
+    st = node.stack_trace or node.meta.get("stack_trace") or ""
+    frames = _FRAME.findall(st)
+    for path, line, fn, code in reversed(frames):
+        if not os.path.abspath(path).startswith(_TORCH_DIR):
+            return f"{os.path.basename(path)}:{line} {code.strip()}"
+    return ""
+
+
+# --------------------------------------------------------------------------- mapping rules
+
+
+def _act(kw: dict, key: str = "input") -> _Act:
+    v = kw.get(key)
+    if not isinstance(v, _Act):
+        raise _Skip(f"argument {key!r} is not a tensor computed by the network (got {type(v).__name__})")
+    return v
+
+
+def _const(v, what: str):
+    if isinstance(v, _Act):
+        raise _Skip(f"{what} is computed by the network; archir needs it to be a parameter")
+    if v is not None and not isinstance(v, torch.Tensor):
+        raise _Skip(f"{what} is a {type(v).__name__}, not a tensor")
+    return v
+
+
+def _ints(v, what: str) -> list[int]:
+    if isinstance(v, int):
+        return [v]
+    if isinstance(v, (list, tuple)) and all(isinstance(x, int) for x in v):
+        return list(v)
+    raise _Skip(f"{what}={v!r} is not an int or a list of ints")
+
+
+def _pair_attr(v, what: str) -> list[int]:
+    v = _ints(v, what)
+    if len(v) == 1:
+        v = v * 2
+    if len(v) != 2:
+        raise _Skip(f"{what}={v} is not 2-d")
+    return v
+
+
+def _rank4(a: _Act, op: str) -> None:
+    if len(a.shape) != 4:
+        raise _Skip(f"{op} on a {len(a.shape) - 1}-d sample {a.shape[1:]}; archir supports 2-d (N, C, H, W) here")
+
+
+def _result(imp: _Importer, node: fx.Node, nid: str) -> _Act:
+    shape = imp.out_shape(node)
+    ir = imp.g.node(nid).type.shape
+    if shape is not None and tuple(shape[1:]) != tuple(ir):
+        raise _Skip(f"archir infers shape {ir} but torch computes {tuple(shape[1:])}")
+    return _Act(nid, (shape[0] if shape else -1,) + tuple(ir))
+
+
+def _conv(imp: _Importer, node, kw):
+    x = _act(kw)
+    _rank4(x, "conv2d")
+    w = _const(kw["weight"], "the conv weight")
+    b = _const(kw.get("bias"), "the conv bias")
+    if kw.get("transposed"):
+        raise _Skip("transposed convolution is not an archir op")
+    if kw.get("output_padding") and any(kw["output_padding"]):
+        raise _Skip("output_padding is not supported")
+    if w is None or w.dim() != 4:
+        raise _Skip("only 2-d convolutions are supported")
+    padding = kw["padding"]
+    k = list(w.shape[2:])
+    dil = _pair_attr(kw["dilation"], "dilation")
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = [0, 0]
+        elif padding == "same" and all((d * (kk - 1)) % 2 == 0 for d, kk in zip(dil, k)):
+            padding = [d * (kk - 1) // 2 for d, kk in zip(dil, k)]
+        else:
+            raise _Skip(f"padding={padding!r} with an even kernel pads asymmetrically; archir pads symmetrically")
+    nid = imp.add(node, "conv2d", [x.id], params={"weight": w, **({"bias": b} if b is not None else {})},
+                  out_channels=int(w.shape[0]), kernel_size=k, stride=_pair_attr(kw["stride"], "stride"),
+                  padding=_pair_attr(padding, "padding"), dilation=dil, groups=int(kw["groups"]),
+                  bias=b is not None)
+    return _result(imp, node, nid)
+
+
+def _linear(imp, node, kw):
+    x = _act(kw)
+    w = _const(kw["weight"], "the linear weight")
+    b = _const(kw.get("bias"), "the linear bias")
+    if w is None or w.dim() != 2:
+        raise _Skip("the linear weight is not a matrix")
+    nid = imp.add(node, "linear", [x.id], params={"weight": w, **({"bias": b} if b is not None else {})},
+                  out_features=int(w.shape[0]), bias=b is not None)
+    return _result(imp, node, nid)
+
+
+def _batch_norm(imp, node, kw):
+    x = _act(kw)
+    if kw.get("training"):
+        raise _Skip("batch norm that normalises by batch statistics in eval mode (track_running_stats=False); "
+                    "archir's batchnorm2d uses running statistics")
+    rm, rv = _const(kw["running_mean"], "running_mean"), _const(kw["running_var"], "running_var")
+    w, b = _const(kw.get("weight"), "the BN weight"), _const(kw.get("bias"), "the BN bias")
+    if rm is None or rv is None:
+        raise _Skip("batch norm without running statistics")
+    if len(x.shape) != 4:
+        raise _Skip(f"batch norm on a {len(x.shape) - 1}-d sample; archir has batchnorm2d only")
+    momentum = kw.get("momentum")
+    if momentum is None:
+        raise _Skip("momentum=None (a cumulative moving average) has no archir equivalent; set a momentum")
+    if (w is None) != (b is None):
+        raise _Skip("batch norm with only one of weight and bias")
+    params = {"weight": w, "bias": b} if w is not None else {}
+    nid = imp.add(node, "batchnorm2d", [x.id], params=params, buffers={"running_mean": rm, "running_var": rv},
+                  eps=float(kw["eps"]), momentum=float(momentum), affine=w is not None)
+    return _result(imp, node, nid)
+
+
+def _unary(op: str):
+    def rule(imp, node, kw):
+        x = _act(kw)
+        return _result(imp, node, imp.add(node, op, [x.id]))
+
+    return rule
+
+
+def _hardtanh(imp, node, kw):
+    lo, hi = float(kw["min_val"]), float(kw["max_val"])
+    if (lo, hi) != (0.0, 6.0):
+        raise _Skip(f"hardtanh({lo}, {hi}); archir has relu6 = hardtanh(0, 6) only")
+    return _unary("relu6")(imp, node, kw)
+
+
+def _alias(imp, node, kw):
+    return _act(kw)
+
+
+def _stochastic_depth(imp, node, kw):
+    if kw.get("training"):
+        raise _Skip("stochastic depth in training mode (archir imports the eval-mode network)")
+    imp.notes.append(f"{imp.where(node)}: stochastic depth (p={kw.get('p')}) is the identity in eval mode and "
+                     "was imported as such; archir has no stochastic-depth op for training")
+    return _act(kw)
+
+
+def _dropout(imp, node, kw):
+    x = _act(kw)
+    return _result(imp, node, imp.add(node, "dropout", [x.id], p=float(kw["p"])))
+
+
+def _max_pool(imp, node, kw):
+    x = _act(kw)
+    _rank4(x, "max_pool2d")
+    if kw.get("return_indices"):
+        raise _Skip("return_indices=True (archir's maxpool2d returns values only)")
+    k = _pair_attr(kw["kernel_size"], "kernel_size")
+    s = kw.get("stride")
+    s = k if s is None or s == [] else _pair_attr(s, "stride")
+    nid = imp.add(node, "maxpool2d", [x.id], kernel_size=k, stride=s, padding=_pair_attr(kw["padding"], "padding"),
+                  dilation=_pair_attr(kw["dilation"], "dilation"), ceil_mode=bool(kw["ceil_mode"]))
+    return _result(imp, node, nid)
+
+
+def _avg_pool(imp, node, kw):
+    x = _act(kw)
+    _rank4(x, "avg_pool2d")
+    if kw.get("divisor_override") is not None:
+        raise _Skip("divisor_override is not supported")
+    k = _pair_attr(kw["kernel_size"], "kernel_size")
+    s = kw.get("stride")
+    s = k if s is None or s == [] else _pair_attr(s, "stride")
+    p = _pair_attr(kw["padding"], "padding")
+    if kw.get("ceil_mode"):
+        floor = [(x.shape[2 + i] + 2 * p[i] - k[i]) // s[i] + 1 for i in range(2)]
+        out = imp.out_shape(node)
+        if out is None or list(out[2:]) != floor:
+            raise _Skip("ceil_mode=True that changes the output size (archir's avgpool2d has no ceil_mode)")
+    nid = imp.add(node, "avgpool2d", [x.id], kernel_size=k, stride=s, padding=p,
+                  count_include_pad=bool(kw["count_include_pad"]))
+    return _result(imp, node, nid)
+
+
+def _adaptive(imp, node, kw):
+    x = _act(kw)
+    _rank4(x, "adaptive_avg_pool2d")
+    size = kw["output_size"]
+    size = [size, size] if isinstance(size, int) or size is None else list(size)
+    if len(size) != 2:
+        raise _Skip(f"output_size={kw['output_size']!r} is not 2-d")
+    size = [x.shape[2 + i] if v is None else v for i, v in enumerate(size)]
+    if size == [1, 1]:
+        return _result(imp, node, imp.add(node, "global_avgpool", [x.id]))
+    return _result(imp, node, imp.add(node, "adaptive_avgpool2d", [x.id], output_size=size))
+
+
+def _mean(imp, node, kw):
+    x = _act(kw)
+    dims = kw.get("dim")
+    r = len(x.shape)
+    dims = sorted(d % r for d in _ints(dims, "dim")) if dims is not None else None
+    if r != 4 or dims != [2, 3] or kw.get("dtype") is not None:
+        raise _Skip(f"mean over dims {kw.get('dim')} of a rank-{r} tensor; archir maps the spatial mean of "
+                    "(N, C, H, W) only")
+    gap = imp.add(node, "global_avgpool", [x.id])
+    if kw.get("keepdim"):
+        return _result(imp, node, gap)
+    return _result(imp, node, imp.add(node, "flatten", [gap], start_dim=1))
+
+
+def _flatten(imp, node, kw):
+    x = _act(kw)
+    r = len(x.shape)
+    sd, ed = int(kw["start_dim"]) % r, int(kw["end_dim"]) % r
+    if sd == 0 and ed >= 1:
+        raise _Skip("flattening the batch dimension (start_dim=0); use torch.flatten(x, 1)")
+    if ed != r - 1:
+        raise _Skip(f"flatten up to end_dim={kw['end_dim']} (archir flattens to the last dim)")
+    if sd == ed:
+        return x
+    return _result(imp, node, imp.add(node, "flatten", [x.id], start_dim=sd))
+
+
+def _reshape(imp, node, kw):
+    x = _act(kw)
+    out = imp.out_shape(node)
+    if out is None:
+        raise _Skip("the result shape is unknown")
+    if tuple(out) == tuple(x.shape):
+        return x
+    if len(out) == 2 and out[0] == x.shape[0] and len(x.shape) > 2:
+        return _result(imp, node, imp.add(node, "flatten", [x.id], start_dim=1))
+    raise _Skip(f"reshape {x.shape} -> {tuple(out)} is not a flatten from dim 1; archir has no general reshape "
+                "(e.g. channel shuffle)")
+
+
+def _binary(op: str):
+    def rule(imp, node, kw):
+        a, b = kw["input"], kw["other"]
+        if not isinstance(a, _Act) or not isinstance(b, _Act):
+            c = b if isinstance(a, _Act) else a
+            raise _Skip(f"{op} with a constant ({type(c).__name__}); archir's {op} takes two network tensors")
+        if kw.get("alpha", 1) != 1:
+            raise _Skip(f"alpha={kw['alpha']} is not supported")
+        if op == "add" and a.shape[1:] != b.shape[1:]:
+            raise _Skip(f"broadcasting add of {a.shape} and {b.shape} (archir's add needs equal shapes)")
+        if a.shape[0] != b.shape[0]:
+            raise _Skip(f"{op} broadcasts over the batch dimension ({a.shape} and {b.shape})")
+        return _result(imp, node, imp.add(node, op, [a.id, b.id]))
+
+    return rule
+
+
+def _cat(imp, node, kw):
+    ts = kw["tensors"]
+    if not isinstance(ts, (list, tuple)) or not ts or not all(isinstance(t, _Act) for t in ts):
+        raise _Skip("cat of values that are not all network tensors")
+    return _result(imp, node, imp.add(node, "concat", [t.id for t in ts], dim=int(kw["dim"])))
+
+
+Rule = tuple[str, Callable, bool]  # (signature, mapping function, works in place)
+
+_CALL_RULES: dict[Any, Rule] = {}
+
+
+def _reg(keys, sig: str, fn: Callable, inplace: bool = False) -> None:
+    for k in keys:
+        _CALL_RULES[k] = (sig, fn, inplace)
+
+
+_reg([F.conv2d], "conv2d", _conv)
+_reg([F.linear], "linear", _linear)
+_reg([F.batch_norm], "batch_norm", _batch_norm)
+_reg([F.relu, torch.relu, ("method", "relu")], "unary", _unary("relu"))
+_reg([torch.relu_, F.relu_, ("method", "relu_")], "unary", _unary("relu"), inplace=True)
+_reg([F.relu6], "relu6", _unary("relu6"))
+_reg([F.hardtanh], "hardtanh", _hardtanh)
+_reg([F.hardswish], "unary", _unary("hardswish"))
+_reg([F.hardsigmoid], "unary", _unary("hardsigmoid"))
+_reg([F.silu], "unary", _unary("silu"))
+_reg([torch.sigmoid, F.sigmoid, ("method", "sigmoid")], "unary", _unary("sigmoid"))
+_reg([torch.tanh, F.tanh, ("method", "tanh")], "unary", _unary("tanh"))
+_reg([("method", "sigmoid_"), ("method", "tanh_")], "unary", _unary("sigmoid"), inplace=True)
+_CALL_RULES[("method", "tanh_")] = ("unary", _unary("tanh"), True)
+_reg([F.max_pool2d, torch.max_pool2d], "max_pool2d", _max_pool)
+_reg([F.avg_pool2d], "avg_pool2d", _avg_pool)
+_reg([F.adaptive_avg_pool2d], "adaptive_avg_pool2d", _adaptive)
+_reg([torch.mean, ("method", "mean")], "mean", _mean)
+_reg([torch.flatten], "flatten", _flatten)
+_reg([("method", "flatten")], "tensor_flatten", _flatten)
+_reg([torch.reshape, ("method", "reshape")], "reshape", _reshape)
+_reg([("method", "view")], "view", _reshape)
+_reg([operator.add, torch.add, ("method", "add")], "binary", _binary("add"))
+_reg([operator.iadd, ("method", "add_")], "binary", _binary("add"), inplace=True)
+_reg([operator.mul, torch.mul, ("method", "mul")], "binary", _binary("mul"))
+_reg([operator.imul, ("method", "mul_")], "binary", _binary("mul"), inplace=True)
+_reg([torch.cat, torch.concat, torch.concatenate], "cat", _cat)
+_reg([F.dropout], "dropout", _dropout)
+_reg([("method", "contiguous"), ("method", "clone")], "identity", _alias)
+
+# aten op name -> rule; arguments bind through the op's schema (torch.export graphs)
+_ATEN_RULES: dict[str, Rule] = {
+    "conv2d": ("", _conv, False), "convolution": ("", _conv, False), "linear": ("", _linear, False),
+    "batch_norm": ("", _batch_norm, False),
+    "relu": ("", _unary("relu"), False), "relu_": ("", _unary("relu"), True),
+    "hardtanh": ("", _hardtanh, False), "hardtanh_": ("", _hardtanh, True),
+    "hardswish": ("", _unary("hardswish"), False), "hardswish_": ("", _unary("hardswish"), True),
+    "hardsigmoid": ("", _unary("hardsigmoid"), False), "hardsigmoid_": ("", _unary("hardsigmoid"), True),
+    "silu": ("", _unary("silu"), False), "silu_": ("", _unary("silu"), True),
+    "sigmoid": ("", _unary("sigmoid"), False), "tanh": ("", _unary("tanh"), False),
+    "max_pool2d": ("", _max_pool, False), "avg_pool2d": ("", _avg_pool, False),
+    "adaptive_avg_pool2d": ("", _adaptive, False), "mean": ("", _mean, False),
+    "flatten": ("", _flatten, False), "view": ("", _reshape, False), "reshape": ("", _reshape, False),
+    "add": ("", _binary("add"), False), "add_": ("", _binary("add"), True),
+    "mul": ("", _binary("mul"), False), "mul_": ("", _binary("mul"), True),
+    "cat": ("", _cat, False), "concat": ("", _cat, False),
+    "dropout": ("", lambda imp, node, kw: _dropout(imp, node, kw), False),
+    "clone": ("", _alias, False), "contiguous": ("", _alias, False), "alias": ("", _alias, False),
+}
+
+
+# ----------------------------------------------------------------- modules
+
+def _m_conv(imp, node, m: nn.Conv2d, args, kwargs):
+    if m.padding_mode != "zeros":
+        raise _Skip(f"padding_mode={m.padding_mode!r} (archir pads with zeros)")
+    return _conv(imp, node, {"input": args[0] if args else kwargs.get("input"), "weight": m.weight, "bias": m.bias,
+                             "stride": list(m.stride), "padding": m.padding if isinstance(m.padding, str)
+                             else list(m.padding), "dilation": list(m.dilation), "groups": m.groups})
+
+
+def _m_linear(imp, node, m: nn.Linear, args, kwargs):
+    return _linear(imp, node, {"input": args[0] if args else kwargs.get("input"), "weight": m.weight, "bias": m.bias})
+
+
+def _m_bn(imp, node, m: nn.BatchNorm2d, args, kwargs):
+    training = not m.track_running_stats or m.running_mean is None
+    return _batch_norm(imp, node, {"input": args[0] if args else kwargs.get("input"), "running_mean": m.running_mean,
+                                   "running_var": m.running_var, "weight": m.weight, "bias": m.bias,
+                                   "training": training, "momentum": m.momentum, "eps": m.eps})
+
+
+def _m_unary(op: str):
+    def rule(imp, node, m, args, kwargs):
+        if getattr(m, "inplace", False):
+            imp.check_inplace(node)
+        return _unary(op)(imp, node, {"input": args[0] if args else kwargs.get("input")})
+
+    return rule
+
+
+def _m_hardtanh(imp, node, m: nn.Hardtanh, args, kwargs):
+    if m.inplace:
+        imp.check_inplace(node)
+    return _hardtanh(imp, node, {"input": args[0], "min_val": m.min_val, "max_val": m.max_val})
+
+
+def _m_identity(imp, node, m, args, kwargs):
+    return _act({"input": args[0] if args else kwargs.get("input")})
+
+
+def _m_dropout(imp, node, m: nn.Dropout, args, kwargs):
+    return _dropout(imp, node, {"input": args[0], "p": m.p})
+
+
+def _m_maxpool(imp, node, m: nn.MaxPool2d, args, kwargs):
+    return _max_pool(imp, node, {"input": args[0], "kernel_size": m.kernel_size, "stride": m.stride,
+                                 "padding": m.padding, "dilation": m.dilation, "ceil_mode": m.ceil_mode,
+                                 "return_indices": m.return_indices})
+
+
+def _m_avgpool(imp, node, m: nn.AvgPool2d, args, kwargs):
+    return _avg_pool(imp, node, {"input": args[0], "kernel_size": m.kernel_size, "stride": m.stride,
+                                 "padding": m.padding, "ceil_mode": m.ceil_mode,
+                                 "count_include_pad": m.count_include_pad, "divisor_override": m.divisor_override})
+
+
+def _m_adaptive(imp, node, m: nn.AdaptiveAvgPool2d, args, kwargs):
+    return _adaptive(imp, node, {"input": args[0], "output_size": m.output_size})
+
+
+def _m_flatten(imp, node, m: nn.Flatten, args, kwargs):
+    return _flatten(imp, node, {"input": args[0], "start_dim": m.start_dim, "end_dim": m.end_dim})
+
+
+_MODULE_RULES: dict[type, Callable] = {
+    nn.Conv2d: _m_conv, nn.Linear: _m_linear, nn.BatchNorm2d: _m_bn,
+    nn.ReLU: _m_unary("relu"), nn.ReLU6: _m_unary("relu6"), nn.Sigmoid: _m_unary("sigmoid"),
+    nn.Hardswish: _m_unary("hardswish"), nn.Hardsigmoid: _m_unary("hardsigmoid"), nn.SiLU: _m_unary("silu"),
+    nn.Tanh: _m_unary("tanh"), nn.Hardtanh: _m_hardtanh, nn.Identity: _m_identity, nn.Dropout: _m_dropout,
+    nn.MaxPool2d: _m_maxpool, nn.AvgPool2d: _m_avgpool, nn.AdaptiveAvgPool2d: _m_adaptive, nn.Flatten: _m_flatten,
+}
+
+
+# --------------------------------------------------------------------------- tracing
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the traced module once and records each value's shape (or that it is not a tensor)."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.info: dict[fx.Node, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor):
+            self.info[n] = tuple(out.shape)
+        elif isinstance(out, (list, tuple)) and out and all(isinstance(o, torch.Tensor) for o in out):
+            self.info[n] = "tensors"
+        else:
+            self.info[n] = "python"
+        return out
+
+
+def _trace_fx(module: nn.Module) -> fx.GraphModule:
+    tracer = fx.Tracer()
+    tracer.record_stack_traces = True
+    graph = tracer.trace(module)
+    return fx.GraphModule(tracer.root, graph, module.__class__.__name__)
+
+
+def _trace_export(module: nn.Module, inputs: tuple) -> fx.GraphModule:
+    ep = torch.export.export(module, inputs)
+    gm = ep.module()
+    # input guards and assertions compute nothing the network returns
+    for n in list(gm.graph.nodes):
+        if (n.op == "call_module" and str(n.target).startswith("_guards")) or (
+                n.op == "call_function" and "assert" in str(getattr(n.target, "__name__", n.target))):
+            if not n.users:
+                gm.graph.erase_node(n)
+    gm.recompile()
+    return gm
+
+
+def _inputs(example_inputs) -> tuple[torch.Tensor, ...]:
+    xs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
+    if not isinstance(xs, (tuple, list)) or not xs:
+        raise FrontendError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}",
+                            rule="from_torch", hint="pass e.g. torch.randn(1, 3, 224, 224)")
+    out = []
+    for i, x in enumerate(xs):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 2:
+            raise FrontendError(f"example input {i} must be a floating-point tensor with a batch dimension, got "
+                                f"{type(x).__name__}{tuple(x.shape) if isinstance(x, torch.Tensor) else ''}",
+                                rule="from_torch", hint="pass a (N, C, H, W) float tensor, e.g. torch.randn(1, 3, 224, 224)")
+        out.append(x.detach().to(torch.float32))
+    return tuple(out)
+
+
+def from_torch(module: nn.Module, example_inputs, *, name: str | None = None, check: bool = True,
+               atol: float = 1e-4, rtol: float = 1e-4) -> Graph:
+    """Import an ``nn.Module`` as an archir graph (eval-mode semantics).
+
+    Args:
+        module: the network. Its parameters must be float32 (call ``module.float()`` first).
+            It is traced in eval mode and put back in its original mode afterwards.
+        example_inputs: a tensor or a tuple of tensors with a batch dimension, e.g.
+            ``torch.randn(1, 3, 224, 224)``. Their shapes (batch excluded) become the graph
+            inputs' shapes; the batch stays symbolic.
+        name: the graph name (default: the module's class name).
+        check: run ``archir.lower.to_fx`` on the result and compare it with ``module`` on
+            ``example_inputs`` (eval mode); a mismatch raises.
+        atol, rtol: the tolerances of that check.
+
+    Returns:
+        A validated :class:`archir.Graph` with the module's weights and BN running stats.
+        Node ids follow module paths (``layer1.0.conv1``); function calls are named after the
+        module they are called in (``layer1.0.add``). ``graph.meta["frontend"]`` records the
+        tracer used (``"torch.fx"`` or ``"torch.export"``, with the reason fx failed) and notes
+        about eval-only behaviour.
+
+    Raises:
+        UnsupportedModelError: some nodes have no IR equivalent; all are listed with module path,
+            source line and reason.
+        FrontendError: the inputs are not tensors, the module neither fx-traces nor exports, or
+            the imported graph does not reproduce the module.
+
+    Example:
+        >>> import torchvision
+        >>> g = archir.frontend.from_torch(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))  # doctest: +SKIP
+        >>> g.node("layer1.0.conv1").op                                                             # doctest: +SKIP
+        'conv2d'
+    """
+    if not isinstance(module, nn.Module):
+        raise FrontendError(f"from_torch needs an nn.Module, got {type(module).__name__}", rule="from_torch",
+                            hint="pass the model object (a torch.nn.Module)")
+    xs = _inputs(example_inputs)
+    bad = [n for n, t in list(module.named_parameters()) + list(module.named_buffers())
+           if t.is_floating_point() and t.dtype != torch.float32]
+    if bad:
+        raise FrontendError(f"parameters/buffers {bad[:3]}{' ...' if len(bad) > 3 else ''} are not float32",
+                            rule="from_torch", hint="archir weights are float32: call module.float() first")
+    name = name or type(module).__name__
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        meta: dict[str, Any] = {"source": "torch"}
+        try:
+            gm = _trace_fx(module)
+            meta["tracer"] = "torch.fx"
+        except Exception as fx_err:  # noqa: BLE001 - any tracing failure falls back to torch.export
+            meta["fx_error"] = f"{type(fx_err).__name__}: {str(fx_err).splitlines()[0] if str(fx_err) else ''}"
+            try:
+                gm = _trace_export(module, xs)
+            except Exception as ex_err:  # noqa: BLE001
+                raise FrontendError(
+                    f"cannot trace {name}: torch.fx failed ({meta['fx_error']}) and torch.export failed "
+                    f"({type(ex_err).__name__}: {(str(ex_err).splitlines() or [''])[0]})", rule="from_torch",
+                    hint="make forward() traceable (no Python control flow on tensor values), or export to ONNX "
+                         "and use from_onnx") from None
+            meta["tracer"] = "torch.export"
+        rec = _Recorder(gm)
+        try:
+            with torch.no_grad():
+                rec.run(*xs)
+        except Exception as e:  # noqa: BLE001
+            raise FrontendError(f"running {name} ({meta['tracer']} trace) on the example inputs failed: "
+                                f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}", rule="from_torch",
+                                hint="check that example_inputs have the shapes the model expects") from None
+        imp = _Importer(gm, module, rec.info, clean_id(name).replace(".", "_"), meta["tracer"])
+        outputs = imp.run()
+        if imp.problems:
+            raise UnsupportedModelError(name, imp.problems)
+        if not outputs:
+            raise FrontendError(f"{name} returns no tensor", rule="from_torch", hint="return the network's output")
+        g = imp.g
+        g.set_outputs(*outputs)
+        meta["notes"] = imp.notes
+        g.meta["frontend"] = meta
+        g.validate()
+        if check:
+            _check(g, module, xs, name, atol, rtol)
+        return g
+    finally:
+        for m, t in modes.items():
+            m.training = t
+
+
+def _check(g: Graph, module: nn.Module, xs: tuple, name: str, atol: float, rtol: float) -> None:
+    from archir.lower import to_fx
+
+    gm = to_fx(g).eval()
+    with torch.no_grad():
+        ref = module(*xs)
+        got = gm(*xs)
+    refs = list(ref) if isinstance(ref, (tuple, list)) else [ref]
+    gots = list(got) if isinstance(got, (tuple, list)) else [got]
+    for i, (r, o) in enumerate(zip(refs, gots)):
+        if r.shape != o.shape or not torch.allclose(o, r, atol=atol, rtol=rtol):
+            err = float((o - r).abs().max()) if r.shape == o.shape else float("inf")
+            raise FrontendError(
+                f"the imported graph of {name} does not reproduce output {i} on the example inputs "
+                f"(max abs error {err:.3g}, atol {atol:g}, rtol {rtol:g})", rule="from_torch",
+                hint="this is an archir frontend bug; please report it with the model (or pass check=False)")

@@ -194,8 +194,9 @@ def darts_net(rng: np.random.Generator, index: int = 0) -> archir.Graph:
 
 
 def measure_all(graphs: list[archir.Graph], args, rng: np.random.Generator, log) -> dict[str, np.ndarray]:
-    """Per statistic ("min", "median" of a round's timed runs): an array (rounds, networks) of ms."""
-    rounds = {k: np.empty((args.rounds, len(graphs))) for k in STATISTICS}
+    """Per statistic ("min", "median" of a round's timed runs): an array (rounds, networks) of ms;
+    under "iqr", the interquartile range of each round's timed runs (the spread of one measure call)."""
+    rounds = {k: np.empty((args.rounds, len(graphs))) for k in STATISTICS + ("iqr",)}
     for r in range(args.rounds):
         t0 = time.perf_counter()
         for i in rng.permutation(len(graphs)):
@@ -203,6 +204,7 @@ def measure_all(graphs: list[archir.Graph], args, rng: np.random.Generator, log)
                           repeats=args.repeats, seed=0)
             rounds["median"][r, i] = lat.median_ms
             rounds["min"][r, i] = min(lat.samples_ms)
+            rounds["iqr"][r, i] = lat.iqr_ms
         log(f"round {r + 1}/{args.rounds} measured {len(graphs)} networks in {time.perf_counter() - t0:.1f} s")
     return rounds
 
@@ -372,6 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"roofline device: {cpu.name}: {cpu.peak_flops / 1e9:.1f} GFLOP/s, {cpu.mem_bandwidth / 1e9:.1f} GB/s")
     print(f"repeatability [{args.statistic}]: {repeatability(rounds, y)}")
     print(f"repeatability [{other}]: {repeatability(all_rounds[other], y_other)}")
+    rel_iqr = all_rounds["iqr"] / all_rounds["median"]
+    print(f"spread of one measure call ({args.repeats} timed runs): IQR / median = {100 * np.median(rel_iqr):.1f}% "
+          f"(median over networks and rounds), {100 * np.percentile(rel_iqr, 90):.1f}% at the 90th percentile")
     print("  (the noise floor: no estimate can be judged more precisely than the measurements it is scored on)")
     print()
     header = (f"estimate (held-out networks) [{args.statistic}]", "Kendall tau", "within +/-10%", "MAPE", "max APE")

@@ -6,6 +6,37 @@ optimises for it) needs is measured time on the target. ``measure`` lowers the g
 reports the median and interquartile range of ``repeats`` timed runs after ``warmup`` untimed
 ones, the first run (session creation + first inference) separately, and the device
 fingerprint and library versions the numbers belong to.
+
+Stable numbers
+--------------
+A latency is a distribution, not a number: every :class:`Latency` carries its spread
+(``p25_ms``/``p75_ms``, ``iqr_ms``, every timed run in ``samples_ms``, ``n``), and measuring
+the same network again gives another sample of it. To make two measurements comparable:
+
+- **threads**: pass ``threads=`` (``1`` for per-core latency, or the number of *physical*
+  cores). The default lets the backend pick, which depends on the machine and its load;
+  oversubscribing cores (several processes each with all threads) makes the IQR explode.
+- **warm-up**: keep ``warmup >= 10``. The first runs pay for allocation, page faults, cache
+  misses, thread-pool start-up, cuDNN/ORT kernel selection; ``first_run_ms`` reports the very
+  first one apart and it is never part of the median.
+- **repeats**: ``repeats >= 50`` and compare *medians*; read ``iqr_ms / median_ms`` as the
+  relative spread (a few percent on an idle CPU). On a shared machine the fastest run
+  (``min(samples_ms)``) is the figure least disturbed by other processes, and repeating whole
+  measurements in rounds (visiting the networks in a new order each round) spreads the load
+  evenly, as ``benchmarks/latency_models.py`` does.
+- **CPU frequency**: turbo and power saving change the clock under you. Where you can, set
+  the governor to ``performance`` (``sudo cpupower frequency-set -g performance``), turn off
+  turbo for the session (``echo 1 | sudo tee /sys/devices/system/cpu/intel_pstate/no_turbo``
+  with Intel's pstate driver, ``echo 0 | sudo tee /sys/devices/system/cpu/cpufreq/boost`` where
+  the cpufreq driver offers that switch), and pin the process to fixed cores
+  (``taskset -c 2,3 python ...``). In a VM or container these knobs are usually out of reach:
+  then the rounds and the fastest run above matter all the more. On a GPU, let it warm up and do not
+  share it; the clocks settle after the warm-up runs.
+- **an idle machine**: no builds, tests or other benchmarks at the same time (check the load
+  average before and after), and compare numbers only when ``device`` and ``versions`` match.
+
+From the command line: ``archir profile net.json --backend ort-cpu --threads 1 --repeats 100``
+prints the median with p25, p75 and the IQR beside the roofline bound.
 """
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ the same network again gives another sample of it. To make two measurements comp
   with Intel's pstate driver, ``echo 0 | sudo tee /sys/devices/system/cpu/cpufreq/boost`` where
   the cpufreq driver offers that switch), and pin the process to fixed cores
   (``taskset -c 2,3 python ...``). In a VM or container these knobs are usually out of reach:
-  then the rounds and the fastest run above matter all the more. On a GPU, let it warm up and do not
-  share it; the clocks settle after the warm-up runs.
+  then the rounds and the fastest run above matter all the more. On a GPU, let it warm up
+  and do not share it; the clocks settle after the warm-up runs.
 - **an idle machine**: no builds, tests or other benchmarks at the same time (check the load
   average before and after), and compare numbers only when ``device`` and ``versions`` match.
 

@@ -64,7 +64,7 @@ import numpy as np
 from search.pareto import Point, frontier
 from search.store import Candidate, Store, StoreError
 
-__all__ = ["ExperimentConfig", "ConfigError", "Budget", "parse_budget", "Objective", "parse_objective",
+__all__ = ["ExperimentConfig", "ConfigError", "Progress", "Budget", "parse_budget", "Objective", "parse_objective",
            "run_search", "SearchSummary", "evaluate_candidate", "candidate_seed", "best_candidate",
            "frontier_candidates", "gallery_table", "write_gallery", "export_candidate", "load_candidate_graph",
            "DEFAULT_TRAIN"]
@@ -518,7 +518,11 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
     progress = progress or Progress(None)
     ds = _dataset(config.dataset)
     space_options = {**config.space_options, "input_shape": tuple(ds.input_shape), "num_classes": int(ds.num_classes)}
-    space = get_space(config.space, **space_options)
+    try:
+        space = get_space(config.space, **space_options)
+    except ValueError as e:
+        msg, _, fix = str(e).partition(" (how to fix: ")
+        raise ConfigError(msg, hint=fix.rstrip(")") or "check --space and --space-opt") from None
     strat = get_strategy(config.strategy, space, seed=np.random.default_rng([int(config.seed), 1]),
                          **config.strategy_options)
     from search.train import TrainConfig
@@ -587,6 +591,9 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
                     raise StoreError(f"{run_dir}: round {rnd[0].round} is unfinished but later rounds exist; "
                                      "the store was not written by archir search", hint="start a new run")
                 pending = rnd
+        for rnd in rounds:  # the time budget's round-time estimate starts from the stored rounds
+            if all(c.finished and c.finished_at for c in rnd):
+                round_times.append(max(c.finished_at for c in rnd) - min(c.created_at for c in rnd))
         if stored:
             progress.line(f"resumed {run_dir}: {sum(c.finished for c in stored)} finished candidates kept, "
                           f"{len(requeued)} re-queued ({', '.join(map(str, requeued)) or 'none'}); "
@@ -680,8 +687,9 @@ def gallery_table(cands: Sequence[Candidate], cost_key: str, *, space=None, only
     front = {c.id for c in frontier_candidates(cands, cost_key)}
     rows = [c for c in cands if c.status == "done" and (c.id in front or not only_frontier)]
     rows.sort(key=lambda c: (c.costs.get(cost_key, math.inf), c.metrics.get("val_error", math.inf), c.id))
-    head = f"{'':1} {'id':>4} {'val_err':>7} {'test_err':>8} {cost_key:>10} {'params':>8} {'macs':>8}  {'op':<20} " \
-           f"architecture"
+    keys = ["params", "macs"] + ([cost_key] if cost_key not in ("params", "macs") else [])
+    head = f"{'':1} {'id':>4} {'val_err':>7} {'test_err':>8} " + " ".join(f"{k:>10}" for k in keys) + \
+        f"  {'op':<20} architecture"
     lines = [head, "-" * len(head)]
     for c in rows:
         desc = ""
@@ -693,9 +701,8 @@ def gallery_table(cands: Sequence[Candidate], cost_key: str, *, space=None, only
         flag = "*" if c.id in front else ("x" if not c.within_budget else "")
         lines.append(f"{flag:1} {c.id:>4} {c.metrics.get('val_error', math.nan):>7.3f} "
                      f"{c.metrics.get('test_error', math.nan):>8.3f} "
-                     f"{_fmt_cost(cost_key, c.costs.get(cost_key, math.nan)):>10} "
-                     f"{_fmt_cost('params', c.costs.get('params', math.nan)):>8} "
-                     f"{_fmt_cost('macs', c.costs.get('macs', math.nan)):>8}  {c.op[:20]:<20} {desc}")
+                     + " ".join(f"{_fmt_cost(k, c.costs.get(k, math.nan)):>10}" for k in keys)
+                     + f"  {c.op[:20]:<20} {desc}")
     failed = [c for c in cands if c.status == "failed"]
     lines.append(f"* on the Pareto frontier ({len(front)}); x over the hard budget; {len(rows)} shown, "
                  f"{len(failed)} failed")

@@ -19,6 +19,7 @@ The objective and budget are explained in :mod:`search.experiment`.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -71,8 +72,9 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="training batch size (default 64)")
     p.add_argument("--lr", type=float, default=None, help="SGD learning rate (default 0.05)")
     p.add_argument("--schedule", default=None, help="cosine (default) or sgdr")
-    p.add_argument("--cells", type=int, default=None, help="space option: cells (darts) of the searched network")
-    p.add_argument("--channels", type=int, default=None, help="space option: initial channels (darts)")
+    p.add_argument("--space-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a space option (repeatable), VALUE as JSON: darts cells=2, channels=8; chain layers=3, "
+                        "stem=8, kernels=[3,5]")
     p.add_argument("--executor", default="serial", choices=["serial", "process", "ray"],
                    help="where candidates are evaluated (default serial)")
     p.add_argument("--workers", type=int, default=None,
@@ -93,7 +95,15 @@ def _config(args: argparse.Namespace):
         v = getattr(args, k)
         if v is not None:
             train[k] = v
-    space_options = {k: getattr(args, k) for k in ("cells", "channels") if getattr(args, k) is not None}
+    space_options = {}
+    for item in args.space_opt:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise CLIError(f"--space-opt {item!r} is not KEY=VALUE", hint="e.g. --space-opt cells=2")
+        try:
+            space_options[key.strip()] = json.loads(text)
+        except ValueError:
+            space_options[key.strip()] = text  # a bare word: the string itself
     strategy_options = {k: getattr(args, k) for k in ("population", "sample") if getattr(args, k) is not None}
     return ExperimentConfig(space=args.space, space_options=space_options, strategy=args.strategy,
                             strategy_options=strategy_options, dataset=args.dataset, objective=args.objective,

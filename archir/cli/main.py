@@ -287,6 +287,25 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance of the check (default: 1e-4)")
     p.add_argument("--batch-size", type=int, default=2, help="batch of the seeded check input (default: 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the check input (default: 0)")
+    p.add_argument("--canonicalize", action="store_true",
+                   help="fold BN into convs, drop identities/dropout/dead nodes first (passes.canonicalize; "
+                        "checked against the original graph in eval mode)")
+
+
+def _canonicalized(g: archir.Graph, args: argparse.Namespace) -> archir.Graph:
+    """``passes.canonicalize(g, dropout=True)``, checked numerically against ``g`` (exit 1 if it differs)."""
+    import passes
+
+    c = passes.canonicalize(g, dropout=True)
+    rep = passes.check_preserved(g, c, atol=args.atol, rtol=args.rtol, seed=args.seed, raise_on_failure=False)
+    if not rep.ok:
+        raise CLIError(f"canonicalize changed the function: max abs error {rep.max_abs:.3g} (atol {args.atol:g}, "
+                       f"rtol {args.rtol:g}); nothing was written", exit_code=1,
+                       hint="this is an archir bug; please report it with the graph file (or export without "
+                            "--canonicalize)")
+    print(f"canonicalized: {len(g)} -> {len(c)} nodes ({len(g.nodes('batchnorm2d')) - len(c.nodes('batchnorm2d'))} "
+          f"BN folded); max |canonical - original| = {rep.max_abs:.3g} (eval mode)")
+    return c
 
 
 def _positive(name: str, value: float) -> None:
@@ -324,6 +343,8 @@ def _run_export(args: argparse.Namespace) -> int:
                        hint="give the --out folder of 'archir search', or drop --best/--id for a graph file")
     else:
         g = _load(args.graph)
+    if args.canonicalize:
+        g = _canonicalized(g, args)
     r = export_verified(g, args.onnx, atol=args.atol, rtol=args.rtol, batch_size=args.batch_size, seed=args.seed)
     print(f"wrote {r.path} ({r.bytes:,} bytes, opset {archir.lower.onnx.OPSET}, dynamic batch axis; "
           f"to_onnx {_fmt_s(r.to_onnx_s)})")

@@ -51,7 +51,12 @@ class UnsupportedModelError(FrontendError):
 
     def __init__(self, model: str, items: list[Unsupported], *, hint: str | None = None) -> None:
         self.unsupported = list(items)
-        short = "; ".join(f"{u.what} at {u.where}" for u in items)
+        kinds: dict[str, list[Unsupported]] = {}
+        for u in items:
+            kinds.setdefault(u.what, []).append(u)
+        # the first line names every kind (a one-line CLI report is complete); context lists every node
+        short = "; ".join(f"{what}" + (f" x{len(us)}" if len(us) > 1 else "") + f" (first at {us[0].where})"
+                          for what, us in kinds.items())
         super().__init__(
             f"cannot import {model}: {len(items)} unsupported node(s): {short}",
             rule="unsupported",

@@ -1,1 +1,654 @@
-def from_onnx(*a, **k): raise NotImplementedError
+"""``from_onnx``: an ONNX model as an archir graph.
+
+Reads models from ``torch.onnx.export`` and from ``archir.lower.to_onnx`` (which it maps back
+op for op: a ``Gemm``/``MatMul(+Add)`` is a ``linear``, ``Sigmoid`` then ``Mul`` of the same
+value is a ``silu``, the ``MatMul`` pair of an uneven adaptive pooling is an
+``adaptive_avgpool2d``, a per-channel constant ``Mul`` is a ``scale``).
+
+Loading is safe by default:
+
+- the file size, node count and initializer size are capped;
+- external-data locations must be relative paths inside the model's folder: absolute paths,
+  ``..`` components and symlinks are refused, as are data ranges past the end of a file;
+- only the default ONNX domain is accepted (no custom ops, no model-local functions).
+
+Every unsupported node is collected and reported at once in an
+:class:`~archir.frontend.UnsupportedModelError`, naming the ONNX node and op type.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from archir.errors import IRError
+from archir.frontend.common import FrontendError, IdMaker, UnsafeModelError, Unsupported, UnsupportedModelError
+from archir.graph import Graph
+
+__all__ = ["from_onnx", "MAX_FILE_BYTES", "MAX_NODES", "MAX_WEIGHT_BYTES"]
+
+MAX_FILE_BYTES = 2 << 30  # protobuf's own limit
+MAX_NODES = 200_000
+MAX_WEIGHT_BYTES = 8 << 30
+
+
+class _Skip(Exception):
+    pass
+
+
+class _Bad:
+    pass
+
+
+_BAD = _Bad()
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _collapse_scope(name: str) -> str:
+    """``/layer1/layer1.0/conv1/Conv`` (torch.onnx.export) -> ``layer1.0.conv1.conv``."""
+    if "/" not in name:
+        return name.replace("::", ".")
+    segs = [s for s in name.split("/") if s]
+    # each scope segment is a module name local to its parent, prefixed by the parent's own local
+    # name when it is nested in a container (".../conv/conv.0/conv.0.0/Conv")
+    path = prev = ""
+    for s in segs[:-1]:
+        if prev and s.startswith(prev + "."):
+            path += s[len(prev):]
+        else:
+            path = f"{path}.{s}" if path else s
+        prev = s
+    leaf = segs[-1].lower() if segs else "node"
+    return f"{path}.{leaf}" if path else leaf
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _check_external(model: onnx.ModelProto, base: Path | None, max_weight_bytes: int) -> None:
+    total = 0
+    tensors = list(model.graph.initializer) + [a.t for n in model.graph.node for a in n.attribute if a.HasField("t")]
+    for t in tensors:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        where = f"initializer {t.name!r}"
+        if base is None:
+            raise UnsafeModelError(f"{where} keeps its data in external file {loc!r}, but the model was given as "
+                                   "an in-memory proto", rule="external_data",
+                                   hint="pass the .onnx file's path so external data is read from its folder")
+        p = Path(loc)
+        if not loc or p.is_absolute() or loc.startswith(("/", "\\")) or ".." in p.parts or "\\" in loc:
+            raise UnsafeModelError(f"{where}: external data location {loc!r} is absolute or leaves the model's "
+                                   "folder", rule="external_data",
+                                   hint="keep external data files beside the model, named by a relative path")
+        full = base / p
+        cur = base
+        for part in p.parts:
+            cur = cur / part
+            if cur.is_symlink():
+                raise UnsafeModelError(f"{where}: external data path {str(cur)!r} is a symlink", rule="external_data",
+                                       hint="copy the data file beside the model instead of linking it")
+        if not full.is_file():
+            raise UnsafeModelError(f"{where}: external data file {str(full)!r} does not exist", rule="external_data",
+                                   hint="put the external data file beside the model")
+        if not full.resolve().is_relative_to(base.resolve()):
+            raise UnsafeModelError(f"{where}: external data {loc!r} resolves outside the model's folder",
+                                   rule="external_data", hint="keep external data beside the model")
+        size = full.stat().st_size
+        offset = int(info.get("offset", 0) or 0)
+        length = int(info["length"]) if info.get("length") else size - offset
+        if offset < 0 or length < 0 or offset + length > size:
+            raise UnsafeModelError(f"{where}: external data range [{offset}, {offset + length}) is past the end of "
+                                   f"{loc!r} ({size} bytes)", rule="external_data",
+                                   hint="the model and its data file do not belong together")
+        total += length
+        if total > max_weight_bytes:
+            raise UnsafeModelError(f"external data exceeds {max_weight_bytes} bytes", rule="size",
+                                   hint="raise max_weight_bytes= if you trust this model")
+
+
+def _load(path_or_proto, max_file_bytes: int, max_weight_bytes: int) -> tuple[onnx.ModelProto, str]:
+    if isinstance(path_or_proto, onnx.ModelProto):
+        model, base, label = path_or_proto, None, path_or_proto.graph.name or "ONNX model"
+    elif isinstance(path_or_proto, (bytes, bytearray)):
+        if len(path_or_proto) > max_file_bytes:
+            raise UnsafeModelError(f"the model is {len(path_or_proto)} bytes, more than {max_file_bytes}",
+                                   rule="size", hint="raise max_file_bytes= if you trust this model")
+        try:
+            model = onnx.load_from_string(bytes(path_or_proto))
+        except Exception as e:  # noqa: BLE001 - a corrupt protobuf
+            raise FrontendError(f"bytes are not an ONNX model: {e}", rule="from_onnx",
+                                hint="pass the bytes of an .onnx file") from None
+        base, label = None, model.graph.name or "ONNX model"
+    elif isinstance(path_or_proto, (str, os.PathLike)):
+        path = Path(path_or_proto)
+        label = str(path)
+        if not path.is_file():
+            raise FrontendError(f"{path}: no such file", rule="from_onnx", hint="check the path of the .onnx file")
+        size = path.stat().st_size
+        if size > max_file_bytes:
+            raise UnsafeModelError(f"{path}: {size} bytes, more than {max_file_bytes}", rule="size",
+                                   hint="raise max_file_bytes= if you trust this model")
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # noqa: BLE001
+            raise FrontendError(f"{path}: not an ONNX model ({type(e).__name__}: {e})", rule="from_onnx",
+                                hint="pass a .onnx file written by torch.onnx.export or archir export") from None
+        base = path.parent
+    else:
+        raise FrontendError(f"from_onnx needs a path, bytes or an onnx.ModelProto, got {type(path_or_proto).__name__}",
+                            rule="from_onnx", hint="pass the path of an .onnx file")
+    if len(model.graph.node) > MAX_NODES:
+        raise UnsafeModelError(f"{label}: {len(model.graph.node)} nodes, more than {MAX_NODES}", rule="size",
+                               hint="archir imports networks up to this size")
+    custom = sorted({f"{n.op_type} (domain {n.domain!r}) at {n.name or '?'}" for n in model.graph.node
+                     if n.domain not in ("", "ai.onnx")})
+    if custom or model.functions:
+        listing = custom + [f"local function {f.domain}.{f.name}" for f in model.functions]
+        raise UnsafeModelError(f"{label}: custom op domains are refused: {', '.join(listing[:10])}"
+                               + (" ..." if len(listing) > 10 else ""), rule="custom_op",
+                               hint="export with standard ONNX ops only (no custom domains or local functions)")
+    _check_external(model, base, max_weight_bytes)
+    if base is not None and any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(model, str(base))
+    weight_bytes = sum(t.ByteSize() for t in model.graph.initializer)
+    if weight_bytes > max_weight_bytes:
+        raise UnsafeModelError(f"{label}: {weight_bytes} bytes of weights, more than {max_weight_bytes}", rule="size",
+                               hint="raise max_weight_bytes= if you trust this model")
+    return model, label
+
+
+# --------------------------------------------------------------------------- the importer
+
+
+class _Importer:
+    def __init__(self, model: onnx.ModelProto, name: str) -> None:
+        self.model = model
+        self.g = Graph(name)
+        self.ids = IdMaker()
+        self.env: dict[str, Any] = {}  # ONNX value name -> IR id (str) or constant (np.ndarray) or _BAD
+        self.problems: list[Unsupported] = []
+        self.users: dict[str, list[onnx.NodeProto]] = {}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.done: set[int] = set()  # ids of nodes consumed by a fused pattern
+        opsets = {o.domain: o.version for o in model.opset_import}
+        self.opset = opsets.get("", opsets.get("ai.onnx", 1))
+        for n in model.graph.node:
+            for i in n.input:
+                self.users.setdefault(i, []).append(n)
+            for o in n.output:
+                self.producer[o] = n
+
+    def node_id(self, node: onnx.NodeProto, op: str) -> str:
+        name = node.name or ""
+        base = _collapse_scope(name) if name else op
+        if "::" in name or not name:  # an archir aux name or no name at all
+            base = op
+        return self.ids(base)
+
+    def add(self, node, op, inputs, *, params=None, buffers=None, **attrs) -> str:
+        nid = self.node_id(node, op)
+        try:
+            self.g.add(op, *inputs, name=nid, **attrs)
+        except IRError as e:
+            self.ids.taken.discard(nid)
+            raise _Skip(f"maps to {op} but {e.message}") from None
+        if params:
+            self.g.set_params(nid, **params)
+        if buffers:
+            self.g.set_buffers(nid, **buffers)
+        return nid
+
+    def act(self, name: str) -> str:
+        v = self.env.get(name, _BAD)
+        if not isinstance(v, str):
+            raise _Skip(f"input {name!r} is {'a constant' if isinstance(v, np.ndarray) else 'not available'}; "
+                        "archir expects a network tensor here")
+        return v
+
+    def const(self, name: str, what: str) -> np.ndarray:
+        if name == "":
+            return None
+        v = self.env.get(name, _BAD)
+        if not isinstance(v, np.ndarray):
+            raise _Skip(f"{what} ({name!r}) is not a constant initializer")
+        return v
+
+    def shape(self, ir_id: str) -> tuple[int, ...]:
+        return self.g.node(ir_id).type.shape
+
+    def sole_user(self, value: str) -> onnx.NodeProto | None:
+        us = self.users.get(value, [])
+        outs = {o.name for o in self.model.graph.output}
+        return us[0] if len(us) == 1 and value not in outs else None
+
+    def run(self) -> list[str]:
+        for t in self.model.graph.initializer:
+            self.env[t.name] = numpy_helper.to_array(t)
+        inits = set(self.env)
+        for vi in self.model.graph.input:
+            if vi.name in inits:
+                continue
+            tt = vi.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+            if tt.elem_type != onnx.TensorProto.FLOAT:
+                raise FrontendError(f"input {vi.name!r} has element type "
+                                    f"{onnx.TensorProto.DataType.Name(tt.elem_type)}; archir graphs take float32",
+                                    rule="from_onnx", hint="export the model with float32 inputs")
+            if len(dims) < 2 or any(d is None or d < 1 for d in dims[1:]):
+                raise FrontendError(f"input {vi.name!r} has shape {dims}: every dim after the batch must be a fixed "
+                                    "size", rule="from_onnx",
+                                    hint="export with static shapes except the batch axis (dynamic_axes={'x': {0: 'batch'}})")
+            nid = self.ids(vi.name)
+            self.g.input(nid, dims[1:])
+            self.env[vi.name] = nid
+        for i, node in enumerate(self.model.graph.node):
+            if i in self.done:
+                continue
+            try:
+                if any(self.env.get(x, None) is _BAD for x in node.input if x):
+                    if node.op_type not in _RULES:
+                        raise _Skip("no mapping for this ONNX op")
+                    out = _BAD
+                else:
+                    rule = _RULES.get(node.op_type)
+                    if rule is None:
+                        raise _Skip("no mapping for this ONNX op")
+                    out = rule(self, node, _attrs(node))
+            except _Skip as e:
+                out = _BAD
+                self.problems.append(Unsupported(f"ONNX {node.op_type}", node.name or f"node #{i}", str(e)))
+            if len(node.output) > 1 and any(node.output[1:]):
+                used = [o for o in node.output[1:] if o and o in self.users]
+                if used and out is not _BAD:
+                    self.problems.append(Unsupported(f"ONNX {node.op_type}", node.name or f"node #{i}",
+                                                     f"its extra output(s) {used} are used; archir ops have one output"))
+                    out = _BAD
+            self.env[node.output[0]] = out
+        outs = []
+        for vi in self.model.graph.output:
+            v = self.env.get(vi.name, _BAD)
+            if isinstance(v, str):
+                outs.append(v)
+            elif isinstance(v, np.ndarray):
+                self.problems.append(Unsupported("output", vi.name, "the output is a constant"))
+        return outs
+
+
+# --------------------------------------------------------------------------- rules
+
+_RULES: dict[str, Any] = {}
+
+
+def _rule(*ops: str):
+    def deco(fn):
+        for o in ops:
+            _RULES[o] = fn
+        return fn
+
+    return deco
+
+
+def _sym_pads(pads: list[int], what: str) -> list[int]:
+    if not pads:
+        return [0, 0]
+    if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3]:
+        raise _Skip(f"{what} pads {pads} are not symmetric (archir pads both sides alike)")
+    return [pads[0], pads[1]]
+
+
+def _auto_pad(a: dict) -> None:
+    ap = a.get("auto_pad", b"NOTSET")
+    ap = ap.decode() if isinstance(ap, bytes) else ap
+    if ap not in ("NOTSET", "VALID", ""):
+        raise _Skip(f"auto_pad={ap} is not supported; export with explicit pads")
+
+
+@_rule("Conv")
+def _conv(imp: _Importer, node, a):
+    _auto_pad(a)
+    x = imp.act(node.input[0])
+    w = imp.const(node.input[1], "the conv weight")
+    b = imp.const(node.input[2], "the conv bias") if len(node.input) > 2 and node.input[2] else None
+    if w.ndim != 4:
+        raise _Skip("only 2-d convolutions are supported")
+    params = {"weight": w}
+    if b is not None:
+        params["bias"] = b
+    return imp.add(node, "conv2d", [x], params=params, out_channels=int(w.shape[0]),
+                   kernel_size=list(a.get("kernel_shape", w.shape[2:])), stride=list(a.get("strides", [1, 1])),
+                   padding=_sym_pads(list(a.get("pads", [])), "Conv"), dilation=list(a.get("dilations", [1, 1])),
+                   groups=int(a.get("group", 1)), bias=b is not None)
+
+
+@_rule("BatchNormalization")
+def _bn(imp, node, a):
+    if a.get("training_mode", 0):
+        raise _Skip("training_mode=1 (archir imports inference graphs)")
+    x = imp.act(node.input[0])
+    scale, bias, mean, var = (imp.const(node.input[i], w) for i, w in
+                              enumerate(["scale", "B", "input_mean", "input_var"], start=1))
+    momentum = 1.0 - float(a.get("momentum", 0.9))
+    return imp.add(node, "batchnorm2d", [x], params={"weight": scale, "bias": bias},
+                   buffers={"running_mean": mean, "running_var": var}, eps=float(a.get("epsilon", 1e-5)),
+                   momentum=min(max(momentum, 0.0), 1.0), affine=True)
+
+
+def _unary(op: str):
+    def rule(imp, node, a):
+        return imp.add(node, op, [imp.act(node.input[0])])
+
+    return rule
+
+
+for _o, _op in [("Relu", "relu"), ("Tanh", "tanh"), ("HardSwish", "hardswish")]:
+    _RULES[_o] = _unary(_op)
+
+
+@_rule("Sigmoid")
+def _sigmoid(imp, node, a):
+    x = imp.act(node.input[0])
+    # x * sigmoid(x): the silu of archir's to_onnx and torch's SiLU export
+    user = imp.sole_user(node.output[0])
+    if user is not None and user.op_type == "Mul" and sorted(user.input) == sorted([node.input[0], node.output[0]]):
+        imp.done.add(list(imp.model.graph.node).index(user))
+        nid = imp.add(user, "silu", [x])
+        imp.env[user.output[0]] = nid
+        return nid
+    return imp.add(node, "sigmoid", [x])
+
+
+@_rule("HardSigmoid")
+def _hardsigmoid(imp, node, a):
+    alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
+    if not (math.isclose(alpha, 1 / 6, rel_tol=1e-5) and math.isclose(beta, 0.5, rel_tol=1e-6)):
+        raise _Skip(f"HardSigmoid(alpha={alpha}, beta={beta}); archir's hardsigmoid is alpha=1/6, beta=0.5")
+    return imp.add(node, "hardsigmoid", [imp.act(node.input[0])])
+
+
+@_rule("Clip")
+def _clip(imp, node, a):
+    x = imp.act(node.input[0])
+    if imp.opset < 11:
+        lo, hi = a.get("min", -np.inf), a.get("max", np.inf)
+    else:
+        lo = float(imp.const(node.input[1], "min")) if len(node.input) > 1 and node.input[1] else -np.inf
+        hi = float(imp.const(node.input[2], "max")) if len(node.input) > 2 and node.input[2] else np.inf
+    if lo == 0.0 and hi == 6.0:
+        return imp.add(node, "relu6", [x])
+    if lo == 0.0 and hi == np.inf:
+        return imp.add(node, "relu", [x])
+    raise _Skip(f"Clip({lo}, {hi}); archir has relu (0, inf) and relu6 (0, 6)")
+
+
+@_rule("Identity", "Dropout")
+def _identity(imp, node, a):
+    v = imp.env.get(node.input[0], _BAD)
+    if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
+        t = imp.const(node.input[2], "training_mode")
+        if bool(np.asarray(t)):
+            raise _Skip("Dropout in training mode")
+    return v  # a constant stays a constant (torch exports shared weights through Identity)
+
+
+@_rule("Constant")
+def _constant(imp, node, a):
+    if "value" in a:
+        return numpy_helper.to_array(a["value"])
+    for k in ("value_float", "value_floats", "value_int", "value_ints"):
+        if k in a:
+            return np.asarray(a[k], np.float32 if "float" in k else np.int64)
+    raise _Skip(f"Constant with attribute(s) {sorted(a)}")
+
+
+@_rule("GlobalAveragePool")
+def _gap(imp, node, a):
+    return imp.add(node, "global_avgpool", [imp.act(node.input[0])])
+
+
+def _pool_common(imp, node, a, op):
+    _auto_pad(a)
+    x = imp.act(node.input[0])
+    c, h, w = imp.shape(x)
+    k = list(a["kernel_shape"])
+    s = list(a.get("strides", [1, 1]))
+    pads = list(a.get("pads", [0, 0, 0, 0]))
+    dil = list(a.get("dilations", [1, 1]))
+    ceil = bool(a.get("ceil_mode", 0))
+    if len(k) != 2:
+        raise _Skip("only 2-d pooling is supported")
+    begin = pads[:2]
+    # the output size ONNX computes, then a torch form (symmetric padding, maybe ceil_mode) giving it
+    onnx_out = []
+    for i, size in enumerate((h, w)):
+        span = size + pads[i] + pads[i + 2] - dil[i] * (k[i] - 1) - 1
+        onnx_out.append((-(-span // s[i]) if ceil else span // s[i]) + 1)
+    from archir.ops.core import _out_size
+
+    for mode in ([ceil] if pads[:2] == pads[2:] else [False, True]):
+        got = [_out_size((h, w)[i], k[i], s[i], begin[i], dil[i], mode) for i in range(2)]
+        if got == onnx_out:
+            return x, k, s, begin, dil, mode
+    raise _Skip(f"{op} pads {pads} with ceil_mode={int(ceil)} have no torch equivalent")
+
+
+@_rule("MaxPool")
+def _maxpool(imp, node, a):
+    if len(node.output) > 1 and node.output[1] and node.output[1] in imp.users:
+        raise _Skip("MaxPool indices output is used")
+    x, k, s, p, d, ceil = _pool_common(imp, node, a, "MaxPool")
+    return imp.add(node, "maxpool2d", [x], kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
+
+
+@_rule("AveragePool")
+def _avgpool(imp, node, a):
+    x, k, s, p, d, ceil = _pool_common(imp, node, a, "AveragePool")
+    if ceil:
+        raise _Skip("ceil_mode average pooling that changes the output size")
+    return imp.add(node, "avgpool2d", [x], kernel_size=k, stride=s, padding=p,
+                   count_include_pad=bool(a.get("count_include_pad", 0)))
+
+
+@_rule("ReduceMean")
+def _reduce_mean(imp, node, a):
+    x = imp.act(node.input[0])
+    axes = a.get("axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        axes = imp.const(node.input[1], "axes").tolist()
+    rank = len(imp.shape(x)) + 1
+    if axes is None or sorted(int(v) % rank for v in axes) != [2, 3] or rank != 4:
+        raise _Skip(f"ReduceMean over axes {axes}; archir maps the spatial mean of (N, C, H, W) only")
+    gap = imp.add(node, "global_avgpool", [x])
+    if a.get("keepdims", 1):
+        return gap
+    return imp.add(node, "flatten", [gap], start_dim=1)
+
+
+@_rule("Flatten")
+def _flatten(imp, node, a):
+    x = imp.act(node.input[0])
+    axis = int(a.get("axis", 1))
+    rank = len(imp.shape(x)) + 1
+    if axis % rank != 1:
+        raise _Skip(f"Flatten(axis={axis}) does not keep the batch dimension alone; archir flattens from dim 1")
+    return imp.add(node, "flatten", [x], start_dim=1)
+
+
+@_rule("Reshape")
+def _reshape(imp, node, a):
+    x = imp.act(node.input[0])
+    shape = imp.const(node.input[1], "the target shape").astype(np.int64).tolist()
+    ins = list(imp.shape(x))
+    if shape in ([0, -1], [-1, math.prod(ins)]) or (shape[0] in (0, -1) and shape[1:] == [math.prod(ins)]):
+        return imp.add(node, "flatten", [x], start_dim=1) if len(ins) > 1 else x
+    for sd in range(2, len(ins) + 1):  # archir's flatten(start_dim > 1): [0, *kept dims, -1]
+        if shape == [0] + ins[: sd - 1] + [-1]:
+            return imp.add(node, "flatten", [x], start_dim=sd)
+    if shape[:1] in ([0], [-1]) and shape[1:] == ins:
+        return x
+    raise _Skip(f"Reshape of {tuple(ins)} to {shape} is not a flatten; archir has no general reshape")
+
+
+@_rule("Concat")
+def _concat(imp, node, a):
+    xs = [imp.act(i) for i in node.input]
+    return imp.add(node, "concat", xs, dim=int(a["axis"]))
+
+
+@_rule("Add")
+def _add(imp, node, a):
+    l, r = (imp.env.get(i, _BAD) for i in node.input)
+    if isinstance(l, str) and isinstance(r, str):
+        if imp.shape(l) != imp.shape(r):
+            raise _Skip(f"broadcasting Add of {imp.shape(l)} and {imp.shape(r)}")
+        return imp.add(node, "add", [l, r])
+    raise _Skip("Add of a constant (archir's add takes two network tensors; a bias belongs to Conv/Gemm)")
+
+
+@_rule("Mul")
+def _mul(imp, node, a):
+    l, r = (imp.env.get(i, _BAD) for i in node.input)
+    if isinstance(l, str) and isinstance(r, str):
+        return imp.add(node, "mul", [l, r])
+    x, c = (l, r) if isinstance(l, str) else (r, l)
+    if not isinstance(x, str) or not isinstance(c, np.ndarray):
+        raise _Skip("Mul of two constants")
+    shape = imp.shape(x)
+    if c.size == 1 and float(c.reshape(())) == 0.0:
+        return imp.add(node, "zero", [x])
+    ch = shape[0]
+    if c.size == ch and (c.shape in ((ch,) + (1,) * (len(shape) - 1), (1, ch) + (1,) * (len(shape) - 1))
+                         or (len(shape) == 1 and c.shape == (ch,))):
+        return imp.add(node, "scale", [x], params={"weight": c.reshape(ch)})
+    raise _Skip(f"Mul by a constant of shape {c.shape}; archir multiplies by a learnable per-channel scale only")
+
+
+def _matmul_weight(imp, node) -> tuple[str, np.ndarray] | None:
+    x = imp.env.get(node.input[0], _BAD)
+    w = imp.env.get(node.input[1], _BAD)
+    if isinstance(x, str) and isinstance(w, np.ndarray) and w.ndim == 2:
+        return x, w
+    return None
+
+
+def _adaptive(imp, node, a):
+    """``MatMul(Ph, MatMul(x, Pw^T))`` from archir's to_onnx of an uneven adaptive average pool."""
+    from archir.lower.onnx import adaptive_matrix
+
+    x = imp.env.get(node.input[0], _BAD)
+    pw = imp.env.get(node.input[1], _BAD)
+    if not (isinstance(x, str) and isinstance(pw, np.ndarray) and pw.ndim == 2):
+        return None
+    user = imp.sole_user(node.output[0])
+    if user is None or user.op_type != "MatMul" or user.input[1] != node.output[0]:
+        return None
+    ph = imp.env.get(user.input[0], _BAD)
+    shape = imp.shape(x)
+    if not isinstance(ph, np.ndarray) or ph.ndim != 2 or len(shape) != 3:
+        return None
+    _, h, w = shape
+    oh, ow = ph.shape[0], pw.shape[1]
+    if ph.shape[1] != h or pw.shape[0] != w:
+        return None
+    if not (np.allclose(ph, adaptive_matrix(h, oh), atol=1e-7) and np.allclose(pw, adaptive_matrix(w, ow).T, atol=1e-7)):
+        return None
+    imp.done.add(list(imp.model.graph.node).index(user))
+    nid = imp.add(user, "adaptive_avgpool2d", [x], output_size=[oh, ow])
+    imp.env[user.output[0]] = nid
+    return nid
+
+
+@_rule("MatMul")
+def _matmul(imp, node, a):
+    pooled = _adaptive(imp, node, a)
+    if pooled is not None:
+        return pooled
+    xw = _matmul_weight(imp, node)
+    if xw is None:
+        raise _Skip("MatMul that is neither x @ constant matrix (a linear layer) nor archir's adaptive pooling")
+    x, w = xw
+    user = imp.sole_user(node.output[0])
+    if user is not None and user.op_type == "Add":
+        other = [i for i in user.input if i != node.output[0]]
+        b = imp.env.get(other[0], _BAD) if len(other) == 1 else _BAD
+        if isinstance(b, np.ndarray) and b.shape == (w.shape[1],):
+            imp.done.add(list(imp.model.graph.node).index(user))
+            nid = imp.add(user, "linear", [x], params={"weight": w.T, "bias": b}, out_features=int(w.shape[1]))
+            imp.env[user.output[0]] = nid
+            return nid
+    return imp.add(node, "linear", [x], params={"weight": w.T}, out_features=int(w.shape[1]), bias=False)
+
+
+@_rule("Gemm")
+def _gemm(imp, node, a):
+    x = imp.act(node.input[0])
+    w = imp.const(node.input[1], "the Gemm weight")
+    c = imp.const(node.input[2], "the Gemm bias") if len(node.input) > 2 and node.input[2] else None
+    if a.get("transA", 0) or float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0:
+        raise _Skip("Gemm with transA, alpha or beta other than the defaults")
+    w = w if a.get("transB", 0) else w.T
+    params = {"weight": w}
+    if c is not None:
+        if c.size == w.shape[0]:
+            params["bias"] = c.reshape(w.shape[0])
+        else:
+            raise _Skip(f"Gemm bias of shape {c.shape} is not one value per output")
+    return imp.add(node, "linear", [x], params=params, out_features=int(w.shape[0]), bias=c is not None)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def from_onnx(path_or_proto, *, name: str | None = None, max_file_bytes: int = MAX_FILE_BYTES,
+              max_weight_bytes: int = MAX_WEIGHT_BYTES) -> Graph:
+    """Import an ONNX model (an ``.onnx`` path, its bytes or an ``onnx.ModelProto``) as an archir graph.
+
+    Args:
+        path_or_proto: the model. External data is read only from relative paths inside the
+            model file's folder (so an in-memory proto with external data is refused).
+        name: the graph name (default: the ONNX graph's name).
+        max_file_bytes / max_weight_bytes: size caps of the file and of all weights.
+
+    Returns:
+        A validated :class:`archir.Graph`. Inputs keep their ONNX names; node ids come from ONNX
+        node names (``/layer1/layer1.0/conv1/Conv`` becomes ``layer1.0.conv1.conv``; archir's own
+        exports keep their ids). Inputs need fixed sizes after the batch axis.
+
+    Raises:
+        UnsafeModelError: a size cap is exceeded, external data is unsafe (absolute path, ``..``,
+            symlink, outside the folder, past the end of its file) or a custom op domain is used.
+        UnsupportedModelError: some nodes have no IR equivalent; every one is listed.
+        FrontendError: the file is missing or not ONNX, or an input has no fixed shape.
+
+    Example:
+        >>> g = archir.frontend.from_onnx("resnet18.onnx")      # doctest: +SKIP
+    """
+    model, label = _load(path_or_proto, max_file_bytes, max_weight_bytes)
+    gname = name or model.graph.name or "onnx_model"
+    from archir.frontend.common import clean_id
+
+    imp = _Importer(model, clean_id(gname).replace(".", "_"))
+    outs = imp.run()
+    if imp.problems:
+        raise UnsupportedModelError(label, imp.problems,
+                                    hint="re-export with supported ops (see docs/frontend_support.md)")
+    if not outs:
+        raise FrontendError(f"{label}: the model has no tensor output", rule="from_onnx",
+                            hint="export a model that returns a tensor")
+    imp.g.set_outputs(*outs)
+    imp.g.meta["frontend"] = {"source": "onnx", "opset": imp.opset, "producer": model.producer_name}
+    imp.g.validate()
+    return imp.g

@@ -42,7 +42,7 @@ from archir.ops import pair
 
 __all__ = ["from_torch"]
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 
 
 class _Skip(Exception):
@@ -261,7 +261,11 @@ class _Importer:
         args = self.value(node.args)
         kwargs = self.value(node.kwargs)
         if any(v is _BAD for v in _flat(args, kwargs)):
-            return _BAD  # an input is unsupported and already reported
+            # an input is unsupported and already reported; report this node too if it could not be
+            # mapped either way, so that the error lists every unsupported construct at once
+            if self.shapes.get(node) != "python" and not self.has_rule(node):
+                raise _Skip("no mapping for this call" if node.op != "call_module" else "module type has no mapping")
+            return _BAD
         if node.op == "call_module":
             mod = self.gm.get_submodule(str(node.target))
             if any(True for _ in mod.parameters(recurse=False)) or any(True for _ in mod.buffers(recurse=False)):
@@ -283,8 +287,20 @@ class _Importer:
             self.module_calls.setdefault(str(node.target), out.id)
         return out
 
+    def has_rule(self, node: fx.Node) -> bool:
+        t = node.target
+        if node.op == "call_module":
+            mod = self.gm.get_submodule(str(t))
+            return any(isinstance(mod, cls) for cls in _MODULE_RULES)
+        if isinstance(t, torch._ops.OpOverload):
+            return t._schema.name.split("::")[-1] in _ATEN_RULES
+        key = t if node.op == "call_function" else ("method", t)
+        return key in _CALL_RULES or (node.op == "call_function" and _is_stochastic_depth(t))
+
     def call(self, node: fx.Node, args: tuple, kwargs: dict) -> Any:
         info = self.shapes.get(node)
+        if info == "python" and not any(isinstance(a, _Act) for a in _flat(args, kwargs)):
+            return _Py()  # arithmetic on shapes and other Python values
         target = node.target
         if isinstance(target, torch._ops.OpOverload):
             name = target._schema.name.split("::")[-1]

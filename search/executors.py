@@ -110,7 +110,7 @@ class ProcessExecutor(Executor):
     name = "process"
 
     def __init__(self, workers: int | None = None, threads_per_worker: int = 1) -> None:
-        workers = workers or min(4, os.cpu_count() or 1)
+        workers = min(4, os.cpu_count() or 1) if workers is None else workers
         if not (isinstance(workers, int) and workers >= 1):
             raise ExecutorError(f"process executor: workers must be an int >= 1, got {workers!r}",
                                 hint="pass --workers 2")

@@ -115,8 +115,9 @@ class Space(abc.ABC):
         """A validated graph with ``choice`` nodes covering the space (weights from ``seed``)."""
 
     @abc.abstractmethod
-    def supernet_decisions(self, decisions: Mapping) -> dict[str, str]:
-        """``archir.derive`` decisions (decision key -> candidate name) that select ``decisions``."""
+    def supernet_decisions(self, decisions: Mapping, supernet: Graph | None = None) -> dict[str, str]:
+        """``archir.derive`` / ``to_fx(choice_mode="fixed")`` decisions (key -> candidate name) that select
+        ``decisions``; with ``supernet``, only the keys it has (e.g. no reduction cells in a 2-cell DARTS net)."""
 
     @abc.abstractmethod
     def describe(self, decisions: Mapping) -> str:
@@ -131,7 +132,7 @@ class Space(abc.ABC):
     def derive(self, supernet: Graph, decisions: Mapping) -> Graph:
         """``decisions`` cut out of a (trained) supernet: same structure as ``build(decisions)``, with the
         supernet's weights (weight sharing). Unselected edges (``none``) and identities are dropped."""
-        return simplify(archir.derive(supernet, self.supernet_decisions(decisions))).validate()
+        return simplify(archir.derive(supernet, self.supernet_decisions(decisions, supernet))).validate()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(input_shape={self.input_shape}, num_classes={self.num_classes})"

@@ -259,7 +259,7 @@ class ChainSpace(Space):
         g.init_params(seed)
         return g.validate()
 
-    def supernet_decisions(self, decisions: Mapping) -> dict[str, str]:
+    def supernet_decisions(self, decisions: Mapping, supernet: Graph | None = None) -> dict[str, str]:
         d = self.decode(decisions)
         return {f"layer{i}": "skip" if layer["skip"] else f"k{layer['kernel']}_e{layer['expand']}"
                 for i, layer in enumerate(d["layers"])}

@@ -46,7 +46,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from archir import Graph
+from archir import Graph, decision_keys
 from archir.samples import darts_body
 from search.spaces.base import DecisionError, Space, add_chain, check_rng, simplify
 
@@ -206,7 +206,7 @@ class DartsSpace(Space):
         """The network of genotype ``decisions``: ``cells`` cells of ``channels`` (default: the space's).
 
         A larger ``cells``/``channels`` stacks the same genotype into a larger network (NASNet
-        transfer). Cell inputs that no edge reads are not built.
+        transfer).
         """
         d = self.decode(decisions)
         cells = self.cells if cells is None else _positive("cells", cells)
@@ -249,7 +249,8 @@ class DartsSpace(Space):
         g.init_params(seed)
         return g.validate()
 
-    def supernet_decisions(self, decisions: Mapping) -> dict[str, str]:
+    def supernet_decisions(self, decisions: Mapping, supernet: Graph | None = None) -> dict[str, str]:
+        """The genotype's op on its selected edges, ``none`` on every other edge (key ``"<kind>.n<n>.i<j>"``)."""
         d = self.decode(decisions)
         out = {}
         for kind in KINDS:
@@ -257,6 +258,9 @@ class DartsSpace(Space):
                 chosen = {j: op for op, j in d[kind][2 * n: 2 * n + 2]}
                 for j in range(n + 2):
                     out[f"{kind}.n{n}.i{j}"] = chosen.get(j, "none")
+        if supernet is not None:
+            keys = decision_keys(supernet)
+            out = {k: v for k, v in out.items() if k in keys}
         return out
 
     def genotype_of(self, supernet: Graph) -> dict:

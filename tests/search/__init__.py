@@ -1,0 +1,1 @@
+"""Tests of the search package (spaces, data, trainer, store, drivers, gallery)."""

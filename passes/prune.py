@@ -255,38 +255,47 @@ def _check_args(g: Graph, ratio: Any, keep: Any, criterion: Any, seed: Any) -> N
                                 hint="derive a plain graph first (archir.derive)")
 
 
-def _select(cp: Coupling, groups: Any, keep: Any) -> tuple[list[Group], bool]:
-    """The groups to consider and whether they were named explicitly."""
+def _resolve(cp: Coupling, sel: Any) -> Group:
+    """The group named by ``sel``: a group index, or the id of any node holding its channels."""
     all_groups = cp.groups()
-    if groups is None and isinstance(keep, Mapping):
-        groups = list(keep)
+    if isinstance(sel, (int, np.integer)) and not isinstance(sel, (bool, np.bool_)):
+        if not 0 <= int(sel) < len(all_groups):
+            raise PreconditionError(f"no group {sel!r}: the graph has groups 0..{len(all_groups) - 1}",
+                                    hint="list them with passes.prunable_groups(g)")
+        return all_groups[int(sel)]
+    if isinstance(sel, str):
+        if sel not in cp.order:
+            legal = [p for t in _free(all_groups) for p in t.producers][:6]
+            raise PreconditionError(f"no node {sel!r} in graph {cp.graph_name!r}",
+                                    hint=f"name a producer of a prunable group, e.g. {legal} "
+                                         f"(see passes.prunable_groups(g))")
+        if not cp.layout(sel):
+            raise PreconditionError("node has no channels to prune", node=sel,
+                                    hint="name a conv2d/linear (see passes.prunable_groups(g))")
+        return cp.group_of(sel)
+    raise PreconditionError(f"groups must hold group indices or node ids, got {sel!r}",
+                            hint="e.g. groups=['b1.a.conv'] or groups=[3] (see passes.prunable_groups(g))")
+
+
+def _select(cp: Coupling, groups: Any, keep: Any) -> tuple[list[Group], bool, dict[int, int] | None]:
+    """The groups to consider, whether they were named explicitly, and a per-group keep (mapping keep)."""
+    per_group = None
+    if isinstance(keep, Mapping):
+        per_group = {}
+        for k, v in keep.items():
+            per_group[_resolve(cp, k).index] = int(v)
+        if groups is None:
+            groups = list(keep)
     if groups is None:
-        return all_groups, False
+        return cp.groups(), False, per_group
     if isinstance(groups, (str, int, np.integer)):
         groups = [groups]
     chosen: list[Group] = []
     for sel in groups:
-        if isinstance(sel, (int, np.integer)) and not isinstance(sel, (bool, np.bool_)):
-            if not 0 <= int(sel) < len(all_groups):
-                raise PreconditionError(f"no group {sel!r}: the graph has groups 0..{len(all_groups) - 1}",
-                                        hint="list them with passes.prunable_groups(g)")
-            grp = all_groups[int(sel)]
-        elif isinstance(sel, str):
-            if sel not in cp.order:
-                legal = [p for t in _free(all_groups) for p in t.producers][:6]
-                raise PreconditionError(f"no node {sel!r} in graph {cp.graph_name!r}",
-                                        hint=f"name a producer of a prunable group, e.g. {legal} "
-                                             f"(see passes.prunable_groups(g))")
-            if not cp.layout(sel):
-                raise PreconditionError("node has no channels to prune", node=sel,
-                                        hint="name a conv2d/linear (see passes.prunable_groups(g))")
-            grp = cp.group_of(sel)
-        else:
-            raise PreconditionError(f"groups must hold group indices or node ids, got {sel!r}",
-                                    hint="e.g. groups=['b1.a.conv'] or groups=[3] (see passes.prunable_groups(g))")
+        grp = _resolve(cp, sel)
         if grp not in chosen:
             chosen.append(grp)
-    return chosen, True
+    return chosen, True, per_group
 
 
 def _free(groups: Iterable[Group]) -> list[Group]:
@@ -321,15 +330,12 @@ def _importance(g: Graph, cp: Coupling, grp: Group, criterion: str, rng: np.rand
     return np.sqrt(out) if criterion == "l2" else out
 
 
-def _n_keep(size: int, ratio: float | None, keep: Any, grp: Group) -> int:
+def _n_keep(size: int, ratio: float | None, keep: Any, grp: Group, per_group: dict[int, int] | None) -> int:
     if ratio is not None:
         # floor, with a guard against 8 * (1 - 0.7) = 2.3999999999999995
         return max(1, int(math.floor(size * (1.0 - float(ratio)) + 1e-9)))
-    if isinstance(keep, Mapping):
-        for key in (grp.index, *grp.producers):
-            if key in keep:
-                return min(size, int(keep[key]))
-        return size
+    if per_group is not None:
+        return min(size, per_group.get(grp.index, size))
     return min(size, int(keep))
 
 
@@ -396,7 +402,7 @@ def _prune(g: Graph, ratio: float | None, keep: Any, criterion: str, groups: Any
         raise PreconditionError(f"cost must be callable (g -> object with .macs), got {cost!r}",
                                 hint="pass cost=costmodels.count")
     cp = analyze(g)
-    chosen, named = _select(cp, groups, keep)
+    chosen, named, per_group = _select(cp, groups, keep)
     rng = np.random.default_rng(int(seed))
     edit: dict[int, tuple] = {}
     done: list[GroupPrune] = []
@@ -423,7 +429,7 @@ def _prune(g: Graph, ratio: float | None, keep: Any, criterion: str, groups: Any
                                         hint="use criterion='l1' for this group, or insert a BN (passes.insert_bn)")
             skipped.append(SkippedGroup(grp.index, grp.producers, reason))
             continue
-        n_keep = _n_keep(grp.size, ratio, keep, grp)
+        n_keep = _n_keep(grp.size, ratio, keep, grp, per_group)
         removed = _choose(cp, grp, imp, grp.size - n_keep)
         for i in removed:
             edit[grp.classes[i]] = ()
@@ -462,8 +468,8 @@ def prune_channels(g: Graph, *, ratio: float | None = None, keep: int | Mapping[
         ratio: the fraction of each group's channels to remove, in ``[0, 1)``; the group keeps
             ``max(1, floor(size * (1 - ratio)))`` channels. Exactly one of ``ratio``/``keep``.
         keep: channels to keep per group: an int (groups smaller than it are left as they are),
-            or a mapping from group index / producer id to an int (then only those groups are
-            pruned unless ``groups`` says otherwise).
+            or a mapping from a group (index, or id of a node holding its channels) to an int
+            (then only those groups are pruned unless ``groups`` says otherwise).
         criterion: ``"l1"``, ``"l2"``, ``"bn_gamma"`` or ``"random"`` (see the module docstring).
         groups: the groups to prune (producer/member node ids or group indices of
             ``dependency_groups(g)``); ``None`` prunes every free group with two or more channels

@@ -237,6 +237,8 @@ def test_keep_mapping_prunes_only_the_named_groups():
     small, report = prune_channels(g, keep={"l1.conv": 3})
     assert [gp.producers for gp in report.groups] == [("l1.conv",)]
     assert (_out(small, "l0.conv"), _out(small, "l1.conv")) == (8, 3)
+    small, _ = prune_channels(g, keep={"l0.bn": 2, 2: 5})  # any member node, or a group index
+    assert (_out(small, "l0.conv"), _out(small, "l1.conv")) == (2, 5)
 
 
 def test_report_text_and_dict():

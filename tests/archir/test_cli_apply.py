@@ -105,6 +105,14 @@ def test_format_spec_round_trips_every_legal_target(nets):
             assert fn is passes.MORPHISMS[name][0] and kw == t
 
 
+def test_help_lists_apply(capsys):
+    assert main(["--help"]) == 0
+    assert re.search(r"^    apply +apply function-preserving morphisms", capsys.readouterr().out, re.M)
+    assert main(["apply", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--pass NAME:KEY=VALUE,..." in out and "--list" in out
+
+
 def test_subcommand_declares_pass_errors():
     (sc,) = apply_cli.SUBCOMMANDS
     assert sc.name == "apply"

@@ -59,6 +59,14 @@ def test_backends_match_costmodels():
     assert costmodels.BackendUnavailable in profile.user_errors()
 
 
+@pytest.mark.parametrize("name", ["cost", "profile"])
+def test_help(name, capsys):
+    assert main(["--help"]) == 0
+    assert re.search(rf"^    {name} +\w", capsys.readouterr().out, re.M)
+    assert main([name, "--help"]) == 0
+    assert "--json" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- cost
 
 

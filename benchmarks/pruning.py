@@ -11,7 +11,9 @@ Method: one intra-op thread. Latency of the unpruned and the pruned model is mea
 side in ``--rounds`` interleaved rounds (A B, then B A, ...), each a ``costmodels.measure`` call
 (``--warmup`` untimed, ``--repeats`` timed runs, its median); a latency is the median over
 rounds and a speed-up the median of the per-round ratios (paired, so load from other processes
-on a shared machine hits both alike). This is a benchmark that prints figures, not a test: it
+on a shared machine hits both alike). The fastest run of each call is reported too: under load,
+preemption inflates long runs more than short ones, which biases median speed-ups upwards; the
+fastest run estimates the unloaded latency. This is a benchmark that prints figures, not a test: it
 asserts only that every pruned graph validates and that its ONNX model (what is timed) agrees
 with its torch.fx lowering.
 
@@ -89,33 +91,37 @@ def _onnx_agrees(g: archir.Graph) -> float:
 
 
 def _latencies(a: archir.Graph, b: archir.Graph, rounds: int, warmup: int, repeats: int, batch: int
-               ) -> tuple[float, float, float]:
-    """Median latency (ms) of ``a`` and ``b`` over interleaved rounds, and the median per-round ratio a/b."""
-    la, lb, ratios = [], [], []
+               ) -> dict[str, float]:
+    """Latency (ms) of ``a`` and ``b`` over interleaved rounds: the median over rounds of each call's
+    median and of each call's fastest run, and the medians of the per-round ratios a/b of both."""
+    med: dict[int, list[float]] = {id(a): [], id(b): []}
+    fast: dict[int, list[float]] = {id(a): [], id(b): []}
     for r in range(rounds):
-        order = (a, b) if r % 2 == 0 else (b, a)
-        got = {}
-        for g in order:
-            got[id(g)] = costmodels.measure(g, backend="ort-cpu", threads=1, batch_size=batch, warmup=warmup,
-                                            repeats=repeats, seed=r).median_ms
-        la.append(got[id(a)])
-        lb.append(got[id(b)])
-        ratios.append(got[id(a)] / got[id(b)])
-    return statistics.median(la), statistics.median(lb), statistics.median(ratios)
+        for g in ((a, b) if r % 2 == 0 else (b, a)):
+            lat = costmodels.measure(g, backend="ort-cpu", threads=1, batch_size=batch, warmup=warmup,
+                                     repeats=repeats, seed=r)
+            med[id(g)].append(lat.median_ms)
+            fast[id(g)].append(min(lat.samples_ms))
+    m = statistics.median
+    return {"before": m(med[id(a)]), "after": m(med[id(b)]),
+            "speedup": m([x / y for x, y in zip(med[id(a)], med[id(b)])]),
+            "before_min": m(fast[id(a)]), "after_min": m(fast[id(b)]),
+            "speedup_min": m([x / y for x, y in zip(fast[id(a)], fast[id(b)])])}
 
 
 def bench(name: str, g: archir.Graph, ratios: Sequence[float], rounds: int, warmup: int, repeats: int,
           batch: int) -> list[list[str]]:
     c0 = costmodels.count(g)
-    rows = [[name, "-", f"{c0.params:,}", f"{c0.macs:,}", "", "", "", "", ""]]
+    rows = [[name, "-", f"{c0.params:,}", f"{c0.macs:,}"] + [""] * 8]
     for r in ratios:
         small, rep = passes.prune_channels(g, ratio=r, criterion="l1", cost=costmodels.count)
         small.validate()
         _onnx_agrees(small)
-        before, after, speedup = _latencies(g, small, rounds, warmup, repeats, batch)
+        t = _latencies(g, small, rounds, warmup, repeats, batch)
         rows.append([name, f"{r:g}", f"{rep.params_after:,} ({rep.params_after / rep.params_before:.0%})",
                      f"{rep.macs_after:,} ({rep.macs_after / rep.macs_before:.0%})",
-                     f"{before:.3f}", f"{after:.3f}", f"{speedup:.2f}x",
+                     f"{t['before']:.3f}", f"{t['after']:.3f}", f"{t['speedup']:.2f}x",
+                     f"{t['before_min']:.3f}", f"{t['after_min']:.3f}", f"{t['speedup_min']:.2f}x",
                      f"{rep.macs_before / rep.macs_after:.2f}x", f"{rep.max_abs_deviation:.2g}"])
     return rows
 
@@ -159,10 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"onnxruntime {onnxruntime.__version__}")
     print(f"latency : ORT CPU, 1 intra-op thread, batch {args.batch_size}; median of {rounds} interleaved round(s) "
           f"of costmodels.measure (warmup {warmup}, {repeats} timed runs); speed-up = median per-round ratio")
+    print("          'min' columns: each call's fastest run (on a loaded machine preemption inflates a long run "
+          "more than a short one; the fastest run is the best estimate of the unloaded latency)")
     print(f"load avg: {load0:.2f} at start, {load1:.2f} at end (1-min; other processes share this CPU)")
     print()
-    print(_table(["network", "ratio", "params", "MACs", "before ms", "after ms", "speed-up", "MACs ratio",
-                  "max |dev|"], rows))
+    print(_table(["network", "ratio", "params", "MACs", "before ms", "after ms", "speed-up", "before min",
+                  "after min", "speed-up (min)", "MACs ratio", "max |dev|"], rows))
     return 0
 
 

@@ -36,7 +36,7 @@ def test_quick_run_prints_every_network_and_ratio(pruning, capsys):
     for net in ("chain", "resnet_like", "mobilenet_like"):
         for r in ("0.25", "0.5", "0.75"):
             row = rf"^{net} +\| {re.escape(r)} +\| +[\d,]+ \(\d+%\) \| +[\d,]+ \(\d+%\) \| +\d+\.\d{{3}} \| " \
-                  rf"+\d+\.\d{{3}} \| +\d+\.\d\dx \| +\d+\.\d\dx \|"
+                  rf"+\d+\.\d{{3}} \| +\d+\.\d\dx \| +\d+\.\d{{3}} \| +\d+\.\d{{3}} \| +\d+\.\d\dx \| +\d+\.\d\dx \|"
             assert re.search(row, out, re.M), (net, r)
     # MACs fall as the ratio grows (hand-checked in tests/passes/test_prune.py; here: monotone)
     macs = [int(m.replace(",", "")) for m in re.findall(r"^chain +\| [\d.]+ +\| +[\d,]+ \(\d+%\) \| +([\d,]+) ", out, re.M)]

@@ -267,10 +267,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise CLIError(f"--n must be >= 1, got {args.n}", hint="pass --n 4 (samples of the check input)")
     out = Path(args.output)
+    _check_out_path(out, "result graph", "out.json")
     if out.suffix != ".json":
         raise CLIError(f"{out}: the output must be a .json file", hint=f"write -o {out.with_suffix('.json')} "
                        "(the weights go to a .safetensors file beside it)")
-    _check_out_path(out, "result graph", "out.json")
     # parse every spec before loading or running anything: a typo in the last one costs nothing
     calls = [resolve(parse_spec(s), passes.MORPHISMS) for s in args.passes]
     g = _load(args.graph)

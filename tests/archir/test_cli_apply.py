@@ -252,6 +252,7 @@ def test_a_pass_that_breaks_the_function_exits_1(nets, tmp_path, capsys, monkeyp
     (["{tmp}/missing.json", "--pass", "insert_bn:after=l0.relu", "-o", "{tmp}/o.json"], "missing.json"),
     (["{net}", "--pass", "insert_bn:after=l0.relu", "-o", "{tmp}/no/such/o.json"], "does not exist"),
     (["{net}", "--pass", "insert_bn:after=l0.relu", "-o", "{tmp}/o.onnx"], "the output must be a .json file"),
+    (["{net}", "--pass", "insert_bn:after=l0.relu", "-o", "{tmp}"], "is a folder, not a file"),
     (["{net}", "--pass", "insert_bn:after=l0.relu", "-o", "{tmp}/o.json", "--atol", "-1"], "tolerances must be"),
     (["{net}", "--pass", "insert_bn:after=l0.relu", "-o", "{tmp}/o.json", "--n", "0"], "--n must be >= 1"),
     (["{net}", "--list", "--pass", "insert_bn:after=l0.relu"], "--list cannot be combined with --pass"),

@@ -207,6 +207,10 @@ def _read_npz(path: Path, layout: str) -> tuple[np.ndarray, np.ndarray, tuple[st
                 raise DataError(f"missing array(s) {missing}; the file has {keys}", where=path,
                                 hint="save with np.savez(path, x=images, y=labels)")
             x, y = f["x"], f["y"]
+            for k, a in (("x", x), ("y", y)):
+                if not isinstance(a, np.ndarray):  # a member that is not .npy data comes back as raw bytes
+                    raise DataError(f"member {k!r} is not a .npy array", where=path,
+                                    hint="write the file with numpy.savez(path, x=images, y=labels)")
     except DataError:
         raise
     except ValueError as e:  # object arrays need pickle, which is never used
@@ -235,6 +239,9 @@ def _to_nchw(x: np.ndarray, layout: str, where: Path) -> np.ndarray:
         elif x.ndim == 4:
             raise DataError(f"cannot tell the layout of x with shape {x.shape} (channels first or last?)",
                             where=f"{where}:x", hint="pass layout='NCHW' or layout='NHWC'")
+        else:
+            raise DataError(f"x has shape {x.shape}; images need 3 dims (N, H, W) or 4 (N, C, H, W or N, H, W, C)",
+                            where=f"{where}:x", hint="reshape the images, e.g. x.reshape(N, H, W) for flat grey ones")
     want = 3 if layout == "NHW" else 4
     if x.ndim != want:
         raise DataError(f"x has shape {x.shape}; layout {layout} needs {want} dims", where=f"{where}:x",
@@ -268,7 +275,7 @@ def _check_labels(y: np.ndarray, n: int, where: Path | str) -> np.ndarray:
     if y.dtype.kind == "f":
         if not np.isfinite(y).all() or (y != np.round(y)).any():
             bad = int(np.flatnonzero(~np.isfinite(y) | (y != np.round(np.nan_to_num(y))))[0])
-            raise DataError(f"label {y[bad]!r} at index {bad} is not an integer", where=where,
+            raise DataError(f"label {float(y[bad])} at index {bad} is not an integer", where=where,
                             hint="use integer class indices 0..K-1")
     y = y.astype(np.int64)
     if len(y) and y.min() < 0:

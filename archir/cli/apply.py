@@ -10,8 +10,8 @@ A pass spec is ``NAME:KEY=VALUE,KEY=VALUE,...`` (``NAME`` alone when the morphis
 argument). ``NAME`` is a morphism registered in ``passes.MORPHISMS``; each ``KEY`` is one of its
 keyword arguments. A value is converted to the type the morphism's signature declares for
 that argument (``int``, ``float``, ``bool``: ``true``/``false``, ``str``; ``none`` where ``None``
-is allowed); an argument without a declared type is read as an int, a float, a bool or
-``none`` when it looks like one, else as a string. Node ids are strings, dots included
+is allowed); an argument without a declared type is read as an int, a float, a bool,
+``none`` or a pair of ints (``5x3``: ``[5, 3]``) when it looks like one, else as a string. Node ids are strings, dots included
 (``stem.conv``); a value cannot contain ``,``.
 
 The passes run in order under ``passes.PassManager`` with the ``Verify`` (the result
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,7 @@ def format_spec(name: str, kwargs: dict) -> str:
             return "none"
         if isinstance(v, bool):
             return "true" if v else "false"
-        if isinstance(v, (list, tuple)):  # not expressible in a spec; shown for information
+        if isinstance(v, (list, tuple)):  # a pair of ints, read back by an untyped argument
             return "x".join(str(x) for x in v)
         return str(v)
 
@@ -149,6 +150,8 @@ def _convert(spec: PassSpec, key: str, value: str, param: inspect.Parameter) -> 
         return None
     if low in ("true", "false"):
         return low == "true"
+    if re.fullmatch(r"\d+x\d+", low):  # a pair of ints, e.g. kernel_size=5x3 (commas separate arguments)
+        return [int(x) for x in low.split("x")]
     for conv in (int, float):
         try:
             return conv(value)

@@ -80,6 +80,18 @@ def test_values_follow_the_signature():
     # enlarge_kernel's kernel_size has no declared type: read as an int when it looks like one
     _, kw = apply_cli.resolve(apply_cli.parse_spec("enlarge_kernel:node=c,kernel_size=5"), passes.MORPHISMS)
     assert kw == {"node": "c", "kernel_size": 5} and type(kw["kernel_size"]) is int
+    _, kw = apply_cli.resolve(apply_cli.parse_spec("enlarge_kernel:node=c,kernel_size=5x3"), passes.MORPHISMS)
+    assert kw == {"node": "c", "kernel_size": [5, 3]}
+    assert apply_cli.format_spec("enlarge_kernel", kw) == "enlarge_kernel:node=c,kernel_size=5x3"
+
+
+def test_a_pair_kernel_size_applies(nets, tmp_path, capsys):
+    out = tmp_path / "k.json"
+    assert main(["apply", str(nets / "chain.json"), "--pass", "enlarge_kernel:node=l1.conv,kernel_size=5x3",
+                 "-o", str(out)]) == 0
+    expected = passes.enlarge_kernel(archir.load(nets / "chain.json"), node="l1.conv", kernel_size=[5, 3])
+    assert archir.load(out).weights_hash() == expected.weights_hash()
+    assert archir.load(out).node("l1.conv").params["weight"].shape[2:] == (5, 3)
 
 
 @pytest.mark.parametrize("spec, contains", [

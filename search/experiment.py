@@ -709,8 +709,11 @@ def gallery_table(cands: Sequence[Candidate], cost_key: str, *, space=None, only
     return "\n".join(lines)
 
 
-def write_gallery(run_dir: str | os.PathLike, png: str | os.PathLike | None = None) -> tuple[str, Path | None]:
+def write_gallery(run_dir: str | os.PathLike, png: str | os.PathLike | None = None, *,
+                  draw: bool = True) -> tuple[str, Path | None]:
     """The gallery table of a run and its ``pareto.png`` (written to ``png``, default ``run_dir/pareto.png``).
+
+    ``draw=False`` gives the table only (no matplotlib needed).
 
     Returns:
         (table text, the PNG path or None when no candidate finished).
@@ -736,7 +739,7 @@ def write_gallery(run_dir: str | os.PathLike, png: str | os.PathLike | None = No
     table = gallery_table(cands, obj.cost_key, space=space)
     pts = [Point(c.id, float(c.metrics["val_error"]), float(c.costs[obj.cost_key]), c.within_budget)
            for c in cands if c.status == "done" and obj.cost_key in c.costs]
-    if not pts:
+    if not pts or not draw:
         return table, None
     path = Path(png) if png is not None else run_dir / "pareto.png"
     plot(pts, path, cost_label=obj.cost_label,

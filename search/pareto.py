@@ -79,7 +79,7 @@ def plot(points: Sequence[Point], path: str | os.PathLike, *, cost_label: str = 
         path: the ``.png`` to write (atomically: a failure leaves an old file as it was).
         cost_label: the x axis label (e.g. ``"MACs"``, ``"latency ms (ort-cpu)"``).
         title: the plot's title.
-        log_cost: a logarithmic cost axis (costs spread over orders of magnitude).
+        log_cost: a logarithmic cost axis when the costs span more than a factor of 10.
 
     Returns:
         The path written.
@@ -116,8 +116,13 @@ def plot(points: Sequence[Point], path: str | os.PathLike, *, cost_label: str = 
                        label=f"Pareto frontier ({len(front)})", zorder=3)
             for p in front:
                 ax.annotate(str(p.id), (p.cost, p.error), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        if log_cost and points and all(p.cost > 0 for p in points):
+        costs = [p.cost for p in points]
+        if log_cost and costs and min(costs) > 0 and max(costs) / min(costs) > 10:  # log only over a wide range
             ax.set_xscale("log")
+        else:
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.set_xlabel(cost_label)
         ax.set_ylabel("validation error")
         ax.set_title(title)

@@ -168,21 +168,17 @@ def _run_search(args: argparse.Namespace) -> int:
 
 
 def _add_gallery(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="the run folder of 'archir search' (--out)")
+    p.add_argument("run_dir", metavar="RUN", help="the run folder of 'archir search' (--out)")
     p.add_argument("--png", default=None, metavar="PATH", help="where to write the plot (default: RUN/pareto.png)")
     p.add_argument("--no-plot", action="store_true", help="print the table only")
 
 
 def _run_gallery(args: argparse.Namespace) -> int:
-    from search.experiment import ExperimentConfig, gallery_table, parse_objective, write_gallery
-    from search.store import Store
+    from search.experiment import write_gallery
 
-    run = Path(args.run)
+    run = Path(args.run_dir)
     if args.no_plot:
-        with Store.open(run) as st:
-            cfg = ExperimentConfig.from_dict(st.config)
-            table = gallery_table(st.candidates(), parse_objective(cfg.objective).cost_key)
-        print(table)
+        print(write_gallery(run, draw=False)[0])
         return 0
     if args.png is not None and not Path(args.png).parent.is_dir():
         raise CLIError(f"{args.png}: folder {Path(args.png).parent} does not exist", hint="create it first")

@@ -110,11 +110,11 @@ def _latencies(a: archir.Graph, b: archir.Graph, rounds: int, warmup: int, repea
 
 
 def bench(name: str, g: archir.Graph, ratios: Sequence[float], rounds: int, warmup: int, repeats: int,
-          batch: int) -> list[list[str]]:
+          batch: int, round_to: int | None = None) -> list[list[str]]:
     c0 = costmodels.count(g)
     rows = [[name, "-", f"{c0.params:,}", f"{c0.macs:,}"] + [""] * 8]
     for r in ratios:
-        small, rep = passes.prune_channels(g, ratio=r, criterion="l1", cost=costmodels.count)
+        small, rep = passes.prune_channels(g, ratio=r, criterion="l1", cost=costmodels.count, round_to=round_to)
         small.validate()
         _onnx_agrees(small)
         t = _latencies(g, small, rounds, warmup, repeats, batch)
@@ -135,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="timed runs per measure call (default 50; quick 5)")
     p.add_argument("--warmup", type=int, default=None, help="untimed runs per measure call (default 10; quick 1)")
     p.add_argument("--batch-size", type=int, default=1, help="batch size of the timed runs (default 1)")
+    p.add_argument("--round-to", type=int, default=None, help="prune_channels(round_to=N): aligned channel counts")
     args = p.parse_args(argv)
     nets = QUICK if args.quick else FULL
     chosen = [s.strip() for s in args.networks.split(",")] if args.networks else list(nets)
@@ -152,13 +153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         rows = []
         for n in chosen:
-            rows += bench(n, nets[n](), ratios, rounds, warmup, repeats, args.batch_size)
+            rows += bench(n, nets[n](), ratios, rounds, warmup, repeats, args.batch_size, args.round_to)
         load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     finally:
         torch.set_num_threads(threads)
     import onnxruntime
 
-    print("pruning benchmark (issue 5): passes.prune_channels(ratio=r, criterion='l1') on the sample networks")
+    extra = f", round_to={args.round_to}" if args.round_to else ""
+    print(f"pruning benchmark (issue 5): passes.prune_channels(ratio=r, criterion='l1'{extra}) on the sample networks")
     print(f"command : python benchmarks/pruning.py {shlex.join(argv if argv is not None else sys.argv[1:])}".rstrip())
     print(f"machine : {costmodels.device.cpu_fingerprint()}, {os.cpu_count()} logical CPUs")
     print(f"software: python {platform.python_version()}, torch {torch.__version__}, "

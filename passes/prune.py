@@ -226,7 +226,7 @@ def prunable_groups(g: Graph) -> list[dict]:
 # --------------------------------------------------------------------------- checks
 
 
-def _check_args(g: Graph, ratio: Any, keep: Any, criterion: Any, seed: Any) -> None:
+def _check_args(g: Graph, ratio: Any, keep: Any, criterion: Any, seed: Any, round_to: Any) -> None:
     if criterion not in CRITERIA:
         raise PreconditionError(f"unknown criterion {criterion!r}", hint=f"use one of {list(CRITERIA)}")
     if (ratio is None) == (keep is None):
@@ -246,6 +246,10 @@ def _check_args(g: Graph, ratio: Any, keep: Any, criterion: Any, seed: Any) -> N
                 where = f" for {k!r}" if k is not None else ""
                 raise PreconditionError(f"keep{where} must be an int >= 1, got {v!r}",
                                         hint="keep is the number of channels to keep per group, e.g. keep=8")
+    if round_to is not None and (isinstance(round_to, (bool, np.bool_)) or not isinstance(round_to, (int, np.integer))
+                                 or round_to < 1):
+        raise PreconditionError(f"round_to must be an int >= 1 or None, got {round_to!r}",
+                                hint="e.g. round_to=8 keeps channel counts multiples of 8 (what SIMD kernels like)")
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
         raise PreconditionError(f"seed must be an int, got {seed!r}", hint="pass seed=0 (or any int)")
     choice = [n.id for n in g.nodes("choice")]
@@ -330,13 +334,18 @@ def _importance(g: Graph, cp: Coupling, grp: Group, criterion: str, rng: np.rand
     return np.sqrt(out) if criterion == "l2" else out
 
 
-def _n_keep(size: int, ratio: float | None, keep: Any, grp: Group, per_group: dict[int, int] | None) -> int:
+def _n_keep(size: int, ratio: float | None, keep: Any, grp: Group, per_group: dict[int, int] | None,
+            round_to: int | None) -> int:
     if ratio is not None:
         # floor, with a guard against 8 * (1 - 0.7) = 2.3999999999999995
-        return max(1, int(math.floor(size * (1.0 - float(ratio)) + 1e-9)))
-    if per_group is not None:
-        return min(size, per_group.get(grp.index, size))
-    return min(size, int(keep))
+        n = max(1, int(math.floor(size * (1.0 - float(ratio)) + 1e-9)))
+    elif per_group is not None:
+        n = min(size, per_group.get(grp.index, size))
+    else:
+        n = min(size, int(keep))
+    if round_to and n < size:
+        n = min(size, -(-n // round_to) * round_to)  # up to a multiple: fast kernels like aligned channel counts
+    return n
 
 
 def _choose(cp: Coupling, grp: Group, imp: np.ndarray, n_remove: int) -> list[int]:
@@ -396,8 +405,8 @@ def _cost(cost: Callable, g: Graph) -> int:
 
 
 def _prune(g: Graph, ratio: float | None, keep: Any, criterion: str, groups: Any, seed: int,
-           cost: Callable | None, deviation: bool, report_box: list | None) -> Graph:
-    _check_args(g, ratio, keep, criterion, seed)
+           cost: Callable | None, deviation: bool, report_box: list | None, round_to: int | None = None) -> Graph:
+    _check_args(g, ratio, keep, criterion, seed, round_to)
     if cost is not None and not callable(cost):
         raise PreconditionError(f"cost must be callable (g -> object with .macs), got {cost!r}",
                                 hint="pass cost=costmodels.count")
@@ -429,7 +438,7 @@ def _prune(g: Graph, ratio: float | None, keep: Any, criterion: str, groups: Any
                                         hint="use criterion='l1' for this group, or insert a BN (passes.insert_bn)")
             skipped.append(SkippedGroup(grp.index, grp.producers, reason))
             continue
-        n_keep = _n_keep(grp.size, ratio, keep, grp, per_group)
+        n_keep = _n_keep(grp.size, ratio, keep, grp, per_group, round_to)
         removed = _choose(cp, grp, imp, grp.size - n_keep)
         for i in removed:
             edit[grp.classes[i]] = ()
@@ -450,14 +459,15 @@ def _prune(g: Graph, ratio: float | None, keep: Any, criterion: str, groups: Any
 
 @graph_pass(preserves="shape", name=_PNAME)
 def _prune_pass(g: Graph, ratio: float | None = None, keep: Any = None, criterion: str = "l1", groups: Any = None,
-                seed: int = 0, cost: Callable | None = None, deviation: bool = True,
+                seed: int = 0, cost: Callable | None = None, deviation: bool = True, round_to: int | None = None,
                 _report_box: list | None = None) -> Graph:
-    return _prune(g, ratio, keep, criterion, groups, seed, cost, deviation, _report_box)
+    return _prune(g, ratio, keep, criterion, groups, seed, cost, deviation, _report_box, round_to)
 
 
 def prune_channels(g: Graph, *, ratio: float | None = None, keep: int | Mapping[Any, int] | None = None,
                    criterion: str = "l1", groups: Sequence[str | int] | str | int | None = None, seed: int = 0,
-                   cost: Callable[[Graph], Any] | None = None, deviation: bool = True) -> PruneResult:
+                   cost: Callable[[Graph], Any] | None = None, deviation: bool = True,
+                   round_to: int | None = None) -> PruneResult:
     """Remove the least important channels of each dependency group; return the graph and a report.
 
     The graph is not changed. The method (what is removed together, the criteria, what is
@@ -478,13 +488,16 @@ def prune_channels(g: Graph, *, ratio: float | None = None, keep: int | Mapping[
         cost: ``g -> object with .macs`` (e.g. ``costmodels.count``) to report MACs before/after.
         deviation: measure the output deviation against ``g`` (``check_preserved``, eval mode,
             4 seeded samples) into ``report.deviation``.
+        round_to: round each group's kept channel count up to a multiple of this (never above
+            its size), as Torch-Pruning's ``round_to``: SIMD/tensor-core kernels run aligned
+            channel counts faster (``benchmarks/pruning.py --round-to 8`` shows it).
 
     Returns:
         :class:`PruneResult` ``(graph, report)``: a new validated graph and its :class:`PruneReport`.
 
     Raises:
         PreconditionError: a bad ``ratio``/``keep``/``criterion``/``seed``; both or neither of
-            ratio and keep; a supernet (choice nodes); a named group that is pinned (its
+            ratio and keep; a bad ``round_to``; a supernet (choice nodes); a named group that is pinned (its
             channels reach a graph input/output or an op with unknown coupling: the reason and
             node are named), has one channel, or has no BN for ``"bn_gamma"``; an unknown
             node or group index; a ``cost`` without ``.macs``.
@@ -499,14 +512,14 @@ def prune_channels(g: Graph, *, ratio: float | None = None, keep: int | Mapping[
     """
     box: list[PruneReport] = []
     out = _prune_pass(g, ratio=ratio, keep=keep, criterion=criterion, groups=groups, seed=seed, cost=cost,
-                      deviation=deviation, _report_box=box)
+                      deviation=deviation, round_to=round_to, _report_box=box)
     return PruneResult(out, box[0])
 
 
 @graph_pass(preserves="shape", name=_PNAME)
 def prune_channels_pass(g: Graph, *, ratio: float | None = None, keep: int | Mapping[Any, int] | None = None,
                         criterion: str = "l1", groups: Sequence[str | int] | str | int | None = None,
-                        seed: int = 0) -> Graph:
+                        seed: int = 0, round_to: int | None = None) -> Graph:
     """:func:`prune_channels` as a pass for a ``PassManager``: returns the pruned graph only.
 
     Declared ``preserves="shape"``: the graph's interface keeps its shapes; the function changes
@@ -516,4 +529,4 @@ def prune_channels_pass(g: Graph, *, ratio: float | None = None, keep: int | Map
         >>> import archir.samples as S, passes
         >>> pm = passes.PassManager([passes.bind(prune_channels_pass, ratio=0.5)])   # doctest: +SKIP
     """
-    return _prune(g, ratio, keep, criterion, groups, seed, None, False, None)
+    return _prune(g, ratio, keep, criterion, groups, seed, None, False, None, round_to)

@@ -43,6 +43,8 @@ def test_prune_keep_and_groups(net_dir, capsys):
     assert main(["prune", str(net_dir / "net.json"), "--keep", "3", "--groups", "b1.a.conv", "-o", str(out)]) == 0
     g = archir.load(out)
     assert g.node("b1.a.conv").attrs["out_channels"] == 3 and g.node("b2.a.conv").attrs["out_channels"] == 8
+    assert main(["prune", str(net_dir / "net.json"), "--ratio", "0.75", "--round-to", "4", "-o", str(out)]) == 0
+    assert archir.load(out).node("b1.a.conv").attrs["out_channels"] == 4  # 8 * 0.25 = 2, rounded up to 4
 
 
 def test_prune_list(net_dir, capsys):
@@ -56,6 +58,7 @@ def test_prune_list(net_dir, capsys):
     (["-o", "s.json"], "say how much to prune"),
     (["--ratio", "0.5"], "no output file"),
     (["--keep", "0", "-o", "s.json"], "--keep must be at least 1"),
+    (["--ratio", "0.5", "--round-to", "0", "-o", "s.json"], "--round-to must be at least 1"),
     (["--ratio", "0.5", "-o", "s.onnx"], "must be a .json file"),
     (["--ratio", "0.5", "--groups", "head", "-o", "s.json"], "graph output 'head'"),
     (["--ratio", "0.5", "--groups", "nope", "-o", "s.json"], "no node 'nope'"),

@@ -225,6 +225,15 @@ def test_l1_importance_sums_filters_and_columns():
     assert set(report.groups[0].removed) == set(np.argsort(want, kind="stable")[:15].tolist())
 
 
+def test_round_to_keeps_aligned_channel_counts():
+    g = sample("darts_like")  # 16-channel groups (48 in the stem)
+    small, report = prune_channels(g, ratio=0.25, round_to=8, deviation=False)
+    assert {(gp.before, gp.after) for gp in report.groups} == {(16, 16), (48, 40)}  # 12 -> 16, 36 -> 40
+    small, report = prune_channels(g, ratio=0.5, round_to=8, deviation=False)
+    assert {gp.after for gp in report.groups} == {8, 24}
+    assert_onnx_agrees(small)
+
+
 def test_random_criterion_is_seeded():
     g = sample("resnet_like")
     r = [prune_channels(g, ratio=0.5, criterion="random", seed=s, deviation=False).report for s in (3, 3, 4)]
@@ -286,6 +295,7 @@ REFUSALS = {
     "keep mapping bad": (dict(keep={"l1.conv": 0}), "keep for 'l1.conv' must be"),
     "criterion": (dict(ratio=0.5, criterion="taylor"), "unknown criterion"),
     "seed": (dict(ratio=0.5, seed=1.5), "seed must be an int"),
+    "round_to": (dict(ratio=0.5, round_to=0), "round_to must be an int >= 1"),
     "output group": (dict(ratio=0.5, groups=["head"]), "graph output 'head'"),
     "input group": (dict(ratio=0.5, groups=["x"]), "graph input 'x'"),
     "unknown node": (dict(ratio=0.5, groups=["nope"]), "no node 'nope'"),

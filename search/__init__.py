@@ -1,0 +1,17 @@
+"""search: architecture search over archir graphs (DESIGN.md, "Search").
+
+Modules (import them directly; this package imports nothing so ``import search.x`` stays light):
+    search.spaces: search spaces (``get_space``: ``"chain"``, ``"darts"``).
+    search.data: datasets (``load_dataset("digits")``, ``.npz``, image folders).
+    search.train: ``train(graph, dataset, TrainConfig(...))`` -> metrics and trained weights.
+    search.strategies: ask/tell strategies (``get_strategy``: ``"random"``, ``"evolution"``).
+    search.executors: where candidates run (``get_executor``: ``"serial"``, ``"process"``, ``"ray"``).
+    search.store: the SQLite store of a run (every candidate, resumable).
+    search.experiment: the search loop (``ExperimentConfig``, ``run_search``), gallery and export.
+    search.pareto: the Pareto frontier, its plot and a verified ONNX export.
+
+Example:
+    >>> from search.experiment import ExperimentConfig, run_search      # doctest: +SKIP
+    >>> s = run_search(ExperimentConfig(budget="20c", objective="macs"), "runs/demo")  # doctest: +SKIP
+    >>> s.best.metrics["test_error"], [c.id for c in s.frontier]          # doctest: +SKIP
+"""

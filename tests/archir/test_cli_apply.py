@@ -7,6 +7,8 @@ with the same passes called directly (structural and weights hashes).
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -275,3 +277,14 @@ def test_usage_errors(nets, tmp_path, capsys, argv, contains):
     rc = main(["apply", *[a.format(net=nets / "chain.json", tmp=tmp_path) for a in argv]])
     _one_line_error(rc, capsys.readouterr().err, contains=contains)
     _nothing_written(tmp_path, before)
+
+
+def test_installed_entry_point_refusal(nets, tmp_path):
+    # the real process: exit code 2, one line on stderr, nothing on stdout, nothing written
+    exe = Path(sys.executable).with_name("archir")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "archir.cli.main"]
+    res = subprocess.run([*cmd, "apply", str(nets / "chain.json"), "--pass", "widen:node=l0.conv,out_channels=2",
+                          "-o", str(tmp_path / "o.json")], capture_output=True, text=True, timeout=120)
+    _one_line_error(res.returncode, res.stderr, contains="pass 1 'widen'")
+    assert res.stdout == ""
+    assert list(tmp_path.iterdir()) == []

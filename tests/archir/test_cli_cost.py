@@ -194,17 +194,19 @@ def test_profile_table_estimate_equals_the_library(nets, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("backend", ["torch-cuda", "ort-cuda"])
-def test_unavailable_backend_is_one_line_naming_what_to_install(nets, capsys, monkeypatch, backend):
+def test_unavailable_backend_is_one_line_naming_what_to_install(nets, tmp_path, capsys, monkeypatch, backend):
     # make the backend unavailable even on a GPU machine
     import onnxruntime
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    rc = main(["profile", str(nets / "chain.json"), "--backend", backend, "--repeats", "1"])
+    rc = main(["profile", str(nets / "chain.json"), "--backend", backend, "--repeats", "1",
+               "--table", str(tmp_path / "lut.sqlite")])
     err = capsys.readouterr().err
     _one_line_error(rc, err, contains=f"backend {backend!r}")
     assert ("install" in err) and ("use backend" in err)
+    assert list(tmp_path.iterdir()) == []  # no latency table was created
 
 
 def test_profile_of_a_supernet_is_a_clear_error(nets, capsys):

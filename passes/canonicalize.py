@@ -178,7 +178,8 @@ def canonical(g: Graph, *, dropout: bool = False, max_rounds: int = 100) -> int:
         total += k
         if not k:
             return total
-    raise PreconditionError(f"canonicalize did not reach a fixed point in {max_rounds} rounds", pass_name="canonicalize",
+    raise PreconditionError(f"canonicalize did not reach a fixed point in {max_rounds} rounds",
+                            pass_name="canonicalize",
                             hint="this is a bug in a canonicalization rule (two rules undo each other)")
 
 

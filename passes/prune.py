@@ -203,10 +203,6 @@ class PruneResult(NamedTuple):
     report: PruneReport
 
 
-def _producers(grp: Group) -> tuple[str, ...]:
-    return grp.producers
-
-
 def prunable_groups(g: Graph) -> list[dict]:
     """The groups ``prune_channels`` can prune: free (unpinned) and with at least two channels.
 

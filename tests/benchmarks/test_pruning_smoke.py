@@ -39,7 +39,8 @@ def test_quick_run_prints_every_network_and_ratio(pruning, capsys):
                   rf"+\d+\.\d{{3}} \| +\d+\.\d\dx \| +\d+\.\d{{3}} \| +\d+\.\d{{3}} \| +\d+\.\d\dx \| +\d+\.\d\dx \|"
             assert re.search(row, out, re.M), (net, r)
     # MACs fall as the ratio grows (hand-checked in tests/passes/test_prune.py; here: monotone)
-    macs = [int(m.replace(",", "")) for m in re.findall(r"^chain +\| [\d.]+ +\| +[\d,]+ \(\d+%\) \| +([\d,]+) ", out, re.M)]
+    pattern = r"^chain +\| [\d.]+ +\| +[\d,]+ \(\d+%\) \| +([\d,]+) "
+    macs = [int(m.replace(",", "")) for m in re.findall(pattern, out, re.M)]
     assert len(macs) == 3 and macs[0] > macs[1] > macs[2]
 
 

@@ -56,7 +56,8 @@ def test_fold_math_with_conv_bias_nonaffine_bn_and_depthwise():
     s = 1 / np.sqrt(bn.buffers["running_var"].astype(np.float64) + 1e-3)
     np.testing.assert_allclose(g2.node("a").params["weight"], g.node("a").params["weight"] * s[:, None, None, None],
                                rtol=1e-6)
-    np.testing.assert_allclose(g2.node("a").params["bias"], (g.node("a").params["bias"] - bn.buffers["running_mean"]) * s,
+    np.testing.assert_allclose(g2.node("a").params["bias"],
+                               (g.node("a").params["bias"] - bn.buffers["running_mean"]) * s,
                                rtol=1e-5, atol=1e-7)
     assert check_preserved(g, g2, atol=ATOL, rtol=RTOL).ok
     assert_onnx_agrees(g2)

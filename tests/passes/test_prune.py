@@ -57,7 +57,8 @@ def test_chain_macs_by_hand():
     # halving both the in and out channels of an inner conv quarters its MACs
     assert _macs(g, "l1.conv") == 16 * 8 * 8 * 8 * 9 and _macs(small, "l1.conv") == _macs(g, "l1.conv") // 4
     assert _macs(small, "head") == 10 * 8
-    assert small.node("l0.bn").params["weight"].shape == (4,) and small.node("l0.bn").buffers["running_var"].shape == (4,)
+    bn = small.node("l0.bn")
+    assert bn.params["weight"].shape == (4,) and bn.buffers["running_var"].shape == (4,)
 
 
 def test_resnet_residual_stream_pruned_together():

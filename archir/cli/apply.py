@@ -287,7 +287,7 @@ def _run(args: argparse.Namespace) -> int:
         cause = e.__cause__ if isinstance(e.__cause__, passes.PreconditionError) else e
         where = f" at node {cause.node!r}" if cause.node is not None else ""
         done = f" (after {i} pass(es) applied)" if i else ""
-        raise CLIError(f"pass {i + 1} {calls[i][0].pass_name!r} (--pass {args.passes[i]}) refused{where}: "
+        raise CLIError(f"pass {i + 1} {passes.pass_name(calls[i][0])!r} (--pass {args.passes[i]}) refused{where}: "
                        f"{cause.message}{done}; nothing was written", hint=cause.hint) from e
     except passes.PostconditionError as e:  # the pass broke its promise (FunctionNotPreserved) or the IR
         raise CLIError(f"{str(e).splitlines()[0]}; nothing was written",

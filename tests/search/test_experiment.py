@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import math
+import re
 
 import pytest
 
 import archir
 import search.train
-from search.experiment import (ConfigError, ExperimentConfig, candidate_seed, parse_budget, parse_objective,
+from search.experiment import (ConfigError, ExperimentConfig, Progress, candidate_seed, parse_budget, parse_objective,
                                run_search, write_gallery)
 from search.store import ConfigMismatch, Store, StoreError
 
@@ -71,8 +73,16 @@ def test_failed_candidates_are_recorded_and_the_search_goes_on(tmp_path, monkeyp
         return real(graph, ds, cfg)
 
     monkeypatch.setattr(search.train, "train", flaky)
+    shown = io.StringIO()
     s = run_search(tiny(budget="4c", strategy="evolution", strategy_options={"population": 2, "sample": 2}),
-                   tmp_path / "run")
+                   tmp_path / "run", progress=Progress(shown))
+    lines = shown.getvalue().splitlines()
+    assert lines[0].startswith("search: space chain, strategy evolution, objective error, budget 4 candidates")
+    assert len(lines) == 5  # the header, then one line per finished candidate with the running totals
+    assert re.match(r"\[\d+s elapsed, 2/4 candidates\] #1 +FAILED \(train: RuntimeError: boom in the trainer\) "
+                    r"sample \| done 1 failed 1 \| best 0\.\d{3} \(#0\) \| frontier 1", lines[2]), lines[2]
+    assert re.search(r"4/4 candidates\] #3 +done +val_err 0\.\d{3} +macs [\d.]+k mutate:.* \| done 3 failed 1 \|",
+                     lines[4]), lines[4]
     with Store.open(tmp_path / "run") as st:
         cands = st.candidates()
     assert [c.status for c in cands] == ["done", "failed", "done", "done"]

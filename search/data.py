@@ -6,9 +6,9 @@ with the *training* split's mean and std, and int64 labels ``0 .. num_classes-1`
 
 Sources:
 
-- ``"digits"`` (the default): scikit-learn's bundled handwritten digits (1,797 real 8x8
-  grey images, pixels 0..16, 10 classes; the UCI "Optical Recognition of Handwritten
-  Digits" test set), shipped inside this package as ``search/datasets/digits.npz`` (uint8
+- the string ``"digits"`` (the default; a folder of that name is ``"./digits"`` or a ``Path``):
+  scikit-learn's bundled handwritten digits (1,797 real 8x8 grey images, pixels 0..16, 10
+  classes; the UCI "Optical Recognition of Handwritten Digits" test set), shipped inside this package as ``search/datasets/digits.npz`` (uint8
   arrays ``x`` (1797, 8, 8) and ``y``), so nothing is downloaded and scikit-learn is not
   needed. It was written once with::
 
@@ -132,7 +132,7 @@ def load_dataset(source: str | os.PathLike = "digits", *, seed: int = 0,
     fracs = _check_split(split)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise DataError(f"seed must be an int, got {seed!r}", hint="pass seed=0 (or any int)")
-    if str(source) == "digits":
+    if isinstance(source, str) and source == "digits":
         x, y, classes = _read_npz(DIGITS_PATH, "NHW")
         name = "digits"
     else:

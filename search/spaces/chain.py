@@ -37,7 +37,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from archir import Graph
-from search.spaces.base import DecisionError, Space, add_chain, check_rng, simplify
+from search.spaces.base import DecisionError, Space, add_chain, check_rng
 
 __all__ = ["ChainSpace", "mbconv_chain"]
 

@@ -56,6 +56,16 @@ def test_splits_are_deterministic_and_seeded():
     assert sorted(allidx.tolist()) == list(range(len(y)))
 
 
+def test_a_folder_called_digits_is_reachable(tmp_path, monkeypatch):
+    x, y = _images()
+    (tmp_path / "digits").mkdir()
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "digits" / "d.npz", x=x, y=y)
+    assert load_dataset("digits").name == "digits" and load_dataset("digits").num_classes == 10  # the embedded set
+    with pytest.raises(DataError, match=r"found 0 class folder\(s\)"):
+        load_dataset(Path("digits"))  # a Path is always a path
+
+
 def test_custom_split_fractions():
     ds = load_dataset("digits", split=(0.8, 0.1, 0.1))
     assert len(ds.y_train) > 1400 and 170 <= len(ds.y_val) <= 190

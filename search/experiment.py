@@ -62,7 +62,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from search.pareto import Point, frontier
-from search.store import Candidate, Store, StoreError
+from search.store import DB_NAME, Candidate, Store, StoreError
 
 __all__ = ["ExperimentConfig", "ConfigError", "Progress", "Budget", "parse_budget", "Objective", "parse_objective",
            "run_search", "SearchSummary", "evaluate_candidate", "candidate_seed", "best_candidate",
@@ -535,13 +535,22 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
 
     cfg_dict = config.to_dict()
     requeued: list[int] = []
-    if resume:
-        store = Store.open(run_dir)
-        store.check_config(cfg_dict)
-        requeued = store.requeue_unfinished()
-    else:
-        store = Store.create(run_dir, cfg_dict)
-    store.set_info("space_options", {**space_options, "input_shape": list(space_options["input_shape"])})
+    if resume:  # check before the executor starts (Ray takes seconds), and before anything is written
+        with Store.open(run_dir) as st:
+            st.check_config(cfg_dict)
+    elif (run_dir / DB_NAME).exists():
+        Store.create(run_dir, cfg_dict)  # raises: the folder already holds a search
+    ex = get_executor(executor, **dict(executor_options or {}))  # a bad executor leaves no run folder behind
+    try:
+        if resume:
+            store = Store.open(run_dir)
+            requeued = store.requeue_unfinished()
+        else:
+            store = Store.create(run_dir, cfg_dict)
+        store.set_info("space_options", {**space_options, "input_shape": list(space_options["input_shape"])})
+    except BaseException:
+        ex.close()
+        raise
 
     latency_backend = config.latency_backend_used()
 
@@ -599,7 +608,6 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
                           f"{len(requeued)} re-queued ({', '.join(map(str, requeued)) or 'none'}); "
                           f"{_fmt_time(base_elapsed)} spent before")
 
-        ex = get_executor(executor, **dict(executor_options or {}))
         progress.line(f"search: space {config.space}, strategy {config.strategy}, objective {config.objective}, "
                       f"budget {budget}, dataset {config.dataset}, seed {config.seed}, executor {ex.describe()}, "
                       f"run folder {run_dir}")
@@ -676,6 +684,7 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
                              frontier_candidates(final, obj.cost_key), store.elapsed_s,
                              time.perf_counter() - t_start, resumed=sum(c.finished for c in stored), requeued=requeued)
     finally:
+        ex.close()  # idempotent: also when the replay failed before the rounds began
         store.close()
 
 

@@ -137,3 +137,11 @@ def test_resume_refuses_another_config_and_create_refuses_an_existing_run(tmp_pa
         run_search(tiny(budget="1c"), tmp_path / "run")
     with pytest.raises(StoreError, match="no search store"):
         run_search(tiny(budget="1c"), tmp_path / "none", resume=True)
+
+
+def test_a_bad_executor_leaves_no_run_folder(tmp_path):
+    from search.executors import ExecutorError
+
+    with pytest.raises(ExecutorError, match="takes no option"):
+        run_search(tiny(budget="1c"), tmp_path / "run", executor="serial", executor_options={"address": "auto"})
+    assert not (tmp_path / "run").exists()

@@ -4,6 +4,7 @@ Usage::
 
     archir show net.json                      # node table with totals
     archir export net.json --onnx net.onnx    # ONNX, verified under ONNX Runtime
+    archir export runs/demo --best --onnx m.onnx   # a search run's best candidate (or --id N)
     archir draw net.json -o net.svg           # Graphviz drawing (.dot needs no graphviz)
     archir demo --out ./archir-demo           # build, save, lower, export, verify a sample network
     archir --version

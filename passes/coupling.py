@@ -89,13 +89,17 @@ from archir.ops.core import concat_axis
 from passes.infra import PreconditionError
 
 __all__ = ["analyze", "dependency_groups", "Coupling", "Group", "Pin", "ArrayAxis", "NodeRule", "ChannelRef",
-           "PositionMap", "NodeRemap", "EDIT_TAGS"]
+           "PositionMap", "NodeRemap", "EDIT_TAGS", "RULED_OPS"]
 
 #: ops that apply the same function to every element: channels pass through unchanged
 _ELEMENTWISE = frozenset({"relu", "relu6", "sigmoid", "hardswish", "hardsigmoid", "silu", "tanh", "identity",
                           "dropout", "stop_gradient", "stop_forward", "zero"})
 #: ops that work per channel over H and W
 _SPATIAL = frozenset({"maxpool2d", "avgpool2d", "global_avgpool", "adaptive_avgpool2d"})
+
+#: every op with a rule in _Builder.visit (an op outside it is opaque: its channels are pinned, never guessed)
+RULED_OPS = frozenset({"input", "conv2d", "linear", "batchnorm2d", "scale", "flatten", "add", "mul", "concat",
+                       "choice"}) | _ELEMENTWISE | _SPATIAL
 
 #: what may replace a channel in an edit (see Coupling.remap)
 EDIT_TAGS = ("keep", "copy", "new")

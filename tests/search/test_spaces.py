@@ -105,6 +105,7 @@ def test_sampling_is_seeded_and_canonical(seed, name):
     assert d == space.sample(np.random.default_rng(seed))
     assert space.decode(d) == d and space.encode(d) == json.loads(json.dumps(d, sort_keys=True))
     g1, g2 = space.build(d, seed=3), space.build(d, seed=3)
+    _assert_onnx_matches_fx(g1)
     assert g1.structural_hash() == g2.structural_hash() and g1.weights_hash() == g2.weights_hash()
     assert space.build(d, seed=4).weights_hash() != g1.weights_hash()
     assert isinstance(space.describe(d), str) and "\n" not in space.describe(d)

@@ -43,6 +43,18 @@ def test_digits_file_is_real_digits():
     assert y[0] == 0 and x[0, 3:5, 3:5].sum() == 0 and x[0, 1:7, 1:3].sum() > 20
 
 
+def test_digits_need_no_sklearn_or_download():
+    import subprocess
+    import sys
+
+    code = ("import sys, socket\n"
+            "socket.socket = None  # any network use would fail\n"
+            "from search.data import load_dataset\n"
+            "load_dataset('digits')\n"
+            "assert 'sklearn' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
 def test_splits_are_deterministic_and_seeded():
     a, b = load_dataset("digits", seed=3), load_dataset("digits", seed=3)
     for f in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):

@@ -306,25 +306,36 @@ def _free(groups: Iterable[Group]) -> list[Group]:
 
 
 def _importance(g: Graph, cp: Coupling, grp: Group, criterion: str, rng: np.random.Generator) -> np.ndarray | None:
+    """Per channel of ``grp``: the criterion summed over every weight slice of the channel in the group.
+
+    The same sum as over ``grp.channel_refs(i)``, computed per array: each weight is reduced to one
+    value per position of its channel axis, then positions are summed into their classes.
+    """
     if criterion == "random":
         return rng.random(grp.size)
     nxg = g.nx
     ops = ("batchnorm2d",) if criterion == "bn_gamma" else ("conv2d", "linear")
+    index = {cls: i for i, cls in enumerate(grp.classes)}
     out = np.zeros(grp.size, np.float64)
     found = False
-    for i, cls in enumerate(grp.classes):
-        for ref in cp.refs(cls):
-            if ref.kind != "params" or ref.array != "weight":
+    for n in dict.fromkeys((*grp.producers, *grp.carriers, *grp.consumers)):
+        d = nxg.nodes[n]
+        if d["op"] not in ops:
+            continue
+        for ax in cp.rule(n).arrays:
+            if ax.kind != "params" or ax.name != "weight":
                 continue
-            d = nxg.nodes[ref.node]
-            if d["op"] not in ops:
-                continue
-            found = True
             w = np.asarray(d["params"]["weight"], np.float64)
-            idx = [slice(None)] * w.ndim
-            idx[ref.axis] = slice(ref.start, ref.stop)
-            part = w[tuple(idx)]
-            out[i] += float(np.square(part).sum()) if criterion == "l2" else float(np.abs(part).sum())
+            w = np.square(w) if criterion == "l2" else np.abs(w)
+            per_pos = w.sum(axis=tuple(k for k in range(w.ndim) if k != ax.axis))
+            layout = cp.layout(n) if ax.side == "out" else cp.layout(cp.input_of(n))
+            pos = 0
+            for cls, width in layout:
+                i = index.get(cls)
+                if i is not None:
+                    out[i] += float(per_pos[pos:pos + width].sum())
+                    found = True
+                pos += width
     if not found:
         return None
     return np.sqrt(out) if criterion == "l2" else out
@@ -391,13 +402,12 @@ def _apply(g: Graph, cp: Coupling, edit: dict[int, tuple]) -> Graph:
 
 
 def _cost(cost: Callable, g: Graph) -> int:
-    try:
-        c = cost(g)
-        return int(c.macs)
-    except AttributeError as e:
-        raise PreconditionError(f"cost={getattr(cost, '__name__', cost)!r} returned an object without .macs ({e})",
-                                hint="pass cost=costmodels.count (any callable g -> object with .macs and .params)"
-                                ) from e
+    c = cost(g)
+    macs = getattr(c, "macs", None)
+    if macs is None:
+        raise PreconditionError(f"cost={getattr(cost, '__name__', cost)!r} returned a {type(c).__name__} without .macs",
+                                hint="pass cost=costmodels.count (any callable g -> object with .macs and .params)")
+    return int(macs)
 
 
 def _prune(g: Graph, ratio: float | None, keep: Any, criterion: str, groups: Any, seed: int,

@@ -38,7 +38,7 @@ from torch import fx, nn
 from archir.errors import IRError
 from archir.frontend.common import FrontendError, IdMaker, Unsupported, UnsupportedModelError, clean_id
 from archir.graph import Graph
-from archir.ops import pair
+from archir.ops import get_op, pair
 
 __all__ = ["from_torch"]
 
@@ -150,6 +150,7 @@ class _Importer:
         self.tracer = tracer
         self.order = {n: i for i, n in enumerate(gm.graph.nodes)}
         self.module_calls: dict[str, str] = {}
+        self.dry = False
 
     # ----------------------------------------------------------------- helpers
 
@@ -185,6 +186,12 @@ class _Importer:
         return self.ids(f"{scope}.{op}" if scope else op)
 
     def add(self, node: fx.Node, op: str, inputs: Sequence[str], *, params=None, buffers=None, **attrs) -> str:
+        if self.dry:  # check the attributes only; the inputs are stand-ins
+            try:
+                get_op(op).normalize_attrs(attrs)
+            except IRError as e:
+                raise _Skip(f"maps to {op} but {e.message}") from None
+            return ""
         nid = self.node_id(node, op)
         try:
             self.g.add(op, *inputs, name=nid, **attrs)
@@ -197,17 +204,22 @@ class _Importer:
             self.g.set_buffers(nid, **{k: _np(v) for k, v in buffers.items()})
         return nid
 
-    def value(self, a: Any) -> Any:
-        """An fx argument as a Python value: activations as ``_Act``, constants as tensors."""
+    def value(self, a: Any, dry: bool = False) -> Any:
+        """An fx argument as a Python value: activations as ``_Act``, constants as tensors.
+
+        With ``dry``, an unmapped tensor becomes a stand-in ``_Act`` of its recorded shape.
+        """
         if isinstance(a, fx.Node):
             v = self.env.get(a, _BAD)
+            if v is _BAD and dry and isinstance(self.shapes.get(a), tuple):
+                return _Act("", self.shapes[a])
             return v
         if isinstance(a, tuple):
-            return tuple(self.value(x) for x in a)
+            return tuple(self.value(x, dry) for x in a)
         if isinstance(a, list):
-            return [self.value(x) for x in a]
+            return [self.value(x, dry) for x in a]
         if isinstance(a, dict):
-            return {k: self.value(v) for k, v in a.items()}
+            return {k: self.value(v, dry) for k, v in a.items()}
         return a
 
     def out_shape(self, node: fx.Node) -> tuple[int, ...] | None:
@@ -261,11 +273,23 @@ class _Importer:
         args = self.value(node.args)
         kwargs = self.value(node.kwargs)
         if any(v is _BAD for v in _flat(args, kwargs)):
-            # an input is unsupported and already reported; report this node too if it could not be
-            # mapped either way, so that the error lists every unsupported construct at once
+            # An input is unsupported and already reported. Map this node anyway, in a dry run on
+            # stand-ins of the recorded shapes, so that the error lists every unsupported construct at
+            # once (a constant added downstream of a reshape is reported too); its value stays _BAD.
             if self.shapes.get(node) != "python" and not self.has_rule(node):
                 raise _Skip("no mapping for this call" if node.op != "call_module" else "module type has no mapping")
+            args, kwargs = self.value(node.args, dry=True), self.value(node.kwargs, dry=True)
+            if any(v is _BAD for v in _flat(args, kwargs)):
+                return _BAD
+            self.dry = True
+            try:
+                self.dispatch(node, args, kwargs)
+            finally:
+                self.dry = False
             return _BAD
+        return self.dispatch(node, args, kwargs)
+
+    def dispatch(self, node: fx.Node, args: tuple, kwargs: dict) -> Any:
         if node.op == "call_module":
             mod = self.gm.get_submodule(str(node.target))
             if any(True for _ in mod.parameters(recurse=False)) or any(True for _ in mod.buffers(recurse=False)):
@@ -283,7 +307,7 @@ class _Importer:
             out = self.call(node, args, kwargs)
         else:
             raise _Skip(f"fx node kind {node.op!r} has no mapping")
-        if node.op == "call_module" and isinstance(out, _Act):
+        if node.op == "call_module" and isinstance(out, _Act) and not self.dry:
             self.module_calls.setdefault(str(node.target), out.id)
         return out
 
@@ -449,6 +473,8 @@ def _rank4(a: _Act, op: str) -> None:
 
 def _result(imp: _Importer, node: fx.Node, nid: str) -> _Act:
     shape = imp.out_shape(node)
+    if imp.dry:
+        return _Act("", shape or ())
     ir = imp.g.node(nid).type.shape
     if shape is not None and tuple(shape[1:]) != tuple(ir):
         raise _Skip(f"archir infers shape {ir} but torch computes {tuple(shape[1:])}")

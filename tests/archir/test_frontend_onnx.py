@@ -92,10 +92,22 @@ def test_every_op_reads_back_op_for_op():
     assert ops == expected
     assert g2.node("even").attrs["kernel_size"] == 2 and g2.node("even").attrs["stride"] == 2  # 4x2 -> 2x1
     assert g2.node("adapt").attrs["output_size"] == [4, 2] and g2.node("up").attrs["output_size"] == 3
-    assert g2.node("mp").attrs["ceil_mode"] is True
+    assert g2.node("mp").type == g.node("mp").type
     assert g2.node("conv").attrs == g.node("conv").attrs
     assert g2.node("ap").attrs["count_include_pad"] is False
     assert g2.node("flat2").attrs["start_dim"] == 2 and not g2.node("lin_nobias").attrs["bias"]
+    _same(g, g2)
+
+
+@pytest.mark.parametrize("size,dilation", [(8, 1), (10, 2)])
+def test_maxpool_ceil_mode_reads_back(size, dilation):
+    g = archir.Graph("mp")
+    x = g.input("x", (2, size, size))
+    g.set_outputs(g.add("maxpool2d", x, kernel_size=3, stride=2, padding=1, dilation=dilation, ceil_mode=True,
+                        name="mp"))
+    g.validate()
+    g2 = from_onnx(archir.lower.to_onnx(g))
+    assert g2.node("mp").attrs == g.node("mp").attrs  # ceil_mode recovered from ONNX's end padding
     _same(g, g2)
 
 

@@ -355,6 +355,7 @@ OP_EXAMPLES = {
     "zero": ([(4, 8, 8)], dict(stride=2)),
     "maxpool2d": ([(4, 8, 8)], dict(kernel_size=2)), "avgpool2d": ([(4, 8, 8)], dict(kernel_size=2)),
     "global_avgpool": ([(4, 8, 8)], {}), "flatten": ([(4, 8, 8)], {}),
+    "adaptive_avgpool2d": ([(4, 7, 5)], dict(output_size=[3, 2])),
     "add": ([(4, 8, 8), (4, 8, 8)], {}), "mul": ([(4, 8, 8), (4, 1, 1)], {}),
     "concat": ([(4, 8, 8), (2, 8, 8)], {}), "scale": ([(4, 8, 8)], {}),
     "choice": ([(4, 8, 8)], dict(candidates=_cands())),

@@ -1,0 +1,62 @@
+"""``costmodels.count`` against torchvision's published figures (issue 6's acceptance line).
+
+torchvision's weights metadata lists ``_ops`` (GFLOPS in their convention: giga multiply-
+accumulates of conv and linear layers at 224x224, 299x299 for Inception v3) and
+``num_params``. Reading the metadata downloads nothing; models are built with random weights.
+``macs`` must agree within the rounding of the published figure (3 decimals) and ``params``
+exactly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import archir
+import costmodels
+
+tvm = pytest.importorskip("torchvision.models")
+from archir.frontend import from_torch  # noqa: E402
+
+# family -> constructor kwargs; input 224x224 unless given
+FAMILIES = {
+    "resnet18": {}, "resnet50": {}, "resnext50_32x4d": {}, "wide_resnet50_2": {}, "vgg11": {}, "alexnet": {},
+    "mobilenet_v2": {}, "mobilenet_v3_small": {}, "mobilenet_v3_large": {}, "efficientnet_b0": {},
+    "mnasnet1_0": {}, "regnet_y_400mf": {}, "regnet_x_400mf": {}, "densenet121": {}, "squeezenet1_0": {},
+    "squeezenet1_1": {}, "googlenet": {"aux_logits": False, "init_weights": False},
+}
+_SLOW = {"resnet50", "resnext50_32x4d", "wide_resnet50_2", "vgg11", "alexnet", "densenet121"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f in _SLOW else f for f in FAMILIES])
+def test_macs_and_params_match_torchvision(family):
+    meta = tvm.get_model_weights(family).DEFAULT.meta
+    with torch.no_grad():
+        module = getattr(tvm, family)(weights=None, **FAMILIES[family])
+    g = from_torch(module, torch.randn(1, 3, 224, 224), check=False)  # counting needs no numeric check
+    c = costmodels.count(g)
+    assert abs(c.macs / 1e9 - meta["_ops"]) <= 0.0005 + 1e-9, (c.macs / 1e9, meta["_ops"])
+    assert c.params == meta["num_params"]
+    assert c.macs == sum(r.macs for r in c.nodes.values() if r.op in ("conv2d", "linear"))
+
+
+def _pool_graph(shape, size):
+    g = archir.Graph("ap")
+    x = g.input("x", shape)
+    g.set_outputs(g.add("adaptive_avgpool2d", x, output_size=size, name="ap"))
+    return g.validate()
+
+
+def test_adaptive_avgpool_cost_counts_every_window_element():
+    g = _pool_graph((2, 5, 3), [3, 2])  # rows: windows (0,2),(1,4),(3,5) -> 7; cols: (0,2),(1,3) -> 4
+    c = costmodels.count(g)
+    assert c["ap"].flops == 2 * 7 * 4 and c.macs == 0
+    assert costmodels.count(_pool_graph((2, 4, 4), [2, 2]))["ap"].flops == 2 * 16  # disjoint windows: each input once

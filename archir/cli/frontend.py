@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import sys
 import time
 import uuid
@@ -28,9 +29,9 @@ __all__ = ["SUBCOMMANDS", "load_factory", "parse_shape"]
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
-    """``"3,224,224"`` -> ``(3, 224, 224)`` (the per-sample shape, batch excluded)."""
+    """``"3,224,224"`` (or ``"3x224x224"``) -> ``(3, 224, 224)``: the per-sample shape, batch excluded."""
     try:
-        dims = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+        dims = tuple(int(p) for p in re.split(r"[,x]", text.strip()))  # "3,224,224" or "3x224x224"
     except ValueError:
         dims = ()
     if not dims or any(d < 1 for d in dims):

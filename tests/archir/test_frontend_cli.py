@@ -1,0 +1,117 @@
+"""``archir import``: a Python factory or an ONNX file to net.json, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+import archir
+from archir import samples
+from archir.cli.main import main
+
+MODEL_PY = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.bn(self.conv(x)))
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1))
+
+    class Shuffle(nn.Module):
+        def forward(self, x):
+            b, c, h, w = x.shape
+            return x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+    def make_model():
+        torch.manual_seed(0)
+        return Net()
+
+    def make_shuffle():
+        return Shuffle()
+
+    def make_nothing():
+        return 3
+
+    def make_broken():
+        raise RuntimeError("no weights here")
+""")
+
+
+@pytest.fixture
+def model_py(tmp_path) -> Path:
+    p = tmp_path / "model.py"
+    p.write_text(MODEL_PY)
+    return p
+
+
+def test_import_python_factory(model_py, tmp_path, capsys):
+    out = tmp_path / "net.json"
+    assert main(["import", f"{model_py}:make_model", "-o", str(out), "--input-shape", "3,16,16"]) == 0
+    text = capsys.readouterr().out
+    assert "imported Net: 7 nodes" in text and "checked against the module" in text
+    g = archir.load(out)
+    assert [n.op for n in g.nodes()] == ["input", "conv2d", "batchnorm2d", "relu", "global_avgpool", "flatten",
+                                         "linear"]
+    assert g.node("x").type.shape == (3, 16, 16) and (tmp_path / "net.safetensors").is_file()
+
+
+def test_import_onnx_file(tmp_path, capsys):
+    g = samples.resnet_like()
+    onnx.save(archir.lower.to_onnx(g), tmp_path / "net.onnx")
+    assert main(["import", str(tmp_path / "net.onnx"), "-o", str(tmp_path / "back.json")]) == 0
+    assert "(ONNX;" in capsys.readouterr().out
+    g2 = archir.load(tmp_path / "back.json")
+    x = torch.randn(2, *g.node(g.inputs[0]).type.shape)
+    with torch.no_grad():
+        torch.testing.assert_close(archir.lower.to_fx(g2).eval()(x), archir.lower.to_fx(g).eval()(x))
+
+
+@pytest.mark.parametrize("spec,extra,match,hint", [
+    ("{model}:make_missing", ["--input-shape", "3,8,8"], "no function 'make_missing'", "make_model, make_nothing, make_shuffle"),
+    ("{dir}/nope.py:make_model", ["--input-shape", "3,8,8"], "nope.py: no such file", "check the path"),
+    ("{model}", ["--input-shape", "3,8,8"], "is not FILE.py:FUNCTION", "archir import model.py:make_model"),
+    ("{model}:make_model", [], "needs --input-shape", "3,224,224"),
+    ("{model}:make_model", ["--input-shape", "3,x,8"], "not a list of positive ints", "3,224,224"),
+    ("{model}:make_model", ["--input-shape", "3,0,8"], "not a list of positive ints", "3,224,224"),
+    ("{model}:make_nothing", ["--input-shape", "3,8,8"], "returned a int, not a torch.nn.Module", "return the model"),
+    ("{model}:make_broken", ["--input-shape", "3,8,8"], "RuntimeError: no weights here", "no arguments"),
+    ("{model}:make_shuffle", ["--input-shape", "4,8,8"], "unsupported node", "supported layers"),
+    ("{model}:make_model", ["--input-shape", "5,8,8"], "example inputs failed", "shapes the model expects"),
+    ("{dir}/missing.onnx", [], "missing.onnx: no such file", "check the path"),
+    ("{dir}/syntax.py:f", ["--input-shape", "3,8,8"], "running the file failed: SyntaxError", "fix the error"),
+])
+def test_bad_input_is_one_line_with_a_hint(model_py, tmp_path, capsys, spec, extra, match, hint):
+    (tmp_path / "syntax.py").write_text("def f(:\n")
+    src = spec.format(model=model_py, dir=tmp_path)
+    out = tmp_path / "out.json"
+    assert main(["import", src, "-o", str(out), *extra]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith("archir: error: ") and match in err[0], err
+    assert err[1].startswith("  how to fix: ") and hint in err[1], err
+    assert not out.exists()
+
+
+def test_output_must_be_json(model_py, tmp_path, capsys):
+    assert main(["import", f"{model_py}:make_model", "-o", str(tmp_path / "net.onnx"), "--input-shape", "3,8,8"]) == 2
+    assert "must end in .json" in capsys.readouterr().err
+
+
+def test_entry_point_reports_without_traceback(model_py, tmp_path):
+    exe = Path(sys.executable).with_name("archir")
+    res = subprocess.run([str(exe), "import", f"{model_py}:make_shuffle", "-o", str(tmp_path / "s.json"),
+                          "--input-shape", "4,8,8"], capture_output=True, text=True)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "method .view()" in res.stderr and "method .transpose()" in res.stderr

@@ -228,7 +228,7 @@ class _Importer:
 
     # ----------------------------------------------------------------- the walk
 
-    def run(self) -> Graph:
+    def run(self) -> list:
         outputs: list = []
         for node in self.gm.graph.nodes:
             if node.op == "output":
@@ -239,6 +239,13 @@ class _Importer:
             except _Skip as e:
                 self.env[node] = _BAD
                 self.problems.append(Unsupported(_what(node, self.gm), self.where(node), str(e)))
+        for node in self.gm.graph.nodes:
+            # a parameter read by several ops (functional calls on one weight, or a module called twice
+            # under torch.export) would become independent copies: refuse rather than untie silently
+            if node.op == "get_attr" and len([u for u in node.users if u.op != "output"]) > 1:
+                users = ", ".join(u.name for u in node.users)
+                self.problems.append(Unsupported(f"parameter {node.target}", self.where(next(iter(node.users))),
+                                                 f"is shared by several ops ({users}); archir has no weight tying"))
         return outputs
 
     def collect_outputs(self, node: fx.Node) -> list:
@@ -705,8 +712,8 @@ _reg([F.hardsigmoid], "unary", _unary("hardsigmoid"))
 _reg([F.silu], "unary", _unary("silu"))
 _reg([torch.sigmoid, F.sigmoid, ("method", "sigmoid")], "unary", _unary("sigmoid"))
 _reg([torch.tanh, F.tanh, ("method", "tanh")], "unary", _unary("tanh"))
-_reg([("method", "sigmoid_"), ("method", "tanh_")], "unary", _unary("sigmoid"), inplace=True)
-_CALL_RULES[("method", "tanh_")] = ("unary", _unary("tanh"), True)
+_reg([("method", "sigmoid_")], "unary", _unary("sigmoid"), inplace=True)
+_reg([("method", "tanh_")], "unary", _unary("tanh"), inplace=True)
 _reg([F.max_pool2d, torch.max_pool2d], "max_pool2d", _max_pool)
 _reg([F.avg_pool2d], "avg_pool2d", _avg_pool)
 _reg([F.adaptive_avg_pool2d], "adaptive_avg_pool2d", _adaptive)

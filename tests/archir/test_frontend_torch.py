@@ -227,6 +227,35 @@ def test_module_with_weights_called_twice_is_refused():
     assert len(e.value.unsupported) == 1
 
 
+def test_parameter_shared_by_functional_calls_is_refused():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(3, 3, 1, 1))
+
+        def forward(self, x):
+            return F.conv2d(F.conv2d(x, self.weight), self.weight)
+
+    with pytest.raises(UnsupportedModelError, match="parameter weight.*shared by several ops"):
+        from_torch(Tied(), torch.randn(1, 3, 4, 4))
+
+
+def test_functional_conv_on_a_parameter_is_mapped():
+    class Fn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(4, 3, 3, 3))
+            self.bias = nn.Parameter(torch.randn(4))
+
+        def forward(self, x):
+            return F.conv2d(x, self.weight, self.bias, stride=2, padding=1)
+
+    m = Fn()
+    g = from_torch(m, torch.randn(1, 3, 8, 8))
+    assert g.node("conv2d").attrs["stride"] == 2
+    _same(g, m, (3, 8, 8))
+
+
 @pytest.mark.parametrize("module,reason", [
     (nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"), "padding_mode"),
     (nn.BatchNorm2d(3, track_running_stats=False), "batch statistics"),

@@ -458,7 +458,7 @@ class Progress:
                                                                                      "  OVER BUDGET")
         else:
             what = f"#{c.id:<3} FAILED ({c.error})"
-        best_s = f"best {best.metrics['val_error']:.3f} (#{best.id})" if best else "best -"
+        best_s = f"best #{best.id} val_err {best.metrics['val_error']:.3f}" if best else "best -"
         self.line(f"[{_fmt_time(elapsed)} elapsed, {left}] {what} {c.op}"
                   f" | done {counts['done']} failed {counts['failed']} | {best_s} | frontier {frontier_size}"
                   + (f" | {describe}" if describe else ""), style=None if c.status == "done" else "red")

@@ -130,7 +130,7 @@ def _executor_options(args: argparse.Namespace) -> dict:
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    from search.experiment import Progress, _fmt_time, run_search, write_gallery, export_candidate
+    from search.experiment import Progress, _fmt_time, export_candidate, parse_objective, run_search, write_gallery
     from search.pareto import PlotUnavailable
 
     cfg = _config(args)
@@ -147,7 +147,9 @@ def _run_search(args: argparse.Namespace) -> int:
               "(give a larger --budget, or relax --max-latency-ms)")
         return 0
     b = s.best
-    print(f"best: candidate {b.id}: val error {b.metrics['val_error']:.3f}, test error "
+    key = parse_objective(cfg.objective).cost_key
+    obj = "" if cfg.objective == "error" else f" (lowest val_error + {cfg.cost_weight:g} * log2({key}))"
+    print(f"best{obj}: candidate {b.id}: val error {b.metrics['val_error']:.3f}, test error "
           f"{b.metrics.get('test_error', float('nan')):.3f}, {int(b.costs['params']):,} params, "
           f"{int(b.costs['macs']):,} MACs" + (f", {b.costs['latency_ms']:.3g} ms" if "latency_ms" in b.costs else ""))
     print(f"Pareto frontier: {len(s.frontier)} candidates ({', '.join(str(f.id) for f in s.frontier)})")

@@ -80,7 +80,7 @@ def test_failed_candidates_are_recorded_and_the_search_goes_on(tmp_path, monkeyp
     assert lines[0].startswith("search: space chain, strategy evolution, objective error, budget 4 candidates")
     assert len(lines) == 5  # the header, then one line per finished candidate with the running totals
     assert re.match(r"\[\d+s elapsed, 2/4 candidates\] #1 +FAILED \(train: RuntimeError: boom in the trainer\) "
-                    r"sample \| done 1 failed 1 \| best 0\.\d{3} \(#0\) \| frontier 1", lines[2]), lines[2]
+                    r"sample \| done 1 failed 1 \| best #0 val_err 0\.\d{3} \| frontier 1", lines[2]), lines[2]
     assert re.search(r"4/4 candidates\] #3 +done +val_err 0\.\d{3} +macs [\d.]+k mutate:.* \| done 3 failed 1 \|",
                      lines[4]), lines[4]
     with Store.open(tmp_path / "run") as st:

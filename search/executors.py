@@ -5,7 +5,9 @@
   method (no fork of a process holding torch threads); every worker runs torch with one thread.
 - ``ray``: Ray Core tasks. ``ray.init()`` starts a local Ray by default; ``address=`` joins an
   existing cluster (``"auto"`` or ``"ray://host:10001"``). ``num_cpus``/``num_gpus`` are the
-  resources each candidate asks for.
+  resources each candidate asks for. Every node of a cluster needs the same archir (and its
+  dependencies) installed: tasks name ``search.experiment.evaluate_candidate`` by reference.
+  ``num_gpus`` only reserves GPUs for a task: ``search.train`` trains on the CPU today.
 
 A task is plain data (a dict of the space's name and options, the decisions, the seed, the
 training and cost config); a result is plain data too (metrics, costs, and the trained graph as

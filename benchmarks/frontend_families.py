@@ -8,7 +8,7 @@ For each family (random weights, nothing downloaded) it prints:
   randomised so outputs are O(1) to O(10));
 - ``torch.onnx.export`` (``dynamo=False``) time and ``from_onnx`` time of that file, with the
   max |from_onnx graph - torch| (``-`` where torch's exporter cannot export the model at
-  that size, e.g. adaptive pooling to a size that does not divide the input);
+  that size: adaptive pooling to a size that does not divide the input, VGG and AlexNet at 64x64);
 - ``costmodels.count(...).macs`` at 224x224 against torchvision's published GFLOPS
   (``Weights.DEFAULT.meta["_ops"]``, GMACs in torchvision's convention) and params against
   ``num_params``.
@@ -24,7 +24,6 @@ Run it::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import time
 import warnings
@@ -90,17 +89,19 @@ def main() -> None:
         sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         ort_err = float(np.abs(sess.run(None, {"x": x.numpy()})[0] - ref).max())
         exp_s = imp_s = onnx_err = None
-        try:
+        if g.nodes("adaptive_avgpool2d"):
+            # torch's TorchScript exporter refuses adaptive pooling to a size that does not divide the input
+            # (VGG's 7x7 and AlexNet's 6x6 at small inputs); archir's to_onnx lowers it (column "ort err")
+            exp_s = "n/a"
+        else:
             buf = io.BytesIO()
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # its IR dump on failure
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 _, exp_s = _time(lambda: torch.onnx.export(m, (x,), buf, dynamo=False, opset_version=17,
                                                            input_names=["x"], dynamic_axes={"x": {0: "batch"}}))
             g2, imp_s = _time(lambda: from_onnx(buf.getvalue()))
             with torch.no_grad():
                 onnx_err = float(np.abs(archir.lower.to_fx(g2).eval()(x).numpy() - ref).max())
-        except Exception as e:  # noqa: BLE001 - torch's exporter refuses some models at small sizes
-            exp_s = f"fails: {type(e).__name__}"
         meta = tvm.get_model_weights(fam).DEFAULT.meta
         c = costmodels.count(from_torch(m, torch.randn(1, 3, 224, 224), check=False))
         fmt = lambda v, f: "-" if v is None else (v if isinstance(v, str) else format(v, f))  # noqa: E731

@@ -24,6 +24,7 @@ the identity in eval mode and imported as such).
 
 from __future__ import annotations
 
+import math
 import operator
 import os
 import re
@@ -284,7 +285,10 @@ class _Importer:
             # stand-ins of the recorded shapes, so that the error lists every unsupported construct at
             # once (a constant added downstream of a reshape is reported too); its value stays _BAD.
             if self.shapes.get(node) != "python" and not self.has_rule(node):
-                raise _Skip("no mapping for this call" if node.op != "call_module" else "module type has no mapping")
+                if node.op == "call_module":
+                    mod = self.gm.get_submodule(str(node.target))
+                    raise _Skip(f"module type {type(mod).__module__}.{type(mod).__name__} has no mapping")
+                raise _Skip("no mapping for this call")
             args, kwargs = self.value(node.args, dry=True), self.value(node.kwargs, dry=True)
             if any(v is _BAD for v in _flat(args, kwargs)):
                 return _BAD
@@ -660,10 +664,11 @@ def _reshape(imp, node, kw):
         raise _Skip("the result shape is unknown")
     if tuple(out) == tuple(x.shape):
         return x
-    if len(out) == 2 and out[0] == x.shape[0] and len(x.shape) > 2:
-        return _result(imp, node, imp.add(node, "flatten", [x.id], start_dim=1))
-    raise _Skip(f"reshape {x.shape} -> {tuple(out)} is not a flatten from dim 1; archir has no general reshape "
-                "(e.g. channel shuffle)")
+    for sd in range(1, len(x.shape) - 1):  # a flatten of the trailing dims from start_dim sd
+        if tuple(out) == tuple(x.shape[:sd]) + (math.prod(x.shape[sd:]),):
+            return _result(imp, node, imp.add(node, "flatten", [x.id], start_dim=sd))
+    raise _Skip(f"reshape {x.shape} -> {tuple(out)} is not a flatten of trailing dims; archir has no general "
+                "reshape (e.g. channel shuffle)")
 
 
 def _binary(op: str):
@@ -720,8 +725,8 @@ _reg([F.adaptive_avg_pool2d], "adaptive_avg_pool2d", _adaptive)
 _reg([torch.mean, ("method", "mean")], "mean", _mean)
 _reg([torch.flatten], "flatten", _flatten)
 _reg([("method", "flatten")], "tensor_flatten", _flatten)
-_reg([torch.reshape, ("method", "reshape")], "reshape", _reshape)
-_reg([("method", "view")], "view", _reshape)
+_reg([torch.reshape], "reshape", _reshape)
+_reg([("method", "view"), ("method", "reshape")], "view", _reshape)  # x.view(a, b) and x.view((a, b))
 _reg([operator.add, torch.add, ("method", "add")], "binary", _binary("add"))
 _reg([operator.iadd, ("method", "add_")], "binary", _binary("add"), inplace=True)
 _reg([operator.mul, torch.mul, ("method", "mul")], "binary", _binary("mul"))

@@ -113,12 +113,14 @@ def test_functional_forms_and_shape_arithmetic():
             h = F.adaptive_avg_pool2d(h.relu(), (2, None))  # None keeps the width
             h = F.avg_pool2d(h, kernel_size=(1, 2), stride=(1, 2))
             h = F.hardswish(torch.add(h, F.silu(h)).contiguous())
+            h = h.reshape(h.shape[0], h.shape[1], -1).flatten(1)  # flatten(2) then flatten(1), as reshapes
             return self.fc(F.dropout(h.view(h.size(0), -1), 0.1, training=False))  # shape arithmetic
 
     m = Net().eval()
     g = from_torch(m, torch.randn(1, 3, 10, 10))
     assert g.node("adaptive_avgpool2d").attrs["output_size"] == [2, 4]
-    assert g.node("flatten").attrs["start_dim"] == 1
+    # reshape(N, C, -1) is flatten(start_dim=2); the view of an already flat tensor is no node at all
+    assert [n.attrs["start_dim"] for n in g.nodes("flatten")] == [2, 1]
     _same(g, m, (3, 10, 10))
 
 

@@ -14,7 +14,8 @@ seeds (default 3) on the chain space and the built-in digits dataset, each run e
 
 Both strategies see the same candidate seeds and training configuration, so the only difference
 is which architectures they choose. The first ``population`` candidates of evolution are random
-samples, exactly as random search draws them, so the two curves share their start.
+samples from the same generator as random search's (they stay identical until random search
+re-draws a sample it has already evaluated), so the two curves share their start.
 
 This is a benchmark that prints figures, not a test: it asserts only that each run recorded
 exactly the asked number of candidates and that the reported accuracies are those in the store.

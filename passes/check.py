@@ -148,6 +148,11 @@ def run_graph(g: Graph, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return list(out) if isinstance(out, tuple) else [out]
 
 
+def _quot(diff: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+    """``diff / denom`` where an exact match (``diff == 0``) is 0 even when ``denom`` is 0 (atol=rtol=0)."""
+    return torch.where(diff == 0, torch.zeros_like(diff), diff / denom)
+
+
 def check_preserved(before: Graph, after: Graph, *, inputs: Any = None, n: int = 4, seed: int = 0,
                     atol: float = 1e-5, rtol: float = 1e-4, raise_on_failure: bool = True) -> PreservationReport:
     """Check numerically that ``after`` computes what ``before`` computes (eval mode).
@@ -209,8 +214,8 @@ def check_preserved(before: Graph, after: Graph, *, inputs: Any = None, n: int =
             mag = b.abs()
             nan = bool(torch.isnan(diff).any())
             max_abs = float("nan") if nan else float(diff.max()) if diff.numel() else 0.0
-            max_rel = float("nan") if nan else float((diff / mag.clamp_min(atol)).max()) if diff.numel() else 0.0
-            ratio = float("nan") if nan else float((diff / (atol + rtol * mag)).max()) if diff.numel() else 0.0
+            max_rel = float("nan") if nan else float(_quot(diff, mag.clamp_min(atol)).max()) if diff.numel() else 0.0
+            ratio = float("nan") if nan else float(_quot(diff, atol + rtol * mag).max()) if diff.numel() else 0.0
             errs.append(OutputError(name, aname, tuple(shape), max_abs, max_rel, ratio))
     report = PreservationReport(errs, atol, rtol, n if inputs is None else int(xs[0].shape[0]) if xs else 0,
                                 seed if inputs is None else None, time.perf_counter() - t0)

@@ -150,3 +150,17 @@ def _timed(f):
     t = time.perf_counter()
     f()
     return time.perf_counter() - t
+
+
+def test_exact_match_passes_with_zero_tolerance():
+    # atol=rtol=0 asks for bit-equal outputs: an unchanged graph passes (0/0 is not an error),
+    # a changed one fails with an infinite ratio where the reference is 0
+    import archir.samples as S
+    g = S.chain()
+    r = check_preserved(g, g.copy(), atol=0.0, rtol=0.0)
+    assert r.ok and r.max_abs == 0.0 and all(o.ratio == 0.0 and o.max_rel == 0.0 for o in r.outputs)
+    h = g.copy()
+    node = h.node("head")
+    h.set_params("head", bias=np.asarray(node.params["bias"]) + 1e-3)
+    with pytest.raises(FunctionNotPreserved):
+        check_preserved(g, h, atol=0.0, rtol=0.0)

@@ -123,6 +123,39 @@ class Space(abc.ABC):
     def describe(self, decisions: Mapping) -> str:
         """One short human-readable line."""
 
+    # ---------------------------------------------------------------- categorical view (controllers, priors)
+
+    def variables(self) -> list[tuple[str, int]]:
+        """The space as a fixed sequence of categorical variables ``(name, number of options)``.
+
+        Controllers (NAS-RL, ENAS), priors (PARSEC) and surrogates (PNAS) work on this view:
+        every point of the space is one list of option indices (:meth:`to_choices`) and every
+        such list is a point (:meth:`from_choices`).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no categorical view")
+
+    def to_choices(self, decisions: Mapping) -> list[int]:
+        """``decisions`` as one option index per :meth:`variables` entry."""
+        raise NotImplementedError(f"{type(self).__name__} has no categorical view")
+
+    def from_choices(self, choices) -> dict:
+        """Canonical decisions from one option index per :meth:`variables` entry (``DecisionError`` if out of range)."""
+        raise NotImplementedError(f"{type(self).__name__} has no categorical view")
+
+    def _check_choices(self, choices) -> list[int]:
+        names = self.variables()
+        try:
+            out = [int(c) for c in choices]
+        except (TypeError, ValueError):
+            raise DecisionError(f"choices must be a list of ints, got {choices!r:.80}") from None
+        if len(out) != len(names):
+            raise DecisionError(f"expected {len(names)} choices (one per variable), got {len(out)}",
+                                hint="see space.variables()")
+        for (name, n), c in zip(names, out):
+            if not 0 <= c < n:
+                raise DecisionError(f"choice {c} is out of range 0..{n - 1}", where=name)
+        return out
+
     # ---------------------------------------------------------------- shared
 
     def encode(self, decisions: Mapping) -> dict:

@@ -177,6 +177,40 @@ class ChainSpace(Space):
             out.append(dict(sorted(clean.items())))
         return {"layers": out}
 
+    # ---------------------------------------------------------------- categorical view
+
+    def variables(self) -> list[tuple[str, int]]:
+        """Per layer: its block (a kernel x expand candidate, or ``skip`` where allowed) and its width
+        (ignored when the layer is skipped)."""
+        out = []
+        for i in range(self.layers):
+            out += [(f"layers.{i}.block", len(self._cands(i)) + (1 if self.skippable(i) else 0)),
+                    (f"layers.{i}.width", len(self.width_options[i]))]
+        return out
+
+    def to_choices(self, decisions: Mapping) -> list[int]:
+        d = self.decode(decisions)
+        out = []
+        for i, layer in enumerate(d["layers"]):
+            if layer["skip"]:
+                out += [len(self._cands(i)), 0]
+            else:
+                out += [self._cands(i).index((layer["kernel"], layer["expand"])),
+                        self.width_options[i].index(layer["width"])]
+        return out
+
+    def from_choices(self, choices) -> dict:
+        c = self._check_choices(choices)
+        layers = []
+        for i in range(self.layers):
+            block, w = c[2 * i], c[2 * i + 1]
+            if block == len(self._cands(i)):
+                layers.append({"skip": True})
+            else:
+                k, e = self._cands(i)[block]
+                layers.append({"expand": e, "kernel": k, "skip": False, "width": self.width_options[i][w]})
+        return self.decode({"layers": layers})
+
     def widths(self, decisions: Mapping) -> list[int]:
         """Each layer's output width (a skipped layer passes its input width on)."""
         d = self.decode(decisions)

@@ -59,6 +59,8 @@ OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "
 GENOTYPE_OPS = OPS[1:]
 KINDS = ("normal", "reduce")
 NODES = 4
+#: the (lower, higher) pairs of states node ``n`` may read, in a fixed order (the categorical view).
+_PAIRS = tuple(tuple((i, j) for i in range(n + 2) for j in range(i + 1, n + 2)) for n in range(NODES))
 _SHORT = {"max_pool_3x3": "max3", "avg_pool_3x3": "avg3", "skip_connect": "skip", "sep_conv_3x3": "sep3",
           "sep_conv_5x5": "sep5", "dil_conv_3x3": "dil3", "dil_conv_5x5": "dil5", "none": "none"}
 
@@ -188,6 +190,37 @@ class DartsSpace(Space):
                 canon += sorted(node, key=lambda q: q[1])
             out[kind] = canon
         return out
+
+    # ---------------------------------------------------------------- categorical view
+
+    def variables(self) -> list[tuple[str, int]]:
+        """Per cell kind and node: the pair of states it reads (one of C(n+2, 2)) and the op of each edge."""
+        out = []
+        for kind in KINDS:
+            for n in range(NODES):
+                out += [(f"{kind}.n{n}.inputs", len(_PAIRS[n])), (f"{kind}.n{n}.op0", len(GENOTYPE_OPS)),
+                        (f"{kind}.n{n}.op1", len(GENOTYPE_OPS))]
+        return out
+
+    def to_choices(self, decisions: Mapping) -> list[int]:
+        d = self.decode(decisions)
+        out = []
+        for kind in KINDS:
+            for n in range(NODES):
+                a, b = d[kind][2 * n], d[kind][2 * n + 1]
+                out += [_PAIRS[n].index((a[1], b[1])), GENOTYPE_OPS.index(a[0]), GENOTYPE_OPS.index(b[0])]
+        return out
+
+    def from_choices(self, choices) -> dict:
+        c = iter(self._check_choices(choices))
+        out = {}
+        for kind in KINDS:
+            pairs = []
+            for n in range(NODES):
+                i, j = _PAIRS[n][next(c)]
+                pairs += [[GENOTYPE_OPS[next(c)], i], [GENOTYPE_OPS[next(c)], j]]
+            out[kind] = pairs
+        return self.decode(out)
 
     def describe(self, decisions: Mapping) -> str:
         d = self.decode(decisions)

@@ -418,3 +418,33 @@ def test_chain_supernet_widths_and_skip_candidates():
     other = {"layers": [dict(d["layers"][0], width=8)] + d["layers"][1:]}
     with pytest.raises(DecisionError, match="widths"):
         space.derive(sup, other)
+
+
+@pytest.mark.parametrize("name", ["darts", "chain"])
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_categorical_view_round_trips(name, seed):
+    # controllers and priors see a space as categorical variables; every point maps to one index list
+    space = get_space(name)
+    rng = np.random.default_rng(seed)
+    d = space.sample(rng)
+    names = space.variables()
+    ch = space.to_choices(d)
+    assert len(ch) == len(names) and all(0 <= c < n for c, (_, n) in zip(ch, names))
+    assert space.from_choices(ch) == d
+    # and every index list is a point of the space
+    rand = [int(rng.integers(n)) for _, n in names]
+    d2 = space.from_choices(rand)
+    assert space.decode(d2) == d2
+
+
+@pytest.mark.parametrize("name", ["darts", "chain"])
+def test_categorical_view_refuses_bad_choices(name):
+    space = get_space(name)
+    names = space.variables()
+    with pytest.raises(DecisionError, match="expected"):
+        space.from_choices([0] * (len(names) - 1))
+    bad = [0] * len(names)
+    bad[0] = names[0][1]
+    with pytest.raises(DecisionError, match="out of range"):
+        space.from_choices(bad)

@@ -419,9 +419,9 @@ def _gap(imp, node, a):
     return imp.add(node, "global_avgpool", [imp.act(node.input[0])])
 
 
-def _pool_common(imp, node, a, op):
+def _pool_common(imp, node, a, op, x=None):
     _auto_pad(a)
-    x = imp.act(node.input[0])
+    x = imp.act(node.input[0]) if x is None else x
     c, h, w = imp.shape(x)
     k = list(a["kernel_shape"])
     s = list(a.get("strides", [1, 1]))
@@ -446,11 +446,32 @@ def _pool_common(imp, node, a, op):
 
 
 @_rule("MaxPool")
-def _maxpool(imp, node, a):
+def _maxpool(imp, node, a, x=None):
     if len(node.output) > 1 and node.output[1] and node.output[1] in imp.users:
         raise _Skip("MaxPool indices output is used")
-    x, k, s, p, d, ceil = _pool_common(imp, node, a, "MaxPool")
+    x, k, s, p, d, ceil = _pool_common(imp, node, a, "MaxPool", x)
     return imp.add(node, "maxpool2d", [x], kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
+
+
+@_rule("Pad")
+def _pad(imp, node, a):
+    """``MaxPool(Pad(x, end pads, -inf))``: archir's ceil-mode max pooling with dilated windows."""
+    x = imp.act(node.input[0])
+    mode = a.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    pads = imp.const(node.input[1], "pads").astype(np.int64).tolist() if len(node.input) > 1 else []
+    value = imp.const(node.input[2], "the pad value") if len(node.input) > 2 and node.input[2] else None
+    user = imp.sole_user(node.output[0])
+    if not (mode == "constant" and value is not None and np.all(np.isneginf(value)) and len(pads) == 8
+            and pads[:6] == [0] * 6 and user is not None and user.op_type == "MaxPool"):
+        raise _Skip("Pad other than archir's -inf end padding before a MaxPool; archir has no padding op")
+    ua = _attrs(user)
+    mp = list(ua.get("pads", [0, 0, 0, 0]))
+    ua["pads"] = mp[:2] + [mp[2] + pads[6], mp[3] + pads[7]]
+    imp.done.add(list(imp.model.graph.node).index(user))
+    nid = _maxpool(imp, user, ua, x=x)
+    imp.env[user.output[0]] = nid
+    return nid
 
 
 @_rule("AveragePool")
@@ -534,6 +555,30 @@ def _mul(imp, node, a):
                          or (len(shape) == 1 and c.shape == (ch,))):
         return imp.add(node, "scale", [x], params={"weight": c.reshape(ch)})
     raise _Skip(f"Mul by a constant of shape {c.shape}; archir multiplies by a learnable per-channel scale only")
+
+
+@_rule("Slice")
+def _slice(imp, node, a):
+    """``Mul(Slice(x, [0, 0], [big, big], [2, 3], [s, s]), 0)``: archir's ``zero`` with a stride."""
+    x = imp.act(node.input[0])
+    if len(node.input) < 5:
+        raise _Skip("Slice without steps; archir has no slicing op")
+    starts, ends, axes, steps = (imp.const(i, w).astype(np.int64).tolist()
+                                 for i, w in zip(node.input[1:5], ["starts", "ends", "axes", "steps"]))
+    _, h, w = imp.shape(x) if len(imp.shape(x)) == 3 else (None, 0, 0)
+    user = imp.sole_user(node.output[0])
+    zero_mul = False
+    if user is not None and user.op_type == "Mul":
+        other = [i for i in user.input if i != node.output[0]]
+        c = imp.env.get(other[0]) if len(other) == 1 else None
+        zero_mul = isinstance(c, np.ndarray) and c.size == 1 and float(c.reshape(())) == 0.0
+    if not (zero_mul and starts == [0, 0] and axes == [2, 3] and len(set(steps)) == 1 and steps[0] > 1
+            and ends[0] >= h and ends[1] >= w):
+        raise _Skip("Slice other than archir's strided zero; archir has no slicing op")
+    imp.done.add(list(imp.model.graph.node).index(user))
+    nid = imp.add(user, "zero", [x], stride=int(steps[0]))
+    imp.env[user.output[0]] = nid
+    return nid
 
 
 def _matmul_weight(imp, node) -> tuple[str, np.ndarray] | None:

@@ -39,6 +39,7 @@ from torch import fx, nn
 from archir.errors import IRError
 from archir.frontend.common import FrontendError, IdMaker, Unsupported, UnsupportedModelError, clean_id
 from archir.graph import Graph
+from archir.lower.modules import Scale, stop_forward, zero
 from archir.ops import get_op, pair
 
 __all__ = ["from_torch"]
@@ -94,6 +95,8 @@ _SIGS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "dropout": (["input", "p", "training", "inplace"], {"p": 0.5, "training": True, "inplace": False}),
     "stochastic_depth": (["input", "p", "mode", "training"], {"training": True}),
     "identity": (["input"], {}),
+    "zero": (["x", "stride"], {"stride": 1}),
+    "stop_forward": (["x"], {}),
 }
 
 
@@ -735,6 +738,28 @@ _reg([torch.cat, torch.concat, torch.concatenate], "cat", _cat)
 _reg([F.dropout], "dropout", _dropout)
 _reg([("method", "contiguous"), ("method", "clone")], "identity", _alias)
 
+
+# archir's own lowering helpers (archir.lower.modules), kept as calls by the tracer: a graph lowered
+# with to_fx imports back op for op
+def _zero(imp, node, kw):
+    x = _act(kw, "x")
+    return _result(imp, node, imp.add(node, "zero", [x.id], stride=int(kw["stride"])))
+
+
+def _stop_forward(imp, node, kw):
+    x = _act(kw, "x")
+    return _result(imp, node, imp.add(node, "stop_forward", [x.id]))
+
+
+def _detach(imp, node, kw):
+    x = _act(kw)
+    return _result(imp, node, imp.add(node, "stop_gradient", [x.id]))
+
+
+_reg([zero], "zero", _zero)
+_reg([stop_forward], "stop_forward", _stop_forward)
+_reg([("method", "detach")], "identity", _detach)
+
 # aten op name -> rule; arguments bind through the op's schema (torch.export graphs)
 _ATEN_RULES: dict[str, Rule] = {
     "conv2d": ("", _conv, False), "convolution": ("", _conv, False), "linear": ("", _linear, False),
@@ -820,7 +845,13 @@ def _m_flatten(imp, node, m: nn.Flatten, args, kwargs):
     return _flatten(imp, node, {"input": args[0], "start_dim": m.start_dim, "end_dim": m.end_dim})
 
 
+def _m_scale(imp, node, m: Scale, args, kwargs):
+    x = _act({"input": args[0] if args else kwargs.get("x")})
+    return _result(imp, node, imp.add(node, "scale", [x.id], params={"weight": m.weight}))
+
+
 _MODULE_RULES: dict[type, Callable] = {
+    Scale: _m_scale,
     nn.Conv2d: _m_conv, nn.Linear: _m_linear, nn.BatchNorm2d: _m_bn,
     nn.ReLU: _m_unary("relu"), nn.ReLU6: _m_unary("relu6"), nn.Sigmoid: _m_unary("sigmoid"),
     nn.Hardswish: _m_unary("hardswish"), nn.Hardsigmoid: _m_unary("hardsigmoid"), nn.SiLU: _m_unary("silu"),
@@ -850,8 +881,18 @@ class _Recorder(fx.Interpreter):
         return out
 
 
+class _Tracer(fx.Tracer):
+    """fx's tracer, keeping archir's own lowering modules and helpers as single calls."""
+
+    def __init__(self) -> None:
+        super().__init__(autowrap_functions=(zero, stop_forward))
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, Scale) or super().is_leaf_module(m, qualname)
+
+
 def _trace_fx(module: nn.Module) -> fx.GraphModule:
-    tracer = fx.Tracer()
+    tracer = _Tracer()
     tracer.record_stack_traces = True
     graph = tracer.trace(module)
     return fx.GraphModule(tracer.root, graph, module.__class__.__name__)

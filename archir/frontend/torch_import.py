@@ -159,17 +159,18 @@ class _Importer:
     # ----------------------------------------------------------------- helpers
 
     def where(self, node: fx.Node) -> str:
-        scope = self.scope(node, leaf=True) or "<top level>"
+        scope = self.scope(node) or "<top level>"
         line = _user_line(node)
         return f"{scope} ({line})" if line else scope
 
-    def scope(self, node: fx.Node, leaf: bool = False) -> str:
+    def scope(self, node: fx.Node) -> str:
+        """The module path a node belongs to: its own for a module call, else the innermost caller's."""
         if node.op == "call_module":
             return str(node.target)
         stack = node.meta.get("nn_module_stack") or {}
         if not stack:
             return ""
-        path, typ = list(stack.values())[-1]
+        path, _ = list(stack.values())[-1]
         return str(path)
 
     def _leaf_scope(self, node: fx.Node) -> bool:

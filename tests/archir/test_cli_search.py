@@ -79,3 +79,14 @@ def test_bad_input_is_one_line_and_exit_2(run, tmp_path, capsys, argv, message):
     assert lines[0].startswith("archir: error: ") and message in lines[0], err
     assert len(lines) == 2 and lines[1].startswith("  how to fix: ")
     assert not (tmp_path / "new").exists()
+
+
+def test_gallery_without_matplotlib_is_one_line(run, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["gallery", str(run), "--png", str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == "archir: error: the Pareto plot needs matplotlib, which is not installed"
+    assert err[1].startswith("  how to fix: pip install matplotlib")
+    assert main(["gallery", str(run), "--no-plot"]) == 0  # the table needs no matplotlib

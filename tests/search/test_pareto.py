@@ -78,3 +78,15 @@ def test_export_onnx_refuses_a_mismatch_and_writes_nothing(tmp_path):
     with pytest.raises(ExportMismatch, match="differs from torch.fx"):
         export_onnx(_tiny_graph(), tmp_path / "m.onnx", atol=-1.0, rtol=0.0)  # no tolerance can be met
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_plot_without_matplotlib_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    from search.pareto import PlotUnavailable
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    with pytest.raises(PlotUnavailable, match="needs matplotlib") as e:
+        plot([Point(0, 0.1, 1.0)], tmp_path / "p.png")
+    assert "pip install matplotlib" in e.value.hint
+    assert not (tmp_path / "p.png").exists()

@@ -486,6 +486,19 @@ def _write_graph(run_dir: Path, cid: int, text: str, weights: bytes | None) -> s
     return f"graphs/{cid}.json"
 
 
+def _check_latency_backend(space, backend: str) -> None:
+    """Refuse a latency backend that cannot run here before any candidate is trained."""
+    import costmodels
+
+    g = space.build(space.sample(np.random.default_rng(0)), seed=0)
+    try:
+        costmodels.measure(g, backend=backend, batch_size=1, warmup=0, repeats=1, threads=1)
+    except costmodels.BackendUnavailable as e:
+        raise ConfigError(f"latency backend {backend!r} cannot run here: {e}",
+                          hint="use --objective latency:ort-cpu (or --latency-backend ort-cpu), or run on a machine "
+                               "where the backend works") from None
+
+
 def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: str = "serial",
                executor_options: Mapping[str, Any] | None = None, resume: bool = False,
                progress: Progress | None = None, on_candidate: Callable[[Candidate], None] | None = None
@@ -533,6 +546,10 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         raise ConfigError(f"training options {config.train}: {_one_line(e)}",
                           hint="check the --epochs / --batch-size / --lr values") from None
 
+    latency_backend = config.latency_backend_used()
+    if latency_backend and not (executor == "ray" and (executor_options or {}).get("address")):
+        _check_latency_backend(space, latency_backend)  # here, not in every worker: a missing GPU fails at once
+
     cfg_dict = config.to_dict()
     requeued: list[int] = []
     if resume:  # check before the executor starts (Ray takes seconds), and before anything is written
@@ -551,8 +568,6 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
     except BaseException:
         ex.close()
         raise
-
-    latency_backend = config.latency_backend_used()
 
     def task_of(c: Candidate) -> dict:
         return {"id": c.id, "seed": c.seed, "space": config.space, "space_options": space_options,

@@ -6,6 +6,7 @@ import io
 import math
 import re
 
+import onnxruntime as ort
 import pytest
 
 import archir
@@ -14,6 +15,7 @@ from search.experiment import (ConfigError, ExperimentConfig, Progress, candidat
                                run_search, write_gallery)
 from search.store import ConfigMismatch, Store, StoreError
 
+_ORT_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 TINY = dict(space="chain", space_options={"layers": 2}, train={"epochs": 1, "batch_size": 128, "lr": 0.05})
 
 
@@ -53,6 +55,9 @@ def test_parse_objective():
 @pytest.mark.parametrize("kw, match", [({"round_size": 0}, "round size"), ({"cost_weight": -1.0}, "cost weight"),
                                        ({"max_latency_ms": 0.0}, "max-latency-ms"), ({"seed": -1}, "seed"),
                                        ({"latency_backend": "gpu"}, "latency backend"),
+                                       pytest.param({"objective": "latency:ort-cuda"},
+                                                    "latency backend 'ort-cuda' cannot run",
+                                                    marks=pytest.mark.skipif(_ORT_CUDA, reason="ort-cuda runs here")),
                                        ({"space": "nope"}, "unknown search space"),
                                        ({"space_options": {"colour": 1}}, "search space 'chain'"),
                                        ({"train": {"epochs": 1, "momentun": 0.9}}, "training options")])

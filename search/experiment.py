@@ -394,6 +394,7 @@ class SearchSummary:
     session_s: float
     resumed: int = 0
     requeued: list[int] = field(default_factory=list)
+    distinct: int = 0  # distinct architectures among the evaluated candidates (by structural hash)
 
 
 def _fmt_time(s: float) -> str:
@@ -697,7 +698,8 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         final = store.candidates()
         return SearchSummary(run_dir, config, store.counts(), best_candidate(final),
                              frontier_candidates(final, obj.cost_key), store.elapsed_s,
-                             time.perf_counter() - t_start, resumed=sum(c.finished for c in stored), requeued=requeued)
+                             time.perf_counter() - t_start, resumed=sum(c.finished for c in stored), requeued=requeued,
+                             distinct=len({c.graph_hash for c in final if c.graph_hash}))
     finally:
         ex.close()  # idempotent: also when the replay failed before the rounds began
         store.close()

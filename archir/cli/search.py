@@ -141,7 +141,8 @@ def _run_search(args: argparse.Namespace) -> int:
     s = run_search(cfg, out, executor=args.executor, executor_options=opts, resume=args.resume, progress=progress)
     c = s.counts
     print(f"search finished: {c['done'] + c['failed']} candidates ({c['done']} done, {c['failed']} failed) in "
-          f"{_fmt_time(s.session_s)}" + (f" ({_fmt_time(s.elapsed_s)} over all sessions)" if args.resume else ""))
+          f"{_fmt_time(s.session_s)}" + (f" ({_fmt_time(s.elapsed_s)} over all sessions)" if args.resume else "")
+          + f"; {s.distinct} distinct architectures")
     if s.best is None:
         print("no candidate finished within the budget: nothing to export "
               "(give a larger --budget, or relax --max-latency-ms)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -29,7 +31,8 @@ def test_search_prints_where_the_gallery_and_best_onnx_are(run, capsys):
     # the fixture's output is gone; run the summary again on a resumed, finished run (nothing new is trained)
     assert main(["search", "--out", str(run), "--objective", "params", *TINY, "--resume"]) == 0
     out = capsys.readouterr().out
-    assert "search finished: 4 candidates (4 done, 0 failed)" in out
+    assert re.search(r"search finished: 4 candidates \(4 done, 0 failed\) in \d+s \(\d+s over all sessions\); "
+                     r"[1-4] distinct architectures", out), out
     assert f"gallery: {run / 'pareto.png'}" in out and f"best ONNX: {run / 'best.onnx'}" in out
     assert "verified with ONNX Runtime" in out
     with Store.open(run) as st:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,27 @@ def _collapse_scope(name: str) -> str:
         prev = s
     leaf = segs[-1].lower() if segs else "node"
     return f"{path}.{leaf}" if path else leaf
+
+
+_QUOTED = re.compile(r"'([^']*)'")
+
+
+def _torch_scope(node: onnx.NodeProto, op: str) -> str | None:
+    """The module path of a node from torch.onnx.export(dynamo=True)'s metadata, if it has any.
+
+    ``name_scopes`` is ``['', 'layer1', 'layer1.0', 'layer1.0.relu', 'relu_1']`` (module paths, then
+    the fx node); ``class_hierarchy`` names the module classes. A node inside a torch.nn layer is
+    named after the layer (``layer1.0.relu``), a call inside a composite module after the module
+    and the op (``layer1.0.add``).
+    """
+    meta = {e.key: e.value for e in node.metadata_props}
+    scopes = _QUOTED.findall(meta.get("pkg.torch.onnx.name_scopes", ""))
+    classes = _QUOTED.findall(meta.get("pkg.torch.onnx.class_hierarchy", ""))
+    paths = [p for p in scopes[1:-1] if p]
+    if not paths:
+        return None
+    leaf = len(classes) >= 2 and classes[-2].startswith("torch.nn.modules.") and ".container." not in classes[-2]
+    return paths[-1] if leaf else f"{paths[-1]}.{op}"
 
 
 # --------------------------------------------------------------------------- loading
@@ -193,6 +215,9 @@ class _Importer:
                 self.producer[o] = n
 
     def node_id(self, node: onnx.NodeProto, op: str) -> str:
+        scoped = _torch_scope(node, op)
+        if scoped:
+            return self.ids(scoped)
         name = node.name or ""
         base = _collapse_scope(name) if name else op
         if "::" in name or not name:  # an archir aux name or no name at all

@@ -132,6 +132,25 @@ def test_torch_export_names_become_module_paths():
         torch.testing.assert_close(archir.lower.to_fx(g).eval()(x), m(x), atol=1e-4, rtol=1e-4)
 
 
+def test_torch_dynamo_export_reads_back_with_module_paths():
+    import warnings
+
+    from tests.archir.test_frontend_families import TinyResNeXt, randomize
+
+    m = randomize(TinyResNeXt())
+    x = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(m, (x,), dynamo=True, verbose=False,
+                                 dynamic_shapes=({0: torch.export.Dim("batch")},))
+    g = from_onnx(prog.model_proto)
+    # dynamo's exporter records module scopes in node metadata (BN is folded into the convs)
+    assert g.node("layer1.0.add").op == "add" and g.node("layer1.0.relu").op == "relu"
+    assert g.node("fc").op == "linear"
+    with torch.no_grad():
+        torch.testing.assert_close(archir.lower.to_fx(g).eval()(x), m(x), atol=1e-4, rtol=1e-4)
+
+
 # --------------------------------------------------------------------------- hand-made models and refusals
 
 
@@ -272,6 +291,18 @@ def test_size_caps(tmp_path):
         from_onnx(path, max_weight_bytes=1000)
     with pytest.raises(UnsafeModelError, match="external data exceeds"):
         from_onnx(_external(tmp_path, "w.bin"), max_weight_bytes=8)
+
+
+def test_node_count_and_bytes_caps(monkeypatch):
+    from archir.frontend import onnx_import
+
+    proto = archir.lower.to_onnx(samples.chain())
+    monkeypatch.setattr(onnx_import, "MAX_NODES", 3)
+    with pytest.raises(UnsafeModelError, match="nodes, more than 3"):
+        from_onnx(proto)
+    monkeypatch.undo()
+    with pytest.raises(UnsafeModelError, match="bytes, more than 10"):
+        from_onnx(proto.SerializeToString(), max_file_bytes=10)
 
 
 def test_bad_paths_and_objects(tmp_path):

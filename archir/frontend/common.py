@@ -72,6 +72,8 @@ _BAD = re.compile(r"[^A-Za-z0-9_\-]")
 def clean_id(text: str) -> str:
     """A readable IR id from a module path or ONNX name: each dot-separated part made legal."""
     parts = [_BAD.sub("_", p) for p in str(text).split(".") if p != ""]
+    parts = ["_" + p if p.startswith("-") else p for p in parts]  # a part may not start with '-'
+
     return ".".join(parts) if parts else "node"
 
 

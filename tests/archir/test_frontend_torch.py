@@ -258,6 +258,7 @@ def test_functional_conv_on_a_parameter_is_mapped():
     _same(g, m, (3, 8, 8))
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
 @pytest.mark.parametrize("module,reason", [
     (nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"), "padding_mode"),
     (nn.BatchNorm2d(3, track_running_stats=False), "batch statistics"),

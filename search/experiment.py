@@ -554,14 +554,14 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
     cfg_dict = config.to_dict()
     requeued: list[int] = []
     if resume:  # check before the executor starts (Ray takes seconds), and before anything is written
-        with Store.open(run_dir) as st:
+        with Store.open(run_dir, lock=True) as st:  # lock: fail now if another search is writing it
             st.check_config(cfg_dict)
     elif (run_dir / DB_NAME).exists():
         Store.create(run_dir, cfg_dict)  # raises: the folder already holds a search
     ex = get_executor(executor, **dict(executor_options or {}))  # a bad executor leaves no run folder behind
     try:
         if resume:
-            store = Store.open(run_dir)
+            store = Store.open(run_dir, lock=True)
             requeued = store.requeue_unfinished()
         else:
             store = Store.create(run_dir, cfg_dict)

@@ -9,7 +9,8 @@ A run directory holds::
       pareto.png, best.onnx  # written by the gallery / export
 
 Only the driver process writes the store (executors return results; the driver records
-them), so there is never a concurrent writer. WAL mode lets ``archir gallery`` read while a
+them), and a driver holds the folder's lock (``search.lock``) while it runs, so a second
+``archir search --resume`` on the same folder is refused instead of duplicating work. WAL mode lets ``archir gallery`` read while a
 search is running, and a search killed at any moment (even ``SIGKILL``) leaves a consistent
 database: a candidate is either recorded with its result or still ``queued``/``running``.
 
@@ -35,16 +36,19 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-__all__ = ["Store", "Candidate", "StoreError", "ConfigMismatch", "STORE_SCHEMA_VERSION", "DB_NAME", "STATUSES"]
+__all__ = ["Store", "Candidate", "StoreError", "ConfigMismatch", "STORE_SCHEMA_VERSION", "DB_NAME", "LOCK_NAME",
+           "STATUSES"]
 
 STORE_SCHEMA_VERSION = 1
 DB_NAME = "search.db"
+LOCK_NAME = "search.lock"
 STATUSES = ("queued", "running", "done", "failed")
 
 
@@ -166,10 +170,37 @@ class Store:
     a context manager; :meth:`close` closes the connection.
     """
 
-    def __init__(self, run_dir: Path, conn: sqlite3.Connection) -> None:
+    def __init__(self, run_dir: Path, conn: sqlite3.Connection, lock_fd: int | None = None) -> None:
         self.run_dir = run_dir
         self.path = run_dir / DB_NAME
         self._conn = conn
+        self._lock_fd = lock_fd
+
+    @staticmethod
+    def _lock(run_dir: Path) -> int | None:
+        """Take the run folder's driver lock (``search.lock``, ``flock``), or raise if another driver holds it.
+
+        The OS drops the lock when the process ends, however it ends (``SIGKILL`` included), so a
+        killed search never leaves a stale lock behind. Without ``fcntl`` (Windows) nothing is locked.
+        """
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return None
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise StoreError(f"{run_dir}: another search (pid {pid}) is writing this run folder",
+                             hint="wait for it to finish or stop it, then --resume; or use another --out folder"
+                             ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        return fd
 
     # ------------------------------------------------------------------ open / create
 
@@ -199,8 +230,13 @@ class Store:
         if run_dir.exists() and not run_dir.is_dir():
             raise StoreError(f"{run_dir}: exists and is not a folder", hint="choose another --out folder")
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock = cls._lock(run_dir)
         (run_dir / "graphs").mkdir(exist_ok=True)
-        conn = cls._connect(run_dir / DB_NAME)
+        try:
+            conn = cls._connect(run_dir / DB_NAME)
+        except BaseException:
+            cls._unlock(lock)
+            raise
         with conn:
             conn.execute("BEGIN")
             for stmt in _SCHEMA.strip().split(";"):
@@ -209,14 +245,24 @@ class Store:
             conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [
                 ("format", "archir.search"), ("schema_version", str(STORE_SCHEMA_VERSION)),
                 ("config", _dumps(dict(config))), ("created_at", repr(time.time())), ("elapsed_s", "0.0")])
-        return cls(run_dir, conn)
+        return cls(run_dir, conn, lock)
+
+    @staticmethod
+    def _unlock(fd: int | None) -> None:
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
 
     @classmethod
-    def open(cls, run_dir: str | Path) -> "Store":
+    def open(cls, run_dir: str | Path, *, lock: bool = False) -> "Store":
         """Open the store of an existing run.
 
+        Args:
+            run_dir: the run folder.
+            lock: take the driver lock (a search that will write); readers (gallery, export) need none.
+
         Raises:
-            StoreError: no store there, not an archir store, or written by a newer archir.
+            StoreError: no store there, not an archir store, written by a newer archir, or (``lock``)
+                another search is writing it.
         """
         run_dir = Path(run_dir)
         path = run_dir / DB_NAME
@@ -238,11 +284,18 @@ class Store:
             conn.close()
             raise StoreError(f"{path}: written with store schema {ver}; this archir reads up to "
                              f"{STORE_SCHEMA_VERSION}", hint="upgrade archir to read this run")
-        return cls(run_dir, conn)
+        try:
+            fd = cls._lock(run_dir) if lock else None
+        except BaseException:
+            conn.close()
+            raise
+        return cls(run_dir, conn, fd)
 
     def close(self) -> None:
-        """Close the connection (WAL contents are checkpointed by SQLite)."""
+        """Close the connection (WAL contents are checkpointed by SQLite) and release the driver lock."""
         self._conn.close()
+        self._unlock(self._lock_fd)
+        self._lock_fd = None
 
     def __enter__(self) -> "Store":
         return self

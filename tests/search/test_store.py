@@ -188,3 +188,16 @@ def test_resume_after_sigkill_loses_nothing_and_duplicates_nothing(tmp_path):
     whole = tmp_path / "whole"
     run_search(ExperimentConfig(**CONFIG), whole)
     assert _snapshot(run) == _snapshot(whole)  # the same candidates, results and trained weights
+
+
+def test_one_driver_at_a_time(tmp_path):
+    st = Store.create(tmp_path / "run", {})
+    try:
+        with pytest.raises(StoreError, match=rf"another search \(pid {os.getpid()}\) is writing") as e:
+            Store.open(tmp_path / "run", lock=True)
+        assert "--resume" in e.value.hint
+        with Store.open(tmp_path / "run") as reader:  # readers (gallery, export) need no lock
+            assert reader.counts()["queued"] == 0
+    finally:
+        st.close()
+    Store.open(tmp_path / "run", lock=True).close()  # released on close

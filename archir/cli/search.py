@@ -138,7 +138,13 @@ def _run_search(args: argparse.Namespace) -> int:
     opts = _executor_options(args)
     out = Path(args.out)
     progress = Progress(None if args.quiet else sys.stderr)
-    s = run_search(cfg, out, executor=args.executor, executor_options=opts, resume=args.resume, progress=progress)
+    try:
+        s = run_search(cfg, out, executor=args.executor, executor_options=opts, resume=args.resume,
+                       progress=progress)
+    except KeyboardInterrupt:
+        print(f"search interrupted: every finished candidate is kept in {out}; continue it with the same command "
+              "and --resume", file=sys.stderr)
+        raise
     c = s.counts
     print(f"search finished: {c['done'] + c['failed']} candidates ({c['done']} done, {c['failed']} failed) in "
           f"{_fmt_time(s.session_s)}" + (f" ({_fmt_time(s.elapsed_s)} over all sessions)" if args.resume else "")

@@ -34,8 +34,12 @@ round after it).
   ``ort-cuda``, ``torch-cuda``): ``val_error + cost_weight * log2(cost)``, the additive form of
   MnasNet's ``accuracy * (cost / target) ** w`` reward: with the default ``cost_weight`` 0.02,
   halving the cost is worth 2 points of validation error. Latency is the median of
-  ``costmodels.measure`` (batch 1, one thread) in milliseconds; counts come from
-  ``costmodels.count`` (batch 1).
+  ``costmodels.measure`` (batch 1, one thread, 5 warm-up and 20 timed runs) in milliseconds,
+  taken in the worker right after training; counts come from ``costmodels.count`` (batch 1).
+  Counts are exact and the same with every executor; a measured latency is not (with the
+  ``process``/``ray`` executors another candidate may be training on the next core), so a
+  latency objective makes the *choices* of evolution depend on timing noise. For comparable
+  latencies use the ``serial`` executor on an idle machine, or a count objective.
 - ``max_latency_ms``: a hard budget. Every candidate is still trained and recorded, but one over
   the budget is marked ``within_budget=False`` and is never selected (not as an evolution parent
   while a member within budget is drawn, not as the best, not on the Pareto frontier). Latency is

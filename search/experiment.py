@@ -51,7 +51,6 @@ The Pareto gallery plots validation error against the objective's cost (MACs for
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os

@@ -10,9 +10,10 @@ A run directory holds::
 
 Only the driver process writes the store (executors return results; the driver records
 them), and a driver holds the folder's lock (``search.lock``) while it runs, so a second
-``archir search --resume`` on the same folder is refused instead of duplicating work. WAL mode lets ``archir gallery`` read while a
-search is running, and a search killed at any moment (even ``SIGKILL``) leaves a consistent
-database: a candidate is either recorded with its result or still ``queued``/``running``.
+``archir search --resume`` on the same folder is refused instead of duplicating work. WAL
+mode lets ``archir gallery`` read while a search is running, and a search killed at any moment
+(even ``SIGKILL``) leaves a consistent database: a candidate is either recorded with its result
+or still ``queued``/``running``.
 
 Every candidate row holds: ``id`` (0, 1, 2, ... in the order the driver asked for them),
 ``round`` (the ask/tell round it belongs to), ``parents`` (ids, JSON list), ``op`` (what made

@@ -24,7 +24,8 @@ def tiny(**kw) -> ExperimentConfig:
 
 
 @pytest.mark.parametrize("text, kind, value", [("200c", "candidates", 200), ("10m", "time", 600.0),
-                                                ("90s", "time", 90.0), ("1.5h", "time", 5400.0), (" 3m ", "time", 180.0)])
+                                                ("90s", "time", 90.0), ("1.5h", "time", 5400.0),
+                                                (" 3m ", "time", 180.0)])
 def test_parse_budget(text, kind, value):
     b = parse_budget(text)
     assert (b.kind, b.value) == (kind, value)

@@ -3,13 +3,17 @@
 Public names:
     Strategy, CandidateSpec, STRATEGIES, register_strategy, get_strategy, StrategyError,
         mutation_op: the interface and the registry.
-    RandomSearch (``"random"``), RegularizedEvolution (``"evolution"``): the strategies.
+    RandomSearch (``"random"``), RegularizedEvolution (``"evolution"``), Reinforce (``"reinforce"``,
+        NAS-RL), PNAS (``"pnas"``): the strategies.
 """
 
 from search.strategies.base import (STRATEGIES, CandidateSpec, Strategy, StrategyError, get_strategy, mutation_op,
                                     register_strategy)
 from search.strategies.random_search import RandomSearch
 from search.strategies.evolution import RegularizedEvolution
+from search.strategies.reinforce import Reinforce
+from search.strategies.pnas import PNAS
 
 __all__ = ["Strategy", "CandidateSpec", "STRATEGIES", "register_strategy", "get_strategy", "StrategyError",
-           "mutation_op", "RandomSearch", "RegularizedEvolution"]
+           "mutation_op", "RandomSearch", "RegularizedEvolution",
+           "Reinforce", "PNAS"]

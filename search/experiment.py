@@ -529,7 +529,10 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
     from search.executors import get_executor
     from search.spaces import get_space
     from search.strategies import get_strategy
+    from search.oneshot import ONESHOT, run_oneshot
 
+    if config.strategy in ONESHOT:  # DARTS, SNAS, PARSEC, ENAS: one supernet, no ask/tell rounds, no executor
+        return run_oneshot(config, out, resume=resume, progress=progress, on_candidate=on_candidate)
     budget, obj = config.check()
     run_dir = Path(out)
     progress = progress or Progress(None)

@@ -1,0 +1,678 @@
+"""The one-shot driver framework: ``OneShotDriver``, the ``ONESHOT`` registry and ``run_oneshot``.
+
+One-shot methods (DARTS, SNAS, PARSEC, ENAS) do not fit the ask/tell loop of
+:mod:`search.strategies`: they train one weight-sharing supernet and a distribution over
+architectures together, and read an architecture off at the end. A driver does one search
+*step* at a time (one pass over the training split, or ``max_batches`` batches of it)::
+
+    driver = ONESHOT["darts"](space, dataset, config, seed=0, order=1)
+    figures = driver.step()          # {"loss": ..., "val_error": ..., "entropy": ...}
+    decisions = driver.derive()      # the space's decisions of the architecture read off now
+    js, tensors = driver.state()     # checkpoint: JSON + tensors (safetensors), never pickle
+
+:func:`run_oneshot` (what ``run_search`` hands over to when ``config.strategy`` is a one-shot
+driver, so ``archir search --strategy darts|snas|parsec|enas`` works) runs the steps, writes
+a checkpoint after each one, and records the derived architecture in the same store as an
+ask/tell search: op ``"derive:<driver>"``, no parents, the space's decisions, evaluated by the
+same path as every other candidate (:func:`search.experiment.evaluate_candidate`: built from
+the decisions, trained with the run's training config, priced, saved), so ``archir gallery``
+and ``archir export --best`` work unchanged.
+
+**Budget** for one-shot drivers: ``"<N>c"`` is N search *steps* (epochs of the supernet, not
+candidates); ``"90s"``/``"10m"`` is wall time of the search steps, summed over resumed
+sessions (a step is not started when less than the mean step time is left). The evaluation of
+the derived architecture comes after the budget (it is the same for every strategy).
+``evaluate_every=k`` (option) also records the architecture derived after every k-th step.
+
+**Checkpoints**: after each step ``<out>/oneshot/state.safetensors`` (the tensors: supernet
+weights, architecture parameters, optimiser buffers, torch's RNG state) and then
+``<out>/oneshot/state.json`` (step count, options, numpy RNG state, driver figures, and the
+sha256 of the tensor file) are replaced atomically; ``resume=True`` loads them and continues
+from the step after, re-evaluating a derived candidate whose evaluation was cut off.
+
+Determinism: all randomness comes from the experiment seed (a numpy Generator and torch's
+global RNG, seeded inside ``torch.random.fork_rng``), runs use one thread and deterministic
+algorithms, and the RNG states are checkpointed, so a resumed search continues exactly as
+an uninterrupted one.
+
+Adding a driver: subclass :class:`OneShotDriver`, set ``name`` and ``OPTIONS`` (its own
+keyword options with defaults; :data:`COMMON_OPTIONS` are added), implement ``step`` and
+``derive`` and list what to checkpoint in ``modules()``/``optimizers()``/``extra_state()``,
+decorate it with :func:`register_oneshot`, and put the module in ``search/oneshot/`` (every
+module there is imported by ``search.oneshot``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+import weakref
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["OneShotDriver", "ONESHOT", "register_oneshot", "get_oneshot", "run_oneshot", "COMMON_OPTIONS",
+           "decisions_from_probs", "categorical_entropy", "PeakMemory", "CHECKPOINT_DIR", "load_checkpoint",
+           "save_checkpoint", "optimizer_state", "load_optimizer_state"]
+
+#: options every one-shot driver takes (``--strategy-opt KEY=VALUE`` on the command line).
+COMMON_OPTIONS: dict[str, Any] = {
+    "batch_size": 64,       # search batch size (train and val batches)
+    "max_batches": 0,       # batches per step (0: one pass over the training split)
+    "evaluate_every": 0,    # also record the architecture derived after every k-th step (0: only at the end)
+}
+CHECKPOINT_DIR = "oneshot"
+
+
+def _strategy_error(message: str, hint: str):
+    from search.strategies import StrategyError
+
+    return StrategyError(message, hint=hint)
+
+
+# --------------------------------------------------------------------------- helpers shared by drivers
+
+
+def categorical_entropy(logits: Mapping[str, Any] | list) -> float:
+    """Sum over decisions of the entropy (nats) of ``softmax(logits)``; uniform over K options gives ``log K`` each.
+
+    Example:
+        >>> round(categorical_entropy({"a": np.zeros(4)}), 4) == round(float(np.log(4)), 4)
+        True
+    """
+    vals = logits.values() if isinstance(logits, Mapping) else logits
+    total = 0.0
+    for v in vals:
+        t = torch.as_tensor(np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, np.float64))
+        p = torch.softmax(t, -1)
+        total += float(-(p * torch.log_softmax(t, -1)).sum())
+    return total
+
+
+def _softmax_np(v) -> np.ndarray:
+    v = np.asarray(v, np.float64)
+    e = np.exp(v - v.max())
+    return e / e.sum()
+
+
+def decisions_from_probs(space, supernet, probs: Mapping[str, Any], *, drop_zero: bool = False) -> dict:
+    """The space's decisions read off per-decision probabilities of a supernet (key -> (K,) array).
+
+    - ``DartsSpace``: per node the two inputs whose strongest non-``none`` op weighs most, each
+      with that op (DARTS' derivation, as :meth:`DartsSpace.genotype_of`). With ``drop_zero``
+      (SNAS: the child is the argmax of every edge, ``none`` deletes the edge) edges whose argmax
+      is ``none`` rank after every surviving edge; a genotype has exactly two inputs per node, so
+      a node with more survivors keeps the two strongest and one with fewer is filled with the
+      strongest deleted edges' best ops (the projection of the SNAS child onto the space).
+      Decisions a supernet lacks (no reduction cell in a 2-cell net) count as uniform.
+    - ``ChainSpace``: the argmax of every layer (``skip``: the zero op drops the layer), at the
+      supernet's widths.
+
+    Raises:
+        ValueError: a space without a supernet derivation here.
+    """
+    from archir import decision_keys
+    from search.spaces.chain import ChainSpace
+    from search.spaces.darts import KINDS, NODES, OPS, DartsSpace
+
+    keys = decision_keys(supernet)
+    if isinstance(space, DartsSpace):
+        out = {}
+        for kind in KINDS:
+            pairs = []
+            for n in range(NODES):
+                ranked = []
+                for j in range(n + 2):
+                    key = f"{kind}.n{n}.i{j}"
+                    w = _softmax_np(np.zeros(len(OPS))) if key not in probs else np.asarray(probs[key], np.float64)
+                    k = 1 + int(np.argmax(w[1:]))  # OPS[0] is none
+                    dropped = drop_zero and int(np.argmax(w)) == 0
+                    ranked.append((dropped, -float(w[k]), j, OPS[k]))
+                pairs += [[op, j] for _, _, j, op in sorted(ranked)[:2]]
+            out[kind] = pairs
+        return space.decode(out)
+    if isinstance(space, ChainSpace):
+        widths = (supernet.meta or {}).get("widths") or [max(o) for o in space.width_options]
+        layers = []
+        for i in range(space.layers):
+            key = f"layer{i}"
+            name = keys[key][int(np.argmax(np.asarray(probs[key], np.float64)))]
+            if name == "skip":
+                layers.append({"skip": True})
+            else:
+                k, e = (int(s[1:]) for s in name.split("_"))
+                layers.append({"expand": e, "kernel": k, "skip": False, "width": int(widths[i])})
+        return space.decode({"layers": layers})
+    raise ValueError(f"no supernet derivation for space {type(space).__name__} (how to fix: use the darts or "
+                     "chain space)")
+
+
+def optimizer_state(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """An optimiser's state as JSON (hyper-parameters, scalar state) and tensors (buffers) named ``prefix.*``."""
+    sd = opt.state_dict()
+    js: dict[str, Any] = {"param_groups": sd["param_groups"], "state": {}}
+    tensors: dict[str, torch.Tensor] = {}
+    for pid, st in sd["state"].items():
+        entry = {}
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{prefix}.{pid}.{k}"] = v.detach().clone().contiguous()
+                entry[k] = {"tensor": f"{prefix}.{pid}.{k}"}
+            else:
+                entry[k] = v
+        js["state"][str(pid)] = entry
+    return js, tensors
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, js: Mapping, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Inverse of :func:`optimizer_state`."""
+    state = {}
+    for pid, entry in js["state"].items():
+        state[int(pid)] = {k: (tensors[v["tensor"]].clone() if isinstance(v, dict) and "tensor" in v else v)
+                           for k, v in entry.items()}
+    opt.load_state_dict({"param_groups": js["param_groups"], "state": state})
+
+
+class PeakMemory:
+    """Peak bytes of CPU tensor storages allocated while active (a ``TorchDispatchMode``).
+
+    Every storage an op creates is counted when it appears and uncounted when it is freed
+    (a weakref finaliser), so ``peak`` is the high-water mark of memory allocated by tensors
+    inside the block -- activations kept for backward, gradients, optimiser buffers --
+    excluding what existed before (the weights). Used for per-step memory of drivers.
+
+    Example:
+        >>> with PeakMemory() as m:
+        ...     y = (torch.ones(256) * 2).sum()
+        >>> m.peak >= 256 * 4
+        True
+    """
+
+    def __init__(self) -> None:
+        self.current = 0
+        self.peak = 0
+        self._live: dict[int, Any] = {}
+        self._mode = None
+
+    def _free(self, key: int, n: int) -> None:
+        self.current -= n
+        self._live.pop(key, None)
+
+    def __enter__(self) -> "PeakMemory":
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        tracker = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in tree_flatten(out)[0]:
+                    if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                        st = t.untyped_storage()
+                        n = st.nbytes()
+                        key = st.data_ptr()
+                        if n == 0 or key in tracker._live:
+                            continue
+                        tracker.current += n
+                        tracker.peak = max(tracker.peak, tracker.current)
+                        tracker._live[key] = weakref.finalize(st, tracker._free, key, n)
+                return out
+
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+        for fin in list(self._live.values()):
+            fin.detach()
+        self._live.clear()
+
+
+# --------------------------------------------------------------------------- the driver base class
+
+
+class OneShotDriver(ABC):
+    """Base class of one-shot search drivers (see the module docstring).
+
+    Args:
+        space: the search space (``search.spaces.Space``).
+        dataset: a ``search.data.Dataset`` (train split: weights; val split: architecture / rewards).
+        config: the ``search.experiment.ExperimentConfig`` (objective, training config, ...).
+        seed: the experiment seed.
+        run_dir: the run folder (files a driver keeps there, e.g. SNAS' latency table), or None.
+        **options: the driver's options (``OPTIONS`` and :data:`COMMON_OPTIONS`).
+
+    Attributes:
+        steps_done: search steps finished so far.
+        rng: the driver's numpy Generator (checkpointed).
+        options: the options in effect.
+
+    Raises:
+        StrategyError: an unknown option or a bad value.
+    """
+
+    name: ClassVar[str] = ""
+    OPTIONS: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, space, dataset, config, seed: int = 0, *, run_dir: str | os.PathLike | None = None,
+                 **options) -> None:
+        known = {**COMMON_OPTIONS, **self.OPTIONS}
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise _strategy_error(f"strategy {self.name!r}: unknown option(s) {unknown}",
+                                  hint=f"its options are {sorted(known)}")
+        self.options = {**known, **options}
+        for k in ("batch_size",):
+            self._check_int(k, 1)
+        for k in ("max_batches", "evaluate_every"):
+            self._check_int(k, 0)
+        self.space, self.dataset, self.config, self.seed = space, dataset, config, int(seed)
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.rng = np.random.default_rng([int(seed), 9])
+        self.steps_done = 0
+        self.x_train = torch.from_numpy(np.array(dataset.x_train, dtype=np.float32))
+        self.y_train = torch.from_numpy(np.array(dataset.y_train, dtype=np.int64))
+        self.x_val = torch.from_numpy(np.array(dataset.x_val, dtype=np.float32))
+        self.y_val = torch.from_numpy(np.array(dataset.y_val, dtype=np.int64))
+
+    # ---------------------------------------------------------------- option checks
+
+    def _check_int(self, key: str, lo: int) -> int:
+        v = self.options[key]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise _strategy_error(f"strategy {self.name!r}: option {key}={v!r} must be an int >= {lo}",
+                                  hint=f"e.g. --strategy-opt {key}={max(lo, COMMON_OPTIONS.get(key, lo) or lo)}")
+        return int(v)
+
+    def _check_num(self, key: str, lo: float = 0.0, *, strict: bool = False, hi: float | None = None) -> float:
+        v = self.options[key]
+        ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v) \
+            and (v > lo if strict else v >= lo) and (hi is None or v <= hi)
+        if not ok:
+            rng = f"{'>' if strict else '>='} {lo}" + ("" if hi is None else f" and <= {hi}")
+            raise _strategy_error(f"strategy {self.name!r}: option {key}={v!r} must be a number {rng}",
+                                  hint=f"e.g. --strategy-opt {key}={self.OPTIONS.get(key, COMMON_OPTIONS.get(key))}")
+        return float(v)
+
+    # ---------------------------------------------------------------- what a driver implements
+
+    @abstractmethod
+    def step(self) -> dict:
+        """One search step (an epoch, or ``max_batches`` batches); returns progress figures
+        (``loss``, ``val_error``, ``entropy`` or ``reward``, ...: floats)."""
+
+    @abstractmethod
+    def derive(self) -> dict:
+        """The space's (canonical) decisions of the architecture the search reads off now."""
+
+    def entropy(self) -> float:
+        """The entropy (nats) of the current distribution over architectures (progress display)."""
+        return float("nan")
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Modules whose state is checkpointed (name -> module)."""
+        return {}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Optimisers whose state is checkpointed (name -> optimiser)."""
+        return {}
+
+    def extra_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """Anything else to checkpoint: JSON and tensors (names must not contain ``/``)."""
+        return {}, {}
+
+    def load_extra_state(self, js: Mapping, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`extra_state`."""
+
+    # ---------------------------------------------------------------- shared machinery
+
+    def batches(self, split: str = "train") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Shuffled mini-batches of ``split`` (``"train"``/``"val"``) from ``self.rng``; ``max_batches`` of them
+        when set, cycling through the split."""
+        x, y = (self.x_train, self.y_train) if split == "train" else (self.x_val, self.y_val)
+        bs = int(self.options["batch_size"])
+        n = len(y)
+        total = self.options["max_batches"] or math.ceil(n / bs)
+        done = 0
+        while done < total:
+            order = torch.from_numpy(self.rng.permutation(n))
+            for s in range(0, n, bs):
+                if done >= total:
+                    return
+                idx = order[s:s + bs]
+                yield x[idx], y[idx]
+                done += 1
+
+    def steps_per_epoch(self) -> int:
+        """Batches in one step."""
+        return self.options["max_batches"] or math.ceil(len(self.y_train) / int(self.options["batch_size"]))
+
+    def val_error(self, module: torch.nn.Module) -> float:
+        """Error of ``module`` on the validation split (its first ``max_batches * batch_size`` samples when
+        ``max_batches`` is set: tiny searches stay tiny)."""
+        n = len(self.y_val)
+        if self.options["max_batches"]:
+            n = min(n, int(self.options["max_batches"]) * int(self.options["batch_size"]))
+        return self.error_of(module, self.x_val[:n], self.y_val[:n])
+
+    @staticmethod
+    def error_of(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+        """Classification error of ``module`` on ``(x, y)`` (eval mode restored to train mode after)."""
+        was = module.training
+        module.eval()
+        wrong = 0
+        with torch.no_grad():
+            for i in range(0, len(y), batch_size):
+                wrong += int((module(x[i:i + batch_size]).argmax(1) != y[i:i + batch_size]).sum())
+        module.train(was)
+        return wrong / max(1, len(y))
+
+    def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """The driver's checkpoint: a JSON-able dict and a dict of tensors (for safetensors)."""
+        tensors: dict[str, torch.Tensor] = {}
+        for name, m in self.modules().items():
+            for k, v in m.state_dict().items():
+                tensors[f"module/{name}/{k}"] = v.detach().clone().contiguous()
+        opts = {}
+        for name, opt in self.optimizers().items():
+            js, ts = optimizer_state(opt, f"optim/{name}")
+            opts[name] = js
+            tensors.update(ts)
+        extra_js, extra_ts = self.extra_state()
+        tensors.update({f"extra/{k}": v.detach().clone().contiguous() for k, v in extra_ts.items()})
+        tensors["rng/torch"] = torch.get_rng_state()
+        js = {"driver": self.name, "options": self.options, "steps_done": self.steps_done,
+              "rng": self.rng.bit_generator.state, "optimizers": opts, "extra": extra_js}
+        return json.loads(json.dumps(js)), tensors
+
+    def load_state(self, js: Mapping, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Restore :meth:`state` (the driver must have been built with the same space, config and options).
+
+        Raises:
+            ValueError: the checkpoint belongs to another driver or misses tensors.
+        """
+        if js.get("driver") != self.name:
+            raise ValueError(f"checkpoint is of driver {js.get('driver')!r}, not {self.name!r}")
+        for name, m in self.modules().items():
+            pre = f"module/{name}/"
+            sd = {k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)}
+            missing = sorted(set(m.state_dict()) - set(sd))
+            if missing:
+                raise ValueError(f"checkpoint lacks {len(missing)} tensor(s) of module {name!r}, e.g. {missing[:3]}")
+            m.load_state_dict(sd)
+        for name, opt in self.optimizers().items():
+            load_optimizer_state(opt, js["optimizers"][name], tensors)
+        self.load_extra_state(js.get("extra", {}), {k[6:]: v for k, v in tensors.items() if k.startswith("extra/")})
+        self.steps_done = int(js["steps_done"])
+        self.rng.bit_generator.state = js["rng"]
+        torch.set_rng_state(tensors["rng/torch"])
+
+
+ONESHOT: dict[str, type[OneShotDriver]] = {}
+
+
+def register_oneshot(cls: type[OneShotDriver]) -> type[OneShotDriver]:
+    """Class decorator: make ``cls`` available as ``--strategy <cls.name>``."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__}: a one-shot driver needs a class attribute 'name'")
+    if cls.name in ONESHOT and ONESHOT[cls.name] is not cls:
+        raise TypeError(f"one-shot driver name {cls.name!r} is taken by {ONESHOT[cls.name].__name__}")
+    ONESHOT[cls.name] = cls
+    return cls
+
+
+def get_oneshot(name: str) -> type[OneShotDriver]:
+    """The driver class called ``name`` (``StrategyError`` if unknown)."""
+    if name not in ONESHOT:
+        raise _strategy_error(f"unknown one-shot strategy {name!r}", hint=f"choose one of {sorted(ONESHOT)}")
+    return ONESHOT[name]
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(run_dir: str | os.PathLike, js: Mapping, tensors: Mapping[str, torch.Tensor]) -> Path:
+    """Write ``<run_dir>/oneshot/state.safetensors`` then ``state.json`` (both atomically; the JSON holds
+    the tensor file's sha256, so a crash between the two is detected on load). Returns the JSON path."""
+    from safetensors.torch import save
+
+    from archir.serialize import atomic_write
+
+    d = Path(run_dir) / CHECKPOINT_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    blob = save({k: v.contiguous() for k, v in tensors.items()})
+    atomic_write(d / "state.safetensors", blob)
+    doc = {"format": "archir-oneshot-checkpoint", "version": 1, "tensors_sha256": hashlib.sha256(blob).hexdigest(),
+           "state": js}
+    atomic_write(d / "state.json", json.dumps(doc, sort_keys=True).encode())
+    return d / "state.json"
+
+
+def load_checkpoint(run_dir: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """The checkpoint of ``run_dir`` as ``(json, tensors)``, or None when there is none.
+
+    Raises:
+        StoreError: the files are unreadable or do not belong together.
+    """
+    from safetensors.torch import load
+
+    from search.store import StoreError
+
+    d = Path(run_dir) / CHECKPOINT_DIR
+    if not (d / "state.json").exists():
+        return None
+    try:
+        doc = json.loads((d / "state.json").read_text())
+        blob = (d / "state.safetensors").read_bytes()
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{d}: cannot read the one-shot checkpoint: {e}",
+                         hint="start a new run (another --out folder)") from None
+    if doc.get("format") != "archir-oneshot-checkpoint" or hashlib.sha256(blob).hexdigest() != doc.get(
+            "tensors_sha256"):
+        raise StoreError(f"{d}: state.json and state.safetensors do not belong together",
+                         hint="start a new run (another --out folder)")
+    return doc["state"], load(blob)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_oneshot(config, out: str | os.PathLike, *, resume: bool = False, progress=None,
+                on_candidate: Callable | None = None, on_step: Callable[[OneShotDriver, dict], None] | None = None):
+    """Run (or resume) a one-shot search into the run folder ``out``; see the module docstring.
+
+    Args:
+        config: a ``search.experiment.ExperimentConfig`` whose ``strategy`` is in :data:`ONESHOT`
+            (``strategy_options``: the driver's options).
+        out: the run folder (``search.db``, ``graphs/``, ``oneshot/``).
+        resume: continue from the checkpoint in ``out``.
+        progress: a ``search.experiment.Progress`` (default: none).
+        on_candidate: called with every recorded finished candidate.
+        on_step: called with ``(driver, figures)`` after every step (tests, benchmarks).
+
+    Returns:
+        A ``search.experiment.SearchSummary``.
+
+    Raises:
+        ConfigError, StrategyError: bad options. StoreError: ``out`` holds a search (without
+        ``resume``), none (with ``resume``), another experiment, or a broken checkpoint.
+    """
+    from search import experiment as ex
+    from search.spaces import get_space
+    from search.store import DB_NAME, Candidate, Store, StoreError
+    from search.train import TrainConfig
+
+    budget, obj = config.check()
+    run_dir = Path(out)
+    progress = progress or ex.Progress(None)
+    cls = get_oneshot(config.strategy)
+    ds = ex._dataset(config.dataset)
+    space_options = {**config.space_options, "input_shape": tuple(ds.input_shape), "num_classes": int(ds.num_classes)}
+    try:
+        space = get_space(config.space, **space_options)
+    except ValueError as e:
+        msg, _, fix = str(e).partition(" (how to fix: ")
+        raise ex.ConfigError(msg, hint=fix.rstrip(")") or "check --space and --space-opt") from None
+    try:
+        TrainConfig(**{**config.train, "seed": 0, "threads": 1})
+    except (TypeError, ValueError) as e:
+        raise ex.ConfigError(f"training options {config.train}: {ex._one_line(e)}",
+                             hint="check the --epochs / --batch-size / --lr values") from None
+    latency_backend = config.latency_backend_used()
+    if latency_backend:
+        ex._check_latency_backend(space, latency_backend)
+    cfg_dict = config.to_dict()
+    if resume:
+        with Store.open(run_dir, lock=True) as st:
+            st.check_config(cfg_dict)
+    elif (run_dir / DB_NAME).exists():
+        Store.create(run_dir, cfg_dict)  # raises: the folder already holds a search
+
+    threads = torch.get_num_threads()
+    det, det_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(np.random.SeedSequence([int(config.seed), 9]).generate_state(1)[0]))
+            driver = cls(space, ds, config, seed=int(config.seed), run_dir=run_dir, **dict(config.strategy_options))
+            store = Store.open(run_dir, lock=True) if resume else Store.create(run_dir, cfg_dict)
+            try:
+                return _loop(config, run_dir, driver, store, space, space_options, budget, obj, latency_backend,
+                             resume, progress, on_candidate, on_step, ex, Candidate, StoreError)
+            finally:
+                store.close()
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det, warn_only=det_warn)
+
+
+def _loop(config, run_dir, driver, store, space, space_options, budget, obj, latency_backend, resume, progress,
+          on_candidate, on_step, ex, Candidate, StoreError):
+    store.set_info("space_options", {**space_options, "input_shape": list(space_options["input_shape"])})
+    store.set_info("oneshot", {"driver": driver.name})
+    requeued: list[int] = []
+    resumed = 0
+    if resume:
+        ck = load_checkpoint(run_dir)
+        if ck is not None:
+            try:
+                driver.load_state(*ck)
+            except (ValueError, KeyError, RuntimeError) as e:
+                raise StoreError(f"{run_dir}: cannot resume from the one-shot checkpoint: {ex._one_line(e)}",
+                                 hint="start a new run (another --out folder) with this version of archir") from None
+        requeued = store.requeue_unfinished()
+        resumed = sum(c.finished for c in store.candidates())
+        progress.line(f"resumed {run_dir}: {driver.steps_done} search steps done, {resumed} derived candidates kept, "
+                      f"{len(requeued)} re-queued; {ex._fmt_time(store.elapsed_s)} spent before")
+    bud = f"{int(budget.value)} search steps" if budget.kind == "candidates" else f"{budget} of search steps"
+    opts = ", ".join(f"{k}={v}" for k, v in sorted(driver.options.items()))
+    progress.line(f"search: space {config.space}, one-shot strategy {config.strategy} ({opts}), objective "
+                  f"{config.objective}, budget {bud}, dataset {config.dataset}, seed {config.seed}, run folder {run_dir}")
+    t_start = time.perf_counter()
+    base_elapsed = store.elapsed_s
+    last_tick = [t_start]
+    step_times: list[float] = []
+
+    def elapsed() -> float:
+        return base_elapsed + (time.perf_counter() - t_start)
+
+    def tick() -> None:
+        now = time.perf_counter()
+        store.add_elapsed(now - last_tick[0])
+        last_tick[0] = now
+
+    def evaluate(c) -> None:
+        store.mark_running([c.id])
+        task = {"id": c.id, "seed": c.seed, "space": config.space, "space_options": space_options,
+                "decisions": c.decisions, "dataset": config.dataset, "train": dict(config.train),
+                "latency_backend": latency_backend, "threads": 1}
+        with torch.random.fork_rng(devices=[]):  # training must not move the search's RNG
+            res = ex.evaluate_candidate(task)
+        c.metrics = dict(res.get("metrics") or {})
+        c.costs = dict(res.get("costs") or {})
+        c.timings = {**(res.get("timings") or {}), "epochs": int(res.get("epochs") or 0)}
+        c.graph_hash = res.get("graph_hash")
+        if res.get("status") == "ok":
+            try:
+                c.graph_path = ex._write_graph(run_dir, c.id, res["graph_json"], res.get("weights"))
+                c.score = ex._score(config, obj, c.metrics, c.costs)
+                if not math.isfinite(c.score):
+                    raise ValueError(f"score {c.score} is not finite")
+                c.within_budget = ex._within_budget(config, c.costs)
+                c.status, c.error = "done", None
+            except (OSError, KeyError, ValueError) as e:
+                c.status, c.error, c.score = "failed", f"record: {ex._one_line(e)}", None
+        else:
+            c.status, c.error, c.score = "failed", res.get("reason") or "failed (no reason given)", None
+        store.finish(c)
+        tick()
+        cands = store.candidates()
+        done = [x for x in cands if x.status == "done"]
+        progress.candidate(c, counts=store.counts(), best=ex.best_candidate(done),
+                           frontier_size=len(ex.frontier_candidates(done, obj.cost_key)), elapsed=elapsed(),
+                           budget=shown, cost_key=obj.cost_key, describe=space.describe(c.decisions))
+        if on_candidate is not None:
+            on_candidate(c)
+
+    def record(step_no: int) -> None:
+        if any(c.round == step_no for c in store.candidates()):
+            return  # recorded before a resume
+        d = driver.derive()
+        cid = store.next_id()
+        c = Candidate(id=cid, round=step_no, op=f"derive:{driver.name}", decisions=space.encode(d), parents=[],
+                      seed=ex.candidate_seed(config.seed, cid))
+        store.add([c])
+        progress.line(f"step {step_no}: derived {space.describe(d)}; evaluating it as candidate {cid}")
+        evaluate(c)
+
+    every = int(driver.options["evaluate_every"])
+    shown = budget  # the candidate lines count derived candidates, not steps
+    if budget.kind == "candidates":
+        n = int(budget.value)
+        shown = ex.Budget("candidates", n // every + (1 if n % every else 0) if every else 1)
+    for cid in requeued:
+        evaluate(store.get(cid))
+    while True:
+        if budget.kind == "candidates":
+            if driver.steps_done >= int(budget.value):
+                break
+        else:
+            left = budget.value - elapsed()
+            mean = sum(step_times) / len(step_times) if step_times else 0.0
+            if left <= 0 or (step_times and left < mean):
+                break
+        t0 = time.perf_counter()
+        figures = driver.step()
+        driver.steps_done += 1
+        figures = {**figures, "entropy": figures.get("entropy", driver.entropy())}
+        js, tensors = driver.state()
+        js["figures"] = {k: float(v) for k, v in figures.items()}
+        save_checkpoint(run_dir, js, tensors)
+        step_times.append(time.perf_counter() - t0)
+        tick()
+        left_s = (f"{driver.steps_done}/{int(budget.value)} steps" if budget.kind == "candidates"
+                  else f"{ex._fmt_time(budget.value - elapsed())} left")
+        progress.line(f"[{ex._fmt_time(elapsed())} elapsed, {left_s}] {driver.name} step {driver.steps_done}: "
+                      + "  ".join(f"{k} {v:.4g}" for k, v in figures.items()))
+        if on_step is not None:
+            on_step(driver, figures)
+        if every and driver.steps_done % every == 0:
+            record(driver.steps_done)
+    record(driver.steps_done)
+    tick()
+    final = store.candidates()
+    return ex.SearchSummary(run_dir, config, store.counts(), ex.best_candidate(final),
+                            ex.frontier_candidates(final, obj.cost_key), store.elapsed_s,
+                            time.perf_counter() - t_start, resumed=resumed, requeued=requeued,
+                            distinct=len({c.graph_hash for c in final if c.graph_hash}))
+

@@ -13,6 +13,7 @@ Public names:
         PruneReport, PruneResult; remove_op, prune_zero_paths (SNAS edge deletion).
     Canonicalization (function-preserving, eval mode): fold_batchnorm, eliminate_identity,
         eliminate_dead, canonicalize.
+    Petridish: finalize (removes stop_gradient / stop_forward after candidate selection), stop_ops.
     Search helpers: MORPHISMS, register_morphism, legal_targets, random_morphism.
 """
 
@@ -44,6 +45,7 @@ from passes.coupling import Coupling, Group, analyze, dependency_groups
 from passes.prune import PruneReport, PruneResult, prunable_groups, prune_channels, prune_channels_pass
 from passes.remove_op import prune_zero_paths, remove_op
 from passes.canonicalize import canonicalize, eliminate_dead, eliminate_identity, fold_batchnorm
+from passes.finalize import finalize, stop_ops
 from passes.targets import MORPHISMS, legal_targets, random_morphism, register_morphism
 
 __all__ = [
@@ -55,5 +57,6 @@ __all__ = [
     "prune_channels", "prune_channels_pass", "prunable_groups", "PruneReport", "PruneResult",
     "remove_op", "prune_zero_paths",
     "fold_batchnorm", "eliminate_identity", "eliminate_dead", "canonicalize",
+    "finalize", "stop_ops",
     "MORPHISMS", "register_morphism", "legal_targets", "random_morphism",
 ]

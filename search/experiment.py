@@ -190,7 +190,8 @@ class ExperimentConfig:
     """Everything that defines a search run (stored in the run's store; ``--resume`` must match it).
 
     Attributes:
-        space: ``"chain"`` or ``"darts"`` (``search.spaces.get_space``).
+        space: ``"chain"`` or ``"darts"`` (``search.spaces.get_space``), or ``"start"`` for the strategies
+            that grow trained networks (hillclimb, petridish; ``search.morph.StartSpace``).
         space_options: extra keyword arguments of the space (e.g. ``cells``, ``channels``).
         strategy: ``"random"``, ``"evolution"`` (``search.strategies.STRATEGIES``).
         strategy_options: e.g. ``{"population": 10, "sample": 3}`` for evolution.
@@ -304,12 +305,15 @@ def evaluate_candidate(task: Mapping[str, Any]) -> dict:
     stage = "build"
     try:
         import archir
-        from search.spaces import get_space
+        from search.morph import get_space, grow
         from search.train import TrainConfig, train
 
-        opts = dict(task["space_options"])
-        space = get_space(task["space"], **opts)
-        g = space.build(space.decode(task["decisions"]), seed=int(task["seed"]))
+        grown: dict[str, Any] = {"metrics": {}, "epochs": 0}
+        if "parent_graph" in task:  # morphism search: the parent's trained graph + rewrites (search.morph)
+            g, grown = grow(task, _dataset(task["dataset"]))
+        else:
+            space = get_space(task["space"], **dict(task["space_options"]))
+            g = space.build(space.decode(task["decisions"]), seed=int(task["seed"]))
         out["graph_hash"] = g.structural_hash()
         t1 = time.perf_counter()
         out["timings"]["build_s"] = t1 - t0
@@ -319,8 +323,8 @@ def evaluate_candidate(task: Mapping[str, Any]) -> dict:
         res = train(g, ds, cfg)
         t2 = time.perf_counter()
         out["timings"]["train_s"] = t2 - t1
-        out["epochs"] = int(res.epochs)
-        out["metrics"] = {k: float(v) for k, v in res.metrics.items()}
+        out["epochs"] = int(res.epochs) + int(grown["epochs"])  # candidate-epochs, growing included
+        out["metrics"] = {**{k: float(v) for k, v in res.metrics.items()}, **grown["metrics"]}
         if res.status != "ok" or res.graph is None:
             out["reason"] = res.reason or "training failed"
             return out
@@ -527,7 +531,7 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         search.data.DataError: the dataset cannot be loaded. ExecutorError: the executor cannot start.
     """
     from search.executors import get_executor
-    from search.spaces import get_space
+    from search.morph import get_space, parent_task
     from search.strategies import get_strategy
     from search.oneshot import ONESHOT, run_oneshot
 
@@ -579,7 +583,12 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
     def task_of(c: Candidate) -> dict:
         return {"id": c.id, "seed": c.seed, "space": config.space, "space_options": space_options,
                 "decisions": c.decisions, "dataset": config.dataset, "train": dict(config.train),
-                "latency_backend": latency_backend, "threads": 1}
+                "latency_backend": latency_backend, "threads": 1,
+                **parent_task(space, c.decisions, run_dir, _parent_path(c))}
+
+    def _parent_path(c: Candidate) -> str | None:  # a grown candidate's parent graph (search.morph)
+        pid = c.decisions.get("parent")
+        return all_cands[pid].graph_path if isinstance(pid, int) and pid in all_cands else None
 
     all_cands: dict[int, Candidate] = {}
     t_start = time.perf_counter()
@@ -763,7 +772,7 @@ def write_gallery(run_dir: str | os.PathLike, png: str | os.PathLike | None = No
     obj = parse_objective(cfg.objective)
     space = None
     try:
-        from search.spaces import get_space
+        from search.morph import get_space
 
         space = get_space(cfg.space, **opts) if opts else None
     except Exception:  # the table is still useful without the architecture descriptions

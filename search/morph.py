@@ -1,0 +1,350 @@
+"""Morphism-based candidates: a child is its parent's *trained* graph plus rewrites (weight inheritance).
+
+NASH hill climbing and Petridish do not build candidates from decisions with fresh weights; a
+child is "the parent's trained graph + some function-preserving rewrites" and training starts
+from the inherited weights. This module is that extension of the experiment loop:
+
+- :class:`StartSpace` (space ``"start"``): the space of morphism search. Its only "sampled"
+  network is the start graph -- the built-in :func:`starter` net, or any graph file
+  (``archir search --strategy hillclimb --start net.json``, e.g. one imported from PyTorch; its
+  weights, if saved, are kept: a warm start). Its decisions say how a child is *grown*::
+
+      {"method": "start"}                                              # the start graph itself
+      {"method": "morph", "parent": 3, "seed": 77, "n": 2,
+       "ops": ["deepen", "widen", "add_skip", "enlarge_kernel"]}       # NASH: n random morphisms
+      {"method": "petridish", "parent": 3, "seed": 77, "n": 1,         # Petridish: n join points,
+       "ops": ["conv3x3", "sep_conv3x3", "maxpool3x3", "identity"],    # candidate ops,
+       "inputs": 2, "select": 1, "epochs": 1, "l1": 0.001}             # ... see search.petridish
+
+  The random moves are drawn in the worker from ``seed`` (the legal targets depend on the
+  parent's graph, which only the worker holds), so the decisions are small, canonical and
+  replayable: the same parent and seed give the same child. What was applied is recorded in the
+  child's graph (``graph.meta["grown"]``: the calls, e.g. ``"widen(node='c1.conv', ...)"``).
+- the experiment's task for such a candidate carries its parent's graph as plain data (archir
+  JSON text + safetensors bytes: :func:`graph_to_data`), so the process and Ray executors work;
+  :func:`grow` runs in the worker: it applies the moves, checks with
+  ``passes.check_preserved`` that the child computes its parent's function *before training*
+  (eval mode; the child fails with the reason otherwise) and records the max error in the
+  candidate's metrics (``preserve_max_abs``); the experiment then trains it with the run's
+  training config (SGDR for these strategies) starting from the inherited weights.
+
+Example:
+    >>> space = StartSpace(input_shape=(1, 8, 8), num_classes=10)
+    >>> g = space.build(space.sample(None), seed=0)
+    >>> [n.op for n in g.nodes()][:4]
+    ['input', 'conv2d', 'batchnorm2d', 'relu']
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+import archir
+from archir import Graph
+
+from search.spaces.base import DecisionError, Space
+
+__all__ = ["StartSpace", "starter", "get_space", "graph_to_data", "graph_from_data", "grow", "parent_task",
+           "DEFAULT_MORPHISMS", "METHODS"]
+
+#: NASH's morphism types: deeper (I), wider (III), skip by add/concat (II/IV: ``add_skip``'s two modes),
+#: larger kernel
+DEFAULT_MORPHISMS = ("deepen", "widen", "add_skip", "enlarge_kernel")
+METHODS = ("start", "morph", "petridish")
+
+
+def starter(input_shape=(1, 8, 8), num_classes: int = 10, *, channels: int = 8, seed: int = 0) -> Graph:
+    """The built-in small start network of morphism search (NASH starts from a small CNN).
+
+    ``conv3x3(channels)-bn-relu -> conv3x3(channels, stride 2)-bn-relu -> flatten -> linear`` (flatten, not
+    global pooling: on 8x8 digits the layout of the strokes is what tells the classes apart).
+
+    Args:
+        input_shape: ``(C, H, W)``.
+        num_classes: outputs of the head.
+        channels: width of both convolutions.
+        seed: weight initialisation.
+
+    Example:
+        >>> starter((1, 8, 8), 10).num_params()
+        1970
+    """
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+        raise ValueError(f"starter: channels must be an int >= 1, got {channels!r} "
+                         "(how to fix: pass --space-opt channels=8)")
+    g = Graph("starter")
+    h = g.input("x", shape=tuple(int(v) for v in input_shape))
+    for i in range(2):
+        h = g.add("conv2d", h, out_channels=channels, kernel_size=3, padding=1, stride=1 + i, bias=False,
+                  name=f"c{i}.conv")
+        h = g.add("batchnorm2d", h, name=f"c{i}.bn")
+        h = g.add("relu", h, name=f"c{i}.relu")
+    h = g.add("flatten", h, name="flatten")
+    g.set_outputs(g.add("linear", h, out_features=int(num_classes), name="head"))
+    return g.init_params(seed=seed).validate()
+
+
+# --------------------------------------------------------------------------- graphs as plain data
+
+
+def graph_to_data(g: Graph) -> dict:
+    """``{"json": archir JSON text, "weights": safetensors bytes or None}`` (what executors can ship)."""
+    with tempfile.TemporaryDirectory(prefix="archir-graph-") as tmp:
+        p = archir.save(g, Path(tmp) / "g.json")
+        w = p.with_suffix(".safetensors")
+        return {"json": p.read_text(), "weights": w.read_bytes() if w.exists() else None}
+
+
+def graph_from_data(data: Mapping[str, Any]) -> Graph:
+    """The graph of :func:`graph_to_data` (checked by ``archir.load``: schema, weights' sha256, validity)."""
+    with tempfile.TemporaryDirectory(prefix="archir-graph-") as tmp:
+        p = Path(tmp) / "g.json"
+        if data.get("weights") is not None:
+            try:  # the JSON names its weights file (e.g. graphs/3.json -> "3.safetensors")
+                wname = (json.loads(data["json"]).get("weights") or {}).get("file") or "g.safetensors"
+            except (ValueError, AttributeError):
+                wname = "g.safetensors"  # archir.load reports the bad JSON
+            if Path(wname).name != wname or not wname.endswith(".safetensors"):
+                raise ValueError(f"graph data names the weights file {wname!r}; expected a plain *.safetensors name")
+            (Path(tmp) / wname).write_bytes(data["weights"])
+        p.write_text(data["json"])
+        return archir.load(p)
+
+
+def _file_data(path: Path) -> dict:
+    w = path.with_suffix(".safetensors")
+    return {"json": path.read_text(), "weights": w.read_bytes() if w.exists() else None}
+
+
+# --------------------------------------------------------------------------- the space
+
+
+class StartSpace(Space):
+    """The space of morphism search: a start graph and the ways to grow a trained parent (see the module docstring).
+
+    Args:
+        input_shape, num_classes: the dataset's.
+        start: ``"starter"`` (the built-in :func:`starter`) or the path of an archir graph file
+            (``archir.save``; e.g. from ``archir import``). A file's weights are kept if saved
+            (warm start), else initialised from the candidate seed.
+        channels: the starter's width.
+    """
+
+    name = "start"
+    grows = True  # candidates are grown from parents' trained graphs (search.strategies check this)
+
+    def __init__(self, input_shape=(1, 8, 8), num_classes: int = 10, start: str = "starter", channels: int = 8) -> None:
+        super().__init__(input_shape, num_classes)
+        if not isinstance(start, str) or not start:
+            raise ValueError(f"start must be 'starter' or a graph file path, got {start!r} "
+                             "(how to fix: pass --start net.json)")
+        self.start, self.channels = start, channels
+        if start == "starter":
+            starter(self.input_shape, self.num_classes, channels=channels)  # check the options now
+        elif not Path(start).is_file():
+            raise ValueError(f"start graph {start!r} does not exist "
+                             "(how to fix: pass --start PATH of a graph written by archir.save / archir import)")
+        self._graph: Graph | None = None
+
+    def start_graph(self, seed: int = 0) -> Graph:
+        """The start graph (a file is loaded and checked against the dataset's shapes once)."""
+        if self.start == "starter":
+            return starter(self.input_shape, self.num_classes, channels=self.channels, seed=seed)
+        if self._graph is None:
+            g = archir.load(self.start)
+            if len(g.inputs) != 1 or tuple(g.node(g.inputs[0]).type.shape) != self.input_shape:
+                raise ValueError(f"start graph {self.start}: its input {[g.node(i).type.shape for i in g.inputs]} "
+                                 f"does not fit the dataset's {self.input_shape} "
+                                 "(how to fix: import the model with --input-shape matching the data)")
+            outs = [g.node(o).type.shape for o in g.outputs]
+            if outs != [(self.num_classes,)]:
+                raise ValueError(f"start graph {self.start}: its outputs {outs} are not one ({self.num_classes},) "
+                                 "logits vector (how to fix: give it a linear head with num_classes outputs)")
+            self._graph = g
+        g = self._graph.copy()
+        if any(not n.params for n in g.nodes() if n.op in ("conv2d", "linear")):
+            g.init_params(seed=seed, only_missing=True)
+        return g.validate()
+
+    def start_data(self, seed: int = 0) -> dict:
+        """The start graph as plain data (for the root candidate's task)."""
+        if self.start != "starter" and self._graph is None and Path(self.start).suffix == ".json":
+            self.start_graph(seed)  # checks it
+        return graph_to_data(self.start_graph(seed))
+
+    # ---------------------------------------------------------------- Space protocol
+
+    def sample(self, rng) -> dict:
+        """The start decisions (the only network of this space that needs no parent)."""
+        return {"method": "start"}
+
+    def mutate(self, decisions: Mapping, rng: np.random.Generator) -> dict:
+        """A NASH child of the candidate ``decisions`` names (``decisions["parent"]`` is kept by strategies)."""
+        raise DecisionError("the start space grows children from parents' trained graphs; mutate has no parent id",
+                            hint="use --strategy hillclimb or petridish with --space start")
+
+    def decode(self, obj: Any) -> dict:
+        """Check grow decisions and return them canonical (keys sorted, ints as ints)."""
+        if not isinstance(obj, Mapping):
+            raise DecisionError(f"expected an object, got {type(obj).__name__}")
+        method = obj.get("method")
+        if method not in METHODS:
+            raise DecisionError(f"unknown method {method!r}", where="method", hint=f"use one of {list(METHODS)}")
+        want = {"start": {"method"},
+                "morph": {"method", "parent", "seed", "n", "ops"},
+                "petridish": {"method", "parent", "seed", "n", "ops", "inputs", "select", "epochs", "l1"}}[method]
+        if set(obj) != want:
+            raise DecisionError(f"{method} decisions need exactly the keys {sorted(want)}, got {sorted(obj)}")
+        out: dict[str, Any] = {"method": method}
+        if method == "start":
+            return out
+
+        def int_key(k: str, lo: int) -> int:
+            v = obj[k]
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise DecisionError(f"must be an int >= {lo}, got {v!r}", where=k)
+            return int(v)
+
+        out["parent"] = int_key("parent", 0)
+        out["seed"] = int_key("seed", 0)
+        out["n"] = int_key("n", 1)
+        ops = obj["ops"]
+        if not isinstance(ops, (list, tuple)) or not ops or not all(isinstance(o, str) for o in ops):
+            raise DecisionError(f"must be a non-empty list of names, got {ops!r}", where="ops")
+        if method == "morph":
+            import passes
+
+            unknown = [o for o in ops if o not in passes.MORPHISMS]
+            if unknown:
+                raise DecisionError(f"unknown morphism(s) {unknown}", where="ops",
+                                    hint=f"registered morphisms: {sorted(passes.MORPHISMS)}")
+        else:
+            from search.petridish import CANDIDATE_OPS
+
+            unknown = [o for o in ops if o not in CANDIDATE_OPS]
+            if unknown:
+                raise DecisionError(f"unknown candidate op(s) {unknown}", where="ops",
+                                    hint=f"choose from {sorted(CANDIDATE_OPS)}")
+            out["inputs"] = int_key("inputs", 1)
+            out["select"] = int_key("select", 1)
+            out["epochs"] = int_key("epochs", 1)
+            l1 = obj["l1"]
+            if isinstance(l1, bool) or not isinstance(l1, (int, float)) or not np.isfinite(l1) or l1 < 0:
+                raise DecisionError(f"must be a finite number >= 0, got {l1!r}", where="l1")
+            out["l1"] = float(l1)
+        out["ops"] = list(ops)
+        return json.loads(json.dumps(out, sort_keys=True))
+
+    def build(self, decisions: Mapping, seed: int = 0, cells: int | None = None, channels: int | None = None) -> Graph:
+        """The start graph for ``{"method": "start"}``; grown children need their parent (see :func:`grow`)."""
+        d = self.decode(decisions)
+        if d["method"] != "start":
+            raise DecisionError(f"a {d['method']} child is grown from candidate {d['parent']}'s trained graph, "
+                                "not built from decisions", hint="evaluate it with search.morph.grow(task, dataset)")
+        return self.start_graph(seed)
+
+    def supernet(self, seed: int = 0) -> Graph:
+        raise DecisionError("the start space has no supernet", hint="use --space chain or darts for one-shot search")
+
+    def supernet_decisions(self, decisions: Mapping, supernet: Graph | None = None) -> dict[str, str]:
+        raise DecisionError("the start space has no supernet", hint="use --space chain or darts for one-shot search")
+
+    def describe(self, decisions: Mapping) -> str:
+        d = self.decode(decisions)
+        if d["method"] == "start":
+            return f"start ({self.start})"
+        if d["method"] == "morph":
+            return f"#{d['parent']} + {d['n']} morphism{'s' if d['n'] > 1 else ''} (seed {d['seed']})"
+        return (f"#{d['parent']} + petridish at {d['n']} node{'s' if d['n'] > 1 else ''}, "
+                f"best {d['select']} of {len(d['ops'])} ops x {d['inputs']} inputs (seed {d['seed']})")
+
+
+def get_space(name: str, **kwargs: Any) -> Space:
+    """``search.spaces.get_space`` plus ``"start"`` (:class:`StartSpace`), the space of morphism search."""
+    if name == "start":
+        try:
+            return StartSpace(**kwargs)
+        except TypeError as e:
+            raise ValueError(f"search space 'start': {e} (how to fix: its options are start=PATH|starter and "
+                             "channels=N)") from None
+    from search.spaces import get_space as _get
+
+    return _get(name, **kwargs)
+
+
+# --------------------------------------------------------------------------- driver and worker sides
+
+
+def parent_task(space: Space, decisions: Mapping, run_dir: str | os.PathLike,
+                graph_path: str | None) -> dict:
+    """The task fields of a grown candidate: ``{"parent_graph": data}`` (driver side).
+
+    Args:
+        space: the run's space (a :class:`StartSpace`, else ``{}`` is returned).
+        decisions: the candidate's decisions.
+        run_dir: the run folder.
+        graph_path: the parent's ``graph_path`` in the store (None for the start graph).
+
+    Raises:
+        ValueError: the parent has no trained graph (it failed) -- strategies only grow done parents.
+    """
+    if not getattr(space, "grows", False):
+        return {}
+    d = space.decode(decisions)
+    if d["method"] == "start":
+        return {"parent_graph": space.start_data()}
+    if not graph_path:
+        raise ValueError(f"candidate parent {d['parent']} has no trained graph")
+    return {"parent_graph": _file_data(Path(run_dir) / graph_path)}
+
+
+def grow(task: Mapping[str, Any], dataset: Any = None) -> tuple[Graph, dict]:
+    """Build a grown candidate from its task (worker side): the parent's graph + the decisions' rewrites.
+
+    - ``start``: the start graph as shipped (its weights, or fresh ones from the candidate seed).
+    - ``morph``: ``n`` random legal morphisms (``passes.random_morphism`` over ``ops``, drawn from
+      ``seed``), then ``passes.check_preserved(parent, child)`` (eval mode): the child starts with
+      its parent's function, or this raises ``FunctionNotPreserved`` (the candidate fails with it).
+    - ``petridish``: :func:`search.petridish.grow_petridish` (candidate training on ``dataset``,
+      selection, finalize).
+
+    Returns:
+        ``(graph, info)``: ``info["metrics"]`` (floats: ``preserve_max_abs``, ``grow_epochs`` ...),
+        ``info["epochs"]`` (training epochs spent while growing) and ``info["moves"]`` (what was applied;
+        also stored in ``graph.meta["grown"]``).
+    """
+    import passes
+
+    d = dict(task["decisions"])
+    parent = graph_from_data(task["parent_graph"])
+    method = d["method"]
+    if method == "start":
+        g = parent.copy()
+        g.init_params(seed=int(task["seed"]), only_missing=True)
+        info = {"metrics": {}, "epochs": 0, "moves": []}
+    elif method == "morph":
+        rng = np.random.default_rng(int(d["seed"]))
+        g, moves = parent, []
+        for _ in range(int(d["n"])):
+            g, desc = passes.random_morphism(g, rng, morphisms=d["ops"])
+            moves.append(desc)
+        rep = passes.check_preserved(parent, g, seed=int(d["seed"]) % (2 ** 31))
+        info = {"metrics": {"preserve_max_abs": float(rep.max_abs), "grow_epochs": 0.0}, "epochs": 0, "moves": moves}
+    elif method == "petridish":
+        from search.petridish import grow_petridish
+
+        if dataset is None:
+            raise ValueError("petridish growth trains candidates: pass the dataset")
+        g, info = grow_petridish(parent, dataset, d, threads=int(task.get("threads", 1)),
+                                 train=task.get("train") or {})
+    else:
+        raise DecisionError(f"unknown method {method!r}", where="method")
+    g = g.copy()
+    g.meta = {**dict(g.meta or {}), "grown": {"method": method, "parent": d.get("parent"), "moves": info["moves"]}}
+    return g, info

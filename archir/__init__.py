@@ -6,6 +6,8 @@ Public names:
     derive: supernet (choice nodes) -> plain graph.
     lower: ``lower.to_fx``, ``lower.sync_back``, ``lower.to_onnx``.
     ops: the op registry (``ops.get_op``, ``ops.op_names``, ``ops.OpHandlers``).
+    frontend: ``frontend.from_torch``, ``frontend.from_onnx`` (imported on first use).
+    samples: sample networks (imported on first use).
     IRError and its subclasses.
 """
 
@@ -27,8 +29,17 @@ from archir import lower
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # archir.frontend / archir.samples load on first use, so `import archir` stays light
+    if name in ("frontend", "samples"):
+        import importlib
+
+        return importlib.import_module(f"archir.{name}")
+    raise AttributeError(f"module 'archir' has no attribute {name!r}")
+
 __all__ = [
-    "Graph", "Node", "TensorType", "save", "load", "derive", "decision_keys", "lower", "ops", "SCHEMA_VERSION",
+    "Graph", "Node", "TensorType", "save", "load", "derive", "decision_keys", "lower", "ops", "frontend", "samples", "SCHEMA_VERSION",
     "IRError", "GraphStructureError", "OpSchemaError", "ShapeError", "WeightError", "SerializationError",
     "LoweringError", "__version__",
 ]

@@ -424,3 +424,15 @@ def test_graph_name_and_outputs():
     m = archir.lower.to_fx(g).eval()
     y, c = m(torch.randn(2, 3, 8, 8))
     assert y.shape == (2, 3) and c.shape == (2, 8, 8, 8)
+
+
+def test_frontend_and_samples_load_on_first_use():
+    import subprocess
+    import sys
+
+    code = ("import sys, archir; assert 'archir.frontend' not in sys.modules; "
+            "f = archir.frontend.from_onnx; s = archir.samples.chain; assert 'archir.frontend' in sys.modules; "
+            "import pytest\n"
+            "try:\n    archir.nope\nexcept AttributeError as e:\n    assert 'nope' in str(e)\nelse:\n    raise SystemExit(1)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -7,6 +7,8 @@ Usage::
     archir search --out runs/demo --executor process --workers 2    # candidates of a round in parallel
     archir search --out runs/demo --executor ray [--address auto]   # Ray Core tasks (pip install 'archir[ray]')
     archir search --out runs/demo --resume                          # continue a killed search (same options)
+    archir search --strategy hillclimb --out runs/h [--start net.json]   # NASH: grow a start net by morphisms
+    archir search --strategy petridish --out runs/p --strategy-opt 'ops=["conv3x3","maxpool3x3"]'
     archir gallery runs/demo                                        # table + runs/demo/pareto.png
     archir export runs/demo --best --onnx model.onnx                # (or --id N) verified under ONNX Runtime
 
@@ -47,8 +49,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def _add_search(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="the run folder (search.db, graphs/, pareto.png, "
                                                              "best.onnx)")
-    p.add_argument("--space", default="chain", help="search space: chain (default) or darts")
-    p.add_argument("--strategy", default="evolution", help="random or evolution (default: evolution)")
+    p.add_argument("--space", default=None,
+                   help="search space: chain (default), darts, or start (grow a start graph: the default and only "
+                        "space of hillclimb and petridish)")
+    p.add_argument("--strategy", default="evolution",
+                   help="random, evolution (default), hillclimb (NASH: morphisms of the best) or petridish "
+                        "(grow parents near the Pareto frontier)")
     p.add_argument("--dataset", default="digits",
                    help="digits (built in, default), a .npz file with arrays x and y, or an image folder")
     p.add_argument("--budget", default="3m",
@@ -68,10 +74,16 @@ def _add_search(p: argparse.ArgumentParser) -> None:
                    help="candidates asked per round, evaluated in parallel by process/ray (default 2)")
     p.add_argument("--population", type=int, default=None, help="evolution: population size P (default 10)")
     p.add_argument("--sample", type=int, default=None, help="evolution: tournament sample size S (default 3)")
+    p.add_argument("--start", default=None, metavar="GRAPH",
+                   help="hillclimb/petridish: the start graph (an archir .json, e.g. from 'archir import'; its "
+                        "weights are kept); default: a built-in small net")
+    p.add_argument("--strategy-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a strategy option (repeatable), VALUE as JSON: hillclimb moves=3, morphisms=[...]; "
+                        "petridish ops=[...], targets=1, inputs=2, select=1, epochs=1, l1=0.001, near=0.01")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per candidate (default 4)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch size (default 64)")
     p.add_argument("--lr", type=float, default=None, help="SGD learning rate (default 0.05)")
-    p.add_argument("--schedule", default=None, help="cosine (default) or sgdr")
+    p.add_argument("--schedule", default=None, help="cosine (default) or sgdr (default for hillclimb and petridish)")
     p.add_argument("--space-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a space option (repeatable), VALUE as JSON: darts cells=2, channels=8; chain layers=3, "
                         "stem=8, kernels=[3,5]")
@@ -91,6 +103,9 @@ def _config(args: argparse.Namespace):
     from search.experiment import DEFAULT_TRAIN, ExperimentConfig
 
     train = dict(DEFAULT_TRAIN)
+    grows = args.strategy in ("hillclimb", "petridish")  # they train grown children from inherited weights
+    if grows:
+        train["schedule"] = "sgdr"  # as NASH trains its children
     for k in ("epochs", "batch_size", "lr", "schedule"):
         v = getattr(args, k)
         if v is not None:
@@ -105,7 +120,24 @@ def _config(args: argparse.Namespace):
         except ValueError:
             space_options[key.strip()] = text  # a bare word: the string itself
     strategy_options = {k: getattr(args, k) for k in ("population", "sample") if getattr(args, k) is not None}
-    return ExperimentConfig(space=args.space, space_options=space_options, strategy=args.strategy,
+    for item in args.strategy_opt:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise CLIError(f"--strategy-opt {item!r} is not KEY=VALUE", hint="e.g. --strategy-opt moves=3")
+        try:
+            strategy_options[key.strip()] = json.loads(text)
+        except ValueError:
+            strategy_options[key.strip()] = text  # a bare word: the string itself
+    space = args.space or ("start" if grows or args.start is not None else "chain")
+    if args.start is not None:
+        if space != "start":
+            raise CLIError(f"--start applies to --space start (hillclimb, petridish), not --space {space}",
+                           hint="drop --space, or drop --start")
+        if not Path(args.start).is_file():
+            raise CLIError(f"--start {args.start}: no such file",
+                           hint="give a graph written by archir.save or 'archir import' (net.json)")
+        space_options["start"] = args.start
+    return ExperimentConfig(space=space, space_options=space_options, strategy=args.strategy,
                             strategy_options=strategy_options, dataset=args.dataset, objective=args.objective,
                             cost_weight=args.cost_weight, max_latency_ms=args.max_latency_ms,
                             latency_backend=args.latency_backend, budget=args.budget, seed=args.seed,
@@ -200,8 +232,9 @@ def _run_gallery(args: argparse.Namespace) -> int:
 SUBCOMMANDS = [
     Subcommand("search", "search a space of architectures on a dataset under a cost objective",
                _add_search, _run_search,
-               "Search a space (chain or darts) with random search or regularized evolution: every candidate "
-               "is built, trained on the dataset, priced (params, MACs, optionally latency) and recorded in "
+               "Search a space (chain or darts) with random search or regularized evolution, or grow a start "
+               "network with NASH hill climbing or Petridish (--strategy hillclimb/petridish, --start): every "
+               "candidate is built, trained on the dataset, priced (params, MACs, optionally latency) and recorded in "
                "OUT/search.db with its trained graph. Ends with the Pareto gallery (OUT/pareto.png) and the "
                "best model exported to OUT/best.onnx, verified under ONNX Runtime. --resume continues a "
                "killed search with the same options.", user_errors=_user_errors),

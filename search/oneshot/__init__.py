@@ -6,7 +6,8 @@ Public names (see :mod:`search.oneshot.base`):
         optimizer_state, load_optimizer_state: helpers shared by drivers.
 
 Drivers (``archir search --strategy NAME``): ``darts`` (:mod:`search.oneshot.darts`), ``snas``
-(:mod:`search.oneshot.snas`), ``parsec`` (:mod:`search.oneshot.parsec`), and every other module of
+(:mod:`search.oneshot.snas`), ``parsec`` (:mod:`search.oneshot.parsec`), ``enas``
+(:mod:`search.oneshot.enas`), and every other module of
 this package (each registers itself with :func:`register_oneshot` when imported here).
 """
 

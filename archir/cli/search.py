@@ -9,6 +9,8 @@ Usage::
     archir search --out runs/demo --resume                          # continue a killed search (same options)
     archir search --strategy hillclimb --out runs/h [--start net.json]   # NASH: grow a start net by morphisms
     archir search --strategy petridish --out runs/p --strategy-opt 'ops=["conv3x3","maxpool3x3"]'
+    archir search --space darts --strategy darts --budget 5c --out runs/o   # one-shot: 5 supernet epochs, then derive
+    archir search --strategy snas --objective latency:ort-cpu --strategy-opt lam=0.5 --out runs/s
     archir gallery runs/demo                                        # table + runs/demo/pareto.png
     archir export runs/demo --best --onnx model.onnx                # (or --id N) verified under ONNX Runtime
 
@@ -54,7 +56,8 @@ def _add_search(p: argparse.ArgumentParser) -> None:
                         "space of hillclimb and petridish)")
     p.add_argument("--strategy", default="evolution",
                    help="random, evolution (default), hillclimb (NASH: morphisms of the best) or petridish "
-                        "(grow parents near the Pareto frontier)")
+                        "(grow parents near the Pareto frontier); one-shot: darts, snas, parsec, enas (a supernet; "
+                        "--budget Nc is N search epochs)")
     p.add_argument("--dataset", default="digits",
                    help="digits (built in, default), a .npz file with arrays x and y, or an image folder")
     p.add_argument("--budget", default="3m",
@@ -79,7 +82,9 @@ def _add_search(p: argparse.ArgumentParser) -> None:
                         "weights are kept); default: a built-in small net")
     p.add_argument("--strategy-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a strategy option (repeatable), VALUE as JSON: hillclimb moves=3, morphisms=[...]; "
-                        "petridish ops=[...], targets=1, inputs=2, select=1, epochs=1, l1=0.001, near=0.01")
+                        "petridish ops=[...], targets=1, inputs=2, select=1, epochs=1, l1=0.001, near=0.01; "
+                        "darts order=2, arch_lr=0.003; snas lam=0.5, cost=latency; parsec samples=4; one-shot "
+                        "max_batches=N, evaluate_every=K (search.oneshot)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per candidate (default 4)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch size (default 64)")
     p.add_argument("--lr", type=float, default=None, help="SGD learning rate (default 0.05)")

@@ -138,7 +138,8 @@ class Controller(nn.Module):
         super().__init__()
         unknown = sorted(set(options) - set(self.OPTIONS))
         if unknown:
-            raise ControllerError(f"unknown controller option(s) {unknown}", hint=f"its options are {sorted(self.OPTIONS)}")
+            raise ControllerError(f"unknown controller option(s) {unknown}",
+                                  hint=f"its options are {sorted(self.OPTIONS)}")
         opts = {**self.OPTIONS, **options}
         _check_options(opts)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

@@ -203,7 +203,8 @@ class Surrogate:
 
 def _positive_int(name: str, v) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise StrategyError(f"pnas: {name} must be an int >= 1, got {v!r}", hint=f"pass {name}={PNAS.OPTIONS[name]}")
+        raise StrategyError(f"pnas: {name} must be an int >= 1, got {v!r}",
+                            hint=f"pass --strategy-opt {name}={PNAS.OPTIONS[name]}")
     return int(v)
 
 
@@ -223,7 +224,7 @@ class PNAS(Strategy):
             v = self.options[k]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
                 raise StrategyError(f"pnas: {k} must be a finite number >= 0, got {v!r}",
-                                    hint=f"pass {k}={self.OPTIONS[k]}")
+                                    hint=f"pass --strategy-opt {k}={self.OPTIONS[k]}")
         self.plan = progressive_plan(space)
         self.sizes = [n for _, n in space.variables()]
         self.stage = -1                      # the stage whose children are being handed out / trained

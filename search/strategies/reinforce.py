@@ -70,7 +70,7 @@ class Reinforce(Strategy):
         bp = self.options["budget_penalty"]
         if isinstance(bp, bool) or not isinstance(bp, (int, float)) or not (bp >= 0 and math.isfinite(bp)):
             raise StrategyError(f"reinforce: budget_penalty must be a finite number >= 0, got {bp!r}",
-                                hint="pass --budget-penalty 1.0")
+                                hint="pass --strategy-opt budget_penalty=1.0")
         self.controller = controller_for(space, rng, self.options, "reinforce")
         self.history: list[dict] = []  # one row of update statistics per tell that updated
         self._asked: list[list[int]] = []  # the sampled choices of the asks not yet told, in ask (= id) order

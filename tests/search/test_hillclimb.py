@@ -145,3 +145,26 @@ def test_resume_gives_the_same_search(tmp_path):
     assert [(c.decisions, c.parents, c.graph_hash) for c in a] == [(c.decisions, c.parents, c.graph_hash) for c in b]
     assert [c.metrics["val_error"] for c in a] == [c.metrics["val_error"] for c in b]
     assert full.best.id == s.best.id
+
+
+def test_cli_hillclimb_from_a_start_file_and_its_errors(tmp_path, trained_parent, capsys):
+    from archir.cli.main import main
+
+    archir.save(trained_parent, tmp_path / "net.json")
+    out = tmp_path / "run"
+    args = ["search", "--strategy", "hillclimb", "--start", str(tmp_path / "net.json"), "--out", str(out),
+            "--budget", "3c", "--epochs", "1", "--batch-size", "128", "--strategy-opt", "moves=1", "--quiet"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "best ONNX" in text and (out / "best.onnx").is_file()
+    with Store.open(out) as st:
+        c = st.config
+        assert c["space"] == "start" and c["space_options"]["start"] == str(tmp_path / "net.json")
+        assert c["train"]["schedule"] == "sgdr" and c["strategy_options"] == {"moves": 1}
+    assert main(["gallery", str(out), "--no-plot"]) == 0
+    assert "#0 + 1 morphism" in capsys.readouterr().out
+    for bad, msg in ((["--start", str(tmp_path / "nope.json")], "no such file"),
+                     (["--space", "chain"], "needs the 'start' space"),
+                     (["--strategy-opt", "moves"], "is not KEY=VALUE")):
+        assert main(["search", "--strategy", "hillclimb", "--out", str(tmp_path / "x"), *bad]) == 2
+        assert msg in capsys.readouterr().err

@@ -2,8 +2,8 @@
 
 Public names (see :mod:`search.oneshot.base`):
     OneShotDriver, ONESHOT, register_oneshot, get_oneshot, run_oneshot, COMMON_OPTIONS: the framework.
-    decisions_from_probs, categorical_entropy, PeakMemory, save_checkpoint, load_checkpoint,
-        optimizer_state, load_optimizer_state: helpers shared by drivers.
+    decisions_from_probs, categorical_entropy, PeakMemory, train_step_peak, driver_step_peak, save_checkpoint,
+        load_checkpoint, optimizer_state, load_optimizer_state: helpers shared by drivers.
 
 Drivers (``archir search --strategy NAME``): ``darts`` (:mod:`search.oneshot.darts`), ``snas``
 (:mod:`search.oneshot.snas`), ``parsec`` (:mod:`search.oneshot.parsec`), ``enas``
@@ -15,8 +15,9 @@ import importlib
 import pkgutil
 
 from search.oneshot.base import (COMMON_OPTIONS, ONESHOT, OneShotDriver, PeakMemory, categorical_entropy,
-                                 decisions_from_probs, get_oneshot, load_checkpoint, load_optimizer_state,
-                                 optimizer_state, register_oneshot, run_oneshot, save_checkpoint)
+                                 decisions_from_probs, driver_step_peak, get_oneshot, load_checkpoint, load_optimizer_state,
+                                 optimizer_state, register_oneshot, run_oneshot, save_checkpoint,
+                                 train_step_peak)
 
 # every driver module of this package registers itself (a new driver is one new file here)
 for _m in sorted(m.name for m in pkgutil.iter_modules(__path__)):
@@ -25,4 +26,4 @@ for _m in sorted(m.name for m in pkgutil.iter_modules(__path__)):
 
 __all__ = ["OneShotDriver", "ONESHOT", "register_oneshot", "get_oneshot", "run_oneshot", "COMMON_OPTIONS",
            "decisions_from_probs", "categorical_entropy", "PeakMemory", "save_checkpoint", "load_checkpoint",
-           "optimizer_state", "load_optimizer_state"]
+           "optimizer_state", "load_optimizer_state", "train_step_peak", "driver_step_peak"]

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["OneShotDriver", "ONESHOT", "register_oneshot", "get_oneshot", "run_oneshot", "COMMON_OPTIONS",
-           "decisions_from_probs", "categorical_entropy", "PeakMemory", "CHECKPOINT_DIR", "load_checkpoint",
+           "decisions_from_probs", "categorical_entropy", "PeakMemory", "train_step_peak", "driver_step_peak", "CHECKPOINT_DIR", "load_checkpoint",
            "save_checkpoint", "optimizer_state", "load_optimizer_state"]
 
 #: options every one-shot driver takes (``--strategy-opt KEY=VALUE`` on the command line).
@@ -235,6 +235,42 @@ class PeakMemory:
         for fin in list(self._live.values()):
             fin.detach()
         self._live.clear()
+
+
+def train_step_peak(graph, x: torch.Tensor, y: torch.Tensor, *, lr: float = 0.05, momentum: float = 0.9) -> int:
+    """Peak bytes (:class:`PeakMemory`) of one SGD training step of the plain ``graph`` on ``(x, y)``.
+
+    The baseline of a one-shot step's memory: a warm-up step first (momentum buffers exist
+    afterwards, as in a running search), then the measured one.
+    """
+    from archir.lower import to_fx
+
+    gm = to_fx(graph)
+    gm.train()
+    opt = torch.optim.SGD(gm.parameters(), lr=lr, momentum=momentum)
+
+    def one() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(gm(x), y).backward()
+        opt.step()
+
+    one()
+    with PeakMemory() as m:
+        one()
+    return m.peak
+
+
+def driver_step_peak(driver: "OneShotDriver") -> int:
+    """Peak bytes (:class:`PeakMemory`) of one search step of ``driver`` on a single batch (after a warm-up step)."""
+    saved = driver.options["max_batches"]
+    driver.options["max_batches"] = 1
+    try:
+        driver.step()
+        with PeakMemory() as m:
+            driver.step()
+    finally:
+        driver.options["max_batches"] = saved
+    return m.peak
 
 
 # --------------------------------------------------------------------------- the driver base class

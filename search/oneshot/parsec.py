@@ -91,6 +91,7 @@ class ParsecDriver(OneShotDriver):
         o = self.options
         self.w_opt = torch.optim.SGD(self.weights, lr=o["w_lr"], momentum=o["w_momentum"], weight_decay=o["w_decay"])
         self.p_opt = torch.optim.Adam(list(self.prior), lr=o["prior_lr"])
+        self.last_archs: list[list[int]] = []  # the architectures sampled for the last batch
 
     # ---------------------------------------------------------------- the prior
 
@@ -114,6 +115,14 @@ class ParsecDriver(OneShotDriver):
         for k, i in self.supernet_choice(choices).items():
             self.samplers[k].index = i
 
+    def plain_graph(self, choices: list[int]):
+        """Architecture ``choices`` as a plain graph with the supernet's current weights (only its path)."""
+        from archir import derive
+        from archir.lower import sync_back
+        from search.spaces.base import simplify
+
+        return simplify(derive(sync_back(self.supernet, self.gm), self.supernet_choice(choices))).validate()
+
     def mode(self) -> list[int]:
         """The prior's most probable architecture."""
         return [int(np.argmax(p)) for p in self.prior_probs()]
@@ -132,6 +141,7 @@ class ParsecDriver(OneShotDriver):
     def batch_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         """One PARSEC update on one batch; returns (importance-weighted loss, effective sample size)."""
         archs = [self.sample() for _ in range(int(self.options["samples"]))]
+        self.last_archs = archs
         with torch.no_grad():
             ll = []
             for a in archs:

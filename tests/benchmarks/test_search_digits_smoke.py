@@ -36,8 +36,12 @@ def test_tiny_run_prints_the_figures(bench, capsys, tmp_path):
     assert re.search(r"^  random   : frontier size \d\.\d \(per seed \[\d+, \d+, \d+\]\)", out, re.M)
     assert re.search(r"^  evolution: frontier size \d\.\d", out, re.M)
     assert re.search(r"^  evolution: \d+ failed of 12; wall \d+ s for 3 runs", out, re.M)
+    # issue 8: hill climbing and Petridish against random search (d), Petridish's latency frontier (e)
+    assert re.search(r"^  hillclimb: reaches random's final test accuracy with 0.333 of its compute on \d/3 seeds",
+                     out, re.M)
+    assert re.search(r"^  petridish's frontier dominates random's \(every point\) on \d/3 seeds", out, re.M)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        f"{s}-seed{i}" for s in ("random", "evolution") for i in range(3))
+        f"{s}-seed{i}" for s in ("random", "evolution", "hillclimb", "petridish") for i in range(3))
 
 
 def test_curve_tracks_the_best_by_validation_not_by_test(bench):

@@ -20,8 +20,9 @@ on the chain space, the argmax of every layer).
 
 Options: ``order`` (1 or 2), ``w_lr``, ``w_momentum``, ``w_decay``, ``arch_lr``, ``arch_decay``,
 ``xi`` (the virtual step's learning rate; 0 means ``w_lr``), ``grad_clip``, and the common ones
-(``batch_size``, ``max_batches``, ``evaluate_every``). ``arch_lr`` defaults to 3e-3, ten times
-DARTS' 3e-4, because a search on digits runs a few epochs, not fifty.
+(``batch_size``, ``max_batches``, ``evaluate_every``). ``arch_lr`` defaults to 0.03, a hundred
+times DARTS' 3e-4, because a search on digits runs a few epochs of a few batches, not fifty of
+hundreds: the logits must move within that.
 
 Example:
     >>> from search.experiment import ExperimentConfig, run_search       # doctest: +SKIP
@@ -48,7 +49,7 @@ class RelaxedDriver(OneShotDriver):
     (SGD) and an architecture optimiser (Adam) over the logits held by the supernet's samplers."""
 
     CHOICE_MODE = "softmax"
-    BASE_OPTIONS: dict[str, Any] = {"w_lr": 0.05, "w_momentum": 0.9, "w_decay": 3e-4, "arch_lr": 3e-3,
+    BASE_OPTIONS: dict[str, Any] = {"w_lr": 0.05, "w_momentum": 0.9, "w_decay": 3e-4, "arch_lr": 0.03,
                                     "arch_decay": 1e-3, "grad_clip": 5.0}
 
     def __init__(self, space, dataset, config, seed: int = 0, **options) -> None:

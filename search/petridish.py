@@ -3,14 +3,15 @@
 Petridish (Hu et al., 2019) grows a trained parent network. At a chosen node ``y`` (a *join
 point*) it attaches candidate ops ``op_i`` reading earlier tensors ``x_i`` and joins them as::
 
-    y' = y + stop_forward( sum_i  w_i * op_i(stop_gradient(x_i)) )        (w_i: per-channel join weights)
+    y' = y + stop_forward( sum_i  w_i * op_i(stop_gradient(x_i)) )        (w_i: per-channel join weights, from 0)
 
 ``stop_gradient(x) = x.detach()`` stops the candidates' gradient from reaching the parent, and
 ``stop_forward(c) = c - c.detach()`` is exactly 0 in the forward pass but passes ``dL/dy'`` to
 the candidates. So while candidates train, the parent's outputs *and the gradients of every
 parent parameter* are exactly what they would be without the candidates (``tests/search/
 test_petridish.py`` checks both numerically), and each candidate learns to fit the parent's
-loss gradient at ``y``. Training adds an L1 penalty ``l1 * sum_i mean|w_i|`` on the join weights;
+loss gradient at ``y``. The join weights start at zero (``dL/dw_i = dL/dy' * op_i(x_i)`` is not zero,
+so they grow as far as their candidate helps), and training adds an L1 penalty ``l1 * sum_i mean|w_i|``;
 the candidates with the largest ``mean|w_i|`` are selected, the others removed, and
 ``passes.finalize`` removes the stop ops: the selected candidates now join the forward pass (the
 grown model), which the experiment then trains (SGDR, from the inherited weights).
@@ -110,12 +111,14 @@ CANDIDATE_OPS: dict[str, Callable[[Graph, str, int, int, str], str]] = {
 
 @dataclass(frozen=True)
 class PetridishCandidate:
-    """One attached candidate: ``op`` reading ``src``, joined at ``target`` through the scale node ``join``."""
+    """One attached candidate: ``op`` reading ``src``, joined at ``target`` through the scale node ``join``;
+    ``gate`` is the ``stop_forward`` node that sums the candidates of ``target``."""
 
     target: str
     src: str
     op: str
     join: str
+    gate: str
 
 
 def join_points(g: Graph) -> list[str]:
@@ -185,8 +188,8 @@ def attach(parent: Graph, targets: Sequence[str], ops: Sequence[str], *, inputs:
             raise ValueError(f"node {target!r} is not a petridish join point (how to fix: pick one of {legal[:8]})")
         c_out = _rank3(g, target)[0]
         _, h, _ = _rank3(g, target)
-        scope = _fresh(g, f"pd.{target.replace('.', '_')}")
-        branches = []
+        scope = _fresh(g, "pd")  # pd, pd_2, ...: short ids however often a network grows
+        branches, mine = [], []
         for i_i, src in enumerate(input_options(g, target, inputs)):
             sg = g.add("stop_gradient", src, name=f"{scope}.in{i_i}.sg")
             s = _stride(_rank3(g, src)[1], h)
@@ -195,14 +198,17 @@ def attach(parent: Graph, targets: Sequence[str], ops: Sequence[str], *, inputs:
                 y = CANDIDATE_OPS[op](g, sg, c_out, s, name)
                 j = g.add("scale", y, name=f"{name}.w")
                 branches.append(j)
-                cands.append(PetridishCandidate(target, src, op, j))
+                mine.append((src, op, j))
         total = branches[0]
         for k, b in enumerate(branches[1:]):
             total = g.add("add", total, b, name=f"{scope}.sum{k}")
         sf = g.add("stop_forward", total, name=f"{scope}.sf")
+        cands += [PetridishCandidate(target, src, op, j, sf) for src, op, j in mine]
         join = g.add("add", target, sf, name=f"{scope}.join")
         g.replace_uses(target, join, exclude=[n for n in g.nx.successors(target) if n.startswith(scope + ".")])
     g.init_params(seed=int(seed), only_missing=True)
+    for c in cands:  # join weights start at 0: each grows as far as its candidate helps, against the L1 pull
+        g.set_params(c.join, weight=np.zeros_like(g.node(c.join).params["weight"]))
     return g.validate(), cands
 
 
@@ -229,7 +235,7 @@ def keep_only(g: Graph, cands: Sequence[PetridishCandidate], keep: Sequence[Petr
     keep_ids = {c.join for c in keep}
     for target in dict.fromkeys(c.target for c in cands):
         joins = [c.join for c in cands if c.target == target]
-        sf = next(v for v, _ in out.users_of(_sum_root(out, joins)) if out.node(v).op == "stop_forward")
+        sf = next(c.gate for c in cands if c.target == target)
         kept = [j for j in joins if j in keep_ids]
         if not kept:
             raise ValueError(f"target {target!r}: keep at least one candidate")
@@ -240,17 +246,6 @@ def keep_only(g: Graph, cands: Sequence[PetridishCandidate], keep: Sequence[Petr
         out.set_input(sf, 0, total)
     remove_dead(out)
     return out.validate()
-
-
-def _sum_root(g: Graph, joins: Sequence[str]) -> str:
-    """The node feeding the ``stop_forward`` of these joins (the last add of their sum, or the single join)."""
-    n = joins[0]
-    while True:
-        users = g.users_of(n)
-        nxt = [v for v, _ in users if g.node(v).op == "add" and v.rsplit(".", 1)[-1].startswith(("sum", "keep"))]
-        if not nxt:
-            return n
-        n = nxt[0]
 
 
 def train_candidates(g: Graph, dataset: Any, cands: Sequence[PetridishCandidate], *, epochs: int, l1: float,

@@ -56,6 +56,10 @@ def test_candidates_do_not_change_the_parents_forward_or_gradients(parent, ds):
     g, cands = attach(parent, targets, sorted(CANDIDATE_OPS), inputs=2, seed=3)
     assert len(cands) == 2 * len(CANDIDATE_OPS) + 2 * len(CANDIDATE_OPS)  # 2 input options at both join points
     assert len(g.nodes("stop_forward")) == 2 and len(g.nodes("stop_gradient")) == 4
+    assert join_weights(g, cands) == [0.0] * len(cands)  # they start at 0; isolation holds for any value:
+    rng = np.random.default_rng(0)
+    for c in cands:
+        g.set_params(c.join, weight=rng.normal(size=g.node(c.join).params["weight"].shape).astype(np.float32))
     x = torch.from_numpy(np.array(ds.x_train[:32], dtype=np.float32))
     y = torch.from_numpy(np.array(ds.y_train[:32], dtype=np.int64))
     torch.manual_seed(0)

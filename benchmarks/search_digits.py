@@ -131,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     threads = torch.get_num_threads()
     load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print("search_digits: random search vs regularized evolution on digits (chain space)")
+    print(f"search_digits: {', '.join(chosen)} on digits (random and evolution: chain space; hillclimb and "
+          "petridish: grown from the starter net)")
     print(f"command : python benchmarks/search_digits.py {shlex.join(sys.argv[1:] if argv is None else argv)}".rstrip())
     print(f"machine : {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
           f"1-min load {load0:.1f}; python {platform.python_version()}, torch {torch.__version__}")

@@ -584,7 +584,7 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         return {"id": c.id, "seed": c.seed, "space": config.space, "space_options": space_options,
                 "decisions": c.decisions, "dataset": config.dataset, "train": dict(config.train),
                 "latency_backend": latency_backend, "threads": 1,
-                **parent_task(space, c.decisions, run_dir, _parent_path(c))}
+                **parent_task(space, c.decisions, run_dir, _parent_path(c), seed=c.seed)}
 
     def _parent_path(c: Candidate) -> str | None:  # a grown candidate's parent graph (search.morph)
         pid = c.decisions.get("parent")

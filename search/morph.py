@@ -145,12 +145,18 @@ class StartSpace(Space):
             raise ValueError(f"start must be 'starter' or a graph file path, got {start!r} "
                              "(how to fix: pass --start net.json)")
         self.start, self.channels = start, channels
-        if start == "starter":
-            starter(self.input_shape, self.num_classes, channels=channels)  # check the options now
-        elif not Path(start).is_file():
+        self._graph: Graph | None = None
+        if start != "starter" and not Path(start).is_file():
             raise ValueError(f"start graph {start!r} does not exist "
                              "(how to fix: pass --start PATH of a graph written by archir.save / archir import)")
-        self._graph: Graph | None = None
+        try:  # check the starter's options, or load and check the file, now (not in a worker)
+            self.start_graph()
+        except Exception as e:  # archir.load: not archir JSON, weights missing or not matching, invalid graph
+            if str(e).startswith(("start graph ", "starter: ")):
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"start graph {start}: {first} (how to fix: pass a graph written by archir.save or "
+                             "'archir import')") from None
 
     def start_graph(self, seed: int = 0) -> Graph:
         """The start graph (a file is loaded and checked against the dataset's shapes once)."""
@@ -168,14 +174,11 @@ class StartSpace(Space):
                                  "logits vector (how to fix: give it a linear head with num_classes outputs)")
             self._graph = g
         g = self._graph.copy()
-        if any(not n.params for n in g.nodes() if n.op in ("conv2d", "linear")):
-            g.init_params(seed=seed, only_missing=True)
+        g.init_params(seed=seed, only_missing=True)  # a file saved without weights: fresh ones from the seed
         return g.validate()
 
     def start_data(self, seed: int = 0) -> dict:
-        """The start graph as plain data (for the root candidate's task)."""
-        if self.start != "starter" and self._graph is None and Path(self.start).suffix == ".json":
-            self.start_graph(seed)  # checks it
+        """The start graph as plain data (for the root candidate's task); ``seed``: the starter's weights."""
         return graph_to_data(self.start_graph(seed))
 
     # ---------------------------------------------------------------- Space protocol
@@ -282,7 +285,7 @@ def get_space(name: str, **kwargs: Any) -> Space:
 
 
 def parent_task(space: Space, decisions: Mapping, run_dir: str | os.PathLike,
-                graph_path: str | None) -> dict:
+                graph_path: str | None, seed: int = 0) -> dict:
     """The task fields of a grown candidate: ``{"parent_graph": data}`` (driver side).
 
     Args:
@@ -290,6 +293,7 @@ def parent_task(space: Space, decisions: Mapping, run_dir: str | os.PathLike,
         decisions: the candidate's decisions.
         run_dir: the run folder.
         graph_path: the parent's ``graph_path`` in the store (None for the start graph).
+        seed: the candidate's seed (the built-in starter's weights; a start file keeps its own).
 
     Raises:
         ValueError: the parent has no trained graph (it failed) -- strategies only grow done parents.
@@ -298,7 +302,7 @@ def parent_task(space: Space, decisions: Mapping, run_dir: str | os.PathLike,
         return {}
     d = space.decode(decisions)
     if d["method"] == "start":
-        return {"parent_graph": space.start_data()}
+        return {"parent_graph": space.start_data(seed)}
     if not graph_path:
         raise ValueError(f"candidate parent {d['parent']} has no trained graph")
     return {"parent_graph": _file_data(Path(run_dir) / graph_path)}

@@ -168,3 +168,35 @@ def test_cli_hillclimb_from_a_start_file_and_its_errors(tmp_path, trained_parent
                      (["--strategy-opt", "moves"], "is not KEY=VALUE")):
         assert main(["search", "--strategy", "hillclimb", "--out", str(tmp_path / "x"), *bad]) == 2
         assert msg in capsys.readouterr().err
+
+
+def test_start_space_checks_its_start_graph(tmp_path, trained_parent):
+    from search.morph import get_space
+
+    archir.save(trained_parent, tmp_path / "net.json")
+    space = get_space("start", input_shape=(1, 8, 8), num_classes=10, start=str(tmp_path / "net.json"))
+    g = space.build(space.sample(None), seed=7)
+    assert g.weights_hash() == trained_parent.weights_hash()  # a warm start keeps the file's weights
+    # the built-in starter takes its weights from the seed
+    st = StartSpace()
+    assert st.build({"method": "start"}, seed=1).weights_hash() != st.build({"method": "start"}, seed=2).weights_hash()
+    with pytest.raises(ValueError, match="does not fit the dataset's"):
+        StartSpace(input_shape=(3, 8, 8), start=str(tmp_path / "net.json"))
+    with pytest.raises(ValueError, match="are not one \\(5,\\) logits"):
+        StartSpace(num_classes=5, start=str(tmp_path / "net.json"))
+    (tmp_path / "bad.json").write_text('{"bad": 1}')
+    with pytest.raises(ValueError, match="start graph .*bad.json.*how to fix"):
+        StartSpace(start=str(tmp_path / "bad.json"))
+    with pytest.raises(ValueError, match="does not exist"):
+        StartSpace(start=str(tmp_path / "none.json"))
+    with pytest.raises(ValueError, match="unknown search space"):
+        get_space("nope")
+    from search.spaces import DecisionError
+
+    for bad in ({"method": "grow"}, {"method": "morph", "parent": 0}, {"method": "morph", "parent": -1, "seed": 0,
+                                                                       "n": 1, "ops": ["deepen"]},
+                {"method": "morph", "parent": 0, "seed": 0, "n": 1, "ops": ["fold"]}):
+        with pytest.raises(DecisionError):
+            st.decode(bad)
+    with pytest.raises(DecisionError, match="grown from candidate 3"):
+        st.build({"method": "morph", "parent": 3, "seed": 0, "n": 1, "ops": ["deepen"]})

@@ -16,7 +16,8 @@ the built-in digits dataset:
     sampled architectures alone (``train_step_peak``).
 (c) Accuracy against search cost for every one-shot driver beside random search: each driver
     searches ``--steps`` epochs and its derived model is evaluated; random search evaluates
-    ``--random`` candidates. Cost = search seconds (supernet steps) + evaluation seconds (training
+    ``--random`` candidates, and so do NAS-RL (``reinforce``) and PNAS (``pnas``, beam 2), each
+    child trained separately (their rows: the best by validation after all of them). Cost = search seconds (supernet steps) + evaluation seconds (training
     the derived / sampled models), in wall time on this machine, one thread; accuracy = test
     accuracy of the best-by-validation model (random search: after each candidate).
 
@@ -137,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=6, help="search epochs per one-shot run (default 6)")
     ap.add_argument("--random", type=int, default=8, help="random search candidates (default 8)")
-    ap.add_argument("--lams", default="0,0.3,3", help="SNAS lambdas (default 0,0.3,3)")
+    ap.add_argument("--lams", default="0,0.1,1", help="SNAS lambdas (default 0,0.1,1)")
     ap.add_argument("--epochs", type=int, default=4, help="training epochs of each evaluated model (default 4)")
     ap.add_argument("--repeats", type=int, default=200, help="ORT runs per derived model in (a) (default 200)")
     ap.add_argument("--seed", type=int, default=0)
@@ -208,6 +209,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             if best is not None:
                 print(f"  {'random@' + str(c.id + 1):<10} | {0.0:>8.1f} | {spent:>7.1f} | {spent:>7.1f} | "
                       f"{1 - best.metrics['test_error']:>8.3f} | {best.metrics['val_error']:>7.3f}")
+        # the ask/tell controller and surrogate methods with random search's candidate budget (every child
+        # trained separately): NAS-RL's REINFORCE controller, and PNAS with a beam of 2 (4 layers x 2 = 8
+        # candidates reach full-size networks)
+        for name, sopts in (("reinforce", {}), ("pnas", {"beam": 2, "ensemble": 1} if args.tiny else {"beam": 2})):
+            cfg = ExperimentConfig(space="chain", space_options=dict(space_options), strategy=name,
+                                   strategy_options=sopts, budget=f"{n_random}c", seed=args.seed, train=dict(train),
+                                   round_size=2)
+            _, _, cands = _run(cfg, root / f"c_{name}")
+            assert len(cands) == n_random
+            done = [c for c in cands if c.status == "done"]
+            spent = sum(c.timings.get("total_s", 0.0) for c in cands)
+            best = min(done, key=lambda c: (c.metrics["val_error"], c.id))
+            print(f"  {name:<10} | {0.0:>8.1f} | {spent:>7.1f} | {spent:>7.1f} | "
+                  f"{1 - best.metrics['test_error']:>8.3f} | {best.metrics['val_error']:>7.3f}")
     return 0
 
 

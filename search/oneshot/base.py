@@ -19,10 +19,12 @@ the decisions, trained with the run's training config, priced, saved), so ``arch
 and ``archir export --best`` work unchanged.
 
 **Budget** for one-shot drivers: ``"<N>c"`` is N search *steps* (epochs of the supernet, not
-candidates); ``"90s"``/``"10m"`` is wall time of the search steps, summed over resumed
-sessions (a step is not started when less than the mean step time is left). The evaluation of
-the derived architecture comes after the budget (it is the same for every strategy).
-``evaluate_every=k`` (option) also records the architecture derived after every k-th step.
+candidates); ``"90s"``/``"10m"`` is wall time, summed over resumed sessions (a step is not
+started when less than the mean step time is left). The evaluation of the final derived
+architecture comes after the budget (it is the same for every strategy);
+``evaluate_every=k`` (option) also records the architecture derived after every k-th step, and
+those evaluations count against a time budget. One-shot runs train in the calling process:
+``run_search``'s executor is not used.
 
 **Checkpoints**: after each step ``<out>/oneshot/state.safetensors`` (the tensors: supernet
 weights, architecture parameters, optimiser buffers, torch's RNG state) and then

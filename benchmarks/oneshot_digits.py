@@ -17,9 +17,10 @@ the built-in digits dataset:
 (c) Accuracy against search cost for every one-shot driver beside random search: each driver
     searches ``--steps`` epochs and its derived model is evaluated; random search evaluates
     ``--random`` candidates, and so do NAS-RL (``reinforce``) and PNAS (``pnas``, beam 2), each
-    child trained separately (their rows: the best by validation after all of them). Cost = search seconds (supernet steps) + evaluation seconds (training
-    the derived / sampled models), in wall time on this machine, one thread; accuracy = test
-    accuracy of the best-by-validation model (random search: after each candidate).
+    child trained separately (their rows: the best by validation after all of them). Cost =
+    search seconds (supernet steps) + evaluation seconds (training the derived / sampled models),
+    in wall time on this machine, one thread; accuracy = test accuracy of the best-by-validation
+    model (random search: after each candidate).
 
 This is a benchmark that prints figures, not a test: it asserts only that every run recorded
 its derived candidate.

@@ -15,8 +15,8 @@ import importlib
 import pkgutil
 
 from search.oneshot.base import (COMMON_OPTIONS, ONESHOT, OneShotDriver, PeakMemory, categorical_entropy,
-                                 decisions_from_probs, driver_step_peak, get_oneshot, load_checkpoint, load_optimizer_state,
-                                 optimizer_state, register_oneshot, run_oneshot, save_checkpoint,
+                                 decisions_from_probs, driver_step_peak, get_oneshot, load_checkpoint,
+                                 load_optimizer_state, optimizer_state, register_oneshot, run_oneshot, save_checkpoint,
                                  train_step_peak)
 
 # every driver module of this package registers itself (a new driver is one new file here)

@@ -61,8 +61,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["OneShotDriver", "ONESHOT", "register_oneshot", "get_oneshot", "run_oneshot", "COMMON_OPTIONS",
-           "decisions_from_probs", "categorical_entropy", "PeakMemory", "train_step_peak", "driver_step_peak", "CHECKPOINT_DIR", "load_checkpoint",
-           "save_checkpoint", "optimizer_state", "load_optimizer_state"]
+           "decisions_from_probs", "categorical_entropy", "PeakMemory", "train_step_peak", "driver_step_peak",
+           "CHECKPOINT_DIR", "load_checkpoint", "save_checkpoint", "optimizer_state", "load_optimizer_state"]
 
 #: options every one-shot driver takes (``--strategy-opt KEY=VALUE`` on the command line).
 COMMON_OPTIONS: dict[str, Any] = {
@@ -582,7 +582,8 @@ def run_oneshot(config, out: str | os.PathLike, *, resume: bool = False, progres
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(np.random.SeedSequence([int(config.seed), 9]).generate_state(1)[0]))
-            driver = cls(space, ds, config, seed=int(config.seed), run_dir=run_dir, **dict(config.strategy_options))
+            driver = cls(space, ds, config, seed=int(config.seed), run_dir=run_dir,
+                         **dict(config.strategy_options))
             store = Store.open(run_dir, lock=True) if resume else Store.create(run_dir, cfg_dict)
             try:
                 return _loop(config, run_dir, driver, store, space, space_options, budget, obj, latency_backend,

@@ -99,7 +99,8 @@ def test_second_order_gradient_matches_exact_unrolled_autograd(ds):
 
 def test_darts_memory_grows_with_the_number_of_candidates(ds):
     peaks = {}
-    for label, opts in (("one", {"kernels": (3,), "expands": (1,)}), ("six", {"kernels": (3, 5), "expands": (1, 3, 6)})):
+    for label, opts in (("one", {"kernels": (3,), "expands": (1,)}),
+                        ("six", {"kernels": (3, 5), "expands": (1, 3, 6)})):
         space = get_space("chain", layers=2, input_shape=ds.input_shape, num_classes=ds.num_classes, **opts)
         peaks[label] = driver_step_peak(ONESHOT["darts"](space, ds, ExperimentConfig(), 0))
     assert peaks["six"] > 3 * peaks["one"], peaks

@@ -374,12 +374,13 @@ class OneShotDriver(ABC):
     # ---------------------------------------------------------------- shared machinery
 
     def batches(self, split: str = "train") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Shuffled mini-batches of ``split`` (``"train"``/``"val"``) from ``self.rng``; ``max_batches`` of them
-        when set, cycling through the split."""
+        """Shuffled mini-batches of ``split`` (``"train"``/``"val"``) from ``self.rng``: :meth:`steps_per_epoch`
+        of them (one pass over the training split, or ``max_batches``), cycling through the split -- so a
+        smaller validation split still gives one batch per training batch (DARTS pairs them)."""
         x, y = (self.x_train, self.y_train) if split == "train" else (self.x_val, self.y_val)
         bs = int(self.options["batch_size"])
         n = len(y)
-        total = self.options["max_batches"] or math.ceil(n / bs)
+        total = self.steps_per_epoch()
         done = 0
         while done < total:
             order = torch.from_numpy(self.rng.permutation(n))

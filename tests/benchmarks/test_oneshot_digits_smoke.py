@@ -39,8 +39,10 @@ def test_tiny_run_prints_the_figures(bench, capsys, tmp_path):
     for space in ("chain", "darts"):
         for name in [*ONESHOT, "one sampled arch"]:
             assert re.search(rf"^  {space} +{re.escape(name)} +\d+\.\d\d$", out, re.M), (space, name)
-    # (c) every driver and random search's two candidates
-    for name in [*ONESHOT, "random@1", "random@2"]:
+    # (c) every driver, random search's two candidates, and the controller/surrogate strategies
+    from search.strategies import STRATEGIES
+
+    for name in [*ONESHOT, "random@1", "random@2", *(n for n in ("reinforce", "pnas") if n in STRATEGIES)]:
         assert re.search(rf"^  {re.escape(name)} +\| +\d+\.\d \| +\d+\.\d \| +\d+\.\d \| +\d\.\d{{3}} \|", out,
                          re.M), name
     assert (tmp_path / "snas_lam1" / "search.db").exists() and (tmp_path / "c_parsec" / "oneshot").is_dir()

@@ -171,3 +171,16 @@ def test_checkpoint_json_is_plain_json(tmp_path):
     run_search(tiny("darts", budget="1c"), tmp_path / "r")
     doc = json.loads((tmp_path / "r" / "oneshot" / "state.json").read_text())
     assert doc["format"] == "archir-oneshot-checkpoint" and doc["state"]["options"]["max_batches"] == 2
+
+
+def test_a_step_pairs_every_training_batch_with_a_validation_batch():
+    ds = load_dataset("digits")
+    space = get_space("chain", layers=2, input_shape=ds.input_shape, num_classes=ds.num_classes)
+    drv = ONESHOT["darts"](space, ds, ExperimentConfig(), 0)
+    n = drv.steps_per_epoch()
+    assert n == -(-len(ds.y_train) // 64) and len(ds.y_val) < len(ds.y_train)
+    train, val = list(drv.batches("train")), list(drv.batches("val"))
+    assert len(train) == len(val) == n
+    assert sum(len(y) for _, y in train) == len(ds.y_train)  # one pass over the training split
+    drv.options["max_batches"] = 3
+    assert len(list(drv.batches("val"))) == 3

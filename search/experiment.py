@@ -613,6 +613,7 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
     try:
         # ---- replay the stored rounds through a fresh strategy (resume)
         stored = store.candidates()
+        n_resumed = sum(c.finished for c in stored)  # before this session finishes any of them
         pending: list[Candidate] = []
         rounds = _rounds(stored)
         for k, rnd in enumerate(rounds):
@@ -635,7 +636,7 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
             if all(c.finished and c.finished_at for c in rnd):
                 round_times.append(max(c.finished_at for c in rnd) - min(c.created_at for c in rnd))
         if stored:
-            progress.line(f"resumed {run_dir}: {sum(c.finished for c in stored)} finished candidates kept, "
+            progress.line(f"resumed {run_dir}: {n_resumed} finished candidates kept, "
                           f"{len(requeued)} re-queued ({', '.join(map(str, requeued)) or 'none'}); "
                           f"{_fmt_time(base_elapsed)} spent before")
 
@@ -664,6 +665,9 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
                         on_candidate(c)
             round_times.append(time.perf_counter() - t0)
             strat.tell(sorted(rnd, key=lambda c: c.id))
+            status = strat.status()
+            if status:
+                progress.line(status)
 
         def _record(c: Candidate, res: Mapping) -> None:
             c.metrics = dict(res.get("metrics") or {})
@@ -713,7 +717,7 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         final = store.candidates()
         return SearchSummary(run_dir, config, store.counts(), best_candidate(final),
                              frontier_candidates(final, obj.cost_key), store.elapsed_s,
-                             time.perf_counter() - t_start, resumed=sum(c.finished for c in stored), requeued=requeued,
+                             time.perf_counter() - t_start, resumed=n_resumed, requeued=requeued,
                              distinct=len({c.graph_hash for c in final if c.graph_hash}))
     finally:
         ex.close()  # idempotent: also when the replay failed before the rounds began

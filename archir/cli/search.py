@@ -55,9 +55,10 @@ def _add_search(p: argparse.ArgumentParser) -> None:
                    help="search space: chain (default), darts, or start (grow a start graph: the default and only "
                         "space of hillclimb and petridish)")
     p.add_argument("--strategy", default="evolution",
-                   help="random, evolution (default), hillclimb (NASH: morphisms of the best) or petridish "
-                        "(grow parents near the Pareto frontier); one-shot: darts, snas, parsec, enas (a supernet; "
-                        "--budget Nc is N search epochs)")
+                   help="random, evolution (default), reinforce (NAS-RL: an LSTM controller), pnas (progressive, "
+                        "with a surrogate), hillclimb (NASH: morphisms of the best) or petridish (grow parents near "
+                        "the Pareto frontier); one-shot: darts, snas, parsec, enas (a supernet; --budget Nc is N "
+                        "search epochs)")
     p.add_argument("--dataset", default="digits",
                    help="digits (built in, default), a .npz file with arrays x and y, or an image folder")
     p.add_argument("--budget", default="3m",

@@ -86,6 +86,10 @@ class Strategy(ABC):
     def tell(self, results: Sequence) -> None:
         """Learn from finished candidates (``search.store.Candidate``: status, score, within_budget), in id order."""
 
+    def status(self) -> str:
+        """One line for the progress display after each round (e.g. a controller's reward), or ``""``."""
+        return ""
+
 
 STRATEGIES: dict[str, type[Strategy]] = {}
 

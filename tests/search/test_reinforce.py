@@ -112,7 +112,19 @@ def test_tiny_search_on_digits_exports_and_resumes(tmp_path):
         run_search(ExperimentConfig(**TINY), tmp_path / "cut", on_candidate=stop)
     resumed = run_search(ExperimentConfig(**TINY), tmp_path / "cut", resume=True)
     assert resumed.requeued == [3] and resumed.counts["done"] == 6
+    assert resumed.resumed == 3  # finished before the resume (not counting the re-queued one it then finished)
     with Store.open(tmp_path / "cut") as st:
         again = st.candidates()
     assert [c.decisions for c in again] == [c.decisions for c in cands]
     assert [c.metrics["val_error"] for c in again] == [c.metrics["val_error"] for c in cands]
+
+
+def test_progress_shows_the_controller_after_each_round(tmp_path):
+    import io
+
+    from search.experiment import Progress
+
+    buf = io.StringIO()
+    run_search(ExperimentConfig(**{**TINY, "budget": "4c"}), tmp_path / "run", progress=Progress(buf, use_rich=False))
+    lines = [ln for ln in buf.getvalue().splitlines() if ln.startswith("controller:")]
+    assert len(lines) == 2 and "reward" in lines[-1] and "2 updates" in lines[-1]

@@ -232,13 +232,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for s in ["random", *grown]}
             print(f"{frac:>17.3g} | " + " | ".join(f"{_ms(accs[s]):>12}" for s in ["random", *grown]))
         final = [r["curve"][-1][2] for r in results["random"]]
+        peak = [max(a for _, _, a in r["curve"]) for r in results["random"]]  # its pick's best moment
         for s in grown:
             got = [at(x["curve"], r["compute"] * args.grow_fraction) for x, r in zip(results[s], results["random"])]
             spent = [x["compute"] for x in results[s]]
             hit = sum(g >= f for g, f in zip(got, final))
             print(f"  {s:9}: reaches random's final test accuracy with {args.grow_fraction:.3g} of its compute on "
                   f"{hit}/{len(seeds)} seeds (at that compute {_ms(got)} % vs random's final {_ms(final)} %; "
-                  f"spent {spent} candidate-epochs)")
+                  f"spent {spent} candidate-epochs); random's peak over its run {_ms(peak)} % reached on "
+                  f"{sum(g >= p for g, p in zip(got, peak))}/{len(seeds)}")
     if "petridish" in chosen:
         print()
         print("(e) Pareto frontier of (validation error, latency ms: ort-cpu, batch 1, 1 thread): random vs petridish")

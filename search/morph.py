@@ -188,7 +188,7 @@ class StartSpace(Space):
         return {"method": "start"}
 
     def mutate(self, decisions: Mapping, rng: np.random.Generator) -> dict:
-        """A NASH child of the candidate ``decisions`` names (``decisions["parent"]`` is kept by strategies)."""
+        """Not available: a child needs its parent's id and trained graph, which hillclimb and petridish supply."""
         raise DecisionError("the start space grows children from parents' trained graphs; mutate has no parent id",
                             hint="use --strategy hillclimb or petridish with --space start")
 

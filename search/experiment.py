@@ -507,6 +507,64 @@ def _check_latency_backend(space, backend: str) -> None:
                                "where the backend works") from None
 
 
+class SearchClock:
+    """Search time, summed over resumed sessions and added to the store as it passes.
+
+    Args:
+        store: the run's store (its ``elapsed_s`` is the time spent before this session).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.start = time.perf_counter()
+        self.before = store.elapsed_s
+        self._last = self.start
+
+    def elapsed(self) -> float:
+        """Seconds spent on this search, earlier sessions included."""
+        return self.before + (time.perf_counter() - self.start)
+
+    def session(self) -> float:
+        """Seconds spent in this session."""
+        return time.perf_counter() - self.start
+
+    def tick(self) -> None:
+        """Add the time since the last tick to the store."""
+        now = time.perf_counter()
+        self.store.add_elapsed(now - self._last)
+        self._last = now
+
+
+def candidate_task(config: ExperimentConfig, space_options: Mapping[str, Any], c: Candidate,
+                   latency_backend: str | None) -> dict:
+    """The plain-data task of :func:`evaluate_candidate` for candidate ``c`` (built from its decisions)."""
+    return {"id": c.id, "seed": c.seed, "space": config.space, "space_options": dict(space_options),
+            "decisions": c.decisions, "dataset": config.dataset, "train": dict(config.train),
+            "latency_backend": latency_backend, "threads": 1}
+
+
+def record_result(c: Candidate, res: Mapping, *, run_dir: Path, config: ExperimentConfig, obj: Objective,
+                  store: Store) -> None:
+    """Put an :func:`evaluate_candidate` result on ``c`` (graph file, score, status) and store it finished."""
+    c.metrics = dict(res.get("metrics") or {})
+    c.costs = dict(res.get("costs") or {})
+    c.timings = {**(res.get("timings") or {}), "epochs": int(res.get("epochs") or 0)}
+    c.graph_hash = res.get("graph_hash")
+    if res.get("status") == "ok":
+        try:
+            c.graph_path = _write_graph(run_dir, c.id, res["graph_json"], res.get("weights"))
+            c.score = _score(config, obj, c.metrics, c.costs)
+            if not math.isfinite(c.score):
+                raise ValueError(f"score {c.score} is not finite")
+            c.within_budget = _within_budget(config, c.costs)
+            c.status, c.error = "done", None
+        except (OSError, KeyError, ValueError) as e:
+            c.status, c.error, c.score = "failed", f"record: {_one_line(e)}", None
+    else:
+        c.status, c.error, c.score = "failed", res.get("reason") or "failed (no reason given)", None
+    store.finish(c)
+
+
 def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: str = "serial",
                executor_options: Mapping[str, Any] | None = None, resume: bool = False,
                progress: Progress | None = None, on_candidate: Callable[[Candidate], None] | None = None
@@ -581,9 +639,7 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         raise
 
     def task_of(c: Candidate) -> dict:
-        return {"id": c.id, "seed": c.seed, "space": config.space, "space_options": space_options,
-                "decisions": c.decisions, "dataset": config.dataset, "train": dict(config.train),
-                "latency_backend": latency_backend, "threads": 1,
+        return {**candidate_task(config, space_options, c, latency_backend),
                 **parent_task(space, c.decisions, run_dir, _parent_path(c), seed=c.seed)}
 
     def _parent_path(c: Candidate) -> str | None:  # a grown candidate's parent graph (search.morph)
@@ -591,18 +647,9 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         return all_cands[pid].graph_path if isinstance(pid, int) and pid in all_cands else None
 
     all_cands: dict[int, Candidate] = {}
-    t_start = time.perf_counter()
-    base_elapsed = store.elapsed_s
-    last_tick = [t_start]
+    clock = SearchClock(store)
+    elapsed, tick = clock.elapsed, clock.tick
     round_times: list[float] = []
-
-    def elapsed() -> float:
-        return base_elapsed + (time.perf_counter() - t_start)
-
-    def tick() -> None:
-        now = time.perf_counter()
-        store.add_elapsed(now - last_tick[0])
-        last_tick[0] = now
 
     def counts() -> dict:
         out_ = {"queued": 0, "running": 0, "done": 0, "failed": 0}
@@ -638,7 +685,7 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         if stored:
             progress.line(f"resumed {run_dir}: {n_resumed} finished candidates kept, "
                           f"{len(requeued)} re-queued ({', '.join(map(str, requeued)) or 'none'}); "
-                          f"{_fmt_time(base_elapsed)} spent before")
+                          f"{_fmt_time(clock.before)} spent before")
 
         progress.line(f"search: space {config.space}, strategy {config.strategy}, objective {config.objective}, "
                       f"budget {budget}, dataset {config.dataset}, seed {config.seed}, executor {ex.describe()}, "
@@ -670,23 +717,7 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
                 progress.line(status)
 
         def _record(c: Candidate, res: Mapping) -> None:
-            c.metrics = dict(res.get("metrics") or {})
-            c.costs = dict(res.get("costs") or {})
-            c.timings = {**(res.get("timings") or {}), "epochs": int(res.get("epochs") or 0)}
-            c.graph_hash = res.get("graph_hash")
-            if res.get("status") == "ok":
-                try:
-                    c.graph_path = _write_graph(run_dir, c.id, res["graph_json"], res.get("weights"))
-                    c.score = _score(config, obj, c.metrics, c.costs)
-                    if not math.isfinite(c.score):
-                        raise ValueError(f"score {c.score} is not finite")
-                    c.within_budget = _within_budget(config, c.costs)
-                    c.status, c.error = "done", None
-                except (OSError, KeyError, ValueError) as e:
-                    c.status, c.error, c.score = "failed", f"record: {_one_line(e)}", None
-            else:
-                c.status, c.error, c.score = "failed", res.get("reason") or "failed (no reason given)", None
-            store.finish(c)
+            record_result(c, res, run_dir=run_dir, config=config, obj=obj, store=store)
 
         try:
             if pending:
@@ -717,7 +748,7 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         final = store.candidates()
         return SearchSummary(run_dir, config, store.counts(), best_candidate(final),
                              frontier_candidates(final, obj.cost_key), store.elapsed_s,
-                             time.perf_counter() - t_start, resumed=n_resumed, requeued=requeued,
+                             clock.session(), resumed=n_resumed, requeued=requeued,
                              distinct=len({c.graph_hash for c in final if c.graph_hash}))
     finally:
         ex.close()  # idempotent: also when the replay failed before the rounds began

@@ -618,43 +618,16 @@ def _loop(config, run_dir, driver, store, space, space_options, budget, obj, lat
     opts = ", ".join(f"{k}={v}" for k, v in sorted(driver.options.items()))
     progress.line(f"search: space {config.space}, one-shot strategy {config.strategy} ({opts}), objective "
                   f"{config.objective}, budget {bud}, dataset {config.dataset}, seed {config.seed}, run folder {run_dir}")
-    t_start = time.perf_counter()
-    base_elapsed = store.elapsed_s
-    last_tick = [t_start]
+    clock = ex.SearchClock(store)
+    elapsed, tick = clock.elapsed, clock.tick
     step_times: list[float] = []
-
-    def elapsed() -> float:
-        return base_elapsed + (time.perf_counter() - t_start)
-
-    def tick() -> None:
-        now = time.perf_counter()
-        store.add_elapsed(now - last_tick[0])
-        last_tick[0] = now
 
     def evaluate(c) -> None:
         store.mark_running([c.id])
-        task = {"id": c.id, "seed": c.seed, "space": config.space, "space_options": space_options,
-                "decisions": c.decisions, "dataset": config.dataset, "train": dict(config.train),
-                "latency_backend": latency_backend, "threads": 1}
+        task = ex.candidate_task(config, space_options, c, latency_backend)
         with torch.random.fork_rng(devices=[]):  # training must not move the search's RNG
             res = ex.evaluate_candidate(task)
-        c.metrics = dict(res.get("metrics") or {})
-        c.costs = dict(res.get("costs") or {})
-        c.timings = {**(res.get("timings") or {}), "epochs": int(res.get("epochs") or 0)}
-        c.graph_hash = res.get("graph_hash")
-        if res.get("status") == "ok":
-            try:
-                c.graph_path = ex._write_graph(run_dir, c.id, res["graph_json"], res.get("weights"))
-                c.score = ex._score(config, obj, c.metrics, c.costs)
-                if not math.isfinite(c.score):
-                    raise ValueError(f"score {c.score} is not finite")
-                c.within_budget = ex._within_budget(config, c.costs)
-                c.status, c.error = "done", None
-            except (OSError, KeyError, ValueError) as e:
-                c.status, c.error, c.score = "failed", f"record: {ex._one_line(e)}", None
-        else:
-            c.status, c.error, c.score = "failed", res.get("reason") or "failed (no reason given)", None
-        store.finish(c)
+        ex.record_result(c, res, run_dir=run_dir, config=config, obj=obj, store=store)
         tick()
         cands = store.candidates()
         done = [x for x in cands if x.status == "done"]
@@ -713,6 +686,6 @@ def _loop(config, run_dir, driver, store, space, space_options, budget, obj, lat
     final = store.candidates()
     return ex.SearchSummary(run_dir, config, store.counts(), ex.best_candidate(final),
                             ex.frontier_candidates(final, obj.cost_key), store.elapsed_s,
-                            time.perf_counter() - t_start, resumed=resumed, requeued=requeued,
+                            clock.session(), resumed=resumed, requeued=requeued,
                             distinct=len({c.graph_hash for c in final if c.graph_hash}))
 

@@ -68,8 +68,14 @@ class Strategy(ABC):
 
     name: ClassVar[str] = ""
     OPTIONS: ClassVar[dict[str, Any]] = {}
+    #: True for strategies that grow trained parents (the ``start`` space, ``search.morph``).
+    GROWS: ClassVar[bool] = False
 
     def __init__(self, space, rng: np.random.Generator, **options) -> None:
+        if getattr(space, "grows", False) and not self.GROWS:
+            raise StrategyError(f"strategy {self.name!r} samples the decisions of a search space; the "
+                                f"{getattr(space, 'name', space)!r} space only grows trained networks",
+                                hint="pass --space chain or darts, or grow with --strategy hillclimb or petridish")
         unknown = sorted(set(options) - set(self.OPTIONS))
         if unknown:
             raise StrategyError(f"strategy {self.name!r}: unknown option(s) {unknown}",

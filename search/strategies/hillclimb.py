@@ -48,6 +48,7 @@ class HillClimb(Strategy):
     """NASH hill climbing over network morphisms (see the module docstring)."""
 
     name = "hillclimb"
+    GROWS = True
     OPTIONS = {"moves": 3, "morphisms": ["deepen", "widen", "add_skip", "enlarge_kernel"]}
 
     def __init__(self, space, rng, **options) -> None:

@@ -35,6 +35,7 @@ class Petridish(Strategy):
     """Petridish: grow parents drawn near the (error, cost) frontier (see the module docstring)."""
 
     name = "petridish"
+    GROWS = True
     OPTIONS = {"ops": ["conv3x3", "sep_conv3x3", "maxpool3x3", "avgpool3x3", "identity"], "targets": 1, "inputs": 2,
                "select": 1, "epochs": 1, "l1": 0.001, "near": 0.01, "cost": "macs"}
 

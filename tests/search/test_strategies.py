@@ -136,3 +136,14 @@ def test_real_chain_space_mutation_ops_name_the_changed_decision():
     space.decode(kid.decisions)  # valid decisions
     assert json.dumps(space.encode(kid.decisions)) != json.dumps(space.encode(specs[0].decisions))
     assert mutation_op(space, specs[0].decisions, specs[0].decisions) == "mutate:none"
+
+
+@pytest.mark.parametrize("name", ["random", "evolution", "reinforce", "pnas"])
+def test_sampling_strategies_refuse_the_start_space(name):
+    # the start space only grows trained parents: a sampling strategy on it would retrain the start graph forever
+    from search.morph import get_space as get_any_space
+
+    space = get_any_space("start")
+    with pytest.raises(StrategyError, match="only grows trained networks") as info:
+        get_strategy(name, space, seed=0)
+    assert "hillclimb" in info.value.hint

@@ -53,6 +53,9 @@ import numpy as np
 
 import archir
 import costmodels
+from archir.samples import darts_body
+from search.spaces.base import add_chain
+from search.spaces.darts import GENOTYPE_OPS, op_chain
 from costmodels import DeviceSpec, LatencyTable, Predictor, count, error_report, kendall_tau, measure, roofline
 
 GOAL_WITHIN_10 = 0.95
@@ -112,39 +115,12 @@ def chain_net(rng: np.random.Generator, index: int = 0) -> archir.Graph:
 
 # --------------------------------------------------------------------------- the DARTS-like cell space
 
+# the seven ops a selected DARTS edge may use (search.spaces.darts.GENOTYPE_OPS), in this script's draw order
 DARTS_OPS = ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "max_pool_3x3", "avg_pool_3x3",
              "skip_connect")
 
 
-def _darts_edge(g: archir.Graph, x: str, op: str, c: int, stride: int, name: str) -> str:
-    if op.startswith("sep_conv"):
-        k = int(op[-1])
-        h = x
-        for r in range(2):
-            h = g.add("relu", h, name=f"{name}.{r}.relu")
-            h = g.add("conv2d", h, out_channels=c, kernel_size=k, stride=stride if r == 0 else 1, padding=k // 2,
-                      groups=c, bias=False, name=f"{name}.{r}.dw")
-            h = g.add("conv2d", h, out_channels=c, kernel_size=1, bias=False, name=f"{name}.{r}.pw")
-            h = g.add("batchnorm2d", h, name=f"{name}.{r}.bn")
-        return h
-    if op.startswith("dil_conv"):
-        k = int(op[-1])
-        h = g.add("relu", x, name=f"{name}.relu")
-        h = g.add("conv2d", h, out_channels=c, kernel_size=k, stride=stride, padding=k - 1, dilation=2, groups=c,
-                  bias=False, name=f"{name}.dw")
-        h = g.add("conv2d", h, out_channels=c, kernel_size=1, bias=False, name=f"{name}.pw")
-        return g.add("batchnorm2d", h, name=f"{name}.bn")
-    if op == "max_pool_3x3":
-        return g.add("maxpool2d", x, kernel_size=3, stride=stride, padding=1, name=f"{name}.maxpool")
-    if op == "avg_pool_3x3":
-        return g.add("avgpool2d", x, kernel_size=3, stride=stride, padding=1, count_include_pad=False,
-                     name=f"{name}.avgpool")
-    assert op == "skip_connect"
-    if stride == 1:
-        return x
-    h = g.add("relu", x, name=f"{name}.relu")  # DARTS' FactorizedReduce, as one strided 1x1 conv
-    h = g.add("conv2d", h, out_channels=c, kernel_size=1, stride=2, bias=False, name=f"{name}.conv")
-    return g.add("batchnorm2d", h, name=f"{name}.bn")
+assert set(DARTS_OPS) == set(GENOTYPE_OPS)
 
 
 def _genotype(rng: np.random.Generator) -> list[tuple[tuple[str, int], tuple[str, int]]]:
@@ -157,35 +133,21 @@ def _genotype(rng: np.random.Generator) -> list[tuple[tuple[str, int], tuple[str
 
 
 def darts_net(rng: np.random.Generator, index: int = 0) -> archir.Graph:
-    """A random network of a DARTS-like cell space (see the module docstring)."""
+    """A random network of a DARTS-like cell space (see the module docstring): the cell wiring of
+    ``archir.samples.darts_body`` with the edge ops of ``search.spaces.darts``."""
     cells = int(rng.integers(3, 9))
     c = int(rng.choice([8, 12, 16, 24]))
     normal, reduce = _genotype(rng), _genotype(rng)
     g = archir.Graph(f"darts{index}")
-    h = g.add("conv2d", g.input("x", (3, 32, 32)), out_channels=3 * c, kernel_size=3, padding=1, bias=False,
-              name="stem.conv")
-    s0 = s1 = g.add("batchnorm2d", h, name="stem.bn")
-    reductions = {cells // 3, 2 * cells // 3}
-    for i in range(cells):
-        red = i in reductions
-        if red:
-            c *= 2
-        pre = []
-        for j, s in enumerate((s0, s1)):
-            stride = 2 if g.node(s).type.shape[1] != g.node(s1).type.shape[1] else 1
-            p = g.add("relu", s, name=f"cell{i}.pre{j}.relu")
-            p = g.add("conv2d", p, out_channels=c, kernel_size=1, stride=stride, bias=False,
-                      name=f"cell{i}.pre{j}.conv")
-            pre.append(g.add("batchnorm2d", p, name=f"cell{i}.pre{j}.bn"))
-        states = list(pre)
-        for n, edges in enumerate(reduce if red else normal):
-            outs = [_darts_edge(g, states[j], op, c, 2 if (red and j < 2) else 1, f"cell{i}.n{n}.e{e}")
-                    for e, (op, j) in enumerate(edges)]
-            states.append(g.add("add", *outs, name=f"cell{i}.n{n}.add"))
-        s0, s1 = s1, g.add("concat", *states[2:], name=f"cell{i}.out")
-    h = g.add("flatten", g.add("global_avgpool", s1, name="head.pool"), name="head.flatten")
-    g.set_outputs(g.add("linear", h, out_features=10, name="head.fc"))
-    g.meta["arch"] = f"cells={cells} C={c} normal={normal} reduce={reduce}"
+
+    def node(i: int, red: bool, n: int, states: list[str], ch: int) -> str:
+        outs = [add_chain(g, states[j], op_chain(op, ch, 2 if (red and j < 2) else 1), f"cell{i}.n{n}.e{e}")
+                for e, (op, j) in enumerate((reduce if red else normal)[n])]
+        return g.add("add", *outs, name=f"cell{i}.n{n}.add")
+
+    g.set_outputs(darts_body(g, g.input("x", (3, 32, 32)), cells=cells, channels=c, classes=10, node=node))
+    c_last = c * 2 ** len({cells // 3, 2 * cells // 3})
+    g.meta["arch"] = f"cells={cells} C={c_last} normal={normal} reduce={reduce}"
     g.init_params(index)
     return g.validate()
 

@@ -292,7 +292,10 @@ def evaluate_candidate(task: Mapping[str, Any]) -> dict:
     Args:
         task: plain data: ``id``, ``seed``, ``space`` (name), ``space_options`` (incl.
             ``input_shape``, ``num_classes``), ``decisions``, ``dataset``, ``train`` (TrainConfig
-            fields), ``latency_backend`` (or None), ``threads``.
+            fields), ``latency_backend`` (or None), ``threads``. Optional ``init_graph``
+            (``search.morph.graph_to_data``; one-shot ``inherit``): start from that graph and its
+            weights instead of ``space.build(decisions)`` -- training fine-tunes it, and the metrics
+            add ``inherited_val_error`` (before training) and ``inherited = 1``.
 
     Returns:
         Plain data: ``id``, ``status`` (``ok``/``failed``), ``reason``, ``metrics``, ``costs``,
@@ -311,6 +314,13 @@ def evaluate_candidate(task: Mapping[str, Any]) -> dict:
         grown: dict[str, Any] = {"metrics": {}, "epochs": 0}
         if "parent_graph" in task:  # morphism search: the parent's trained graph + rewrites (search.morph)
             g, grown = grow(task, _dataset(task["dataset"]))
+        elif "init_graph" in task:  # one-shot inherit: the architecture cut out of the trained supernet
+            from search.morph import graph_from_data
+            from search.train import evaluate
+
+            g = graph_from_data(task["init_graph"])
+            ds0 = _dataset(task["dataset"])
+            grown["metrics"] = {"inherited_val_error": float(evaluate(g, ds0.x_val, ds0.y_val)[0]), "inherited": 1.0}
         else:
             space = get_space(task["space"], **dict(task["space_options"]))
             g = space.build(space.decode(task["decisions"]), seed=int(task["seed"]))

@@ -14,9 +14,22 @@ architectures together, and read an architecture off at the end. A driver does o
 driver, so ``archir search --strategy darts|snas|parsec|enas`` works) runs the steps, writes
 a checkpoint after each one, and records the derived architecture in the same store as an
 ask/tell search: op ``"derive:<driver>"``, no parents, the space's decisions, evaluated by the
-same path as every other candidate (:func:`search.experiment.evaluate_candidate`: built from
-the decisions, trained with the run's training config, priced, saved), so ``archir gallery``
-and ``archir export --best`` work unchanged.
+same path as every other candidate (:func:`search.experiment.evaluate_candidate`: trained with
+the run's training config, priced, saved), so ``archir gallery`` and ``archir export --best``
+work unchanged.
+
+**Weight sharing** (option ``inherit``, default ``true``): the derived candidate starts from the
+supernet's trained weights -- :meth:`OneShotDriver.derived_graph` cuts it out of the trained
+supernet (``archir.lower.sync_back``, then ``space.derive``: the chosen candidate's params and
+BN statistics are copied), the task carries it as plain data (``task["init_graph"]``,
+``search.morph.graph_to_data``) and the run's training config (``--epochs``) *fine-tunes* it.
+Its metrics add ``inherited_val_error`` (validation error of the inherited weights, before
+fine-tuning) and ``inherited = 1``. ``inherit=false`` trains the derived architecture from
+scratch (``space.build(decisions)``), as an ask/tell search would. No silent guesses: the
+derived graph must have the structure of ``space.build(decisions)`` (``structural_hash``);
+where it cannot -- a supernet of another size than the space's networks (PARSEC's
+``cells``/``channels``), a supernet whose fixed widths are not the decisions' widths -- the run
+is refused before the first step with a ``StrategyError`` whose hint is ``inherit=false``.
 
 **Budget** for one-shot drivers: ``"<N>c"`` is N search *steps* (epochs of the supernet, not
 candidates); ``"90s"``/``"10m"`` is wall time, summed over resumed sessions (a step is not
@@ -69,6 +82,11 @@ COMMON_OPTIONS: dict[str, Any] = {
     "batch_size": 64,       # search batch size (train and val batches)
     "max_batches": 0,       # batches per step (0: one pass over the training split)
     "evaluate_every": 0,    # also record the architecture derived after every k-th step (0: only at the end)
+    # fine-tune the derived architecture from the supernet's trained weights (false: train it from scratch).
+    # Default true: that is what weight sharing is for (DESIGN.md: a one-shot result can be fine-tuned without
+    # retraining from scratch), and the inherited weights are never worse a start than a random init once
+    # fine-tuned with the same epochs; inherited_val_error in the metrics shows what the supernet alone gives.
+    "inherit": True,
 }
 CHECKPOINT_DIR = "oneshot"
 
@@ -313,6 +331,10 @@ class OneShotDriver(ABC):
             self._check_int(k, 1)
         for k in ("max_batches", "evaluate_every"):
             self._check_int(k, 0)
+        if not isinstance(self.options["inherit"], (bool, np.bool_)):
+            raise _strategy_error(f"strategy {self.name!r}: option inherit={self.options['inherit']!r} must be "
+                                  "true or false", hint="--strategy-opt inherit=true (or inherit=false)")
+        self.options["inherit"] = bool(self.options["inherit"])
         self.space, self.dataset, self.config, self.seed = space, dataset, config, int(seed)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.rng = np.random.default_rng([int(seed), 9])
@@ -370,6 +392,66 @@ class OneShotDriver(ABC):
 
     def load_extra_state(self, js: Mapping, tensors: Mapping[str, torch.Tensor]) -> None:
         """Inverse of :meth:`extra_state`."""
+
+    # ---------------------------------------------------------------- weight sharing (option inherit)
+
+    def trained_supernet(self):
+        """The supernet graph (``self.supernet``) with the trained weights, BN statistics and logits of the
+        module ``modules()["supernet"]`` (``archir.lower.sync_back``); ``self.supernet`` is untouched.
+
+        A driver whose supernet lives elsewhere overrides this.
+        """
+        from archir.lower import sync_back
+
+        return sync_back(self.supernet, self.modules()["supernet"])
+
+    def derived_graph(self, decisions: Mapping):
+        """Architecture ``decisions`` cut out of the trained supernet: ``space.derive(trained_supernet(), d)``,
+        a plain graph with the supernet's weights of the chosen candidates (what ``inherit`` fine-tunes).
+
+        Raises:
+            StrategyError: the derived graph would not have the structure of ``space.build(decisions)``
+                (e.g. a supernet of another size, or fixed widths that are not the decisions'); the hint
+                is ``inherit=false``.
+
+        Example:
+            >>> g = driver.derived_graph(driver.derive())         # doctest: +SKIP
+            >>> g.structural_hash() == space.build(driver.derive()).structural_hash()   # doctest: +SKIP
+            True
+        """
+        d = self.space.decode(decisions)
+        hint = "--strategy-opt inherit=false (train the derived architecture from scratch)"
+        try:
+            g = self.space.derive(self.trained_supernet(), d)
+        except ValueError as e:  # DecisionError, IRError: the supernet cannot express these decisions
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise _strategy_error(f"strategy {self.name!r}, option inherit: cannot derive {self.space.describe(d)} "
+                                  f"from the supernet: {msg}", hint=hint) from None
+        with torch.random.fork_rng(devices=[]):
+            want = self.space.build(d).structural_hash()
+        if g.structural_hash() != want:
+            raise _strategy_error(
+                f"strategy {self.name!r}, option inherit: the architecture derived from the supernet "
+                f"({g.name!r}, {len(g)} nodes) has another structure than the space's network "
+                f"{self.space.describe(d)} (structural hash {g.structural_hash()[:12]} != {want[:12]}), e.g. a "
+                "supernet of another size than the space's networks", hint=hint)
+        return g
+
+    def check_inherit(self) -> None:
+        """Refuse ``inherit=true`` up front (before any step) where the supernet cannot give the space's
+        networks: derives a probe architecture (uniform probabilities) and checks it (:meth:`derived_graph`).
+
+        Raises:
+            StrategyError: see :meth:`derived_graph`.
+        """
+        from archir import decision_keys
+
+        keys = decision_keys(self.supernet)
+        try:
+            probe = decisions_from_probs(self.space, self.supernet, {k: np.ones(len(v)) for k, v in keys.items()})
+        except ValueError:
+            return  # no generic probe for this space: every derived candidate is still checked by derived_graph
+        self.derived_graph(probe)
 
     # ---------------------------------------------------------------- shared machinery
 
@@ -585,6 +667,9 @@ def run_oneshot(config, out: str | os.PathLike, *, resume: bool = False, progres
             torch.manual_seed(int(np.random.SeedSequence([int(config.seed), 9]).generate_state(1)[0]))
             driver = cls(space, ds, config, seed=int(config.seed), run_dir=run_dir,
                          **dict(config.strategy_options))
+            if driver.options["inherit"]:
+                with torch.random.fork_rng(devices=[]):
+                    driver.check_inherit()  # refuse before any step (and before the store is made)
             store = Store.open(run_dir, lock=True) if resume else Store.create(run_dir, cfg_dict)
             try:
                 return _loop(config, run_dir, driver, store, space, space_options, budget, obj, latency_backend,
@@ -626,6 +711,14 @@ def _loop(config, run_dir, driver, store, space, space_options, budget, obj, lat
         store.mark_running([c.id])
         task = ex.candidate_task(config, space_options, c, latency_backend)
         with torch.random.fork_rng(devices=[]):  # training must not move the search's RNG
+            if driver.options["inherit"]:  # start from the supernet's weights (weight sharing), fine-tune
+                if c.round != driver.steps_done:
+                    raise StoreError(f"{run_dir}: candidate {c.id} was derived after step {c.round} but the "
+                                     f"supernet is at step {driver.steps_done}; its inherited weights are gone",
+                                     hint="start a new run (another --out folder)")
+                from search.morph import graph_to_data
+
+                task["init_graph"] = graph_to_data(driver.derived_graph(c.decisions))
             res = ex.evaluate_candidate(task)
         ex.record_result(c, res, run_dir=run_dir, config=config, obj=obj, store=store)
         tick()

@@ -87,12 +87,6 @@ class RelaxedDriver(OneShotDriver):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"w": self.w_opt, "arch": self.a_opt}
 
-    def trained_supernet(self):
-        """The supernet graph with the trained weights and logits (``archir.lower.sync_back``)."""
-        from archir.lower import sync_back
-
-        return sync_back(self.supernet, self.gm)
-
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.gm(x), y)
 

@@ -8,14 +8,19 @@ the built-in digits dataset:
     architecture, its latency estimated by the table (what SNAS optimised), its *measured* ONNX
     Runtime latency (batch 1, one thread: the three derived models measured side by side,
     interleaved, ``--repeats`` runs each, median) and its test accuracy after the standard
-    evaluation (trained from scratch with the run's training config). Says whether the
-    measured latency falls as ``lam`` grows.
+    evaluation (fine-tuned from the supernet's weights with the run's training config: option
+    ``inherit``, the default). Says whether the measured latency falls as ``lam`` grows.
 (b) Peak memory of one search step (one batch of 64; ``search.oneshot.driver_step_peak``, the
     high-water mark of tensor storage allocated in the step) for DARTS, SNAS, PARSEC and ENAS (if
     registered), on the chain and the DARTS spaces, beside training the largest of PARSEC's
     sampled architectures alone (``train_step_peak``).
 (c) Accuracy against search cost for every one-shot driver beside random search: each driver
-    searches ``--steps`` epochs and its derived model is evaluated; random search evaluates
+    searches ``--steps`` epochs and its derived model is evaluated -- fine-tuned from the
+    supernet's weights (``inherit``, the default; the row also gives the inherited weights'
+    validation error before fine-tuning) and, in the row below (``<name>/scr``), the same derived
+    architecture trained from scratch (``inherit=false``: ``evaluate_candidate`` without
+    ``init_graph``) with the same epochs, so the two starts are compared side by side at equal
+    training; random search evaluates
     ``--random`` candidates, and so do NAS-RL (``reinforce``) and PNAS (``pnas``, beam 2), each
     child trained separately (their rows: the best by validation after all of them). Cost =
     search seconds (supernet steps) + evaluation seconds (training the derived / sampled models),
@@ -187,15 +192,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {label:<6} {name:<17} {peak / 1e6:>8.2f}")
 
         print("\n(c) test accuracy against search cost (wall s, one thread)")
-        print(f"  {'method':<10} | {'search s':>8} | {'eval s':>7} | {'total s':>7} | {'test acc':>8} | {'val err':>7}")
+        print(f"  {'method':<10} | {'search s':>8} | {'eval s':>7} | {'total s':>7} | {'test acc':>8} | {'val err':>7}"
+              " | start of the evaluated model")
+        from search.experiment import candidate_task, evaluate_candidate
+
         for name in drivers:
             cfg = _config(name, steps, dict(opts), "error", train, args.seed, space_options)
             s, search_s, cands = _run(cfg, root / f"c_{name}")
             (c,) = cands
             assert c.status == "done" and c.op == f"derive:{name}", (name, c.status, c.error)
+            assert c.metrics.get("inherited") == 1, (name, c.metrics)
             ev = c.timings.get("total_s", 0.0)
             print(f"  {name:<10} | {search_s:>8.1f} | {ev:>7.1f} | {search_s + ev:>7.1f} | "
-                  f"{1 - c.metrics['test_error']:>8.3f} | {c.metrics['val_error']:>7.3f}")
+                  f"{1 - c.metrics['test_error']:>8.3f} | {c.metrics['val_error']:>7.3f} | supernet weights "
+                  f"(val err {c.metrics['inherited_val_error']:.3f} before fine-tuning)")
+            # the same derived architecture from scratch (what inherit=false records), same training config
+            full_opts = {**space_options, "input_shape": (1, 8, 8), "num_classes": 10}
+            with torch.random.fork_rng(devices=[]):
+                res = evaluate_candidate(candidate_task(cfg, full_opts, c, None))
+            assert res["status"] == "ok" and "inherited" not in res["metrics"], (name, res["reason"])
+            m, ev = res["metrics"], res["timings"]["total_s"]
+            print(f"  {name + '/scr':<10} | {search_s:>8.1f} | {ev:>7.1f} | {search_s + ev:>7.1f} | "
+                  f"{1 - m['test_error']:>8.3f} | {m['val_error']:>7.3f} | from scratch (inherit=false)")
         from search.experiment import ExperimentConfig
 
         cfg = ExperimentConfig(space="chain", space_options=dict(space_options), strategy="random",

@@ -16,7 +16,9 @@ their number. Bilevel optimisation alternates, per mini-batch pair:
 
 Derivation (:meth:`DartsDriver.derive`): per node the two inputs whose strongest non-``none``
 op has the largest softmax weight, each with that op (``search.oneshot.decisions_from_probs``;
-on the chain space, the argmax of every layer).
+on the chain space, the argmax of every layer, at the supernet's widths). With ``inherit`` (the
+default) that architecture is cut out of the trained supernet and fine-tuned, not trained from
+scratch (see :mod:`search.oneshot.base`).
 
 Options: ``order`` (1 or 2), ``w_lr``, ``w_momentum``, ``w_decay``, ``arch_lr``, ``arch_decay``,
 ``xi`` (the virtual step's learning rate; 0 means ``w_lr``), ``grad_clip``, and the common ones

@@ -24,7 +24,9 @@ and the mean ``entropy`` (nats) of its samples.
 space the per-layer block only -- the supernet has one fixed width per layer (the widest
 option), so widths are not searched and a derived chain network has the supernet's widths,
 and a layer whose input width differs from that width has no residual and so cannot be skipped
-(its block variable has the MBConv options only).
+(its block variable has the MBConv options only). The derived decisions therefore carry the
+supernet's widths, so with ``inherit`` (the default) the derived chain network is exactly the
+space's network of those decisions, with the supernet's trained weights.
 
 **Derive**: the best of the controller's most likely architecture (argmax at every step) and
 ``derive_samples`` architectures sampled from it, by validation error of the shared weights on

@@ -27,6 +27,12 @@ network's size, so it transfers to a larger network (:meth:`ParsecDriver.transfe
 Options: ``samples`` (K), ``w_lr``, ``w_momentum``, ``w_decay``, ``prior_lr``, ``grad_clip``,
 ``view`` (``auto``, ``space``, ``supernet``), ``cells`` / ``channels`` (the supernet's size for
 spaces that take them; 0: the space's), and the common ones.
+
+Weight sharing (common option ``inherit``, default true): the derived architecture is cut out of
+the trained supernet and fine-tuned. A supernet of another size than the space's networks
+(``cells``/``channels`` other than the space's) cannot give them, so such a run with
+``inherit=true`` is refused before the first step (``StrategyError``, hint ``inherit=false``:
+the derived genotype is then trained from scratch at the space's size).
 """
 
 from __future__ import annotations

@@ -428,13 +428,14 @@ class OneShotDriver(ABC):
             raise _strategy_error(f"strategy {self.name!r}, option inherit: cannot derive {self.space.describe(d)} "
                                   f"from the supernet: {msg}", hint=hint) from None
         with torch.random.fork_rng(devices=[]):
-            want = self.space.build(d).structural_hash()
-        if g.structural_hash() != want:
+            built = self.space.build(d)
+        have, want = g.structural_hash(), built.structural_hash()
+        if have != want:
             raise _strategy_error(
-                f"strategy {self.name!r}, option inherit: the architecture derived from the supernet "
-                f"({g.name!r}, {len(g)} nodes) has another structure than the space's network "
-                f"{self.space.describe(d)} (structural hash {g.structural_hash()[:12]} != {want[:12]}), e.g. a "
-                "supernet of another size than the space's networks", hint=hint)
+                f"strategy {self.name!r}, option inherit: the supernet {self.supernet.name!r} cannot give the "
+                f"space's networks: an architecture derived from it ({len(g)} nodes, structural hash {have[:12]}) "
+                f"is not the space's network of the same decisions ({built.name!r}, {len(built)} nodes, "
+                f"{want[:12]}), e.g. a supernet of another size than the space's", hint=hint)
         return g
 
     def check_inherit(self) -> None:

@@ -99,7 +99,7 @@ def test_inherit_false_trains_from_scratch(tmp_path, monkeypatch):
 
 def test_a_supernet_of_another_size_is_refused_before_any_step(tmp_path):
     cfg = config("parsec", samples=2, cells=2)  # the space's networks have 1 cell, the supernet 2
-    with pytest.raises(StrategyError, match="another structure") as e:
+    with pytest.raises(StrategyError, match="cannot give the space.s networks") as e:
         run_search(cfg, tmp_path / "r")
     assert "inherit=false" in e.value.hint
     assert not (tmp_path / "r" / DB_NAME).exists()

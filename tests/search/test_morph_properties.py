@@ -61,7 +61,7 @@ def _assert_onnx_matches_fx(g: archir.Graph) -> None:
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
-@settings(max_examples=EXAMPLES)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(parent=parents, seed=st.integers(0, 2 ** 31 - 2), n=st.integers(1, 3),
        ops=st.lists(st.sampled_from(DEFAULT_MORPHISMS), min_size=1, max_size=4, unique=True))
 def test_hillclimb_child_computes_its_parents_function(parent, seed, n, ops):
@@ -83,7 +83,7 @@ def test_hillclimb_child_computes_its_parents_function(parent, seed, n, ops):
     _assert_onnx_matches_fx(child)
 
 
-@settings(max_examples=EXAMPLES)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(parent=parents, seed=st.integers(0, 2 ** 16), data=st.data())
 def test_petridish_child_dropped_is_its_parent_exactly(parent, seed, data):
     points = join_points(parent)

@@ -78,7 +78,7 @@ def test_process_pool_grows_the_same_candidates_as_serial(serial_runs, tmp_path,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", sorted(CONFIGS))
-def test_ray_grows_the_same_candidates_as_serial(serial_runs, ray_session, tmp_path, strategy):
+def test_ray_grows_the_same_candidates_as_serial(ray_session, serial_runs, tmp_path, strategy):
     run_search(ExperimentConfig(**CONFIGS[strategy]), tmp_path / "run", executor="ray")
     assert _snapshot(tmp_path / "run") == serial_runs[strategy]
     assert ray_session.is_initialized()  # the executor joined the module's Ray and left it running

@@ -123,9 +123,13 @@ class PetridishCandidate:
 
 def join_points(g: Graph) -> list[str]:
     """Nodes where candidates may join: feature maps (C, H, W) made by an activation, ``add`` or ``concat``
-    that are not graph outputs, in topological order."""
+    that are not graph outputs but that an output depends on (a candidate on a dead node could never
+    help: no gradient reaches it), in topological order."""
+    import networkx as nx
+
     outs = set(g.outputs)
-    return [n for n in g.topo_order() if g.node(n).op in _JOIN_OPS and n not in outs and _rank3(g, n)]
+    live = set().union(*(nx.ancestors(g.nx, o) for o in outs)) if outs else set()
+    return [n for n in g.topo_order() if g.node(n).op in _JOIN_OPS and n in live and _rank3(g, n)]
 
 
 def input_options(g: Graph, target: str, k: int) -> list[str]:

@@ -211,3 +211,17 @@ def test_tiny_run_warm_start_resume_and_export(tmp_path, parent):
     assert [(c.decisions, c.graph_hash, c.metrics["val_error"]) for c in again] == \
         [(c.decisions, c.graph_hash, c.metrics["val_error"]) for c in cands]
     assert s.best is not None
+
+
+def test_join_points_skip_dead_nodes():
+    # a feature map no output depends on is no place for a candidate: no gradient would reach it
+    import archir
+    from search.petridish import join_points
+
+    g = archir.Graph("dead")
+    x = g.input("x", shape=(1, 8, 8))
+    h = g.add("relu", g.add("conv2d", x, out_channels=4, kernel_size=3, padding=1), name="live.relu")
+    g.add("relu", g.add("conv2d", x, out_channels=4, kernel_size=3, padding=1), name="dead.relu")
+    g.set_outputs(g.add("linear", g.add("flatten", g.add("global_avgpool", h)), out_features=10))
+    g.init_params(seed=0)
+    assert join_points(g) == ["live.relu"]

@@ -140,7 +140,8 @@ def _config(args: argparse.Namespace):
             raise CLIError(f"--start applies to --space start (hillclimb, petridish), not --space {space}",
                            hint="drop --space, or drop --start")
         if not Path(args.start).is_file():
-            raise CLIError(f"--start {args.start}: no such file",
+            what = "is a folder, not a graph file" if Path(args.start).is_dir() else "no such file"
+            raise CLIError(f"--start {args.start}: {what}",
                            hint="give a graph written by archir.save or 'archir import' (net.json)")
         space_options["start"] = args.start
     return ExperimentConfig(space=space, space_options=space_options, strategy=args.strategy,

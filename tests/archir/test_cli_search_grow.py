@@ -107,6 +107,7 @@ def test_warm_start_from_a_saved_graph(run, tmp_path, capsys):
 
 @pytest.mark.parametrize("make, message", [
     (None, "no such file"),
+    (lambda p: p.mkdir(), "is a folder, not a graph file"),
     (lambda p: p.write_text("this is not JSON"), "start graph"),
     (lambda p: p.write_text('{"bad": 1}'), "start graph"),
     (lambda p: archir.save(starter((3, 8, 8), 10), p), "does not fit the dataset's (1, 8, 8)"),

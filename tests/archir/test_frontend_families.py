@@ -405,15 +405,6 @@ from archir.frontend import from_onnx, from_torch  # noqa: E402
 ATOL = RTOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core CI machine more threads only thrash."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _close(got, ref, what):
     got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
     assert got.shape == ref.shape, what

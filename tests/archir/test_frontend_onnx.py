@@ -19,14 +19,6 @@ from archir import samples
 from archir.frontend import FrontendError, UnsafeModelError, UnsupportedModelError, from_onnx
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _same(g1, g2, batch=2, seed=3):
     x = [torch.randn(batch, *g1.node(i).type.shape, generator=torch.Generator().manual_seed(seed + k))
          for k, i in enumerate(g1.inputs)]

@@ -17,14 +17,6 @@ from archir.frontend import torch_import
 from tests.archir.test_frontend_families import TinyResNeXt, randomize
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _same(g, module, shape, batch=3):
     x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():

@@ -28,14 +28,6 @@ FAMILIES = {
 _SLOW = {"resnet50", "resnext50_32x4d", "wide_resnet50_2", "vgg11", "alexnet", "densenet121"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f in _SLOW else f for f in FAMILIES])
 def test_macs_and_params_match_torchvision(family):
     meta = tvm.get_model_weights(family).DEFAULT.meta

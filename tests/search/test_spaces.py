@@ -25,15 +25,6 @@ from search.spaces.darts import GENOTYPE_OPS, OPS
 SHAPE = (1, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny convs: extra threads only contend for the shared cores (10x slower supernet steps)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", params=["darts", "chain"])
 def space(request) -> Space:
     return get_space(request.param, input_shape=SHAPE, num_classes=10)

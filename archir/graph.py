@@ -168,13 +168,15 @@ class Graph:
     def inputs_of(self, node_id: str) -> list[str]:
         """Producers of ``node_id`` in port order."""
         self._data(node_id)
-        edges = sorted(self._g.in_edges(node_id, data="port"), key=lambda e: e[2])
-        return [u for u, _, _ in edges]
+        # the adjacency dicts directly (pred[u][key] = edge data): the hottest query of passes and lowering
+        ported = [(d.get("port"), u) for u, keyed in self._g._pred[node_id].items() for d in keyed.values()]
+        ported.sort(key=lambda e: e[0])
+        return [u for _, u in ported]
 
     def users_of(self, node_id: str) -> list[tuple[str, int]]:
         """Consumers of ``node_id`` as ``(consumer, port)`` pairs, in insertion order."""
         self._data(node_id)
-        return [(v, p) for _, v, p in self._g.out_edges(node_id, data="port")]
+        return [(v, d.get("port")) for v, keyed in self._g._succ[node_id].items() for d in keyed.values()]
 
     def input_types(self, node_id: str) -> list[TensorType]:
         return [self._data(u)["type"] for u in self.inputs_of(node_id)]

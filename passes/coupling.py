@@ -79,7 +79,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -664,6 +664,39 @@ class Coupling:
                     attrs = {"out_features": out.entries}
             result[n] = NodeRemap(n, out, inp, attrs)
         return result
+
+    def apply(self, g: Graph, remaps: Mapping[str, NodeRemap],
+              adjust: Callable[[NodeRule, ArrayAxis, PositionMap, np.ndarray, np.ndarray], np.ndarray] | None = None
+              ) -> Graph:
+        """A validated copy of ``g`` with ``remaps`` (from :meth:`remap`) carried out.
+
+        Every array a remapped node's rule names is gathered along its channel axis
+        (``np.take(arr, pm.src, axis)``); ``adjust(rule, axis, posmap, before, gathered)``, when
+        given, returns the array to store instead (``widen`` rescales copies and fills new
+        channels there). Attributes are set last, so each node's type is re-inferred from its
+        already remapped inputs.
+        """
+        out = g.copy()
+        for n, rm in remaps.items():
+            rule = self._rules[n]
+            d = out.nx.nodes[n]
+            new_arrays: dict[str, dict[str, np.ndarray]] = {"params": {}, "buffers": {}}
+            for ax in rule.arrays:
+                pm = rm.out if ax.side == "out" else rm.inp
+                if pm is None:
+                    continue
+                arr = new_arrays[ax.kind].get(ax.name, d[ax.kind][ax.name])
+                new = np.take(arr, pm.src, axis=ax.axis)
+                if adjust is not None:
+                    new = adjust(rule, ax, pm, arr, new)
+                new_arrays[ax.kind][ax.name] = np.ascontiguousarray(new, dtype=np.float32)
+            if new_arrays["params"]:
+                out.set_params(n, **new_arrays["params"])
+            if new_arrays["buffers"]:
+                out.set_buffers(n, **new_arrays["buffers"])
+            if rm.out is not None:
+                out.set_attrs(n, **rm.attrs)
+        return out.validate()
 
 
 def _spans(layout: Sequence[tuple[int, int]], cls: int) -> list[tuple[int, int]]:

@@ -378,27 +378,9 @@ def _choose(cp: Coupling, grp: Group, imp: np.ndarray, n_remove: int) -> list[in
 
 
 def _apply(g: Graph, cp: Coupling, edit: dict[int, tuple]) -> Graph:
-    out = g.copy()
     if not edit:
-        return out
-    remaps = cp.remap(edit, what="prune these channels", pass_name=_PNAME)
-    for n, rm in remaps.items():
-        rule = cp.rule(n)
-        d = out.nx.nodes[n]
-        new_arrays: dict[str, dict[str, np.ndarray]] = {"params": {}, "buffers": {}}
-        for ax in rule.arrays:
-            pm = rm.out if ax.side == "out" else rm.inp
-            if pm is None:
-                continue
-            arr = new_arrays[ax.kind].get(ax.name, d[ax.kind][ax.name])
-            new_arrays[ax.kind][ax.name] = np.ascontiguousarray(np.take(arr, pm.src, axis=ax.axis), np.float32)
-        if new_arrays["params"]:
-            out.set_params(n, **new_arrays["params"])
-        if new_arrays["buffers"]:
-            out.set_buffers(n, **new_arrays["buffers"])
-        if rm.out is not None:
-            out.set_attrs(n, **rm.attrs)  # re-infers the type from the (already pruned) inputs
-    return out.validate()
+        return g.copy()
+    return cp.apply(g, cp.remap(edit, what="prune these channels", pass_name=_PNAME))
 
 
 def _cost(cost: Callable, g: Graph) -> int:

@@ -200,49 +200,35 @@ def _widen(g: Graph, node: str, out_channels: int, mode: str, noise: float, seed
         edit[classes[-1]] = ["keep"] + ["new"] * k
     remaps = cp.remap(edit, what=f"widen {node!r}", pass_name=pname)
 
-    out = g.copy()
-    for n, rm in remaps.items():
-        rule = cp.rule(n)
-        d = out.nx.nodes[n]
-        new_arrays: dict[str, dict[str, np.ndarray]] = {"params": {}, "buffers": {}}
-        for ax in rule.arrays:
-            pm = rm.out if ax.side == "out" else rm.inp
-            if pm is None:
-                continue
-            arr = new_arrays[ax.kind].get(ax.name, d[ax.kind][ax.name])
-            new = np.take(arr, pm.src, axis=ax.axis)
-            is_new = pm.tag == "new"
-            shape = [1] * new.ndim
-            shape[ax.axis] = -1
-            if ax.role == "column":
-                new = new / pm.share.reshape(shape).astype(np.float32)
-                if is_new.any():
-                    fill = np.zeros(new[_along(is_new, ax.axis, new.ndim)].shape, np.float32)
-                    if noise:
-                        fill = rng.normal(0.0, noise * (float(arr.std()) or 1.0), size=fill.shape).astype(np.float32)
-                    new[_along(is_new, ax.axis, new.ndim)] = fill
-            elif is_new.any():
-                sub = np.moveaxis(new, ax.axis, 0)[is_new]
-                how = "random" if (ax.role == "filter" and ax.name == "weight") else \
-                    0.0 if ax.role == "filter" else _CHANNEL_FILL.get((rule.op, ax.name), 0.0)
-                sub = _he(rng, sub.shape) if how == "random" else np.full(sub.shape, how, np.float32)
-                moved = np.moveaxis(new, ax.axis, 0).copy()
-                moved[is_new] = sub
-                new = np.moveaxis(moved, 0, ax.axis)
-            if noise and ax.role == "filter" and ax.name == "weight" and (pm.tag == "copy").any():
-                is_copy = pm.tag == "copy"
-                moved = np.moveaxis(new, ax.axis, 0).copy()
-                moved[is_copy] += rng.normal(0.0, noise * (float(arr.std()) or 1.0),
-                                             size=moved[is_copy].shape).astype(np.float32)
-                new = np.moveaxis(moved, 0, ax.axis)
-            new_arrays[ax.kind][ax.name] = np.ascontiguousarray(new, dtype=np.float32)
-        if new_arrays["params"]:
-            out.set_params(n, **new_arrays["params"])
-        if new_arrays["buffers"]:
-            out.set_buffers(n, **new_arrays["buffers"])
-        if rm.out is not None:
-            out.set_attrs(n, **rm.attrs)  # re-infers the type from the (already widened) inputs
-    return out.validate()
+
+    def adjust(rule, ax, pm, arr: np.ndarray, new: np.ndarray) -> np.ndarray:
+        is_new = pm.tag == "new"
+        shape = [1] * new.ndim
+        shape[ax.axis] = -1
+        if ax.role == "column":
+            new = new / pm.share.reshape(shape).astype(np.float32)
+            if is_new.any():
+                fill = np.zeros(new[_along(is_new, ax.axis, new.ndim)].shape, np.float32)
+                if noise:
+                    fill = rng.normal(0.0, noise * (float(arr.std()) or 1.0), size=fill.shape).astype(np.float32)
+                new[_along(is_new, ax.axis, new.ndim)] = fill
+        elif is_new.any():
+            sub = np.moveaxis(new, ax.axis, 0)[is_new]
+            how = "random" if (ax.role == "filter" and ax.name == "weight") else \
+                0.0 if ax.role == "filter" else _CHANNEL_FILL.get((rule.op, ax.name), 0.0)
+            sub = _he(rng, sub.shape) if how == "random" else np.full(sub.shape, how, np.float32)
+            moved = np.moveaxis(new, ax.axis, 0).copy()
+            moved[is_new] = sub
+            new = np.moveaxis(moved, 0, ax.axis)
+        if noise and ax.role == "filter" and ax.name == "weight" and (pm.tag == "copy").any():
+            is_copy = pm.tag == "copy"
+            moved = np.moveaxis(new, ax.axis, 0).copy()
+            moved[is_copy] += rng.normal(0.0, noise * (float(arr.std()) or 1.0),
+                                         size=moved[is_copy].shape).astype(np.float32)
+            new = np.moveaxis(moved, 0, ax.axis)
+        return new
+
+    return cp.apply(g, remaps, adjust)
 
 
 @graph_pass(preserves="function")

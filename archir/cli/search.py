@@ -105,35 +105,36 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
+def _key_values(items: list[str], flag: str, example: str) -> dict:
+    """``KEY=VALUE`` options as a dict; VALUE is read as JSON, else kept as the bare string."""
+    out = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise CLIError(f"{flag} {item!r} is not KEY=VALUE", hint=f"e.g. {flag} {example}")
+        try:
+            out[key.strip()] = json.loads(text)
+        except ValueError:
+            out[key.strip()] = text  # a bare word: the string itself
+    return out
+
+
 def _config(args: argparse.Namespace):
     from search.experiment import DEFAULT_TRAIN, ExperimentConfig
+    from search.strategies import STRATEGIES
 
     train = dict(DEFAULT_TRAIN)
-    grows = args.strategy in ("hillclimb", "petridish")  # they train grown children from inherited weights
+    # strategies that grow trained parents (hillclimb, petridish) train children from inherited weights
+    grows = getattr(STRATEGIES.get(args.strategy), "GROWS", False)
     if grows:
         train["schedule"] = "sgdr"  # as NASH trains its children
     for k in ("epochs", "batch_size", "lr", "schedule"):
         v = getattr(args, k)
         if v is not None:
             train[k] = v
-    space_options = {}
-    for item in args.space_opt:
-        key, eq, text = item.partition("=")
-        if not eq or not key.strip():
-            raise CLIError(f"--space-opt {item!r} is not KEY=VALUE", hint="e.g. --space-opt cells=2")
-        try:
-            space_options[key.strip()] = json.loads(text)
-        except ValueError:
-            space_options[key.strip()] = text  # a bare word: the string itself
+    space_options = _key_values(args.space_opt, "--space-opt", "cells=2")
     strategy_options = {k: getattr(args, k) for k in ("population", "sample") if getattr(args, k) is not None}
-    for item in args.strategy_opt:
-        key, eq, text = item.partition("=")
-        if not eq or not key.strip():
-            raise CLIError(f"--strategy-opt {item!r} is not KEY=VALUE", hint="e.g. --strategy-opt moves=3")
-        try:
-            strategy_options[key.strip()] = json.loads(text)
-        except ValueError:
-            strategy_options[key.strip()] = text  # a bare word: the string itself
+    strategy_options.update(_key_values(args.strategy_opt, "--strategy-opt", "moves=3"))
     space = args.space or ("start" if grows or args.start is not None else "chain")
     if args.start is not None:
         if space != "start":

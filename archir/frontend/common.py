@@ -91,3 +91,25 @@ class IdMaker:
             name = f"{base}_{k}"
         self.taken.add(name)
         return name
+
+
+class Skip(Exception):
+    """Raised by a mapping rule of either frontend: this node is unsupported (the message is the reason)."""
+
+
+def add_mapped(g, ids: IdMaker, nid: str, op: str, inputs, *, params=None, buffers=None, **attrs) -> str:
+    """Add node ``nid`` (handed out by ``ids``) to ``g``, then its weights (numpy arrays).
+
+    An IR refusal (bad attrs or input shapes) becomes :class:`Skip` naming the op, and ``nid``
+    is handed back to ``ids`` so the next node may take it.
+    """
+    try:
+        g.add(op, *inputs, name=nid, **attrs)
+    except IRError as e:
+        ids.taken.discard(nid)
+        raise Skip(f"maps to {op} but {e.message}") from None
+    if params:
+        g.set_params(nid, **params)
+    if buffers:
+        g.set_buffers(nid, **buffers)
+    return nid

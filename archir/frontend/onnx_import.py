@@ -28,8 +28,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from archir.errors import IRError
-from archir.frontend.common import FrontendError, IdMaker, UnsafeModelError, Unsupported, UnsupportedModelError
+from archir.frontend.common import (FrontendError, IdMaker, Skip, UnsafeModelError, Unsupported, UnsupportedModelError,
+                                    add_mapped)
 from archir.graph import Graph
 
 __all__ = ["from_onnx", "MAX_FILE_BYTES", "MAX_NODES", "MAX_WEIGHT_BYTES"]
@@ -37,10 +37,6 @@ __all__ = ["from_onnx", "MAX_FILE_BYTES", "MAX_NODES", "MAX_WEIGHT_BYTES"]
 MAX_FILE_BYTES = 2 << 30  # protobuf's own limit
 MAX_NODES = 200_000
 MAX_WEIGHT_BYTES = 8 << 30
-
-
-class _Skip(Exception):
-    pass
 
 
 class _Bad:
@@ -225,22 +221,13 @@ class _Importer:
         return self.ids(base)
 
     def add(self, node, op, inputs, *, params=None, buffers=None, **attrs) -> str:
-        nid = self.node_id(node, op)
-        try:
-            self.g.add(op, *inputs, name=nid, **attrs)
-        except IRError as e:
-            self.ids.taken.discard(nid)
-            raise _Skip(f"maps to {op} but {e.message}") from None
-        if params:
-            self.g.set_params(nid, **params)
-        if buffers:
-            self.g.set_buffers(nid, **buffers)
-        return nid
+        return add_mapped(self.g, self.ids, self.node_id(node, op), op, inputs, params=params, buffers=buffers,
+                          **attrs)
 
     def act(self, name: str) -> str:
         v = self.env.get(name, _BAD)
         if not isinstance(v, str):
-            raise _Skip(f"input {name!r} is {'a constant' if isinstance(v, np.ndarray) else 'not available'}; "
+            raise Skip(f"input {name!r} is {'a constant' if isinstance(v, np.ndarray) else 'not available'}; "
                         "archir expects a network tensor here")
         return v
 
@@ -249,7 +236,7 @@ class _Importer:
             return None
         v = self.env.get(name, _BAD)
         if not isinstance(v, np.ndarray):
-            raise _Skip(f"{what} ({name!r}) is not a constant initializer")
+            raise Skip(f"{what} ({name!r}) is not a constant initializer")
         return v
 
     def shape(self, ir_id: str) -> tuple[int, ...]:
@@ -286,14 +273,14 @@ class _Importer:
             try:
                 if any(self.env.get(x, None) is _BAD for x in node.input if x):
                     if node.op_type not in _RULES:
-                        raise _Skip("no mapping for this ONNX op")
+                        raise Skip("no mapping for this ONNX op")
                     out = _BAD
                 else:
                     rule = _RULES.get(node.op_type)
                     if rule is None:
-                        raise _Skip("no mapping for this ONNX op")
+                        raise Skip("no mapping for this ONNX op")
                     out = rule(self, node, _attrs(node))
-            except _Skip as e:
+            except Skip as e:
                 out = _BAD
                 self.problems.append(Unsupported(f"ONNX {node.op_type}", node.name or f"node #{i}", str(e)))
             if len(node.output) > 1 and any(node.output[1:]):
@@ -331,7 +318,7 @@ def _sym_pads(pads: list[int], what: str) -> list[int]:
     if not pads:
         return [0, 0]
     if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3]:
-        raise _Skip(f"{what} pads {pads} are not symmetric (archir pads both sides alike)")
+        raise Skip(f"{what} pads {pads} are not symmetric (archir pads both sides alike)")
     return [pads[0], pads[1]]
 
 
@@ -339,7 +326,7 @@ def _auto_pad(a: dict) -> None:
     ap = a.get("auto_pad", b"NOTSET")
     ap = ap.decode() if isinstance(ap, bytes) else ap
     if ap not in ("NOTSET", "VALID", ""):
-        raise _Skip(f"auto_pad={ap} is not supported; export with explicit pads")
+        raise Skip(f"auto_pad={ap} is not supported; export with explicit pads")
 
 
 @_rule("Conv")
@@ -349,7 +336,7 @@ def _conv(imp: _Importer, node, a):
     w = imp.const(node.input[1], "the conv weight")
     b = imp.const(node.input[2], "the conv bias") if len(node.input) > 2 and node.input[2] else None
     if w.ndim != 4:
-        raise _Skip("only 2-d convolutions are supported")
+        raise Skip("only 2-d convolutions are supported")
     params = {"weight": w}
     if b is not None:
         params["bias"] = b
@@ -362,7 +349,7 @@ def _conv(imp: _Importer, node, a):
 @_rule("BatchNormalization")
 def _bn(imp, node, a):
     if a.get("training_mode", 0):
-        raise _Skip("training_mode=1 (archir imports inference graphs)")
+        raise Skip("training_mode=1 (archir imports inference graphs)")
     x = imp.act(node.input[0])
     scale, bias, mean, var = (imp.const(node.input[i], w) for i, w in
                               enumerate(["scale", "B", "input_mean", "input_var"], start=1))
@@ -400,7 +387,7 @@ def _sigmoid(imp, node, a):
 def _hardsigmoid(imp, node, a):
     alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
     if not (math.isclose(alpha, 1 / 6, rel_tol=1e-5) and math.isclose(beta, 0.5, rel_tol=1e-6)):
-        raise _Skip(f"HardSigmoid(alpha={alpha}, beta={beta}); archir's hardsigmoid is alpha=1/6, beta=0.5")
+        raise Skip(f"HardSigmoid(alpha={alpha}, beta={beta}); archir's hardsigmoid is alpha=1/6, beta=0.5")
     return imp.add(node, "hardsigmoid", [imp.act(node.input[0])])
 
 
@@ -416,7 +403,7 @@ def _clip(imp, node, a):
         return imp.add(node, "relu6", [x])
     if lo == 0.0 and hi == np.inf:
         return imp.add(node, "relu", [x])
-    raise _Skip(f"Clip({lo}, {hi}); archir has relu (0, inf) and relu6 (0, 6)")
+    raise Skip(f"Clip({lo}, {hi}); archir has relu (0, inf) and relu6 (0, 6)")
 
 
 @_rule("Identity", "Dropout")
@@ -425,7 +412,7 @@ def _identity(imp, node, a):
     if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
         t = imp.const(node.input[2], "training_mode")
         if bool(np.asarray(t)):
-            raise _Skip("Dropout in training mode")
+            raise Skip("Dropout in training mode")
     return v  # a constant stays a constant (torch exports shared weights through Identity)
 
 
@@ -436,7 +423,7 @@ def _constant(imp, node, a):
     for k in ("value_float", "value_floats", "value_int", "value_ints"):
         if k in a:
             return np.asarray(a[k], np.float32 if "float" in k else np.int64)
-    raise _Skip(f"Constant with attribute(s) {sorted(a)}")
+    raise Skip(f"Constant with attribute(s) {sorted(a)}")
 
 
 @_rule("GlobalAveragePool")
@@ -454,7 +441,7 @@ def _pool_common(imp, node, a, op, x=None):
     dil = list(a.get("dilations", [1, 1]))
     ceil = bool(a.get("ceil_mode", 0))
     if len(k) != 2:
-        raise _Skip("only 2-d pooling is supported")
+        raise Skip("only 2-d pooling is supported")
     begin = pads[:2]
     # the output size ONNX computes, then a torch form (symmetric padding, maybe ceil_mode) giving it
     onnx_out = []
@@ -467,13 +454,13 @@ def _pool_common(imp, node, a, op, x=None):
         got = [_out_size((h, w)[i], k[i], s[i], begin[i], dil[i], mode) for i in range(2)]
         if got == onnx_out:
             return x, k, s, begin, dil, mode
-    raise _Skip(f"{op} pads {pads} with ceil_mode={int(ceil)} have no torch equivalent")
+    raise Skip(f"{op} pads {pads} with ceil_mode={int(ceil)} have no torch equivalent")
 
 
 @_rule("MaxPool")
 def _maxpool(imp, node, a, x=None):
     if len(node.output) > 1 and node.output[1] and node.output[1] in imp.users:
-        raise _Skip("MaxPool indices output is used")
+        raise Skip("MaxPool indices output is used")
     x, k, s, p, d, ceil = _pool_common(imp, node, a, "MaxPool", x)
     return imp.add(node, "maxpool2d", [x], kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
 
@@ -489,7 +476,7 @@ def _pad(imp, node, a):
     user = imp.sole_user(node.output[0])
     if not (mode == "constant" and value is not None and np.all(np.isneginf(value)) and len(pads) == 8
             and pads[:6] == [0] * 6 and user is not None and user.op_type == "MaxPool"):
-        raise _Skip("Pad other than archir's -inf end padding before a MaxPool; archir has no padding op")
+        raise Skip("Pad other than archir's -inf end padding before a MaxPool; archir has no padding op")
     ua = _attrs(user)
     mp = list(ua.get("pads", [0, 0, 0, 0]))
     ua["pads"] = mp[:2] + [mp[2] + pads[6], mp[3] + pads[7]]
@@ -503,7 +490,7 @@ def _pad(imp, node, a):
 def _avgpool(imp, node, a):
     x, k, s, p, d, ceil = _pool_common(imp, node, a, "AveragePool")
     if ceil:
-        raise _Skip("ceil_mode average pooling that changes the output size")
+        raise Skip("ceil_mode average pooling that changes the output size")
     return imp.add(node, "avgpool2d", [x], kernel_size=k, stride=s, padding=p,
                    count_include_pad=bool(a.get("count_include_pad", 0)))
 
@@ -516,7 +503,7 @@ def _reduce_mean(imp, node, a):
         axes = imp.const(node.input[1], "axes").tolist()
     rank = len(imp.shape(x)) + 1
     if axes is None or sorted(int(v) % rank for v in axes) != [2, 3] or rank != 4:
-        raise _Skip(f"ReduceMean over axes {axes}; archir maps the spatial mean of (N, C, H, W) only")
+        raise Skip(f"ReduceMean over axes {axes}; archir maps the spatial mean of (N, C, H, W) only")
     gap = imp.add(node, "global_avgpool", [x])
     if a.get("keepdims", 1):
         return gap
@@ -529,7 +516,7 @@ def _flatten(imp, node, a):
     axis = int(a.get("axis", 1))
     rank = len(imp.shape(x)) + 1
     if axis % rank != 1:
-        raise _Skip(f"Flatten(axis={axis}) does not keep the batch dimension alone; archir flattens from dim 1")
+        raise Skip(f"Flatten(axis={axis}) does not keep the batch dimension alone; archir flattens from dim 1")
     return imp.add(node, "flatten", [x], start_dim=1)
 
 
@@ -545,7 +532,7 @@ def _reshape(imp, node, a):
             return imp.add(node, "flatten", [x], start_dim=sd)
     if shape[:1] in ([0], [-1]) and shape[1:] == ins:
         return x
-    raise _Skip(f"Reshape of {tuple(ins)} to {shape} is not a flatten; archir has no general reshape")
+    raise Skip(f"Reshape of {tuple(ins)} to {shape} is not a flatten; archir has no general reshape")
 
 
 @_rule("Concat")
@@ -559,9 +546,9 @@ def _add(imp, node, a):
     l, r = (imp.env.get(i, _BAD) for i in node.input)
     if isinstance(l, str) and isinstance(r, str):
         if imp.shape(l) != imp.shape(r):
-            raise _Skip(f"broadcasting Add of {imp.shape(l)} and {imp.shape(r)}")
+            raise Skip(f"broadcasting Add of {imp.shape(l)} and {imp.shape(r)}")
         return imp.add(node, "add", [l, r])
-    raise _Skip("Add of a constant (archir's add takes two network tensors; a bias belongs to Conv/Gemm)")
+    raise Skip("Add of a constant (archir's add takes two network tensors; a bias belongs to Conv/Gemm)")
 
 
 @_rule("Mul")
@@ -571,7 +558,7 @@ def _mul(imp, node, a):
         return imp.add(node, "mul", [l, r])
     x, c = (l, r) if isinstance(l, str) else (r, l)
     if not isinstance(x, str) or not isinstance(c, np.ndarray):
-        raise _Skip("Mul of two constants")
+        raise Skip("Mul of two constants")
     shape = imp.shape(x)
     if c.size == 1 and float(c.reshape(())) == 0.0:
         return imp.add(node, "zero", [x])
@@ -579,7 +566,7 @@ def _mul(imp, node, a):
     if c.size == ch and (c.shape in ((ch,) + (1,) * (len(shape) - 1), (1, ch) + (1,) * (len(shape) - 1))
                          or (len(shape) == 1 and c.shape == (ch,))):
         return imp.add(node, "scale", [x], params={"weight": c.reshape(ch)})
-    raise _Skip(f"Mul by a constant of shape {c.shape}; archir multiplies by a learnable per-channel scale only")
+    raise Skip(f"Mul by a constant of shape {c.shape}; archir multiplies by a learnable per-channel scale only")
 
 
 @_rule("Slice")
@@ -587,7 +574,7 @@ def _slice(imp, node, a):
     """``Mul(Slice(x, [0, 0], [big, big], [2, 3], [s, s]), 0)``: archir's ``zero`` with a stride."""
     x = imp.act(node.input[0])
     if len(node.input) < 5:
-        raise _Skip("Slice without steps; archir has no slicing op")
+        raise Skip("Slice without steps; archir has no slicing op")
     starts, ends, axes, steps = (imp.const(i, w).astype(np.int64).tolist()
                                  for i, w in zip(node.input[1:5], ["starts", "ends", "axes", "steps"]))
     _, h, w = imp.shape(x) if len(imp.shape(x)) == 3 else (None, 0, 0)
@@ -599,7 +586,7 @@ def _slice(imp, node, a):
         zero_mul = isinstance(c, np.ndarray) and c.size == 1 and float(c.reshape(())) == 0.0
     if not (zero_mul and starts == [0, 0] and axes == [2, 3] and len(set(steps)) == 1 and steps[0] > 1
             and ends[0] >= h and ends[1] >= w):
-        raise _Skip("Slice other than archir's strided zero; archir has no slicing op")
+        raise Skip("Slice other than archir's strided zero; archir has no slicing op")
     imp.done.add(list(imp.model.graph.node).index(user))
     nid = imp.add(user, "zero", [x], stride=int(steps[0]))
     imp.env[user.output[0]] = nid
@@ -648,7 +635,7 @@ def _matmul(imp, node, a):
         return pooled
     xw = _matmul_weight(imp, node)
     if xw is None:
-        raise _Skip("MatMul that is neither x @ constant matrix (a linear layer) nor archir's adaptive pooling")
+        raise Skip("MatMul that is neither x @ constant matrix (a linear layer) nor archir's adaptive pooling")
     x, w = xw
     user = imp.sole_user(node.output[0])
     if user is not None and user.op_type == "Add":
@@ -668,14 +655,14 @@ def _gemm(imp, node, a):
     w = imp.const(node.input[1], "the Gemm weight")
     c = imp.const(node.input[2], "the Gemm bias") if len(node.input) > 2 and node.input[2] else None
     if a.get("transA", 0) or float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0:
-        raise _Skip("Gemm with transA, alpha or beta other than the defaults")
+        raise Skip("Gemm with transA, alpha or beta other than the defaults")
     w = w if a.get("transB", 0) else w.T
     params = {"weight": w}
     if c is not None:
         if c.size == w.shape[0]:
             params["bias"] = c.reshape(w.shape[0])
         else:
-            raise _Skip(f"Gemm bias of shape {c.shape} is not one value per output")
+            raise Skip(f"Gemm bias of shape {c.shape} is not one value per output")
     return imp.add(node, "linear", [x], params=params, out_features=int(w.shape[0]), bias=c is not None)
 
 

@@ -37,18 +37,14 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from archir.errors import IRError
-from archir.frontend.common import FrontendError, IdMaker, Unsupported, UnsupportedModelError, clean_id
+from archir.frontend.common import FrontendError, IdMaker, Skip, Unsupported, UnsupportedModelError, add_mapped, clean_id
 from archir.graph import Graph
 from archir.lower.modules import Scale, stop_forward, zero
-from archir.ops import get_op, pair
+from archir.ops import get_op
 
 __all__ = ["from_torch"]
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
-
-
-class _Skip(Exception):
-    """Raised by a mapping rule: this node is unsupported (the message is the reason)."""
 
 
 @dataclass(frozen=True)
@@ -110,17 +106,17 @@ def _bind(sig: str, args: tuple, kwargs: dict) -> dict:
         out.update(kwargs)
         return out
     if len(args) > len(names):
-        raise _Skip(f"takes at most {len(names)} positional arguments here, got {len(args)}")
+        raise Skip(f"takes at most {len(names)} positional arguments here, got {len(args)}")
     out.update(zip(names, args))
     for k, v in kwargs.items():
         if k not in names:
-            raise _Skip(f"unexpected keyword argument {k!r}")
+            raise Skip(f"unexpected keyword argument {k!r}")
         out[k] = v
     for k, v in defaults.items():
         out.setdefault(k, v)
     missing = [k for k in names if k not in out]
     if missing:
-        raise _Skip(f"missing argument(s) {missing}")
+        raise Skip(f"missing argument(s) {missing}")
     return out
 
 
@@ -195,19 +191,11 @@ class _Importer:
             try:
                 get_op(op).normalize_attrs(attrs)
             except IRError as e:
-                raise _Skip(f"maps to {op} but {e.message}") from None
+                raise Skip(f"maps to {op} but {e.message}") from None
             return ""
-        nid = self.node_id(node, op)
-        try:
-            self.g.add(op, *inputs, name=nid, **attrs)
-        except IRError as e:
-            self.ids.taken.discard(nid)
-            raise _Skip(f"maps to {op} but {e.message}") from None
-        if params:
-            self.g.set_params(nid, **{k: _np(v) for k, v in params.items()})
-        if buffers:
-            self.g.set_buffers(nid, **{k: _np(v) for k, v in buffers.items()})
-        return nid
+        return add_mapped(self.g, self.ids, self.node_id(node, op), op, inputs,
+                          params={k: _np(v) for k, v in (params or {}).items()},
+                          buffers={k: _np(v) for k, v in (buffers or {}).items()}, **attrs)
 
     def value(self, a: Any, dry: bool = False) -> Any:
         """An fx argument as a Python value: activations as ``_Act``, constants as tensors.
@@ -241,7 +229,7 @@ class _Importer:
                 continue
             try:
                 self.env[node] = self.visit(node)
-            except _Skip as e:
+            except Skip as e:
                 self.env[node] = _BAD
                 self.problems.append(Unsupported(_what(node, self.gm), self.where(node), str(e)))
         for node in self.gm.graph.nodes:
@@ -276,7 +264,7 @@ class _Importer:
         if node.op == "placeholder":
             shape = self.out_shape(node)
             if shape is None:
-                raise _Skip("a forward() argument that is not a tensor")
+                raise Skip("a forward() argument that is not a tensor")
             nid = self.ids(clean_id(str(node.target)))
             self.g.input(nid, shape[1:])
             return _Act(nid, shape)
@@ -291,8 +279,8 @@ class _Importer:
             if self.shapes.get(node) != "python" and not self.has_rule(node):
                 if node.op == "call_module":
                     mod = self.gm.get_submodule(str(node.target))
-                    raise _Skip(f"module type {type(mod).__module__}.{type(mod).__name__} has no mapping")
-                raise _Skip("no mapping for this call")
+                    raise Skip(f"module type {type(mod).__module__}.{type(mod).__name__} has no mapping")
+                raise Skip("no mapping for this call")
             args, kwargs = self.value(node.args, dry=True), self.value(node.kwargs, dry=True)
             if any(v is _BAD for v in _flat(args, kwargs)):
                 return _BAD
@@ -310,18 +298,18 @@ class _Importer:
             if any(True for _ in mod.parameters(recurse=False)) or any(True for _ in mod.buffers(recurse=False)):
                 first = self.module_calls.get(str(node.target))
                 if first is not None:
-                    raise _Skip(f"module {node.target!r} ({type(mod).__name__}) is called again: its weights are "
+                    raise Skip(f"module {node.target!r} ({type(mod).__name__}) is called again: its weights are "
                                 f"shared with node {first!r}, and archir has no weight tying")
             rule = _MODULE_RULES.get(type(mod))
             if rule is None:
                 rule = next((r for cls, r in _MODULE_RULES.items() if isinstance(mod, cls)), None)
             if rule is None:
-                raise _Skip(f"module type {type(mod).__module__}.{type(mod).__name__} has no mapping")
+                raise Skip(f"module type {type(mod).__module__}.{type(mod).__name__} has no mapping")
             out = rule(self, node, mod, args, kwargs)
         elif node.op in ("call_function", "call_method"):
             out = self.call(node, args, kwargs)
         else:
-            raise _Skip(f"fx node kind {node.op!r} has no mapping")
+            raise Skip(f"fx node kind {node.op!r} has no mapping")
         if node.op == "call_module" and isinstance(out, _Act) and not self.dry:
             self.module_calls.setdefault(str(node.target), out.id)
         return out
@@ -347,7 +335,7 @@ class _Importer:
             if rule is None:
                 if info == "python":
                     return _Py()
-                raise _Skip(f"ATen op {name} has no mapping")
+                raise Skip(f"ATen op {name} has no mapping")
             sig, fn, inplace = rule
             kw = _bind_aten(target, args, kwargs)
         else:
@@ -360,9 +348,9 @@ class _Importer:
                     # shape arithmetic (x.size(0), x.shape[2] ...): consumed as arguments of mapped ops,
                     # which read what they need from the recorded result shapes
                     if any(isinstance(a, _Act) for a in _flat(args, kwargs)) and not _is_shape_query(node):
-                        raise _Skip("returns a non-tensor value computed from a tensor's data")
+                        raise Skip("returns a non-tensor value computed from a tensor's data")
                     return _Py()
-                raise _Skip("no mapping for this call")
+                raise Skip("no mapping for this call")
             sig, fn, inplace = rule
             kw = _bind(sig, args, kwargs)
         if inplace or kw.get("inplace"):
@@ -375,7 +363,7 @@ class _Importer:
             return
         later = [u for u in src.users if u is not node and self.order[u] > self.order[node]]
         if later:
-            raise _Skip(f"works in place on {src.name!r}, which {later[0].name!r} reads afterwards (it would see the "
+            raise Skip(f"works in place on {src.name!r}, which {later[0].name!r} reads afterwards (it would see the "
                         "changed values); use the out-of-place form")
 
 
@@ -452,15 +440,15 @@ def _user_line(node: fx.Node) -> str:
 def _act(kw: dict, key: str = "input") -> _Act:
     v = kw.get(key)
     if not isinstance(v, _Act):
-        raise _Skip(f"argument {key!r} is not a tensor computed by the network (got {type(v).__name__})")
+        raise Skip(f"argument {key!r} is not a tensor computed by the network (got {type(v).__name__})")
     return v
 
 
 def _const(v, what: str):
     if isinstance(v, _Act):
-        raise _Skip(f"{what} is computed by the network; archir needs it to be a parameter")
+        raise Skip(f"{what} is computed by the network; archir needs it to be a parameter")
     if v is not None and not isinstance(v, torch.Tensor):
-        raise _Skip(f"{what} is a {type(v).__name__}, not a tensor")
+        raise Skip(f"{what} is a {type(v).__name__}, not a tensor")
     return v
 
 
@@ -469,7 +457,7 @@ def _ints(v, what: str) -> list[int]:
         return [v]
     if isinstance(v, (list, tuple)) and all(isinstance(x, int) for x in v):
         return list(v)
-    raise _Skip(f"{what}={v!r} is not an int or a list of ints")
+    raise Skip(f"{what}={v!r} is not an int or a list of ints")
 
 
 def _pair_attr(v, what: str) -> list[int]:
@@ -477,13 +465,13 @@ def _pair_attr(v, what: str) -> list[int]:
     if len(v) == 1:
         v = v * 2
     if len(v) != 2:
-        raise _Skip(f"{what}={v} is not 2-d")
+        raise Skip(f"{what}={v} is not 2-d")
     return v
 
 
 def _rank4(a: _Act, op: str) -> None:
     if len(a.shape) != 4:
-        raise _Skip(f"{op} on a {len(a.shape) - 1}-d sample {a.shape[1:]}; archir supports 2-d (N, C, H, W) here")
+        raise Skip(f"{op} on a {len(a.shape) - 1}-d sample {a.shape[1:]}; archir supports 2-d (N, C, H, W) here")
 
 
 def _result(imp: _Importer, node: fx.Node, nid: str) -> _Act:
@@ -492,7 +480,7 @@ def _result(imp: _Importer, node: fx.Node, nid: str) -> _Act:
         return _Act("", shape or ())
     ir = imp.g.node(nid).type.shape
     if shape is not None and tuple(shape[1:]) != tuple(ir):
-        raise _Skip(f"archir infers shape {ir} but torch computes {tuple(shape[1:])}")
+        raise Skip(f"archir infers shape {ir} but torch computes {tuple(shape[1:])}")
     return _Act(nid, (shape[0] if shape else -1,) + tuple(ir))
 
 
@@ -502,11 +490,11 @@ def _conv(imp: _Importer, node, kw):
     w = _const(kw["weight"], "the conv weight")
     b = _const(kw.get("bias"), "the conv bias")
     if kw.get("transposed"):
-        raise _Skip("transposed convolution is not an archir op")
+        raise Skip("transposed convolution is not an archir op")
     if kw.get("output_padding") and any(kw["output_padding"]):
-        raise _Skip("output_padding is not supported")
+        raise Skip("output_padding is not supported")
     if w is None or w.dim() != 4:
-        raise _Skip("only 2-d convolutions are supported")
+        raise Skip("only 2-d convolutions are supported")
     padding = kw["padding"]
     k = list(w.shape[2:])
     dil = _pair_attr(kw["dilation"], "dilation")
@@ -516,7 +504,7 @@ def _conv(imp: _Importer, node, kw):
         elif padding == "same" and all((d * (kk - 1)) % 2 == 0 for d, kk in zip(dil, k)):
             padding = [d * (kk - 1) // 2 for d, kk in zip(dil, k)]
         else:
-            raise _Skip(f"padding={padding!r} with an even kernel pads asymmetrically; archir pads symmetrically")
+            raise Skip(f"padding={padding!r} with an even kernel pads asymmetrically; archir pads symmetrically")
     nid = imp.add(node, "conv2d", [x.id], params={"weight": w, **({"bias": b} if b is not None else {})},
                   out_channels=int(w.shape[0]), kernel_size=k, stride=_pair_attr(kw["stride"], "stride"),
                   padding=_pair_attr(padding, "padding"), dilation=dil, groups=int(kw["groups"]),
@@ -529,7 +517,7 @@ def _linear(imp, node, kw):
     w = _const(kw["weight"], "the linear weight")
     b = _const(kw.get("bias"), "the linear bias")
     if w is None or w.dim() != 2:
-        raise _Skip("the linear weight is not a matrix")
+        raise Skip("the linear weight is not a matrix")
     nid = imp.add(node, "linear", [x.id], params={"weight": w, **({"bias": b} if b is not None else {})},
                   out_features=int(w.shape[0]), bias=b is not None)
     return _result(imp, node, nid)
@@ -538,19 +526,19 @@ def _linear(imp, node, kw):
 def _batch_norm(imp, node, kw):
     x = _act(kw)
     if kw.get("training"):
-        raise _Skip("batch norm that normalises by batch statistics in eval mode (track_running_stats=False); "
+        raise Skip("batch norm that normalises by batch statistics in eval mode (track_running_stats=False); "
                     "archir's batchnorm2d uses running statistics")
     rm, rv = _const(kw["running_mean"], "running_mean"), _const(kw["running_var"], "running_var")
     w, b = _const(kw.get("weight"), "the BN weight"), _const(kw.get("bias"), "the BN bias")
     if rm is None or rv is None:
-        raise _Skip("batch norm without running statistics")
+        raise Skip("batch norm without running statistics")
     if len(x.shape) != 4:
-        raise _Skip(f"batch norm on a {len(x.shape) - 1}-d sample; archir has batchnorm2d only")
+        raise Skip(f"batch norm on a {len(x.shape) - 1}-d sample; archir has batchnorm2d only")
     momentum = kw.get("momentum")
     if momentum is None:
-        raise _Skip("momentum=None (a cumulative moving average) has no archir equivalent; set a momentum")
+        raise Skip("momentum=None (a cumulative moving average) has no archir equivalent; set a momentum")
     if (w is None) != (b is None):
-        raise _Skip("batch norm with only one of weight and bias")
+        raise Skip("batch norm with only one of weight and bias")
     params = {"weight": w, "bias": b} if w is not None else {}
     nid = imp.add(node, "batchnorm2d", [x.id], params=params, buffers={"running_mean": rm, "running_var": rv},
                   eps=float(kw["eps"]), momentum=float(momentum), affine=w is not None)
@@ -568,7 +556,7 @@ def _unary(op: str):
 def _hardtanh(imp, node, kw):
     lo, hi = float(kw["min_val"]), float(kw["max_val"])
     if (lo, hi) != (0.0, 6.0):
-        raise _Skip(f"hardtanh({lo}, {hi}); archir has relu6 = hardtanh(0, 6) only")
+        raise Skip(f"hardtanh({lo}, {hi}); archir has relu6 = hardtanh(0, 6) only")
     return _unary("relu6")(imp, node, kw)
 
 
@@ -578,7 +566,7 @@ def _alias(imp, node, kw):
 
 def _stochastic_depth(imp, node, kw):
     if kw.get("training"):
-        raise _Skip("stochastic depth in training mode (archir imports the eval-mode network)")
+        raise Skip("stochastic depth in training mode (archir imports the eval-mode network)")
     imp.notes.append(f"{imp.where(node)}: stochastic depth (p={kw.get('p')}) is the identity in eval mode and "
                      "was imported as such; archir has no stochastic-depth op for training")
     return _act(kw)
@@ -593,7 +581,7 @@ def _max_pool(imp, node, kw):
     x = _act(kw)
     _rank4(x, "max_pool2d")
     if kw.get("return_indices"):
-        raise _Skip("return_indices=True (archir's maxpool2d returns values only)")
+        raise Skip("return_indices=True (archir's maxpool2d returns values only)")
     k = _pair_attr(kw["kernel_size"], "kernel_size")
     s = kw.get("stride")
     s = k if s is None or s == [] else _pair_attr(s, "stride")
@@ -606,7 +594,7 @@ def _avg_pool(imp, node, kw):
     x = _act(kw)
     _rank4(x, "avg_pool2d")
     if kw.get("divisor_override") is not None:
-        raise _Skip("divisor_override is not supported")
+        raise Skip("divisor_override is not supported")
     k = _pair_attr(kw["kernel_size"], "kernel_size")
     s = kw.get("stride")
     s = k if s is None or s == [] else _pair_attr(s, "stride")
@@ -615,7 +603,7 @@ def _avg_pool(imp, node, kw):
         floor = [(x.shape[2 + i] + 2 * p[i] - k[i]) // s[i] + 1 for i in range(2)]
         out = imp.out_shape(node)
         if out is None or list(out[2:]) != floor:
-            raise _Skip("ceil_mode=True that changes the output size (archir's avgpool2d has no ceil_mode)")
+            raise Skip("ceil_mode=True that changes the output size (archir's avgpool2d has no ceil_mode)")
     nid = imp.add(node, "avgpool2d", [x.id], kernel_size=k, stride=s, padding=p,
                   count_include_pad=bool(kw["count_include_pad"]))
     return _result(imp, node, nid)
@@ -627,7 +615,7 @@ def _adaptive(imp, node, kw):
     size = kw["output_size"]
     size = [size, size] if isinstance(size, int) or size is None else list(size)
     if len(size) != 2:
-        raise _Skip(f"output_size={kw['output_size']!r} is not 2-d")
+        raise Skip(f"output_size={kw['output_size']!r} is not 2-d")
     size = [x.shape[2 + i] if v is None else v for i, v in enumerate(size)]
     if size == [1, 1]:
         return _result(imp, node, imp.add(node, "global_avgpool", [x.id]))
@@ -640,7 +628,7 @@ def _mean(imp, node, kw):
     r = len(x.shape)
     dims = sorted(d % r for d in _ints(dims, "dim")) if dims is not None else None
     if r != 4 or dims != [2, 3] or kw.get("dtype") is not None:
-        raise _Skip(f"mean over dims {kw.get('dim')} of a rank-{r} tensor; archir maps the spatial mean of "
+        raise Skip(f"mean over dims {kw.get('dim')} of a rank-{r} tensor; archir maps the spatial mean of "
                     "(N, C, H, W) only")
     gap = imp.add(node, "global_avgpool", [x.id])
     if kw.get("keepdim"):
@@ -653,9 +641,9 @@ def _flatten(imp, node, kw):
     r = len(x.shape)
     sd, ed = int(kw["start_dim"]) % r, int(kw["end_dim"]) % r
     if sd == 0 and ed >= 1:
-        raise _Skip("flattening the batch dimension (start_dim=0); use torch.flatten(x, 1)")
+        raise Skip("flattening the batch dimension (start_dim=0); use torch.flatten(x, 1)")
     if ed != r - 1:
-        raise _Skip(f"flatten up to end_dim={kw['end_dim']} (archir flattens to the last dim)")
+        raise Skip(f"flatten up to end_dim={kw['end_dim']} (archir flattens to the last dim)")
     if sd == ed:
         return x
     return _result(imp, node, imp.add(node, "flatten", [x.id], start_dim=sd))
@@ -665,13 +653,13 @@ def _reshape(imp, node, kw):
     x = _act(kw)
     out = imp.out_shape(node)
     if out is None:
-        raise _Skip("the result shape is unknown")
+        raise Skip("the result shape is unknown")
     if tuple(out) == tuple(x.shape):
         return x
     for sd in range(1, len(x.shape) - 1):  # a flatten of the trailing dims from start_dim sd
         if tuple(out) == tuple(x.shape[:sd]) + (math.prod(x.shape[sd:]),):
             return _result(imp, node, imp.add(node, "flatten", [x.id], start_dim=sd))
-    raise _Skip(f"reshape {x.shape} -> {tuple(out)} is not a flatten of trailing dims; archir has no general "
+    raise Skip(f"reshape {x.shape} -> {tuple(out)} is not a flatten of trailing dims; archir has no general "
                 "reshape (e.g. channel shuffle)")
 
 
@@ -680,13 +668,13 @@ def _binary(op: str):
         a, b = kw["input"], kw["other"]
         if not isinstance(a, _Act) or not isinstance(b, _Act):
             c = b if isinstance(a, _Act) else a
-            raise _Skip(f"{op} with a constant ({type(c).__name__}); archir's {op} takes two network tensors")
+            raise Skip(f"{op} with a constant ({type(c).__name__}); archir's {op} takes two network tensors")
         if kw.get("alpha", 1) != 1:
-            raise _Skip(f"alpha={kw['alpha']} is not supported")
+            raise Skip(f"alpha={kw['alpha']} is not supported")
         if op == "add" and a.shape[1:] != b.shape[1:]:
-            raise _Skip(f"broadcasting add of {a.shape} and {b.shape} (archir's add needs equal shapes)")
+            raise Skip(f"broadcasting add of {a.shape} and {b.shape} (archir's add needs equal shapes)")
         if a.shape[0] != b.shape[0]:
-            raise _Skip(f"{op} broadcasts over the batch dimension ({a.shape} and {b.shape})")
+            raise Skip(f"{op} broadcasts over the batch dimension ({a.shape} and {b.shape})")
         return _result(imp, node, imp.add(node, op, [a.id, b.id]))
 
     return rule
@@ -695,7 +683,7 @@ def _binary(op: str):
 def _cat(imp, node, kw):
     ts = kw["tensors"]
     if not isinstance(ts, (list, tuple)) or not ts or not all(isinstance(t, _Act) for t in ts):
-        raise _Skip("cat of values that are not all network tensors")
+        raise Skip("cat of values that are not all network tensors")
     return _result(imp, node, imp.add(node, "concat", [t.id for t in ts], dim=int(kw["dim"])))
 
 
@@ -786,7 +774,7 @@ _ATEN_RULES: dict[str, Rule] = {
 
 def _m_conv(imp, node, m: nn.Conv2d, args, kwargs):
     if m.padding_mode != "zeros":
-        raise _Skip(f"padding_mode={m.padding_mode!r} (archir pads with zeros)")
+        raise Skip(f"padding_mode={m.padding_mode!r} (archir pads with zeros)")
     return _conv(imp, node, {"input": args[0] if args else kwargs.get("input"), "weight": m.weight, "bias": m.bias,
                              "stride": list(m.stride), "padding": m.padding if isinstance(m.padding, str)
                              else list(m.padding), "dilation": list(m.dilation), "groups": m.groups})

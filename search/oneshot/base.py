@@ -73,6 +73,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from search.strategies.base import StrategyError, register_named
+
 __all__ = ["OneShotDriver", "ONESHOT", "register_oneshot", "get_oneshot", "run_oneshot", "COMMON_OPTIONS",
            "decisions_from_probs", "categorical_entropy", "PeakMemory", "train_step_peak", "driver_step_peak",
            "CHECKPOINT_DIR", "load_checkpoint", "save_checkpoint", "optimizer_state", "load_optimizer_state"]
@@ -89,12 +91,6 @@ COMMON_OPTIONS: dict[str, Any] = {
     "inherit": True,
 }
 CHECKPOINT_DIR = "oneshot"
-
-
-def _strategy_error(message: str, hint: str):
-    from search.strategies import StrategyError
-
-    return StrategyError(message, hint=hint)
 
 
 # --------------------------------------------------------------------------- helpers shared by drivers
@@ -324,7 +320,7 @@ class OneShotDriver(ABC):
         known = {**COMMON_OPTIONS, **self.OPTIONS}
         unknown = sorted(set(options) - set(known))
         if unknown:
-            raise _strategy_error(f"strategy {self.name!r}: unknown option(s) {unknown}",
+            raise StrategyError(f"strategy {self.name!r}: unknown option(s) {unknown}",
                                   hint=f"its options are {sorted(known)}")
         self.options = {**known, **options}
         for k in ("batch_size",):
@@ -332,7 +328,7 @@ class OneShotDriver(ABC):
         for k in ("max_batches", "evaluate_every"):
             self._check_int(k, 0)
         if not isinstance(self.options["inherit"], (bool, np.bool_)):
-            raise _strategy_error(f"strategy {self.name!r}: option inherit={self.options['inherit']!r} must be "
+            raise StrategyError(f"strategy {self.name!r}: option inherit={self.options['inherit']!r} must be "
                                   "true or false", hint="--strategy-opt inherit=true (or inherit=false)")
         self.options["inherit"] = bool(self.options["inherit"])
         self.space, self.dataset, self.config, self.seed = space, dataset, config, int(seed)
@@ -349,7 +345,7 @@ class OneShotDriver(ABC):
     def _check_int(self, key: str, lo: int) -> int:
         v = self.options[key]
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise _strategy_error(f"strategy {self.name!r}: option {key}={v!r} must be an int >= {lo}",
+            raise StrategyError(f"strategy {self.name!r}: option {key}={v!r} must be an int >= {lo}",
                                   hint=f"e.g. --strategy-opt {key}={max(lo, COMMON_OPTIONS.get(key, lo) or lo)}")
         return int(v)
 
@@ -359,7 +355,7 @@ class OneShotDriver(ABC):
             and (v > lo if strict else v >= lo) and (hi is None or v <= hi)
         if not ok:
             rng = f"{'>' if strict else '>='} {lo}" + ("" if hi is None else f" and <= {hi}")
-            raise _strategy_error(f"strategy {self.name!r}: option {key}={v!r} must be a number {rng}",
+            raise StrategyError(f"strategy {self.name!r}: option {key}={v!r} must be a number {rng}",
                                   hint=f"e.g. --strategy-opt {key}={self.OPTIONS.get(key, COMMON_OPTIONS.get(key))}")
         return float(v)
 
@@ -425,13 +421,13 @@ class OneShotDriver(ABC):
             g = self.space.derive(self.trained_supernet(), d)
         except ValueError as e:  # DecisionError, IRError: the supernet cannot express these decisions
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise _strategy_error(f"strategy {self.name!r}, option inherit: cannot derive {self.space.describe(d)} "
+            raise StrategyError(f"strategy {self.name!r}, option inherit: cannot derive {self.space.describe(d)} "
                                   f"from the supernet: {msg}", hint=hint) from None
         with torch.random.fork_rng(devices=[]):
             built = self.space.build(d)
         have, want = g.structural_hash(), built.structural_hash()
         if have != want:
-            raise _strategy_error(
+            raise StrategyError(
                 f"strategy {self.name!r}, option inherit: the supernet {self.supernet.name!r} cannot give the "
                 f"space's networks: an architecture derived from it ({len(g)} nodes, structural hash {have[:12]}) "
                 f"is not the space's network of the same decisions ({built.name!r}, {len(built)} nodes, "
@@ -544,18 +540,13 @@ ONESHOT: dict[str, type[OneShotDriver]] = {}
 
 def register_oneshot(cls: type[OneShotDriver]) -> type[OneShotDriver]:
     """Class decorator: make ``cls`` available as ``--strategy <cls.name>``."""
-    if not cls.name:
-        raise TypeError(f"{cls.__name__}: a one-shot driver needs a class attribute 'name'")
-    if cls.name in ONESHOT and ONESHOT[cls.name] is not cls:
-        raise TypeError(f"one-shot driver name {cls.name!r} is taken by {ONESHOT[cls.name].__name__}")
-    ONESHOT[cls.name] = cls
-    return cls
+    return register_named(ONESHOT, cls, "one-shot driver")
 
 
 def get_oneshot(name: str) -> type[OneShotDriver]:
     """The driver class called ``name`` (``StrategyError`` if unknown)."""
     if name not in ONESHOT:
-        raise _strategy_error(f"unknown one-shot strategy {name!r}", hint=f"choose one of {sorted(ONESHOT)}")
+        raise StrategyError(f"unknown one-shot strategy {name!r}", hint=f"choose one of {sorted(ONESHOT)}")
     return ONESHOT[name]
 
 

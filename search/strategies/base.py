@@ -100,14 +100,19 @@ class Strategy(ABC):
 STRATEGIES: dict[str, type[Strategy]] = {}
 
 
+def register_named(registry: dict[str, type], cls: type, kind: str) -> type:
+    """Put ``cls`` into ``registry`` under ``cls.name`` (a name taken by another class is an error)."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__}: a {kind} needs a class attribute 'name'")
+    if cls.name in registry and registry[cls.name] is not cls:
+        raise TypeError(f"{kind} name {cls.name!r} is taken by {registry[cls.name].__name__}")
+    registry[cls.name] = cls
+    return cls
+
+
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:
     """Class decorator: make ``cls`` available under ``cls.name``."""
-    if not cls.name:
-        raise TypeError(f"{cls.__name__}: a strategy needs a class attribute 'name'")
-    if cls.name in STRATEGIES and STRATEGIES[cls.name] is not cls:
-        raise TypeError(f"strategy name {cls.name!r} is taken by {STRATEGIES[cls.name].__name__}")
-    STRATEGIES[cls.name] = cls
-    return cls
+    return register_named(STRATEGIES, cls, "strategy")
 
 
 def get_strategy(name: str, space, seed: int | np.random.Generator = 0, **options) -> Strategy:

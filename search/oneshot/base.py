@@ -112,17 +112,11 @@ def categorical_entropy(logits: Mapping[str, Any] | list) -> float:
     return total
 
 
-def _softmax_np(v) -> np.ndarray:
-    v = np.asarray(v, np.float64)
-    e = np.exp(v - v.max())
-    return e / e.sum()
-
-
 def decisions_from_probs(space, supernet, probs: Mapping[str, Any], *, drop_zero: bool = False) -> dict:
     """The space's decisions read off per-decision probabilities of a supernet (key -> (K,) array).
 
     - ``DartsSpace``: per node the two inputs whose strongest non-``none`` op weighs most, each
-      with that op (DARTS' derivation, as :meth:`DartsSpace.genotype_of`). With ``drop_zero``
+      with that op (DARTS' derivation: :meth:`DartsSpace.genotype_from_probs`). With ``drop_zero``
       (SNAS: the child is the argmax of every edge, ``none`` deletes the edge) edges whose argmax
       is ``none`` rank after every surviving edge; a genotype has exactly two inputs per node, so
       a node with more survivors keeps the two strongest and one with fewer is filled with the
@@ -136,24 +130,11 @@ def decisions_from_probs(space, supernet, probs: Mapping[str, Any], *, drop_zero
     """
     from archir import decision_keys
     from search.spaces.chain import ChainSpace
-    from search.spaces.darts import KINDS, NODES, OPS, DartsSpace
+    from search.spaces.darts import DartsSpace
 
     keys = decision_keys(supernet)
     if isinstance(space, DartsSpace):
-        out = {}
-        for kind in KINDS:
-            pairs = []
-            for n in range(NODES):
-                ranked = []
-                for j in range(n + 2):
-                    key = f"{kind}.n{n}.i{j}"
-                    w = _softmax_np(np.zeros(len(OPS))) if key not in probs else np.asarray(probs[key], np.float64)
-                    k = 1 + int(np.argmax(w[1:]))  # OPS[0] is none
-                    dropped = drop_zero and int(np.argmax(w)) == 0
-                    ranked.append((dropped, -float(w[k]), j, OPS[k]))
-                pairs += [[op, j] for _, _, j, op in sorted(ranked)[:2]]
-            out[kind] = pairs
-        return space.decode(out)
+        return space.genotype_from_probs(probs, drop_zero=drop_zero)
     if isinstance(space, ChainSpace):
         widths = (supernet.meta or {}).get("widths") or [max(o) for o in space.width_options]
         layers = []

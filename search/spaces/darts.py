@@ -299,21 +299,35 @@ class DartsSpace(Space):
     def genotype_of(self, supernet: Graph) -> dict:
         """DARTS' derivation from a trained supernet's logits: per node, the two inputs whose strongest
         non-``none`` op has the largest softmax weight, each with that op."""
-        out = {}
+        probs = {}
         for kind in KINDS:
-            pairs = []
             for n in range(NODES):
-                best = []
                 for j in range(n + 2):
                     key = f"{kind}.n{n}.i{j}"
                     if key not in supernet.arch:
                         raise ValueError(f"supernet has no decision {key!r} (how to fix: pass a graph from "
                                          "DartsSpace.supernet())")
                     w = np.exp(supernet.arch[key] - supernet.arch[key].max())
-                    w = w / w.sum()
+                    probs[key] = w / w.sum()
+        return self.genotype_from_probs(probs)
+
+    def genotype_from_probs(self, probs: Mapping[str, Any], *, drop_zero: bool = False) -> dict:
+        """The genotype read off per-edge op probabilities (key ``"<kind>.n<n>.i<j>"`` -> one weight per
+        :data:`OPS`; a missing key counts as uniform): per node the two inputs whose strongest
+        non-``none`` op weighs most, each with that op (DARTS). With ``drop_zero`` (SNAS) edges whose
+        argmax is ``none`` rank after every surviving edge."""
+        out = {}
+        for kind in KINDS:
+            pairs = []
+            for n in range(NODES):
+                ranked = []
+                for j in range(n + 2):
+                    key = f"{kind}.n{n}.i{j}"
+                    w = np.full(len(OPS), 1.0 / len(OPS)) if key not in probs else np.asarray(probs[key], np.float64)
                     k = 1 + int(np.argmax(w[1:]))  # OPS[0] is none
-                    best.append((-float(w[k]), j, OPS[k]))
-                pairs += [[op, j] for _, j, op in sorted(best)[:2]]
+                    dropped = drop_zero and int(np.argmax(w)) == 0
+                    ranked.append((dropped, -float(w[k]), j, OPS[k]))
+                pairs += [[op, j] for _, _, j, op in sorted(ranked)[:2]]
             out[kind] = pairs
         return self.decode(out)
 

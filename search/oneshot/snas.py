@@ -131,12 +131,7 @@ class SnasDriver(RelaxedDriver):
             ce = self._loss(x, y)
             pen = self.penalty()
             loss = ce + pen.to(ce.dtype)
-            self.w_opt.zero_grad(set_to_none=True)
-            self.a_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.options["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(self.weights, self.options["grad_clip"])
-            self.w_opt.step()
+            self._weight_step(loss)  # one level: the same backward also fills the logits' gradients
             self.a_opt.step()
             total += float(ce.detach()) * len(y)
             pen_total += float(pen.detach()) * len(y)

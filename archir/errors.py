@@ -1,15 +1,30 @@
-"""The archir error hierarchy.
+"""The archir error hierarchy: one base, :class:`ArchirError`, for every user-facing error.
 
-Every error says *what* is wrong, *where* (node id, file, pass) and *how to mend it*.
-All of them derive from :class:`IRError`, so a caller can catch one class.
+Every error says *what* is wrong, *where* (node id, pass, file, candidate) and *how to mend
+it*. Every package derives its user-facing errors from :class:`ArchirError` (IR, pass,
+frontend, cost, data, store, strategy, executor and config errors), so a caller (and the
+command line, which prints it as one line plus ``how to fix`` and exits 2) catches one class.
+Anything that is not an ``ArchirError`` is an archir bug and keeps its traceback.
 
-``IRError`` also derives from ``ValueError``: bad input is a value error, and code
-written against plain Python conventions catches it.
+::
+
+    ArchirError                      message, where = {node, pass, file, candidate}, hint
+      IRError (also ValueError)      a graph or a file is wrong
+        GraphStructureError, OpSchemaError, ShapeError, WeightError, SerializationError, LoweringError
+      passes.PassError (also RuntimeError)
+      ... (costmodels, search: each package's own, all below ArchirError)
+
+``IRError`` also derives from ``ValueError``: bad input is a value error, and code written
+against plain Python conventions catches it.
 """
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 __all__ = [
+    "ArchirError",
+    "WHERE_KEYS",
     "IRError",
     "GraphStructureError",
     "OpSchemaError",
@@ -19,8 +34,112 @@ __all__ = [
     "LoweringError",
 ]
 
+#: the places an error can name, in the order its message names them
+WHERE_KEYS = ("file", "candidate", "pass", "node")
 
-class IRError(ValueError):
+
+class ArchirError(Exception):
+    """Base class of every user-facing archir error.
+
+    Args:
+        message: what is wrong.
+        where: where it is wrong: a mapping with any of ``file``, ``candidate``, ``pass``,
+            ``node`` (``None`` values are dropped). The keyword shortcuts ``node=``, ``file=``,
+            ``candidate=`` and ``pass_name=`` fill the same mapping.
+        hint: how to mend it (one line).
+        context: extra lines shown under the message (e.g. the neighbourhood of a node).
+
+    Attributes:
+        message, where, hint, context: as given; ``node``, ``file``, ``candidate`` and
+        ``pass_name`` read ``where``. ``str(e)`` is the message with its place, then
+        ``how to fix: ...`` and the context; :meth:`one_line` is the first line alone.
+
+    Example:
+        >>> e = ArchirError("no such op", node="l0.conv", hint="use conv2d")
+        >>> print(e)
+        node 'l0.conv': no such op
+          how to fix: use conv2d
+    """
+
+    def __init__(self, message: str, *, where: Mapping[str, Any] | None = None, hint: str | None = None,
+                 context: str | None = None, node: str | None = None, file: Any = None, candidate: Any = None,
+                 pass_name: str | None = None) -> None:
+        w = dict(where or {})
+        for k, v in (("node", node), ("file", file), ("candidate", candidate), ("pass", pass_name)):
+            if v is not None:
+                w.setdefault(k, v)
+        self.message = message
+        self.where = {k: w[k] for k in WHERE_KEYS if w.get(k) is not None}
+        self.where.update({k: v for k, v in w.items() if k not in WHERE_KEYS and v is not None})
+        self.hint = hint
+        self.context = context
+        super().__init__(self._format())
+
+    # the places, read and written through ``where`` (setting one re-formats the message)
+    def _get(self, key: str):
+        return self.__dict__.get("where", {}).get(key)
+
+    def _set(self, key: str, value: Any) -> None:
+        if value is None:
+            self.where.pop(key, None)
+        else:
+            self.where[key] = value
+
+    node = property(lambda self: self._get("node"), lambda self, v: self._set("node", v))
+    file = property(lambda self: self._get("file"), lambda self, v: self._set("file", v))
+    candidate = property(lambda self: self._get("candidate"), lambda self, v: self._set("candidate", v))
+    pass_name = property(lambda self: self._get("pass"), lambda self, v: self._set("pass", v))
+
+    def _place(self) -> str:
+        out = ""
+        w = self.where
+        if w.get("file") is not None:
+            out += f"{w['file']}: "
+        if w.get("candidate") is not None:
+            out += f"candidate {w['candidate']}: "
+        if w.get("pass") is not None:
+            out += f"pass {w['pass']!r}: "
+        if w.get("node") is not None:
+            out += f"node {w['node']!r}: "
+        return out
+
+    def _format(self) -> str:
+        text = self._place() + self.message
+        if self.hint:
+            text += f"\n  how to fix: {self.hint}"
+        if self.context:
+            text += "\n" + self.context
+        return text
+
+    def refresh(self) -> "ArchirError":
+        """Re-format ``str(self)`` after ``message``/``where``/``hint`` changed; returns ``self``."""
+        self.args = (self._format(),)
+        return self
+
+    def with_where(self, **where: Any) -> "ArchirError":
+        """Fill places not set yet (``with_where(file="net.json")``), re-formatting; returns ``self``."""
+        for k, v in where.items():
+            k = "pass" if k == "pass_name" else k
+            if v is not None and self.where.get(k) is None:
+                self.where[k] = v
+        return self.refresh()
+
+    def one_line(self) -> str:
+        """The first line of the message, with its place (what the CLI prints before ``how to fix``)."""
+        return (str(self).strip().splitlines() or [""])[0]
+
+    def __reduce__(self):  # keep the keyword fields across processes (process-pool and Ray executors)
+        return (_rebuild, (type(self), self.__dict__.copy()))
+
+
+def _rebuild(cls, state):
+    e = cls.__new__(cls)
+    e.__dict__.update(state)
+    Exception.__init__(e, e._format())
+    return e
+
+
+class IRError(ArchirError, ValueError):
     """Base class of every archir error about a graph or a file.
 
     Args:
@@ -29,36 +148,17 @@ class IRError(ValueError):
         rule: the short name of the rule that was broken (``"port"``, ``"arity"`` ...).
         hint: how to mend it.
         context: extra lines shown under the message (e.g. the neighbourhood of a node).
+        where: other places (``file``, ``pass`` ...), as for :class:`ArchirError`.
     """
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        node: str | None = None,
-        rule: str | None = None,
-        hint: str | None = None,
-        context: str | None = None,
-    ) -> None:
-        self.message = message
-        self.node = node
+    def __init__(self, message: str, *, node: str | None = None, rule: str | None = None, hint: str | None = None,
+                 context: str | None = None, where: Mapping[str, Any] | None = None, **places: Any) -> None:
         self.rule = rule
-        self.hint = hint
-        self.context = context
-        super().__init__(self._format())
+        super().__init__(message, node=node, hint=hint, context=context, where=where, **places)
 
-    def _format(self) -> str:
-        head = ""
-        if self.rule:
-            head += f"[{self.rule}] "
-        if self.node is not None:
-            head += f"node {self.node!r}: "
-        text = head + self.message
-        if self.hint:
-            text += f"\n  how to fix: {self.hint}"
-        if self.context:
-            text += "\n" + self.context
-        return text
+    def _place(self) -> str:
+        rule = self.__dict__.get("rule")
+        return (f"[{rule}] " if rule else "") + super()._place()
 
 
 class GraphStructureError(IRError):

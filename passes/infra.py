@@ -14,8 +14,8 @@ promises and enforces the contract (as onnxscript's pass infrastructure does):
 
 Errors::
 
-    RuntimeError
-      PassError                    a pass failed (names the pass)
+    archir.errors.ArchirError
+      PassError (RuntimeError)     a pass failed (names the pass)
         PreconditionError          the pass cannot apply to this target; says why
         PostconditionError         the pass broke its contract
           FunctionNotPreserved     a pass that promised to keep the function did not
@@ -27,6 +27,7 @@ import functools
 from typing import Any, Callable
 
 from archir import Graph, IRError
+from archir.errors import ArchirError
 
 __all__ = ["PassError", "PreconditionError", "PostconditionError", "FunctionNotPreserved", "graph_pass",
            "PRESERVES", "pass_name"]
@@ -36,7 +37,7 @@ __all__ = ["PassError", "PreconditionError", "PostconditionError", "FunctionNotP
 PRESERVES = ("function", "shape", None)
 
 
-class PassError(RuntimeError):
+class PassError(ArchirError, RuntimeError):
     """A pass failed. The message names the pass (and the node, when there is one).
 
     Args:
@@ -44,44 +45,19 @@ class PassError(RuntimeError):
         pass_name: the pass that failed (added by ``@graph_pass`` when left out).
         node: the node id where it went wrong, if any.
         hint: how to mend it.
+        where: other places (``file``, ``candidate``), as for ``archir.errors.ArchirError``.
 
     Attributes:
         message, pass_name, node, hint: as given; ``str(e)`` formats them together.
     """
 
     def __init__(self, message: str, *, pass_name: str | None = None, node: str | None = None,
-                 hint: str | None = None) -> None:
-        self.message = message
-        self.pass_name = pass_name
-        self.node = node
-        self.hint = hint
-        super().__init__(self._format())
-
-    def _format(self) -> str:
-        head = f"pass {self.pass_name!r}: " if self.pass_name else ""
-        if self.node is not None:
-            head += f"node {self.node!r}: "
-        text = head + self.message
-        if self.hint:
-            text += f"\n  how to fix: {self.hint}"
-        return text
+                 hint: str | None = None, **kw: Any) -> None:
+        super().__init__(message, pass_name=pass_name, node=node, hint=hint, **kw)
 
     def with_pass(self, name: str) -> "PassError":
         """Set the pass name if none is set yet (re-formatting the message); returns ``self``."""
-        if self.pass_name is None:
-            self.pass_name = name
-            self.args = (self._format(),)
-        return self
-
-    def __reduce__(self):  # keep the keyword fields when pickled (process-pool executors)
-        return (_rebuild, (type(self), self.__dict__.copy()))
-
-
-def _rebuild(cls, state):
-    e = cls.__new__(cls)
-    e.__dict__.update(state)
-    RuntimeError.__init__(e, e._format())
-    return e
+        return self.with_where(pass_name=name)
 
 
 class PreconditionError(PassError):
@@ -192,10 +168,7 @@ def graph_pass(preserves: str | None = None, name: str | None = None) -> Callabl
             except PassError as e:
                 raise e.with_pass(pname)
             except IRError as e:
-                if not e.message.startswith("pass "):
-                    e.message = f"pass {pname!r}: {e.message}"
-                    e.args = (e._format(),)
-                raise
+                raise e.with_where(pass_name=pname)
             except Exception as e:
                 raise PassError(f"failed with {type(e).__name__}: {e}", pass_name=pname,
                                 hint="this is a bug in the pass (or a bad argument); see the cause above") from e

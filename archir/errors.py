@@ -25,6 +25,7 @@ from typing import Any, Mapping
 __all__ = [
     "ArchirError",
     "WHERE_KEYS",
+    "is_user_error",
     "IRError",
     "GraphStructureError",
     "OpSchemaError",
@@ -137,6 +138,38 @@ def _rebuild(cls, state):
     e.__dict__.update(state)
     Exception.__init__(e, e._format())
     return e
+
+
+#: causes that do not make an error a bug: the environment (a path, a disk, a missing package)
+_ENVIRONMENT = (OSError, ImportError)
+
+
+def is_user_error(e: BaseException) -> bool:
+    """True when ``e`` is a user-facing error: print it as one line plus ``how to fix``.
+
+    That is an :class:`ArchirError` not marked as a bug (a class or instance attribute
+    ``bug = True``, e.g. a wrapper of an unexpected exception inside a pass) whose ``__cause__``
+    chain holds only ``ArchirError`` instances or environment errors (``OSError``, ``ImportError``). An
+    ``ArchirError`` raised ``from`` any other exception (``raise PassError(...) from e`` around a
+    ``ZeroDivisionError``) wraps an archir bug: it keeps its traceback (the command line lets it
+    propagate; a search records the traceback with the failed candidate).
+
+    Example:
+        >>> is_user_error(ArchirError("bad option")), is_user_error(ValueError("x"))
+        (True, False)
+    """
+    seen: set[int] = set()
+    first = True
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ArchirError):
+            if getattr(e, "bug", False):
+                return False
+        elif first or not isinstance(e, _ENVIRONMENT):
+            return False
+        first = False
+        e = e.__cause__
+    return True
 
 
 class IRError(ArchirError, ValueError):

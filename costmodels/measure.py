@@ -48,6 +48,7 @@ from typing import Callable
 
 import numpy as np
 
+from archir.errors import ArchirError
 from archir.graph import Graph
 from costmodels.device import cpu_fingerprint, gpu_fingerprint, versions
 
@@ -59,7 +60,7 @@ BACKENDS = ("ort-cpu", "ort-cuda", "torch-cpu", "torch-cuda")
 _TORCH_CUDA_HINT = "install a CUDA build of torch (https://pytorch.org/get-started/locally/)"
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(ArchirError, RuntimeError):
     """A measurement backend cannot run here; the message names what to install or check.
 
     Example:

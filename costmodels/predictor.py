@@ -56,6 +56,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from archir.errors import ArchirError
 from archir.graph import Graph
 from archir.ops import get_op, op_names, pair
 from costmodels.counts import count
@@ -86,7 +87,7 @@ _MODELS = ("linear", "log")
 _STAGE = {"conv2d": 0, "batchnorm2d": 1, "add": 2}  # activations are stage 3
 
 
-class PredictorFormatError(ValueError):
+class PredictorFormatError(ArchirError, ValueError):
     """A predictor file is not a predictor, or of another format version; the message says what to do."""
 
 

@@ -46,7 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from archir.errors import IRError
+from archir.errors import ArchirError, IRError
 from archir.graph import Graph
 from archir.ops import get_op
 from archir.types import TensorType
@@ -109,8 +109,12 @@ class CorruptTableWarning(UserWarning):
     """
 
 
-class MissingLatency(KeyError):
-    """An entry is not in the table and measuring was not allowed (``measure=False``)."""
+class MissingLatency(ArchirError, KeyError):
+    """An entry is not in the table and measuring was not allowed (``measure=False``).
+
+    Also a ``KeyError`` (a lookup that found nothing), but ``str(e)`` is the readable message,
+    not the quoted ``repr`` a plain ``KeyError`` prints.
+    """
 
     def __str__(self) -> str:  # KeyError would print the repr of the message
         return str(self.args[0]) if self.args else ""

@@ -58,22 +58,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archir.errors import ArchirError
+
 __all__ = ["Controller", "ControllerSample", "ControllerError", "STATE_FORMAT"]
 
 STATE_FORMAT = "archir.controller"
 STATE_VERSION = 1
 
 
-class ControllerError(ValueError):
+class ControllerError(ArchirError, ValueError):
     """Bad controller options, choices, rewards or a state that does not fit.
 
     Attributes:
-        hint: how to fix it (one line).
+        hint: how to fix it (one line); ``message``, ``where`` and the rest as for
+            :class:`archir.ArchirError` (``where=``/``file=``/``candidate=`` are accepted too).
     """
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message + (f"\n  how to fix: {hint}" if hint else ""))
-        self.hint = hint
+    def __init__(self, message: str, hint: str | None = None, **where: Any) -> None:
+        super().__init__(message, hint=hint, **where)
 
 
 class ControllerSample(NamedTuple):

@@ -42,9 +42,11 @@ import dataclasses
 import os
 import zipfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from archir.errors import ArchirError
 
 __all__ = ["Dataset", "DataError", "load_dataset", "split_indices", "DIGITS_PATH", "IMAGE_EXTENSIONS"]
 
@@ -53,17 +55,21 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 _GREY_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L")
 
 
-class DataError(ValueError):
-    """A dataset that cannot be used, with ``where`` (the file or key) and ``hint`` (how to fix)."""
+class DataError(ArchirError, ValueError):
+    """A dataset that cannot be used, with its file (``e.file``, ``e.where["file"]``) and ``hint`` (how to fix).
 
-    def __init__(self, message: str, *, where: str | os.PathLike | None = None, hint: str | None = None) -> None:
-        self.message = message
-        self.where = None if where is None else str(where)
-        self.hint = hint
-        text = f"{self.where}: {message}" if self.where else message
-        if hint:
-            text += f"\n  how to fix: {hint}"
-        super().__init__(text)
+    Args:
+        message: what is wrong.
+        where: the file (or ``file:key``, e.g. ``data.npz:x``) it is wrong in; a mapping is
+            taken as :class:`archir.ArchirError`'s ``where``.
+        hint: how to fix it (one line).
+    """
+
+    def __init__(self, message: str, *, where: str | os.PathLike | Mapping[str, Any] | None = None,
+                 hint: str | None = None, **places: Any) -> None:
+        if where is not None and not isinstance(where, Mapping):
+            where = {"file": str(where)}
+        super().__init__(message, where=where, hint=hint, **places)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

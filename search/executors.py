@@ -30,6 +30,8 @@ import os
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterator, Sequence
 
+from archir.errors import ArchirError
+
 __all__ = ["Executor", "SerialExecutor", "ProcessExecutor", "RayExecutor", "EXECUTORS", "get_executor",
            "ExecutorError"]
 
@@ -37,16 +39,16 @@ Task = dict
 Result = dict
 
 
-class ExecutorError(RuntimeError):
+class ExecutorError(ArchirError, RuntimeError):
     """An executor cannot be used (Ray not installed, a cluster address unreachable, bad options).
 
     Attributes:
-        hint: how to fix it (one line).
+        hint: how to fix it (one line); ``message``, ``where`` and the rest as for
+            :class:`archir.ArchirError` (``where=``/``file=``/``candidate=`` are accepted too).
     """
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.hint = hint
+    def __init__(self, message: str, hint: str | None = None, **where: Any) -> None:
+        super().__init__(message, hint=hint, **where)
 
 
 def _crashed(task: Task, reason: str) -> Result:

@@ -64,6 +64,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from archir.errors import ArchirError, is_user_error
 from search.pareto import Point, frontier
 from search.store import DB_NAME, Candidate, Store, StoreError
 
@@ -73,16 +74,16 @@ __all__ = ["ExperimentConfig", "ConfigError", "Progress", "Budget", "parse_budge
            "DEFAULT_TRAIN"]
 
 
-class ConfigError(ValueError):
+class ConfigError(ArchirError, ValueError):
     """A bad experiment option (budget, objective, round size, ...).
 
     Attributes:
-        hint: how to fix it (one line).
+        hint: how to fix it (one line); ``message``, ``where`` and the rest as for
+            :class:`archir.ArchirError` (``where=``/``file=``/``candidate=`` are accepted too).
     """
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.hint = hint
+    def __init__(self, message: str, hint: str | None = None, **where: Any) -> None:
+        super().__init__(message, hint=hint, **where)
 
 
 # --------------------------------------------------------------------------- budget and objective
@@ -612,9 +613,10 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
     space_options = {**config.space_options, "input_shape": tuple(ds.input_shape), "num_classes": int(ds.num_classes)}
     try:
         space = get_space(config.space, **space_options)
-    except ValueError as e:
-        msg, _, fix = str(e).partition(" (how to fix: ")
-        raise ConfigError(msg, hint=fix.rstrip(")") or "check --space and --space-opt") from None
+    except ArchirError as e:  # SpaceError: an unknown space or option, a bad start graph
+        raise ConfigError(e.message, hint=e.hint or "check --space and --space-opt", where=e.where) from None
+    except ValueError as e:  # an option value the space rejects
+        raise ConfigError((str(e).strip().splitlines() or [""])[0], hint="check --space and --space-opt") from None
     strat = get_strategy(config.strategy, space, seed=np.random.default_rng([int(config.seed), 1]),
                          **config.strategy_options)
     from search.train import TrainConfig
@@ -677,17 +679,17 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
             specs = strat.ask(len(rnd))
             for spec, c in zip(specs, rnd):
                 if not _same(space, spec.decisions, c.decisions):
-                    raise StoreError(f"{run_dir}: cannot resume: candidate {c.id} (round {c.round}) was {c.decisions} "
+                    raise StoreError(f"cannot resume: candidate {c.id} (round {c.round}) was {c.decisions} "
                                      f"but the strategy now proposes {spec.decisions}; the space or strategy code "
-                                     "changed since this run started",
+                                     "changed since this run started", file=run_dir,
                                      hint="start a new run (another --out folder) with this version of archir")
             all_cands.update({c.id: c for c in rnd})
             if all(c.finished for c in rnd):
                 strat.tell(rnd)
             else:
                 if k != len(rounds) - 1:
-                    raise StoreError(f"{run_dir}: round {rnd[0].round} is unfinished but later rounds exist; "
-                                     "the store was not written by archir search", hint="start a new run")
+                    raise StoreError(f"round {rnd[0].round} is unfinished but later rounds exist; "
+                                     "the store was not written by archir search", file=run_dir, hint="start a new run")
                 pending = rnd
         for rnd in rounds:  # the time budget's round-time estimate starts from the stored rounds
             if all(c.finished and c.finished_at for c in rnd):
@@ -851,13 +853,13 @@ def load_candidate_graph(run_dir: str | os.PathLike, *, cid: int | None = None, 
         if best:
             c = best_candidate(st.candidates("done"))
             if c is None:
-                raise StoreError(f"{run_dir}: no finished candidate within the budget yet",
-                                 hint="let the search run longer (archir search ... --resume)")
+                raise StoreError("no finished candidate within the budget yet",
+                                 file=run_dir, hint="let the search run longer (archir search ... --resume)")
         else:
             c = st.get(cid)
     if c.status != "done" or not c.graph_path:
-        raise StoreError(f"{run_dir}: candidate {c.id} is {c.status}" + (f" ({c.error})" if c.error else "")
-                         + "; it has no trained graph", hint="pick a done candidate (see archir gallery)")
+        raise StoreError(f"candidate {c.id} is {c.status}" + (f" ({c.error})" if c.error else "")
+                         + "; it has no trained graph", file=run_dir, hint="pick a done candidate (see archir gallery)")
     return archir.load(run_dir / c.graph_path), c
 
 

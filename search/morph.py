@@ -48,7 +48,8 @@ import numpy as np
 import archir
 from archir import Graph
 
-from search.spaces.base import DecisionError, Space
+from archir.errors import ArchirError
+from search.spaces.base import DecisionError, Space, SpaceError
 
 __all__ = ["StartSpace", "starter", "get_space", "graph_to_data", "graph_from_data", "grow", "parent_task",
            "DEFAULT_MORPHISMS", "METHODS"]
@@ -76,8 +77,8 @@ def starter(input_shape=(1, 8, 8), num_classes: int = 10, *, channels: int = 8, 
         1970
     """
     if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
-        raise ValueError(f"starter: channels must be an int >= 1, got {channels!r} "
-                         "(how to fix: pass --space-opt channels=8)")
+        raise SpaceError(f"starter: channels must be an int >= 1, got {channels!r}",
+                         hint="pass --space-opt channels=8")
     g = Graph("starter")
     h = g.input("x", shape=tuple(int(v) for v in input_shape))
     for i in range(2):
@@ -142,21 +143,21 @@ class StartSpace(Space):
     def __init__(self, input_shape=(1, 8, 8), num_classes: int = 10, start: str = "starter", channels: int = 8) -> None:
         super().__init__(input_shape, num_classes)
         if not isinstance(start, str) or not start:
-            raise ValueError(f"start must be 'starter' or a graph file path, got {start!r} "
-                             "(how to fix: pass --start net.json)")
+            raise SpaceError(f"start must be 'starter' or a graph file path, got {start!r}",
+                             hint="pass --start net.json")
         self.start, self.channels = start, channels
         self._graph: Graph | None = None
         if start != "starter" and not Path(start).is_file():
-            raise ValueError(f"start graph {start!r} does not exist "
-                             "(how to fix: pass --start PATH of a graph written by archir.save / archir import)")
+            raise SpaceError(f"start graph {start!r} does not exist",
+                             hint="pass --start PATH of a graph written by archir.save / archir import")
         try:  # check the starter's options, or load and check the file, now (not in a worker)
             self.start_graph()
-        except Exception as e:  # archir.load: not archir JSON, weights missing or not matching, invalid graph
-            if str(e).startswith(("start graph ", "starter: ")):
-                raise
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ValueError(f"start graph {start}: {first} (how to fix: pass a graph written by archir.save or "
-                             "'archir import')") from None
+        except SpaceError:
+            raise
+        except (ArchirError, OSError) as e:  # archir.load: not archir JSON, weights missing or not matching, ...
+            first = e.one_line() if isinstance(e, ArchirError) else f"{e.strerror or e}"
+            raise SpaceError(f"start graph {start}: {first}",
+                             hint="pass a graph written by archir.save or 'archir import'") from None
 
     def start_graph(self, seed: int = 0) -> Graph:
         """The start graph (a file is loaded and checked against the dataset's shapes once)."""
@@ -165,13 +166,13 @@ class StartSpace(Space):
         if self._graph is None:
             g = archir.load(self.start)
             if len(g.inputs) != 1 or tuple(g.node(g.inputs[0]).type.shape) != self.input_shape:
-                raise ValueError(f"start graph {self.start}: its input {[g.node(i).type.shape for i in g.inputs]} "
-                                 f"does not fit the dataset's {self.input_shape} "
-                                 "(how to fix: import the model with --input-shape matching the data)")
+                raise SpaceError(f"start graph {self.start}: its input {[g.node(i).type.shape for i in g.inputs]} "
+                                 f"does not fit the dataset's {self.input_shape}",
+                                 hint="import the model with --input-shape matching the data")
             outs = [g.node(o).type.shape for o in g.outputs]
             if outs != [(self.num_classes,)]:
-                raise ValueError(f"start graph {self.start}: its outputs {outs} are not one ({self.num_classes},) "
-                                 "logits vector (how to fix: give it a linear head with num_classes outputs)")
+                raise SpaceError(f"start graph {self.start}: its outputs {outs} are not one ({self.num_classes},) "
+                                 "logits vector", hint="give it a linear head with num_classes outputs")
             self._graph = g
         g = self._graph.copy()
         g.init_params(seed=seed, only_missing=True)  # a file saved without weights: fresh ones from the seed
@@ -274,8 +275,8 @@ def get_space(name: str, **kwargs: Any) -> Space:
         try:
             return StartSpace(**kwargs)
         except TypeError as e:
-            raise ValueError(f"search space 'start': {e} (how to fix: its options are start=PATH|starter and "
-                             "channels=N)") from None
+            raise SpaceError(f"search space 'start': {e}", hint="its options are start=PATH|starter and "
+                             "channels=N") from None
     from search.spaces import get_space as _get
 
     return _get(name, **kwargs)

@@ -18,7 +18,9 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
+
+from archir.errors import ArchirError
 
 __all__ = ["Point", "frontier", "dominates", "plot", "export_onnx", "PlotUnavailable", "ExportMismatch",
            "VerifiedExport"]
@@ -64,10 +66,11 @@ def frontier(points: Iterable[Point]) -> list[Point]:
     return out
 
 
-class PlotUnavailable(ImportError):
-    """matplotlib is not installed (the plot needs it)."""
+class PlotUnavailable(ArchirError, ImportError):
+    """matplotlib is not installed (the plot needs it); ``hint`` says what to install."""
 
-    hint = "pip install matplotlib (or pip install 'archir[search]')"
+    def __init__(self, message: str, *, hint: str | None = None, **where: Any) -> None:
+        super().__init__(message, hint=hint or "pip install matplotlib (or pip install 'archir[search]')", **where)
 
 
 def plot(points: Sequence[Point], path: str | os.PathLike, *, cost_label: str = "cost",
@@ -137,10 +140,17 @@ def plot(points: Sequence[Point], path: str | os.PathLike, *, cost_label: str = 
     return path
 
 
-class ExportMismatch(RuntimeError):
-    """The exported ONNX model's output under ONNX Runtime differs from torch.fx."""
+class ExportMismatch(ArchirError, RuntimeError):
+    """The exported ONNX model's output under ONNX Runtime differs from torch.fx.
 
-    hint = "this is an archir lowering bug; please report it with the graph file"
+    A failed verification: the command line exits with ``exit_code`` 1 (not 2, bad input).
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, **where: Any) -> None:
+        super().__init__(message, hint=hint or "this is an archir lowering bug; please report it with the graph file",
+                         **where)
 
 
 @dataclass(frozen=True)

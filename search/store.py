@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from archir.errors import ArchirError
+
 __all__ = ["Store", "Candidate", "StoreError", "ConfigMismatch", "STORE_SCHEMA_VERSION", "DB_NAME", "LOCK_NAME",
            "STATUSES"]
 
@@ -53,16 +55,16 @@ LOCK_NAME = "search.lock"
 STATUSES = ("queued", "running", "done", "failed")
 
 
-class StoreError(ValueError):
+class StoreError(ArchirError, ValueError):
     """The store cannot be opened or used as asked (missing, not a store, newer schema, ...).
 
     Attributes:
-        hint: how to fix it (one line).
+        hint: how to fix it (one line); ``file`` (in ``where``): the run folder or store file.
+        ``message`` and the rest as for :class:`archir.ArchirError`.
     """
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.hint = hint
+    def __init__(self, message: str, hint: str | None = None, **where: Any) -> None:
+        super().__init__(message, hint=hint, **where)
 
 
 class ConfigMismatch(StoreError):
@@ -196,7 +198,7 @@ class Store:
                 pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
             finally:
                 os.close(fd)
-            raise StoreError(f"{run_dir}: another search (pid {pid}) is writing this run folder",
+            raise StoreError(f"another search (pid {pid}) is writing this run folder", file=run_dir,
                              hint="wait for it to finish or stop it, then --resume; or use another --out folder"
                              ) from None
         os.ftruncate(fd, 0)
@@ -213,7 +215,7 @@ class Store:
             conn.execute("PRAGMA synchronous=FULL")  # a finished candidate survives a crash
         except sqlite3.DatabaseError as e:
             conn.close()
-            raise StoreError(f"{path}: not an archir search store ({e})",
+            raise StoreError(f"not an archir search store ({e})", file=path,
                              hint="point at a run directory written by 'archir search', or use a new --out") from None
         return conn
 
@@ -226,10 +228,10 @@ class Store:
         """
         run_dir = Path(run_dir)
         if (run_dir / DB_NAME).exists():
-            raise StoreError(f"{run_dir}: already holds a search ({DB_NAME})",
-                             hint="pass --resume to continue it, or choose another --out folder")
+            raise StoreError(f"already holds a search ({DB_NAME})",
+                             file=run_dir, hint="pass --resume to continue it, or choose another --out folder")
         if run_dir.exists() and not run_dir.is_dir():
-            raise StoreError(f"{run_dir}: exists and is not a folder", hint="choose another --out folder")
+            raise StoreError("exists and is not a folder", file=run_dir, hint="choose another --out folder")
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = cls._lock(run_dir)
         (run_dir / "graphs").mkdir(exist_ok=True)
@@ -268,23 +270,24 @@ class Store:
         run_dir = Path(run_dir)
         path = run_dir / DB_NAME
         if not path.is_file():
-            raise StoreError(f"{run_dir}: no search store ({DB_NAME}) in this folder",
-                             hint="give the --out folder of an 'archir search' run")
+            raise StoreError(f"no search store ({DB_NAME}) in this folder",
+                             file=run_dir, hint="give the --out folder of an 'archir search' run")
         conn = cls._connect(path)
         try:
             rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as e:
             conn.close()
-            raise StoreError(f"{path}: not an archir search store ({e})",
-                             hint="point at a run directory written by 'archir search'") from None
+            raise StoreError(f"not an archir search store ({e})",
+                             file=path, hint="point at a run directory written by 'archir search'") from None
         if rows.get("format") != "archir.search":
             conn.close()
-            raise StoreError(f"{path}: not an archir search store", hint="point at a run directory of 'archir search'")
+            raise StoreError("not an archir search store", file=path,
+                             hint="point at a run directory of 'archir search'")
         ver = int(rows.get("schema_version", "0"))
         if ver > STORE_SCHEMA_VERSION:
             conn.close()
-            raise StoreError(f"{path}: written with store schema {ver}; this archir reads up to "
-                             f"{STORE_SCHEMA_VERSION}", hint="upgrade archir to read this run")
+            raise StoreError(f"written with store schema {ver}; this archir reads up to "
+                             f"{STORE_SCHEMA_VERSION}", file=path, hint="upgrade archir to read this run")
         try:
             fd = cls._lock(run_dir) if lock else None
         except BaseException:
@@ -326,7 +329,7 @@ class Store:
         diffs = _diff(stored, given)
         if diffs:
             shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
-            raise ConfigMismatch(f"{self.run_dir}: --resume with a different experiment config: {shown}",
+            raise ConfigMismatch(f"--resume with a different experiment config: {shown}", file=self.run_dir,
                                  hint="resume with the same options as the first run, or use a new --out folder")
 
     def info(self, key: str, default: Any = None) -> Any:
@@ -388,8 +391,8 @@ class Store:
                 self._conn.executemany(f"INSERT INTO candidates({', '.join(_COLUMNS)}) VALUES "
                                        f"({', '.join('?' * len(_COLUMNS))})", [self._row(c) for c in cands])
         except sqlite3.IntegrityError as e:
-            raise StoreError(f"{self.path}: candidate id already recorded ({e})",
-                             hint="this is an archir bug: ids are given out once") from None
+            raise StoreError(f"candidate id already recorded ({e})",
+                             file=self.path, hint="this is an archir bug: ids are given out once") from None
 
     def mark_running(self, ids: Iterable[int]) -> None:
         """Set the status of queued candidates to ``running``."""
@@ -409,7 +412,7 @@ class Store:
             self._conn.execute("BEGIN IMMEDIATE")
             cur = self._conn.execute(f"UPDATE candidates SET {sets} WHERE id = ?", (*row[1:], c.id))
             if cur.rowcount != 1:
-                raise StoreError(f"{self.path}: candidate {c.id} was never recorded", hint="this is an archir bug")
+                raise StoreError(f"candidate {c.id} was never recorded", file=self.path, hint="this is an archir bug")
 
     def requeue_unfinished(self) -> list[int]:
         """Set every ``running`` candidate back to ``queued`` (after a killed search); returns the ids."""
@@ -439,8 +442,8 @@ class Store:
         row = self._conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM candidates WHERE id = ?", (int(cid),)).fetchone()
         if row is None:
             n = self._conn.execute("SELECT COUNT(*) FROM candidates").fetchone()[0]
-            raise StoreError(f"{self.run_dir}: no candidate {cid} (this run has ids 0..{n - 1})" if n else
-                             f"{self.run_dir}: no candidate {cid} (this run has none yet)",
+            raise StoreError(f"no candidate {cid} (this run has ids 0..{n - 1})" if n else
+                             f"no candidate {cid} (this run has none yet)", file=self.run_dir,
                              hint="run 'archir gallery' on the folder to list the candidates")
         return self._from_row(row)
 

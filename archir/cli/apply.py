@@ -314,12 +314,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    import passes
-
-    return (passes.PassError,)
-
-
 SUBCOMMANDS = [
     Subcommand("apply", "apply function-preserving morphisms to a graph, checking each numerically",
                _add_arguments, _run,
@@ -329,6 +323,5 @@ SUBCOMMANDS = [
                "check report of each pass is printed, and the final graph is written atomically to "
                "-o OUT.json (+ OUT.safetensors) only if every pass applied. A refused pass (illegal "
                "target) exits 2, a pass that changed the function exits 1; nothing is written then. "
-               "--list shows the morphisms and, with a graph, its legal targets.",
-               user_errors=_user_errors),
+               "--list shows the morphisms and, with a graph, its legal targets."),
 ]

@@ -252,12 +252,6 @@ def _run_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    import costmodels
-
-    return (costmodels.BackendUnavailable,)
-
-
 SUBCOMMANDS = [
     Subcommand("cost", "count a graph's params, MACs, FLOPs and memory, per node and in total", _add_cost, _run_cost,
                "Count a graph with costmodels.count: a table per node (params, MACs, FLOPs, activation and "
@@ -269,6 +263,5 @@ SUBCOMMANDS = [
                "CUDA: the median of --repeats timed runs after --warmup untimed ones, with p25/p75 and the first "
                "run apart. Beside it, the roofline lower bound on --device (this CPU, probed, or a GPU preset). "
                "For stable numbers fix --threads and measure on an idle machine. --table adds the latency-table "
-               "estimate and its per-op breakdown.",
-               user_errors=_user_errors),
+               "estimate and its per-op breakdown."),
 ]

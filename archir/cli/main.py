@@ -11,17 +11,17 @@ Usage::
 
 Exit codes: 0 success; 1 the ONNX export did not match torch.fx under ONNX Runtime;
 2 bad input or usage (a bad graph file, a missing path, an unknown option). A user's
-mistake is reported as one line (``archir: error: ...``) plus a ``how to fix`` line,
-never as a traceback; a traceback means an archir bug.
+mistake (any ``archir.ArchirError``) is reported as one line (``archir: error: ...``) plus
+a ``how to fix`` line, never as a traceback; a traceback means an archir bug.
 
 Adding a subcommand: write a module ``archir/cli/<name>.py`` that defines
-``SUBCOMMANDS = [Subcommand(name, help, add_arguments, run, user_errors=(...))]``;
-:func:`build_parser` finds every module of this package that defines ``SUBCOMMANDS``.
-``run(args)`` returns the exit code and raises :class:`CLIError`, any ``archir.IRError``
-or one of its ``user_errors`` (exception types with an optional ``hint`` attribute, e.g.
-``passes.PassError``) for bad input; :func:`main` turns those into the one-line message
-and exit code 2. Subcommand modules import ``passes``/``costmodels``/``search`` lazily,
-inside ``run``, so ``archir --help`` stays fast.
+``SUBCOMMANDS = [Subcommand(name, help, add_arguments, run)]``; :func:`build_parser` finds
+every module of this package that defines ``SUBCOMMANDS``. ``run(args)`` returns the exit
+code and raises an ``archir.ArchirError`` (:class:`CLIError`, ``archir.IRError``,
+``passes.PassError``, the errors of ``costmodels`` and ``search``) for bad input; :func:`main`
+turns it into the one-line message and exit code 2 (``e.exit_code`` where the error has one:
+1 for a failed verification). Subcommand modules import ``passes``/``costmodels``/``search``
+lazily, inside ``run``, so ``archir --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import archir
-from archir.errors import IRError
+from archir.errors import ArchirError, is_user_error
 
 __all__ = ["main", "build_parser", "Subcommand", "SUBCOMMANDS", "extra_modules", "CLIError", "to_dot",
            "export_verified", "ExportReport"]
@@ -50,20 +50,19 @@ __all__ = ["main", "build_parser", "Subcommand", "SUBCOMMANDS", "extra_modules",
 PROG = "archir"
 
 
-class CLIError(Exception):
+class CLIError(ArchirError):
     """A user-facing error of the command line that is not about a graph (a path, a tool).
 
     Args:
         message: what is wrong and where (one line).
         hint: how to fix it (one line), or None.
         exit_code: the process exit code (2: bad input; 1: a check failed).
+        where: places (``file=``, ``candidate=`` ...), as for :class:`archir.ArchirError`.
     """
 
-    def __init__(self, message: str, *, hint: str | None = None, exit_code: int = 2) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
+    def __init__(self, message: str, *, hint: str | None = None, exit_code: int = 2, **where) -> None:
         self.exit_code = exit_code
+        super().__init__(message, hint=hint, **where)
 
 
 @dataclass(frozen=True)
@@ -76,8 +75,8 @@ class Subcommand:
         add_arguments: adds the subcommand's arguments to its ``argparse`` parser.
         run: runs it on the parsed arguments; returns the exit code.
         description: the longer text of ``archir <name> --help`` (defaults to ``help``).
-        user_errors: returns the exception types that mean bad input for this subcommand
-            (called only when ``run`` raised, so the module's heavy imports stay lazy).
+
+    ``run`` reports bad input by raising an ``archir.ArchirError`` (see :func:`main`).
     """
 
     name: str
@@ -85,7 +84,6 @@ class Subcommand:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
     description: str = ""
-    user_errors: Callable[[], tuple[type[BaseException], ...]] | None = None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -576,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     for sc in _all_subcommands():
         p = sub.add_parser(sc.name, help=sc.help, description=sc.description or sc.help)
         sc.add_arguments(p)
-        p.set_defaults(run=sc.run, user_errors=sc.user_errors)
+        p.set_defaults(run=sc.run)
     return parser
 
 
@@ -589,9 +587,12 @@ def _error(message: str, hint: str | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``archir`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code.
 
-    Bad input (``archir.IRError``, an unreadable path, a :class:`CLIError`) is printed as
-    one line on stderr with a ``how to fix`` line, exit code 2 (1 for a failed
-    verification). Any other exception is an archir bug and propagates with its traceback.
+    Bad input (any ``archir.ArchirError``: a :class:`CLIError`, ``archir.IRError``,
+    ``passes.PassError``, a ``search``/``costmodels`` error; or an unreadable path) is printed
+    as one line on stderr with a ``how to fix`` line, exit code 2 (``e.exit_code`` where the
+    error has one: 1 for a failed verification). Any other exception is an archir bug and
+    propagates with its traceback, and so does an ``ArchirError`` raised ``from`` such a bug
+    (``archir.errors.is_user_error``).
 
     Example:
         >>> main(["show", "net.json"])   # doctest: +SKIP
@@ -604,13 +605,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     try:
         return int(args.run(args) or 0)
-    except IRError as e:
+    except ArchirError as e:
+        if not is_user_error(e):
+            raise  # a bug wrapped in a user-facing class (e.g. inside a pass): keep the traceback
         # the first line says what and where; the hint says how to fix (context lines are for the API)
-        _error(str(e), e.hint)
-        return 2
-    except CLIError as e:
-        _error(e.message, e.hint)
-        return e.exit_code
+        _error(e.one_line(), e.hint)
+        return int(getattr(e, "exit_code", 2))
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         _error(f"{where}{e.strerror or e}", "check the path and its permissions")
@@ -618,16 +618,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:
-        declared = args.user_errors() if args.user_errors else ()
-        if declared and isinstance(e, declared):
-            hint = getattr(e, "hint", None)
-            msg = str(e)
-            if hint and "how to fix" in msg:  # the message already carries the hint on a later line
-                msg = msg.split("\n", 1)[0]
-            _error(msg, hint)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

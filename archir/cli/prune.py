@@ -89,18 +89,11 @@ def _run_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _user_errors():
-    import passes
-
-    return (passes.PassError,)
-
-
 SUBCOMMANDS = [
     Subcommand("prune", "prune channels of a graph over its dependency groups and print the report", _add_prune,
                _run_prune,
                "Structured channel pruning (passes.prune_channels): remove the least important channels of "
                "every dependency group (channels tied through add/mul/concat, BN, depthwise convs and "
                "flatten->linear go together), write the pruned graph and print channels removed per group, "
-               "params and MACs before and after, and the output deviation (eval mode).",
-               user_errors=_user_errors),
+               "params and MACs before and after, and the output deviation (eval mode)."),
 ]

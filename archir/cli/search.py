@@ -32,19 +32,6 @@ from archir.cli.main import CLIError, Subcommand
 __all__ = ["SUBCOMMANDS"]
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from search.data import DataError
-    from search.executors import ExecutorError
-    from search.experiment import ConfigError
-    from search.pareto import ExportMismatch, PlotUnavailable
-    from search.spaces import DecisionError
-    from search.store import StoreError
-    from search.strategies import StrategyError
-
-    return (ConfigError, StoreError, StrategyError, ExecutorError, DataError, DecisionError, PlotUnavailable,
-            ExportMismatch)
-
-
 # --------------------------------------------------------------------------- search
 
 
@@ -206,7 +193,7 @@ def _run_search(args: argparse.Namespace) -> int:
         _, png = write_gallery(out)
         print(f"gallery: {png}  (table: archir gallery {out})")
     except PlotUnavailable as e:
-        print(f"gallery: not drawn ({e}; {e.hint}); table: archir gallery {out}")
+        print(f"gallery: not drawn ({e.message}; {e.hint}); table: archir gallery {out}")
     rep, _ = export_candidate(out, out / "best.onnx", best=True)
     print(f"best ONNX: {rep.path} ({rep.bytes:,} bytes; verified with ONNX Runtime {rep.ort_version}: "
           f"max |fx - ort| = {rep.max_abs_err:.3g})")
@@ -245,10 +232,10 @@ SUBCOMMANDS = [
                "candidate is built, trained on the dataset, priced (params, MACs, optionally latency) and recorded in "
                "OUT/search.db with its trained graph. Ends with the Pareto gallery (OUT/pareto.png) and the "
                "best model exported to OUT/best.onnx, verified under ONNX Runtime. --resume continues a "
-               "killed search with the same options.", user_errors=_user_errors),
+               "killed search with the same options."),
     Subcommand("gallery", "print a search run's candidates and Pareto frontier, and plot it (pareto.png)",
                _add_gallery, _run_gallery,
                "The table of a run's finished candidates by cost (* marks the Pareto frontier of "
                "validation error against the objective's cost) and a PNG of all candidates with the "
-               "frontier (needs matplotlib).", user_errors=_user_errors),
+               "frontier (needs matplotlib)."),
 ]

@@ -73,6 +73,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from archir.errors import ArchirError
 from search.strategies.base import StrategyError, register_named
 
 __all__ = ["OneShotDriver", "ONESHOT", "register_oneshot", "get_oneshot", "run_oneshot", "COMMON_OPTIONS",
@@ -147,8 +148,7 @@ def decisions_from_probs(space, supernet, probs: Mapping[str, Any], *, drop_zero
                 k, e = (int(s[1:]) for s in name.split("_"))
                 layers.append({"expand": e, "kernel": k, "skip": False, "width": int(widths[i])})
         return space.decode({"layers": layers})
-    raise ValueError(f"no supernet derivation for space {type(space).__name__} (how to fix: use the darts or "
-                     "chain space)")
+    raise StrategyError(f"no supernet derivation for space {type(space).__name__}", hint="use the darts or chain space")
 
 
 def optimizer_state(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -568,12 +568,12 @@ def load_checkpoint(run_dir: str | os.PathLike) -> tuple[dict, dict[str, torch.T
         doc = json.loads((d / "state.json").read_text())
         blob = (d / "state.safetensors").read_bytes()
     except (OSError, ValueError) as e:
-        raise StoreError(f"{d}: cannot read the one-shot checkpoint: {e}",
-                         hint="start a new run (another --out folder)") from None
+        raise StoreError(f"cannot read the one-shot checkpoint: {e}",
+                         file=d, hint="start a new run (another --out folder)") from None
     if doc.get("format") != "archir-oneshot-checkpoint" or hashlib.sha256(blob).hexdigest() != doc.get(
             "tensors_sha256"):
-        raise StoreError(f"{d}: state.json and state.safetensors do not belong together",
-                         hint="start a new run (another --out folder)")
+        raise StoreError("state.json and state.safetensors do not belong together",
+                         file=d, hint="start a new run (another --out folder)")
     return doc["state"], load(blob)
 
 
@@ -613,9 +613,10 @@ def run_oneshot(config, out: str | os.PathLike, *, resume: bool = False, progres
     space_options = {**config.space_options, "input_shape": tuple(ds.input_shape), "num_classes": int(ds.num_classes)}
     try:
         space = get_space(config.space, **space_options)
-    except ValueError as e:
-        msg, _, fix = str(e).partition(" (how to fix: ")
-        raise ex.ConfigError(msg, hint=fix.rstrip(")") or "check --space and --space-opt") from None
+    except ArchirError as e:  # SpaceError: an unknown space or option
+        raise ex.ConfigError(e.message, hint=e.hint or "check --space and --space-opt", where=e.where) from None
+    except ValueError as e:  # an option value the space rejects
+        raise ex.ConfigError((str(e).strip().splitlines() or [""])[0], hint="check --space and --space-opt") from None
     try:
         TrainConfig(**{**config.train, "seed": 0, "threads": 1})
     except (TypeError, ValueError) as e:
@@ -666,7 +667,7 @@ def _loop(config, run_dir, driver, store, space, space_options, budget, obj, lat
             try:
                 driver.load_state(*ck)
             except (ValueError, KeyError, RuntimeError) as e:
-                raise StoreError(f"{run_dir}: cannot resume from the one-shot checkpoint: {ex._one_line(e)}",
+                raise StoreError(f"cannot resume from the one-shot checkpoint: {ex._one_line(e)}", file=run_dir,
                                  hint="start a new run (another --out folder) with this version of archir") from None
         requeued = store.requeue_unfinished()
         resumed = sum(c.finished for c in store.candidates())
@@ -686,9 +687,9 @@ def _loop(config, run_dir, driver, store, space, space_options, budget, obj, lat
         with torch.random.fork_rng(devices=[]):  # training must not move the search's RNG
             if driver.options["inherit"]:  # start from the supernet's weights (weight sharing), fine-tune
                 if c.round != driver.steps_done:
-                    raise StoreError(f"{run_dir}: candidate {c.id} was derived after step {c.round} but the "
+                    raise StoreError(f"candidate {c.id} was derived after step {c.round} but the "
                                      f"supernet is at step {driver.steps_done}; its inherited weights are gone",
-                                     hint="start a new run (another --out folder)")
+                                     file=run_dir, hint="start a new run (another --out folder)")
                 from search.morph import graph_to_data
 
                 task["init_graph"] = graph_to_data(driver.derived_graph(c.decisions))

@@ -112,8 +112,7 @@ class ENAS(OneShotDriver):
                 baseline_decay=self.options["baseline_decay"], entropy_weight=self.options["entropy_weight"],
                 tanh_constant=self.options["tanh_constant"], temperature=self.options["temperature"])
         except ControllerError as e:
-            msg, _, hint = str(e).partition("\n  how to fix: ")
-            raise self._error(msg, hint or "see the enas options") from None
+            raise self._error(e.message, e.hint or "see the enas options") from None
         self.module = to_fx(self.supernet, choice_mode="fixed")
         self.module.train()
         self.samplers = {k: self.module.get_submodule(p) for k, p in self.module.meta["archir_arch"].items()}

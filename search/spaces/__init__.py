@@ -5,12 +5,13 @@
   ``supernet_decisions``/``derive`` (supernet -> the same graph as ``build``), ``describe``.
 - :class:`DartsSpace` (``"darts"``) -- the DARTS/NASNet cell space.
 - :class:`ChainSpace` (``"chain"``) -- the FBNet/ProxylessNAS MBConv chain space.
-- :func:`get_space` -- a space by name; :class:`DecisionError` -- decisions that do not fit.
+- :func:`get_space` -- a space by name; :class:`DecisionError` -- decisions that do not fit;
+  :class:`SpaceError` -- a space that cannot be made (unknown name, an option it does not take).
 - :func:`simplify` -- drop ``none`` edges, identities and dead nodes from a derived supernet.
 """
 
-from search.spaces.base import DecisionError, Space, get_space, simplify, space_names
+from search.spaces.base import DecisionError, Space, SpaceError, get_space, simplify, space_names
 from search.spaces.chain import ChainSpace
 from search.spaces.darts import DartsSpace
 
-__all__ = ["Space", "DartsSpace", "ChainSpace", "DecisionError", "get_space", "space_names", "simplify"]
+__all__ = ["Space", "DartsSpace", "ChainSpace", "DecisionError", "SpaceError", "get_space", "space_names", "simplify"]

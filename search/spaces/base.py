@@ -36,24 +36,49 @@ import numpy as np
 
 import archir
 from archir import Graph
+from archir.errors import ArchirError
 
-__all__ = ["Space", "DecisionError", "get_space", "space_names", "simplify", "add_chain", "check_rng"]
+__all__ = ["Space", "DecisionError", "SpaceError", "get_space", "space_names", "simplify", "add_chain", "check_rng"]
 
 
-class DecisionError(ValueError):
+class DecisionError(ArchirError, ValueError):
     """Decisions that do not fit a space.
 
-    Attributes:
-        where: the place in the decisions (``"normal[3]"``, ``"layers[2].kernel"``).
+    Args:
+        message: what is wrong.
+        where: the place in the decisions (``"normal[3]"``, ``"layers[2].kernel"``); a mapping
+            is taken as :class:`archir.ArchirError`'s ``where`` (its ``decision`` key is the place).
         hint: how to mend it.
+
+    Attributes:
+        decision: the place in the decisions (``where["decision"]``), or None.
+        message, where, hint: as for :class:`archir.ArchirError`.
     """
 
-    def __init__(self, message: str, *, where: str | None = None, hint: str | None = None) -> None:
-        self.message, self.where, self.hint = message, where, hint
-        text = (f"decisions{'' if where is None else ' ' + where}: " if where is not None else "decisions: ") + message
-        if hint:
-            text += f"\n  how to fix: {hint}"
-        super().__init__(text)
+    def __init__(self, message: str, *, where: str | Mapping[str, Any] | None = None, hint: str | None = None,
+                 **places: Any) -> None:
+        if where is not None and not isinstance(where, Mapping):
+            where = {"decision": str(where)}
+        super().__init__(message, where=where, hint=hint, **places)
+
+    decision = property(lambda self: self._get("decision"), lambda self, v: self._set("decision", v))
+
+    def _place(self) -> str:
+        d = self._get("decision")
+        return super()._place() + (f"decisions {d}: " if d is not None else "decisions: ")
+
+
+class SpaceError(ArchirError, ValueError):
+    """A search space cannot be made as asked: an unknown name, an option it does not take, a bad start graph.
+
+    Args:
+        message: what is wrong.
+        hint: how to fix it (one line).
+        where: places, as for :class:`archir.ArchirError` (``file=`` for a start graph).
+    """
+
+    def __init__(self, message: str, hint: str | None = None, **where: Any) -> None:
+        super().__init__(message, hint=hint, **where)
 
 
 def check_rng(rng: Any) -> np.random.Generator:
@@ -70,11 +95,11 @@ def _check_shape(input_shape: Any, num_classes: Any) -> tuple[tuple[int, int, in
     except (TypeError, ValueError):
         shape = ()
     if len(shape) != 3 or min(shape) < 1 or any(isinstance(v, bool) for v in input_shape):
-        raise ValueError(f"input_shape must be (C, H, W) of positive ints, got {input_shape!r} "
-                         "(how to fix: pass the dataset's input_shape, e.g. (1, 8, 8))")
+        raise SpaceError(f"input_shape must be (C, H, W) of positive ints, got {input_shape!r}",
+                         hint="pass the dataset's input_shape, e.g. (1, 8, 8)")
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r} "
-                         "(how to fix: pass the dataset's num_classes)")
+        raise SpaceError(f"num_classes must be an int >= 2, got {num_classes!r}",
+                         hint="pass the dataset's num_classes")
     return shape, int(num_classes)  # type: ignore[return-value]
 
 
@@ -245,7 +270,8 @@ def get_space(name: str, **kwargs: Any) -> Space:
             (``cells``, ``channels`` for darts; ``layers``, ``stem``, ... for chain).
 
     Raises:
-        ValueError: unknown name, or options the space rejects.
+        SpaceError: unknown name, or an option the space does not take (a ``ValueError``).
+        ValueError: an option value the space rejects.
 
     Example:
         >>> get_space("darts", input_shape=(1, 8, 8), num_classes=10).name
@@ -253,9 +279,9 @@ def get_space(name: str, **kwargs: Any) -> Space:
     """
     spaces = _spaces()
     if name not in spaces:
-        raise ValueError(f"unknown search space {name!r} (how to fix: use one of {sorted(spaces)})")
+        raise SpaceError(f"unknown search space {name!r}", hint=f"use one of {sorted(spaces)}")
     try:
         return spaces[name](**kwargs)
     except TypeError as e:  # an option the space does not take
-        raise ValueError(f"search space {name!r}: {e} (how to fix: see help(search.spaces.{spaces[name].__name__}))") \
+        raise SpaceError(f"search space {name!r}: {e}", hint=f"see help(search.spaces.{spaces[name].__name__})") \
             from None

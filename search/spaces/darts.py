@@ -48,7 +48,7 @@ import numpy as np
 
 from archir import Graph, decision_keys
 from archir.samples import darts_body
-from search.spaces.base import DecisionError, Space, add_chain, check_rng, simplify
+from search.spaces.base import DecisionError, Space, SpaceError, add_chain, check_rng, simplify
 
 __all__ = ["DartsSpace", "OPS", "GENOTYPE_OPS", "KINDS", "op_chain"]
 
@@ -99,7 +99,7 @@ def op_chain(op: str, c: int, stride: int) -> list[dict]:
                  "groups": c, "bias": False},
                 {"op": "conv2d", "out_channels": c, "kernel_size": 1, "bias": False},
                 {"op": "batchnorm2d"}]
-    raise ValueError(f"unknown DARTS op {op!r} (how to fix: use one of {list(OPS)})")
+    raise SpaceError(f"unknown DARTS op {op!r}", hint=f"use one of {list(OPS)}")
 
 
 def _candidates(c: int, stride: int) -> list[dict]:
@@ -305,8 +305,8 @@ class DartsSpace(Space):
                 for j in range(n + 2):
                     key = f"{kind}.n{n}.i{j}"
                     if key not in supernet.arch:
-                        raise ValueError(f"supernet has no decision {key!r} (how to fix: pass a graph from "
-                                         "DartsSpace.supernet())")
+                        raise DecisionError(f"supernet has no decision {key!r}",
+                                            hint="pass a graph from DartsSpace.supernet()")
                     w = np.exp(supernet.arch[key] - supernet.arch[key].max())
                     probs[key] = w / w.sum()
         return self.genotype_from_probs(probs)

@@ -26,20 +26,22 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from archir.errors import ArchirError
+
 __all__ = ["CandidateSpec", "Strategy", "STRATEGIES", "register_strategy", "get_strategy", "mutation_op",
            "StrategyError"]
 
 
-class StrategyError(ValueError):
+class StrategyError(ArchirError, ValueError):
     """A strategy was asked for by a wrong name or with wrong options.
 
     Attributes:
-        hint: how to fix it (one line).
+        hint: how to fix it (one line); ``message``, ``where`` and the rest as for
+            :class:`archir.ArchirError` (``where=``/``file=``/``candidate=`` are accepted too).
     """
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.hint = hint
+    def __init__(self, message: str, hint: str | None = None, **where: Any) -> None:
+        super().__init__(message, hint=hint, **where)
 
 
 @dataclass

@@ -54,8 +54,7 @@ def controller_for(space, rng, options: dict, who: str) -> Controller:
     try:
         return Controller(variables, seed=seed, **{k: options[k] for k in _CONTROLLER_OPTIONS if k in options})
     except ControllerError as e:
-        msg, _, hint = str(e).partition("\n  how to fix: ")
-        raise StrategyError(f"{who}: {msg}", hint=hint or e.hint) from None
+        raise StrategyError(f"{who}: {e.message}", hint=e.hint) from None
 
 
 @register_strategy

@@ -21,6 +21,7 @@ import archir
 from archir import samples
 from archir.cli import main as cli
 from archir.cli.main import SUBCOMMANDS, Subcommand, main, to_dot
+from archir.errors import ArchirError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,10 +94,9 @@ def test_unknown_option_is_a_usage_error(capsys):
     assert "unrecognized arguments: --bogus" in err and "Traceback" not in err
 
 
-class _Refused(Exception):
+class _Refused(ArchirError):  # a subcommand's own user error: any ArchirError is one
     def __init__(self, msg, hint):
-        super().__init__(msg)
-        self.hint = hint
+        super().__init__(msg, hint=hint)
 
 
 def test_extra_modules_add_subcommands(monkeypatch, capsys):
@@ -111,21 +111,29 @@ def test_extra_modules_add_subcommands(monkeypatch, capsys):
             raise _Refused("nobody to greet", "pass --who NAME")
         if args.who == "bug":
             raise KeyError("a bug")
+        if args.who == "wrapped":  # a bug wrapped in a user-facing class (as @graph_pass does) is still a bug
+            try:
+                1 / 0
+            except ZeroDivisionError as e:
+                raise _Refused("failed with ZeroDivisionError", "report it") from e
         print(f"hello {args.who}")
         return 0
 
-    mod.SUBCOMMANDS = [Subcommand("hello", "say hello", add, run, user_errors=lambda: (_Refused,))]
+    mod.SUBCOMMANDS = [Subcommand("hello", "say hello", add, run)]
     monkeypatch.setitem(sys.modules, mod.__name__, mod)
     monkeypatch.setattr(cli, "extra_modules", lambda: [mod.__name__])
     assert main(["hello", "--who", "archir"]) == 0
     assert capsys.readouterr().out == "hello archir\n"
-    # a declared user error: one line and a hint, exit 2, no traceback
+    # a user error (an ArchirError): one line and a hint, exit 2, no traceback
     assert main(["hello", "--who", "nobody"]) == 2
     err = capsys.readouterr().err
     assert err == "archir: error: nobody to greet\n  how to fix: pass --who NAME\n"
     # anything else is a bug and propagates
     with pytest.raises(KeyError):
         main(["hello", "--who", "bug"])
+    with pytest.raises(_Refused) as e:
+        main(["hello", "--who", "wrapped"])
+    assert isinstance(e.value.__cause__, ZeroDivisionError)
 
 
 def test_subcommand_modules_are_discovered():

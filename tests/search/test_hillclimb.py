@@ -185,8 +185,9 @@ def test_start_space_checks_its_start_graph(tmp_path, trained_parent):
     with pytest.raises(ValueError, match="are not one \\(5,\\) logits"):
         StartSpace(num_classes=5, start=str(tmp_path / "net.json"))
     (tmp_path / "bad.json").write_text('{"bad": 1}')
-    with pytest.raises(ValueError, match="start graph .*bad.json.*how to fix"):
+    with pytest.raises(ValueError, match="start graph .*bad.json") as e:  # a SpaceError: a ValueError too
         StartSpace(start=str(tmp_path / "bad.json"))
+    assert "archir.save" in e.value.hint and "\n  how to fix: " in str(e.value)
     with pytest.raises(ValueError, match="does not exist"):
         StartSpace(start=str(tmp_path / "none.json"))
     with pytest.raises(ValueError, match="unknown search space"):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import traceback
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Iterator, Sequence
 
@@ -51,10 +52,14 @@ class ExecutorError(ArchirError, RuntimeError):
         super().__init__(message, hint=hint, **where)
 
 
-def _crashed(task: Task, reason: str) -> Result:
-    """The result of a candidate whose worker died or raised outside the evaluation function."""
+def _crashed(task: Task, reason: str, error: BaseException | None = None) -> Result:
+    """The result of a candidate whose worker died or raised outside the evaluation function.
+
+    ``error``: the exception, when there is one (its traceback is kept with the failed candidate).
+    """
+    tb = None if error is None else "".join(traceback.format_exception(type(error), error, error.__traceback__))
     return {"id": task.get("id"), "status": "failed", "reason": reason, "metrics": {}, "costs": {}, "timings": {},
-            "graph_hash": None, "graph_json": None, "weights": None}
+            "graph_hash": None, "graph_json": None, "weights": None, "traceback": tb}
 
 
 def _one_line(e: BaseException) -> str:
@@ -146,7 +151,7 @@ class ProcessExecutor(Executor):
                 broken = True
                 yield i, _crashed(tasks[i], f"worker process died ({_one_line(e)})")
             except Exception as e:  # an exception outside fn's own handling, e.g. a pickling error
-                yield i, _crashed(tasks[i], f"worker error: {_one_line(e)}")
+                yield i, _crashed(tasks[i], f"worker error: {_one_line(e)}", e)
         if broken:
             self.close()
 
@@ -215,7 +220,7 @@ class RayExecutor(Executor):
                 try:
                     yield i, ray.get(r)
                 except Exception as e:  # RayTaskError, WorkerCrashedError, ...
-                    yield i, _crashed(tasks[i], f"ray task failed: {_one_line(e)}")
+                    yield i, _crashed(tasks[i], f"ray task failed: {_one_line(e)}", e)
 
     def close(self) -> None:
         if self._started and self._ray.is_initialized():

@@ -58,6 +58,7 @@ import re
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -301,11 +302,16 @@ def evaluate_candidate(task: Mapping[str, Any]) -> dict:
     Returns:
         Plain data: ``id``, ``status`` (``ok``/``failed``), ``reason``, ``metrics``, ``costs``,
         ``timings``, ``epochs``, ``graph_hash``, ``graph_json`` (archir JSON text) and
-        ``weights`` (safetensors bytes) of the trained graph. Never raises for a bad candidate.
+        ``weights`` (safetensors bytes) of the trained graph, and ``traceback``. Never raises for a
+        bad candidate: ``reason`` is one line (``"<stage>: <ExceptionType>: <first line>"``), and
+        ``traceback`` is the full traceback when the exception is an archir bug rather than a user
+        error (``archir.errors.is_user_error``: an ``ArchirError`` such as a refused pass, not raised
+        from another exception), else None.
     """
     t0 = time.perf_counter()
     out: dict[str, Any] = {"id": task["id"], "status": "failed", "reason": None, "metrics": {}, "costs": {},
-                           "timings": {}, "epochs": 0, "graph_hash": None, "graph_json": None, "weights": None}
+                           "timings": {}, "epochs": 0, "graph_hash": None, "graph_json": None, "weights": None,
+                           "traceback": None}
     stage = "build"
     try:
         import archir
@@ -338,6 +344,7 @@ def evaluate_candidate(task: Mapping[str, Any]) -> dict:
         out["metrics"] = {**{k: float(v) for k, v in res.metrics.items()}, **grown["metrics"]}
         if res.status != "ok" or res.graph is None:
             out["reason"] = res.reason or "training failed"
+            out["traceback"] = getattr(res, "traceback", None)
             return out
         stage = "cost"
         import costmodels
@@ -363,6 +370,8 @@ def evaluate_candidate(task: Mapping[str, Any]) -> dict:
         out["status"] = "ok"
     except Exception as e:  # a bad candidate is recorded as failed with the reason; the search goes on
         out["reason"] = f"{stage}: {_one_line(e)}"
+        # a user error (a refused pass, a bad decision) is its one line; anything else is a bug: keep the traceback
+        out["traceback"] = None if is_user_error(e) else traceback.format_exc()
     finally:
         out["timings"]["total_s"] = time.perf_counter() - t0
     return out
@@ -561,6 +570,7 @@ def record_result(c: Candidate, res: Mapping, *, run_dir: Path, config: Experime
     c.costs = dict(res.get("costs") or {})
     c.timings = {**(res.get("timings") or {}), "epochs": int(res.get("epochs") or 0)}
     c.graph_hash = res.get("graph_hash")
+    c.traceback = None
     if res.get("status") == "ok":
         try:
             c.graph_path = _write_graph(run_dir, c.id, res["graph_json"], res.get("weights"))
@@ -571,8 +581,10 @@ def record_result(c: Candidate, res: Mapping, *, run_dir: Path, config: Experime
             c.status, c.error = "done", None
         except (OSError, KeyError, ValueError) as e:
             c.status, c.error, c.score = "failed", f"record: {_one_line(e)}", None
+            c.traceback = traceback.format_exc() if isinstance(e, KeyError) else None  # a result lacking a field
     else:
         c.status, c.error, c.score = "failed", res.get("reason") or "failed (no reason given)", None
+        c.traceback = res.get("traceback")
     store.finish(c)
 
 
@@ -770,8 +782,16 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
 # --------------------------------------------------------------------------- gallery and export
 
 
-def gallery_table(cands: Sequence[Candidate], cost_key: str, *, space=None, only_frontier: bool = False) -> str:
-    """A text table of the frontier (``*``) and other finished candidates, by cost."""
+def gallery_table(cands: Sequence[Candidate], cost_key: str, *, space=None, only_frontier: bool = False,
+                  run: str | os.PathLike | None = None, max_failed: int = 10) -> str:
+    """A text table of the frontier (``*``) and other finished candidates, by cost, then the failed ones.
+
+    Every failed candidate (at most ``max_failed``, those that failed from an archir bug first)
+    is listed with its one-line reason; one that failed from a bug (its traceback is in the
+    store) is marked ``!``, and a note says how to print the traceback
+    (``archir gallery RUN --traceback ID``; ``run`` names the folder in it). ``only_frontier``
+    lists the frontier only, without the failed candidates.
+    """
     front = {c.id for c in frontier_candidates(cands, cost_key)}
     rows = [c for c in cands if c.status == "done" and (c.id in front or not only_frontier)]
     rows.sort(key=lambda c: (c.costs.get(cost_key, math.inf), c.metrics.get("val_error", math.inf), c.id))
@@ -794,6 +814,20 @@ def gallery_table(cands: Sequence[Candidate], cost_key: str, *, space=None, only
     failed = [c for c in cands if c.status == "failed"]
     lines.append(f"* on the Pareto frontier ({len(front)}); x over the hard budget; {len(rows)} shown, "
                  f"{len(failed)} failed")
+    if failed and not only_frontier:
+        bugs = [c for c in failed if c.traceback]
+        lines.append(f"failed candidates ({len(failed)}" + (f"; {len(bugs)} from an archir bug, marked !" if bugs
+                                                            else "") + "):")
+        shown = sorted(sorted(failed, key=lambda c: (not c.traceback, c.id))[:max(0, int(max_failed))],
+                       key=lambda c: c.id)
+        for c in shown:
+            reason = c.error or "failed (no reason given)"
+            lines.append(f"{'!' if c.traceback else '':1} {c.id:>4} {c.op[:20]:<20} {reason}")
+        if len(failed) > len(shown):
+            lines.append(f"  ... and {len(failed) - len(shown)} more")
+        if bugs:
+            lines.append(f"! a bug in archir, not in the candidate: archir gallery {run or 'RUN'} --traceback "
+                         f"{bugs[0].id} prints its traceback (please report it)")
     return "\n".join(lines)
 
 
@@ -824,7 +858,7 @@ def write_gallery(run_dir: str | os.PathLike, png: str | os.PathLike | None = No
         space = get_space(cfg.space, **opts) if opts else None
     except Exception:  # the table is still useful without the architecture descriptions
         space = None
-    table = gallery_table(cands, obj.cost_key, space=space)
+    table = gallery_table(cands, obj.cost_key, space=space, run=run_dir)
     pts = [Point(c.id, float(c.metrics["val_error"]), float(c.costs[obj.cost_key]), c.within_budget)
            for c in cands if c.status == "done" and obj.cost_key in c.costs]
     if not pts or not draw:

@@ -21,7 +21,10 @@ it: ``"sample"``, ``"mutate:<decision key>"``), ``decisions`` (JSON), ``seed``, 
 (``queued`` -> ``running`` -> ``done`` | ``failed``), ``graph_hash``
 (:meth:`archir.Graph.structural_hash`), ``graph_path`` (relative to the run directory),
 ``metrics``/``costs``/``timings`` (JSON), ``score`` (the scalarised objective, lower is better),
-``within_budget`` and ``error`` (the reason a candidate failed).
+``within_budget``, ``error`` (the reason a candidate failed, one line) and ``traceback`` (the
+Python traceback when it failed from an archir bug rather than a user error; ``None`` otherwise).
+A store written before ``traceback`` existed gets the column when a search resumes it (readers
+see ``None`` there).
 
 The experiment's config (space, strategy, objective, budget, seeds, training) is stored once;
 :meth:`Store.check_config` compares it with a resumed run's config and names every
@@ -91,6 +94,8 @@ class Candidate:
         score: the scalarised objective (lower is better), None unless done.
         within_budget: False when a hard budget (``--max-latency-ms``) is exceeded.
         error: one line: why it failed.
+        traceback: the traceback of the exception it failed from when that was a bug (not an
+            ``archir.ArchirError`` user error such as a refused pass), else None.
     """
 
     id: int
@@ -110,6 +115,7 @@ class Candidate:
     error: str | None = None
     created_at: float = 0.0
     finished_at: float | None = None
+    traceback: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -118,7 +124,9 @@ class Candidate:
 
 
 _COLUMNS = ("id", "round", "op", "decisions", "seed", "parents", "status", "graph_hash", "graph_path", "metrics",
-            "costs", "timings", "score", "within_budget", "error", "created_at", "finished_at")
+            "costs", "timings", "score", "within_budget", "error", "created_at", "finished_at", "traceback")
+#: columns added after schema 1 was first released: (name, SQL type); an older store gets them on a locked open
+_ADDED_COLUMNS = (("traceback", "TEXT"),)
 _JSON_COLUMNS = {"decisions", "parents", "metrics", "costs", "timings"}
 
 _SCHEMA = """
@@ -140,7 +148,8 @@ CREATE TABLE IF NOT EXISTS candidates (
     within_budget INTEGER NOT NULL,
     error TEXT,
     created_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    traceback TEXT
 );
 CREATE INDEX IF NOT EXISTS candidates_status ON candidates(status);
 """
@@ -173,11 +182,28 @@ class Store:
     a context manager; :meth:`close` closes the connection.
     """
 
-    def __init__(self, run_dir: Path, conn: sqlite3.Connection, lock_fd: int | None = None) -> None:
+    def __init__(self, run_dir: Path, conn: sqlite3.Connection, lock_fd: int | None = None,
+                 missing: frozenset[str] = frozenset()) -> None:
         self.run_dir = run_dir
         self.path = run_dir / DB_NAME
         self._conn = conn
         self._lock_fd = lock_fd
+        # what SELECT reads for each column: a column an old store lacks (opened read-only) reads as NULL
+        self._select = ", ".join("NULL" if c in missing else c for c in _COLUMNS)
+
+    @staticmethod
+    def _add_columns(conn: sqlite3.Connection, lock: bool) -> frozenset[str]:
+        """Give a store written before a column existed that column (only under the driver lock: readers
+        never write); returns the columns still missing."""
+        have = {r[1] for r in conn.execute("PRAGMA table_info(candidates)")}
+        missing = [(name, sql) for name, sql in _ADDED_COLUMNS if name not in have]
+        if missing and lock:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                for name, sql in missing:
+                    conn.execute(f"ALTER TABLE candidates ADD COLUMN {name} {sql}")
+            return frozenset()
+        return frozenset(name for name, _ in missing)
 
     @staticmethod
     def _lock(run_dir: Path) -> int | None:
@@ -293,7 +319,13 @@ class Store:
         except BaseException:
             conn.close()
             raise
-        return cls(run_dir, conn, fd)
+        try:
+            missing = cls._add_columns(conn, lock)
+        except BaseException:
+            conn.close()
+            cls._unlock(fd)
+            raise
+        return cls(run_dir, conn, fd, missing)
 
     def close(self) -> None:
         """Close the connection (WAL contents are checkpointed by SQLite) and release the driver lock."""
@@ -425,7 +457,7 @@ class Store:
 
     def candidates(self, status: str | Iterable[str] | None = None) -> list[Candidate]:
         """Recorded candidates in id order, optionally only those of ``status``."""
-        q = f"SELECT {', '.join(_COLUMNS)} FROM candidates"
+        q = f"SELECT {self._select} FROM candidates"
         args: tuple = ()
         if status is not None:
             sts = [status] if isinstance(status, str) else list(status)
@@ -439,7 +471,7 @@ class Store:
         Raises:
             StoreError: no such candidate (the message gives the range of ids).
         """
-        row = self._conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM candidates WHERE id = ?", (int(cid),)).fetchone()
+        row = self._conn.execute(f"SELECT {self._select} FROM candidates WHERE id = ?", (int(cid),)).fetchone()
         if row is None:
             n = self._conn.execute("SELECT COUNT(*) FROM candidates").fetchone()[0]
             raise StoreError(f"no candidate {cid} (this run has ids 0..{n - 1})" if n else

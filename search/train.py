@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import traceback as _traceback
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from archir import Graph
+from archir.errors import is_user_error
 from archir.lower import sync_back, to_fx
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "learning_rate"]
@@ -126,6 +128,8 @@ class TrainResult:
         seconds: wall time of the whole call.
         history: per finished epoch: ``{"epoch", "train_loss", "val_error", "val_loss", "lr"}`` (``lr`` at
             the epoch's end).
+        traceback: when it failed from an exception that is an archir bug (not an
+            ``archir.ArchirError`` user error), that exception's traceback; else None.
     """
 
     status: str
@@ -135,6 +139,7 @@ class TrainResult:
     epochs: int
     seconds: float
     history: list[dict] = dataclasses.field(default_factory=list)
+    traceback: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -289,8 +294,10 @@ def train(graph: Graph, dataset: Any, cfg: TrainConfig | None = None) -> TrainRe
                        "val_acc": 1.0 - float(val_err), "val_loss": float(val_loss), "test_error": float(test_err),
                        "test_acc": 1.0 - float(test_err), "test_loss": float(test_loss)}
         return TrainResult("ok", None, metrics, trained, epochs_run, time.perf_counter() - t0, history)
-    except Exception as e:  # a bad candidate must not stop the search
-        return _failed(f"{phase}: {_one_line(e)}", epochs_run, t0, history)
+    except Exception as e:  # a bad candidate must not stop the search (a bug keeps its traceback)
+        res = _failed(f"{phase}: {_one_line(e)}", epochs_run, t0, history)
+        res.traceback = None if is_user_error(e) else _traceback.format_exc()
+        return res
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(det, warn_only=det_warn)

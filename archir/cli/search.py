@@ -12,6 +12,7 @@ Usage::
     archir search --space darts --strategy darts --budget 5c --out runs/o   # one-shot: 5 supernet epochs, then derive
     archir search --strategy snas --objective latency:ort-cpu --strategy-opt lam=0.5 --out runs/s
     archir gallery runs/demo                                        # table + runs/demo/pareto.png
+    archir gallery runs/demo --traceback [ID]                       # why candidates failed from an archir bug
     archir export runs/demo --best --onnx model.onnx                # (or --id N) verified under ONNX Runtime
 
 A search records every candidate in ``<out>/search.db`` (SQLite) and its trained graph in
@@ -176,6 +177,15 @@ def _run_search(args: argparse.Namespace) -> int:
     print(f"search finished: {c['done'] + c['failed']} candidates ({c['done']} done, {c['failed']} failed) in "
           f"{_fmt_time(s.session_s)}" + (f" ({_fmt_time(s.elapsed_s)} over all sessions)" if args.resume else "")
           + f"; {s.distinct} distinct architectures")
+    if c["failed"]:
+        from search.store import Store
+
+        with Store.open(out) as st:
+            bugs = [x.id for x in st.candidates("failed") if x.traceback]
+        if bugs:
+            print(f"{len(bugs)} candidate(s) failed from an archir bug, not from their architecture "
+                  f"(#{', #'.join(map(str, bugs[:8]))}{', ...' if len(bugs) > 8 else ''}): their tracebacks: "
+                  f"archir gallery {out} --traceback (please report it)")
     if s.best is None:
         print("no candidate finished within the budget: nothing to export "
               "(give a larger --budget, or relax --max-latency-ms)")
@@ -207,12 +217,45 @@ def _add_gallery(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN", help="the run folder of 'archir search' (--out)")
     p.add_argument("--png", default=None, metavar="PATH", help="where to write the plot (default: RUN/pareto.png)")
     p.add_argument("--no-plot", action="store_true", help="print the table only")
+    p.add_argument("--traceback", nargs="?", const="all", default=None, metavar="ID",
+                   help="print the traceback of candidate ID (default: of every candidate that failed from an "
+                        "archir bug, marked ! in the table) instead of the table")
+
+
+def _print_tracebacks(run: Path, which: str) -> int:
+    """``archir gallery RUN --traceback [ID]``: what a failed candidate failed from, with its traceback."""
+    from search.store import Store
+
+    if which != "all":
+        try:
+            cid = int(which)
+        except ValueError:
+            raise CLIError(f"--traceback {which!r} is not a candidate id", hint="pass --traceback 3 (an id from "
+                           f"archir gallery {run}) or --traceback alone for every bug") from None
+    with Store.open(run) as st:
+        cands = [st.get(cid)] if which != "all" else [c for c in st.candidates("failed") if c.traceback]
+    if not cands:
+        print(f"no candidate of {run} failed from an archir bug: no tracebacks (the failed ones and why: "
+              f"archir gallery {run} --no-plot)")
+        return 0
+    for c in cands:
+        if c.status != "failed":
+            print(f"candidate {c.id} is {c.status}: it did not fail, no traceback")
+        elif not c.traceback:
+            print(f"candidate {c.id} failed: {c.error}\n(a user error or a failed training, not a bug: "
+                  "no traceback was recorded)")
+        else:
+            print(f"candidate {c.id} ({c.op}) failed from an archir bug: {c.error}\n{c.traceback.rstrip()}")
+            print("please report it with this traceback")
+    return 0
 
 
 def _run_gallery(args: argparse.Namespace) -> int:
     from search.experiment import write_gallery
 
     run = Path(args.run_dir)
+    if args.traceback is not None:
+        return _print_tracebacks(run, args.traceback)
     if args.no_plot:
         print(write_gallery(run, draw=False)[0])
         return 0
@@ -236,6 +279,7 @@ SUBCOMMANDS = [
     Subcommand("gallery", "print a search run's candidates and Pareto frontier, and plot it (pareto.png)",
                _add_gallery, _run_gallery,
                "The table of a run's finished candidates by cost (* marks the Pareto frontier of "
-               "validation error against the objective's cost) and a PNG of all candidates with the "
-               "frontier (needs matplotlib)."),
+               "validation error against the objective's cost), the failed ones with their reasons (! marks "
+               "a failure from an archir bug: --traceback ID prints its traceback), and a PNG of all "
+               "candidates with the frontier (needs matplotlib)."),
 ]

@@ -94,6 +94,8 @@ def test_failed_candidates_are_recorded_and_the_search_goes_on(tmp_path, monkeyp
     assert [c.status for c in cands] == ["done", "failed", "done", "done"]
     bad = cands[1]
     assert bad.error == "train: RuntimeError: boom in the trainer" and bad.score is None and bad.graph_path is None
+    # not an ArchirError: a bug, recorded with its traceback (the one line stays the reason)
+    assert "in flaky" in bad.traceback and bad.traceback.rstrip().endswith("RuntimeError: boom in the trainer")
     assert not (tmp_path / "run" / "graphs" / "1.json").exists()
     assert s.counts == {"queued": 0, "running": 0, "done": 3, "failed": 1}
     # evolution went on from the finished candidates only: the children's parents never include the failed one

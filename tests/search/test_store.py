@@ -107,9 +107,34 @@ def test_open_and_create_errors(tmp_path):
     sqlite3.connect(other / DB_NAME).execute("CREATE TABLE meta (key TEXT, value TEXT)").connection.commit()
     with pytest.raises(StoreError, match="not an archir search store"):
         Store.open(other)
-    with pytest.raises(StoreError, match="no candidate 5"):
+    with pytest.raises(StoreError, match="no candidate 5") as e:  # an ArchirError naming the run folder
         with Store.open(tmp_path / "r") as st:
             st.get(5)
+    assert e.value.file == tmp_path / "r" and str(e.value).startswith(f"{tmp_path / 'r'}: no candidate 5")
+
+
+def test_a_failed_candidates_traceback_is_stored_and_old_stores_get_the_column(tmp_path):
+    run = tmp_path / "run"
+    with Store.create(run, {"seed": 0}) as st:
+        st.add([_cand(0), _cand(1)])
+        c = st.get(0)
+        c.status, c.error, c.traceback = "failed", "build: ZeroDivisionError: division by zero", "Traceback ...\n"
+        st.finish(c)
+        assert st.get(0).traceback == "Traceback ...\n" and st.get(1).traceback is None
+    # a store written before the traceback column existed
+    con = sqlite3.connect(run / DB_NAME)
+    con.execute("ALTER TABLE candidates DROP COLUMN traceback")
+    con.commit()
+    con.close()
+    with Store.open(run) as st:  # a reader does not write: the missing column reads as None
+        assert [c.traceback for c in st.candidates()] == [None, None] and st.get(0).error.startswith("build: ")
+    cols = [r[1] for r in sqlite3.connect(run / DB_NAME).execute("PRAGMA table_info(candidates)")]
+    assert "traceback" not in cols
+    with Store.open(run, lock=True) as st:  # a resuming driver adds it, and records tracebacks again
+        c = st.get(1)
+        c.status, c.error, c.traceback = "failed", "x", "tb"
+        st.finish(c)
+        assert st.get(1).traceback == "tb" and st.get(0).traceback is None
 
 
 # --------------------------------------------------------------------------- resume after SIGKILL

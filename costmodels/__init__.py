@@ -8,7 +8,7 @@ Public names:
     measure, Latency, BackendUnavailable, BACKENDS: real latency on ort-cpu, ort-cuda, torch-cpu,
         torch-cuda.
     cpu_fingerprint, gpu_fingerprint, versions: what a measurement was taken on.
-    LatencyTable, CorruptTableWarning, MissingLatency, ZERO_COST_OPS: per-op latencies measured
+    LatencyTable, CorruptTableWarning, MissingLatency: per-op latencies measured
         once per device fingerprint and cached in SQLite; a network's estimate is their sum.
     Predictor, ErrorReport, error_report, kendall_tau, graph_features, fused_kernels,
         PredictorFormatError: a latency model learned from measured networks, and its error report.
@@ -22,7 +22,7 @@ from costmodels.counts import COUNT_HANDLERS, Counts, NodeCount, OpCost, count
 from costmodels.device import cpu_fingerprint, gpu_fingerprint, versions
 from costmodels.measure import BACKENDS, BackendUnavailable, Latency, measure
 from costmodels.roofline import H100_SXM, H200, PRESETS, DeviceSpec, NodeRoofline, Roofline, roofline
-from costmodels.table import ZERO_COST_OPS, CorruptTableWarning, LatencyTable, MissingLatency
+from costmodels.table import CorruptTableWarning, LatencyTable, MissingLatency
 from costmodels.predictor import (ErrorReport, Predictor, PredictorFormatError, error_report, fused_kernels,
                                   graph_features, kendall_tau)
 from costmodels.expected import CandidateCosts, arch_probs, candidate_costs, expected_cost
@@ -32,7 +32,7 @@ __all__ = [
     "roofline", "Roofline", "NodeRoofline", "DeviceSpec", "H100_SXM", "H200", "PRESETS",
     "measure", "Latency", "BackendUnavailable", "BACKENDS",
     "cpu_fingerprint", "gpu_fingerprint", "versions",
-    "LatencyTable", "CorruptTableWarning", "MissingLatency", "ZERO_COST_OPS",
+    "LatencyTable", "CorruptTableWarning", "MissingLatency",
     "Predictor", "ErrorReport", "error_report", "kendall_tau", "graph_features", "fused_kernels",
     "PredictorFormatError",
     "expected_cost", "candidate_costs", "CandidateCosts", "arch_probs",

@@ -172,7 +172,7 @@ def _pricer(g: Graph, cost: CostSpec, table, batch_size: int):
 
         return params, 0.0
     if cost == "latency":
-        from costmodels.table import ZERO_COST_OPS, LatencyTable
+        from costmodels.table import LatencyTable
 
         if not isinstance(table, LatencyTable):
             raise ValueError("expected_cost(cost='latency') needs table=costmodels.LatencyTable(path, backend) "
@@ -183,7 +183,7 @@ def _pricer(g: Graph, cost: CostSpec, table, batch_size: int):
         over = table.overhead_ms
 
         def latency(op, attrs, ins, out):
-            if op in ZERO_COST_OPS:
+            if get_op(op).traits.zero_cost:
                 return 0.0
             return max(table.lookup(op, attrs, ins) - over, 0.0)
 

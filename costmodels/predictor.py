@@ -76,15 +76,23 @@ _FORMAT = "archir.costmodels.Predictor"
 NOMINAL_CPU = DeviceSpec("nominal CPU core (fp32 AVX2, 1 thread)", peak_flops=96e9, mem_bandwidth=20e9,
                          peak_flops_fp32=96e9, source="nominal figures of costmodels.predictor")
 
-_VIEWS = {"input", "identity", "dropout", "flatten", "stop_gradient"}
-_FUSABLE_ACTS = {"relu", "relu6", "sigmoid", "tanh", "hardsigmoid", "hardswish"}
-_ACTS = {"relu", "relu6", "sigmoid", "tanh", "hardsigmoid", "hardswish", "silu"}
-_ELEMENTWISE = {"batchnorm2d", "add", "mul", "scale", "zero", "stop_forward"} | _ACTS
 _CONV_KINDS = ("conv_dense", "conv_pw", "conv_dw", "conv_grouped", "linear")
 _TABLE_KINDS = ("conv_a16", "conv_a8", "conv_a1", "fused", "linear", "bn", "act", "eltwise", "pool", "concat",
                 "other")
 _MODELS = ("linear", "log")
-_STAGE = {"conv2d": 0, "batchnorm2d": 1, "add": 2}  # activations are stage 3
+
+
+def _traits(g: Graph, n: str):
+    return get_op(g.node(n).op, n).traits
+
+
+def _view(g: Graph, n: str) -> bool:
+    return _traits(g, n).zero_cost  # inputs and views run no kernel
+
+
+#: the table-time split of a node's category (fused nodes and convs are split apart first)
+_TABLE_KIND_OF = {"linear": "linear", "norm": "bn", "activation": "act", "gate": "act", "eltwise": "eltwise",
+                  "pool": "pool", "concat": "concat"}
 
 
 class PredictorFormatError(ArchirError, ValueError):
@@ -212,8 +220,6 @@ def _conv_kind(attrs: Mapping, cin: int) -> str:
 
 
 _ALIGN = ("a16", "a8", "a1")  # channels a multiple of 16, of 8 (not 16), neither
-_BLOCKABLE = {"conv2d", "maxpool2d", "avgpool2d", "global_avgpool", "batchnorm2d", "add", "concat", "relu", "relu6",
-              "sigmoid", "tanh", "hardsigmoid"}
 
 
 def _align(*channels: int) -> str:
@@ -225,7 +231,7 @@ def _align(*channels: int) -> str:
 
 def _blockable(g: Graph, n: str, block: int) -> bool:
     node = g.node(n)
-    if node.op not in _BLOCKABLE or node.type.rank != 3:
+    if not get_op(node.op, n).traits.blocked_layout or node.type.rank != 3:
         return False
     return node.type.shape[0] % block == 0 and all(t.shape[0] % block == 0 or node.op == "conv2d"
                                                    for t in g.input_types(n))
@@ -240,7 +246,7 @@ def _kernels(g: Graph) -> tuple[dict[str, str], set[str]]:
     for n in order:
         node = g.node(n)
         ins = tuple(rep[p] for p in g.inputs_of(n))
-        if node.op in _VIEWS:
+        if _view(g, n):
             rep[n] = ins[0] if ins else n
             continue
         rep[n] = n
@@ -255,7 +261,7 @@ def _kernels(g: Graph) -> tuple[dict[str, str], set[str]]:
                 seen[key] = n
     users: dict[str, set[str]] = {}
     for n in order:
-        if n in merged or g.node(n).op in _VIEWS:
+        if n in merged or _view(g, n):
             continue
         for p in g.inputs_of(n):
             users.setdefault(rep[p], set()).add(n)
@@ -265,14 +271,14 @@ def _kernels(g: Graph) -> tuple[dict[str, str], set[str]]:
     tail: dict[str, str] = {}  # kernel root -> its last node
     for n in order:
         op = g.node(n).op
-        if op in _VIEWS or n in merged:
+        if _view(g, n) or n in merged:
             continue
         root[n] = n
         if op == "conv2d":
             stage[n], tail[n] = 0, n
             continue
-        st = 3 if op in _FUSABLE_ACTS else _STAGE.get(op)
-        if st is None or st == 0:
+        st = _traits(g, n).conv_epilogue  # 1 BN, 2 residual add, 3 activation
+        if st is None:
             continue
         for p in dict.fromkeys(rep[q] for q in g.inputs_of(n)):
             r = root.get(p)
@@ -355,7 +361,7 @@ def graph_features(g: Graph, *, batch_size: int = 1, device: DeviceSpec = NOMINA
     for a in _ALIGN:
         f[f"n_other_{a}"] = f[f"bytes_other_{a}"] = 0.0
     for op in op_names():
-        if op not in ("input", "choice"):
+        if get_op(op).traits.category not in ("input", "search"):
             f[f"n_op_{op}"] = 0.0
     kernels, merged = _kernels(g)
     for k in ("n_kernels", "n_fused_bn", "n_fused_add", "n_fused_act", "n_standalone_bn", "n_standalone_add",
@@ -366,12 +372,13 @@ def graph_features(g: Graph, *, batch_size: int = 1, device: DeviceSpec = NOMINA
     for n, r in c.nodes.items():
         node = g.node(n)
         op = node.op
-        if op == "input":
+        cat = get_op(op, n).traits.category
+        if cat == "input":
             continue
         f[f"n_op_{op}"] += 1
         ins = g.input_types(n)
         io = float(batch_size * (sum(t.numel for t in ins) + node.type.numel) * 4)
-        if op in ("conv2d", "linear"):
+        if cat in ("conv", "linear"):
             kind = "linear" if op == "linear" else _conv_kind(node.attrs, ins[0].shape[0])
             f[f"n_{kind}"] += 1
             f[f"macs_{kind}"] += r.macs
@@ -391,13 +398,13 @@ def graph_features(g: Graph, *, batch_size: int = 1, device: DeviceSpec = NOMINA
                     k = 3 if k < 5 else (5 if k < 7 else 7)
                     f[f"n_conv_dw_k{k}"] += 1
                     f[f"macs_conv_dw_k{k}"] += r.macs
-        elif node.type.rank == 3 and op not in _VIEWS:
+        elif node.type.rank == 3 and cat != "view":
             a = _align(node.type.shape[0])
             f[f"n_other_{a}"] += 1
             f[f"bytes_other_{a}"] += r.bytes_moved
-        if op in ("maxpool2d", "avgpool2d", "global_avgpool"):
+        if cat == "pool":
             f["pool_bytes"] += r.bytes_moved
-        if op == "concat":
+        if cat == "concat":
             f["concat_bytes"] += r.bytes_moved
         if n in merged:
             f["n_merged"] += 1
@@ -408,11 +415,11 @@ def graph_features(g: Graph, *, batch_size: int = 1, device: DeviceSpec = NOMINA
                     f["n_standalone_bn"] += 1
                 elif op == "add":
                     f["n_standalone_add"] += 1
-                elif op in _ACTS:
+                elif cat in ("activation", "gate"):
                     f["n_standalone_act"] += 1
-                elif op not in ("conv2d", "linear"):
+                elif cat not in ("conv", "linear"):
                     f["n_standalone_other"] += 1
-                if op in _ELEMENTWISE:
+                if cat in ("norm", "activation", "gate", "eltwise"):
                     f["standalone_eltwise_bytes"] += r.bytes_moved
             else:
                 f["n_fused_bn" if op == "batchnorm2d" else "n_fused_add" if op == "add" else "n_fused_act"] += 1
@@ -450,10 +457,7 @@ def graph_features(g: Graph, *, batch_size: int = 1, device: DeviceSpec = NOMINA
             elif op == "conv2d":
                 kind = f"conv_{_align(g.input_types(n)[0].shape[0], node.type.shape[0])}"
             else:
-                kind = ("linear" if op == "linear" else "bn" if op == "batchnorm2d" else "act" if op in _ACTS
-                        else "eltwise" if op in ("add", "mul", "scale", "zero")
-                        else "pool" if op in ("maxpool2d", "avgpool2d", "global_avgpool")
-                        else "concat" if op == "concat" else "other")
+                kind = _TABLE_KIND_OF.get(get_op(op, n).traits.category, "other")
             split[kind] += ms
         f["table_ms"] = table.overhead_ms + math.fsum(per_node.values())
         for kind in _TABLE_KINDS:

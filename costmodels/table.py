@@ -16,9 +16,9 @@ The estimate of a network (:meth:`LatencyTable.estimate`) is::
 where ``overhead`` is the latency of the emptiest graph (one input, one ``identity``): the
 fixed cost of one ``session.run`` call (argument binding, output allocation, Python) that
 every one-op measurement contains once but a network pays only once. Ops in
-:data:`ZERO_COST_OPS` cost 0: ``input`` is no op; ``identity`` and ``dropout`` (eval) are
-removed by ONNX Runtime's graph optimiser; ``flatten`` and ``stop_gradient`` are views of
-their input.
+zero cost (``OpTraits.zero_cost``: the ``input`` and ``view`` categories) cost 0: ``input`` is no
+op; ``identity`` and ``dropout`` (eval) are removed by ONNX Runtime's graph optimiser;
+``flatten`` and ``stop_gradient`` are views of their input.
 
 It is a sum over isolated ops, so it misses what a backend does across ops (ONNX Runtime
 folds BN into the conv and fuses activations and residual adds into it, and changes the
@@ -53,16 +53,13 @@ from archir.types import TensorType
 from costmodels.device import cpu_fingerprint, gpu_fingerprint, versions
 from costmodels.measure import BACKENDS, Latency, measure
 
-__all__ = ["LatencyTable", "CorruptTableWarning", "MissingLatency", "ZERO_COST_OPS", "TABLE_SCHEMA_VERSION",
+__all__ = ["LatencyTable", "CorruptTableWarning", "MissingLatency", "TABLE_SCHEMA_VERSION",
            "STATISTICS"]
 
 #: ``PRAGMA user_version`` of the table files this module writes; another version is rebuilt.
 TABLE_SCHEMA_VERSION = 1
 #: ``PRAGMA application_id`` ("arLT"): marks a SQLite file as an archir latency table.
 _APPLICATION_ID = 0x61724C54
-
-#: Ops that cost nothing in an estimate (see the module docstring); they are never measured.
-ZERO_COST_OPS = frozenset({"input", "identity", "dropout", "flatten", "stop_gradient"})
 
 #: The figures of an entry that a table can read (``statistic=``): median or fastest timed run.
 STATISTICS = ("median", "min")
@@ -511,7 +508,7 @@ class LatencyTable:
         """The latency of one op alone, in ms (the median, or :attr:`statistic`, of the one-op graph's timed runs).
 
         This is the raw entry: it contains one call overhead (:attr:`overhead_ms`), which
-        :meth:`estimate` subtracts. Ops in :data:`ZERO_COST_OPS` return ``0.0``.
+        :meth:`estimate` subtracts. Zero-cost ops (``OpTraits.zero_cost``) return ``0.0``.
 
         Args:
             op: the registry key (``"conv2d"``).
@@ -533,7 +530,7 @@ class LatencyTable:
             >>> table.lookup("conv2d", conv, [(16, 32, 32)])                    # doctest: +SKIP
             0.147...
         """
-        if op in ZERO_COST_OPS:
+        if get_op(op).traits.zero_cost:
             return 0.0
         k = self.key(op, attrs, input_shapes)
         # check the shapes fit before anything is measured or stored
@@ -548,7 +545,7 @@ class LatencyTable:
         keys = {}
         for n in g.topo_order():
             node = g.node(n)
-            if node.op in ZERO_COST_OPS:
+            if get_op(node.op, node.id).traits.zero_cost:
                 keys[n] = None
                 continue
             if node.op == "choice":
@@ -566,7 +563,7 @@ class LatencyTable:
             measure: measure missing entries now; ``False`` raises :class:`MissingLatency` instead.
 
         Returns:
-            Node id -> ms, in topological order; 0.0 for :data:`ZERO_COST_OPS`.
+            Node id -> ms, in topological order; 0.0 for zero-cost ops (``OpTraits.zero_cost``).
 
         Raises:
             IRError: the graph is invalid or a supernet.

@@ -10,12 +10,7 @@ import math
 import networkx as nx
 
 from archir import Graph
-
-#: ops ``f`` with ``f(0) == 0`` elementwise (or per window): a zero input gives a zero output
-_ZERO_PRESERVING = frozenset({"relu", "relu6", "identity", "dropout", "maxpool2d", "avgpool2d", "global_avgpool",
-                              "adaptive_avgpool2d", "flatten", "hardswish", "silu", "tanh", "scale", "stop_gradient",
-                              "zero"})
-
+from archir.ops import get_op
 
 def dead_nodes(g: Graph) -> list[str]:
     """Nodes from which no graph output is reachable (graph inputs excepted: they are the interface)."""
@@ -35,8 +30,8 @@ def remove_dead(g: Graph) -> int:
 
 def zero_valued(g: Graph) -> set[str]:
     """Nodes whose output is exactly zero whatever the input: ``zero`` ops and what they feed
-    through ops with ``f(0) = 0`` (activations, pools, convs/linears without bias, ``mul`` by zero,
-    ``add``/``concat`` of zeros).
+    through ops that keep zeros (``OpTraits.zero_preserving``: activations with ``f(0) = 0``,
+    pools, convs/linears without bias, ``mul`` by zero, ``add``/``concat`` of zeros).
 
     Sound for finite inputs (``0 * x`` is ``0`` only for finite ``x``; weights are checked finite
     by ``validate``).
@@ -45,19 +40,10 @@ def zero_valued(g: Graph) -> set[str]:
     nxg = g.nx
     for n in g.topo_order():
         d = nxg.nodes[n]
-        op = d["op"]
+        rule = get_op(d["op"], n).traits.zeros(d["attrs"])  # OpTraits.zero_preserving
         ins = g.inputs_of(n)
-        if op == "zero":
-            zero.add(n)
-        elif not ins:
-            continue
-        elif op in _ZERO_PRESERVING and ins[0] in zero:
-            zero.add(n)
-        elif op in ("conv2d", "linear") and not d["attrs"]["bias"] and ins[0] in zero:
-            zero.add(n)
-        elif op == "mul" and any(u in zero for u in ins):
-            zero.add(n)
-        elif op in ("add", "concat") and all(u in zero for u in ins):
+        if rule == "always" or (ins and (rule == "all" and all(u in zero for u in ins)
+                                         or rule == "any" and any(u in zero for u in ins))):
             zero.add(n)
     return zero
 

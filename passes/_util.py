@@ -8,50 +8,25 @@ from typing import Callable, Iterable
 import numpy as np
 
 from archir import Graph
+from archir.ops import get_op
 
 from passes.infra import PreconditionError
-
-INF = math.inf
-
-#: ops whose output range is bounded whatever the input: (lo, hi)
-_BOUNDED = {"relu": (0.0, INF), "relu6": (0.0, 6.0), "sigmoid": (0.0, 1.0), "hardsigmoid": (0.0, 1.0)}
-#: ops whose output values are (a subset of / averages of) their input values
-_PASS_RANGE = {"identity", "dropout", "maxpool2d", "global_avgpool", "flatten", "stop_gradient"}
 
 
 def value_ranges(g: Graph) -> dict[str, tuple[float, float]]:
     """A sound interval ``(lo, hi)`` for the values of every node whose range is known.
 
-    Only what the morphisms need: ranges known from bounded activations (relu, relu6,
-    sigmoid, hardsigmoid) and carried through ops that cannot leave the interval (pools,
-    identity, dropout, flatten, concat), sums (add) and non-negative products (mul). Other
-    nodes (convs, BN, inputs, ...) are absent: their range is unknown.
+    Each op's rule is its ``OpTraits.value_range``: bounded activations (relu, relu6, sigmoid,
+    hardsigmoid, tanh) give a range whatever the input, ops that cannot leave their input's
+    interval (pools, identity, dropout, flatten) carry it, and sums, non-negative products and
+    concats combine their inputs'. Other nodes (convs, BN, inputs, ...) are absent: their range
+    is unknown.
     """
     out: dict[str, tuple[float, float]] = {}
     nxg = g.nx
     for n in g.topo_order():
         d = nxg.nodes[n]
-        op = d["op"]
-        ins = [out.get(u) for u in g.inputs_of(n)] if op not in _BOUNDED else []
-        r = None
-        if op in _BOUNDED:
-            r = _BOUNDED[op]
-            if op == "relu" and ins and ins[0] is not None:
-                r = (max(0.0, ins[0][0]), max(0.0, ins[0][1]))
-        elif op in _PASS_RANGE:
-            r = ins[0]
-        elif op == "avgpool2d" and ins[0] is not None:
-            lo, hi = ins[0]
-            pads = d["attrs"]["padding"] not in (0, [0, 0]) and d["attrs"]["count_include_pad"]
-            r = (min(lo, 0.0), max(hi, 0.0)) if pads else (lo, hi)
-        elif op == "concat" and all(x is not None for x in ins):
-            r = (min(x[0] for x in ins), max(x[1] for x in ins))
-        elif op == "add" and all(x is not None for x in ins):
-            r = (ins[0][0] + ins[1][0], ins[0][1] + ins[1][1])
-        elif op == "mul" and all(x is not None and x[0] >= 0 for x in ins):
-            r = (ins[0][0] * ins[1][0], ins[0][1] * ins[1][1])
-        elif op == "zero":
-            r = (0.0, 0.0)
+        r = get_op(d["op"], n).traits.range_of(d["attrs"], [out.get(u) for u in g.inputs_of(n)])
         if r is not None:
             out[n] = r
     return out

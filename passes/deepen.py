@@ -27,18 +27,26 @@ from __future__ import annotations
 import numpy as np
 
 from archir import Graph
+from archir.ops import get_op, op_names
 
 from passes._util import add_identity_bn, fresh_scope, is_plain_target, require_node, require_rank3, value_ranges
 from passes.infra import PreconditionError, graph_pass
 
-__all__ = ["deepen", "deepen_targets", "IDEMPOTENT_ON"]
+__all__ = ["deepen", "deepen_targets", "idempotent_activations"]
 
-#: activation -> the input interval on which it is the identity
-IDEMPOTENT_ON = {"relu": (0.0, float("inf")), "relu6": (0.0, 6.0)}
+
+def idempotent_activations() -> list[str]:
+    """The activations ``deepen`` can insert: those the identity on some input interval
+    (``OpTraits.identity_on``; relu on ``[0, inf)``, relu6 on ``[0, 6]``)."""
+    return [n for n in op_names() if get_op(n).traits.identity_on is not None]
+
+
+def _identity_on(activation: str) -> tuple[float, float] | None:
+    return get_op(activation).traits.identity_on if activation in op_names() else None
 
 
 def _activation_ok(rng, activation: str) -> bool:
-    lo, hi = IDEMPOTENT_ON[activation]
+    lo, hi = _identity_on(activation)
     return rng is not None and rng[0] >= lo and rng[1] <= hi
 
 
@@ -77,14 +85,14 @@ def deepen(g: Graph, after: str, kernel_size: int = 3, with_bn: bool = True, act
         raise PreconditionError(f"kernel_size must be a positive odd int, got {kernel_size!r}", pass_name="deepen",
                                 hint="an identity conv with 'same' padding needs a centre tap: use 1, 3, 5, ...")
     if activation is not None:
-        if activation not in IDEMPOTENT_ON:
+        if not isinstance(activation, str) or _identity_on(activation) is None:
             raise PreconditionError(
                 f"activation {activation!r} is not idempotent on any input range, so it cannot be inserted "
                 "without changing the function", pass_name="deepen",
-                hint=f"use one of {sorted(IDEMPOTENT_ON)} (where the input allows) or activation=None")
+                hint=f"use one of {idempotent_activations()} (where the input allows) or activation=None")
         rng = value_ranges(g).get(after)
         if not _activation_ok(rng, activation):
-            lo, hi = IDEMPOTENT_ON[activation]
+            lo, hi = _identity_on(activation)
             known = f"its values are only known to lie in {list(rng)}" if rng else \
                 f"its values are not known to be bounded (it is a {g.node(after).op})"
             raise PreconditionError(

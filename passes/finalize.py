@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 from archir import Graph
+from archir.ops import get_op
 
 from passes._rewrite import remove_dead
 from passes.infra import PreconditionError, graph_pass
@@ -44,8 +45,9 @@ FINALIZE_MODES = ("join", "drop")
 
 
 def stop_ops(g: Graph) -> list[str]:
-    """The ids of the ``stop_gradient`` and ``stop_forward`` nodes of ``g``, in topological order."""
-    return [n for n in g.topo_order() if g.node(n).op in ("stop_gradient", "stop_forward")]
+    """The ids of the nodes ``finalize`` removes (``stop_gradient``, ``stop_forward``: the training-only ops
+    whose ``OpDef.removed_by`` is ``"finalize"``), in topological order."""
+    return [n for n in g.topo_order() if get_op(g.node(n).op, n).removed_by == "finalize"]
 
 
 @graph_pass(preserves=None)

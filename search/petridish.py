@@ -42,11 +42,17 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from archir import Graph
+from archir.ops import get_op
 
 __all__ = ["CANDIDATE_OPS", "PetridishCandidate", "join_points", "input_options", "attach", "join_weights",
            "select", "keep_only", "train_candidates", "grow_petridish"]
 
-_JOIN_OPS = {"relu", "relu6", "silu", "hardswish", "add", "concat"}
+
+
+def _joins(g: Graph, n: str) -> bool:
+    """A node where features meet: a rectifier-like activation, or a sum or concat of branches (OpTraits)."""
+    t = get_op(g.node(n).op, n).traits
+    return t.category == "activation" or t.merge in ("sum", "concat")
 
 
 def _rank3(g: Graph, n: str) -> tuple[int, int, int] | None:
@@ -129,7 +135,7 @@ def join_points(g: Graph) -> list[str]:
 
     outs = set(g.outputs)
     live = set().union(*(nx.ancestors(g.nx, o) for o in outs)) if outs else set()
-    return [n for n in g.topo_order() if g.node(n).op in _JOIN_OPS and n in live and _rank3(g, n)]
+    return [n for n in g.topo_order() if _joins(g, n) and n in live and _rank3(g, n)]
 
 
 def input_options(g: Graph, target: str, k: int) -> list[str]:
@@ -144,10 +150,10 @@ def input_options(g: Graph, target: str, k: int) -> list[str]:
         if n not in anc:
             continue
         sh = _rank3(g, n)
-        if sh is None or g.node(n).op in ("stop_gradient", "stop_forward"):
+        if sh is None or get_op(g.node(n).op, n).training_only:
             continue
         s1, s2 = _stride(sh[1], h), _stride(sh[2], w)
-        if s1 is not None and s1 == s2 and (n == target or g.node(n).op in _JOIN_OPS | {"input"}):
+        if s1 is not None and s1 == s2 and (n == target or g.node(n).op == "input" or _joins(g, n)):
             out.append(n)
         if len(out) == k:
             break

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from archir.errors import OpSchemaError, ShapeError
-from archir.ops.registry import AttrSpec, OpDef, get_op, pair, register_op
+from archir.ops.registry import AttrSpec, OpDef, OpTraits, get_op, pair, register_op
 from archir.types import DTYPES, TensorType
 
 # Bounds that keep a hostile file from asking for absurd tensors.
@@ -57,6 +57,21 @@ def _checked_type(shape, node) -> TensorType:
     return t
 
 
+INF = math.inf
+
+
+def _traits(category, *, merge=None, channelwise=False, zero_preserving=None, value_range=None, identity_on=None,
+            conv_epilogue=None, blocked_layout=False) -> OpTraits:
+    """An :class:`OpTraits` with this module's usual values spelled out as keyword defaults."""
+    return OpTraits(category=category, merge=merge, channelwise=channelwise, zero_preserving=zero_preserving,
+                    value_range=value_range, identity_on=identity_on, conv_epilogue=conv_epilogue,
+                    blocked_layout=blocked_layout)
+
+
+def _zero_unless_bias(attrs) -> str | None:
+    return None if attrs["bias"] else "all"  # W @ 0 = 0, and + b only with a bias
+
+
 def _uniform(rng: np.random.Generator, bound: float, shape) -> np.ndarray:
     return rng.uniform(-bound, bound, size=shape).astype(np.float32)
 
@@ -85,6 +100,7 @@ register_op(OpDef(
     attrs={"shape": AttrSpec("ints", min=1, max=MAX_DIM), "dtype": AttrSpec("str", "float32", choices=DTYPES)},
     infer=lambda a, ins, node: TensorType(tuple(a["shape"]), a["dtype"]),
     check=_input_check,
+    traits=_traits("input"),
     doc="graph input; shape excludes the batch dim",
 ))
 
@@ -146,6 +162,7 @@ register_op(OpDef(
         "bias": AttrSpec("bool", True),
     },
     infer=_conv_infer, param_shapes=_conv_params, init=_conv_init, check=_conv_check,
+    traits=_traits("conv", zero_preserving=_zero_unless_bias, blocked_layout=True),
     doc="2-d convolution (torch.nn.Conv2d); in_channels come from the input shape",
 ))
 
@@ -175,6 +192,7 @@ register_op(OpDef(
     "linear", arity=1,
     attrs={"out_features": AttrSpec("int", min=1, max=MAX_DIM), "bias": AttrSpec("bool", True)},
     infer=_linear_infer, param_shapes=_linear_params, init=_linear_init,
+    traits=_traits("linear", zero_preserving=_zero_unless_bias),
     doc="fully connected layer on the last dim (torch.nn.Linear)",
 ))
 
@@ -207,31 +225,40 @@ register_op(OpDef(
     attrs={"eps": AttrSpec("float", 1e-5, min=0.0), "momentum": AttrSpec("float", 0.1, min=0.0, max=1.0),
            "affine": AttrSpec("bool", True)},
     infer=_bn_infer, param_shapes=_bn_params, buffer_shapes=_bn_buffers, init=_bn_init,
+    traits=_traits("norm", channelwise=True, conv_epilogue=1, blocked_layout=True),
     doc="batch norm over channels (torch.nn.BatchNorm2d); running stats are buffers",
 ))
 
 # --------------------------------------------------------------------------- elementwise
 
-for _name, _doc in [
-    ("relu", "max(x, 0)"),
-    ("relu6", "min(max(x, 0), 6)"),
-    ("sigmoid", "1 / (1 + exp(-x))"),
-    ("hardswish", "x * relu6(x + 3) / 6"),
-    ("hardsigmoid", "relu6(x + 3) / 6"),
-    ("silu", "x * sigmoid(x)"),
-    ("tanh", "tanh(x)"),
-    ("identity", "x"),
-    ("stop_gradient", "x.detach(): forward x, no gradient (training only)"),
-    ("stop_forward", "x - x.detach(): forward 0, gradient of x (training only)"),
+_UNARY = dict(channelwise=True, zero_preserving="all")
+for _name, _doc, _t in [
+    ("relu", "max(x, 0)", _traits("activation", **_UNARY, value_range=(0.0, INF), identity_on=(0.0, INF),
+                                  conv_epilogue=3, blocked_layout=True)),
+    ("relu6", "min(max(x, 0), 6)", _traits("activation", **_UNARY, value_range=(0.0, 6.0), identity_on=(0.0, 6.0),
+                                           conv_epilogue=3, blocked_layout=True)),
+    ("sigmoid", "1 / (1 + exp(-x))", _traits("gate", channelwise=True, value_range=(0.0, 1.0), conv_epilogue=3,
+                                             blocked_layout=True)),
+    ("hardswish", "x * relu6(x + 3) / 6", _traits("activation", **_UNARY, conv_epilogue=3)),
+    ("hardsigmoid", "relu6(x + 3) / 6", _traits("gate", channelwise=True, value_range=(0.0, 1.0), conv_epilogue=3,
+                                                blocked_layout=True)),
+    ("silu", "x * sigmoid(x)", _traits("activation", **_UNARY)),
+    ("tanh", "tanh(x)", _traits("gate", **_UNARY, value_range=(-1.0, 1.0), conv_epilogue=3, blocked_layout=True)),
+    ("identity", "x", _traits("view", **_UNARY, value_range="input")),
+    ("stop_gradient", "x.detach(): forward x, no gradient (training only)",
+     _traits("view", **_UNARY, value_range="input")),
+    # forward 0, but it carries gradients: never treated as a removable zero
+    ("stop_forward", "x - x.detach(): forward 0, gradient of x (training only)", _traits("eltwise", channelwise=True)),
 ]:
     register_op(OpDef(
-        _name, arity=1, infer=_same(_name), doc=_doc,
+        _name, arity=1, infer=_same(_name), doc=_doc, traits=_t,
         training_only=_name.startswith("stop_"),
         removed_by="finalize" if _name.startswith("stop_") else None,
     ))
 
 register_op(OpDef(
     "dropout", arity=1, attrs={"p": AttrSpec("float", 0.5, min=0.0, max=1.0)}, infer=_same("dropout"),
+    traits=_traits("view", **_UNARY, value_range="input"),
     doc="dropout (identity in eval mode)",
 ))
 
@@ -247,8 +274,34 @@ def _zero_infer(a, ins, node):
 
 register_op(OpDef(
     "zero", arity=1, attrs={"stride": AttrSpec("int", 1, min=1, max=MAX_KERNEL)}, infer=_zero_infer,
+    traits=_traits("eltwise", channelwise=True, zero_preserving="always", value_range=(0.0, 0.0)),
     doc="zeros shaped like x[:, :, ::stride, ::stride] (the DARTS 'none' op)",
 ))
+
+# --------------------------------------------------------------------------- value ranges (OpTraits.value_range)
+
+
+def _avgpool_range(a, ins):
+    if ins[0] is None:
+        return None
+    lo, hi = ins[0]
+    pads = a["padding"] not in (0, [0, 0]) and a["count_include_pad"]  # padded zeros join the average
+    return (min(lo, 0.0), max(hi, 0.0)) if pads else (lo, hi)
+
+
+def _sum_range(a, ins):
+    return None if any(x is None for x in ins) else (sum(x[0] for x in ins), sum(x[1] for x in ins))
+
+
+def _product_range(a, ins):  # sound for non-negative factors only
+    if any(x is None or x[0] < 0 for x in ins):
+        return None
+    return (math.prod(x[0] for x in ins), math.prod(x[1] for x in ins))
+
+
+def _hull_range(a, ins):
+    return None if any(x is None for x in ins) else (min(x[0] for x in ins), max(x[1] for x in ins))
+
 
 # --------------------------------------------------------------------------- pooling
 
@@ -284,6 +337,7 @@ register_op(OpDef(
            "dilation": AttrSpec("pair", 1, min=1, max=MAX_KERNEL),
            "ceil_mode": AttrSpec("bool", False)},
     infer=_pool_infer("maxpool2d"), check=_pool_check,
+    traits=_traits("pool", **_UNARY, value_range="input", blocked_layout=True),
     doc="2-d max pooling (stride defaults to kernel_size)",
 ))
 register_op(OpDef(
@@ -293,6 +347,7 @@ register_op(OpDef(
            "padding": AttrSpec("pair", 0, min=0, max=MAX_KERNEL),
            "count_include_pad": AttrSpec("bool", True)},
     infer=_pool_infer("avgpool2d"), check=_pool_check,
+    traits=_traits("pool", **_UNARY, value_range=_avgpool_range, blocked_layout=True),
     doc="2-d average pooling (stride defaults to kernel_size)",
 ))
 
@@ -302,7 +357,9 @@ def _gap_infer(a, ins, node):
     return TensorType((ins[0].shape[0], 1, 1))
 
 
-register_op(OpDef("global_avgpool", arity=1, infer=_gap_infer, doc="mean over H and W, keeps (C, 1, 1)"))
+register_op(OpDef("global_avgpool", arity=1, infer=_gap_infer,
+                  traits=_traits("pool", **_UNARY, value_range="input", blocked_layout=True),
+                  doc="mean over H and W, keeps (C, 1, 1)"))
 
 
 def adaptive_windows(size: int, out: int) -> list[tuple[int, int]]:
@@ -328,6 +385,7 @@ register_op(OpDef(
     "adaptive_avgpool2d", arity=1,
     attrs={"output_size": AttrSpec("pair", min=1, max=MAX_DIM)},
     infer=_adaptive_infer,
+    traits=_traits("pool", **_UNARY, value_range="input"),
     doc="adaptive average pooling to any (oh, ow) (torch.nn.AdaptiveAvgPool2d); windows may overlap or repeat",
 ))
 
@@ -343,6 +401,7 @@ def _flatten_infer(a, ins, node):
 
 register_op(OpDef(
     "flatten", arity=1, attrs={"start_dim": AttrSpec("int", 1, min=1, max=16)}, infer=_flatten_infer,
+    traits=_traits("view", zero_preserving="all", value_range="input"),
     doc="torch.flatten(x, start_dim) to the last dim; the batch dim is never flattened",
 ))
 
@@ -356,7 +415,10 @@ def _add_infer(a, ins, node):
     return ins[0]
 
 
-register_op(OpDef("add", arity=2, infer=_add_infer, doc="elementwise sum of two equal-shape tensors"))
+register_op(OpDef("add", arity=2, infer=_add_infer,
+                  traits=_traits("eltwise", merge="sum", zero_preserving="all", value_range=_sum_range,
+                                 conv_epilogue=2, blocked_layout=True),
+                  doc="elementwise sum of two equal-shape tensors"))
 
 
 def _mul_infer(a, ins, node):
@@ -372,7 +434,9 @@ def _mul_infer(a, ins, node):
     return TensorType(tuple(out))
 
 
-register_op(OpDef("mul", arity=2, infer=_mul_infer, doc="elementwise product with broadcasting (squeeze-excite)"))
+register_op(OpDef("mul", arity=2, infer=_mul_infer,
+                  traits=_traits("eltwise", merge="product", zero_preserving="any", value_range=_product_range),
+                  doc="elementwise product with broadcasting (squeeze-excite)"))
 
 
 def concat_axis(dim: int, rank: int, node=None) -> int:
@@ -399,6 +463,8 @@ def _concat_infer(a, ins, node):
 
 register_op(OpDef(
     "concat", arity=None, min_inputs=1, attrs={"dim": AttrSpec("int", 1, min=-16, max=16)}, infer=_concat_infer,
+    traits=_traits("concat", merge="concat", zero_preserving="all", value_range=_hull_range,
+                   blocked_layout=True),
     doc="torch.cat(inputs, dim); dim counts the batch dim",
 ))
 
@@ -413,6 +479,7 @@ register_op(OpDef(
     "scale", arity=1, infer=_scale_infer,
     param_shapes=lambda a, ins: {"weight": (ins[0].shape[0],)},
     init=lambda a, ins, rng: ({"weight": np.ones(ins[0].shape[0], np.float32)}, {}),
+    traits=_traits("eltwise", **_UNARY),
     doc="learnable per-channel multiply, initialised to 1",
 ))
 
@@ -514,5 +581,6 @@ register_op(OpDef(
     attrs={"candidates": AttrSpec("json"), "tie": AttrSpec("str", None, optional=True)},
     infer=_choice_infer, param_shapes=_choice_arrays("params"), buffer_shapes=_choice_arrays("buffers"),
     init=_choice_init, check=_choice_check, training_only=True, removed_by="archir.derive",
+    traits=_traits("search"),
     doc="search-space node: one of several candidate op chains; params are namespaced '<candidate>.<step>.<name>'",
 ))

@@ -2,7 +2,10 @@
 
 An ``OpDef`` is the executable spec of an op: its attributes (with types, defaults and
 bounds), its arity, its shape rule, the shapes of its parameters and buffers, and how
-they are initialised. ``Graph.validate`` checks every node against it.
+they are initialised. ``Graph.validate`` checks every node against it. Its :class:`OpTraits`
+are the facts about the op that passes and cost models reason with (is it channel-wise, does
+it keep zeros, what range do its values have, what kernel category is it): every op declares
+every trait, and nothing outside the registry keeps a set of op names.
 
 Backends and cost models keep their per-op handlers in their own modules with
 :class:`OpHandlers` (``@to_onnx.register("conv2d")``); a test asserts that every op has
@@ -12,15 +15,16 @@ every handler, so adding an op touches one file per layer.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from archir.errors import OpSchemaError
 from archir.types import TensorType
 
-__all__ = ["AttrSpec", "OpDef", "OpHandlers", "register_op", "get_op", "op_names", "pair"]
+__all__ = ["AttrSpec", "OpDef", "OpTraits", "OpHandlers", "register_op", "get_op", "op_names", "pair", "CATEGORIES",
+           "MERGES"]
 
 _MISSING = object()
 
@@ -137,6 +141,121 @@ class AttrSpec:
         return d
 
 
+#: what an op is, for passes and cost models (``OpTraits.category``)
+CATEGORIES = {
+    "input": "a graph input",
+    "conv": "a convolution (weights over a spatial window)",
+    "linear": "a fully connected layer",
+    "norm": "a normalisation with per-channel statistics",
+    "activation": "a rectifier-like nonlinearity that makes features (relu, silu, ...)",
+    "gate": "a saturating nonlinearity with a bounded range, used to gate (sigmoid, tanh, ...)",
+    "eltwise": "elementwise arithmetic (sums, products, per-channel scales, constants)",
+    "pool": "pooling over spatial windows, per channel",
+    "concat": "concatenation of its inputs",
+    "view": "no computation at inference: the output is its input, reshaped or passed through",
+    "search": "a search-space construct that archir.derive replaces",
+}
+#: how an op with several inputs combines them (``OpTraits.merge``)
+MERGES = ("sum", "product", "concat")
+#: how zeros pass through an op (``OpTraits.zero_preserving``)
+ZERO_RULES = ("all", "any", "always")
+
+_UNDECLARED = object()
+
+
+@dataclass(frozen=True)
+class OpTraits:
+    """What passes and cost models know about an op. Every op declares every field.
+
+    Attributes:
+        category: one of :data:`CATEGORIES` (cost models group kernels by it; ``"input"`` and
+            ``"view"`` cost nothing at inference: :attr:`zero_cost`).
+        merge: for an op that combines several inputs, how: ``"sum"``, ``"product"``
+            (broadcasting) or ``"concat"``; ``None`` for single-input ops.
+        channelwise: a single-input op whose output channel ``k`` is computed from input
+            channel ``k`` alone, with the channel count kept (activations, BN, pools, ...):
+            channels pass through it index for index. A ``(C, H, W)`` map's channels are axis
+            0; a vector's features are its channels.
+        zero_preserving: when an all-zero input gives an all-zero output (for finite inputs):
+            ``"all"`` (when every input is zero: ``f(0) = 0``), ``"any"`` (when one input is
+            zero: a product), ``"always"`` (the output is zero whatever the input), ``None``
+            (not in general), or a callable ``attrs -> one of those`` (a conv keeps zeros
+            only without bias).
+        value_range: a sound interval for the output values: ``None`` (unknown), ``(lo, hi)``
+            (whatever the input), ``"input"`` (inside the input's interval: subsets or
+            averages of input values), or a callable ``(attrs, input_ranges) -> (lo, hi) |
+            None`` (an input range is ``None`` where unknown).
+        identity_on: for an activation, the input interval on which it is the identity
+            (``relu``: ``[0, inf)``), which ``deepen`` needs to insert it; else ``None``.
+        conv_epilogue: where an inference runtime fuses the op into a preceding ``conv2d``
+            (ONNX Runtime's Conv+BN fusion, its NCHWc conv's ``Sum`` input, FusedConv's
+            activation): 1 a BN, 2 a residual add, 3 an activation; ``None`` if never.
+        blocked_layout: ONNX Runtime's CPU provider can run the op in its blocked NCHWc
+            layout (so a conv next to it needs no layout change).
+    """
+
+    category: Any = _UNDECLARED
+    merge: Any = _UNDECLARED
+    channelwise: Any = _UNDECLARED
+    zero_preserving: Any = _UNDECLARED
+    value_range: Any = _UNDECLARED
+    identity_on: Any = _UNDECLARED
+    conv_epilogue: Any = _UNDECLARED
+    blocked_layout: Any = _UNDECLARED
+
+    def missing(self) -> list[str]:
+        """The traits this declaration leaves out (an op must declare every one)."""
+        return [f.name for f in fields(self) if getattr(self, f.name) is _UNDECLARED]
+
+    def problems(self) -> list[str]:
+        """What is missing or malformed in this declaration (empty when it is complete)."""
+        out = [f"trait {name!r} is not declared" for name in self.missing()]
+        if out:
+            return out
+        if self.category not in CATEGORIES:
+            out.append(f"category {self.category!r} is not one of {sorted(CATEGORIES)}")
+        if self.merge is not None and self.merge not in MERGES:
+            out.append(f"merge {self.merge!r} is not None or one of {MERGES}")
+        if not isinstance(self.channelwise, bool) or not isinstance(self.blocked_layout, bool):
+            out.append("channelwise and blocked_layout are True or False")
+        if not (self.zero_preserving is None or self.zero_preserving in ZERO_RULES or callable(self.zero_preserving)):
+            out.append(f"zero_preserving {self.zero_preserving!r} is not None, one of {ZERO_RULES} or a callable")
+        v = self.value_range
+        if not (v is None or v == "input" or callable(v) or _interval(v)):
+            out.append(f"value_range {v!r} is not None, 'input', (lo, hi) or a callable")
+        if not (self.identity_on is None or _interval(self.identity_on)):
+            out.append(f"identity_on {self.identity_on!r} is not None or (lo, hi)")
+        if self.conv_epilogue not in (None, 1, 2, 3):
+            out.append(f"conv_epilogue {self.conv_epilogue!r} is not None, 1, 2 or 3")
+        return out
+
+    @property
+    def zero_cost(self) -> bool:
+        """No kernel runs for the op at inference (graph inputs and views)."""
+        return self.category in ("input", "view")
+
+    def zeros(self, attrs: Mapping) -> str | None:
+        """:attr:`zero_preserving` for a node with these attrs."""
+        z = self.zero_preserving
+        return z(attrs) if callable(z) else z
+
+    def range_of(self, attrs: Mapping, ins: Sequence) -> tuple[float, float] | None:
+        """The output interval of a node with these attrs and input intervals (``None``: unknown)."""
+        v = self.value_range
+        if v is None:
+            return None
+        if v == "input":
+            return ins[0] if ins else None
+        if callable(v):
+            return v(attrs, list(ins))
+        return (float(v[0]), float(v[1]))
+
+
+def _interval(v: Any) -> bool:
+    return (isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)
+            and v[0] <= v[1])
+
+
 InferFn = Callable[[dict, list[TensorType], str | None], TensorType]
 ShapesFn = Callable[[dict, list[TensorType]], dict[str, tuple[int, ...]]]
 InitFn = Callable[[dict, list[TensorType], np.random.Generator], tuple[dict, dict]]
@@ -162,6 +281,7 @@ class OpDef:
         param_shapes / buffer_shapes: ``(attrs, input_types) -> {name: shape}``.
         init: ``(attrs, input_types, rng) -> (params, buffers)`` of float32 arrays.
         check: extra cross-attribute validation ``(attrs, node_id) -> None``.
+        traits: what passes and cost models know about the op (:class:`OpTraits`; required).
         training_only: the op exists for training only (``stop_gradient``...): ONNX refuses it,
             naming ``removed_by``.
         doc: one line shown by ``archir show`` and in errors.
@@ -176,6 +296,7 @@ class OpDef:
     buffer_shapes: ShapesFn = _no_arrays
     init: InitFn = _no_init
     check: Callable[[dict, str | None], dict | None] | None = None
+    traits: OpTraits | None = None
     training_only: bool = False
     removed_by: str | None = None
     doc: str = ""
@@ -229,9 +350,19 @@ _REGISTRY: dict[str, OpDef] = {}
 
 
 def register_op(opdef: OpDef) -> OpDef:
-    """Add an op to the registry. Registering a name twice is a bug and raises."""
+    """Add an op to the registry.
+
+    Raises:
+        ValueError: the name is taken, or the op does not declare every trait (a bug in the
+            op's definition: the message lists what is missing).
+    """
     if opdef.name in _REGISTRY:
         raise ValueError(f"op {opdef.name!r} is already registered")
+    problems = ["no traits= given"] if opdef.traits is None else opdef.traits.problems()
+    if problems:
+        raise ValueError(f"op {opdef.name!r} cannot be registered: {'; '.join(problems)}. Declare every trait: "
+                         f"OpDef(..., traits=OpTraits({', '.join(f.name + '=...' for f in fields(OpTraits))})), "
+                         "see archir/ops/registry.py")
     _REGISTRY[opdef.name] = opdef
     return opdef
 

@@ -18,6 +18,7 @@ import pytest
 import archir
 import costmodels
 from archir import IRError, samples
+from archir.ops import get_op
 from costmodels import (ErrorReport, Latency, Predictor, PredictorFormatError, count, error_report, fused_kernels,
                         graph_features, kendall_tau)
 from costmodels import predictor as pred_mod
@@ -170,13 +171,13 @@ class _StubTable:
     statistic = "median"
 
     def estimate_nodes(self, g):
-        return {n.id: 0.0 if n.op in costmodels.ZERO_COST_OPS else 0.01 for n in g.nodes()}
+        return {n.id: 0.0 if get_op(n.op).traits.zero_cost else 0.01 for n in g.nodes()}
 
 
 def test_table_features():
     g = samples.resnet_like()
     f = graph_features(g, table=_StubTable())
-    nonzero = [n for n in g.nodes() if n.op not in costmodels.ZERO_COST_OPS]
+    nonzero = [n for n in g.nodes() if not get_op(n.op).traits.zero_cost]
     assert f["table_ms"] == pytest.approx(0.005 + 0.01 * len(nonzero))
     parts = [k for k in f if k.startswith("table_") and k != "table_ms"]
     assert sum(f[k] for k in parts) == pytest.approx(0.01 * len(nonzero))

@@ -19,10 +19,15 @@ import pytest
 import archir
 import costmodels
 from archir import IRError, samples
-from costmodels import ZERO_COST_OPS, CorruptTableWarning, LatencyTable, MissingLatency
+from archir.ops import get_op
+from costmodels import CorruptTableWarning, LatencyTable, MissingLatency
 from costmodels import table as table_mod
 
 FAST = {"warmup": 1, "repeats": 3}
+
+
+def _free(op: str) -> bool:
+    return get_op(op).traits.zero_cost
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -34,7 +39,7 @@ def _no_measuring(monkeypatch):
 
 
 def _distinct_keys(table: LatencyTable, g: archir.Graph) -> set:
-    return {table.key(n.op, n.attrs, g.input_types(n.id)) for n in g.nodes() if n.op not in ZERO_COST_OPS}
+    return {table.key(n.op, n.attrs, g.input_types(n.id)) for n in g.nodes() if not _free(n.op)}
 
 
 # --------------------------------------------------------------------------- estimates
@@ -45,12 +50,12 @@ def test_estimate_measures_each_distinct_op_once_then_reads(tmp_path, monkeypatc
     with LatencyTable(tmp_path / "lut.sqlite", **FAST) as t:
         est = t.estimate(g)
         keys = _distinct_keys(t, g)
-        assert len(keys) < len([n for n in g.nodes() if n.op not in ZERO_COST_OPS])  # repeats are shared
+        assert len(keys) < len([n for n in g.nodes() if not _free(n.op)])  # repeats are shared
         assert len(t) == len(keys) + 1  # + the call overhead
         per_node = t.estimate_nodes(g)
         assert list(per_node) == g.topo_order()
         assert all(v >= 0 for v in per_node.values())
-        assert all(per_node[n.id] == 0.0 for n in g.nodes() if n.op in ZERO_COST_OPS)
+        assert all(per_node[n.id] == 0.0 for n in g.nodes() if _free(n.op))
         assert est == pytest.approx(t.overhead_ms + sum(per_node.values()), rel=1e-12)
         assert est > 0
         _no_measuring(monkeypatch)
@@ -67,7 +72,7 @@ def test_node_estimate_is_entry_minus_overhead(tmp_path):
         per_node = t.estimate_nodes(g)
         over = t.overhead_ms
         for n in g.nodes():
-            if n.op in ZERO_COST_OPS:
+            if _free(n.op):
                 continue
             raw = t.lookup(n.op, n.attrs, g.input_types(n.id), measure=False)
             assert per_node[n.id] == max(raw - over, 0.0)
@@ -158,7 +163,7 @@ def test_fingerprint_keys_the_entries(tmp_path):
 
 
 def test_zero_cost_ops_are_never_measured(tmp_path, monkeypatch):
-    assert {"input", "identity", "dropout", "flatten"} <= ZERO_COST_OPS
+    assert all(_free(op) for op in ("input", "identity", "dropout", "flatten"))
     _no_measuring(monkeypatch)
     with LatencyTable(tmp_path / "lut.sqlite", **FAST) as t:
         assert t.lookup("identity", {}, [(2, 4, 4)]) == 0.0

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import costmodels
+from archir.ops import get_op
 from search.data import load_dataset
 from search.experiment import ExperimentConfig, export_candidate, run_search
 from search.oneshot import ONESHOT
@@ -74,7 +75,7 @@ def test_latency_penalty_from_the_latency_table(ds, tmp_path):
             want = 0.0
             for spec, t in zip(cand["ops"], types):
                 attrs = {a: v for a, v in spec.items() if a != "op"}
-                if spec["op"] not in costmodels.ZERO_COST_OPS:
+                if not get_op(spec["op"]).traits.zero_cost:
                     want += max(table.lookup(spec["op"], attrs, [t.shape], measure=False) - over, 0.0)
             assert per[key][k] == pytest.approx(want, rel=1e-9, abs=1e-12), (key, names[key][k])
     assert sum(float(v.sum()) for v in per.values()) > 0

@@ -15,10 +15,11 @@ of the *sources*:
 
 - **sources** make new channels: ``conv2d`` with ``groups == 1`` (``out_channels``), ``linear``
   on a vector (``out_features``), graph ``input`` nodes (pinned, see below);
-- **carriers** pass their input's channels through, index for index: BN, ``scale``, the
-  elementwise activations, ``identity``/``dropout``/``zero``/``stop_*``, max/avg pools,
-  ``global_avgpool``, ``adaptive_avgpool2d``, and depthwise convs (``groups == in_channels == out_channels``: channel
-  ``i`` of the output is filter ``i`` applied to input channel ``i`` only);
+- **carriers** pass their input's channels through, index for index: BN, ``scale``, every
+  parameter-free op declared ``channelwise`` in its ``OpTraits`` (the activations,
+  ``identity``/``dropout``/``zero``/``stop_*``, max/avg/adaptive pools, ``global_avgpool``),
+  and depthwise convs (``groups == in_channels == out_channels``: channel ``i`` of the output
+  is filter ``i`` applied to input channel ``i`` only);
 - **ties**: ``add``, ``mul`` with equal channel counts (a squeeze-excite gate ``(C, 1, 1)``
   broadcasts over H and W, not over channels), and ``concat`` along a non-channel axis make
   their inputs' channels the same classes, position by position;
@@ -26,6 +27,11 @@ of the *sources*:
 - ``flatten(start_dim=1)`` of ``(C, H, W)`` keeps the classes, but each channel now covers
   ``H*W`` consecutive features (its *width*): a ``linear`` after it reads channel ``c`` through
   weight columns ``[c*H*W, (c+1)*H*W)`` (with ``global_avgpool`` first the width is 1).
+
+Each op's rule is registered in a table, as lowerings and costs are (``@coupling.register(
+"conv2d")``, a function of a :class:`CouplingBuilder`, the node, its attrs and its inputs);
+a parameter-free channel-wise op needs none (:func:`rule_of`), and an op with neither is
+opaque (below). ``add_skip(mode="concat")`` extends a node's consumers with the same rules.
 
 So each tensor has a *layout*: a sequence of entries ``(class, width)`` along its channel axis
 (:meth:`Coupling.layout`). The arrays indexed by channels are described per node by
@@ -84,22 +90,13 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from archir import Graph
-from archir.ops.core import concat_axis
+from archir.ops import OpHandlers, concat_axis, get_op, op_names
 
-from passes.infra import PreconditionError
+from passes.infra import PassError, PreconditionError
 
-__all__ = ["analyze", "dependency_groups", "Coupling", "Group", "Pin", "ArrayAxis", "NodeRule", "ChannelRef",
-           "PositionMap", "NodeRemap", "EDIT_TAGS", "RULED_OPS"]
-
-#: ops that apply the same function to every element: channels pass through unchanged
-_ELEMENTWISE = frozenset({"relu", "relu6", "sigmoid", "hardswish", "hardsigmoid", "silu", "tanh", "identity",
-                          "dropout", "stop_gradient", "stop_forward", "zero"})
-#: ops that work per channel over H and W
-_SPATIAL = frozenset({"maxpool2d", "avgpool2d", "global_avgpool", "adaptive_avgpool2d"})
-
-#: every op with a rule in _Builder.visit (an op outside it is opaque: its channels are pinned, never guessed)
-RULED_OPS = frozenset({"input", "conv2d", "linear", "batchnorm2d", "scale", "flatten", "add", "mul", "concat",
-                       "choice"}) | _ELEMENTWISE | _SPATIAL
+__all__ = ["analyze", "dependency_groups", "Coupling", "CouplingBuilder", "Group", "Pin", "ArrayAxis", "NodeRule",
+           "ChannelRef", "PositionMap", "NodeRemap", "EDIT_TAGS", "COUPLING_RULES", "register", "rule_of",
+           "missing_rules"]
 
 #: what may replace a channel in an edit (see Coupling.remap)
 EDIT_TAGS = ("keep", "copy", "new")
@@ -156,6 +153,12 @@ class NodeRule:
             (unknown coupling: inputs pinned, output a new pinned class).
         arrays: the channel-indexed axes of its params/buffers.
         reason: for ``"opaque"``, why its coupling is unknown.
+        flow: for a ``"carrier"``, how its output holds its inputs' channels: ``"pass"``
+            (port 0's, index for index), ``"concat"`` (one input's after the other's),
+            ``"flatten"`` (each widened to ``H*W`` features) or ``"tie"`` (the inputs' channels
+            made one: ``add``, ``mul``, a concat on another axis); ``None`` otherwise.
+        count_attrs: the attributes that hold its output channel count (``out_channels``, a
+            depthwise conv's ``groups``, ``out_features``), set when an edit changes it.
     """
 
     node: str
@@ -163,6 +166,8 @@ class NodeRule:
     kind: str
     arrays: tuple[ArrayAxis, ...] = ()
     reason: str | None = None
+    flow: str | None = None
+    count_attrs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -296,7 +301,14 @@ _GROUP_HINT = ("put a conv2d/linear between them (it decouples channels), or wid
                "(passes.widen_targets(g) lists the legal ones)")
 
 
-class _Builder:
+class CouplingBuilder:
+    """What a channel-coupling rule works with (one per :func:`analyze` call).
+
+    A rule ``fn(b, n, attrs, ins, types)`` (``ins``: the node's input ids in port order,
+    ``types``: their :class:`~archir.TensorType`) reads its inputs' :attr:`layout` and records
+    the node with exactly one of :meth:`source`, :meth:`carrier`, :meth:`tie` or :meth:`opaque`.
+    """
+
     def __init__(self, g: Graph, strict: bool) -> None:
         self.g = g
         self.strict = strict
@@ -305,12 +317,26 @@ class _Builder:
         self.rules: dict[str, NodeRule] = {}
         self.pins: list[tuple[list[tuple[int, int]], Pin]] = []
 
-    # -- helpers
-    def _fresh(self, n: str, t) -> list[tuple[int, int]]:
+    def fresh(self, t) -> list[tuple[int, int]]:
+        """A layout of new channel classes, one per channel of a tensor of type ``t``."""
         c = t.shape[0] if t.rank >= 1 else 1
         return [(e, 1) for e in self.uf.make(c)]
 
-    def _opaque(self, n: str, reason: str, hint: str) -> None:
+    def source(self, n: str, arrays: Sequence[ArrayAxis], count_attrs: Sequence[str]) -> None:
+        """``n`` makes new channels (its filters ``arrays``; ``count_attrs`` hold its channel count)."""
+        d = self.g.nx.nodes[n]
+        self.rules[n] = NodeRule(n, d["op"], "source", tuple(arrays), count_attrs=tuple(count_attrs))
+        self.layout[n] = self.fresh(d["type"])
+
+    def pin_input(self, n: str, reason: str, hint: str) -> None:
+        """``n`` is a graph input: new channels, pinned."""
+        d = self.g.nx.nodes[n]
+        self.rules[n] = NodeRule(n, d["op"], "input")
+        self.layout[n] = self.fresh(d["type"])
+        self.pins.append((self.layout[n], Pin(n, "input", reason, hint)))
+
+    def opaque(self, n: str, reason: str, hint: str) -> None:
+        """``n`` couples channels in a way archir does not model: pin its inputs and its (new) output."""
         if self.strict:
             raise PreconditionError(f"unknown channel coupling: {reason}", node=n, hint=hint)
         d = self.g.nx.nodes[n]
@@ -318,129 +344,37 @@ class _Builder:
         for u in self.g.inputs_of(n):
             self.pins.append((self.layout[u], pin))
         self.rules[n] = NodeRule(n, d["op"], "opaque", (), reason)
-        self.layout[n] = self._fresh(n, d["type"])
+        self.layout[n] = self.fresh(d["type"])
         self.pins.append((self.layout[n], pin))
 
-    def _carrier(self, n: str, layout: list[tuple[int, int]], arrays: Sequence[ArrayAxis] = ()) -> None:
-        self.rules[n] = NodeRule(n, self.g.nx.nodes[n]["op"], "carrier", tuple(arrays))
+    def carrier(self, n: str, layout: list[tuple[int, int]], arrays: Sequence[ArrayAxis] = (), *,
+                flow: str = "pass", count_attrs: Sequence[str] = ()) -> None:
+        """``n``'s output holds ``layout`` (its inputs' channels), with per-channel ``arrays``.
+
+        ``flow`` says how: ``"pass"`` (port 0's channels index for index), ``"concat"`` (the
+        inputs' channels one after the other), ``"flatten"`` (each channel widened to ``H*W``
+        features), ``"tie"`` (the inputs' channels made the same classes: :meth:`tie`).
+        """
+        self.rules[n] = NodeRule(n, self.g.nx.nodes[n]["op"], "carrier", tuple(arrays), flow=flow,
+                                 count_attrs=tuple(count_attrs))
         self.layout[n] = layout
 
-    def _tie(self, n: str, ins: list[str], what: str) -> bool:
+    def tie(self, n: str, ins: list[str], what: str) -> bool:
+        """Make the inputs' channels the same classes, position by position (``add``, ``mul``)."""
         lays = [self.layout[u] for u in ins]
         first = lays[0]
         for u, lay in zip(ins[1:], lays[1:]):
             if len(lay) != len(first) or any(w1 != w2 for (_, w1), (_, w2) in zip(first, lay)):
-                self._opaque(n, f"{what} inputs {ins[0]!r} and {u!r} do not line up channel for channel "
-                                f"(e.g. a flattened feature map meets a vector)",
-                             "make both inputs the same kind of tensor (global_avgpool before flatten, or "
-                             "a linear on each side)")
+                self.opaque(n, f"{what} inputs {ins[0]!r} and {u!r} do not line up channel for channel "
+                               f"(e.g. a flattened feature map meets a vector)",
+                            "make both inputs the same kind of tensor (global_avgpool before flatten, or "
+                            "a linear on each side)")
                 return False
         for lay in lays[1:]:
             for (a, _), (b, _) in zip(first, lay):
                 self.uf.union(a, b)
-        self._carrier(n, list(first))
+        self.carrier(n, list(first), flow="tie")
         return True
-
-    # -- the rules, one per op
-    def visit(self, n: str) -> None:
-        g = self.g
-        d = g.nx.nodes[n]
-        op, a, t = d["op"], d["attrs"], d["type"]
-        ins = g.inputs_of(n)
-        it = [g.nx.nodes[u]["type"] for u in ins]
-        if op == "input":
-            self.rules[n] = NodeRule(n, op, "input")
-            self.layout[n] = self._fresh(n, t)
-            self.pins.append((self.layout[n], Pin(n, "input", f"graph input {n!r} has a fixed shape {t}",
-                                                  "the graph's inputs keep their shape")))
-        elif op == "conv2d":
-            cin, groups, cout = it[0].shape[0], a["groups"], a["out_channels"]
-            if groups == 1:
-                arrays = [ArrayAxis("params", "weight", 0, "out", "filter")]
-                if a["bias"]:
-                    arrays.append(ArrayAxis("params", "bias", 0, "out", "filter"))
-                arrays.append(ArrayAxis("params", "weight", 1, "in", "column"))
-                self.rules[n] = NodeRule(n, op, "source", tuple(arrays))
-                self.layout[n] = self._fresh(n, t)
-            elif groups == cin == cout:
-                arrays = [ArrayAxis("params", "weight", 0, "out", "channel")]
-                if a["bias"]:
-                    arrays.append(ArrayAxis("params", "bias", 0, "out", "channel"))
-                self._carrier(n, list(self.layout[ins[0]]), arrays)
-            elif groups == cin:
-                self._opaque(n, f"depthwise conv with a channel multiplier (in {cin}, out {cout}, groups {groups}) "
-                                f"is not modelled: only groups == in_channels == out_channels pass channels through",
-                             "use out_channels == groups == in_channels, or leave this conv's channels alone")
-            else:
-                self._opaque(n, f"grouped conv (in {cin}, out {cout}, groups {groups}) ties channels per group; "
-                                f"archir models groups == 1 and depthwise (groups == in == out) convs only",
-                             "leave this conv's input and output channels alone")
-        elif op == "linear":
-            if it[0].rank != 1:
-                self._opaque(n, f"linear on a rank-{it[0].rank} tensor {it[0]} acts on its last axis, "
-                                f"not on channels", "flatten to a vector before the linear")
-                return
-            arrays = [ArrayAxis("params", "weight", 0, "out", "filter")]
-            if a["bias"]:
-                arrays.append(ArrayAxis("params", "bias", 0, "out", "filter"))
-            arrays.append(ArrayAxis("params", "weight", 1, "in", "column"))
-            self.rules[n] = NodeRule(n, op, "source", tuple(arrays))
-            self.layout[n] = self._fresh(n, t)
-        elif op == "batchnorm2d":
-            arrays = []
-            if a["affine"]:
-                arrays += [ArrayAxis("params", "weight", 0, "out", "channel"),
-                           ArrayAxis("params", "bias", 0, "out", "channel")]
-            arrays += [ArrayAxis("buffers", "running_mean", 0, "out", "channel"),
-                       ArrayAxis("buffers", "running_var", 0, "out", "channel")]
-            self._carrier(n, list(self.layout[ins[0]]), arrays)
-        elif op == "scale":
-            self._carrier(n, list(self.layout[ins[0]]), [ArrayAxis("params", "weight", 0, "out", "channel")])
-        elif op in _ELEMENTWISE or op in _SPATIAL:
-            self._carrier(n, list(self.layout[ins[0]]))
-        elif op == "flatten":
-            sd, r = a["start_dim"], it[0].rank
-            if sd == 1 and r == 1:
-                self._carrier(n, list(self.layout[ins[0]]))
-            elif sd == 1 and r == 3:
-                hw = it[0].shape[1] * it[0].shape[2]
-                self._carrier(n, [(e, w * hw) for e, w in self.layout[ins[0]]])
-            else:
-                self._opaque(n, f"flatten(start_dim={sd}) of a rank-{r} tensor {it[0]} keeps a non-channel "
-                                f"axis; what follows it would act on channels in a way archir does not model",
-                             "use flatten(start_dim=1) (after global_avgpool for a vector of channels)")
-        elif op == "add":
-            self._tie(n, ins, "add")
-        elif op == "mul":
-            if it[0].rank != it[1].rank:
-                # broadcasting aligns trailing axes: a lower-rank operand's axis 0 is not channels
-                self._opaque(n, f"mul of a rank-{it[0].rank} {it[0]} with a rank-{it[1].rank} {it[1]} aligns "
-                                f"trailing axes, so their channel axes do not meet",
-                             "give the gate the input's rank, e.g. (C, 1, 1) for a (C, H, W) input")
-                return
-            cx, cy = it[0].shape[:1], it[1].shape[:1]
-            if cx != cy:
-                self._opaque(n, f"mul broadcasts {it[0]} with {it[1]} across the channel axis; only a gate with "
-                                f"the same channels (like squeeze-excite's (C, 1, 1)) keeps channels apart",
-                             "make the gate (C, 1, 1) (one value per channel)")
-                return
-            self._tie(n, ins, "mul")
-        elif op == "concat":
-            r = it[0].rank
-            if r not in (1, 3):
-                self._opaque(n, f"concat of rank-{r} tensors has no channel axis archir models",
-                             "concat (C, H, W) maps or vectors")
-                return
-            if concat_axis(a["dim"], r, n) == 0:
-                lay = [x for u in ins for x in self.layout[u]]
-                self._carrier(n, lay)
-            else:
-                self._tie(n, ins, f"concat (dim={a['dim']}, not channels)")
-        elif op == "choice":
-            self._opaque(n, "choice node: its channel coupling depends on the decision",
-                         "derive a plain graph first (archir.derive)")
-        else:
-            self._opaque(n, f"op {op!r} has no channel-coupling rule", "add a rule for it to passes/coupling.py")
 
     def finish(self) -> "Coupling":
         for o in self.g.outputs:
@@ -469,6 +403,150 @@ class _Builder:
                 if pin not in lst:
                     lst.append(pin)
         return Coupling(self.g, layouts, self.rules, {c: tuple(p) for c, p in pins.items()}, len(roots))
+
+    def visit(self, n: str) -> None:
+        d = self.g.nx.nodes[n]
+        op = d["op"]
+        ins = self.g.inputs_of(n)
+        fn = rule_of(op)
+        if fn is None:
+            self.opaque(n, f"op {op!r} has no channel-coupling rule",
+                        f"register one with @passes.coupling.register({op!r}) (passes/coupling.py)")
+            return
+        fn(self, n, d["attrs"], ins, [self.g.nx.nodes[u]["type"] for u in ins])
+
+
+# --------------------------------------------------------------------------- the rules, one per op
+
+#: the channel-coupling rule of each op, registered with :func:`register` like the lowerings
+#: and costs; a single-input op declared ``channelwise`` (``OpTraits``) without params needs
+#: none: its channels pass through (:func:`rule_of`)
+COUPLING_RULES = OpHandlers("passes.coupling")
+register = COUPLING_RULES.register
+
+
+def _pass_through(b: CouplingBuilder, n, a, ins, it) -> None:
+    b.carrier(n, list(b.layout[ins[0]]))
+
+
+def rule_of(op: str) -> Callable | None:
+    """The coupling rule of ``op``: its registered one, else the pass-through rule of a
+    parameter-free channel-wise op (``OpTraits.channelwise``), else ``None`` (opaque)."""
+    if op in COUPLING_RULES.ops():
+        return COUPLING_RULES.get(op)
+    opdef = get_op(op)
+    if opdef.traits.channelwise and opdef.stateless:
+        return _pass_through
+    return None
+
+
+def missing_rules(names: Iterable[str] | None = None) -> list[str]:
+    """Registered ops without a coupling rule (a test asserts this is empty)."""
+    return sorted(op for op in (names if names is not None else op_names()) if rule_of(op) is None)
+
+
+def _filters(a, role: str) -> list[ArrayAxis]:
+    arrays = [ArrayAxis("params", "weight", 0, "out", role)]
+    if a["bias"]:
+        arrays.append(ArrayAxis("params", "bias", 0, "out", role))
+    return arrays
+
+
+@register("input")
+def _input(b: CouplingBuilder, n, a, ins, it) -> None:
+    b.pin_input(n, f"graph input {n!r} has a fixed shape {b.g.nx.nodes[n]['type']}",
+                "the graph's inputs keep their shape")
+
+
+@register("conv2d")
+def _conv2d(b: CouplingBuilder, n, a, ins, it) -> None:
+    cin, groups, cout = it[0].shape[0], a["groups"], a["out_channels"]
+    if groups == 1:
+        b.source(n, [*_filters(a, "filter"), ArrayAxis("params", "weight", 1, "in", "column")], ["out_channels"])
+    elif groups == cin == cout:  # depthwise: channel i is filter i on input channel i
+        b.carrier(n, list(b.layout[ins[0]]), _filters(a, "channel"), count_attrs=["out_channels", "groups"])
+    elif groups == cin:
+        b.opaque(n, f"depthwise conv with a channel multiplier (in {cin}, out {cout}, groups {groups}) "
+                    f"is not modelled: only groups == in_channels == out_channels pass channels through",
+                 "use out_channels == groups == in_channels, or leave this conv's channels alone")
+    else:
+        b.opaque(n, f"grouped conv (in {cin}, out {cout}, groups {groups}) ties channels per group; "
+                    f"archir models groups == 1 and depthwise (groups == in == out) convs only",
+                 "leave this conv's input and output channels alone")
+
+
+@register("linear")
+def _linear(b: CouplingBuilder, n, a, ins, it) -> None:
+    if it[0].rank != 1:
+        b.opaque(n, f"linear on a rank-{it[0].rank} tensor {it[0]} acts on its last axis, not on channels",
+                 "flatten to a vector before the linear")
+        return
+    b.source(n, [*_filters(a, "filter"), ArrayAxis("params", "weight", 1, "in", "column")], ["out_features"])
+
+
+@register("batchnorm2d")
+def _batchnorm2d(b: CouplingBuilder, n, a, ins, it) -> None:
+    arrays = []
+    if a["affine"]:
+        arrays += [ArrayAxis("params", "weight", 0, "out", "channel"), ArrayAxis("params", "bias", 0, "out", "channel")]
+    arrays += [ArrayAxis("buffers", "running_mean", 0, "out", "channel"),
+               ArrayAxis("buffers", "running_var", 0, "out", "channel")]
+    b.carrier(n, list(b.layout[ins[0]]), arrays)
+
+
+@register("scale")
+def _scale(b: CouplingBuilder, n, a, ins, it) -> None:
+    b.carrier(n, list(b.layout[ins[0]]), [ArrayAxis("params", "weight", 0, "out", "channel")])
+
+
+@register("flatten")
+def _flatten(b: CouplingBuilder, n, a, ins, it) -> None:
+    sd, r = a["start_dim"], it[0].rank
+    if sd == 1 and r == 1:
+        b.carrier(n, list(b.layout[ins[0]]))
+    elif sd == 1 and r == 3:
+        hw = it[0].shape[1] * it[0].shape[2]
+        b.carrier(n, [(e, w * hw) for e, w in b.layout[ins[0]]], flow="flatten")
+    else:
+        b.opaque(n, f"flatten(start_dim={sd}) of a rank-{r} tensor {it[0]} keeps a non-channel axis; what "
+                    f"follows it would act on channels in a way archir does not model",
+                 "use flatten(start_dim=1) (after global_avgpool for a vector of channels)")
+
+
+@register("add")
+def _add(b: CouplingBuilder, n, a, ins, it) -> None:
+    b.tie(n, ins, "add")
+
+
+@register("mul")
+def _mul(b: CouplingBuilder, n, a, ins, it) -> None:
+    if it[0].rank != it[1].rank:
+        # broadcasting aligns trailing axes: a lower-rank operand's axis 0 is not channels
+        b.opaque(n, f"mul of a rank-{it[0].rank} {it[0]} with a rank-{it[1].rank} {it[1]} aligns trailing axes, "
+                    f"so their channel axes do not meet",
+                 "give the gate the input's rank, e.g. (C, 1, 1) for a (C, H, W) input")
+    elif it[0].shape[:1] != it[1].shape[:1]:
+        b.opaque(n, f"mul broadcasts {it[0]} with {it[1]} across the channel axis; only a gate with the same "
+                    f"channels (like squeeze-excite's (C, 1, 1)) keeps channels apart",
+                 "make the gate (C, 1, 1) (one value per channel)")
+    else:
+        b.tie(n, ins, "mul")
+
+
+@register("concat")
+def _concat(b: CouplingBuilder, n, a, ins, it) -> None:
+    r = it[0].rank
+    if r not in (1, 3):
+        b.opaque(n, f"concat of rank-{r} tensors has no channel axis archir models", "concat (C, H, W) maps or vectors")
+    elif concat_axis(a["dim"], r, n) == 0:
+        b.carrier(n, [x for u in ins for x in b.layout[u]], flow="concat")
+    else:
+        b.tie(n, ins, f"concat (dim={a['dim']}, not channels)")
+
+
+@register("choice")
+def _choice(b: CouplingBuilder, n, a, ins, it) -> None:
+    b.opaque(n, "choice node: its channel coupling depends on the decision", "derive a plain graph first (archir.derive)")
 
 
 class Coupling:
@@ -499,6 +577,20 @@ class Coupling:
 
     # ------------------------------------------------------------------ queries
 
+    def _node(self, node: str) -> str:
+        if node not in self._layouts:
+            raise PassError(f"node {node!r} is not in the analysed graph {self.graph_name!r}", node=node,
+                            hint="analyse the graph you are asking about (passes.coupling.analyze(g)); an analysis "
+                                 "describes the graph as it was, so analyse again after editing it")
+        return node
+
+    def _cls(self, cls) -> int:
+        if isinstance(cls, (bool, np.bool_)) or not isinstance(cls, (int, np.integer)) \
+                or not 0 <= int(cls) < self._n_classes:
+            raise PassError(f"{cls!r} is not a channel class of graph {self.graph_name!r} (it has {self._n_classes})",
+                            hint="take classes from Coupling.classes(node) or Group.classes")
+        return int(cls)
+
     @property
     def num_classes(self) -> int:
         return self._n_classes
@@ -510,26 +602,29 @@ class Coupling:
 
     def layout(self, node: str) -> tuple[tuple[int, int], ...]:
         """The ``(class, width)`` entries of ``node``'s output channel axis."""
-        return self._layouts[node]
+        return self._layouts[self._node(node)]
 
     def classes(self, node: str) -> tuple[int, ...]:
         """The distinct classes of ``node``'s output, in order of first position."""
-        return tuple(dict.fromkeys(c for c, _ in self._layouts[node]))
+        return tuple(dict.fromkeys(c for c, _ in self._layouts[self._node(node)]))
 
     def rule(self, node: str) -> NodeRule:
         """How ``node`` treats channels (:class:`NodeRule`)."""
-        return self._rules[node]
+        return self._rules[self._node(node)]
 
     def input_of(self, node: str) -> str:
         """The port-0 input of ``node`` (whose layout indexes its ``side="in"`` arrays)."""
-        return self._inputs[node][0]
+        ins = self._inputs[self._node(node)]
+        if not ins:
+            raise PassError(f"node {node!r} has no inputs", node=node, hint="ask about a node that reads a tensor")
+        return ins[0]
 
     def pins(self, classes: int | Iterable[int]) -> tuple[Pin, ...]:
         """The pins of one class or of several (deduplicated, in order)."""
         if isinstance(classes, (int, np.integer)):
-            return self._pins.get(int(classes), ())
+            return self._pins.get(self._cls(classes), ())
         out: list[Pin] = []
-        for c in classes:
+        for c in map(self._cls, classes):
             for p in self._pins.get(c, ()):
                 if p not in out:
                     out.append(p)
@@ -537,15 +632,16 @@ class Coupling:
 
     def holders(self, cls: int) -> tuple[str, ...]:
         """Nodes whose output holds channels of class ``cls``, in topological order."""
-        return tuple(self._occurs.get(cls, ()))
+        return tuple(self._occurs.get(self._cls(cls), ()))
 
     def readers(self, cls: int) -> tuple[str, ...]:
         """Nodes that read class ``cls`` through a ``side="in"`` array (conv/linear columns)."""
-        return tuple(self._read_by.get(cls, ()))
+        return tuple(self._read_by.get(self._cls(cls), ()))
 
     def refs(self, cls: int) -> tuple[ChannelRef, ...]:
         """Every slice of class ``cls``: output positions, filters, per-channel arrays, columns."""
         out: list[ChannelRef] = []
+        cls = self._cls(cls)
         for n in self._occurs.get(cls, ()):
             spans = _spans(self._layouts[n], cls)
             rule = self._rules[n]
@@ -598,9 +694,9 @@ class Coupling:
     def group_of(self, node: str) -> Group:
         """The group holding ``node``'s output channels (its first channel's group)."""
         self.groups()
-        lay = self._layouts[node]
+        lay = self._layouts[self._node(node)]
         if not lay:
-            raise KeyError(node)
+            raise PassError(f"node {node!r} has no channels", node=node, hint="ask about a node with a channel axis")
         return self._groups[self._group_of_class[lay[0][0]]]
 
     # ------------------------------------------------------------------ edits
@@ -635,8 +731,11 @@ class Coupling:
         edit = {int(c): tuple(v) for c, v in edit.items() if tuple(v) != ("keep",)}
         for c, tags in edit.items():
             bad = [t for t in tags if t not in EDIT_TAGS]
-            if bad or not 0 <= c < self._n_classes:
-                raise ValueError(f"bad edit of class {c}: {tags} (tags are {EDIT_TAGS})")
+            self._cls(c)
+            if bad:
+                raise PassError(f"bad edit of channel class {c}: tags {bad} are not among {EDIT_TAGS}",
+                                pass_name=pass_name, hint="an edit maps a class to a tuple of 'keep'/'copy'/'new' "
+                                                          "(() removes it)")
         if any(c in self._pins for c in edit):
             raise self.pin_error([c for c in edit if c in self._pins], what, pass_name=pass_name)
         outs: set[str] = set()
@@ -653,15 +752,7 @@ class Coupling:
             if (out is not None and out.entries == 0) or (inp is not None and inp.entries == 0):
                 raise PreconditionError(f"the edit would leave node {n!r} with no channels", node=n,
                                         pass_name=pass_name, hint="keep at least one channel per tensor")
-            attrs = {}
-            rule = self._rules[n]
-            if out is not None:
-                if rule.op == "conv2d":
-                    attrs = {"out_channels": out.entries}
-                    if rule.kind == "carrier":  # depthwise: one group per channel
-                        attrs["groups"] = out.entries
-                elif rule.op == "linear":
-                    attrs = {"out_features": out.entries}
+            attrs = {} if out is None else dict.fromkeys(self._rules[n].count_attrs, out.entries)
             result[n] = NodeRemap(n, out, inp, attrs)
         return result
 
@@ -752,7 +843,7 @@ def analyze(g: Graph, *, strict: bool = False) -> Coupling:
         if d.get("type") is None:  # analysing must not edit the graph, so ask rather than infer
             raise PreconditionError("node has no inferred type; channel coupling needs shapes", node=n,
                                     hint="call g.infer_shapes() (or g.validate()) first")
-    b = _Builder(g, strict)
+    b = CouplingBuilder(g, strict)
     for n in g.topo_order():
         b.visit(n)
     return b.finish()

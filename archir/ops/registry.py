@@ -301,6 +301,11 @@ class OpDef:
     removed_by: str | None = None
     doc: str = ""
 
+    @property
+    def stateless(self) -> bool:
+        """The op has no params or buffers, whatever its attrs."""
+        return self.param_shapes is _no_arrays and self.buffer_shapes is _no_arrays
+
     def normalize_attrs(self, attrs: dict, node: str | None = None) -> dict:
         """Fill defaults, type-check and canonicalise attributes, or raise ``OpSchemaError``."""
         unknown = sorted(set(attrs) - set(self.attrs))

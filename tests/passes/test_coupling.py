@@ -279,3 +279,49 @@ def test_sample_networks_groups():
     assert [c for c, _ in darts.layout("cell0.out")] == list(grp.classes) * 4
     # in cell1 the skip edges tie the preprocessing conv into the adds
     assert "cell1.pre1.conv" in darts.group_of("cell1.n0.add").producers
+
+
+# --------------------------------------------------------------------------- the rule table
+
+
+def test_every_registered_op_has_a_coupling_rule():
+    # an op without a rule is treated as unknown coupling (its channels pinned, never guessed), which
+    # silently makes every group it touches unprunable: a new op registers a rule in passes/coupling.py,
+    # or, if it is a parameter-free channel-wise op, declares OpTraits(channelwise=True) and needs none
+    from archir.ops import op_names
+    from passes import coupling
+
+    assert coupling.missing_rules() == []
+    assert coupling.missing_rules(["conv2d", "relu", "adaptive_avgpool2d"]) == []
+    assert coupling.rule_of("relu") is coupling.rule_of("adaptive_avgpool2d")  # the trait-derived pass-through
+    assert coupling.rule_of("conv2d") is coupling.COUPLING_RULES.get("conv2d")
+    with pytest.raises(ValueError, match="already has a handler"):
+        coupling.register("conv2d")(lambda *a: None)
+    assert set(op_names()) - coupling.COUPLING_RULES.ops() == {
+        op for op in op_names() if coupling.rule_of(op) is coupling.rule_of("relu")}
+
+
+def test_rules_say_how_channels_flow():
+    g = S.resnet_like()
+    cp = analyze(g)
+    flows = {n: cp.rule(n).flow for n in g.topo_order()}
+    assert flows["b1.add"] == "tie" and flows["stem.bn"] == "pass" and flows["stem.conv"] is None
+    assert cp.rule("stem.conv").count_attrs == ("out_channels",)
+
+
+@pytest.mark.parametrize("call", [
+    lambda cp: cp.layout("nope"), lambda cp: cp.classes("nope"), lambda cp: cp.rule("nope"),
+    lambda cp: cp.input_of("nope"), lambda cp: cp.group_of("nope"), lambda cp: cp.refs(10**6),
+    lambda cp: cp.holders(-1), lambda cp: cp.pins([0, "x"]), lambda cp: cp.remap({0: ("keep", "twice")}),
+])
+def test_public_methods_raise_pass_errors_naming_what(call):
+    from passes.infra import PassError
+
+    cp = analyze(S.chain())
+    with pytest.raises(PassError) as ei:
+        call(cp)
+    e = ei.value
+    assert not isinstance(e, KeyError) and e.hint
+    assert "nope" in str(e) or "class" in str(e)
+    if "nope" in str(e):
+        assert e.node == "nope"

@@ -169,3 +169,24 @@ def test_refuses_bad_mode_rank_and_unknown_nodes():
     with pytest.raises(PreconditionError, match="no node 'l7.relu' .* as src") as ei:
         add_skip(g, src="l7.relu", dst="l1.relu")
     assert "legal src targets include 'x'" in str(ei.value)
+
+
+def test_concat_extends_through_adaptive_pooling_like_widen_and_pruning():
+    # the drift issue 13 names: add_skip(mode="concat") kept its own list of channel-wise ops, without
+    # adaptive_avgpool2d; it now walks the consumers with passes.coupling's rules, as widen and pruning do
+    g = archir.Graph("adaptive")
+    x = g.input("x", (3, 8, 8))
+    c = g.add("conv2d", x, name="c0", out_channels=6, kernel_size=3, padding=1)
+    r = g.add("relu", c, name="r0")
+    p = g.add("adaptive_avgpool2d", r, name="pool", output_size=3)
+    f = g.add("flatten", p, name="flat")
+    g.set_outputs(g.add("linear", f, name="head", out_features=5))
+    g.init_params(seed=0)
+    assert {"src": "c0", "dst": "r0", "mode": "concat"} in skip_targets(g)
+    g2 = add_skip(g, src="c0", dst="r0", mode="concat")
+    w = g2.node("head").params["weight"]
+    assert w.shape == (5, (6 + 6) * 9) and not w[:, 6 * 9:].any()
+    assert_morphism(g, g2)
+    # and the widen of the same conv agrees about what is coupled
+    g3 = passes.widen(g, "c0", 9)
+    assert g3.node("head").params["weight"].shape == (5, 9 * 9)

@@ -71,6 +71,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from archir import Graph
+from archir.ops import get_op
 
 from passes.check import PreservationReport, check_preserved
 from passes.coupling import Coupling, Group, analyze
@@ -314,13 +315,13 @@ def _importance(g: Graph, cp: Coupling, grp: Group, criterion: str, rng: np.rand
     if criterion == "random":
         return rng.random(grp.size)
     nxg = g.nx
-    ops = ("batchnorm2d",) if criterion == "bn_gamma" else ("conv2d", "linear")
+    scored = ("norm",) if criterion == "bn_gamma" else ("conv", "linear")  # OpTraits.category
     index = {cls: i for i, cls in enumerate(grp.classes)}
     out = np.zeros(grp.size, np.float64)
     found = False
     for n in dict.fromkeys((*grp.producers, *grp.carriers, *grp.consumers)):
         d = nxg.nodes[n]
-        if d["op"] not in ops:
+        if get_op(d["op"], n).traits.category not in scored:
             continue
         for ax in cp.rule(n).arrays:
             if ax.kind != "params" or ax.name != "weight":

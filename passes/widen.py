@@ -67,9 +67,12 @@ from archir import Graph
 from passes.coupling import Coupling, analyze
 from passes.infra import PreconditionError, graph_pass
 
-__all__ = ["widen", "widen_noisy", "widen_targets", "widen_reason", "MODES"]
+__all__ = ["widen", "widen_noisy", "widen_targets", "widen_reason", "widen_draw", "MODES", "MAX_RATIO"]
 
 MODES = ("replicate", "zero")
+
+#: the largest widening ratio ``widen_draw`` draws (``random_morphism``'s widen: at most a doubling, as before)
+MAX_RATIO = 2.0
 
 #: values of a zero-mode channel in a carrier's per-channel array: "random" (He-normal), or a constant
 _CHANNEL_FILL = {("batchnorm2d", "weight"): 1.0, ("batchnorm2d", "bias"): 0.0,
@@ -149,6 +152,37 @@ def widen_targets(g: Graph) -> list[dict]:
         [{'node': 'l0.conv', 'out_channels': 16}, {'node': 'l1.conv', 'out_channels': 32}]
     """
     return _targets(g, analyze(g))
+
+
+def widen_draw(g: Graph, target: dict, rng: np.random.Generator, *, max_ratio: float = MAX_RATIO) -> dict:
+    """A random widening of ``target`` (one of :func:`widen_targets`): the ratio is drawn, not fixed.
+
+    NASH draws the widening ratio at random; here the new width ``N`` of the node (``C`` channels now)
+    is drawn uniformly among the integers ``C + 1 .. max(C + 1, floor(C * max_ratio))``, so a search
+    can take small steps as well as a doubling (which ``widen_targets`` lists). ``passes.random_morphism``
+    calls this when it picks ``widen``; ``widen(g, node, out_channels)`` itself takes the width it is given.
+
+    Args:
+        g: the graph.
+        target: ``{"node": ..., "out_channels": ...}`` from :func:`widen_targets` (other keys are kept).
+        rng: where the width is drawn from (one ``integers`` draw).
+        max_ratio: the largest ratio ``N / C`` (> 1).
+
+    Returns:
+        ``target`` with the drawn ``out_channels``.
+
+    Example:
+        >>> import archir.samples as S, numpy as np
+        >>> t = widen_draw(S.chain(), {"node": "l0.conv", "out_channels": 16}, np.random.default_rng(0))
+        >>> 9 <= t["out_channels"] <= 16
+        True
+    """
+    if not (isinstance(max_ratio, (int, float)) and max_ratio > 1):
+        raise ValueError(f"widen_draw: max_ratio must be a number > 1, got {max_ratio!r}")
+    a = g.node(target["node"]).attrs
+    c = int(a["out_channels"] if "out_channels" in a else a["out_features"])
+    hi = max(c + 1, int(math.floor(c * max_ratio)))
+    return {**target, "out_channels": int(rng.integers(c + 1, hi + 1))}
 
 
 def widen_reason(g: Graph, node: str, out_channels: int | None = None, mode: str = "replicate") -> str | None:

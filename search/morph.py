@@ -16,6 +16,10 @@ from the inherited weights. This module is that extension of the experiment loop
        "ops": ["conv3x3", "sep_conv3x3", "maxpool3x3", "identity"],    # candidate ops,
        "inputs": 2, "select": 1, "epochs": 1, "l1": 0.001}             # ... see search.petridish
 
+  Options ``max_params`` / ``max_macs`` (``--space-opt max_params=20000``) bound every grown child:
+  ``morph`` moves past a bound are refused (``passes.random_morphism``'s bounds, MACs as
+  ``costmodels.count`` counts them), and a ``petridish`` child past one fails with the reason.
+
   The random moves are drawn in the worker from ``seed`` (the legal targets depend on the
   parent's graph, which only the worker holds), so the decisions are small, canonical and
   replayable: the same parent and seed give the same child. What was applied is recorded in the
@@ -52,7 +56,7 @@ from archir.errors import ArchirError
 from search.spaces.base import DecisionError, Space, SpaceError
 
 __all__ = ["StartSpace", "starter", "get_space", "graph_to_data", "graph_from_data", "grow", "parent_task",
-           "DEFAULT_MORPHISMS", "METHODS"]
+           "bounds_of", "past_bounds", "DEFAULT_MORPHISMS", "METHODS"]
 
 #: NASH's morphism types: deeper (I), wider (III), skip by add/concat (II/IV: ``add_skip``'s two modes),
 #: larger kernel
@@ -135,17 +139,26 @@ class StartSpace(Space):
             (``archir.save``; e.g. from ``archir import``). A file's weights are kept if saved
             (warm start), else initialised from the candidate seed.
         channels: the starter's width.
+        max_params: the most trainable parameters a grown child may have (None: no bound).
+        max_macs: the most MACs (``costmodels.count(g).macs``, batch 1) a grown child may have (None: no bound).
     """
 
     name = "start"
     grows = True  # candidates are grown from parents' trained graphs (search.strategies check this)
 
-    def __init__(self, input_shape=(1, 8, 8), num_classes: int = 10, start: str = "starter", channels: int = 8) -> None:
+    def __init__(self, input_shape=(1, 8, 8), num_classes: int = 10, start: str = "starter", channels: int = 8,
+                 max_params: int | None = None, max_macs: int | None = None) -> None:
         super().__init__(input_shape, num_classes)
         if not isinstance(start, str) or not start:
             raise SpaceError(f"start must be 'starter' or a graph file path, got {start!r}",
                              hint="pass --start net.json")
+        for key, v in (("max_params", max_params), ("max_macs", max_macs)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+                raise SpaceError(f"start space: {key} must be an int >= 1 (or left out: no bound), got {v!r}",
+                                 hint=f"pass --space-opt {key}=20000")
         self.start, self.channels = start, channels
+        self.max_params = None if max_params is None else int(max_params)
+        self.max_macs = None if max_macs is None else int(max_macs)
         self._graph: Graph | None = None
         if start != "starter" and not Path(start).is_file():
             raise SpaceError(f"start graph {start!r} does not exist",
@@ -158,6 +171,14 @@ class StartSpace(Space):
             first = e.one_line() if isinstance(e, ArchirError) else f"{e.strerror or e}"
             raise SpaceError(f"start graph {start}: {first}",
                              hint="pass a graph written by archir.save or 'archir import'") from None
+        over = past_bounds(self.start_graph(), self.options_bounds()) if self.options_bounds() else None
+        if over:
+            raise SpaceError(f"start graph {start} is already past the space's bound: {over}",
+                             hint="raise --space-opt max_params/max_macs, or start from a smaller network")
+
+    def options_bounds(self) -> dict:
+        """The space's bounds on a grown child, ``{"max_params": N, "max_macs": M}`` (only those set)."""
+        return {k: v for k, v in (("max_params", self.max_params), ("max_macs", self.max_macs)) if v is not None}
 
     def start_graph(self, seed: int = 0) -> Graph:
         """The start graph (a file is loaded and checked against the dataset's shapes once)."""
@@ -275,14 +296,43 @@ def get_space(name: str, **kwargs: Any) -> Space:
         try:
             return StartSpace(**kwargs)
         except TypeError as e:
-            raise SpaceError(f"search space 'start': {e}", hint="its options are start=PATH|starter and "
-                             "channels=N") from None
+            raise SpaceError(f"search space 'start': {e}", hint="its options are start=PATH|starter, "
+                             "channels=N, max_params=N and max_macs=N") from None
     from search.spaces import get_space as _get
 
     return _get(name, **kwargs)
 
 
 # --------------------------------------------------------------------------- driver and worker sides
+
+
+def _macs(g: Graph) -> float:
+    import costmodels
+
+    return float(costmodels.count(g).macs)
+
+
+def bounds_of(space_options: Mapping[str, Any] | None) -> dict:
+    """``passes.random_morphism``'s bound arguments for a start space's options (``{}`` without bounds).
+
+    ``max_macs`` comes with ``macs_fn`` (``costmodels.count(g).macs``, batch 1: the MACs the store records).
+    """
+    opts = dict(space_options or {})
+    out: dict[str, Any] = {k: opts[k] for k in ("max_params", "max_macs") if opts.get(k) is not None}
+    if "max_macs" in out:
+        out["macs_fn"] = _macs
+    return out
+
+
+def past_bounds(g: Graph, bounds: Mapping[str, Any]) -> str | None:
+    """Why ``g`` is past a bound of :func:`bounds_of` (``"2,340 params > max_params=2,000"``), or None."""
+    if bounds.get("max_params") is not None and g.num_params() > bounds["max_params"]:
+        return f"{g.num_params():,} params > max_params={bounds['max_params']:,}"
+    if bounds.get("max_macs") is not None:
+        macs = (bounds.get("macs_fn") or _macs)(g)
+        if macs > bounds["max_macs"]:
+            return f"{macs:,.0f} macs > max_macs={bounds['max_macs']:,}"
+    return None
 
 
 def parent_task(space: Space, decisions: Mapping, run_dir: str | os.PathLike,
@@ -314,10 +364,12 @@ def grow(task: Mapping[str, Any], dataset: Any = None) -> tuple[Graph, dict]:
 
     - ``start``: the start graph as shipped (its weights, or fresh ones from the candidate seed).
     - ``morph``: ``n`` random legal morphisms (``passes.random_morphism`` over ``ops``, drawn from
-      ``seed``), then ``passes.check_preserved(parent, child)`` (eval mode): the child starts with
-      its parent's function, or this raises ``FunctionNotPreserved`` (the candidate fails with it).
+      ``seed``, within the space's ``max_params``/``max_macs`` in ``task["space_options"]``: a move past
+      one is refused, and if every move is, the candidate fails with the reason), then
+      ``passes.check_preserved(parent, child)`` (eval mode): the child starts with its parent's
+      function, or this raises ``FunctionNotPreserved`` (the candidate fails with it).
     - ``petridish``: :func:`search.petridish.grow_petridish` (candidate training on ``dataset``,
-      selection, finalize).
+      selection, finalize); a child past the space's bound fails (``DecisionError`` with the sizes).
 
     Returns:
         ``(graph, info)``: ``info["metrics"]`` (floats: ``preserve_max_abs``, ``grow_epochs`` ...),
@@ -329,6 +381,7 @@ def grow(task: Mapping[str, Any], dataset: Any = None) -> tuple[Graph, dict]:
     d = dict(task["decisions"])
     parent = graph_from_data(task["parent_graph"])
     method = d["method"]
+    bounds = bounds_of(task.get("space_options"))
     if method == "start":
         g = parent.copy()
         g.init_params(seed=int(task["seed"]), only_missing=True)
@@ -337,7 +390,7 @@ def grow(task: Mapping[str, Any], dataset: Any = None) -> tuple[Graph, dict]:
         rng = np.random.default_rng(int(d["seed"]))
         g, moves = parent, []
         for _ in range(int(d["n"])):
-            g, desc = passes.random_morphism(g, rng, morphisms=d["ops"])
+            g, desc = passes.random_morphism(g, rng, morphisms=d["ops"], **bounds)
             moves.append(desc)
         rep = passes.check_preserved(parent, g, seed=int(d["seed"]) % (2 ** 31))
         info = {"metrics": {"preserve_max_abs": float(rep.max_abs), "grow_epochs": 0.0}, "epochs": 0, "moves": moves}
@@ -346,8 +399,17 @@ def grow(task: Mapping[str, Any], dataset: Any = None) -> tuple[Graph, dict]:
 
         if dataset is None:
             raise ValueError("petridish growth trains candidates: pass the dataset")
+        hint = ("raise --space-opt max_params/max_macs, or grow less per step (--strategy-opt targets=1, "
+                "select=1, cheaper ops such as maxpool3x3 or identity)")
+        over = past_bounds(parent, bounds)
+        if over:  # nothing attached to it can come back under the bound: do not train candidates for nothing
+            raise DecisionError(f"petridish parent {d['parent']} is already past the space's bound: {over}", hint=hint)
         g, info = grow_petridish(parent, dataset, d, threads=int(task.get("threads", 1)),
                                  train=task.get("train") or {})
+        over = past_bounds(g, bounds)
+        if over:
+            raise DecisionError(f"the petridish child of {d['parent']} is past the space's bound: {over} "
+                                f"(grown by {info['moves']})", hint=hint)
     else:
         raise DecisionError(f"unknown method {method!r}", where="method")
     g = g.copy()

@@ -80,7 +80,8 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", default=None, help="cosine (default) or sgdr (default for hillclimb and petridish)")
     p.add_argument("--space-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a space option (repeatable), VALUE as JSON: darts cells=2, channels=8; chain layers=3, "
-                        "stem=8, kernels=[3,5]")
+                        "stem=8, kernels=[3,5]; start channels=8, max_params=20000, max_macs=1000000 (bounds "
+                        "on every grown child)")
     p.add_argument("--executor", default="serial", choices=["serial", "process", "ray"],
                    help="where candidates are evaluated (default serial)")
     p.add_argument("--workers", type=int, default=None,

@@ -201,3 +201,73 @@ def test_start_space_checks_its_start_graph(tmp_path, trained_parent):
             st.decode(bad)
     with pytest.raises(DecisionError, match="grown from candidate 3"):
         st.build({"method": "morph", "parent": 3, "seed": 0, "n": 1, "ops": ["deepen"]})
+
+
+# --------------------------------------------------------------------------- the space's bounds (issue 13, item 7)
+
+
+def _macs(g):
+    import costmodels
+
+    return costmodels.count(g).macs
+
+
+def test_start_space_bound_options():
+    from search.morph import get_space
+    from search.spaces.base import SpaceError
+
+    assert StartSpace(max_params=5000, max_macs=10 ** 6).options_bounds() == {"max_params": 5000, "max_macs": 10 ** 6}
+    assert StartSpace().options_bounds() == {}
+    for bad in (0, -1, 2.5, True, "100"):
+        with pytest.raises(SpaceError, match="max_params must be an int >= 1") as ei:
+            StartSpace(max_params=bad)
+        assert "--space-opt max_params=" in ei.value.hint
+    with pytest.raises(SpaceError, match="already past the space's bound: 1,970 params > max_params=1,000"):
+        StartSpace(max_params=1000)  # the starter itself does not fit
+    with pytest.raises(SpaceError, match="max_macs="):
+        StartSpace(max_macs=10)
+    with pytest.raises(SpaceError) as ei:
+        get_space("start", bound=3)
+    assert "max_params=N" in ei.value.hint
+
+
+def _morph_task(parent, seed, n, space_options, ops=("deepen", "widen", "add_skip", "enlarge_kernel")):
+    return {"id": 1, "seed": 5, "space_options": space_options, "parent_graph": graph_to_data(parent),
+            "decisions": {"method": "morph", "parent": 0, "seed": seed, "n": n, "ops": list(ops)}}
+
+
+def test_grown_children_stay_within_the_space_bound(trained_parent):
+    max_params, max_macs = trained_parent.num_params() + 2500, _macs(trained_parent) + 40000
+    grown = 0
+    for seed in range(8):
+        try:
+            child, info = grow(_morph_task(trained_parent, seed, 3, {"max_params": max_params, "max_macs": max_macs}))
+        except passes.PreconditionError as e:  # every move past the bound: the candidate fails with the reason
+            assert "past the bound" in str(e)
+            continue
+        grown += 1
+        assert child.num_params() <= max_params and _macs(child) <= max_macs, info["moves"]
+        assert info["metrics"]["preserve_max_abs"] < 1e-4
+    assert grown >= 4
+
+
+def test_a_child_past_the_bound_fails_with_the_reason(trained_parent):
+    task = _morph_task(trained_parent, 0, 1, {"max_params": trained_parent.num_params()})
+    with pytest.raises(passes.PreconditionError, match="past the bound max_params=1,970") as ei:
+        grow(task)
+    assert "--space-opt max_params=N" in str(ei.value)
+    from archir.errors import is_user_error
+
+    assert is_user_error(ei.value)  # the store keeps its one line, no traceback
+
+
+def test_bounded_hillclimb_run(tmp_path):
+    bound = 2600  # the starter has 1,970 parameters; most deepenings (+600) fit once
+    run_search(cfg(space_options={"max_params": bound}, budget="5c"), tmp_path / "run")
+    cands = _rows(tmp_path / "run")
+    assert cands[0].status == "done" and sum(c.status == "done" for c in cands) >= 3
+    for c in cands:
+        if c.status == "done":
+            assert c.costs["params"] <= bound, (c.id, c.costs)
+        else:
+            assert "past the bound max_params=2,600" in c.error, c.error

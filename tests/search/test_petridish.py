@@ -225,3 +225,19 @@ def test_join_points_skip_dead_nodes():
     g.set_outputs(g.add("linear", g.add("flatten", g.add("global_avgpool", h)), out_features=10))
     g.init_params(seed=0)
     assert join_points(g) == ["live.relu"]
+
+
+def test_a_child_past_the_space_bound_fails(parent, ds):
+    from search.spaces.base import DecisionError
+
+    d = StartSpace().decode({"method": "petridish", "parent": 0, "seed": 4, "n": 1, "ops": ["conv3x3"], "inputs": 1,
+                             "select": 1, "epochs": 1, "l1": 0.001})
+    task = {"id": 1, "seed": 1, "decisions": d, "parent_graph": graph_to_data(parent), "train": TRAIN}
+    with pytest.raises(DecisionError, match="petridish parent 0 is already past the space's bound: 1,970 params"):
+        grow({**task, "space_options": {"max_params": 1000}}, ds)  # refused before any candidate trains
+    with pytest.raises(DecisionError, match=r"the petridish child of 0 is past the space's bound: [\d,]+ params > "
+                                            r"max_params=1,971") as ei:
+        grow({**task, "space_options": {"max_params": parent.num_params() + 1}}, ds)
+    assert "max_params" in ei.value.hint
+    child, _ = grow({**task, "space_options": {"max_params": parent.num_params() + 10 ** 5}}, ds)
+    assert child.num_params() > parent.num_params()

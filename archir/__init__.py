@@ -4,7 +4,7 @@ Public names:
     Graph, Node, TensorType: the IR.
     save, load: JSON structure + safetensors weights.
     derive: supernet (choice nodes) -> plain graph.
-    lower: ``lower.to_fx``, ``lower.sync_back``, ``lower.to_onnx``.
+    lower: ``lower.to_fx``, ``lower.sync_back``, ``lower.to_onnx``, ``lower.verify_onnx``.
     ops: the op registry (``ops.get_op``, ``ops.op_names``, ``ops.OpHandlers``).
     frontend: ``frontend.from_torch``, ``frontend.from_onnx`` (imported on first use).
     samples: sample networks (imported on first use).

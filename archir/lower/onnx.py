@@ -6,11 +6,22 @@ value is named after the node id, so an ONNX value can be traced back to the IR.
 axis is dynamic (``"batch"``). Opset 17; the result passes
 ``onnx.checker.check_model(full_check=True)``.
 
+Protobuf cannot serialize a message of 2 GiB or more, so a model whose weights are that large
+needs ONNX *external data*: ``to_onnx(g, external_data="net.onnx.data")`` writes each weight of
+``external_min_bytes`` or more into that file as it is lowered (never holding a second copy of
+the weights in the ModelProto) and returns a small ModelProto that refers to it by name; save it
+beside the data file (``onnx.save(proto, "net.onnx")``). Without ``external_data`` a model over
+the limit is refused with :class:`OnnxTooLarge` before it is built.
+
 Training-only constructs (``choice``, ``stop_gradient``, ``stop_forward``) are refused,
 naming the pass that removes them.
 """
 
 from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -21,18 +32,69 @@ from archir.graph import Graph, Node
 from archir.ops import OpHandlers, get_op, pair
 from archir.types import TensorType
 
-__all__ = ["to_onnx", "ONNX_HANDLERS", "OPSET", "IR_VERSION", "adaptive_matrix"]
+__all__ = ["to_onnx", "ONNX_HANDLERS", "OPSET", "IR_VERSION", "adaptive_matrix", "OnnxTooLarge", "PROTOBUF_LIMIT",
+           "weight_bytes", "uses_external_data"]
 
 ONNX_HANDLERS = OpHandlers("to_onnx")
 OPSET = 17
 IR_VERSION = 8  # the IR version of opset 17; ONNX Runtime reads it everywhere
+#: the largest protobuf message (bytes) that can be serialized: 2 GiB - 1
+PROTOBUF_LIMIT = 2**31 - 1
+#: weights of at least this many bytes start at a multiple of ``_ALIGN`` in the external data
+#: file, so ONNX Runtime can memory-map them (onnx's own convention: 1 MiB, 64 KiB granularity)
+_ALIGN_MIN, _ALIGN = 1 << 20, 1 << 16
+
+
+class OnnxTooLarge(LoweringError):
+    """The ONNX model would be over protobuf's 2 GiB limit and no ``external_data`` was given."""
+
+
+def weight_bytes(graph: Graph) -> int:
+    """The bytes of ``graph``'s parameters and buffers: about the size of its ONNX initializers."""
+    return sum(int(a.nbytes) for n in graph.nodes() for a in (*n.params.values(), *n.buffers.values()))
+
+
+def uses_external_data(model: onnx.ModelProto) -> bool:
+    """True when an initializer of ``model`` keeps its data in an external file."""
+    return any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+class _External:
+    """Writes weights into an ONNX external data file as they are lowered."""
+
+    def __init__(self, path: Path, min_bytes: int) -> None:
+        self.path = path
+        self.location = path.name  # relative to the model file, which must sit beside it
+        self.min_bytes = min_bytes
+        self.file = open(path, "wb")
+        self.offset = 0
+
+    def tensor(self, arr: np.ndarray, name: str) -> onnx.TensorProto:
+        arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+        if arr.nbytes >= _ALIGN_MIN and self.offset % _ALIGN:
+            pad = _ALIGN - self.offset % _ALIGN
+            self.file.write(b"\0" * pad)
+            self.offset += pad
+        self.file.write(arr.data)  # straight from the array: no bytes copy of a large weight
+        t = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(arr.dtype), dims=arr.shape)
+        for k, v in (("location", self.location), ("offset", self.offset), ("length", arr.nbytes)):
+            t.external_data.add(key=k, value=str(v))  # (onnx's set_external_data wants raw_data first)
+        t.data_location = TensorProto.EXTERNAL
+        self.offset += arr.nbytes
+        return t
+
+
+class _TooLarge(Exception):
+    """Raised inside the lowering when the inline initializers pass protobuf's limit."""
 
 
 class _Ctx:
-    def __init__(self) -> None:
+    def __init__(self, external: _External | None = None) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.names: set[str] = set()
+        self.external = external
+        self.inline_bytes = 0  # an upper bound of the serialized size of the inline initializers
 
     def fresh(self, base: str) -> str:
         name, k = base, 1
@@ -44,7 +106,15 @@ class _Ctx:
 
     def const(self, base: str, value, dtype=np.float32) -> str:
         name = self.fresh(base)
-        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        arr = np.asarray(value, dtype=dtype)
+        if self.external is not None and arr.nbytes >= self.external.min_bytes:
+            self.inits.append(self.external.tensor(arr, name))
+            return name
+        # tag + length + data, name, dims and data type: 64 bytes bound the fixed part
+        self.inline_bytes += arr.nbytes + len(name.encode()) + 11 * arr.ndim + 64
+        if self.inline_bytes > PROTOBUF_LIMIT:
+            raise _TooLarge()  # before copying more weights into the ModelProto
+        self.inits.append(numpy_helper.from_array(arr, name))
         return name
 
     def emit(self, op_type: str, inputs: list[str], out: str, **attrs) -> str:
@@ -249,24 +319,36 @@ def _value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *t.shape])
 
 
-def to_onnx(graph: Graph, *, check: bool = True) -> onnx.ModelProto:
+def to_onnx(graph: Graph, *, check: bool = True, external_data: str | os.PathLike | None = None,
+            external_min_bytes: int = 1024) -> onnx.ModelProto:
     """Emit ``graph`` as an ONNX model (opset 17, dynamic batch axis ``"batch"``).
 
     Args:
         graph: a valid plain graph (no ``choice``/``stop_*`` nodes) with initialised weights.
-        check: run ``onnx.checker.check_model(full_check=True)`` on the result (on by default).
+        check: run ``onnx.checker.check_model(full_check=True)`` on the result (on by default;
+            with ``external_data`` the checker reads a temporary copy of the model saved beside
+            the data file, since it must be given a path for external data).
+        external_data: write the weights as ONNX external data into this file (created or
+            overwritten; removed again if the lowering fails). The returned model refers to it
+            by its file name, so save the model in the same folder (``onnx.save(proto,
+            "net.onnx")`` beside ``net.onnx.data``). Needed for models of 2 GiB or more.
+        external_min_bytes: with ``external_data``, weights smaller than this stay inline.
 
     Returns:
         The ``onnx.ModelProto``. Graph inputs and outputs are named after the IR node ids.
 
     Raises:
         IRError: the graph is invalid.
+        OnnxTooLarge: (a ``LoweringError``) the initializers reach protobuf's 2 GiB limit and
+            ``external_data`` was not given; raised before the model is built.
         LoweringError: the graph still has training-only nodes (all of them are listed, with the
             pass that removes them), or the checker rejects the result.
 
     Example:
         >>> proto = archir.lower.to_onnx(g)      # doctest: +SKIP
         >>> onnx.save(proto, "net.onnx")         # doctest: +SKIP
+        >>> big = archir.lower.to_onnx(g, external_data="big.onnx.data")   # doctest: +SKIP
+        >>> onnx.save(big, "big.onnx")           # beside big.onnx.data     # doctest: +SKIP
     """
     graph.validate()
     training = [n for n in graph.nodes() if get_op(n.op).training_only]
@@ -275,7 +357,78 @@ def to_onnx(graph: Graph, *, check: bool = True) -> onnx.ModelProto:
         passes = sorted({get_op(n.op).removed_by for n in training})
         raise LoweringError(f"graph still has training-only node(s): {listing}", node=training[0].id,
                             rule="to_onnx", hint=f"remove them with {' and '.join(passes)} before exporting")
-    ctx = _Ctx()
+    if external_data is None:
+        if weight_bytes(graph) > PROTOBUF_LIMIT:  # cheap: refuse before copying any weight
+            raise _too_large(graph)
+        try:
+            return _to_onnx(graph, _Ctx(), check)
+        except _TooLarge:
+            raise _too_large(graph) from None
+    if isinstance(external_min_bytes, bool) or not isinstance(external_min_bytes, int) or external_min_bytes < 0:
+        raise LoweringError(f"external_min_bytes must be an int >= 0, got {external_min_bytes!r}", rule="to_onnx",
+                            hint="pass a byte count, e.g. 1024 (0: every weight goes to the external data)")
+    path = Path(external_data)
+    if path.is_dir() or not path.parent.is_dir():
+        raise LoweringError("external_data must be a file in an existing folder" if path.is_dir() else
+                            f"the folder of the external data file, {path.parent}, does not exist", file=path,
+                            rule="to_onnx", hint="give a file name such as net.onnx.data in an existing folder")
+    try:
+        ext = _External(path, external_min_bytes)
+    except OSError as e:
+        raise LoweringError(f"cannot write the external data file: {e.strerror or e}", file=path, rule="to_onnx",
+                            hint="give a writable path for the external data file") from None
+    try:
+        try:
+            model = _to_onnx(graph, _Ctx(ext), check=False)
+        finally:
+            ext.file.close()
+        if check:
+            _check_beside(model, graph, path.parent)
+    except _TooLarge:  # only the small, inline weights are left: so many that they pass 2 GiB
+        path.unlink(missing_ok=True)
+        raise _too_large(graph, external_min_bytes) from None
+    except BaseException:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        raise
+    return model
+
+
+def _too_large(graph: Graph, external_min_bytes: int | None = None) -> OnnxTooLarge:
+    b = weight_bytes(graph)
+    size = f"its weights are {b / 2**30:.2f} GiB" if b >= 2**28 else f"its weights are {b / 2**20:.2f} MiB"
+    if external_min_bytes is not None:
+        return OnnxTooLarge(f"the ONNX model of graph {graph.name!r} is over protobuf's 2 GiB limit even with its "
+                            f"weights of {external_min_bytes} bytes or more in external data ({size})",
+                            rule="to_onnx", hint="pass a smaller external_min_bytes so more weights go external")
+    return OnnxTooLarge(f"the ONNX model of graph {graph.name!r} would be over protobuf's 2 GiB limit ({size}), so it "
+                        "cannot be serialized as one file", rule="to_onnx",
+                        hint="write the weights as ONNX external data: to_onnx(g, external_data='net.onnx.data'), "
+                             "or archir export --external-data")
+
+
+def _check_beside(model: onnx.ModelProto, graph: Graph, folder: Path) -> None:
+    """The checker on a model with external data: it must read a file saved beside the data."""
+    fd, tmp = tempfile.mkstemp(prefix=".archir-check.", suffix=".onnx", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(model.SerializeToString())
+        _check(lambda: onnx.checker.check_model(tmp, full_check=True), graph)
+    finally:
+        os.unlink(tmp)
+
+
+def _check(run, graph: Graph) -> None:
+    try:
+        run()
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise LoweringError(f"the ONNX model for graph {graph.name!r} fails the ONNX checker: {e}",
+                            rule="to_onnx", hint="this is an archir bug; please report it with the graph") from e
+
+
+def _to_onnx(graph: Graph, ctx: _Ctx, check: bool) -> onnx.ModelProto:
     env: dict[str, str] = {}
     for n in graph.nodes():
         ctx.names.add(n.id)
@@ -288,7 +441,7 @@ def to_onnx(graph: Graph, *, check: bool = True) -> onnx.ModelProto:
         handler = ONNX_HANDLERS.get(node.op, n)
         try:
             env[n] = handler(ctx, node, [env[s] for s in graph.inputs_of(n)], graph.input_types(n), n)
-        except IRError:
+        except (IRError, _TooLarge):
             raise
         except Exception as e:  # a handler bug must still name the node
             raise LoweringError(f"lowering {node.op} to ONNX failed: {type(e).__name__}: {e}", node=n,
@@ -304,16 +457,16 @@ def to_onnx(graph: Graph, *, check: bool = True) -> onnx.ModelProto:
         seen.add(name)
         outputs.append(_value_info(name, graph.node(o).type))
     inputs = [_value_info(i, graph.node(i).type) for i in graph.inputs]
+    if ctx.inline_bytes > PROTOBUF_LIMIT - (1 << 26):  # near the limit: count the nodes too
+        rest = sum(p.ByteSize() + 8 for p in (*ctx.nodes, *inputs, *outputs, *value_info)) + 4096
+        if ctx.inline_bytes + rest > PROTOBUF_LIMIT:
+            raise _TooLarge()
     g = helper.make_graph(ctx.nodes, graph.name, inputs, outputs, initializer=ctx.inits, value_info=value_info)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="archir",
                               ir_version=IR_VERSION)
     model.doc_string = f"archir graph {graph.name!r}"
     if check:
-        try:
-            onnx.checker.check_model(model, full_check=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-            raise LoweringError(f"the ONNX model for graph {graph.name!r} fails the ONNX checker: {e}",
-                                rule="to_onnx", hint="this is an archir bug; please report it with the graph") from e
+        _check(lambda: onnx.checker.check_model(model, full_check=True), graph)
     return model
 
 

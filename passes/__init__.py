@@ -4,8 +4,11 @@ Public names:
     Infrastructure: graph_pass, pass_name, PassError, PreconditionError, PostconditionError,
         FunctionNotPreserved.
     The numeric check: check_preserved, PreservationReport, OutputError (eval mode).
-    Pipelines: PassManager, PassRecord, PassInstrument, bind, and the instruments Verify,
-        CheckPreserved, Timing, DumpIR.
+    The pass context: instruments (``with passes.instruments(Verify(), Timing()):`` observes every
+        pass called inside it; ``ARCHIR_VERIFY=1`` turns on Verify + CheckPreserved for the process),
+        PassInstrument and the instruments Verify, CheckPreserved, Timing, DumpIR; changed (did a
+        pass change the graph?).
+    Pipelines: PassManager (``until_fixed_point=True``), PassRecord, bind, fixed_point.
     Morphisms (function-preserving): deepen, insert_bn, enlarge_kernel, add_skip, widen
         (and widen_noisy, its noisy Net2Net variant; widen_targets, widen_reason).
     Channel coupling (shared by widen and pruning): analyze, dependency_groups, Coupling, Group.
@@ -22,7 +25,9 @@ from passes.infra import (
     PassError,
     PostconditionError,
     PreconditionError,
+    changed,
     graph_pass,
+    instruments,
     pass_name,
 )
 from passes.check import OutputError, PreservationReport, check_preserved
@@ -35,6 +40,7 @@ from passes.manager import (
     Timing,
     Verify,
     bind,
+    fixed_point,
 )
 from passes.deepen import deepen
 from passes.insert_bn import insert_bn
@@ -51,7 +57,8 @@ from passes.targets import MORPHISMS, legal_targets, random_morphism, register_m
 __all__ = [
     "graph_pass", "pass_name", "PassError", "PreconditionError", "PostconditionError", "FunctionNotPreserved",
     "check_preserved", "PreservationReport", "OutputError",
-    "PassManager", "PassRecord", "PassInstrument", "bind", "Verify", "CheckPreserved", "Timing", "DumpIR",
+    "instruments", "changed", "PassManager", "PassRecord", "PassInstrument", "bind", "fixed_point",
+    "Verify", "CheckPreserved", "Timing", "DumpIR",
     "deepen", "insert_bn", "enlarge_kernel", "add_skip", "widen", "widen_noisy", "widen_targets", "widen_reason",
     "analyze", "dependency_groups", "Coupling", "Group",
     "prune_channels", "prune_channels_pass", "prunable_groups", "PruneReport", "PruneResult",

@@ -22,7 +22,10 @@ statistics, so the folded graph is for inference (and for training from the fold
 ``eliminate_dead``: nodes no graph output depends on (graph inputs stay: the interface).
 
 ``canonicalize``: ``eliminate_identity``, ``fold_batchnorm``, ``prune_zero_paths`` (see
-:mod:`passes.remove_op`) and ``eliminate_dead`` repeated until nothing changes. It is
+:mod:`passes.remove_op`) and ``eliminate_dead`` repeated until nothing changes: a
+``PassManager(..., until_fixed_point=True)`` runs them (the fixed point is the manager's, and
+``passes.changed`` says when a rule did nothing), nested inside ``canonicalize``, so ambient
+instruments check canonicalize's result once, not each rule of each round. It is
 idempotent: ``canonicalize(canonicalize(g))`` has the structure and weights of
 ``canonicalize(g)``.
 
@@ -44,7 +47,11 @@ from archir import Graph
 
 from passes._rewrite import remove_dead
 from passes.infra import PreconditionError, graph_pass
-from passes.remove_op import zero_paths
+from passes.manager import PassManager, bind
+from passes.remove_op import prune_zero_paths
+
+#: the most rounds of canonicalize's fixed point (each round runs every rule once)
+MAX_ROUNDS = 100
 
 __all__ = ["fold_batchnorm", "eliminate_identity", "eliminate_dead", "canonicalize"]
 
@@ -170,19 +177,6 @@ def eliminate_dead(g: Graph) -> Graph:
     return out.validate()
 
 
-def canonical(g: Graph, *, dropout: bool = False, max_rounds: int = 100) -> int:
-    """Canonicalize ``g`` in place (for passes that hold a private copy); returns the number of edits."""
-    total = 0
-    for _ in range(max_rounds):
-        k = _elim_identity(g, dropout) + _fold_bn(g) + zero_paths(g) + remove_dead(g)
-        total += k
-        if not k:
-            return total
-    raise PreconditionError(f"canonicalize did not reach a fixed point in {max_rounds} rounds",
-                            pass_name="canonicalize",
-                            hint="this is a bug in a canonicalization rule (two rules undo each other)")
-
-
 @graph_pass(preserves="function")
 def canonicalize(g: Graph, *, dropout: bool = False) -> Graph:
     """Apply ``eliminate_identity``, ``fold_batchnorm``, ``prune_zero_paths`` and ``eliminate_dead``
@@ -196,6 +190,11 @@ def canonicalize(g: Graph, *, dropout: bool = False) -> Graph:
     Returns:
         A new, validated graph.
 
+    Raises:
+        PreconditionError: ``dropout`` is not a bool.
+        PostconditionError: the rules did not reach a fixed point in ``MAX_ROUNDS`` rounds (a bug
+            in a rule: two rules undo each other).
+
     Example:
         >>> import archir.samples as S
         >>> c = canonicalize(S.mobilenet_like())
@@ -203,6 +202,5 @@ def canonicalize(g: Graph, *, dropout: bool = False) -> Graph:
         True
     """
     _check_dropout(dropout)
-    out = g.copy()
-    canonical(out, dropout=dropout)
-    return out.validate()
+    rules = [bind(eliminate_identity, dropout=dropout), fold_batchnorm, prune_zero_paths, eliminate_dead]
+    return PassManager(rules, until_fixed_point=True, max_rounds=MAX_ROUNDS).run(g)

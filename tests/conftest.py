@@ -1,4 +1,11 @@
-"""Shared test configuration: hypothesis profiles, the GPU marker, one torch thread.
+"""Shared test configuration: hypothesis profiles, the GPU marker, one torch thread, verification on.
+
+Every pass of the suite runs with ``ARCHIR_VERIFY=1``: the ``Verify`` and ``CheckPreserved``
+instruments check each outermost pass call (``passes.infra``), whoever makes it, in the test
+process and in the processes it starts (they inherit the environment). A test that
+deliberately builds a graph a verifying run would refuse (a pass declared
+``preserves="function"`` that does not preserve, an injected bug) opts out with
+``@pytest.mark.no_verify(reason=...)``. ``ARCHIR_VERIFY=0 scripts/test.sh`` runs the suite without.
 
 torch runs the suite's small graphs faster on one thread, and much faster on a loaded machine
 (OpenMP threads spin against other processes, e.g. the other pytest-xdist worker); each test
@@ -9,6 +16,8 @@ import os
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+os.environ.setdefault("ARCHIR_VERIFY", "1")
 
 settings.register_profile("ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow],
                           derandomize=True, print_blob=True)
@@ -37,9 +46,31 @@ def _has_cuda() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        m = item.get_closest_marker("no_verify")
+        if m is not None and not (m.args or m.kwargs.get("reason")):
+            raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.no_verify needs a reason (why verification is off)")
     if _has_cuda():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (none found)")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Turn ``ARCHIR_VERIFY`` off for a test marked ``no_verify`` (setup, call and teardown)."""
+    marker = item.get_closest_marker("no_verify")
+    if marker is None:
+        yield
+        return
+    prev = os.environ.get("ARCHIR_VERIFY")
+    os.environ["ARCHIR_VERIFY"] = "0"
+    try:
+        yield
+    finally:
+        if prev is None:
+            os.environ.pop("ARCHIR_VERIFY", None)
+        else:
+            os.environ["ARCHIR_VERIFY"] = prev

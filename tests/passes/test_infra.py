@@ -92,15 +92,32 @@ def test_arrays_are_read_only(g):
         g.node("head").params["weight"][0, 0] = 1.0
 
 
-def test_unexpected_exception_is_wrapped_from_cause(g):
+def test_a_bug_in_a_pass_keeps_its_type_and_traceback(g):
     @graph_pass()
     def buggy(g):
         return {}["missing"]
 
-    with pytest.raises(PassError, match=r"pass 'buggy': failed with KeyError") as ei:
+    with pytest.raises(KeyError) as ei:  # not a PassError: a bug is not a user error
         buggy(g)
-    assert isinstance(ei.value.__cause__, KeyError)
-    assert type(ei.value) is PassError
+    assert type(ei.value) is KeyError and ei.value.__notes__ == ["in pass 'buggy'"]
+    assert ei.traceback[-1].name == "buggy"  # the traceback reaches the line that failed
+
+
+def test_a_bug_in_a_nested_pass_names_every_pass(g):
+    @graph_pass()
+    def inner(g):
+        return 1 / 0
+
+    @graph_pass()
+    def outer(g):
+        return inner(g)
+
+    with pytest.raises(ZeroDivisionError) as ei:
+        outer(g)
+    assert ei.value.__notes__ == ["in pass 'inner'", "in pass 'outer'"]
+    from archir.errors import is_user_error
+
+    assert not is_user_error(ei.value)
 
 
 def test_precondition_passes_through_with_the_pass_name(g):

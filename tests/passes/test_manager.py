@@ -104,13 +104,27 @@ def test_undeclared_pass_returning_its_input(g):
         PassManager([lambda x: None]).run(g)
 
 
-def test_unexpected_error_is_wrapped(g):
+def test_a_bug_propagates_unchanged_naming_the_pass(g):
     def boom(g):
         raise ZeroDivisionError("oops")
 
-    with pytest.raises(PassError, match=r"pass 2 'boom' failed after: insert_bn: ZeroDivisionError: oops") as ei:
+    with pytest.raises(ZeroDivisionError, match="oops") as ei:
         PassManager([bind(passes.insert_bn, after="l0.conv"), boom]).run(g)
-    assert type(ei.value) is PassError and isinstance(ei.value.__cause__, ZeroDivisionError)
+    assert ei.value.__notes__ == ["in pass 2 'boom' failed after: insert_bn"]
+    assert ei.traceback[-1].name == "boom"
+
+
+def test_an_irerror_keeps_its_class(g):
+    @graph_pass()
+    def builds_bad(g):
+        g = g.copy()
+        g.add("conv2d", "flatten", out_channels=4, kernel_size=3)  # flatten is rank 1: ShapeError
+        return g
+
+    with pytest.raises(archir.ShapeError, match=r"^\[shape\] node '.*': pass 1 'builds_bad' failed after: "
+                                               r"\(nothing\): conv2d expects") as ei:
+        PassManager([builds_bad]).run(g)
+    assert isinstance(ei.value.__cause__, archir.ShapeError) and ei.value.__cause__.pass_name == "builds_bad"
 
 
 def test_not_callable():

@@ -5,6 +5,7 @@ Usage::
     archir show net.json                      # node table with totals
     archir export net.json --onnx net.onnx    # ONNX, verified under ONNX Runtime
     archir export runs/demo --best --onnx m.onnx   # a search run's best candidate (or --id N)
+    archir export big.json --onnx big.onnx --external-data   # weights in big.onnx.data (over 2 GiB)
     archir draw net.json -o net.svg           # Graphviz drawing (.dot needs no graphviz)
     archir demo --out ./archir-demo           # build, save, lower, export, verify a sample network
     archir --version
@@ -45,7 +46,7 @@ import archir
 from archir.errors import ArchirError, is_user_error
 
 __all__ = ["main", "build_parser", "Subcommand", "SUBCOMMANDS", "extra_modules", "CLIError", "to_dot",
-           "export_verified", "ExportReport"]
+           "export_verified", "ExportReport", "default_data_path"]
 
 PROG = "archir"
 
@@ -146,7 +147,11 @@ def _fmt_s(seconds: float) -> str:
 
 @dataclass
 class ExportReport:
-    """What :func:`export_verified` did: the file, the timings and the numeric agreement."""
+    """What :func:`export_verified` did: the file(s), the timings and the numeric agreement.
+
+    ``data_path``/``data_bytes``: the ONNX external data file beside the model (``None``/0 when
+    the weights are inline); ``verify``: the :class:`archir.lower.VerifyReport`.
+    """
 
     path: Path
     bytes: int
@@ -160,6 +165,9 @@ class ExportReport:
     ort_version: str
     batch_size: int
     output_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    data_path: Path | None = None
+    data_bytes: int = 0
+    verify: object = None
 
 
 def _seeded_inputs(graph: archir.Graph, batch_size: int, seed: int):
@@ -169,14 +177,50 @@ def _seeded_inputs(graph: archir.Graph, batch_size: int, seed: int):
     return [torch.randn((batch_size, *graph.node(i).type.shape), generator=gen) for i in graph.inputs]
 
 
+def default_data_path(out: str | os.PathLike) -> Path:
+    """The external data file of ``out`` when none is named: ``NET.onnx.data`` beside ``NET.onnx``."""
+    out = Path(out)
+    return out.with_name(out.name + ".data")
+
+
+def _data_path(out: Path, external_data) -> Path | None:
+    if external_data is None or external_data is False:
+        return None
+    data = default_data_path(out) if external_data in (True, "") else Path(external_data)
+    if data.parent.resolve() != out.parent.resolve():
+        raise CLIError(f"{data}: the external data file must sit in the model's folder {out.parent}",
+                       hint=f"give a file name beside the model, e.g. --external-data {default_data_path(out)} "
+                            "(the model refers to it by its name)")
+    if data.name == out.name:
+        raise CLIError(f"{data}: the external data file cannot be the model file itself",
+                       hint=f"give another name, e.g. --external-data {default_data_path(out)}")
+    if data.is_dir():
+        raise CLIError(f"{data}: is a folder, not a file", hint=f"give a file name, e.g. {default_data_path(out)}")
+    return data
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Flush ``tmp`` to disk, give it a plain file's mode and rename it over ``path`` (atomic)."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp/mkdtemp files are 0600: the mode a plain open() gives
+    os.replace(tmp, path)
+
+
 def export_verified(graph: archir.Graph, out: str | os.PathLike, *, atol: float = 1e-5, rtol: float = 1e-4,
-                    batch_size: int = 2, seed: int = 0, module=None) -> ExportReport:
+                    batch_size: int = 2, seed: int = 0, module=None,
+                    external_data: str | os.PathLike | bool | None = None) -> ExportReport:
     """Export ``graph`` to ONNX at ``out`` and verify it under ONNX Runtime (CPU) against torch.fx.
 
-    The model is written to a temporary file beside ``out``, loaded by ONNX Runtime, run on
-    seeded random inputs and compared with the ``to_fx`` module in eval mode. Only when the
-    outputs match (``|fx - ort| <= atol + rtol * |fx|`` everywhere) is the file renamed to
-    ``out``; otherwise an old ``out`` is left as it was.
+    The model is written to a temporary file beside ``out`` and checked with
+    :func:`archir.lower.verify_onnx` (seeded random inputs, the ``to_fx`` module in eval mode).
+    Only when the outputs match (``|fx - ort| <= atol + rtol * |fx|`` everywhere) is the file
+    renamed to ``out``; otherwise an old ``out`` is left as it was.
+
+    With ``external_data`` the weights go to an ONNX external data file beside ``out`` (needed
+    for models over protobuf's 2 GiB limit): both files are written into a temporary folder
+    beside ``out``, verified there, then renamed into place, the data file first. Each rename is
+    atomic; a failure before them leaves the old files as they were.
 
     Args:
         graph: a valid plain graph with weights.
@@ -185,61 +229,84 @@ def export_verified(graph: archir.Graph, out: str | os.PathLike, *, atol: float 
         batch_size: the batch of the seeded inputs.
         seed: the seed of the inputs.
         module: the ``to_fx`` module of ``graph``, if the caller already has one.
+        external_data: ``None`` (weights inline), ``True`` (``OUT.onnx.data`` beside ``out``) or
+            the data file's path (in ``out``'s folder).
 
     Returns:
         An :class:`ExportReport`.
 
     Raises:
         IRError: the graph is invalid or cannot be exported (e.g. it still has choice nodes).
-        CLIError: the output path is unusable, or the outputs do not match (``exit_code`` 1).
+        CLIError: the output path is unusable, the model is over 2 GiB without
+            ``external_data``, or the outputs do not match (``exit_code`` 1).
     """
-    import numpy as np
-    import onnxruntime as ort
-    import torch
+    import onnx
+
+    from archir.lower import OnnxTooLarge, verify_onnx
 
     out = Path(out)
     _check_out_path(out, "ONNX model", "net.onnx")
-    t0 = time.perf_counter()
-    proto = archir.lower.to_onnx(graph)
-    to_onnx_s = time.perf_counter() - t0
-    try:
-        data = proto.SerializeToString()
-    except ValueError as e:  # protobuf refuses messages over 2 GiB
-        raise CLIError(f"{out}: the ONNX model is too large to serialize ({e})",
-                       hint="models over 2 GiB need ONNX external data, which archir export does not write yet"
-                       ) from None
-    t1 = time.perf_counter()
-    with _atomic_target(out) as tmp:
-        tmp.write_bytes(data)
-        if module is None:
-            module = archir.lower.to_fx(graph)
-        module.eval()
-        xs = _seeded_inputs(graph, batch_size, seed)
-        with torch.no_grad():
-            ref = module(*xs)
-        refs = [r.numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # ORT's warnings are not the user's concern here
-        sess = ort.InferenceSession(str(tmp), opts, providers=["CPUExecutionProvider"])
-        got = sess.run(None, {i: x.numpy() for i, x in zip(graph.inputs, xs)})
-        max_abs = max_rel = 0.0
-        ok = True
-        for r, o in zip(refs, got):
-            if r.shape != o.shape:
-                ok, max_abs, max_rel = False, float("inf"), float("inf")
-                continue
-            err = np.abs(r.astype(np.float64) - o.astype(np.float64))
-            max_abs = max(max_abs, float(err.max(initial=0.0)))
-            max_rel = max(max_rel, float((err / np.maximum(np.abs(r), 1e-12)).max(initial=0.0)))
-            ok = ok and bool(np.all(err <= atol + rtol * np.abs(r)))
-        report = ExportReport(out, len(data), to_onnx_s, time.perf_counter() - t1, max_abs, max_rel, ok, atol, rtol,
-                              ort.__version__, batch_size, [tuple(r.shape) for r in refs])
-        if not ok:
-            raise CLIError(f"{out}: ONNX Runtime {ort.__version__} output differs from torch.fx: max |fx - ort| = "
-                           f"{max_abs:.3g} exceeds atol {atol:g} + rtol {rtol:g} * |fx|; the file was not written",
-                           hint="this is an archir lowering bug; please report it with the graph file "
-                                "(or loosen --atol/--rtol if the difference is acceptable)", exit_code=1)
-    return report
+    data_path = _data_path(out, external_data)
+    if data_path is None:
+        t0 = time.perf_counter()
+        try:
+            proto = archir.lower.to_onnx(graph)
+        except OnnxTooLarge as e:
+            raise CLIError(f"{out}: {e.message}", hint=f"pass --external-data to write the weights to "
+                           f"{default_data_path(out)} beside the model (ONNX external data)") from None
+        from google.protobuf.message import EncodeError
+
+        try:
+            data = proto.SerializeToString()
+        except (EncodeError, ValueError) as e:  # protobuf refuses messages over 2 GiB (the check above should catch it)
+            raise CLIError(f"{out}: the ONNX model is too large to serialize ({e})",
+                           hint="pass --external-data to write the weights as ONNX external data") from None
+        to_onnx_s = time.perf_counter() - t0
+        del proto
+        t1 = time.perf_counter()
+        with _atomic_target(out) as tmp:
+            tmp.write_bytes(data)
+            rep = verify_onnx(graph, tmp, n=batch_size, seed=seed, atol=atol, rtol=rtol, module=module,
+                              threads=None)
+            _raise_unverified(rep, out)
+        size, data_bytes = len(data), 0
+    else:
+        folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            t0 = time.perf_counter()
+            proto = archir.lower.to_onnx(graph, external_data=folder / data_path.name)
+            model_tmp = folder / out.name
+            onnx.save_model(proto, str(model_tmp))
+            to_onnx_s = time.perf_counter() - t0
+            del proto
+            t1 = time.perf_counter()
+            rep = verify_onnx(graph, model_tmp, n=batch_size, seed=seed, atol=atol, rtol=rtol, module=module,
+                              threads=None)
+            _raise_unverified(rep, out)
+            size, data_bytes = model_tmp.stat().st_size, (folder / data_path.name).stat().st_size
+            _publish(folder / data_path.name, data_path)
+            _publish(model_tmp, out)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    return ExportReport(out, size, to_onnx_s, time.perf_counter() - t1, rep.max_abs, rep.max_rel, rep.ok, atol,
+                        rtol, rep.ort_version, batch_size, [o.shape for o in rep.outputs],
+                        data_path=data_path, data_bytes=data_bytes, verify=rep)
+
+
+def _raise_unverified(rep, out: Path) -> None:
+    """CLIError (exit 1) naming the worst output unless ``rep`` passed; nothing is written then."""
+    if rep.ok:
+        return
+    w = rep.worst
+    hint = ("this is an archir lowering bug; please report it with the graph file (or loosen --atol/--rtol if the "
+            "difference is acceptable)")
+    where = {} if w is None or rep.error else {"node": w.name}
+    if rep.error is None and w is not None and w.shape == w.ort_shape:
+        msg = (f"ONNX Runtime {rep.ort_version} output {w.name!r} differs from torch.fx: max |fx - ort| = "
+               f"{w.max_abs:.3g} exceeds atol {rep.atol:g} + rtol {rep.rtol:g} * |fx|")
+    else:
+        msg = rep.summary()
+    raise CLIError(f"{out}: {msg}; the file was not written", hint=hint, exit_code=1, **where)
 
 
 def _print_verified(r: ExportReport) -> None:
@@ -279,6 +346,9 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("graph", help="the graph's .json file (its .safetensors weights beside it), or the run folder "
                                  "of 'archir search' with --best or --id N")
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write")
+    p.add_argument("--external-data", nargs="?", const="", default=None, metavar="PATH",
+                   help="write the weights as ONNX external data (needed for models over protobuf's 2 GiB limit) "
+                        "into PATH, beside the model (default: OUT.onnx.data)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--best", action="store_true", help="run folder: export the best candidate")
     which.add_argument("--id", type=int, default=None, metavar="N", help="run folder: export candidate N")
@@ -335,6 +405,7 @@ def _run_export(args: argparse.Namespace) -> int:
         raise CLIError(f"tolerances must be >= 0 (got --atol {args.atol}, --rtol {args.rtol})",
                        hint="pass --atol/--rtol values >= 0")
     _check_out_path(Path(args.onnx), "ONNX model", "net.onnx")
+    _data_path(Path(args.onnx), args.external_data)  # refuse a bad data path before any work
     if Path(args.graph).is_dir():
         g = _load_candidate(args)
     elif args.best or args.id is not None:
@@ -344,9 +415,12 @@ def _run_export(args: argparse.Namespace) -> int:
         g = _load(args.graph)
     if args.canonicalize:
         g = _canonicalized(g, args)
-    r = export_verified(g, args.onnx, atol=args.atol, rtol=args.rtol, batch_size=args.batch_size, seed=args.seed)
+    r = export_verified(g, args.onnx, atol=args.atol, rtol=args.rtol, batch_size=args.batch_size, seed=args.seed,
+                        external_data=args.external_data)
     print(f"wrote {r.path} ({r.bytes:,} bytes, opset {archir.lower.onnx.OPSET}, dynamic batch axis; "
           f"to_onnx {_fmt_s(r.to_onnx_s)})")
+    if r.data_path is not None:
+        print(f"wrote {r.data_path} ({r.data_bytes:,} bytes of ONNX external data; keep it beside {r.path.name})")
     _print_verified(r)
     return 0
 

@@ -237,6 +237,75 @@ def test_export_of_a_supernet_is_a_clear_error(net_dir, tmp_path, capsys):
     assert _tmp_leftovers(tmp_path) == []
 
 
+def test_export_with_external_data_writes_both_files(net, tmp_path, capsys):
+    from archir.lower import uses_external_data, verify_onnx
+
+    out = tmp_path / "chain.onnx"
+    assert main(["export", net, "--onnx", str(out), "--external-data"]) == 0
+    printed = capsys.readouterr().out
+    data = tmp_path / "chain.onnx.data"
+    assert f"wrote {data}" in printed and "verified with ONNX Runtime" in printed
+    assert uses_external_data(onnx.load(str(out), load_external_data=False))
+    assert verify_onnx(archir.load(net), out).ok
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chain.onnx", "chain.onnx.data"]  # no temporary left
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == data.stat().st_mode & 0o777 == 0o666 & ~umask
+    # a named data file beside the model
+    assert main(["export", net, "--onnx", str(out), "--external-data", str(tmp_path / "w.bin")]) == 0
+    assert (tmp_path / "w.bin").is_file() and verify_onnx(archir.load(net), out).ok
+
+
+@pytest.mark.parametrize("where, contains", [("elsewhere", "must sit in the model's folder"),
+                                             ("same", "cannot be the model file itself")])
+def test_export_external_data_path_errors(net, tmp_path, capsys, where, contains):
+    out = tmp_path / "chain.onnx"
+    (tmp_path / "sub").mkdir()
+    data = tmp_path / "sub" / "w.bin" if where == "elsewhere" else out
+    rc = main(["export", net, "--onnx", str(out), "--external-data", str(data)])
+    _assert_one_line_error(rc, capsys.readouterr().err, contains=contains)
+    assert not out.exists()
+
+
+def test_export_over_2_gib_without_external_data_says_to_pass_it(tmp_path, monkeypatch, capsys):
+    import archir.lower.onnx as lower_onnx
+
+    g = samples.chain(widths=(32, 64))
+    archir.save(g, tmp_path / "wide.json")
+    net = str(tmp_path / "wide.json")
+    monkeypatch.setattr(lower_onnx, "PROTOBUF_LIMIT", lower_onnx.weight_bytes(g) - 1)  # "over 2 GiB"
+    tmp_path = tmp_path / "out"
+    tmp_path.mkdir()
+    out = tmp_path / "chain.onnx"
+    out.write_bytes(b"old model")
+    rc = main(["export", net, "--onnx", str(out)])
+    err = capsys.readouterr().err
+    _assert_one_line_error(rc, err, contains="2 GiB")
+    assert "--external-data" in err and "chain.onnx.data" in err
+    assert out.read_bytes() == b"old model" and sorted(p.name for p in tmp_path.iterdir()) == ["chain.onnx"]
+    # with it the same "too large" model exports: only its small weights stay inline
+    assert main(["export", net, "--onnx", str(out), "--external-data"]) == 0
+    assert out.stat().st_size < (tmp_path / "chain.onnx.data").stat().st_size
+
+
+def test_export_mismatch_with_external_data_keeps_the_old_files(net, tmp_path, monkeypatch, capsys):
+    import onnxruntime
+
+    out, data = tmp_path / "chain.onnx", tmp_path / "chain.onnx.data"
+    out.write_bytes(b"old model")
+    data.write_bytes(b"old data")
+    real_run = onnxruntime.InferenceSession.run
+
+    def wrong_run(self, names, feeds, *a, **kw):
+        return [o + 1.0 for o in real_run(self, names, feeds, *a, **kw)]
+
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", wrong_run)
+    rc = main(["export", net, "--onnx", str(out), "--external-data"])
+    _assert_one_line_error(rc, capsys.readouterr().err, code=1, contains="differs from torch.fx")
+    assert out.read_bytes() == b"old model" and data.read_bytes() == b"old data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chain.onnx", "chain.onnx.data"]
+
+
 @pytest.mark.parametrize("args, contains", [
     (["--onnx", "{tmp}/missing/x.onnx"], "does not exist"),
     (["--onnx", "{tmp}"], "is a folder"),

@@ -167,39 +167,24 @@ def export_onnx(graph, path: str | os.PathLike, *, atol: float = 1e-5, rtol: flo
                 seed: int = 0) -> VerifiedExport:
     """Export a frontier model to ONNX and verify it under ONNX Runtime (CPU) before writing.
 
-    The model from ``archir.lower.to_onnx`` is run under ONNX Runtime and compared with the
-    ``to_fx`` module (eval mode) on seeded random input; the file is written atomically and only
-    when ``|fx - ort| <= atol + rtol * |fx|`` everywhere.
+    The model from ``archir.lower.to_onnx`` is checked with :func:`archir.lower.verify_onnx`
+    against the ``to_fx`` module (eval mode) on seeded random input; the file is written
+    atomically and only when ``|fx - ort| <= atol + rtol * |fx|`` everywhere.
 
     Raises:
         ExportMismatch: the outputs differ (nothing is written).
-        archir.IRError: the graph cannot be lowered.
+        archir.IRError: the graph cannot be lowered (``archir.lower.OnnxTooLarge`` for a model over
+            2 GiB: export it with ``archir export ... --external-data``).
     """
-    import numpy as np
-    import onnxruntime as ort
-    import torch
-
     import archir
     from archir.serialize import atomic_write
 
     path = Path(path)
     data = archir.lower.to_onnx(graph).SerializeToString()
-    module = archir.lower.to_fx(graph).eval()
-    gen = torch.Generator().manual_seed(seed)
-    xs = [torch.randn((batch_size, *graph.node(i).type.shape), generator=gen) for i in graph.inputs]
-    with torch.no_grad():
-        ref = module(*xs)
-    refs = [r.numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    got = sess.run(None, {i: x.numpy() for i, x in zip(graph.inputs, xs)})
-    worst = 0.0
-    for r, o in zip(refs, got):
-        err = np.abs(r.astype(np.float64) - o.astype(np.float64)) if r.shape == o.shape else np.array([np.inf])
-        worst = max(worst, float(err.max(initial=0.0)))
-        if r.shape != o.shape or not np.all(err <= atol + rtol * np.abs(r)):
-            raise ExportMismatch(f"{path}: ONNX Runtime output differs from torch.fx (max |fx - ort| = {worst:.3g}, "
-                                 f"atol {atol:g}, rtol {rtol:g}); the file was not written")
+    rep = archir.lower.verify_onnx(graph, data, n=batch_size, seed=seed, atol=atol, rtol=rtol, threads=None)
+    if not rep.ok:
+        raise ExportMismatch(f"{path}: {rep.summary()}; the file was not written",
+                             node=None if rep.worst is None or rep.error else rep.worst.name)
     atomic_write(path, data)
-    return VerifiedExport(path, len(data), worst, ort.__version__)
+    worst = rep.max_abs
+    return VerifiedExport(path, len(data), worst, rep.ort_version)

@@ -17,6 +17,7 @@ ONNX Runtime finds the data file beside the model.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import tempfile
 import time
@@ -370,7 +371,7 @@ def verify_onnx(graph: Graph, model: Any = None, *, inputs: Any = None, n: int =
         IRError: ``graph`` is invalid or cannot be lowered (``to_fx``/``to_onnx`` validate it).
         OnnxTooLarge: ``model=None`` and the graph is over protobuf's 2 GiB limit without
             ``external_data``.
-        LoweringError: bad arguments: inputs of the wrong shape or number, no such model file,
+        LoweringError: bad arguments: negative tolerances, inputs of the wrong shape or number, no such model file,
             an external-data model without ``external_data``, a model too large to serialize.
 
     Example:
@@ -384,6 +385,10 @@ def verify_onnx(graph: Graph, model: Any = None, *, inputs: Any = None, n: int =
     import torch
 
     t0 = time.perf_counter()
+    for name, tol in (("atol", atol), ("rtol", rtol)):
+        if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol >= 0 or math.isinf(tol):
+            raise LoweringError(f"{name} must be a finite number >= 0, got {tol!r}", rule="verify_onnx",
+                                hint="pass tolerances >= 0 (atol=1e-5, rtol=1e-4 are the defaults)")
     if inputs is None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise LoweringError(f"n must be a positive int (samples per input), got {n!r}", rule="verify_onnx",
                             hint="pass n >= 1, or inputs=")

@@ -123,6 +123,9 @@ def test_bad_model_arguments_are_lowering_errors(tmp_path):
         verify_onnx(g, 42)
     with pytest.raises(LoweringError, match="n must be a positive int"):
         verify_onnx(g, n=0)
+    for bad in ({"atol": -1.0}, {"rtol": float("nan")}, {"atol": float("inf")}):
+        with pytest.raises(LoweringError, match="must be a finite number >= 0"):
+            verify_onnx(g, **bad)
 
 
 # --------------------------------------------------------------------------- external data

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import archir
+from archir.lower import verify_onnx
 from search.pareto import ExportMismatch, Point, dominates, export_onnx, frontier, plot
 
 
@@ -70,13 +71,20 @@ def test_export_onnx_verifies_under_ort(tmp_path):
     rep = export_onnx(g, tmp_path / "m.onnx")
     assert rep.path.is_file() and rep.bytes == rep.path.stat().st_size and rep.max_abs_err < 1e-5
     x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
-    (y,) = ort.InferenceSession(str(rep.path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
-    assert y.shape == (3, 10)
+    check = verify_onnx(g, rep.path, inputs=x)  # the written file, on another batch size
+    assert check.ok and check.outputs[0].shape == (3, 10)
 
 
-def test_export_onnx_refuses_a_mismatch_and_writes_nothing(tmp_path):
-    with pytest.raises(ExportMismatch, match="differs from torch.fx"):
-        export_onnx(_tiny_graph(), tmp_path / "m.onnx", atol=-1.0, rtol=0.0)  # no tolerance can be met
+def test_export_onnx_refuses_a_mismatch_and_writes_nothing(tmp_path, monkeypatch):
+    real_run = ort.InferenceSession.run
+
+    def wrong_run(self, names, feeds, *a, **kw):  # ORT "computes" something else
+        return [o + 1e-3 for o in real_run(self, names, feeds, *a, **kw)]
+
+    monkeypatch.setattr(ort.InferenceSession, "run", wrong_run)
+    with pytest.raises(ExportMismatch, match="differs from torch.fx") as e:
+        export_onnx(_tiny_graph(), tmp_path / "m.onnx")
+    assert e.value.exit_code == 1 and e.value.node is not None
     assert not (tmp_path / "m.onnx").exists()
 
 

@@ -74,20 +74,9 @@ def _table(header: Sequence[str], rows: list[Sequence[str]]) -> str:
 
 def _onnx_agrees(g: archir.Graph) -> float:
     """Max |ORT - fx| on seeded inputs; raises if they disagree (the timed model must be the right one)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(archir.lower.to_onnx(g).SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
-    xs = make_inputs(g, n=2, seed=1)
-    want = run_graph(g, xs)
-    got = sess.run(None, {i: x.numpy() for i, x in zip(g.inputs, xs)})
-    err = 0.0
-    for w, o in zip(want, got):
-        np.testing.assert_allclose(o, w.numpy(), atol=1e-4, rtol=1e-3)
-        err = max(err, float(np.abs(o - w.numpy()).max()))
-    return err
+    rep = archir.lower.verify_onnx(g, inputs=make_inputs(g, n=2, seed=1), atol=1e-4, rtol=1e-3, threads=1)
+    rep.raise_if_failed()
+    return rep.max_abs
 
 
 def _latencies(a: archir.Graph, b: archir.Graph, rounds: int, warmup: int, repeats: int, batch: int

@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from archir.cli.main import main
+from archir.lower import verify_onnx
+from search.experiment import load_candidate_graph
 from search.store import Store
 
 TINY = ["--budget", "4c", "--space-opt", "layers=2", "--epochs", "1", "--batch-size", "128", "--quiet"]
@@ -21,10 +22,11 @@ def run(tmp_path_factory):
     return out
 
 
-def _onnx_runs(path) -> tuple:
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (y,) = sess.run(None, {sess.get_inputs()[0].name: np.zeros((2, 1, 8, 8), np.float32)})
-    return y.shape
+def _onnx_runs(path, run, **which) -> tuple:
+    """The output shape of the ONNX file at ``path``, checked against the run's candidate graph."""
+    g, _ = load_candidate_graph(run, **which)
+    rep = verify_onnx(g, path, inputs=np.zeros((2, 1, 8, 8), np.float32)).raise_if_failed()
+    return rep.outputs[0].shape
 
 
 def test_search_prints_where_the_gallery_and_best_onnx_are(run, capsys):
@@ -38,7 +40,7 @@ def test_search_prints_where_the_gallery_and_best_onnx_are(run, capsys):
     with Store.open(run) as st:
         assert len(st.candidates()) == 4  # the resume added nothing
     assert (run / "pareto.png").read_bytes()[:4] == b"\x89PNG"
-    assert _onnx_runs(run / "best.onnx") == (2, 10)
+    assert _onnx_runs(run / "best.onnx", run, best=True) == (2, 10)
 
 
 def test_gallery_prints_the_table_and_writes_the_plot(run, tmp_path, capsys):
@@ -56,7 +58,7 @@ def test_export_best_and_by_id(run, tmp_path, capsys):
     assert main(["export", str(run), "--id", "2", "--onnx", str(tmp_path / "2.onnx")]) == 0
     out = capsys.readouterr().out
     assert "candidate 2 of" in out and out.count("outputs match") == 2
-    assert _onnx_runs(tmp_path / "2.onnx") == (2, 10)
+    assert _onnx_runs(tmp_path / "2.onnx", run, cid=2) == (2, 10)
     assert (tmp_path / "b.onnx").read_bytes() == (run / "best.onnx").read_bytes()
 
 

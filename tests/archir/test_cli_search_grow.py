@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 import archir
 import passes
 from archir.cli.main import main
+from archir.lower import verify_onnx
+from search.experiment import load_candidate_graph
 from search.morph import starter
 from search.store import Store
 
@@ -27,11 +28,10 @@ def _candidates(run):
         return st.config, st.candidates()
 
 
-def _ort(path) -> np.ndarray:
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def _verified(g, path):
+    """``path`` checked against ``g`` under ONNX Runtime (atol 1e-4, rtol 1e-4, a batch of 3)."""
     x = np.random.default_rng(0).normal(size=(3, 1, 8, 8)).astype(np.float32)
-    (y,) = sess.run(None, {sess.get_inputs()[0].name: x})
-    return y
+    return verify_onnx(g, path, inputs=x, atol=1e-4, rtol=1e-4).raise_if_failed()
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +63,7 @@ def test_petridish_search_ends_with_a_gallery_and_a_verified_best_onnx(run, caps
         assert c.graph_hash != cands[0].graph_hash
     # best.onnx is the best candidate's graph: ONNX Runtime computes what torch.fx does
     best = min(cands, key=lambda c: (c.score, c.id))
-    g = archir.load(run / best.graph_path)
-    import torch
-
-    gm = archir.lower.to_fx(g).eval()
-    x = np.random.default_rng(0).normal(size=(3, 1, 8, 8)).astype(np.float32)
-    with torch.no_grad():
-        want = gm(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(_ort(run / "best.onnx"), want, atol=1e-4, rtol=1e-4)
+    _verified(archir.load(run / best.graph_path), run / "best.onnx")
 
 
 def test_gallery_and_export_of_the_grown_run(run, tmp_path, capsys):
@@ -83,7 +76,8 @@ def test_gallery_and_export_of_the_grown_run(run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "outputs match" in out
     assert (tmp_path / "x.onnx").read_bytes() == (run / "best.onnx").read_bytes()
-    assert _ort(tmp_path / "x.onnx").shape == (3, 10)
+    g, _ = load_candidate_graph(run, best=True)
+    assert _verified(g, tmp_path / "x.onnx").outputs[0].shape == (3, 10)
 
 
 def test_warm_start_from_a_saved_graph(run, tmp_path, capsys):

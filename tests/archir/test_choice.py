@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
 
 import archir
 from archir.graph import freeze_array
-from archir.lower import arch_parameters, sync_back, to_fx, to_onnx, weight_parameters
+from archir.lower import arch_parameters, sync_back, to_fx, to_onnx, verify_onnx, weight_parameters
 from tests.strategies import candidates_for, randomize_weights
 
 NAMES = ["none", "skip_connect", "max_pool_3x3", "sep_conv_3x3", "conv_1x1"]
@@ -338,10 +337,7 @@ def test_derived_graphs_validate_and_export():
     x = _x()
     for dec in ({"normal.e0": k, "normal.e1": k % 4, "reduce": k % 3} for k in range(len(NAMES))):
         d = archir.derive(g, dec).validate()
-        model = to_onnx(d)
-        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        got = sess.run(None, {"x": x.numpy()})[0]
-        np.testing.assert_allclose(got, _run(d, x).numpy(), atol=1e-5, rtol=1e-4)
+        verify_onnx(d, to_onnx(d), inputs=x, atol=1e-5, rtol=1e-4).raise_if_failed()
 
 
 # --------------------------------------------------------------------------- sync_back

@@ -396,7 +396,6 @@ import io  # noqa: E402
 import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 import pytest  # noqa: E402
 
 import archir  # noqa: E402
@@ -413,12 +412,11 @@ def _close(got, ref, what):
     assert np.all(err <= ATOL + RTOL * np.abs(ref)), f"{what}: max error {err.max():.3g}"
 
 
-def _ort(proto, x):
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+def _ort(g, proto, x):
+    """ORT's output of ``proto`` on ``x``, verified against ``to_fx(g)`` (atol = rtol = 1e-4) on the way."""
+    rep = archir.lower.verify_onnx(g, proto, inputs=x, atol=ATOL, rtol=RTOL, keep_values=True)
+    rep.raise_if_failed()
+    return rep.ort_values[0]
 
 
 def _torch_export_onnx(module, x) -> bytes:
@@ -439,7 +437,7 @@ def round_trip(module, shape, *, torch_onnx=True, seed=0):
     with torch.no_grad():
         ref = module(x).numpy()
         _close(archir.lower.to_fx(g).eval()(x).numpy(), ref, "to_fx")
-    _close(_ort(archir.lower.to_onnx(g), x), ref, "to_onnx under ORT")
+    _close(_ort(g, archir.lower.to_onnx(g), x), ref, "to_onnx under ORT")
     if torch_onnx:
         g2 = from_onnx(_torch_export_onnx(module, x))
         with torch.no_grad():

@@ -8,7 +8,6 @@ and AlexNet hit the last two at small input sizes.
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
@@ -44,8 +43,8 @@ def test_shape_fx_and_onnx_match_torch(shape, size):
     assert g.node("ap").type.shape == tuple(ref.shape[1:])
     torch.testing.assert_close(archir.lower.to_fx(g)(x), ref)
     proto = archir.lower.to_onnx(g)  # checker with full_check runs inside
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(sess.run(None, {"x": x.numpy()})[0], ref.numpy(), rtol=1e-5, atol=1e-6)
+    rep = archir.lower.verify_onnx(g, proto, inputs=x, rtol=1e-5, atol=1e-6, keep_values=True).raise_if_failed()
+    np.testing.assert_allclose(rep.ort_values[0], ref.numpy(), rtol=1e-5, atol=1e-6)
     kinds = {n.op_type for n in proto.graph.node}
     oh, ow = (size, size) if isinstance(size, int) else size
     if (oh, ow) == (1, 1):

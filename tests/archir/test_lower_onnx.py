@@ -1,5 +1,6 @@
 """Tests of ``archir.lower.to_onnx``: checker, opset, dynamic batch, names, and agreement with
-the fx lowering under ONNX Runtime (CPU) in eval mode (atol 1e-5, rtol 1e-4)."""
+the fx lowering under ONNX Runtime (CPU) in eval mode (atol 1e-5, rtol 1e-4), checked with
+``verify_onnx``."""
 
 from __future__ import annotations
 
@@ -7,23 +8,15 @@ import itertools
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
 
 import archir
 from archir import samples
-from archir.lower import to_fx, to_onnx
+from archir.lower import to_onnx, verify_onnx
 
 ATOL, RTOL = 1e-5, 1e-4
-
-
-def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def _inputs(g: archir.Graph, batch: int, seed: int = 0) -> list[np.ndarray]:
@@ -31,11 +24,9 @@ def _inputs(g: archir.Graph, batch: int, seed: int = 0) -> list[np.ndarray]:
     return [rng.standard_normal((batch, *g.node(i).type.shape)).astype(np.float32) for i in g.inputs]
 
 
-def _fx_outputs(g: archir.Graph, xs: list[np.ndarray]) -> list[np.ndarray]:
-    gm = to_fx(g).eval()
-    with torch.no_grad():
-        out = gm(*[torch.from_numpy(x) for x in xs])
-    return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+def _verified(g: archir.Graph, model, xs, atol: float = ATOL, rtol: float = RTOL):
+    """``verify_onnx`` on the given inputs, raising on a mismatch; the outputs are kept."""
+    return verify_onnx(g, model, inputs=xs, atol=atol, rtol=rtol, keep_values=True).raise_if_failed()
 
 
 def _sample(name: str) -> archir.Graph:
@@ -59,16 +50,11 @@ def test_samples_export_check_and_match_fx(name):
     # every IR node's value keeps the node id as its ONNX name
     produced = {o for n in model.graph.node for o in n.output}
     assert {n.id for n in g.nodes() if n.op != "input"} <= produced
-    sess = _session(model)
     for batch in (1, 3):
-        xs = _inputs(g, batch, seed=batch)
-        got = sess.run(None, dict(zip(g.inputs, xs)))
-        want = _fx_outputs(g, xs)
-        assert len(got) == len(want)
-        for a, b in zip(got, want):
-            assert a.shape == b.shape == (batch, 10)
-            np.testing.assert_allclose(a, b, atol=ATOL, rtol=RTOL)
-    assert np.abs(want[0]).max() > 1e-3  # a meaningful comparison, not zeros against zeros
+        r = _verified(g, model, _inputs(g, batch, seed=batch))
+        assert len(r.ort_values) == len(r.fx_values) == len(g.outputs)
+        assert all(o.shape == o.ort_shape == (batch, 10) for o in r.outputs)
+    assert np.abs(r.fx_values[0]).max() > 1e-3  # a meaningful comparison, not zeros against zeros
 
 
 def test_weights_are_initializers_named_after_nodes():
@@ -91,9 +77,10 @@ def test_output_that_is_an_input_or_repeated():
     names = [o.name for o in model.graph.output]
     assert names[1] == "h" and names[3] == "s" and len(set(names)) == 5
     xs = _inputs(g, 2)
-    got = _session(model).run(None, {"x": xs[0], "y": xs[1]})
+    r = _verified(g, model, {"x": xs[0], "y": xs[1]}, atol=0.0, rtol=0.0)
     want = [xs[0], np.maximum(xs[0], 0), np.maximum(xs[0], 0), np.maximum(xs[0], 0) + xs[1], xs[1]]
-    for a, b, c in zip(got, want, _fx_outputs(g, xs)):
+    assert len(r.ort_values) == len(want)
+    for a, b, c in zip(r.ort_values, want, r.fx_values):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(c, b)
 
@@ -104,7 +91,9 @@ def test_graph_that_only_passes_its_input_through():
     g.set_outputs(x, x)
     model = to_onnx(g.validate())
     xs = _inputs(g, 4)
-    for out in _session(model).run(None, {"x": xs[0]}):
+    r = _verified(g, model, xs, atol=0.0, rtol=0.0)
+    assert len(r.ort_values) == 2
+    for out in r.ort_values:
         np.testing.assert_array_equal(out, xs[0])
 
 
@@ -145,7 +134,7 @@ def test_maxpool_ceil_mode_and_dilation_match_torch(h, w):
         g.set_outputs(g.add("maxpool2d", g.input("x", (2, h, w)), kernel_size=k, stride=s, padding=p, dilation=d,
                             ceil_mode=ceil, name="mp"))
         model = to_onnx(g.validate())
-        got = _session(model).run(None, {"x": x})[0]
+        got = _verified(g, model, x, atol=0.0, rtol=0.0).ort_values[0]  # fx is exact too
         want = F.max_pool2d(torch.from_numpy(x), k, s, p, d, ceil_mode=ceil).numpy()
         assert got.shape == want.shape == (2, *g.node("mp").type.shape), (k, s, p, d, ceil)
         np.testing.assert_array_equal(got, want, err_msg=str((k, s, p, d, ceil)))
@@ -160,8 +149,7 @@ def test_avgpool_padding_divisor_matches_torch(count_include_pad):
         g = archir.Graph("ap")
         g.set_outputs(g.add("avgpool2d", g.input("x", (3, 7, 6)), kernel_size=k, stride=s, padding=p,
                             count_include_pad=count_include_pad, name="ap"))
-        got = _session(to_onnx(g.validate())).run(None, {"x": x})[0]
-        np.testing.assert_allclose(got, _fx_outputs(g, [x])[0], atol=ATOL, rtol=RTOL)
+        _verified(g.validate(), to_onnx(g), x)
 
 
 def test_every_op_lowers_in_one_graph():
@@ -190,6 +178,5 @@ def test_every_op_lowers_in_one_graph():
     g.validate()
     model = to_onnx(g)
     xs = _inputs(g, 3)
-    for a, b in zip(_session(model).run(None, {"x": xs[0]}), _fx_outputs(g, xs)):
-        assert a.shape == b.shape
-        np.testing.assert_allclose(a, b, atol=ATOL, rtol=RTOL)
+    r = _verified(g, model, xs)
+    assert [o.shape for o in r.outputs] == [(3, *g.node(o).type.shape) for o in g.outputs]

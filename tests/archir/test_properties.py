@@ -15,13 +15,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import archir
-from archir.lower import to_fx, to_onnx
+from archir.lower import to_fx, verify_onnx
 from archir.serialize import to_json_dict
 from tests.strategies import decisions, graphs, input_arrays, supernets
 
@@ -41,11 +40,8 @@ def _fx(g: archir.Graph, xs: list[np.ndarray], **kw) -> list[np.ndarray]:
 
 
 def _ort(g: archir.Graph, xs: list[np.ndarray]) -> list[np.ndarray]:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(to_onnx(g).SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, dict(zip(g.inputs, xs)))
+    """ONNX Runtime's outputs of ``to_onnx(g)`` on ``xs``, verified against ``to_fx(g)`` on the way."""
+    return verify_onnx(g, inputs=xs, atol=ATOL, rtol=RTOL, keep_values=True).raise_if_failed().ort_values
 
 
 def assert_graphs_equal(a: archir.Graph, b: archir.Graph) -> None:
@@ -101,13 +97,10 @@ def test_random_graphs_validate_and_types_match_fx(g):
 @settings(max_examples=_examples(50))
 @given(graphs(), st.integers(1, 3), st.integers(0, 1000))
 def test_fx_and_onnx_runtime_agree(g, batch, seed):
-    xs = input_arrays(g, batch=batch, seed=seed)
-    want = _fx(g, xs)
-    got = _ort(g, xs)
-    assert len(got) == len(want) == len(g.outputs)
-    for a, b, name in zip(got, want, g.outputs):
-        assert a.shape == b.shape, name
-        np.testing.assert_allclose(a, b, atol=ATOL, rtol=RTOL, err_msg=f"output {name}")
+    rep = verify_onnx(g, inputs=input_arrays(g, batch=batch, seed=seed), atol=ATOL, rtol=RTOL)
+    assert rep.ok, str(rep)
+    assert [o.name for o in rep.outputs] == list(g.outputs)
+    assert [o.shape for o in rep.outputs] == [(batch, *g.node(o).type.shape) for o in g.outputs]
 
 
 @settings(max_examples=_examples(25))
@@ -164,8 +157,7 @@ def test_supernet_derivations_validate_and_export(g, data):
     assert not d.nodes("choice") and d.arch == {}
     assert d.meta["derived"] == {k: names[int(np.argmax(g.arch[k]))] for k, names in archir.decision_keys(g).items()}
     xs = input_arrays(g, batch=2)
-    got = _ort(d, xs)[0]
-    np.testing.assert_allclose(got, _fx(d, xs)[0], atol=ATOL, rtol=RTOL)
+    got = _ort(d, xs)[0]  # verified against _fx(d, xs)
     np.testing.assert_allclose(got, _fx(g, xs, choice_mode="fixed")[0], atol=ATOL, rtol=RTOL)
     dec = data.draw(decisions(g))
     d2 = archir.derive(g, dec).validate()

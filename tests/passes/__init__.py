@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
-
 from archir import samples
-from archir.lower import to_onnx
+from archir.lower import verify_onnx
 
-from passes.check import check_preserved, make_inputs, run_graph
+from passes.check import check_preserved, make_inputs
 
 ATOL, RTOL = 1e-5, 1e-4
 
@@ -33,25 +31,10 @@ def sample(name: str):
     return _sample(name)
 
 
-def _ort_session(model_bytes: bytes):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
-
-
 def assert_onnx_agrees(g, *, atol: float = ATOL, rtol: float = RTOL, n: int = 2, seed: int = 1) -> None:
-    """``to_onnx(g)`` under ONNX Runtime matches ``to_fx(g)`` (eval mode) on seeded inputs."""
-    xs = make_inputs(g, n=n, seed=seed)
-    ref = run_graph(g, xs)
-    sess = _ort_session(to_onnx(g).SerializeToString())
-    got = sess.run(None, {i: x.numpy() for i, x in zip(g.inputs, xs)})
-    assert len(got) == len(ref)
-    for o, r in zip(got, ref):
-        np.testing.assert_allclose(o, r.numpy(), atol=atol, rtol=rtol)
+    """``to_onnx(g)`` under ONNX Runtime (no graph optimisations) matches ``to_fx(g)`` (eval mode) on
+    seeded inputs: ``verify_onnx``."""
+    verify_onnx(g, inputs=make_inputs(g, n=n, seed=seed), atol=atol, rtol=rtol, optimize=False).raise_if_failed()
 
 
 def assert_morphism(before, after, *, onnx: bool = True):

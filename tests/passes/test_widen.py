@@ -3,13 +3,12 @@
 import functools
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from hypothesis import given, strategies as st
 
 import archir
 import archir.samples as S
-from archir.lower import to_onnx
+from archir.lower import verify_onnx
 from passes.check import check_preserved, make_inputs, run_graph
 from passes.coupling import analyze
 from passes.infra import FunctionNotPreserved, PreconditionError
@@ -27,15 +26,8 @@ def sample(name: str) -> archir.Graph:
 
 
 def _ort_agrees(g: archir.Graph, atol: float = 1e-5, rtol: float = 1e-4) -> None:
-    """ONNX Runtime (CPU) on ``to_onnx(g)`` matches the fx lowering on seeded inputs."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(to_onnx(g).SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    xs = make_inputs(g, n=2, seed=1)
-    want = run_graph(g, xs)
-    got = sess.run(None, {i: x.numpy() for i, x in zip(g.inputs, xs)})
-    for w, o in zip(want, got):
-        np.testing.assert_allclose(o, w.numpy(), atol=atol, rtol=rtol)
+    """ONNX Runtime (CPU) on ``to_onnx(g)`` matches the fx lowering on seeded inputs (``verify_onnx``)."""
+    verify_onnx(g, inputs=make_inputs(g, n=2, seed=1), atol=atol, rtol=rtol).raise_if_failed()
 
 
 def _rows_map(old: np.ndarray, new: np.ndarray) -> list[int]:

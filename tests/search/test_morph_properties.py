@@ -17,14 +17,13 @@ profile.
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import archir
 import passes
-from archir.lower import to_fx, to_onnx
+from archir.lower import to_fx, verify_onnx
 from archir.samples import randomize_bn
 from search.morph import DEFAULT_MORPHISMS, graph_to_data, grow, starter
 from search.petridish import CANDIDATE_OPS, attach, join_points
@@ -51,14 +50,7 @@ def _fx(g: archir.Graph, xs: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def _assert_onnx_matches_fx(g: archir.Graph) -> None:
-    xs = input_arrays(g, batch=2, seed=1)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(to_onnx(g).SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    got = sess.run(None, dict(zip(g.inputs, xs)))
-    for a, b in zip(got, _fx(g, xs), strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+    verify_onnx(g, inputs=input_arrays(g, batch=2, seed=1), atol=1e-5, rtol=1e-4).raise_if_failed()
 
 
 @settings(max_examples=EXAMPLES, deadline=None)

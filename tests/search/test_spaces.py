@@ -11,14 +11,13 @@ import json
 
 import networkx as nx
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import archir
-from archir.lower import to_fx, to_onnx
+from archir.lower import to_fx, verify_onnx
 from search.spaces import ChainSpace, DartsSpace, DecisionError, Space, SpaceError, get_space, simplify, space_names
 from search.spaces.darts import GENOTYPE_OPS, OPS
 
@@ -39,12 +38,7 @@ def _x(shape=SHAPE, batch=3, seed=0) -> np.ndarray:
 
 
 def _assert_onnx_matches_fx(g: archir.Graph) -> None:
-    x = _x(g.node(g.inputs[0]).type.shape)
-    with torch.no_grad():
-        want = to_fx(g).eval()(torch.from_numpy(x)).numpy()
-    sess = ort.InferenceSession(to_onnx(g).SerializeToString(), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {g.inputs[0]: x})[0]
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    verify_onnx(g, inputs=_x(g.node(g.inputs[0]).type.shape), rtol=1e-4, atol=1e-5).raise_if_failed()
 
 
 # --------------------------------------------------------------------------- registry

@@ -322,13 +322,13 @@ def run_before(insts: Sequence[Any], pass_: Callable, g: Graph) -> None:
 
 
 def run_after(insts: Sequence[Any], pass_: Callable, before: Graph, after: Graph) -> None:
-    """Call ``run_after_pass`` of each instrument; a ``PassError`` it raises names the pass."""
+    """Call ``run_after_pass`` of each instrument; an ``ArchirError`` it raises names the pass."""
     for inst in insts:
         if (h := _hook(inst, "run_after_pass")):
             try:
                 h(pass_, before, after)
-            except PassError as e:
-                raise e.with_pass(pass_name(pass_))
+            except ArchirError as e:
+                raise e.with_where(pass_name=pass_name(pass_))
 
 
 @contextlib.contextmanager

@@ -148,7 +148,7 @@ def is_user_error(e: BaseException) -> bool:
     """True when ``e`` is a user-facing error: print it as one line plus ``how to fix``.
 
     That is an :class:`ArchirError` not marked as a bug (a class or instance attribute
-    ``bug = True``, e.g. a wrapper of an unexpected exception inside a pass) whose ``__cause__``
+    ``bug = True``, e.g. a pass manager's fixed point that never settles) whose ``__cause__``
     chain holds only ``ArchirError`` instances or environment errors (``OSError``, ``ImportError``). An
     ``ArchirError`` raised ``from`` any other exception (``raise PassError(...) from e`` around a
     ``ZeroDivisionError``) wraps an archir bug: it keeps its traceback (the command line lets it

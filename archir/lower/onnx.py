@@ -29,7 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from archir.errors import IRError, LoweringError
 from archir.graph import Graph, Node
-from archir.ops import OpHandlers, get_op, pair
+from archir.ops import OpHandlers, get_op, op_names, pair
 from archir.types import TensorType
 
 __all__ = ["to_onnx", "ONNX_HANDLERS", "OPSET", "IR_VERSION", "adaptive_matrix", "OnnxTooLarge", "PROTOBUF_LIMIT",
@@ -308,8 +308,9 @@ def _refuse(ctx, node, xs, ins, out):
                         hint=f"run {opdef.removed_by} first")
 
 
-for _op in ("choice", "stop_gradient", "stop_forward"):
-    ONNX_HANDLERS.register(_op)(_refuse)
+for _op in op_names():  # the training-only ops (choice, stop_*) have no ONNX form
+    if get_op(_op).training_only:
+        ONNX_HANDLERS.register(_op)(_refuse)
 
 
 # --------------------------------------------------------------------------- entry point

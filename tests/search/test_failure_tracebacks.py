@@ -1,8 +1,8 @@
 """A bug inside a pass during a search is a bug, not a bad candidate: it keeps its traceback.
 
 A hill-climbing run (serial executor) grows children with ``deepen``; a ``ZeroDivisionError`` is
-injected inside ``passes.deepen`` (the ``@graph_pass`` wrapper may wrap it in a ``PassError``
-raised ``from`` it). The children are recorded as failed with a one-line reason and the full
+injected inside ``passes.deepen`` (the ``@graph_pass`` wrapper lets it through unchanged, with a note
+naming the pass). The children are recorded as failed with a one-line reason and the full
 traceback, and ``archir gallery`` marks them and prints the traceback on ``--traceback``. A user
 error from a pass (a ``PreconditionError``) stays one line, without a traceback.
 """

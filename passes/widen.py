@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from archir import Graph
+from archir.ops import get_op
 
 from passes.coupling import Coupling, analyze
 from passes.infra import PreconditionError, graph_pass
@@ -91,7 +92,7 @@ def _check(g: Graph, cp: Coupling, node: Any, out_channels: Any, mode: Any, pnam
                                 hint=f"widen a conv2d/linear; legal targets include {legal} (see widen_targets(g))")
     rule = cp.rule(node)
     op = rule.op
-    if op not in ("conv2d", "linear"):
+    if get_op(op, node).traits.category not in ("conv", "linear"):
         producers = _producers(cp, node)
         raise PreconditionError(
             f"widen changes the output channels of a conv2d or linear; this node is a {op}", pass_name=pname,

@@ -445,6 +445,11 @@ def missing_rules(names: Iterable[str] | None = None) -> list[str]:
     return sorted(op for op in (names if names is not None else op_names()) if rule_of(op) is None)
 
 
+def _weight_source(b: CouplingBuilder, n: str, a, count_attr: str) -> None:
+    """A conv (groups 1) or a linear: rows (and bias) make its channels, weight columns read its input's."""
+    b.source(n, [*_filters(a, "filter"), ArrayAxis("params", "weight", 1, "in", "column")], [count_attr])
+
+
 def _filters(a, role: str) -> list[ArrayAxis]:
     arrays = [ArrayAxis("params", "weight", 0, "out", role)]
     if a["bias"]:
@@ -462,7 +467,7 @@ def _input(b: CouplingBuilder, n, a, ins, it) -> None:
 def _conv2d(b: CouplingBuilder, n, a, ins, it) -> None:
     cin, groups, cout = it[0].shape[0], a["groups"], a["out_channels"]
     if groups == 1:
-        b.source(n, [*_filters(a, "filter"), ArrayAxis("params", "weight", 1, "in", "column")], ["out_channels"])
+        _weight_source(b, n, a, "out_channels")
     elif groups == cin == cout:  # depthwise: channel i is filter i on input channel i
         b.carrier(n, list(b.layout[ins[0]]), _filters(a, "channel"), count_attrs=["out_channels", "groups"])
     elif groups == cin:
@@ -481,7 +486,7 @@ def _linear(b: CouplingBuilder, n, a, ins, it) -> None:
         b.opaque(n, f"linear on a rank-{it[0].rank} tensor {it[0]} acts on its last axis, not on channels",
                  "flatten to a vector before the linear")
         return
-    b.source(n, [*_filters(a, "filter"), ArrayAxis("params", "weight", 1, "in", "column")], ["out_features"])
+    _weight_source(b, n, a, "out_features")
 
 
 @register("batchnorm2d")

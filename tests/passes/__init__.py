@@ -8,6 +8,7 @@ from archir import samples
 from archir.lower import verify_onnx
 
 from passes.check import check_preserved, make_inputs
+from passes.infra import graph_pass
 
 ATOL, RTOL = 1e-5, 1e-4
 
@@ -53,3 +54,11 @@ def assert_morphism(before, after, *, onnx: bool = True):
 
 def new_nodes(before, after) -> set[str]:
     return set(after) - set(before)
+
+
+@graph_pass(preserves="function")
+def breaks_function(g):
+    """Declares preserves='function' and adds 1 to the head's bias: a broken promise (for the instrument tests)."""
+    g = g.copy()
+    g.set_params("head", bias=g.node("head").params["bias"] + 1.0)
+    return g

@@ -19,21 +19,13 @@ from passes.canonicalize import _elim_identity, _fold_bn
 from passes._rewrite import remove_dead
 from passes.infra import active_instruments
 from passes.remove_op import zero_paths
-from tests.passes import SAMPLE_BUILDERS, sample
+from tests.passes import SAMPLE_BUILDERS, breaks_function, sample
 from tests.strategies import graphs
 
 
 @pytest.fixture(scope="module")
 def g():
     return samples.chain()
-
-
-@graph_pass(preserves="function")
-def breaks_function(g):
-    """Declares preserves='function' and adds 1 to the head's bias: a broken promise."""
-    g = g.copy()
-    g.set_params("head", bias=g.node("head").params["bias"] + 1.0)
-    return g
 
 
 @graph_pass(preserves="function")

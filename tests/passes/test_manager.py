@@ -10,6 +10,7 @@ from archir import samples
 import passes
 from passes import (CheckPreserved, DumpIR, FunctionNotPreserved, PassError, PassManager, PostconditionError,
                     PreconditionError, Timing, Verify, bind, graph_pass)
+from tests.passes import breaks_function
 
 
 @pytest.fixture(scope="module")
@@ -20,13 +21,6 @@ def g():
 def _pipeline():
     return [bind(passes.deepen, after="l0.relu"), bind(passes.insert_bn, after="l1.conv"),
             bind(passes.enlarge_kernel, node="l1.conv", kernel_size=5)]
-
-
-@graph_pass(preserves="function")
-def breaks_function(g):
-    g = g.copy()
-    g.set_params("head", bias=g.node("head").params["bias"] + 1.0)
-    return g
 
 
 @graph_pass(preserves="shape")

@@ -1,6 +1,7 @@
 """``derive``: turn a supernet (a graph with ``choice`` nodes) into a plain graph.
 
-Each choice node is replaced by the chain of its chosen candidate. The chosen candidate's
+Each choice node is replaced by the steps of its chosen candidate (a chain, or a small DAG when
+a step lists its ``inputs``). The chosen candidate's
 parameters are copied (weight sharing: a one-shot result can be fine-tuned or exported
 without retraining from scratch). The last op of the chain keeps the choice node's id, so
 consumers, outputs and names stay put; earlier ops are named ``<id>.<candidate>.<step>``.
@@ -14,6 +15,7 @@ import numpy as np
 
 from archir.errors import IRError
 from archir.graph import Graph, arch_key
+from archir.ops import step_inputs
 
 __all__ = ["derive", "decision_keys"]
 
@@ -69,11 +71,12 @@ def derive(graph: Graph, decisions: Mapping[str, int | str] | None = None) -> Gr
         ops = cand["ops"] or [{"op": "identity"}]
         users = new.users_of(node.id)
         new._g.remove_node(node.id)  # the chain's last op takes over its id, users and output slots
-        h = src
+        made: list[str] = []
         for j, spec in enumerate(ops):
-            attrs = {k: v for k, v in spec.items() if k != "op"}
+            attrs = {k: v for k, v in spec.items() if k not in ("op", "inputs")}
             name = node.id if j == len(ops) - 1 else f"{node.id}.{cand['name']}.{j}"
-            h = new.add(spec["op"], h, name=name, **attrs)
+            h = new.add(spec["op"], *[src if i < 0 else made[i] for i in step_inputs(spec, j)], name=name, **attrs)
+            made.append(h)
             pre = f"{cand['name']}.{j}."
             new.set_params(h, **{n[len(pre):]: a for n, a in node.params.items() if n.startswith(pre)})
             new.set_buffers(h, **{n[len(pre):]: a for n, a in node.buffers.items() if n.startswith(pre)})

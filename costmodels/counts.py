@@ -27,7 +27,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from archir.graph import Graph
-from archir.ops import OpHandlers, chain_types, get_op, pair
+from archir.ops import OpHandlers, candidate_steps, get_op, pair
 from archir.types import TensorType
 
 __all__ = ["count", "Counts", "NodeCount", "OpCost", "COUNT_HANDLERS", "op_cost"]
@@ -171,14 +171,12 @@ def _choice(attrs, ins, out):
     # The supernet as the sum over all candidates (a DARTS-style mixture runs every one).
     macs = flops = traffic = work = 0
     for cand in attrs["candidates"]:
-        types = chain_types(cand["ops"], ins[0], None)
-        for j, spec in enumerate(cand["ops"]):
-            sub = {k: v for k, v in spec.items() if k != "op"}
-            c = op_cost(spec["op"], sub, [types[j]], types[j + 1])
+        for st in candidate_steps(cand["ops"], ins[0], None):
+            c = op_cost(st.op, st.attrs, st.in_types, st.out)
             macs += c.macs
             flops += c.flops
             traffic += c.traffic_bytes
-            work += c.workspace_bytes + (0 if c.alias else _nbytes(types[j + 1]))
+            work += c.workspace_bytes + (0 if c.alias else _nbytes(st.out))
     return OpCost(macs=macs, flops=flops, traffic_bytes=traffic + _nbytes(out), workspace_bytes=work)
 
 

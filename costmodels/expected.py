@@ -40,7 +40,7 @@ import torch
 
 from archir.choice import decision_keys
 from archir.graph import Graph, arch_key
-from archir.ops import chain_types, get_op
+from archir.ops import candidate_steps, get_op
 from costmodels.counts import count, op_cost
 
 __all__ = ["expected_cost", "candidate_costs", "CandidateCosts", "arch_probs", "COST_SOURCES"]
@@ -236,11 +236,9 @@ def candidate_costs(supernet: Graph, cost: CostSpec = "macs", *, table=None, bat
             continue
         key = arch_key(n, node.attrs)
         for k, cand in enumerate(node.attrs["candidates"]):
-            types = chain_types(cand["ops"], ins[0], n)
             c = 0.0
-            for j, spec in enumerate(cand["ops"]):
-                sub = {a: v for a, v in spec.items() if a != "op"}
-                c += price(spec["op"], sub, [types[j]], types[j + 1])
+            for st in candidate_steps(cand["ops"], ins[0], n):
+                c += price(st.op, st.attrs, st.in_types, st.out)
             per[key][k] += c
     for v in per.values():
         v.setflags(write=False)

@@ -23,7 +23,7 @@ from torch import fx, nn
 
 from archir.errors import IRError, LoweringError
 from archir.graph import Graph, Node, arch_key
-from archir.ops import OpHandlers, chain_types, get_op, pair
+from archir.ops import OpHandlers, get_op, pair, step_inputs
 from archir.lower.modules import CHOICE_MODES, ArchSampler, ChoiceModule, Scale, stop_forward, zero
 
 __all__ = ["to_fx", "sync_back", "arch_parameters", "weight_parameters", "FX_HANDLERS", "module_path"]
@@ -199,13 +199,16 @@ def _concat(ctx, node, args, ins):
 
 
 def candidate_graph(node: Node, k: int, in_type) -> Graph:
-    """Candidate ``k`` of a choice node as a small graph ``x -> s0 -> s1 ...`` with its params."""
+    """Candidate ``k`` of a choice node as a small graph ``x -> s0 -> s1 ...`` with its params
+    (a step with ``inputs`` reads those steps: ``-1`` is ``x``)."""
     cand = node.attrs["candidates"][k]
     sub = Graph(f"{node.id}.{cand['name']}")
-    h = sub.input("x", in_type.shape)
+    x = h = sub.input("x", in_type.shape)
+    made: list[str] = []
     for j, spec in enumerate(cand["ops"]):
-        attrs = {kk: v for kk, v in spec.items() if kk != "op"}
-        h = sub.add(spec["op"], h, name=f"s{j}", **attrs)
+        attrs = {kk: v for kk, v in spec.items() if kk not in ("op", "inputs")}
+        h = sub.add(spec["op"], *[x if i < 0 else made[i] for i in step_inputs(spec, j)], name=f"s{j}", **attrs)
+        made.append(h)
         pre = f"{cand['name']}.{j}."
         sub.set_params(h, **{n[len(pre):]: a for n, a in node.params.items() if n.startswith(pre)})
         sub.set_buffers(h, **{n[len(pre):]: a for n, a in node.buffers.items() if n.startswith(pre)})

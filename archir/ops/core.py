@@ -9,6 +9,7 @@ seed gives the same weights on every machine.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -494,7 +495,8 @@ def _choice_check(a, node):
     def bad(msg):
         return OpSchemaError(
             msg, node=node, rule="attr",
-            hint='candidates is a list of {"name": str, "ops": [{"op": "conv2d", "kernel_size": 3, ...}, ...]}',
+            hint='candidates is a list of {"name": str, "ops": [{"op": "conv2d", "kernel_size": 3, ...}, ...]}; '
+                 'a step reads the step before it, or the steps listed in its "inputs" (-1: the choice input)',
         )
 
     if not isinstance(cands, list) or not cands:
@@ -507,15 +509,31 @@ def _choice_check(a, node):
         if not isinstance(name, str) or not name or "." in name or name in names:
             raise bad(f"candidate {k} name {name!r} must be a unique non-empty string without dots")
         names.add(name)
-        ops = []
+        ops, used = [], set()
         for j, spec in enumerate(c["ops"]):
             if not isinstance(spec, dict) or not isinstance(spec.get("op"), str):
                 raise bad(f"candidate {name!r} step {j} must be a dict with an 'op' key")
             sub = get_op(spec["op"], node)
-            if sub.name in _NOT_IN_CHOICE or sub.arity != 1:
-                raise bad(f"candidate {name!r} step {j}: op {sub.name!r} cannot be a step of a choice (one input only)")
-            attrs = {k2: v for k2, v in spec.items() if k2 != "op"}
-            ops.append({"op": sub.name, **sub.normalize_attrs(attrs, node=f"{node}[{name}.{j}]")})
+            if sub.name in _NOT_IN_CHOICE:
+                raise bad(f"candidate {name!r} step {j}: op {sub.name!r} cannot be a step of a choice")
+            inputs = spec.get("inputs", [j - 1])
+            if (not isinstance(inputs, list) or not inputs
+                    or any(isinstance(i, bool) or not isinstance(i, int) or not -1 <= i < j for i in inputs)):
+                raise bad(f"candidate {name!r} step {j}: inputs {inputs!r} must be a non-empty list of earlier "
+                          f"steps (-1 .. {j - 1}; -1 is the choice input)")
+            try:
+                sub.check_arity(len(inputs), f"{node}[{name}.{j}]")
+            except OpSchemaError as e:
+                raise bad(f"candidate {name!r} step {j}: {e.message}") from None
+            used.update(inputs)
+            attrs = {k2: v for k2, v in spec.items() if k2 not in ("op", "inputs")}
+            step = {"op": sub.name, **sub.normalize_attrs(attrs, node=f"{node}[{name}.{j}]")}
+            if inputs != [j - 1]:
+                step["inputs"] = list(inputs)
+            ops.append(step)
+        dead = [j for j in range(len(ops) - 1) if j not in used]
+        if dead:
+            raise bad(f"candidate {name!r}: the output of step(s) {dead} is never read")
         out.append({"name": name, "ops": ops})
     a = dict(a)
     a["candidates"] = out
@@ -526,20 +544,50 @@ def candidate_names(attrs: dict) -> list[str]:
     return [c["name"] for c in attrs["candidates"]]
 
 
-def chain_types(chain: list[dict], t: TensorType, node) -> list[TensorType]:
-    """Input type of every step of a candidate chain, plus the output type at the end."""
-    types = [t]
+class Step(NamedTuple):
+    """One step of a choice candidate, typed: ``inputs`` are step indices (-1: the choice input)."""
+
+    op: str
+    attrs: dict
+    inputs: tuple[int, ...]
+    in_types: list[TensorType]
+    out: TensorType
+
+
+def step_inputs(spec: dict, j: int) -> list[int]:
+    """The steps step ``j`` of a candidate reads (-1: the choice input); the step before it by default."""
+    return list(spec.get("inputs", [j - 1]))
+
+
+def candidate_steps(chain: list[dict], t: TensorType, node) -> list[Step]:
+    """Every step of a candidate with its attrs, the steps it reads, their types and its output type.
+
+    A candidate is a chain of op specs; a spec with ``"inputs": [i, ...]`` reads those steps
+    instead of the one before it (``-1`` is the choice input), so a candidate may branch and join
+    (DARTS' FactorizedReduce). The last step's output is the candidate's.
+    """
+    outs: list[TensorType] = []
+    steps = []
     for j, spec in enumerate(chain):
         sub = get_op(spec["op"], node)
-        attrs = {k: v for k, v in spec.items() if k != "op"}
-        types.append(sub.infer(attrs, [types[-1]], f"{node}[step {j}]"))
-    return types
+        attrs = {k: v for k, v in spec.items() if k not in ("op", "inputs")}
+        inputs = tuple(step_inputs(spec, j))
+        in_types = [t if i < 0 else outs[i] for i in inputs]
+        outs.append(sub.infer(attrs, in_types, f"{node}[step {j}]"))
+        steps.append(Step(sub.name, attrs, inputs, in_types, outs[-1]))
+    return steps
+
+
+def candidate_output(chain: list[dict], t: TensorType, node) -> TensorType:
+    """The output type of a candidate (its input type when it has no steps: an identity)."""
+    steps = candidate_steps(chain, t, node)
+    return steps[-1].out if steps else t
 
 
 def _choice_infer(a, ins, node):
     outs = []
     for c in a["candidates"]:
-        outs.append(chain_types(c["ops"], ins[0], f"{node}:{c['name']}")[-1])
+        outs.append(candidate_output(c["ops"], ins[0], f"{node}:{c['name']}"))
     for c, t in zip(a["candidates"], outs):
         if t != outs[0]:
             raise _fail(node, f"choice candidates disagree on the output: {a['candidates'][0]['name']!r} gives "
@@ -551,12 +599,10 @@ def _choice_arrays(kind):
     def shapes(a, ins):
         out = {}
         for c in a["candidates"]:
-            types = chain_types(c["ops"], ins[0], None)
-            for j, spec in enumerate(c["ops"]):
-                sub = get_op(spec["op"])
-                attrs = {k: v for k, v in spec.items() if k != "op"}
+            for j, st in enumerate(candidate_steps(c["ops"], ins[0], None)):
+                sub = get_op(st.op)
                 fn = sub.param_shapes if kind == "params" else sub.buffer_shapes
-                for pname, shp in fn(attrs, [types[j]]).items():
+                for pname, shp in fn(st.attrs, st.in_types).items():
                     out[f"{c['name']}.{j}.{pname}"] = shp
         return out
 
@@ -566,11 +612,8 @@ def _choice_arrays(kind):
 def _choice_init(a, ins, rng):
     params, buffers = {}, {}
     for c in a["candidates"]:
-        types = chain_types(c["ops"], ins[0], None)
-        for j, spec in enumerate(c["ops"]):
-            sub = get_op(spec["op"])
-            attrs = {k: v for k, v in spec.items() if k != "op"}
-            p, b = sub.init(attrs, [types[j]], rng)
+        for j, st in enumerate(candidate_steps(c["ops"], ins[0], None)):
+            p, b = get_op(st.op).init(st.attrs, st.in_types, rng)
             params.update({f"{c['name']}.{j}.{k}": v for k, v in p.items()})
             buffers.update({f"{c['name']}.{j}.{k}": v for k, v in b.items()})
     return params, buffers

@@ -37,6 +37,7 @@ import numpy as np
 import archir
 from archir import Graph
 from archir.errors import ArchirError
+from archir.ops import step_inputs
 
 __all__ = ["Space", "DecisionError", "SpaceError", "get_space", "space_names", "simplify", "add_chain", "check_rng"]
 
@@ -200,14 +201,17 @@ class Space(abc.ABC):
 
 
 def add_chain(g: Graph, x: str, ops: list[dict], name: str) -> str:
-    """Add a chain of op specs (``{"op": ..., **attrs}``, the format of choice candidates) after ``x``.
+    """Add a candidate's op specs (``{"op": ..., **attrs}``, the format of choice candidates) after ``x``.
 
-    Node ``j`` is named ``f"{name}.{j}"``; an empty chain adds nothing and returns ``x``.
-    Builders and supernets share the op specs, so a built graph and a derived one agree.
+    Step ``j`` is named ``f"{name}.{j}"`` and reads the step before it, or the steps its
+    ``"inputs"`` list (``-1``: ``x``); an empty chain adds nothing and returns ``x``. Builders and
+    supernets share the op specs, so a built graph and a derived one agree.
     """
-    h = x
+    h, made = x, []
     for j, spec in enumerate(ops):
-        h = g.add(spec["op"], h, name=f"{name}.{j}", **{k: v for k, v in spec.items() if k != "op"})
+        ins = [x if i < 0 else made[i] for i in step_inputs(spec, j)]
+        h = g.add(spec["op"], *ins, name=f"{name}.{j}", **{k: v for k, v in spec.items() if k not in ("op", "inputs")})
+        made.append(h)
     return h
 
 

@@ -139,12 +139,72 @@ def test_tied_nodes_with_different_candidates_refused():
     [{"name": "a", "ops": [{"op": "choice", "candidates": []}]}],
     [{"name": "a", "ops": [{"op": "conv2d", "kernel_size": 3}]}],
     [{"name": "a", "ops": [{"kernel_size": 3}]}],
+    # branching candidates: inputs must name earlier steps, fit the op's arity, and every step must be read
+    [{"name": "a", "ops": [{"op": "relu", "inputs": [0]}]}],
+    [{"name": "a", "ops": [{"op": "relu", "inputs": []}]}],
+    [{"name": "a", "ops": [{"op": "relu"}, {"op": "add", "inputs": [0]}]}],
+    [{"name": "a", "ops": [{"op": "relu"}, {"op": "relu", "inputs": [-1]}]}],
+    [{"name": "a", "ops": [{"op": "relu", "inputs": [True]}]}],
 ])
 def test_malformed_candidates_refused(bad):
     g = archir.Graph("bad")
     x = g.input("x", (4, 8, 8))
     with pytest.raises(archir.OpSchemaError):
         g.add("choice", x, name="c", candidates=bad)
+
+
+# a candidate that branches and joins: relu, then two half-width 1x1 convs (one on the relu, one
+# on the raw input) concatenated, then BN -- the shape of DARTS' FactorizedReduce
+BRANCHING = {"name": "branch", "ops": [
+    {"op": "relu"},
+    {"op": "conv2d", "out_channels": 2, "kernel_size": 1, "stride": 2, "bias": False},
+    {"op": "conv2d", "out_channels": 2, "kernel_size": 1, "stride": 2, "bias": False, "inputs": [-1]},
+    {"op": "concat", "inputs": [1, 2]},
+    {"op": "batchnorm2d"},
+]}
+
+
+def branching_supernet(seed: int = 0) -> archir.Graph:
+    g = archir.Graph("branching")
+    h = g.add("conv2d", g.input("x", (3, 8, 8)), out_channels=4, kernel_size=3, padding=1, name="stem")
+    c = g.add("choice", h, name="e0", candidates=[BRANCHING, *candidates_for(4, 2, ["none", "max_pool_3x3"])])
+    g.set_outputs(g.add("linear", g.add("flatten", g.add("global_avgpool", c)), out_features=3, name="head"))
+    g.init_params(seed)
+    return randomize_weights(g, seed + 1).validate()
+
+
+def test_branching_candidate_derives_fixes_and_counts_as_its_graph():
+    import costmodels
+
+    g = branching_supernet()
+    step = g.node("e0").attrs["candidates"][0]["ops"]
+    assert "inputs" not in step[1] and step[2]["inputs"] == [-1] and step[3]["inputs"] == [1, 2]
+    d = archir.derive(g, {"e0": "branch"})
+    # structure: the concat reads both convs, the second conv reads the stem (the choice's input) directly
+    assert d.inputs_of("e0.branch.3") == ["e0.branch.1", "e0.branch.2"]
+    assert d.inputs_of("e0.branch.2") == ["stem"] and d.inputs_of("e0.branch.1") == ["e0.branch.0"]
+    assert d.node("e0").op == "batchnorm2d"
+    x = _x()
+    torch.testing.assert_close(_run(g, x, choice_mode="fixed", decisions={"e0": "branch"}), _run(d, x),
+                               rtol=1e-5, atol=1e-6)
+    # numbers: the derived graph is the hand-written function, with the candidate's own weights
+    p = {k: torch.tensor(np.asarray(v)) for k, v in g.node("e0").params.items()}
+    s = F.conv2d(x, torch.from_numpy(np.asarray(g.node("stem").params["weight"])),
+                 torch.from_numpy(np.asarray(g.node("stem").params["bias"])), padding=1)
+    y = torch.cat([F.conv2d(F.relu(s), p["branch.1.weight"], stride=2), F.conv2d(s, p["branch.2.weight"], stride=2)], 1)
+    bn = {k: torch.tensor(np.asarray(v)) for k, v in g.node("e0").buffers.items()}
+    y = F.batch_norm(y, bn["branch.4.running_mean"], bn["branch.4.running_var"], p["branch.4.weight"],
+                     p["branch.4.bias"], eps=1e-5)
+    head = g.node("head").params
+    want = F.linear(y.mean((2, 3)), torch.tensor(np.asarray(head["weight"])),
+                    torch.tensor(np.asarray(head["bias"])))
+    torch.testing.assert_close(_run(d, x), want, rtol=1e-5, atol=1e-5)
+    # the supernet counts the sum over candidates, so the branch counts as its derived steps do
+    sup, der = costmodels.count(g), costmodels.count(d)
+    branch = [n for n in d.topo_order() if n.startswith("e0")]
+    assert sup["e0"].macs == sum(der[n].macs for n in branch) == 2 * (2 * 4 * 4 * 4)
+    assert sup["e0"].params == sum(der[n].params for n in branch) == 2 * 8 + 2 * 4
+    verify_onnx(d, to_onnx(d), inputs=x, atol=1e-5, rtol=1e-4).raise_if_failed()
 
 
 # --------------------------------------------------------------------------- to_fx choice modes

@@ -62,7 +62,7 @@ def test_latency_penalty_from_the_latency_table(ds, tmp_path):
     names = drv.costs.candidates
     # the per-candidate costs are the table's entries (less the per-call overhead), read back from its file
     import archir
-    from archir.ops import chain_types
+    from archir.ops import candidate_steps
 
     table = costmodels.LatencyTable(tmp_path / "latency_table.sqlite", "ort-cpu", threads=1, statistic="min",
                                     warmup=3, repeats=15)
@@ -71,12 +71,11 @@ def test_latency_penalty_from_the_latency_table(ds, tmp_path):
         key = archir.graph.arch_key(node.id, node.attrs)
         (t_in,) = drv.supernet.input_types(node.id)
         for k, cand in enumerate(node.attrs["candidates"]):
-            types = chain_types(cand["ops"], t_in, node.id)
             want = 0.0
-            for spec, t in zip(cand["ops"], types):
-                attrs = {a: v for a, v in spec.items() if a != "op"}
-                if not get_op(spec["op"]).traits.zero_cost:
-                    want += max(table.lookup(spec["op"], attrs, [t.shape], measure=False) - over, 0.0)
+            for st in candidate_steps(cand["ops"], t_in, node.id):
+                if not get_op(st.op).traits.zero_cost:
+                    want += max(table.lookup(st.op, st.attrs, [t.shape for t in st.in_types], measure=False) - over,
+                                0.0)
             assert per[key][k] == pytest.approx(want, rel=1e-9, abs=1e-12), (key, names[key][k])
     assert sum(float(v.sum()) for v in per.values()) > 0
     _fd_check(drv, seed=1)

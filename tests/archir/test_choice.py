@@ -189,8 +189,8 @@ def test_branching_candidate_derives_fixes_and_counts_as_its_graph():
                                rtol=1e-5, atol=1e-6)
     # numbers: the derived graph is the hand-written function, with the candidate's own weights
     p = {k: torch.tensor(np.asarray(v)) for k, v in g.node("e0").params.items()}
-    s = F.conv2d(x, torch.from_numpy(np.asarray(g.node("stem").params["weight"])),
-                 torch.from_numpy(np.asarray(g.node("stem").params["bias"])), padding=1)
+    s = F.conv2d(x, torch.tensor(np.asarray(g.node("stem").params["weight"])),
+                 torch.tensor(np.asarray(g.node("stem").params["bias"])), padding=1)
     y = torch.cat([F.conv2d(F.relu(s), p["branch.1.weight"], stride=2), F.conv2d(s, p["branch.2.weight"], stride=2)], 1)
     bn = {k: torch.tensor(np.asarray(v)) for k, v in g.node("e0").buffers.items()}
     y = F.batch_norm(y, bn["branch.4.running_mean"], bn["branch.4.running_var"], p["branch.4.weight"],

@@ -4,6 +4,7 @@ Public names:
     Graph, Node, TensorType: the IR.
     save, load: JSON structure + safetensors weights.
     derive: supernet (choice nodes) -> plain graph.
+    strip_training: the inference network (no ``drop_path``, no auxiliary outputs and heads).
     lower: ``lower.to_fx``, ``lower.sync_back``, ``lower.to_onnx``, ``lower.verify_onnx``.
     ops: the op registry (``ops.get_op``, ``ops.op_names``, ``ops.OpHandlers``).
     frontend: ``frontend.from_torch``, ``frontend.from_onnx`` (imported on first use).
@@ -24,6 +25,7 @@ from archir.types import TensorType
 from archir import ops
 from archir.graph import Graph, Node
 from archir.serialize import SCHEMA_VERSION, load, save
+from archir.training import strip_training
 from archir.choice import decision_keys, derive
 from archir import lower
 
@@ -39,7 +41,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'archir' has no attribute {name!r}")
 
 __all__ = [
-    "Graph", "Node", "TensorType", "save", "load", "derive", "decision_keys", "lower", "ops", "frontend", "samples", "SCHEMA_VERSION",
+    "Graph", "Node", "TensorType", "save", "load", "derive", "decision_keys", "strip_training", "lower", "ops", "frontend", "samples", "SCHEMA_VERSION",
     "IRError", "GraphStructureError", "OpSchemaError", "ShapeError", "WeightError", "SerializationError",
     "LoweringError", "__version__",
 ]

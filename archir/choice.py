@@ -16,6 +16,7 @@ import numpy as np
 from archir.errors import IRError
 from archir.graph import Graph, arch_key
 from archir.ops import step_inputs
+from archir.training import strip_training
 
 __all__ = ["derive", "decision_keys"]
 
@@ -38,7 +39,8 @@ def derive(graph: Graph, decisions: Mapping[str, int | str] | None = None) -> Gr
             derivation). A partial mapping is an error: say every decision or none.
 
     Returns:
-        A new graph with no choice nodes; ``graph`` is untouched.
+        A new graph with no choice nodes, and stripped of training-time constructs
+        (:func:`archir.strip_training`: no ``drop_path``, no auxiliary outputs); ``graph`` is untouched.
 
     Raises:
         IRError: a decision is missing, unknown, or names no candidate.
@@ -84,5 +86,6 @@ def derive(graph: Graph, decisions: Mapping[str, int | str] | None = None) -> Gr
             new._g.add_edge(h, v, port=p)
     new.arch = {}
     new.meta = {**new.meta, "derived": {k: keys[k][i] for k, i in chosen.items()}}
-    return new.validate()
+    # the derived network is for fine-tuning and export: no drop_path, no auxiliary heads
+    return strip_training(new.validate())
 

@@ -401,7 +401,9 @@ class Graph:
 
         1. graph inputs are ``input`` nodes; there is at least one output and every output exists;
         2. every node has a known op, a readable id, attributes that fit the op's schema;
-        3. every input port ``0..arity-1`` is filled exactly once (arity per op schema);
+        3. every input port ``0..arity-1`` is filled exactly once (arity per op schema); a node that
+           marks an auxiliary output (``auxiliary``, ``OpDef.auxiliary_output``) is a graph output,
+           not the first one (the first output is the main one), listed once, and read by no node;
         4. the graph is acyclic;
         5. shapes infer at every node;
         6. every output depends on a graph input;
@@ -458,6 +460,8 @@ class Graph:
                 missing = sorted(set(range(len(ports))) - set(ports))
                 raise GraphStructureError(f"input ports {ports} leave port(s) {missing} unfilled", node=n,
                                           rule="port", hint="connect every port 0..n-1")
+            if opdef.auxiliary_output:
+                self._check_auxiliary(n, d["op"])
         order = self.topo_order()
         self.infer_shapes()
         reach = set()
@@ -471,6 +475,27 @@ class Graph:
             for n in order:
                 self._check_weights(n)
             self._check_arch()
+
+    def _check_auxiliary(self, n: str, op: str) -> None:
+        """An auxiliary-output node ends the graph as one of its later outputs."""
+        outs = self._outputs
+        fix = f"g.set_outputs(main, {n!r}): the main output first, auxiliary outputs after it"
+        if n not in outs:
+            raise GraphStructureError(f"{op} node marks an auxiliary training output but is not a graph output",
+                                      node=n, rule="auxiliary", hint=f"list it among the outputs, {fix}; or remove it")
+        if outs[0] == n:
+            raise GraphStructureError(f"{op} node is the first graph output, which is the main one", node=n,
+                                      rule="auxiliary", hint=f"put the main output first, {fix}")
+        if outs.count(n) > 1:
+            raise GraphStructureError(f"{op} node is listed {outs.count(n)} times among the graph outputs", node=n,
+                                      rule="auxiliary", hint="list each auxiliary output once (its loss would count "
+                                                             "several times)")
+        users = sorted({v for v, _ in self.users_of(n)})
+        if users:
+            raise GraphStructureError(f"{op} node is read by {users}; an auxiliary output ends the graph", node=n,
+                                      rule="auxiliary",
+                                      hint=f"make {users[0]!r} read the {op} node's input instead "
+                                           f"(g.set_input({users[0]!r}, port, {self.inputs_of(n)[0]!r}))")
 
     def _check_weights(self, n: str) -> None:
         d = self._g.nodes[n]

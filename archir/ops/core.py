@@ -263,6 +263,43 @@ register_op(OpDef(
     doc="dropout (identity in eval mode)",
 ))
 
+# --------------------------------------------------------------------------- training-time constructs
+# The DARTS/NASNet evaluation recipe trains the final network with drop-path and an auxiliary
+# head. Both are training-only: archir.strip_training removes them (to_onnx, derive and
+# finalize call it), to_fx trains with them.
+
+#: the ``OpDef.removed_by`` of the ops that :func:`archir.strip_training` removes
+STRIPPED_BY = "archir.strip_training"
+
+
+def _drop_path_check(a, node):
+    if a["p"] >= 1.0:
+        raise OpSchemaError(f"drop_path p={a['p']} drops every sample", node=node, rule="attr",
+                            hint="pass p= a drop probability in [0, 1), e.g. 0.2 (DARTS' CIFAR setting)")
+
+
+register_op(OpDef(
+    "drop_path", arity=1, attrs={"p": AttrSpec("float", 0.2, min=0.0, max=1.0)}, infer=_same("drop_path"),
+    check=_drop_path_check, training_only=True, removed_by=STRIPPED_BY,
+    traits=_traits("view", **_UNARY, value_range="input"),
+    doc="drop-path: in training each sample is zeroed with probability p (survivors scaled by 1/(1-p)); "
+        "identity in eval mode",
+))
+
+def _auxiliary_check(a, node):
+    if not a["weight"] > 0:
+        raise OpSchemaError(f"auxiliary weight={a['weight']} must be > 0", node=node, rule="attr",
+                            hint="pass weight= the auxiliary loss weight, a positive number (DARTS: 0.4)")
+
+
+register_op(OpDef(
+    "auxiliary", arity=1, attrs={"weight": AttrSpec("float", 0.4, min=0.0)}, infer=_same("auxiliary"),
+    check=_auxiliary_check, training_only=True, removed_by=STRIPPED_BY, auxiliary_output=True,
+    traits=_traits("view", **_UNARY, value_range="input"),
+    doc="marks an auxiliary training output (value = its input; loss weight `weight`); a later graph output, "
+        "read by no node",
+))
+
 
 def _zero_infer(a, ins, node):
     s = a["stride"]

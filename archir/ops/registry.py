@@ -283,7 +283,12 @@ class OpDef:
         check: extra cross-attribute validation ``(attrs, node_id) -> None``.
         traits: what passes and cost models know about the op (:class:`OpTraits`; required).
         training_only: the op exists for training only (``stop_gradient``...): ONNX refuses it,
-            naming ``removed_by``.
+            naming ``removed_by`` (``to_onnx`` itself first runs ``archir.strip_training``, which
+            removes the ops whose ``removed_by`` is ``"archir.strip_training"``).
+        auxiliary_output: a node of the op marks an auxiliary training output (``auxiliary``: its
+            value is its input, its ``weight`` attr the loss weight). ``Graph.validate`` requires
+            it to be a graph output other than the first, listed once and read by no node;
+            ``archir.strip_training`` removes it with the nodes only it needs.
         doc: one line shown by ``archir show`` and in errors.
     """
 
@@ -299,6 +304,7 @@ class OpDef:
     traits: OpTraits | None = None
     training_only: bool = False
     removed_by: str | None = None
+    auxiliary_output: bool = False
     doc: str = ""
 
     @property

@@ -26,6 +26,7 @@ EXAMPLES = {
     "linear": ([(5,)], [{"out_features": 3, "bias": False}, {"out_features": 3}]),
     "batchnorm2d": ([(3, 5, 5)], [{}]),
     "dropout": ([(3, 5, 5)], [{"p": 0.3}]),
+    "drop_path": ([(3, 5, 5)], [{"p": 0.3}, {}]),  # (lowered in eval mode: the identity)
     "zero": ([(3, 5, 5)], [{}, {"stride": 2}]),
     "maxpool2d": ([(3, 6, 6)], [{"kernel_size": 3, "stride": 1, "padding": 1}]),
     "avgpool2d": ([(3, 6, 6)], [{"kernel_size": 3, "stride": 1, "padding": 1},
@@ -43,7 +44,8 @@ UNARY = ("relu", "relu6", "sigmoid", "hardswish", "hardsigmoid", "silu", "tanh",
          "stop_forward")
 for _op in UNARY:
     EXAMPLES[_op] = ([(3, 5, 5)], [{}])
-NOT_FUNCTIONS = {"input": "the graph interface", "choice": "a search-space node (archir.derive replaces it)"}
+NOT_FUNCTIONS = {"input": "the graph interface", "choice": "a search-space node (archir.derive replaces it)",
+                 "auxiliary": "marks an auxiliary training output: a later graph output that no node reads"}
 
 
 def test_every_op_declares_every_trait():

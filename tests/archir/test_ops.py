@@ -240,7 +240,7 @@ def test_zero_stride_one_keeps_any_rank():
 
 
 @pytest.mark.parametrize("op", ["relu", "relu6", "sigmoid", "hardswish", "hardsigmoid", "silu", "tanh",
-                                "identity", "dropout", "stop_gradient", "stop_forward", "scale", "batchnorm2d"])
+                                "identity", "dropout", "drop_path", "auxiliary", "stop_gradient", "stop_forward", "scale", "batchnorm2d"])
 def test_shape_preserving_ops(op):
     assert _type(op, [(5, 6, 7)]) == (5, 6, 7)
 
@@ -351,6 +351,7 @@ OP_EXAMPLES = {
     "relu": ([(4, 8, 8)], {}), "relu6": ([(4, 8, 8)], {}), "sigmoid": ([(4, 8, 8)], {}),
     "hardswish": ([(4, 8, 8)], {}), "hardsigmoid": ([(4, 8, 8)], {}), "silu": ([(4, 8, 8)], {}),
     "tanh": ([(4, 8, 8)], {}), "identity": ([(4, 8, 8)], {}), "dropout": ([(4, 8, 8)], dict(p=0.1)),
+    "drop_path": ([(4, 8, 8)], dict(p=0.2)), "auxiliary": ([(4, 8, 8)], dict(weight=0.4)),
     "stop_gradient": ([(4, 8, 8)], {}), "stop_forward": ([(4, 8, 8)], {}),
     "zero": ([(4, 8, 8)], dict(stride=2)),
     "maxpool2d": ([(4, 8, 8)], dict(kernel_size=2)), "avgpool2d": ([(4, 8, 8)], dict(kernel_size=2)),
@@ -374,7 +375,8 @@ def test_every_op_has_a_shape_rule_and_consistent_init():
         opdef = get_op(op)
         assert isinstance(opdef, OpDef) and opdef.name == op and callable(opdef.infer)
         g, n = _one(op, shapes, **attrs)
-        g.set_outputs(n)
+        # an auxiliary output follows the main one
+        g.set_outputs(*([g.inputs_of(n)[0], n] if opdef.auxiliary_output else [n]))
         g.init_params(seed=0)
         g.validate()  # init produced exactly the param/buffer shapes the op declares
         node = g.node(n)

@@ -6,6 +6,11 @@ GraphModule's ``state_dict`` reads like a hand-written network's. Other ops beco
 ``call_function`` nodes on torch functions. ``sync_back`` copies trained weights back into
 a graph (weight inheritance for morphism search).
 
+Training-time constructs are lowered too: ``drop_path`` is a :class:`DropPath` module (whose rate
+a trainer ramps with :func:`set_drop_path`), and a graph with auxiliary outputs gives a module
+returning ``(main, aux...)`` (``gm.meta["archir_auxiliary"]``: output index -> loss weight).
+``to_fx(g, training_ops=False)`` lowers ``archir.strip_training(g)``, the inference network.
+
 Each op's lowering is registered with ``@to_fx.register("op")``.
 """
 
@@ -24,9 +29,11 @@ from torch import fx, nn
 from archir.errors import IRError, LoweringError
 from archir.graph import Graph, Node, arch_key
 from archir.ops import OpHandlers, get_op, pair, step_inputs
-from archir.lower.modules import CHOICE_MODES, ArchSampler, ChoiceModule, Scale, stop_forward, zero
+from archir.lower.modules import CHOICE_MODES, ArchSampler, ChoiceModule, DropPath, Scale, stop_forward, zero
+from archir.training import auxiliary_head, auxiliary_outputs, strip_training
 
-__all__ = ["to_fx", "sync_back", "arch_parameters", "weight_parameters", "FX_HANDLERS", "module_path"]
+__all__ = ["to_fx", "sync_back", "set_drop_path", "arch_parameters", "weight_parameters", "FX_HANDLERS",
+           "module_path"]
 
 FX_HANDLERS = OpHandlers("to_fx")
 
@@ -148,6 +155,11 @@ def _dropout(ctx, node, args, ins):
     return ctx.fx.call_module(ctx.module(node.id, nn.Dropout(node.attrs["p"])), tuple(args))
 
 
+@FX_HANDLERS.register("drop_path")
+def _drop_path(ctx, node, args, ins):
+    return ctx.fx.call_module(ctx.module(node.id, DropPath(node.attrs["p"])), tuple(args))
+
+
 def _fn(target: Callable, **fixed: Any):
     def handler(ctx, node, args, ins):
         kw = {k: (v(node.attrs) if callable(v) else v) for k, v in fixed.items()}
@@ -183,9 +195,9 @@ def _input(ctx, node, args, ins):
     return ctx.fx.placeholder(_ident(node.id))
 
 
-@FX_HANDLERS.register("identity")
+@FX_HANDLERS.register("identity", "auxiliary")
 def _identity(ctx, node, args, ins):
-    return args[0]
+    return args[0]  # an auxiliary output is its input's value; to_fx returns it among the outputs
 
 
 @FX_HANDLERS.register("stop_gradient")
@@ -252,7 +264,7 @@ def _choice(ctx: _Ctx, node: Node, args, ins):
 
 
 def to_fx(graph: Graph, choice_mode: str | None = None, *, decisions: dict | None = None,
-          tau: float = 1.0) -> fx.GraphModule:
+          tau: float = 1.0, training_ops: bool = True) -> fx.GraphModule:
     """Lower ``graph`` to a trainable ``torch.fx.GraphModule``, built directly (no tracing).
 
     Args:
@@ -262,11 +274,20 @@ def to_fx(graph: Graph, choice_mode: str | None = None, *, decisions: dict | Non
             argmax of the logits). ``None`` refuses supernets.
         decisions: for ``"fixed"``: decision key -> candidate index or name.
         tau: Gumbel-softmax temperature (change it later on ``gm.archir_arch.<key>.tau``).
+        training_ops: lower the training-time constructs (default): ``drop_path`` as a
+            :class:`~archir.lower.modules.DropPath` module (identity in eval mode; ramp it with
+            :func:`set_drop_path`) and auxiliary outputs among the outputs. ``False`` lowers
+            ``archir.strip_training(graph)`` instead: the inference network, main outputs only.
 
     Returns:
         A GraphModule taking one tensor per graph input (``(N, *shape)``), returning one
-        tensor, or a tuple when the graph has several outputs. ``gm.meta["archir_modules"]``
-        maps node ids to module paths, ``gm.meta["archir_arch"]`` decision keys to samplers.
+        tensor, or a tuple when the graph has several outputs. A graph with auxiliary outputs
+        (``g.set_outputs(main, aux)``) returns the tuple ``(main, aux...)`` in train and eval
+        mode alike (as the DARTS reference's ``logits, logits_aux = model(x)``).
+        ``gm.meta["archir_modules"]`` maps node ids to module paths, ``gm.meta["archir_arch"]``
+        decision keys to samplers, ``gm.meta["archir_auxiliary"]`` the index of each auxiliary
+        output to its loss weight (``{}`` without any), ``gm.meta["archir_training_ops"]`` is
+        ``training_ops``.
 
     Raises:
         IRError: the graph is invalid (validated first).
@@ -280,7 +301,12 @@ def to_fx(graph: Graph, choice_mode: str | None = None, *, decisions: dict | Non
     if choice_mode is not None and choice_mode not in CHOICE_MODES:
         raise LoweringError(f"unknown choice_mode {choice_mode!r}", rule="choice",
                             hint=f"use one of {list(CHOICE_MODES)} or None")
+    if not isinstance(training_ops, bool):
+        raise LoweringError(f"training_ops must be True or False, got {training_ops!r}", rule="to_fx",
+                            hint="False lowers archir.strip_training(graph): no drop_path, no auxiliary outputs")
     graph.validate()
+    if not training_ops:
+        graph = strip_training(graph)
     if decisions:
         keys = {arch_key(n.id, n.attrs) for n in graph.nodes("choice")}
         unknown = sorted(set(decisions) - keys)
@@ -314,7 +340,42 @@ def to_fx(graph: Graph, choice_mode: str | None = None, *, decisions: dict | Non
     gm = fx.GraphModule(ctx.root, ctx.fx, class_name=_ident(graph.name) or "ArchirModule")
     gm.meta["archir_modules"] = dict(ctx.paths)
     gm.meta["archir_arch"] = dict(ctx.arch_paths)
+    gm.meta["archir_auxiliary"] = auxiliary_outputs(graph)
+    gm.meta["archir_training_ops"] = training_ops
     return gm
+
+
+def set_drop_path(module: nn.Module, scale: float) -> int:
+    """Set the drop-path ramp of every ``drop_path`` module in ``module``: rate = ``p * scale``.
+
+    DARTS trains its final network with ``drop_prob = p_max * epoch / epochs`` at the start of
+    each epoch (``epoch`` counted from 0): call ``set_drop_path(gm, epoch / epochs)``, with
+    ``p_max`` the ``p`` attr of each ``drop_path`` node. Eval mode is unaffected (the identity).
+
+    Args:
+        module: a GraphModule from :func:`to_fx` (any ``nn.Module`` holding ``DropPath`` modules).
+        scale: a number in ``[0, 1]`` (1, the default of a new module, is the full ``p``).
+
+    Returns:
+        How many modules were set (0 for a graph without ``drop_path``).
+
+    Raises:
+        LoweringError: ``scale`` is not a number in ``[0, 1]``.
+
+    Example:
+        >>> for epoch in range(epochs):                          # doctest: +SKIP
+        ...     archir.lower.set_drop_path(gm, epoch / epochs)
+    """
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= float(scale) <= 1.0:
+        raise LoweringError(f"drop-path scale must be a number in [0, 1], got {scale!r}", rule="set_drop_path",
+                            hint="pass epoch / epochs (DARTS' linear ramp), or 1.0 for the full p")
+    k = 0
+    for m in module.modules():
+        if isinstance(m, DropPath):
+            m.scale = float(scale)
+            k += 1
+    return k
 
 
 def arch_parameters(module: nn.Module) -> list[nn.Parameter]:
@@ -340,7 +401,9 @@ def sync_back(graph: Graph, module: nn.Module) -> Graph:
 
     Args:
         graph: the graph ``module`` was lowered from.
-        module: the GraphModule from ``to_fx(graph, ...)`` (possibly trained).
+        module: the GraphModule from ``to_fx(graph, ...)`` (possibly trained). A module lowered
+            with ``training_ops=True`` carries the auxiliary head's weights too; one lowered with
+            ``training_ops=False`` syncs into ``archir.strip_training(graph)``.
 
     Raises:
         LoweringError: the module does not match the graph (a parameter is missing or has
@@ -352,6 +415,13 @@ def sync_back(graph: Graph, module: nn.Module) -> Graph:
     if paths is None:
         raise LoweringError("module carries no archir module map (gm.meta['archir_modules'])", rule="sync_back",
                             hint="pass the GraphModule that archir.lower.to_fx made from this graph")
+    if meta.get("archir_training_ops") is False:
+        head = [n for n in auxiliary_head(graph) if graph.node(n).params or graph.node(n).buffers]
+        if head:
+            raise LoweringError(f"the module was lowered with training_ops=False, so it has no auxiliary head, but "
+                                f"the graph's head node(s) {head[:3]} have weights", node=head[0], rule="sync_back",
+                                hint="sync into archir.strip_training(graph), or train the module that "
+                                     "to_fx(graph) (training_ops=True) makes")
     new = graph.copy()
     for node in graph.nodes():
         if not node.params and not node.buffers:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Scale", "ArchSampler", "ChoiceModule", "zero", "stop_forward", "CHOICE_MODES"]
+__all__ = ["Scale", "DropPath", "ArchSampler", "ChoiceModule", "zero", "stop_forward", "CHOICE_MODES"]
 
 CHOICE_MODES = ("softmax", "gumbel", "sample", "fixed")
 
@@ -36,6 +36,39 @@ class Scale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.weight.view((-1,) + (1,) * (x.dim() - 2))
+
+
+class DropPath(nn.Module):
+    """Drop-path as in the DARTS reference: whole samples dropped in training, identity in eval.
+
+    In training mode, with ``rate = p * scale``: ``mask = bernoulli(1 - rate)`` of shape ``(N, 1, ...,
+    1)`` (one draw per sample, from torch's default generator, drawn as the reference draws it) and
+    ``y = x / (1 - rate) * mask``, so ``E[y] = x``. ``scale`` (0..1, default 1) is the ramp a trainer sets per epoch (DARTS:
+    ``drop_prob = p_max * epoch / epochs``) with :func:`archir.lower.set_drop_path`; a rate of 0
+    draws nothing. In eval mode ``y = x``.
+    """
+
+    def __init__(self, p: float, scale: float = 1.0) -> None:
+        super().__init__()
+        self.p = float(p)
+        self.scale = float(scale)
+
+    @property
+    def rate(self) -> float:
+        """The drop probability in use: ``p * scale``."""
+        return self.p * self.scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rate = self.p * self.scale
+        if not self.training or rate <= 0.0:
+            return x
+        keep = 1.0 - rate
+        # the reference's draw: FloatTensor(N, 1, 1, 1).bernoulli_(keep_prob)
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x / keep * mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, scale={self.scale}"
 
 
 class ArchSampler(nn.Module):

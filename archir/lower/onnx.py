@@ -13,8 +13,11 @@ the weights in the ModelProto) and returns a small ModelProto that refers to it 
 beside the data file (``onnx.save(proto, "net.onnx")``). Without ``external_data`` a model over
 the limit is refused with :class:`OnnxTooLarge` before it is built.
 
-Training-only constructs (``choice``, ``stop_gradient``, ``stop_forward``) are refused,
-naming the pass that removes them.
+The model is the inference network: ``to_onnx`` exports ``archir.strip_training(graph)``, so
+``drop_path`` vanishes (the identity at inference) and auxiliary outputs are left out with the
+heads that only they need: a classifier with an auxiliary head has one ONNX output, its logits.
+The other training-only constructs (``choice``, ``stop_gradient``, ``stop_forward``) are
+refused, naming the pass that removes them.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 from archir.errors import IRError, LoweringError
 from archir.graph import Graph, Node
 from archir.ops import OpHandlers, get_op, op_names, pair
+from archir.training import strip_training
 from archir.types import TensorType
 
 __all__ = ["to_onnx", "ONNX_HANDLERS", "OPSET", "IR_VERSION", "adaptive_matrix", "OnnxTooLarge", "PROTOBUF_LIMIT",
@@ -324,8 +328,13 @@ def to_onnx(graph: Graph, *, check: bool = True, external_data: str | os.PathLik
             external_min_bytes: int = 1024) -> onnx.ModelProto:
     """Emit ``graph`` as an ONNX model (opset 17, dynamic batch axis ``"batch"``).
 
+    The graph is stripped first (:func:`archir.strip_training`): ``drop_path`` nodes vanish (the
+    identity at inference) and auxiliary outputs are left out with their heads, so the model
+    has the main output(s) only (one for a classifier with an auxiliary head).
+
     Args:
-        graph: a valid plain graph (no ``choice``/``stop_*`` nodes) with initialised weights.
+        graph: a valid plain graph (no ``choice``/``stop_*`` nodes) with initialised weights;
+            ``drop_path`` and ``auxiliary`` nodes are allowed (stripped).
         check: run ``onnx.checker.check_model(full_check=True)`` on the result (on by default;
             with ``external_data`` the checker reads a temporary copy of the model saved beside
             the data file, since it must be given a path for external data).
@@ -336,7 +345,8 @@ def to_onnx(graph: Graph, *, check: bool = True, external_data: str | os.PathLik
         external_min_bytes: with ``external_data``, weights smaller than this stay inline.
 
     Returns:
-        The ``onnx.ModelProto``. Graph inputs and outputs are named after the IR node ids.
+        The ``onnx.ModelProto``. Graph inputs and outputs are named after the IR node ids
+        (the main outputs of ``graph``, in order).
 
     Raises:
         IRError: the graph is invalid.
@@ -352,6 +362,7 @@ def to_onnx(graph: Graph, *, check: bool = True, external_data: str | os.PathLik
         >>> onnx.save(big, "big.onnx")           # beside big.onnx.data     # doctest: +SKIP
     """
     graph.validate()
+    graph = strip_training(graph)  # the inference network: no drop_path, no auxiliary outputs
     training = [n for n in graph.nodes() if get_op(n.op).training_only]
     if training:
         listing = ", ".join(f"{n.id} ({n.op})" for n in training)

@@ -336,7 +336,9 @@ def verify_onnx(graph: Graph, model: Any = None, *, inputs: Any = None, n: int =
     BatchNorm is the identity only there; dropout is the identity); an element passes when
     ``|fx - ort| <= atol + rtol * |fx|``, NaN never passes. Outputs are compared in order; inputs
     are fed by name when the model's input names are the graph's input ids, else by position (a
-    model from another exporter).
+    model from another exporter). The main outputs are compared: auxiliary training outputs
+    (``auxiliary`` nodes), which ``to_onnx`` leaves out, are not (the reference is
+    ``to_fx(graph, training_ops=False)``, or the given ``module`` without its auxiliary outputs).
 
     Args:
         graph: a valid plain graph with weights (the reference).
@@ -392,15 +394,21 @@ def verify_onnx(graph: Graph, model: Any = None, *, inputs: Any = None, n: int =
     if inputs is None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise LoweringError(f"n must be a positive int (samples per input), got {n!r}", rule="verify_onnx",
                             hint="pass n >= 1, or inputs=")
+    from archir.training import auxiliary_outputs
+
     if module is None:
         from archir.lower.fx import to_fx
 
-        module = to_fx(graph)  # validates the graph
+        module = to_fx(graph, training_ops=False)  # validates the graph
+    aux = auxiliary_outputs(graph)  # to_onnx leaves them out: compare the main outputs
     module.eval()
     xs = _seeded(graph, n, seed) if inputs is None else _given(graph, inputs)
     with torch.no_grad():
         ref = module(*[torch.from_numpy(x) for x in xs])
     refs = [r.detach().cpu().numpy() for r in (ref if isinstance(ref, (tuple, list)) else (ref,))]
+    main = [o for k, o in enumerate(graph.outputs) if k not in aux]
+    if aux and len(refs) == len(graph.outputs):  # a caller's module with the auxiliary outputs
+        refs = [r for k, r in enumerate(refs) if k not in aux]
     report = VerifyReport([], atol, rtol, int(xs[0].shape[0]) if xs else n, seed if inputs is None else None,
                           ort.__version__)
 
@@ -439,9 +447,9 @@ def verify_onnx(graph: Graph, model: Any = None, *, inputs: Any = None, n: int =
         report.seconds = time.perf_counter() - t0
         return report
     if len(got) != len(refs):
-        report.error = f"the model has {len(got)} output(s); the graph {len(refs)} {list(graph.outputs)}"
+        report.error = f"the model has {len(got)} output(s); the graph {len(refs)} {main}"
     report.outputs = [_compare(name, r, got[k] if k < len(got) else None, atol, rtol)
-                      for k, (name, r) in enumerate(zip(graph.outputs, refs))]
+                      for k, (name, r) in enumerate(zip(main, refs))]
     if keep_values:
         report.fx_values, report.ort_values = refs, list(got)
     report.seconds = time.perf_counter() - t0

@@ -15,12 +15,15 @@ handler price its candidate chains with the same handlers.
 
 Conventions (also in :func:`count`'s docstring) are chosen so that ``macs`` matches the
 figures torchvision publishes ("GFLOPS" there are conv + linear multiply-accumulates).
+An auxiliary classifier head (the nodes only ``auxiliary`` outputs need) is a training-time
+construct and is left out of every total, as the papers count their networks
+(:attr:`Counts.excluded`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Callable, Mapping
 
@@ -28,6 +31,7 @@ import numpy as np
 
 from archir.graph import Graph
 from archir.ops import OpHandlers, candidate_steps, get_op, pair
+from archir.training import auxiliary_head
 from archir.types import TensorType
 
 __all__ = ["count", "Counts", "NodeCount", "OpCost", "COUNT_HANDLERS", "op_cost"]
@@ -43,8 +47,8 @@ class OpCost:
     Attributes:
         macs: multiply-accumulates of conv and linear (0 for every other op).
         flops: all arithmetic (see :func:`count` for the convention per op).
-        alias: the output is a view of input 0 (``identity``, ``flatten``, ``dropout`` in eval,
-            ``stop_gradient``): no new memory, no memory traffic.
+        alias: the output is a view of input 0 (``identity``, ``flatten``, ``dropout`` and
+            ``drop_path`` in eval, ``stop_gradient``, ``auxiliary``): no new memory, no memory traffic.
         traffic_bytes: activation bytes read plus written; ``None`` means the default: every
             input read once and the output written once (0 for an alias).
         workspace_bytes: extra bytes live only while the op runs (a choice node's candidate
@@ -128,7 +132,7 @@ for _op, _k in [("batchnorm2d", 2),  # eval: x * a + b, a and b folded from the 
     COUNT_HANDLERS.register(_op)(_per_element(_k))
 
 
-@COUNT_HANDLERS.register("identity", "dropout", "flatten", "stop_gradient")
+@COUNT_HANDLERS.register("identity", "dropout", "drop_path", "flatten", "stop_gradient", "auxiliary")
 def _view(attrs, ins, out):
     return OpCost(alias=True)
 
@@ -221,6 +225,11 @@ class Counts:
         peak_bytes: the most activation bytes live at once under the schedule.
         peak_node: the node running when ``peak_bytes`` is reached.
         supernet: the graph has choice nodes (counted as the sum over all candidates).
+        excluded: node id -> :class:`NodeCount` of the auxiliary head (the ``auxiliary`` nodes and
+            the nodes only they need), which no total includes and ``nodes`` does not list (their
+            ``live_bytes`` are 0: they are not scheduled). Empty without auxiliary outputs.
+        auxiliary_params: the parameters of ``excluded`` (trained with the network, not counted
+            in ``params``).
 
     Example:
         >>> c = count(archir.samples.chain())         # doctest: +SKIP
@@ -239,6 +248,8 @@ class Counts:
     peak_bytes: int
     peak_node: str
     supernet: bool = False
+    excluded: Mapping[str, NodeCount] = field(default_factory=lambda: MappingProxyType({}))
+    auxiliary_params: int = 0
 
     def __getitem__(self, node_id: str) -> NodeCount:
         try:
@@ -265,10 +276,21 @@ class Counts:
         return out
 
     def to_dict(self) -> dict:
-        """JSON-ready: ``{"graph", "batch_size", "supernet", "totals", "peak_node", "nodes": [...]}``."""
+        """JSON-ready: ``{"graph", "batch_size", "supernet", "totals", "peak_node", "nodes": [...],
+        "excluded": [...], "auxiliary_params"}`` (``excluded``: the auxiliary head's records)."""
         return {"graph": self.graph, "batch_size": self.batch_size, "supernet": self.supernet,
                 "totals": self.totals(), "peak_node": self.peak_node,
-                "nodes": [asdict(r) for r in self.nodes.values()]}
+                "nodes": [asdict(r) for r in self.nodes.values()],
+                "excluded": [asdict(r) for r in self.excluded.values()], "auxiliary_params": self.auxiliary_params}
+
+    def excluded_note(self) -> str:
+        """One line on the auxiliary head left out of the totals (``""`` when nothing is)."""
+        if not self.excluded:
+            return ""
+        e = self.excluded.values()
+        return (f"excluded: {len(self.excluded)} auxiliary-head node(s) ({self.auxiliary_params:,} params, "
+                f"{sum(r.macs for r in e):,} MACs) feed only auxiliary training outputs and are in no total "
+                "(archir.strip_training removes them)")
 
     def table(self) -> str:
         """A per-node table with a totals line (what ``archir cost`` prints)."""
@@ -281,7 +303,8 @@ class Counts:
         w = [max(len(r[i]) for r in rows) for i in range(len(head))]
         fmt = lambda r: "  ".join(c.ljust(w[i]) if i < 2 else c.rjust(w[i]) for i, c in enumerate(r))
         sep = "  ".join("-" * x for x in w)
-        return "\n".join([fmt(rows[0]), sep, *map(fmt, rows[1:-1]), sep, fmt(rows[-1])])
+        note = self.excluded_note()
+        return "\n".join([fmt(rows[0]), sep, *map(fmt, rows[1:-1]), sep, fmt(rows[-1])] + ([note] if note else []))
 
 
 # --------------------------------------------------------------------------- count
@@ -304,13 +327,14 @@ def count(g: Graph, batch_size: int = 1) -> Counts:
       ``stop_forward`` 1 per output element; ``maxpool2d``/``avgpool2d`` ``kh * kw`` per output
       element (the window, padding included); ``global_avgpool`` one per input element; ``adaptive_avgpool2d`` one per element of every
       window (windows may overlap);
-      ``identity``, ``dropout`` (eval), ``flatten``, ``stop_gradient``, ``concat``, ``zero``: 0.
+      ``identity``, ``dropout`` and ``drop_path`` (eval), ``flatten``, ``stop_gradient``, ``auxiliary``,
+      ``concat``, ``zero``: 0.
     - ``activation_bytes``: bytes of the node's output tensor; 0 for ``input`` nodes (given,
       not computed). View ops are counted here although backends alias them.
     - ``weight_bytes``: bytes of params plus buffers (weights are float32: 4 bytes each).
     - ``bytes_moved``: the memory traffic of the node: each input read once, the output written
-      once, the weights read once; 0 for views (``identity``, ``flatten``, ``dropout``,
-      ``stop_gradient``), output only for ``zero``. The roofline's memory time uses it.
+      once, the weights read once; 0 for views (``identity``, ``flatten``, ``dropout``, ``drop_path``,
+      ``stop_gradient``, ``auxiliary``), output only for ``zero``. The roofline's memory time uses it.
     - ``peak_bytes``: run the nodes in ``g.topo_order()``. A tensor is live from the step that
       produces it until its last consumer has run; graph inputs are live from the start and
       graph outputs to the end. View ops share their input's storage (which then lives until
@@ -321,6 +345,12 @@ def count(g: Graph, batch_size: int = 1) -> Counts:
       traffic of every candidate chain, and every candidate's intermediate tensors live while
       the choice node runs (as in a DARTS mixture). The expected cost under architecture
       probabilities is another function.
+    - An **auxiliary head** (``auxiliary`` outputs and the nodes only they need, see
+      ``archir.training.auxiliary_head``) is a training-time construct: it is left out of every
+      total (params, MACs, FLOPs, bytes, peak memory: the schedule is that of the main outputs),
+      as the papers count their networks. Its records are in ``Counts.excluded``, its
+      parameters in ``Counts.auxiliary_params``, and ``Counts.table()`` says so in a last line.
+      ``drop_path`` (eval: the identity) is a view: 0.
 
     Args:
         g: a graph (weights need not be initialised: parameter counts come from the op schemas).
@@ -348,6 +378,15 @@ def count(g: Graph, batch_size: int = 1) -> Counts:
         raise ValueError(f"count: batch_size must be a positive int, got {batch_size!r}")
     batch_size = int(batch_size)
     g.validate(weights=False)
+    head = auxiliary_head(g)
+    excluded = {}
+    if head:
+        excluded = _head_counts(g, head, batch_size)
+        g = g.copy()  # the network as deployed: the main outputs and what they need
+        gone = set(head)
+        g.set_outputs(*[o for o in g.outputs if o not in gone])
+        for n in reversed(head):
+            g.remove(n)
     order = g.topo_order()
     pos = {n: i for i, n in enumerate(order)}
     outputs = set(g.outputs)
@@ -395,7 +434,24 @@ def count(g: Graph, batch_size: int = 1) -> Counts:
         graph=g.name, batch_size=batch_size, nodes=MappingProxyType(records), params=tot("params"), macs=tot("macs"),
         flops=tot("flops"), activation_bytes=tot("activation_bytes"), weight_bytes=tot("weight_bytes"),
         bytes_moved=tot("bytes_moved"), peak_bytes=live[peak_i], peak_node=order[peak_i],
-        supernet=any(r.op == "choice" for r in records.values()))
+        supernet=any(r.op == "choice" for r in records.values()), excluded=MappingProxyType(excluded),
+        auxiliary_params=sum(r.params for r in excluded.values()))
+
+
+def _head_counts(g: Graph, head: list[str], batch_size: int) -> dict[str, NodeCount]:
+    """The records of the auxiliary-head nodes, each priced alone (not scheduled: ``live_bytes`` 0)."""
+    out = {}
+    for n in head:
+        node = g.node(n)
+        ins = g.input_types(n)
+        c = op_cost(node.op, node.attrs, ins, node.type, n)
+        opdef = get_op(node.op, n)
+        params = sum(math.prod(s) for s in opdef.param_shapes(node.attrs, ins).values())
+        wbytes = 4 * (params + sum(math.prod(s) for s in opdef.buffer_shapes(node.attrs, ins).values()))
+        out[n] = NodeCount(id=n, op=node.op, params=params, macs=batch_size * c.macs, flops=batch_size * c.flops,
+                           activation_bytes=batch_size * _nbytes(node.type), weight_bytes=wbytes,
+                           bytes_moved=batch_size * c.traffic_bytes + wbytes, live_bytes=0)
+    return out
 
 
 # ``@costmodels.count.register("op")`` is what OpHandlers' error hint tells a new op's author to write.

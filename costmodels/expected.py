@@ -41,6 +41,7 @@ import torch
 from archir.choice import decision_keys
 from archir.graph import Graph, arch_key
 from archir.ops import candidate_steps, get_op
+from archir.training import auxiliary_head
 from costmodels.counts import count, op_cost
 
 __all__ = ["expected_cost", "candidate_costs", "CandidateCosts", "arch_probs", "COST_SOURCES"]
@@ -197,7 +198,8 @@ def candidate_costs(supernet: Graph, cost: CostSpec = "macs", *, table=None, bat
 
     Args:
         supernet: a graph with choice nodes (a plain graph is allowed: it has only a fixed
-            part). Weights are not needed.
+            part). Weights are not needed. An auxiliary head (training only) is priced at
+            nothing, as :func:`costmodels.count` leaves it out.
         cost: ``"macs"``, ``"flops"``, ``"params"``, ``"latency"`` (needs ``table``) or a callable
             ``(op, attrs, input_types) -> float`` (``input_types``: the op's input
             :class:`~archir.TensorType` s, batch excluded).
@@ -224,9 +226,10 @@ def candidate_costs(supernet: Graph, cost: CostSpec = "macs", *, table=None, bat
     per = {k: np.zeros(len(v), np.float64) for k, v in keys.items()}
     counted = count(supernet, batch_size=int(batch_size)) if cost in ("macs", "flops", "params") else None
     fixed_parts = [fixed]
+    head = set(auxiliary_head(supernet))  # training only, left out as count() leaves it out
     for n in supernet.topo_order():
         node = supernet.node(n)
-        if node.op == "input":
+        if node.op == "input" or n in head:
             continue
         ins = supernet.input_types(n)
         if node.op != "choice":

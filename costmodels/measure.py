@@ -50,6 +50,7 @@ import numpy as np
 
 from archir.errors import ArchirError
 from archir.graph import Graph
+from archir.training import strip_training
 from costmodels.device import cpu_fingerprint, gpu_fingerprint, versions
 
 __all__ = ["measure", "Latency", "BackendUnavailable", "BACKENDS"]
@@ -306,6 +307,9 @@ def measure(g: Graph, backend: str = "ort-cpu", batch_size: int = 1, warmup: int
     - ``"torch-cuda"``: the same on GPU 0, timed with ``torch.cuda.Event(enable_timing=True)``
       pairs around each forward after warm-up and ``torch.cuda.synchronize``.
 
+    What is timed is the inference network, ``archir.strip_training(g)``: ``drop_path`` is
+    bypassed and auxiliary outputs with their heads are left out, on every backend.
+
     Inputs are standard normal float32 arrays of shape ``(batch_size, *shape)`` from ``seed``.
     The first run (session creation or device transfer, plus the first inference) is reported
     as ``first_run_ms``; then ``warmup`` untimed runs; then ``repeats`` timed runs, with Python's
@@ -354,6 +358,7 @@ def measure(g: Graph, backend: str = "ort-cpu", batch_size: int = 1, warmup: int
     seed = _positive_int("seed", seed, allow_zero=True)
     _check_backend(backend)
     g.validate()
+    g = strip_training(g)  # the network as deployed: no drop_path, no auxiliary head
     feeds = _inputs(g, batch_size, seed)
     cuda = backend.endswith("cuda")
     if backend.startswith("ort"):

@@ -59,6 +59,7 @@ import numpy as np
 from archir.errors import ArchirError
 from archir.graph import Graph
 from archir.ops import get_op, op_names, pair
+from archir.training import STRIPPED_BY, strip_training
 from costmodels.counts import count
 from costmodels.measure import Latency
 from costmodels.roofline import DeviceSpec
@@ -325,7 +326,8 @@ def graph_features(g: Graph, *, batch_size: int = 1, device: DeviceSpec = NOMINA
     """The predictor's features of one graph (see the module docstring for the list).
 
     Args:
-        g: a plain graph (weights are not needed).
+        g: a plain graph (weights are not needed); it is featurised as deployed,
+            ``archir.strip_training(g)`` (no ``drop_path``, no auxiliary head).
         batch_size: the batch size the latency is for.
         device: the device of the roofline features.
         table: a :class:`~costmodels.LatencyTable` for the table features (it measures missing
@@ -344,6 +346,7 @@ def graph_features(g: Graph, *, batch_size: int = 1, device: DeviceSpec = NOMINA
     """
     from archir.errors import IRError
 
+    g = strip_training(g)  # what is deployed: no drop_path, no auxiliary head
     c = count(g, batch_size=batch_size)
     if c.supernet:
         raise IRError("graph has choice nodes (a supernet); the predictor prices plain graphs", rule="choice",
@@ -361,7 +364,8 @@ def graph_features(g: Graph, *, batch_size: int = 1, device: DeviceSpec = NOMINA
     for a in _ALIGN:
         f[f"n_other_{a}"] = f[f"bytes_other_{a}"] = 0.0
     for op in op_names():
-        if get_op(op).traits.category not in ("input", "search"):
+        # (the ops strip_training removes never reach the counts: no feature for them)
+        if get_op(op).traits.category not in ("input", "search") and get_op(op).removed_by != STRIPPED_BY:
             f[f"n_op_{op}"] = 0.0
     kernels, merged = _kernels(g)
     for k in ("n_kernels", "n_fused_bn", "n_fused_add", "n_fused_act", "n_standalone_bn", "n_standalone_add",

@@ -49,6 +49,7 @@ from typing import Iterable, Mapping, Sequence
 from archir.errors import ArchirError, IRError
 from archir.graph import Graph
 from archir.ops import get_op
+from archir.training import auxiliary_head
 from archir.types import TensorType
 from costmodels.device import cpu_fingerprint, gpu_fingerprint, versions
 from costmodels.measure import BACKENDS, Latency, measure
@@ -543,9 +544,10 @@ class LatencyTable:
     def _node_keys(self, g: Graph) -> dict[str, tuple[str, str, str] | None]:
         g.validate(weights=False)
         keys = {}
+        head = set(auxiliary_head(g))  # training only: not part of the deployed network
         for n in g.topo_order():
             node = g.node(n)
-            if get_op(node.op, node.id).traits.zero_cost:
+            if n in head or get_op(node.op, node.id).traits.zero_cost:
                 keys[n] = None
                 continue
             if node.op == "choice":
@@ -563,7 +565,9 @@ class LatencyTable:
             measure: measure missing entries now; ``False`` raises :class:`MissingLatency` instead.
 
         Returns:
-            Node id -> ms, in topological order; 0.0 for zero-cost ops (``OpTraits.zero_cost``).
+            Node id -> ms, in topological order; 0.0 for zero-cost ops (``OpTraits.zero_cost``,
+            ``drop_path`` and ``auxiliary`` among them) and for the nodes of an auxiliary head
+            (``archir.training.auxiliary_head``: training only, as ``costmodels.count`` excludes them).
 
         Raises:
             IRError: the graph is invalid or a supernet.

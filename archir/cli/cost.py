@@ -95,6 +95,8 @@ def _run_cost(args: argparse.Namespace) -> int:
     print(f"archir cost: {args.graph} ({g.name!r}, {len(g)} nodes), batch {c.batch_size}")
     if c.supernet:
         print("note: a supernet (choice nodes): every candidate is counted (the sum over all of them)")
+    if c.excluded and args.by_op:  # (c.table() ends with this line itself)
+        print(f"note: {c.excluded_note()}")
     print()
     print(_by_op_table(c) if args.by_op else c.table())
     print()
@@ -105,6 +107,9 @@ def _run_cost(args: argparse.Namespace) -> int:
                          ("peak bytes", f"{_bytes(c.peak_bytes)} at node {c.peak_node!r} (activations live at "
                                         f"once under the topological schedule; weights excluded)")):
         print(f"  {label:<17} {value}")
+    if c.excluded:
+        print(f"  {'auxiliary head':<17} {len(c.excluded)} node(s), {_big(c.auxiliary_params)} params: training only, "
+              "in none of the totals")
     return 0
 
 

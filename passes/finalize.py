@@ -1,5 +1,9 @@
 """``finalize``: remove the training-only ``stop_gradient`` / ``stop_forward`` ops (Petridish).
 
+It first strips the other training-time constructs with :func:`archir.strip_training`
+(``drop_path`` bypassed, auxiliary outputs and their heads removed), so its result is the
+inference network that ``archir.lower.to_onnx`` exports.
+
 Petridish trains candidate ops beside a parent network without disturbing it: a candidate reads
 ``stop_gradient(x)`` (forward ``x``, no gradient back into the parent) and joins the parent
 through ``add(y, stop_forward(c))`` (``stop_forward(c) = c - c.detach()``: forward 0, gradient of
@@ -33,7 +37,7 @@ Example:
 
 from __future__ import annotations
 
-from archir import Graph
+from archir import Graph, strip_training
 from archir.ops import get_op
 
 from passes._rewrite import remove_dead
@@ -52,7 +56,8 @@ def stop_ops(g: Graph) -> list[str]:
 
 @graph_pass(preserves=None)
 def finalize(g: Graph, mode: str = "join") -> Graph:
-    """A copy of ``g`` without ``stop_gradient`` / ``stop_forward`` nodes (see the module docstring).
+    """A copy of ``g`` without ``stop_gradient`` / ``stop_forward`` nodes (see the module docstring), and
+    without ``drop_path`` or auxiliary outputs (``archir.strip_training``, applied first).
 
     Args:
         g: the graph (not changed).
@@ -62,8 +67,8 @@ def finalize(g: Graph, mode: str = "join") -> Graph:
             (function-preserving exactly).
 
     Returns:
-        A new validated graph with no stop op. A graph without stop ops comes back as an
-        equal copy.
+        A new validated graph with no stop op, no ``drop_path`` and only the main outputs. A
+        graph without any of these comes back as an equal copy.
 
     Raises:
         PreconditionError: unknown ``mode``; or a stop op is a graph output (outputs are the
@@ -75,7 +80,7 @@ def finalize(g: Graph, mode: str = "join") -> Graph:
     """
     if mode not in FINALIZE_MODES:
         raise PreconditionError(f"unknown mode {mode!r}", hint=f"use one of {list(FINALIZE_MODES)}")
-    out = g.copy()
+    out = strip_training(g)
     outputs = set(out.outputs)
     for n in stop_ops(out):
         if n in outputs:

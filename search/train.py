@@ -13,6 +13,16 @@ Learning rate per step (``t`` = epochs done, fractional within an epoch):
   epochs, restarting at ``lr`` at each period's start (SGDR, as NASH trains its candidates);
 - ``"constant"``: ``lr``.
 
+The DARTS/NASNet evaluation recipe (``archir.training``): a graph with auxiliary outputs
+(``g.set_outputs(logits, auxiliary(aux_logits, weight=w))``) trains on
+``CE(main) + sum(w_i * CE(aux_i))`` (``train_loss`` in the history and metrics is that total, as
+DARTS logs it), while accuracy, validation and test figures use the main output alone. Every
+``drop_path`` node's rate is ramped linearly, as DARTS does (``drop_prob = p * epoch / epochs`` at
+the start of each epoch, ``epoch`` from 0: no drop-path in the first epoch), with
+``archir.lower.set_drop_path(gm, epoch / epochs)``. The trained graph keeps both (its auxiliary
+head's weights are trained and synced back too); ``archir.strip_training`` gives the inference
+network. A graph without either trains exactly as before.
+
 Determinism: everything random is drawn from ``cfg.seed`` -- batch order from a numpy
 Generator, any torch randomness (dropout) inside ``torch.random.fork_rng`` seeded with it --
 and deterministic algorithms are switched on for the run, so on CPU the same graph, data and
@@ -48,9 +58,9 @@ import torch.nn.functional as F
 
 from archir import Graph
 from archir.errors import is_user_error
-from archir.lower import sync_back, to_fx
+from archir.lower import set_drop_path, sync_back, to_fx
 
-__all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "learning_rate"]
+__all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "learning_rate", "training_loss", "main_output"]
 
 SCHEDULES = ("cosine", "sgdr", "constant")
 
@@ -167,6 +177,31 @@ def learning_rate(cfg: TrainConfig, t: float) -> float:
     return float(cfg.lr_min + (cfg.lr - cfg.lr_min) * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
+def main_output(out: torch.Tensor | tuple) -> torch.Tensor:
+    """The main output of a lowered graph's forward: ``out`` itself, or the first of a tuple
+    (``(main, aux...)`` for a graph with auxiliary outputs)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def training_loss(out: torch.Tensor | tuple, y: torch.Tensor, auxiliary: dict[int, float] | None = None
+                  ) -> torch.Tensor:
+    """The classification loss of one batch: ``CE(main) + sum(weight_i * CE(out[i]))``.
+
+    Args:
+        out: what the lowered module returned (a tensor, or a tuple with the main output first).
+        y: the labels.
+        auxiliary: output index -> loss weight (``gm.meta["archir_auxiliary"]``); ``None`` or
+            empty: the cross-entropy of the main output alone.
+
+    Example:
+        >>> loss = training_loss(gm(x), y, gm.meta["archir_auxiliary"])   # doctest: +SKIP
+    """
+    loss = F.cross_entropy(main_output(out), y)
+    for k, w in sorted((auxiliary or {}).items()):
+        loss = loss + float(w) * F.cross_entropy(out[k], y)
+    return loss
+
+
 def _eval_module(gm: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
     gm.eval()
     wrong, loss_sum = 0, 0.0
@@ -174,7 +209,7 @@ def _eval_module(gm: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch_size: 
         for i in range(0, len(y), batch_size):
             xb = torch.from_numpy(np.array(x[i:i + batch_size], dtype=np.float32))
             yb = torch.from_numpy(np.array(y[i:i + batch_size], dtype=np.int64))
-            out = gm(xb)
+            out = main_output(gm(xb))  # auxiliary outputs are for training only
             loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
             wrong += int((out.argmax(1) != yb).sum())
     n = max(1, len(y))
@@ -196,7 +231,7 @@ def evaluate(graph: Graph, x: np.ndarray, y: np.ndarray, batch_size: int = 256) 
     if len(y) == 0 or x.ndim != 4 or len(x) != len(y) or y.ndim != 1:
         raise ValueError(f"evaluate needs x (N, C, H, W) and y (N,) with N > 0, got {x.shape} and {y.shape}")
     _check_input(graph, x.shape[1:])
-    return _eval_module(to_fx(graph), x, y, batch_size)
+    return _eval_module(to_fx(graph, training_ops=False), x, y, batch_size)  # the main output only
 
 
 def _check_input(graph: Graph, shape: tuple) -> None:
@@ -217,7 +252,8 @@ def train(graph: Graph, dataset: Any, cfg: TrainConfig | None = None) -> TrainRe
     """Train ``graph`` on ``dataset`` (a :class:`search.data.Dataset`) under ``cfg``.
 
     Args:
-        graph: a plain graph (no choice nodes) with one ``(C, H, W)`` input and a logits output.
+        graph: a plain graph (no choice nodes) with one ``(C, H, W)`` input and a logits output
+            (then any auxiliary logits outputs, and ``drop_path`` nodes: see the module docstring).
         dataset: anything with ``x_train, y_train, x_val, y_val, x_test, y_test``.
         cfg: the training config (default ``TrainConfig()``).
 
@@ -246,6 +282,7 @@ def train(graph: Graph, dataset: Any, cfg: TrainConfig | None = None) -> TrainRe
             torch.manual_seed(cfg.seed)
             _check_input(graph, dataset.x_train.shape[1:])
             gm = to_fx(graph)
+            auxiliary = gm.meta["archir_auxiliary"]
             params = list(gm.parameters())
             opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
             x_tr = torch.from_numpy(np.array(dataset.x_train, dtype=np.float32))
@@ -259,6 +296,7 @@ def train(graph: Graph, dataset: Any, cfg: TrainConfig | None = None) -> TrainRe
                 phase = f"epoch {epoch + 1}"
                 epochs_run = epoch + 1
                 gm.train()
+                set_drop_path(gm, epoch / cfg.epochs)  # DARTS' linear ramp (no drop_path nodes: nothing)
                 order = torch.from_numpy(rng.permutation(n))
                 total, count = 0.0, 0
                 for s in range(steps):
@@ -266,8 +304,7 @@ def train(graph: Graph, dataset: Any, cfg: TrainConfig | None = None) -> TrainRe
                     for group in opt.param_groups:
                         group["lr"] = lr
                     idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-                    out = gm(x_tr[idx])
-                    loss = F.cross_entropy(out, y_tr[idx])
+                    loss = training_loss(gm(x_tr[idx]), y_tr[idx], auxiliary)
                     if not torch.isfinite(loss):
                         return _failed(f"loss became {float(loss.detach())} in epoch {epoch + 1}, step {s + 1} "
                                        f"(lr {lr:.3g})", epochs_run, t0, history)

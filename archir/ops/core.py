@@ -523,7 +523,7 @@ register_op(OpDef(
 
 # --------------------------------------------------------------------------- choice
 
-_NOT_IN_CHOICE = {"input", "choice"}
+_NOT_IN_CHOICE = {"input", "choice", "auxiliary"}  # an aux head is a graph output, not a step
 
 
 def _choice_check(a, node):

@@ -328,11 +328,15 @@ def test_choice_namespaced_params_and_canonical_candidates():
     assert g.arch[n].shape == (3,)
 
 
-def test_choice_candidates_must_agree_and_be_single_input():
+def test_choice_candidates_must_agree_and_name_their_inputs():
     bad = _cands() + [{"name": "down", "ops": [{"op": "maxpool2d", "kernel_size": 2}]}]
     with pytest.raises(ShapeError, match="disagree"):
         _one("choice", [(4, 8, 8)], candidates=bad)
-    with pytest.raises(OpSchemaError, match="cannot be a step"):
+    for op in ("input", "choice", "auxiliary"):
+        with pytest.raises(OpSchemaError, match="cannot be a step"):
+            _one("choice", [(4, 8, 8)], candidates=[{"name": "a", "ops": [{"op": op}]}])
+    # a two-input step must say which two steps it reads
+    with pytest.raises(OpSchemaError, match="takes 2 input"):
         _one("choice", [(4, 8, 8)], candidates=[{"name": "a", "ops": [{"op": "add"}]}])
     with pytest.raises(OpSchemaError, match="unique"):
         _one("choice", [(4, 8, 8)], candidates=[{"name": "a", "ops": []}, {"name": "a", "ops": []}])

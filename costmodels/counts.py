@@ -142,6 +142,11 @@ def _concat(attrs, ins, out):
     return OpCost()  # a copy: traffic, no arithmetic
 
 
+@COUNT_HANDLERS.register("slice")
+def _slice(attrs, ins, out):
+    return OpCost(traffic_bytes=2 * _nbytes(out))  # reads the selected elements, writes them
+
+
 @COUNT_HANDLERS.register("zero")
 def _zero(attrs, ins, out):
     return OpCost(traffic_bytes=_nbytes(out))  # writes zeros, reads nothing

@@ -90,7 +90,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from archir import Graph
-from archir.ops import OpHandlers, concat_axis, get_op, op_names
+from archir.ops import OpHandlers, concat_axis, get_op, op_names, slice_range
 
 from passes.infra import PassError, PreconditionError
 
@@ -547,6 +547,17 @@ def _concat(b: CouplingBuilder, n, a, ins, it) -> None:
         b.carrier(n, [x for u in ins for x in b.layout[u]], flow="concat")
     else:
         b.tie(n, ins, f"concat (dim={a['dim']}, not channels)")
+
+
+@register("slice")
+def _slice(b: CouplingBuilder, n, a, ins, it) -> None:
+    ax, start, stop, step = slice_range(a, it[0].shape, n)
+    if ax != 0 or (start, stop, step) == (0, it[0].shape[0], 1):
+        b.carrier(n, list(b.layout[ins[0]]))  # a spatial slice (or all channels): channels pass through
+    else:
+        b.opaque(n, f"slice {start}:{stop}:{step} of the channels of {it[0]} keeps some channels only; "
+                    f"prune and widen do not follow channels through a channel slice",
+                 "leave the channels feeding this slice alone (a slice on dim >= 2 passes channels through)")
 
 
 @register("choice")

@@ -571,25 +571,49 @@ def _mul(imp, node, a):
 
 @_rule("Slice")
 def _slice(imp, node, a):
-    """``Mul(Slice(x, [0, 0], [big, big], [2, 3], [s, s]), 0)``: archir's ``zero`` with a stride."""
+    """A ``Slice`` with constant starts/ends/axes/steps: one archir ``slice`` per axis, chained;
+    ``Mul(Slice(x, [0, 0], [big, big], [2, 3], [s, s]), 0)`` is archir's strided ``zero``."""
     x = imp.act(node.input[0])
-    if len(node.input) < 5:
-        raise Skip("Slice without steps; archir has no slicing op")
-    starts, ends, axes, steps = (imp.const(i, w).astype(np.int64).tolist()
-                                 for i, w in zip(node.input[1:5], ["starts", "ends", "axes", "steps"]))
-    _, h, w = imp.shape(x) if len(imp.shape(x)) == 3 else (None, 0, 0)
+    shape = imp.shape(x)
+    names = ["starts", "ends", "axes", "steps"]
+    vals = [imp.const(i, w) if k < len(node.input) else None
+            for k, (i, w) in enumerate(zip(list(node.input[1:5]) + [""] * 4, names), start=1)]
+    starts, ends = (v.astype(np.int64).reshape(-1).tolist() for v in vals[:2])
+    rank = len(shape) + 1  # with the batch axis
+    axes = list(range(len(starts))) if vals[2] is None else vals[2].astype(np.int64).reshape(-1).tolist()
+    steps = [1] * len(starts) if vals[3] is None else vals[3].astype(np.int64).reshape(-1).tolist()
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        raise Skip(f"Slice with {len(starts)} starts, {len(ends)} ends, {len(axes)} axes, {len(steps)} steps")
+    axes = [ax % rank if -rank <= ax < rank else ax for ax in axes]
+    if any(not 0 <= ax < rank for ax in axes) or len(set(axes)) != len(axes):
+        raise Skip(f"Slice axes {axes} are not distinct axes of a rank-{rank} tensor")
     user = imp.sole_user(node.output[0])
     zero_mul = False
     if user is not None and user.op_type == "Mul":
         other = [i for i in user.input if i != node.output[0]]
         c = imp.env.get(other[0]) if len(other) == 1 else None
         zero_mul = isinstance(c, np.ndarray) and c.size == 1 and float(c.reshape(())) == 0.0
-    if not (zero_mul and starts == [0, 0] and axes == [2, 3] and len(set(steps)) == 1 and steps[0] > 1
-            and ends[0] >= h and ends[1] >= w):
-        raise Skip("Slice other than archir's strided zero; archir has no slicing op")
-    imp.done.add(list(imp.model.graph.node).index(user))
-    nid = imp.add(user, "zero", [x], stride=int(steps[0]))
-    imp.env[user.output[0]] = nid
+    if (zero_mul and len(shape) == 3 and starts == [0, 0] and axes == [2, 3] and len(set(steps)) == 1
+            and steps[0] > 1 and ends[0] >= shape[1] and ends[1] >= shape[2]):
+        imp.done.add(list(imp.model.graph.node).index(user))
+        nid = imp.add(user, "zero", [x], stride=int(steps[0]))
+        imp.env[user.output[0]] = nid
+        return nid
+    if any(s < 1 for s in steps):
+        raise Skip(f"Slice steps {steps}: archir slices forwards only (step >= 1)")
+    nid = x
+    for ax, start, end, step in sorted(zip(axes, starts, ends, steps)):
+        size = shape[ax - 1] if ax else None
+        if ax == 0:
+            if (start, step) == (0, 1) and end >= np.iinfo(np.int64).max // 2:
+                continue  # the whole batch
+            raise Skip("Slice of the batch axis")
+        # ONNX clamps like Python; indices() gives the canonical bounds
+        got = range(*slice(int(start), int(end), int(step)).indices(size))
+        if (got.start, got.stop, got.step) == (0, size, 1):
+            continue
+        nid = imp.add(node, "slice", [nid], dim=ax, start=got.start, end=None if got.stop >= size else got.stop,
+                      step=got.step)
     return nid
 
 

@@ -91,6 +91,8 @@ _SIGS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "dropout": (["input", "p", "training", "inplace"], {"p": 0.5, "training": True, "inplace": False}),
     "stochastic_depth": (["input", "p", "mode", "training"], {"training": True}),
     "identity": (["input"], {}),
+    "getitem": (["input", "index"], {}),
+    "narrow": (["input", "dim", "start", "length"], {}),
     "zero": (["x", "stride"], {"stride": 1}),
     "stop_forward": (["x"], {}),
 }
@@ -687,6 +689,57 @@ def _cat(imp, node, kw):
     return _result(imp, node, imp.add(node, "concat", [t.id for t in ts], dim=int(kw["dim"])))
 
 
+def _slices(imp, node, x: _Act, spans: dict[int, tuple[int, int | None, int]]) -> _Act:
+    """One ``slice`` node per sliced dim (batch first numbering), chained; ``spans`` dim -> (start, end, step)."""
+    nid = x.id
+    for dim, (start, end, step) in sorted(spans.items()):
+        got = range(*slice(start, end, step).indices(x.shape[dim]))
+        if (got.start, got.stop, got.step) == (0, x.shape[dim], 1):
+            continue  # the whole dim
+        stop = None if got.stop >= x.shape[dim] else got.stop
+        nid = imp.add(node, "slice", [nid], dim=dim, start=got.start, end=stop, step=got.step)
+    return x if nid == x.id else _result(imp, node, nid)
+
+
+def _getitem(imp, node, kw):
+    x = kw["input"]
+    if not isinstance(x, _Act):
+        raise Skip("indexing a value that is not a network tensor (a tuple of outputs?)")
+    index = kw["index"] if isinstance(kw["index"], tuple) else (kw["index"],)
+    if sum(i is Ellipsis for i in index) > 1:
+        raise Skip("an index with two Ellipses")
+    if Ellipsis in index:
+        k = index.index(Ellipsis)
+        index = index[:k] + (slice(None),) * (len(x.shape) - len(index) + 1) + index[k + 1:]
+    if len(index) > len(x.shape) or not all(isinstance(i, slice) for i in index):
+        raise Skip(f"indexing with {index!r}: archir maps slices (x[:, :, a:b:s]) only, not integers, None, "
+                    "tensors or masks")
+    spans = {}
+    for dim, s in enumerate(index):
+        if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in (s.start, s.stop, s.step)):
+            raise Skip(f"slice {s!r} on dim {dim} has bounds computed at run time; archir needs ints")
+        if s == slice(None):
+            continue
+        if dim == 0:
+            raise Skip(f"slicing the batch dimension ({s!r})")
+        if s.step is not None and s.step < 1:
+            raise Skip(f"slice step {s.step} (torch allows only positive steps)")
+        spans[dim] = (s.start or 0, s.stop, s.step or 1)
+    return _slices(imp, node, x, spans)
+
+
+def _narrow(imp, node, kw):
+    x = _act(kw)
+    dim, start, length = kw["dim"], kw["start"], kw["length"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (dim, start, length)):
+        raise Skip("narrow with dim/start/length computed at run time; archir needs ints")
+    dim %= len(x.shape)
+    if dim == 0:
+        raise Skip("narrowing the batch dimension")
+    start %= x.shape[dim]  # torch.narrow: a negative start counts from the end
+    return _slices(imp, node, x, {dim: (start, start + length, 1)})
+
+
 Rule = tuple[str, Callable, bool]  # (signature, mapping function, works in place)
 
 _CALL_RULES: dict[Any, Rule] = {}
@@ -726,6 +779,8 @@ _reg([operator.imul, ("method", "mul_")], "binary", _binary("mul"), inplace=True
 _reg([torch.cat, torch.concat, torch.concatenate], "cat", _cat)
 _reg([F.dropout], "dropout", _dropout)
 _reg([("method", "contiguous"), ("method", "clone")], "identity", _alias)
+_reg([operator.getitem], "getitem", _getitem)
+_reg([torch.narrow, ("method", "narrow")], "narrow", _narrow)
 
 
 # archir's own lowering helpers (archir.lower.modules), kept as calls by the tracer: a graph lowered
@@ -766,6 +821,7 @@ _ATEN_RULES: dict[str, Rule] = {
     "mul": ("", _binary("mul"), False), "mul_": ("", _binary("mul"), True),
     "cat": ("", _cat, False), "concat": ("", _cat, False),
     "dropout": ("", lambda imp, node, kw: _dropout(imp, node, kw), False),
+    "narrow": ("", _narrow, False),
     "clone": ("", _alias, False), "contiguous": ("", _alias, False), "alias": ("", _alias, False),
 }
 

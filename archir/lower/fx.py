@@ -28,7 +28,7 @@ from torch import fx, nn
 
 from archir.errors import IRError, LoweringError
 from archir.graph import Graph, Node, arch_key
-from archir.ops import OpHandlers, get_op, pair, step_inputs
+from archir.ops import OpHandlers, get_op, pair, slice_range, step_inputs
 from archir.lower.modules import CHOICE_MODES, ArchSampler, ChoiceModule, DropPath, Scale, stop_forward, zero
 from archir.training import auxiliary_head, auxiliary_outputs, strip_training
 
@@ -208,6 +208,13 @@ def _stop_gradient(ctx, node, args, ins):
 @FX_HANDLERS.register("concat")
 def _concat(ctx, node, args, ins):
     return ctx.fx.call_function(torch.cat, (list(args),), {"dim": node.attrs["dim"]})
+
+
+@FX_HANDLERS.register("slice")
+def _slice(ctx, node, args, ins):
+    ax, start, stop, step = slice_range(node.attrs, ins[0].shape, node.id)
+    index = (slice(None),) * (ax + 1) + (slice(start, stop, step),)  # the batch dim, then axes before ax
+    return ctx.fx.call_function(operator.getitem, (args[0], index))
 
 
 def candidate_graph(node: Node, k: int, in_type) -> Graph:

@@ -32,7 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from archir.errors import IRError, LoweringError
 from archir.graph import Graph, Node
-from archir.ops import OpHandlers, get_op, op_names, pair
+from archir.ops import OpHandlers, get_op, op_names, pair, slice_range
 from archir.training import strip_training
 from archir.types import TensorType
 
@@ -298,6 +298,15 @@ ONNX_HANDLERS.register("input")(lambda ctx, node, xs, ins, out: out)  # a graph 
 ONNX_HANDLERS.register("add")(lambda ctx, node, xs, ins, out: ctx.emit("Add", xs, out))
 ONNX_HANDLERS.register("mul")(lambda ctx, node, xs, ins, out: ctx.emit("Mul", xs, out))
 ONNX_HANDLERS.register("concat")(lambda ctx, node, xs, ins, out: ctx.emit("Concat", xs, out, axis=node.attrs["dim"]))
+
+
+@ONNX_HANDLERS.register("slice")
+def _slice(ctx, node, xs, ins, out):
+    ax, start, stop, step = slice_range(node.attrs, ins[0].shape, node.id)
+    return ctx.emit("Slice", [xs[0], ctx.const(f"{node.id}::starts", [start], np.int64),
+                              ctx.const(f"{node.id}::ends", [stop], np.int64),
+                              ctx.const(f"{node.id}::axes", [ax + 1], np.int64),
+                              ctx.const(f"{node.id}::steps", [step], np.int64)], out)
 
 
 @ONNX_HANDLERS.register("scale")

@@ -507,6 +507,41 @@ register_op(OpDef(
 ))
 
 
+def slice_range(a: dict, shape: tuple[int, ...], node=None) -> tuple[int, int, int, int]:
+    """``(axis, start, stop, step)`` of a ``slice`` node on a per-sample ``shape``: the axis without
+    the batch dim, and Python's ``slice(start, end, step).indices(size)``."""
+    ax = concat_axis(a["dim"], len(shape), node)
+    start, stop, step = slice(a["start"], a["end"], a["step"]).indices(shape[ax])
+    return ax, start, stop, step
+
+
+def _slice_check(a, node):
+    if a["dim"] == 0:
+        raise OpSchemaError("slice dim=0 is the batch dim, which archir never slices", node=node, rule="attr",
+                            hint="pass dim= 1 (channels), 2 (height) or 3 (width); dims count the batch as 0")
+
+
+def _slice_infer(a, ins, node):
+    ax, start, stop, step = slice_range(a, ins[0].shape, node)
+    n = len(range(start, stop, step))
+    if n < 1:
+        raise _fail(node, f"slice {a['start']}:{a['end']}:{a['step']} on dim {a['dim']} of {ins[0]} is empty",
+                    hint="pick start/end inside the dim (Python semantics: negatives count from the end)")
+    out = list(ins[0].shape)
+    out[ax] = n
+    return _checked_type(out, node)
+
+
+register_op(OpDef(
+    "slice", arity=1, infer=_slice_infer, check=_slice_check,
+    attrs={"dim": AttrSpec("int", min=-16, max=16), "start": AttrSpec("int", 0, min=-MAX_DIM, max=MAX_DIM),
+           "end": AttrSpec("int", None, min=-MAX_DIM, max=MAX_DIM, optional=True),
+           "step": AttrSpec("int", 1, min=1, max=MAX_DIM)},
+    traits=_traits("copy", zero_preserving="all", value_range="input"),
+    doc="x[..., start:end:step] on one dim (Python semantics; dim counts the batch dim as 0; torch.narrow)",
+))
+
+
 def _scale_infer(a, ins, node):
     if ins[0].rank < 1:
         raise _fail(node, "scale needs a channel dim", hint="apply it to (C, ...) tensors")

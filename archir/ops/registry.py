@@ -152,6 +152,7 @@ CATEGORIES = {
     "eltwise": "elementwise arithmetic (sums, products, per-channel scales, constants)",
     "pool": "pooling over spatial windows, per channel",
     "concat": "concatenation of its inputs",
+    "copy": "data movement with no arithmetic (a slice): one copy kernel at inference",
     "view": "no computation at inference: the output is its input, reshaped or passed through",
     "search": "a search-space construct that archir.derive replaces",
 }

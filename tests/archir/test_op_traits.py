@@ -39,6 +39,8 @@ EXAMPLES = {
     "mul": ([(3, 4, 4), (3, 1, 1)], [{}]),
     "concat": ([(3, 4, 4), (2, 4, 4)], [{}]),
     "scale": ([(3, 4, 4)], [{}]),
+    "slice": ([(4, 6, 6)], [{"dim": 1, "start": 1, "end": 3}, {"dim": 2, "start": 1}, {"dim": 3, "step": 2},
+                            {"dim": -1, "start": -4, "end": -1}]),
 }
 UNARY = ("relu", "relu6", "sigmoid", "hardswish", "hardsigmoid", "silu", "tanh", "identity", "stop_gradient",
          "stop_forward")

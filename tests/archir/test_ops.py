@@ -351,6 +351,7 @@ def test_choice_candidates_must_agree_and_name_their_inputs():
 OP_EXAMPLES = {
     "conv2d": ([(4, 8, 8)], dict(out_channels=8, kernel_size=3, padding=1, groups=2)),
     "linear": ([(12,)], dict(out_features=5)),
+    "slice": ([(4, 8, 8)], dict(dim=3, start=1, end=-1, step=2)),
     "batchnorm2d": ([(4, 8, 8)], {}),
     "relu": ([(4, 8, 8)], {}), "relu6": ([(4, 8, 8)], {}), "sigmoid": ([(4, 8, 8)], {}),
     "hardswish": ([(4, 8, 8)], {}), "hardsigmoid": ([(4, 8, 8)], {}), "silu": ([(4, 8, 8)], {}),

@@ -26,7 +26,7 @@ Sources (each compared with more than one public transcription):
   AutoDL-Projects' ``DXYs/genotypes.py`` (``PNASNet``).
 - ``ENAS``: the ENAS convolutional cell, Pham, Guan, Zoph, Le, Dean, "Efficient Neural
   Architecture Search via Parameter Sharing", ICML 2018 (arXiv:1802.03268), Fig. 7; as
-  transcribed (``ENASNet``) in xiaomi-automl/FairDARTS ``darts/genotypes.py`` and in later
+  transcribed (``ENASNet``) in xiaomi-automl/FairDARTS ``fairdarts/genotypes.py`` and in later
   copies of AutoDL-Projects' ``DXYs/genotypes.py``.
 - ``SNAS``: the mild-constraint cell of Xie, Zheng, Liu, Lin, "SNAS: Stochastic Neural
   Architecture Search", ICLR 2019 (arXiv:1812.09926), as the authors state it: ``SNAS_mild`` in
@@ -48,6 +48,7 @@ __all__ = ["Genotype", "GENOTYPES", "PAPER_FIGURES", "get_genotype", "DARTS_V1",
 
 Genotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
 
+# DARTS, first order (Liu et al., ICLR 2019): quark0/darts cnn/genotypes.py DARTS_V1
 DARTS_V1 = Genotype(
     normal=[("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 0), ("sep_conv_3x3", 1),
             ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 2)],
@@ -56,6 +57,7 @@ DARTS_V1 = Genotype(
             ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("avg_pool_3x3", 0)],
     reduce_concat=[2, 3, 4, 5])
 
+# DARTS, second order (Liu et al., ICLR 2019): quark0/darts cnn/genotypes.py DARTS_V2
 DARTS_V2 = Genotype(
     normal=[("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
             ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)],
@@ -66,6 +68,7 @@ DARTS_V2 = Genotype(
 
 DARTS = DARTS_V2
 
+# NASNet-A (Zoph et al., CVPR 2018, Fig. 4): quark0/darts cnn/genotypes.py NASNet
 NASNet = Genotype(
     normal=[("sep_conv_5x5", 1), ("sep_conv_3x3", 0), ("sep_conv_5x5", 0), ("sep_conv_3x3", 0),
             ("avg_pool_3x3", 1), ("skip_connect", 0), ("avg_pool_3x3", 0), ("avg_pool_3x3", 0),
@@ -76,6 +79,7 @@ NASNet = Genotype(
             ("sep_conv_3x3", 2), ("max_pool_3x3", 1)],
     reduce_concat=[4, 5, 6])
 
+# AmoebaNet-A (Real et al., AAAI 2019, Fig. 4): quark0/darts cnn/genotypes.py AmoebaNet
 AmoebaNet = Genotype(
     normal=[("avg_pool_3x3", 0), ("max_pool_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_5x5", 2),
             ("sep_conv_3x3", 0), ("avg_pool_3x3", 3), ("sep_conv_3x3", 1), ("skip_connect", 1),
@@ -86,12 +90,14 @@ AmoebaNet = Genotype(
             ("conv_7x1_1x7", 0), ("sep_conv_3x3", 5)],
     reduce_concat=[3, 4, 6])
 
+# PNASNet-5 (Liu et al., ECCV 2018, Fig. 1), one cell for both kinds: chenxi116/PNASNet.pytorch genotypes.py
 _PNAS_CELL = [("sep_conv_5x5", 0), ("max_pool_3x3", 0), ("sep_conv_7x7", 1), ("max_pool_3x3", 1),
               ("sep_conv_5x5", 1), ("sep_conv_3x3", 1), ("sep_conv_3x3", 4), ("max_pool_3x3", 1),
               ("sep_conv_3x3", 0), ("skip_connect", 1)]
 PNAS = Genotype(normal=list(_PNAS_CELL), normal_concat=[2, 3, 4, 5, 6], reduce=list(_PNAS_CELL),
                 reduce_concat=[2, 3, 4, 5, 6])
 
+# ENAS (Pham et al., ICML 2018, Fig. 7): xiaomi-automl/FairDARTS fairdarts/genotypes.py ENASNet
 ENAS = Genotype(
     normal=[("sep_conv_3x3", 1), ("skip_connect", 1), ("sep_conv_5x5", 1), ("skip_connect", 0),
             ("avg_pool_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("avg_pool_3x3", 1),

@@ -15,7 +15,7 @@ import archir
 import costmodels
 import passes
 from archir.errors import OpSchemaError, ShapeError
-from archir.frontend import from_onnx, from_torch
+from archir.frontend import UnsupportedModelError, from_onnx, from_torch
 from archir.lower import to_fx, to_onnx, verify_onnx
 from archir.ops import slice_range
 from passes.coupling import analyze
@@ -96,6 +96,44 @@ def test_onnx_import_splits_a_multi_axis_slice_and_keeps_the_strided_zero():
     z = archir.Graph("z")
     z.set_outputs(z.add("zero", z.input("x", (4, 8, 8)), stride=2))
     assert [n.op for n in from_onnx(to_onnx(z.validate())).nodes()] == ["input", "zero"]
+
+
+class _Sliced(torch.nn.Module):
+    """``x[:, :, a:b]`` (with an Ellipsis and a step) and ``narrow`` (function and method, a negative start)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        a = torch.narrow(y, 2, 1, 3) + y[:, :, 2:5, :]
+        b = y.narrow(3, -4, 4)[..., ::2, 1:]
+        return torch.cat([a.flatten(1), b.flatten(1)], 1)
+
+
+def test_torch_import_maps_getitem_and_narrow_to_slices():
+    m = _Sliced().eval()
+    g = from_torch(m, torch.randn(1, 3, 6, 6))
+    got = [(n.attrs["dim"], n.attrs["start"], n.attrs["end"], n.attrs["step"]) for n in g.nodes("slice")]
+    # one slice per non-trivial dim, chained; a slice to the end imports with end=None
+    assert got == [(2, 1, 4, 1), (2, 2, 5, 1), (3, 2, None, 1), (2, 0, None, 2), (3, 1, None, 1)]
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(to_fx(g).eval()(x), m(x))
+
+
+@pytest.mark.parametrize("fn,why", [(lambda x: x[1:], "slicing the batch dimension"),
+                                    (lambda x: x[:, 0], "slices .* only"), (lambda x: x[..., None], "slices .* only"),
+                                    (lambda x: x.narrow(0, 0, 1), "narrowing the batch dimension")],
+                         ids=["batch", "int", "none", "narrow-batch"])
+def test_torch_import_refuses_batch_slices_and_other_indexing(fn, why):
+    class _M(torch.nn.Module):
+        def forward(self, x):
+            return fn(x)
+
+    with pytest.raises(UnsupportedModelError, match=why):
+        from_torch(_M(), torch.randn(2, 3, 6, 6))
 
 
 def test_costs_are_traffic_without_arithmetic():

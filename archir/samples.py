@@ -12,19 +12,17 @@ identity, which makes numeric checks meaningful.
   ``mul``), hardswish/relu6.
 - :func:`darts_like`: a stack of DARTS-style cells (sep convs, dilated convs, pools, skips,
   ``concat`` of intermediate nodes), the network of ``benchmarks/lowering.py``.
-- :func:`darts_body`: the DARTS/NASNet stem-cells-head wiring with caller-supplied cell
-  nodes (shared with ``search.spaces.darts``).
 """
 
 from __future__ import annotations
 
-from typing import Callable
 
 import numpy as np
 
+from archir.cells import add_steps, cell_op, cell_network
 from archir.graph import Graph
 
-__all__ = ["chain", "resnet_like", "densenet_like", "mobilenet_like", "darts_like", "darts_body", "randomize_bn",
+__all__ = ["chain", "resnet_like", "densenet_like", "mobilenet_like", "darts_like", "randomize_bn",
            "SAMPLES"]
 
 
@@ -136,96 +134,29 @@ def mobilenet_like(seed: int = 0, *, in_shape=(3, 16, 16), width: int = 8, class
     return _finish(g, _head(g, h, classes), seed, bn_stats)
 
 
-def _sep_conv(g: Graph, x: str, c: int, k: int, stride: int, name: str) -> str:
-    # DARTS sep_conv: (relu, dw kxk, pw 1x1, bn) twice; the first dw carries the stride
-    h = x
-    for r in range(2):
-        h = g.add("relu", h, name=f"{name}.{r}.relu")
-        h = g.add("conv2d", h, out_channels=c, kernel_size=k, stride=stride if r == 0 else 1, padding=k // 2,
-                  groups=c, bias=False, name=f"{name}.{r}.dw")
-        h = g.add("conv2d", h, out_channels=c, kernel_size=1, bias=False, name=f"{name}.{r}.pw")
-        h = g.add("batchnorm2d", h, name=f"{name}.{r}.bn")
-    return h
-
-
-def _dil_conv(g: Graph, x: str, c: int, k: int, stride: int, name: str) -> str:
-    h = g.add("relu", x, name=f"{name}.relu")
-    h = g.add("conv2d", h, out_channels=c, kernel_size=k, stride=stride, padding=k - 1, dilation=2, groups=c,
-              bias=False, name=f"{name}.dw")
-    h = g.add("conv2d", h, out_channels=c, kernel_size=1, bias=False, name=f"{name}.pw")
-    return g.add("batchnorm2d", h, name=f"{name}.bn")
-
-
-def darts_body(g: Graph, x: str, *, cells: int, channels: int, classes: int,
-               node: Callable[[int, bool, int, list[str], int], str]) -> str:
-    """The DARTS/NASNet network wiring around caller-supplied intermediate nodes; returns the output id.
-
-    Stem (conv3x3 to ``3 * channels`` + BN), ``cells`` cells with reductions at ``cells // 3``
-    and ``2 * cells // 3`` (channels double there), then GAP, flatten, linear to ``classes``.
-    Each cell preprocesses its two inputs (the outputs of the two cells before it) with
-    relu-conv1x1-BN (stride 2 on the older one when the previous cell reduced), builds four
-    intermediate nodes with ``node(cell, reduction, n, states, c)`` -- ``states[:2]`` are the
-    preprocessed inputs, ``states[2:]`` the nodes so far, ``c`` the cell's channels; edges
-    from ``states[:2]`` in a reduction cell take stride 2 -- and concatenates the four nodes.
-
-    Used by :func:`darts_like` and by ``search.spaces.darts`` (plain genotypes and supernets),
-    so the three share one cell layout. Preprocessing nodes that no edge reads are left for
-    the caller to drop.
-    """
-    h = g.add("conv2d", x, out_channels=3 * channels, kernel_size=3, padding=1, bias=False, name="stem.conv")
-    h = g.add("batchnorm2d", h, name="stem.bn")
-    s0 = s1 = h
-    c = channels
-    reductions = {cells // 3, 2 * cells // 3} if cells >= 3 else set()
-    for i in range(cells):
-        red = i in reductions
-        if red:
-            c *= 2
-        name = f"cell{i}"
-        pre = []
-        for j, s in enumerate((s0, s1)):
-            p = g.add("relu", s, name=f"{name}.pre{j}.relu")
-            stride = 2 if (j == 0 and g.node(s0).type.shape[1] != g.node(s1).type.shape[1]) else 1
-            p = g.add("conv2d", p, out_channels=c, kernel_size=1, stride=stride, bias=False, name=f"{name}.pre{j}.conv")
-            pre.append(g.add("batchnorm2d", p, name=f"{name}.pre{j}.bn"))
-        states = list(pre)
-        for n in range(4):
-            states.append(node(i, red, n, list(states), c))
-        s0, s1 = s1, g.add("concat", *states[2:], name=f"{name}.out")
-    return _head(g, s1, classes)
-
-
 def darts_like(cells: int = 20, seed: int = 0, *, in_shape=(3, 32, 32), channels: int = 16, classes: int = 10,
                bn_stats: bool = True) -> Graph:
-    """A DARTS-style network: stem, ``cells`` cells (reduction at 1/3 and 2/3), head.
+    """A DARTS-style network (:func:`archir.cells.cell_network`): CIFAR stem, ``cells`` cells
+    (reduction at 1/3 and 2/3), GAP + linear head.
 
-    Each cell preprocesses its two inputs with relu-conv1x1-bn, builds four intermediate
-    nodes from two ops each (sep/dilated convs, pools, skips), and concatenates them.
+    Node ``n`` of cell ``i`` sums two edges on states ``n`` and ``n + 1`` (mod the states so
+    far), cycling through sep_conv_3x3, dil_conv_3x3, max_pool_3x3 and skip_connect (an
+    avg_pool_3x3 where it would be strided), and the cell concatenates its four nodes.
     """
     g = Graph(f"darts_like_{cells}")
+    kinds = ("sep_conv_3x3", "dil_conv_3x3", "max_pool_3x3", "skip_connect")
 
     def node(i: int, red: bool, n: int, states: list[str], c: int) -> str:
-        def edge(x: str, kind: int, stride: int, ename: str) -> str:
-            if kind == 0:
-                return _sep_conv(g, x, c, 3, stride, ename)
-            if kind == 1:
-                return _dil_conv(g, x, c, 3, stride, ename)
-            if kind == 2:
-                return g.add("maxpool2d", x, kernel_size=3, stride=stride, padding=1, name=f"{ename}.maxpool")
-            if stride == 1:
-                return x  # skip_connect
-            return g.add("avgpool2d", x, kernel_size=3, stride=stride, padding=1, count_include_pad=False,
-                         name=f"{ename}.avgpool")
-
-        pre = states[:2]
-        a_in, b_in = states[n % len(states)], states[(n + 1) % len(states)]
         outs = []
-        for e, src in enumerate((a_in, b_in)):
-            stride = 2 if red and src in pre else 1
-            outs.append(edge(src, (n + e + i) % 4, stride, f"cell{i}.n{n}.e{e}"))
+        for e, j in enumerate((n % len(states), (n + 1) % len(states))):
+            stride = 2 if red and j < 2 else 1
+            op = kinds[(n + e + i) % 4]
+            if op == "skip_connect" and stride == 2:
+                op = "avg_pool_3x3"
+            outs.append(add_steps(g, states[j], cell_op(op, c, stride), f"cell{i}.n{n}.e{e}"))
         return g.add("add", *outs, name=f"cell{i}.n{n}.add")
 
-    out = darts_body(g, g.input("x", in_shape), cells=cells, channels=channels, classes=classes, node=node)
+    (out,) = cell_network(g, g.input("x", in_shape), cells=cells, channels=channels, classes=classes, node=node)
     return _finish(g, out, seed, bn_stats)
 
 

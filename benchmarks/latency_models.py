@@ -53,9 +53,8 @@ import numpy as np
 
 import archir
 import costmodels
-from archir.samples import darts_body
-from search.spaces.base import add_chain
-from search.spaces.darts import GENOTYPE_OPS, op_chain
+from archir.cells import add_steps, cell_network, cell_op
+from search.spaces.darts import GENOTYPE_OPS
 from costmodels import DeviceSpec, LatencyTable, Predictor, count, error_report, kendall_tau, measure, roofline
 
 GOAL_WITHIN_10 = 0.95
@@ -134,18 +133,18 @@ def _genotype(rng: np.random.Generator) -> list[tuple[tuple[str, int], tuple[str
 
 def darts_net(rng: np.random.Generator, index: int = 0) -> archir.Graph:
     """A random network of a DARTS-like cell space (see the module docstring): the cell wiring of
-    ``archir.samples.darts_body`` with the edge ops of ``search.spaces.darts``."""
+    ``archir.cells.cell_network`` with its edge ops (``archir.cells.cell_op``)."""
     cells = int(rng.integers(3, 9))
     c = int(rng.choice([8, 12, 16, 24]))
     normal, reduce = _genotype(rng), _genotype(rng)
     g = archir.Graph(f"darts{index}")
 
     def node(i: int, red: bool, n: int, states: list[str], ch: int) -> str:
-        outs = [add_chain(g, states[j], op_chain(op, ch, 2 if (red and j < 2) else 1), f"cell{i}.n{n}.e{e}")
+        outs = [add_steps(g, states[j], cell_op(op, ch, 2 if (red and j < 2) else 1), f"cell{i}.n{n}.e{e}")
                 for e, (op, j) in enumerate((reduce if red else normal)[n])]
         return g.add("add", *outs, name=f"cell{i}.n{n}.add")
 
-    g.set_outputs(darts_body(g, g.input("x", (3, 32, 32)), cells=cells, channels=c, classes=10, node=node))
+    g.set_outputs(*cell_network(g, g.input("x", (3, 32, 32)), cells=cells, channels=c, classes=10, node=node))
     c_last = c * 2 ** len({cells // 3, 2 * cells // 3})
     g.meta["arch"] = f"cells={cells} C={c_last} normal={normal} reduce={reduce}"
     g.init_params(index)

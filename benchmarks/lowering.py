@@ -65,11 +65,26 @@ class ReLUConvBN(nn.Module):
         super().__init__()
         self.op = nn.Sequential(
             nn.ReLU(inplace=False),
-            bind(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), f"{name}.conv"),
-            bind(nn.BatchNorm2d(c_out), f"{name}.bn"))
+            bind(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), f"{name}.1"),
+            bind(nn.BatchNorm2d(c_out), f"{name}.2"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
+
+
+class FactorizedReduce(nn.Module):
+    """relu, then two 1x1 stride-2 convs to c_out / 2, the second on x shifted by one pixel; cat; bn."""
+
+    def __init__(self, c_in: int, c_out: int, bind: Callable, name: str) -> None:
+        super().__init__()
+        self.relu = nn.ReLU(inplace=False)
+        self.conv_1 = bind(nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False), f"{name}.1")
+        self.conv_2 = bind(nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False), f"{name}.4")
+        self.bn = bind(nn.BatchNorm2d(c_out), f"{name}.6")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(x)
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
 
 
 class SepConv(nn.Module):
@@ -81,9 +96,9 @@ class SepConv(nn.Module):
         for r in range(2):
             layers += [nn.ReLU(inplace=False),
                        bind(nn.Conv2d(c, c, 3, stride=stride if r == 0 else 1, padding=1, groups=c, bias=False),
-                            f"{name}.{r}.dw"),
-                       bind(nn.Conv2d(c, c, 1, bias=False), f"{name}.{r}.pw"),
-                       bind(nn.BatchNorm2d(c), f"{name}.{r}.bn")]
+                            f"{name}.{4 * r + 1}"),
+                       bind(nn.Conv2d(c, c, 1, bias=False), f"{name}.{4 * r + 2}"),
+                       bind(nn.BatchNorm2d(c), f"{name}.{4 * r + 3}")]
         self.op = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,9 +112,9 @@ class DilConv(nn.Module):
         super().__init__()
         self.op = nn.Sequential(
             nn.ReLU(inplace=False),
-            bind(nn.Conv2d(c, c, 3, stride=stride, padding=2, dilation=2, groups=c, bias=False), f"{name}.dw"),
-            bind(nn.Conv2d(c, c, 1, bias=False), f"{name}.pw"),
-            bind(nn.BatchNorm2d(c), f"{name}.bn"))
+            bind(nn.Conv2d(c, c, 3, stride=stride, padding=2, dilation=2, groups=c, bias=False), f"{name}.1"),
+            bind(nn.Conv2d(c, c, 1, bias=False), f"{name}.2"),
+            bind(nn.BatchNorm2d(c), f"{name}.3"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -125,7 +140,8 @@ class Cell(nn.Module):
                  bind: Callable) -> None:
         super().__init__()
         name = f"cell{index}"
-        self.pre0 = ReLUConvBN(c_prev_prev, c, 2 if reduction_prev else 1, bind, f"{name}.pre0")
+        self.pre0 = (FactorizedReduce(c_prev_prev, c, bind, f"{name}.pre0") if reduction_prev
+                     else ReLUConvBN(c_prev_prev, c, 1, bind, f"{name}.pre0"))
         self.pre1 = ReLUConvBN(c_prev, c, 1, bind, f"{name}.pre1")
         self.ops = nn.ModuleList()
         self.sources: list[int] = []

@@ -10,6 +10,8 @@ Usage::
     archir search --strategy hillclimb --out runs/h [--start net.json]   # NASH: grow a start net by morphisms
     archir search --strategy petridish --out runs/p --strategy-opt 'ops=["conv3x3","maxpool3x3"]'
     archir search --space darts --strategy darts --budget 5c --out runs/o   # one-shot: 5 supernet epochs, then derive
+    archir search --space darts --start-genotype DARTS_V2 --out runs/g     # evolution from a published cell
+    archir search --space darts --space-opt nodes=5 --space-opt 'ops=["sep_conv_7x7","max_pool_3x3"]' --out runs/n
     archir search --strategy snas --objective latency:ort-cpu --strategy-opt lam=0.5 --out runs/s
     archir gallery runs/demo                                        # table + runs/demo/pareto.png
     archir gallery runs/demo --traceback [ID]                       # why candidates failed from an archir bug
@@ -69,6 +71,9 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start", default=None, metavar="GRAPH",
                    help="hillclimb/petridish: the start graph (an archir .json, e.g. from 'archir import'; its "
                         "weights are kept); default: a built-in small net")
+    p.add_argument("--start-genotype", default=None, metavar="NAME",
+                   help="darts space: evolution and random search start from this genotype of "
+                        "search.spaces.genotypes (DARTS_V2, NASNet, AmoebaNet, PNAS, ENAS, ...)")
     p.add_argument("--strategy-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a strategy option (repeatable), VALUE as JSON: hillclimb moves=3, morphisms=[...]; "
                         "petridish ops=[...], targets=1, inputs=2, select=1, epochs=1, l1=0.001, near=0.01; "
@@ -134,6 +139,11 @@ def _config(args: argparse.Namespace):
             raise CLIError(f"--start {args.start}: {what}",
                            hint="give a graph written by archir.save or 'archir import' (net.json)")
         space_options["start"] = args.start
+    if args.start_genotype is not None:
+        if space != "darts":
+            raise CLIError(f"--start-genotype applies to --space darts, not --space {space}",
+                           hint="pass --space darts, or drop --start-genotype")
+        space_options["start_genotype"] = args.start_genotype
     return ExperimentConfig(space=space, space_options=space_options, strategy=args.strategy,
                             strategy_options=strategy_options, dataset=args.dataset, objective=args.objective,
                             cost_weight=args.cost_weight, max_latency_ms=args.max_latency_ms,

@@ -298,6 +298,10 @@ class OneShotDriver(ABC):
 
     def __init__(self, space, dataset, config, seed: int = 0, *, run_dir: str | os.PathLike | None = None,
                  **options) -> None:
+        if getattr(space, "seeds", None):
+            raise StrategyError(f"strategy {self.name!r} is one-shot: it trains a supernet and does not start from "
+                                "given architectures (--start-genotype)",
+                                hint="use --strategy evolution or random with --start-genotype, or drop it")
         known = {**COMMON_OPTIONS, **self.OPTIONS}
         unknown = sorted(set(options) - set(known))
         if unknown:

@@ -37,9 +37,8 @@ import numpy as np
 import archir
 from archir import Graph
 from archir.errors import ArchirError
-from archir.ops import step_inputs
 
-__all__ = ["Space", "DecisionError", "SpaceError", "get_space", "space_names", "simplify", "add_chain", "check_rng"]
+__all__ = ["Space", "DecisionError", "SpaceError", "get_space", "space_names", "simplify", "check_rng"]
 
 
 class DecisionError(ArchirError, ValueError):
@@ -116,6 +115,8 @@ class Space(abc.ABC):
 
     def __init__(self, input_shape=(1, 8, 8), num_classes: int = 10) -> None:
         self.input_shape, self.num_classes = _check_shape(input_shape, num_classes)
+        #: decisions an ask/tell strategy proposes first (``--start-genotype``); empty by default
+        self.seeds: list[dict] = []
 
     # ---------------------------------------------------------------- to implement
 
@@ -198,21 +199,6 @@ class Space(abc.ABC):
 
 
 # --------------------------------------------------------------------------- graph helpers
-
-
-def add_chain(g: Graph, x: str, ops: list[dict], name: str) -> str:
-    """Add a candidate's op specs (``{"op": ..., **attrs}``, the format of choice candidates) after ``x``.
-
-    Step ``j`` is named ``f"{name}.{j}"`` and reads the step before it, or the steps its
-    ``"inputs"`` list (``-1``: ``x``); an empty chain adds nothing and returns ``x``. Builders and
-    supernets share the op specs, so a built graph and a derived one agree.
-    """
-    h, made = x, []
-    for j, spec in enumerate(ops):
-        ins = [x if i < 0 else made[i] for i in step_inputs(spec, j)]
-        h = g.add(spec["op"], *ins, name=f"{name}.{j}", **{k: v for k, v in spec.items() if k not in ("op", "inputs")})
-        made.append(h)
-    return h
 
 
 def simplify(g: Graph) -> Graph:

@@ -37,7 +37,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from archir import Graph
-from search.spaces.base import DecisionError, Space, add_chain, check_rng
+from archir.cells import add_steps
+from search.spaces.base import DecisionError, Space, check_rng
 
 __all__ = ["ChainSpace", "mbconv_chain"]
 
@@ -260,7 +261,7 @@ class ChainSpace(Space):
                 name = f"layer{i}" if r == 0 else f"layer{i}.r{r}"
                 c_in = g.node(h).type.shape[0]
                 stride = self.strides[i] if r == 0 else 1
-                y = add_chain(g, h, mbconv_chain(c_in, layer["kernel"], layer["expand"], w, stride), name)
+                y = add_steps(g, h, mbconv_chain(c_in, layer["kernel"], layer["expand"], w, stride), name)
                 h = g.add("add", h, y, name=f"{name}.add") if (stride == 1 and c_in == w) else y
         g.set_outputs(self._head(g, h))
         g.meta = {"space": self.name, "decisions": d}

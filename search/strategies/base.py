@@ -73,7 +73,13 @@ class Strategy(ABC):
     #: True for strategies that grow trained parents (the ``start`` space, ``search.morph``).
     GROWS: ClassVar[bool] = False
 
+    #: the strategy proposes the space's ``seeds`` (e.g. ``--start-genotype``) before anything else
+    SEEDS = False
+
     def __init__(self, space, rng: np.random.Generator, **options) -> None:
+        if getattr(space, "seeds", None) and not self.SEEDS:
+            raise StrategyError(f"strategy {self.name!r} does not start from given architectures "
+                                "(--start-genotype)", hint="use --strategy evolution or random, or drop the start")
         if getattr(space, "grows", False) and not self.GROWS:
             raise StrategyError(f"strategy {self.name!r} samples the decisions of a search space; the "
                                 f"{getattr(space, 'name', space)!r} space only grows trained networks",

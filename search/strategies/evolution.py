@@ -30,6 +30,7 @@ class RegularizedEvolution(Strategy):
     """Aging evolution (options: ``population`` P = 10, ``sample`` S = 3)."""
 
     name = "evolution"
+    SEEDS = True
     OPTIONS = {"population": 10, "sample": 3}
 
     def __init__(self, space, rng, **options) -> None:
@@ -53,7 +54,10 @@ class RegularizedEvolution(Strategy):
     def ask(self, n: int) -> list[CandidateSpec]:
         out = []
         for _ in range(n):
-            if self.asked < self.options["population"] or not self.population:
+            seeds = getattr(self.space, "seeds", ())
+            if self.asked < len(seeds):  # the population starts from the given architectures
+                out.append(CandidateSpec(decisions=seeds[self.asked], op="start", parents=[]))
+            elif self.asked < self.options["population"] or not self.population:
                 out.append(CandidateSpec(decisions=self.space.sample(self.rng), op="sample", parents=[]))
             else:
                 parent = self._parent()

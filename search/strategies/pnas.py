@@ -94,15 +94,16 @@ def progressive_plan(space) -> Plan:
         raise StrategyError(f"pnas: the space {getattr(space, 'name', space)!r} has no categorical view",
                             hint="use the chain or darts space") from None
     from search.spaces.chain import ChainSpace
-    from search.spaces.darts import GENOTYPE_OPS, NODES, _PAIRS, DartsSpace
+    from search.spaces.darts import DartsSpace
 
     if isinstance(space, DartsSpace):
-        stages = tuple(tuple(i for i, n in enumerate(names) if f".n{b}." in n) for b in range(NODES))
+        stages = tuple(tuple(i for i, n in enumerate(names) if f".n{b}." in n) for b in range(space.nodes))
+        ops = space.genotype_ops
         filler = []
         for name in names:
             node = int(name.split(".")[1][1:])
-            filler.append(_PAIRS[node].index((node, node + 1)) if name.endswith("inputs")
-                          else GENOTYPE_OPS.index("skip_connect"))
+            filler.append(space.pairs(node).index((node, node + 1)) if name.endswith("inputs")
+                          else ops.index("skip_connect") if "skip_connect" in ops else 0)
         return Plan(stages, tuple(filler), "node")
     if isinstance(space, ChainSpace):
         stages = tuple(tuple(i for i, n in enumerate(names) if n.startswith(f"layers.{layer}."))

@@ -20,15 +20,24 @@ class RandomSearch(Strategy):
     """Independent samples of the space (options: ``retries`` re-draws of a repeated sample)."""
 
     name = "random"
+    SEEDS = True
     OPTIONS = {"retries": 20}
 
     def __init__(self, space, rng, **options) -> None:
         super().__init__(space, rng, **options)
         self._seen: set[str] = set()
+        self._seeded = 0
 
     def ask(self, n: int) -> list[CandidateSpec]:
         out = []
+        seeds = list(getattr(self.space, "seeds", ()))
         for _ in range(n):
+            if self._seeded < len(seeds):  # the given architectures first
+                d = seeds[self._seeded]
+                self._seeded += 1
+                self._seen.add(json.dumps(self.space.encode(d), sort_keys=True))
+                out.append(CandidateSpec(decisions=d, op="start", parents=[]))
+                continue
             for _ in range(int(self.options["retries"]) + 1):
                 d = self.space.sample(self.rng)
                 key = json.dumps(self.space.encode(d), sort_keys=True)

@@ -268,17 +268,20 @@ def test_sample_networks_groups():
     assert ("ir2.project.conv", "ir3.project.conv") in mob and ("ir2.expand.conv",) in mob
     cp = analyze(S.mobilenet_like())
     assert "ir1.dw.conv" in cp.group_of("ir1.expand.conv").carriers
-    darts = analyze(S.darts_like(cells=2))
+    dg = S.darts_like(cells=2)
+    darts = analyze(dg)
     assert all(grp.free for grp in darts.groups() if grp.producers not in {("x",), ("head",)})
     # cell0's four adds chain through pools and skips: one group of the op convs they sum, laid
-    # four times side by side in the cell's output concat, read by the next cell and a sep conv
+    # four times side by side in the cell's output concat, read by a sep conv and the next cell
+    # (steps are named <edge>.<j>: .6 the second pointwise conv of a sep conv)
     grp = darts.group_of("cell0.n0.add")
-    assert grp.producers == ("cell0.n0.e0.1.pw", "cell0.n0.e1.pw", "cell0.n1.e0.pw", "cell0.n3.e1.1.pw")
+    assert grp.producers == ("cell0.n0.e0.6", "cell0.n0.e1.2", "cell0.n1.e0.2", "cell0.n3.e1.6")
+    assert all(dg.node(p).op == "conv2d" and dg.node(p).attrs["kernel_size"] == 1 for p in grp.producers)
     assert {"cell0.n1.add", "cell0.n2.add", "cell0.n3.add", "cell0.out"} <= set(grp.carriers)
-    assert grp.consumers == ("cell0.n3.e1.0.pw", "cell1.pre1.conv")
+    assert grp.consumers == ("cell0.n3.e1.2", "cell1.pre1.1")
     assert [c for c, _ in darts.layout("cell0.out")] == list(grp.classes) * 4
     # in cell1 the skip edges tie the preprocessing conv into the adds
-    assert "cell1.pre1.conv" in darts.group_of("cell1.n0.add").producers
+    assert "cell1.pre1.1" in darts.group_of("cell1.n0.add").producers
 
 
 # --------------------------------------------------------------------------- the rule table

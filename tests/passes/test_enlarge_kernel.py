@@ -28,7 +28,7 @@ def test_every_legal_target(net):
 
 def test_structure_strided_dilated_grouped():
     g = samples.darts_like(cells=2)
-    node = "cell0.n1.e0.dw"  # dil_conv: 3x3, dilation 2, padding 2, depthwise
+    node = "cell0.n1.e0.1"  # dil_conv: 3x3, dilation 2, padding 2, depthwise (step 1 after the relu)
     old = g.node(node)
     assert old.attrs["dilation"] == 2 and old.attrs["groups"] > 1
     g2 = enlarge_kernel(g, node, 7)

@@ -134,13 +134,17 @@ def test_darts_build_has_the_genotype_ops_and_tied_cells():
     assert g.node("cell1.out").type.shape == (32, 4, 4)
     assert g.node("cell2.out").type.shape == (64, 2, 2)
     # normal node 0: a sep conv 3x3 on input 0 (8 steps), input 1 straight in (skip)
-    assert g.inputs_of("cell0.n0.add") == ["cell0.n0.i0.7", "cell0.pre1.bn"]
+    assert g.inputs_of("cell0.n0.add") == ["cell0.n0.i0.7", "cell0.pre1.2"]
+    assert g.node("cell0.pre1.2").op == "batchnorm2d"
     assert g.node("cell0.n0.i0.1").attrs["kernel_size"] == 3 and g.node("cell0.n0.i0.1").attrs["groups"] == 4
     assert g.node("cell0.n1.i2.1").attrs["dilation"] == 2 and g.node("cell0.n1.i2.1").attrs["kernel_size"] == 5
-    # reduction: edges from the cell inputs stride 2; a strided skip is relu-conv1x1/2-bn
+    # reduction: edges from the cell inputs stride 2; a strided skip is DARTS' FactorizedReduce
     assert g.node("cell1.n0.i0.0").op == "maxpool2d" and g.node("cell1.n0.i0.0").attrs["stride"] == 2
-    assert [g.node(f"cell1.n1.i0.{j}").op for j in range(3)] == ["relu", "conv2d", "batchnorm2d"]
-    assert g.node("cell1.n1.i0.1").attrs["stride"] == 2
+    assert [g.node(f"cell1.n1.i0.{j}").op for j in range(7)] == ["relu", "conv2d", "slice", "slice", "conv2d",
+                                                                 "concat", "batchnorm2d"]
+    assert g.node("cell1.n1.i0.1").attrs["stride"] == 2 and g.node("cell1.n1.i0.1").attrs["out_channels"] == 4
+    # the cell after a reduction preprocesses its older input with FactorizedReduce too
+    assert g.node("cell2.pre0.2").op == "slice" and g.node("cell2.pre0.6").type.shape == (16, 4, 4)  # cell0 (8x8) to cell1 (4x4)
     # both reduction cells carry the same genotype
     for i in (1, 2):
         assert g.node(f"cell{i}.n3.i4.1").attrs["kernel_size"] == 5

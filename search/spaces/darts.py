@@ -234,10 +234,12 @@ class DartsSpace(Space):
                 problems.append((kind, f"expected a list of {2 * self.nodes} [op, input] pairs "
                                        f"({self.nodes} nodes), got {got}",
                                  f"two edges for each of the {self.nodes} nodes, node 0 first; a genotype with "
-                                 "another node count needs get_space('darts', nodes=N)"))
-                continue
+                                 "another node count needs get_space('darts', nodes=N) or DartsSpace.for_genotype(genotype)"))
+                if not isinstance(pairs, (list, tuple)):
+                    continue
+            counted = len(pairs) == 2 * self.nodes
             canon = []
-            for n in range(self.nodes):
+            for n in range(len(pairs) // 2 if not counted else self.nodes):  # the pairs there are, checked too
                 node = []
                 for e in (2 * n, 2 * n + 1):
                     p = pairs[e]
@@ -264,7 +266,8 @@ class DartsSpace(Space):
                                      "the two edges of a node read two different states, or use a space "
                                      "with same_input=True"))
                 canon += sorted(node, key=lambda q: (q[1], self.genotype_ops.index(q[0])))
-            out[kind] = canon
+            if counted:
+                out[kind] = canon
         return out, problems
 
     # ---------------------------------------------------------------- genotypes

@@ -58,6 +58,29 @@ def test_options_are_checked_and_every_problem_is_listed():
         _space(cells=0)
 
 
+def test_a_genotype_the_space_cannot_hold_lists_every_reason():
+    from search.spaces.genotypes import DARTS_V2, NASNet
+
+    darts = DartsSpace((3, 32, 32), 10)  # 4 nodes, DARTS' ops, every node concatenated, two distinct inputs
+    with pytest.raises(DecisionError) as e:
+        darts.from_genotype(NASNet)
+    msg = str(e.value)
+    # the node count of both cells, the op it lacks, a node reading one state twice: all in one error
+    assert "normal: expected a list of 8 [op, input] pairs (4 nodes), got 10" in msg and "reduce: expected" in msg
+    assert "reduce[1]: op 'sep_conv_7x7' is not a genotype op" in msg
+    assert "normal[2]: both edges of node 1 read input 0" in msg and "for_genotype" in msg
+    bad = DARTS_V2._replace(normal=[("sep_conv_9x9", 0), ("sep_conv_3x3", 7), *DARTS_V2.normal[2:]],
+                            reduce_concat=[2, 3])
+    with pytest.raises(DecisionError) as e:
+        darts.from_genotype(bad)
+    msg = str(e.value)
+    assert "3 problems" in msg
+    assert "normal[0]: op 'sep_conv_9x9'" in msg and "normal[1]: input 7 is not a state node 0 can read" in msg
+    assert "reduce_concat: concat [2, 3] is not [2, 3, 4, 5]" in msg
+    with pytest.raises(DecisionError, match="needs the reduce cell"):
+        darts.from_genotype(DARTS_V2.normal)
+
+
 def test_each_primitive_is_defined_once_and_keeps_the_shape():
     g = archir.Graph("ops")
     x = g.input("x", (8, 8, 8))

@@ -33,7 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 from archir.errors import IRError, LoweringError
 from archir.graph import Graph, Node
 from archir.ops import OpHandlers, get_op, op_names, pair, slice_range
-from archir.training import strip_training
+from archir.training import has_training_ops, strip_training
 from archir.types import TensorType
 
 __all__ = ["to_onnx", "ONNX_HANDLERS", "OPSET", "IR_VERSION", "adaptive_matrix", "OnnxTooLarge", "PROTOBUF_LIMIT",
@@ -371,7 +371,8 @@ def to_onnx(graph: Graph, *, check: bool = True, external_data: str | os.PathLik
         >>> onnx.save(big, "big.onnx")           # beside big.onnx.data     # doctest: +SKIP
     """
     graph.validate()
-    graph = strip_training(graph)  # the inference network: no drop_path, no auxiliary outputs
+    if has_training_ops(graph):  # the inference network: no drop_path, no auxiliary outputs
+        graph = strip_training(graph)  # (a copy, validated again: only where there is something to strip)
     training = [n for n in graph.nodes() if get_op(n.op).training_only]
     if training:
         listing = ", ".join(f"{n.id} ({n.op})" for n in training)

@@ -20,6 +20,11 @@ Sources:
   (grey, one channel added), or ``"auto"`` (the default): a 3-d ``x`` is NHW; a 4-d ``x`` is
   NCHW when dim 1 has at most 4 entries and dim 3 more, NHWC the other way round, and
   anything else is ambiguous and refused (say ``layout=`` then).
+- ``"cifar10:DIR"`` / ``"cifar100:DIR"``: the official binary batches under ``DIR`` (the folder
+  holding ``cifar-10-batches-bin/`` / ``cifar-100-binary/``; see :mod:`search.cifar`; torchvision's
+  pickle layout is refused, pickles are never loaded). The test set is the official one; the
+  validation split is ``val_fraction`` of the training set (default half, as DARTS searches);
+  standardised with the published per-channel mean/std of the dataset.
 - a folder with one sub-folder per class (``root/<class>/<image>``; classes sorted by name
   get labels 0, 1, ...), read with Pillow (``pip install pillow``). Every image must have the
   same size. Grey images (modes ``1``, ``L``, ``I``, ``I;16``) give one channel; if any image
@@ -47,6 +52,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from archir.errors import ArchirError
+from search.cifar import CIFAR_KINDS, CIFAR_MEAN, CIFAR_STD, read_cifar
 
 __all__ = ["Dataset", "DataError", "load_dataset", "split_indices", "DIGITS_PATH", "IMAGE_EXTENSIONS"]
 
@@ -115,7 +121,8 @@ class Dataset:
 
 
 def load_dataset(source: str | os.PathLike = "digits", *, seed: int = 0,
-                 split: Sequence[float] = (0.6, 0.2, 0.2), layout: str = "auto") -> Dataset:
+                 split: Sequence[float] = (0.6, 0.2, 0.2), layout: str = "auto",
+                 val_fraction: float = 0.5) -> Dataset:
     """Load ``source`` and split it into seeded, stratified train/val/test sets.
 
     Args:
@@ -124,6 +131,10 @@ def load_dataset(source: str | os.PathLike = "digits", *, seed: int = 0,
         seed: the split seed (the same seed gives the same splits).
         split: train/val/test fractions (positive, summing to 1).
         layout: layout of an ``.npz``'s ``x``: ``"auto"``, ``"NCHW"``, ``"NHWC"`` or ``"NHW"``.
+        val_fraction: ``cifar10:DIR`` / ``cifar100:DIR`` only (their test set is fixed): the
+            fraction of the training set carved out, stratified and seeded, as the validation split
+            (default 0.5, as DARTS searches; 0 trains on all of it and leaves the validation split
+            empty, as a final training does). ``split`` does not apply to them.
 
     Returns:
         A :class:`Dataset`.
@@ -138,6 +149,9 @@ def load_dataset(source: str | os.PathLike = "digits", *, seed: int = 0,
     fracs = _check_split(split)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise DataError(f"seed must be an int, got {seed!r}", hint="pass seed=0 (or any int)")
+    kind, _, root = str(source).partition(":") if isinstance(source, str) else ("", "", "")
+    if kind in CIFAR_KINDS and root:
+        return _load_cifar(kind, root, int(seed), val_fraction)
     if isinstance(source, str) and source == "digits":
         x, y, classes = _read_npz(DIGITS_PATH, "NHW")
         name = "digits"
@@ -364,6 +378,43 @@ def _make(name: str, x: np.ndarray, y: np.ndarray, classes: tuple[str, ...] | No
                    x_test=_ro(xf[te]), y_test=_ro(y[te]), num_classes=k,
                    mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
                    classes=classes or tuple(str(i) for i in range(k)), source=source, seed=seed)
+
+
+def _load_cifar(kind: str, root: str, seed: int, val_fraction: float) -> Dataset:
+    """CIFAR from its binary batches: the fixed test set, a seeded stratified validation split carved
+    out of the training set, standardised with the dataset's published per-channel mean and std."""
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float, np.integer, np.floating)) \
+            or not 0 <= float(val_fraction) < 1:
+        raise DataError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}", where=root,
+                        hint="e.g. 0.5 (half of the training set, as DARTS searches) or 0 (a final training)")
+    x_tr, y_tr, x_te, y_te, classes = read_cifar(root, kind)
+    k = len(classes)
+    rng = np.random.default_rng(seed)
+    tr, va = [], []
+    for c in range(k):
+        idx = np.flatnonzero(y_tr == c)
+        idx = idx[rng.permutation(len(idx))]
+        n_val = int(round(len(idx) * float(val_fraction)))
+        va.append(idx[:n_val])
+        tr.append(idx[n_val:])
+    tr_i, va_i = np.concatenate(tr), np.concatenate(va)
+    tr_i, va_i = tr_i[rng.permutation(len(tr_i))], va_i[rng.permutation(len(va_i))]
+    if len(tr_i) == 0:
+        raise DataError(f"the train split is empty ({len(y_tr)} training images, val_fraction {val_fraction})",
+                        where=root, hint="give more images or a smaller val_fraction")
+    mean = np.array(CIFAR_MEAN[kind], dtype=np.float64) * 255.0
+    std = np.array(CIFAR_STD[kind], dtype=np.float64) * 255.0
+
+    def norm(a: np.ndarray) -> np.ndarray:
+        out = a.astype(np.float32)
+        out -= mean.astype(np.float32)[None, :, None, None]
+        out /= std.astype(np.float32)[None, :, None, None]
+        return out
+
+    return Dataset(name=kind, x_train=_ro(norm(x_tr[tr_i])), y_train=_ro(y_tr[tr_i]), x_val=_ro(norm(x_tr[va_i])),
+                   y_val=_ro(y_tr[va_i]), x_test=_ro(norm(x_te)), y_test=_ro(y_te), num_classes=k,
+                   mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std), classes=classes,
+                   source=f"{kind}:{root}", seed=seed)
 
 
 def _ro(a: np.ndarray) -> np.ndarray:

@@ -90,7 +90,7 @@ def test_bf16_and_channels_last_train_on_the_cpu(tiny, ds, base):
     for k, v in _w(ref).items():
         np.testing.assert_allclose(_w(cl)[k], v, rtol=1e-2, atol=1e-3)  # the same math in another layout
     bf = train(tiny, ds, dataclasses.replace(CFG, amp="bf16"))
-    assert bf.ok and bf.metrics["val_error"] < 0.5 and not _same(bf, base)
+    assert bf.ok and abs(bf.metrics["val_error"] - base.metrics["val_error"]) < 0.05 and not _same(bf, base)
     assert all(a.dtype == np.float32 for a in _w(bf).values() if a.dtype.kind == "f")  # synced back as float32
 
 
@@ -186,7 +186,7 @@ def test_callback_exceptions_propagate(tiny, ds):
 def test_cuda_training_has_the_cpu_result_structure(tiny, ds, base):
     res = train(tiny, ds, dataclasses.replace(CFG, device="cuda"))
     assert res.ok and res.device.startswith("cuda") and set(res.metrics) == set(base.metrics)
-    assert _w(res).keys() == _w(base).keys() and res.metrics["val_error"] < 0.5
+    assert _w(res).keys() == _w(base).keys() and abs(res.metrics["val_error"] - base.metrics["val_error"]) < 0.1
     for k, v in _w(res).items():
         assert isinstance(v, np.ndarray) and v.dtype == _w(base)[k].dtype
 
@@ -198,4 +198,4 @@ def test_cuda_deterministic_runs_agree_and_amp_works(tiny, ds):
     assert a.ok and _same(a, b)
     for amp in ("bf16", "fp16"):
         r = train(tiny, ds, dataclasses.replace(CFG, device="cuda", amp=amp, channels_last=True))
-        assert r.ok and r.metrics["val_error"] < 0.6, (amp, r.reason)
+        assert r.ok and r.metrics["train_loss"] < 2.3, (amp, r.reason)

@@ -7,7 +7,12 @@
   existing cluster (``"auto"`` or ``"ray://host:10001"``). ``num_cpus``/``num_gpus`` are the
   resources each candidate asks for. Every node of a cluster needs the same archir (and its
   dependencies) installed: tasks name ``search.experiment.evaluate_candidate`` by reference.
-  ``num_gpus`` only reserves GPUs for a task: ``search.train`` trains on the CPU today.
+  Ray gives a task with ``num_gpus`` its GPU(s) through ``CUDA_VISIBLE_DEVICES``, so a candidate
+  trained with ``device="auto"`` (``archir search --device auto --gpus-per-candidate 1``) runs on its
+  own GPU and N GPUs train N candidates at once.
+- ``process`` with ``gpus=[0, 1, ...]``: worker ``i`` sees only GPU ``gpus[i % len(gpus)]``
+  (``CUDA_VISIBLE_DEVICES``, set before torch starts in the worker), so with ``workers = len(gpus)``
+  each GPU trains one candidate at a time (``archir search --executor process --gpus 0,1``).
 
 A task is plain data (a dict of the space's name and options, the decisions, the seed, the
 training and cost config); a result is plain data too (metrics, costs, and the trained graph as
@@ -34,7 +39,7 @@ from typing import Any, Callable, Iterator, Sequence
 from archir.errors import ArchirError
 
 __all__ = ["Executor", "SerialExecutor", "ProcessExecutor", "RayExecutor", "EXECUTORS", "get_executor",
-           "ExecutorError"]
+           "ExecutorError", "worker_env"]
 
 Task = dict
 Result = dict
@@ -100,8 +105,10 @@ class SerialExecutor(Executor):
             yield i, fn(t)
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, gpu_queue=None) -> None:
     # set before torch spins up its pools: one thread per worker, the workers are the parallelism
+    if gpu_queue is not None:  # this worker's one GPU, before torch initialises CUDA
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ["MKL_NUM_THREADS"] = str(threads)
     import torch
@@ -118,11 +125,18 @@ class ProcessExecutor(Executor):
 
     name = "process"
 
-    def __init__(self, workers: int | None = None, threads_per_worker: int = 1) -> None:
-        workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    def __init__(self, workers: int | None = None, threads_per_worker: int = 1,
+                 gpus: Sequence[int] | None = None) -> None:
+        if gpus is not None:
+            gpus = list(gpus)
+            if not gpus or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpus):
+                raise ExecutorError(f"process executor: gpus must be GPU indices >= 0, got {gpus!r}",
+                                    hint="pass --gpus 0,1 (one worker per GPU)")
+        workers = (len(gpus) if gpus else min(4, os.cpu_count() or 1)) if workers is None else workers
         if not (isinstance(workers, int) and workers >= 1):
             raise ExecutorError(f"process executor: workers must be an int >= 1, got {workers!r}",
                                 hint="pass --workers 2")
+        self.gpus = gpus
         self.workers = workers
         self.threads = threads_per_worker
         self._pool = None
@@ -132,8 +146,14 @@ class ProcessExecutor(Executor):
         from concurrent.futures import ProcessPoolExecutor
 
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_init_worker, initargs=(self.threads,))
+            ctx = multiprocessing.get_context("spawn")
+            queue = None
+            if self.gpus:
+                queue = ctx.SimpleQueue()
+                for i in range(self.workers):
+                    queue.put(self.gpus[i % len(self.gpus)])
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                             initargs=(self.threads, queue))
         return self._pool
 
     def map_unordered(self, fn, tasks):
@@ -161,7 +181,8 @@ class ProcessExecutor(Executor):
             self._pool = None
 
     def describe(self) -> str:
-        return f"process ({self.workers} workers)"
+        gpus = f", GPUs {','.join(map(str, self.gpus))}" if self.gpus else ""
+        return f"process ({self.workers} workers{gpus})"
 
 
 class RayExecutor(Executor):
@@ -230,6 +251,11 @@ class RayExecutor(Executor):
     def describe(self) -> str:
         where = self.address or "local"
         return f"ray ({where}, {self.num_cpus:g} CPU / {self.num_gpus:g} GPU per candidate)"
+
+
+def worker_env(task: Task) -> Result:
+    """What a worker sees: ``{"id", "pid", "CUDA_VISIBLE_DEVICES"}`` (to check the GPU handout)."""
+    return {"id": task.get("id"), "pid": os.getpid(), "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
 def _ray_entry(fn, task):

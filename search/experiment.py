@@ -336,7 +336,8 @@ def evaluate_candidate(task: Mapping[str, Any]) -> dict:
         out["timings"]["build_s"] = t1 - t0
         stage = "train"
         ds = _dataset(task["dataset"])
-        cfg = TrainConfig(**{**task["train"], "seed": int(task["seed"]), "threads": int(task.get("threads", 1))})
+        cfg = TrainConfig(**{**task["train"], "seed": int(task["seed"]), "threads": int(task.get("threads", 1)),
+                             **({"device": task["device"]} if task.get("device") else {})})
         res = train(g, ds, cfg)
         t2 = time.perf_counter()
         out["timings"]["train_s"] = t2 - t1
@@ -590,14 +591,17 @@ def record_result(c: Candidate, res: Mapping, *, run_dir: Path, config: Experime
 
 def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: str = "serial",
                executor_options: Mapping[str, Any] | None = None, resume: bool = False,
-               progress: Progress | None = None, on_candidate: Callable[[Candidate], None] | None = None
-               ) -> SearchSummary:
+               progress: Progress | None = None, on_candidate: Callable[[Candidate], None] | None = None,
+               device: str = "cpu") -> SearchSummary:
     """Run (or resume) a search into the run folder ``out``.
 
     Args:
         config: the experiment.
         out: the run folder (``search.db``, ``graphs/``); must not hold a search unless ``resume``.
         executor: ``"serial"``, ``"process"`` or ``"ray"``.
+        device: where candidates train (``search.train.TrainConfig.device``: ``"cpu"``, ``"auto"``,
+            ``"cuda"``, ``"cuda:N"``); a run-time choice, not part of the stored experiment (a search
+            resumed on another machine may train elsewhere). Default ``"cpu"``.
         executor_options: e.g. ``{"workers": 2}`` (process), ``{"address": "auto", "num_cpus": 1}`` (ray).
         resume: continue the search stored in ``out`` (its config must equal ``config``).
         progress: the display (default: none).
@@ -638,6 +642,10 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
     except (TypeError, ValueError) as e:
         raise ConfigError(f"training options {config.train}: {_one_line(e)}",
                           hint="check the --epochs / --batch-size / --lr values") from None
+    if not (executor == "ray" and (executor_options or {}).get("address")):  # a cluster's workers decide for themselves
+        from search.train import resolve_device
+
+        resolve_device(device)  # a DeviceError before any candidate trains
 
     latency_backend = config.latency_backend_used()
     if latency_backend and not (executor == "ray" and (executor_options or {}).get("address")):
@@ -663,7 +671,7 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         raise
 
     def task_of(c: Candidate) -> dict:
-        return {**candidate_task(config, space_options, c, latency_backend),
+        return {**candidate_task(config, space_options, c, latency_backend), "device": device,
                 **parent_task(space, c.decisions, run_dir, _parent_path(c), seed=c.seed)}
 
     def _parent_path(c: Candidate) -> str | None:  # a grown candidate's parent graph (search.morph)

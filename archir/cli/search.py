@@ -6,6 +6,8 @@ Usage::
     archir search --space darts --strategy random --budget 200c --objective latency:ort-cpu --out runs/d
     archir search --out runs/demo --executor process --workers 2    # candidates of a round in parallel
     archir search --out runs/demo --executor ray [--address auto]   # Ray Core tasks (pip install 'archir[ray]')
+    archir search --out runs/demo --device cuda --train-opt amp=bf16 --train-opt augment=true   # on a GPU
+    archir search --out runs/demo --executor process --gpus 0,1 --device auto   # one candidate per GPU
     archir search --out runs/demo --resume                          # continue a killed search (same options)
     archir search --strategy hillclimb --out runs/h [--start net.json]   # NASH: grow a start net by morphisms
     archir search --strategy petridish --out runs/p --strategy-opt 'ops=["conv3x3","maxpool3x3"]'
@@ -87,6 +89,14 @@ def _add_search(p: argparse.ArgumentParser) -> None:
                    help="a space option (repeatable), VALUE as JSON: darts cells=2, channels=8; chain layers=3, "
                         "stem=8, kernels=[3,5]; start channels=8, max_params=20000, max_macs=1000000 (bounds "
                         "on every grown child)")
+    p.add_argument("--device", default="cpu",
+                   help="where candidates train: cpu (default), auto (CUDA when present), cuda, cuda:N; with "
+                        "--executor process --gpus or ray --gpus-per-candidate each worker gets its own GPU")
+    p.add_argument("--train-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a search.train.TrainConfig field (repeatable), VALUE as JSON: amp=bf16, channels_last=true, "
+                        "augment=true, cutout=16, grad_clip=5, weight_decay=3e-4, workers=2, ...")
+    p.add_argument("--gpus", default=None, metavar="0,1,...",
+                   help="process: one worker per listed GPU, each seeing only its own (CUDA_VISIBLE_DEVICES)")
     p.add_argument("--executor", default="serial", choices=["serial", "process", "ray"],
                    help="where candidates are evaluated (default serial)")
     p.add_argument("--workers", type=int, default=None,
@@ -126,6 +136,13 @@ def _config(args: argparse.Namespace):
         v = getattr(args, k)
         if v is not None:
             train[k] = v
+    extra = _key_values(args.train_opt, "--train-opt", "amp=bf16")
+    for k in ("seed", "threads", "device"):
+        if k in extra:
+            raise CLIError(f"--train-opt {k}=... is set by the search itself" + (" (use --device)" if k == "device"
+                                                                                   else ""),
+                           hint="drop it" + (", and pass --device" if k == "device" else ""))
+    train.update(extra)
     space_options = _key_values(args.space_opt, "--space-opt", "cells=2")
     strategy_options = {k: getattr(args, k) for k in ("population", "sample") if getattr(args, k) is not None}
     strategy_options.update(_key_values(args.strategy_opt, "--strategy-opt", "moves=3"))
@@ -152,6 +169,15 @@ def _config(args: argparse.Namespace):
 
 
 def _executor_options(args: argparse.Namespace) -> dict:
+    gpus = None
+    if args.gpus is not None:
+        if args.executor != "process":
+            raise CLIError(f"--gpus applies to --executor process, not {args.executor}",
+                           hint="pass --executor process, or --gpus-per-candidate 1 with --executor ray")
+        try:
+            gpus = [int(v) for v in args.gpus.split(",")]
+        except ValueError:
+            raise CLIError(f"--gpus {args.gpus!r} is not a list of GPU indices", hint="e.g. --gpus 0,1") from None
     if args.executor == "serial":
         for flag in ("workers", "address", "cpus_per_candidate", "gpus_per_candidate"):
             if getattr(args, flag) is not None:
@@ -163,6 +189,8 @@ def _executor_options(args: argparse.Namespace) -> dict:
             if getattr(args, flag) is not None:
                 raise CLIError(f"--{flag.replace('_', '-')} applies to --executor ray, not process",
                                hint="drop it, or pass --executor ray")
+        if gpus:
+            return {"workers": args.workers or len(gpus), "gpus": gpus}
         return {"workers": args.workers or args.round_size}
     return {"address": args.address, "workers": args.workers, "num_cpus": args.cpus_per_candidate,
             "num_gpus": args.gpus_per_candidate}
@@ -179,7 +207,7 @@ def _run_search(args: argparse.Namespace) -> int:
     progress = Progress(None if args.quiet else sys.stderr)
     try:
         s = run_search(cfg, out, executor=args.executor, executor_options=opts, resume=args.resume,
-                       progress=progress)
+                       progress=progress, device=args.device)
     except KeyboardInterrupt:
         print(f"search interrupted: every finished candidate is kept in {out}; continue it with the same command "
               "and --resume", file=sys.stderr)

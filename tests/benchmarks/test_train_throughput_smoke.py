@@ -47,3 +47,15 @@ def test_every_network_builds_with_cifar_inputs(bench):
     for name in ("small", "resnet_like"):
         g = bench.build(name)
         assert g.node(g.inputs[0]).type.shape == (3, 32, 32)
+
+
+def test_gpu_check_script_stops_clearly_without_cuda():
+    import subprocess
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the script would run the full check")
+    script = SCRIPT.parents[1] / "scripts" / "gpu_check.sh"
+    res = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "no CUDA GPU here" in res.stderr

@@ -31,24 +31,42 @@ from archir.errors import GraphStructureError, IRError, OpSchemaError, ShapeErro
 from archir.ops import get_op
 from archir.types import TensorType
 
-__all__ = ["Graph", "Node", "freeze_array", "arch_key"]
+__all__ = ["Graph", "Node", "freeze_array", "weight_bytes_of", "arch_key"]
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*(\.[A-Za-z0-9_][A-Za-z0-9_\-]*)*$")
 MAX_NODES = 1_000_000
 
 
 def freeze_array(value: Any, *, what: str = "array", node: str | None = None) -> np.ndarray:
-    """A read-only float32 C-contiguous array of ``value`` (copied unless it already is one)."""
+    """A read-only float32 C-contiguous array of ``value`` (copied unless it already is one).
+
+    The copy lives in a ``bytes`` object (``np.frombuffer``): it can never be made writable again,
+    and the ONNX lowering hands those bytes to ``TensorProto.raw_data`` without copying them first
+    (:func:`weight_bytes_of`).
+    """
     if isinstance(value, np.ndarray) and value.dtype == np.float32 and not value.flags.writeable \
             and value.flags.c_contiguous:
         return value
     try:
-        arr = np.array(value, dtype=np.float32, copy=True, order="C")
+        arr = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError) as e:
         raise WeightError(f"{what} is not a float32 array: {e}", node=node, rule="weights",
                           hint="pass a numpy array (or anything np.asarray accepts) of numbers") from None
-    arr.setflags(write=False)
-    return arr
+    # one copy, in C order and little-endian (the float32 dtype is native), into immutable bytes
+    return np.frombuffer(arr.tobytes(order="C"), dtype=np.float32).reshape(arr.shape)
+
+
+def weight_bytes_of(arr: np.ndarray) -> bytes:
+    """The little-endian bytes of ``arr`` in C order: a frozen weight's own buffer (no copy), else a copy."""
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    base = arr.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    # a C-contiguous view as long as the whole buffer starts at its first byte: it is the buffer
+    if isinstance(base, bytes) and arr.flags.c_contiguous and len(base) == arr.nbytes:
+        return base
+    return arr.tobytes(order="C")
 
 
 def arch_key(node_id: str, attrs: Mapping) -> str:

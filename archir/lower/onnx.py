@@ -22,16 +22,17 @@ refused, naming the pass that removes them.
 
 from __future__ import annotations
 
+import hashlib
 import os
-import tempfile
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from archir.errors import IRError, LoweringError
-from archir.graph import Graph, Node
+from archir.graph import Graph, Node, weight_bytes_of
 from archir.ops import OpHandlers, get_op, op_names, pair, slice_range
 from archir.training import has_training_ops, strip_training
 from archir.types import TensorType
@@ -95,7 +96,7 @@ class _TooLarge(Exception):
 class _Ctx:
     def __init__(self, external: _External | None = None) -> None:
         self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
+        self.inits: list[tuple[str, np.ndarray] | onnx.TensorProto] = []  # (name, array) inline, or external
         self.names: set[str] = set()
         self.external = external
         self.inline_bytes = 0  # an upper bound of the serialized size of the inline initializers
@@ -118,7 +119,7 @@ class _Ctx:
         self.inline_bytes += arr.nbytes + len(name.encode()) + 11 * arr.ndim + 64
         if self.inline_bytes > PROTOBUF_LIMIT:
             raise _TooLarge()  # before copying more weights into the ModelProto
-        self.inits.append(numpy_helper.from_array(arr, name))
+        self.inits.append((name, arr))  # a TensorProto only at the end: see _add_initializer
         return name
 
     def emit(self, op_type: str, inputs: list[str], out: str, **attrs) -> str:
@@ -344,9 +345,10 @@ def to_onnx(graph: Graph, *, check: bool = True, external_data: str | os.PathLik
     Args:
         graph: a valid plain graph (no ``choice``/``stop_*`` nodes) with initialised weights;
             ``drop_path`` and ``auxiliary`` nodes are allowed (stripped).
-        check: run ``onnx.checker.check_model(full_check=True)`` on the result (on by default;
-            with ``external_data`` the checker reads a temporary copy of the model saved beside
-            the data file, since it must be given a path for external data).
+        check: run ``onnx.checker.check_model(full_check=True)`` on the result (on by default).
+            The checker sees the model's structure with each large weight as a typed input, not
+            its bytes (see ``_check_skeleton``), so checking costs what the structure costs, and
+            a graph lowered again unchanged is not checked twice.
         external_data: write the weights as ONNX external data into this file (created or
             overwritten; removed again if the lowering fails). The returned model refers to it
             by its file name, so save the model in the same folder (``onnx.save(proto,
@@ -401,11 +403,9 @@ def to_onnx(graph: Graph, *, check: bool = True, external_data: str | os.PathLik
                             hint="give a writable path for the external data file") from None
     try:
         try:
-            model = _to_onnx(graph, _Ctx(ext), check=False)
+            model = _to_onnx(graph, _Ctx(ext), check)
         finally:
             ext.file.close()
-        if check:
-            _check_beside(model, graph, path.parent)
     except _TooLarge:  # only the small, inline weights are left: so many that they pass 2 GiB
         path.unlink(missing_ok=True)
         raise _too_large(graph, external_min_bytes) from None
@@ -429,17 +429,6 @@ def _too_large(graph: Graph, external_min_bytes: int | None = None) -> OnnxTooLa
                         "cannot be serialized as one file", rule="to_onnx",
                         hint="write the weights as ONNX external data: to_onnx(g, external_data='net.onnx.data'), "
                              "or archir export --external-data")
-
-
-def _check_beside(model: onnx.ModelProto, graph: Graph, folder: Path) -> None:
-    """The checker on a model with external data: it must read a file saved beside the data."""
-    fd, tmp = tempfile.mkstemp(prefix=".archir-check.", suffix=".onnx", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        _check(lambda: onnx.checker.check_model(tmp, full_check=True), graph)
-    finally:
-        os.unlink(tmp)
 
 
 def _check(run, graph: Graph) -> None:
@@ -483,13 +472,76 @@ def _to_onnx(graph: Graph, ctx: _Ctx, check: bool) -> onnx.ModelProto:
         rest = sum(p.ByteSize() + 8 for p in (*ctx.nodes, *inputs, *outputs, *value_info)) + 4096
         if ctx.inline_bytes + rest > PROTOBUF_LIMIT:
             raise _TooLarge()
-    g = helper.make_graph(ctx.nodes, graph.name, inputs, outputs, initializer=ctx.inits, value_info=value_info)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="archir",
-                              ir_version=IR_VERSION)
-    model.doc_string = f"archir graph {graph.name!r}"
+    model = onnx.ModelProto(ir_version=IR_VERSION, producer_name="archir", doc_string=f"archir graph {graph.name!r}")
+    model.opset_import.add(domain="", version=OPSET)
+    g = model.graph
+    g.name = graph.name
+    g.node.extend(ctx.nodes)
+    g.input.extend(inputs)
+    g.output.extend(outputs)
+    g.value_info.extend(value_info)
     if check:
-        _check(lambda: onnx.checker.check_model(model, full_check=True), graph)
+        _check_skeleton(model, ctx.inits, graph)
+    for item in ctx.inits:
+        _add_initializer(g, item)
     return model
+
+
+#: initializers up to this size stay in the skeleton the checker sees, values and all (shape
+#: tensors, pads, axes: shape inference reads them); larger ones are described by name and type only
+_SKELETON_INLINE = 1024
+#: digests of skeletons that passed the checker (the most recent ones): an unchanged graph is checked once
+_CHECKED: "OrderedDict[bytes, None]" = OrderedDict()
+_CHECKED_MAX = 256
+
+
+def _add_initializer(g: onnx.GraphProto, item: "tuple[str, np.ndarray] | onnx.TensorProto") -> None:
+    """Append an initializer to ``g``, built in place: its data is copied once, into the message."""
+    if isinstance(item, onnx.TensorProto):
+        g.initializer.append(item)  # external data: a small reference into the data file
+        return
+    name, arr = item
+    t = g.initializer.add()  # (appending a built TensorProto would copy its data a second time)
+    t.name = name
+    t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
+    t.dims.extend(arr.shape)
+    t.raw_data = weight_bytes_of(arr)  # a frozen weight's own bytes: the only copy is protobuf's
+
+
+def _check_skeleton(model: onnx.ModelProto, inits: list, graph: Graph) -> None:
+    """``onnx.checker.check_model(full_check=True)`` on ``model`` with its large weights as typed inputs.
+
+    The checker serializes the model it is given and shape inference needs only the weights'
+    types, so it sees the nodes, the values and the small initializers as they are, and every
+    large weight as a graph input of its element type and shape: the same node checks and shape
+    inference at the cost of the structure, not of the weight bytes. What the checker would
+    check of a large initializer itself (its data length fits its shape and type) holds by
+    construction (:func:`_add_initializer` writes ``raw_data`` from the array of that shape). The
+    inputs are removed again before the weights go in. A skeleton that passed before (the same
+    graph lowered again) is not checked again.
+    """
+    g = model.graph
+    n_inputs, n_inits = len(g.input), len(g.initializer)
+    for item in inits:
+        if isinstance(item, onnx.TensorProto):
+            g.input.append(helper.make_tensor_value_info(item.name, item.data_type, list(item.dims)))
+        elif item[1].nbytes <= _SKELETON_INLINE:
+            _add_initializer(g, item)
+        else:
+            name, arr = item
+            g.input.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(arr.dtype), arr.shape))
+    try:
+        key = hashlib.sha256(model.SerializeToString(deterministic=True)).digest()
+        if key in _CHECKED:
+            _CHECKED.move_to_end(key)
+        else:
+            _check(lambda: onnx.checker.check_model(model, full_check=True), graph)
+            _CHECKED[key] = None
+            if len(_CHECKED) > _CHECKED_MAX:
+                _CHECKED.popitem(last=False)
+    finally:
+        del g.input[n_inputs:]
+        del g.initializer[n_inits:]
 
 
 # DESIGN.md: backends register per-op handlers as @to_onnx.register("op")

@@ -180,3 +180,54 @@ def test_every_op_lowers_in_one_graph():
     xs = _inputs(g, 3)
     r = _verified(g, model, xs)
     assert [o.shape for o in r.outputs] == [(3, *g.node(o).type.shape) for o in g.outputs]
+
+
+# --------------------------------------------------------------------------- weights and the checker, at the copy limit
+
+def test_initializers_hold_the_frozen_weights_bytes_and_the_model_passes_the_checker():
+    from onnx import numpy_helper
+
+    from archir.graph import freeze_array, weight_bytes_of
+
+    g = samples.darts_like(cells=2)
+    model = to_onnx(g)
+    onnx.checker.check_model(model, full_check=True)  # the whole model, weights included, as a user would
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in g.nodes("conv2d"):
+        np.testing.assert_array_equal(inits[f"{n.id}.weight"], n.params["weight"])
+    assert not ({i.name for i in model.graph.input} & set(inits))  # the checker's typed inputs are gone again
+    w = freeze_array(np.arange(12, dtype=np.float64).reshape(3, 4).T)  # converted, transposed: one copy
+    assert w.flags.c_contiguous and not w.flags.writeable and weight_bytes_of(w) is w.base.base
+    with pytest.raises(ValueError):
+        w.setflags(write=True)  # frozen for good: its buffer is immutable bytes
+    np.testing.assert_array_equal(np.frombuffer(weight_bytes_of(w.T), np.float32), w.T.ravel())  # a view: a copy
+
+
+def test_the_checker_sees_every_node_and_runs_once_per_unchanged_graph(monkeypatch):
+    from archir.lower import onnx as lower_onnx
+
+    calls = []
+    real = onnx.checker.check_model
+    monkeypatch.setattr(onnx.checker, "check_model", lambda m, **k: (calls.append(m.graph.name), real(m, **k))[1])
+    monkeypatch.setattr(lower_onnx, "_CHECKED", type(lower_onnx._CHECKED)())
+    g = samples.chain()
+    to_onnx(g)
+    to_onnx(g)
+    assert calls == [g.name]  # the same structure again: not checked twice
+    h = g.copy()
+    h.set_attrs(next(n.id for n in h.nodes("conv2d")), padding=2)  # another structure: checked again
+    h.infer_shapes()
+    h.init_params(seed=0)
+    to_onnx(h)
+    assert len(calls) == 2
+    to_onnx(g, check=False)
+    assert len(calls) == 2
+
+    # a node the checker rejects (a Conv whose weight has the wrong rank) is caught, weights or not
+    def broken(ctx, node, ins, types, n):
+        w = ctx.const(f"{n}::weight", np.zeros((4, 4096), np.float32))  # large: a typed input in the check
+        return ctx.emit("Conv", [ins[0], w], n)
+
+    monkeypatch.setitem(lower_onnx.ONNX_HANDLERS._table, "conv2d", broken)
+    with pytest.raises(archir.errors.LoweringError, match="fails the ONNX checker"):
+        to_onnx(g)

@@ -192,7 +192,7 @@ def test_a_failed_lowering_removes_its_external_data(tmp_path, monkeypatch):
     def rejected(*args):
         raise LoweringError("the checker says no", rule="to_onnx")
 
-    monkeypatch.setattr(lower_onnx, "_check_beside", rejected)
+    monkeypatch.setattr(lower_onnx, "_check_skeleton", rejected)
     with pytest.raises(LoweringError, match="checker says no"):
         to_onnx(samples.chain(), external_data=tmp_path / "net.onnx.data")
     assert list(tmp_path.iterdir()) == []

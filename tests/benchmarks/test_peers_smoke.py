@@ -1,0 +1,26 @@
+"""Smoke test of ``benchmarks/peers.py``: one model, one call each, prints the row and the goal lines."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "peers.py"
+
+
+@pytest.mark.slow
+def test_one_model_prints_its_row_and_every_goal(capsys):
+    pytest.importorskip("torchvision")
+    spec = importlib.util.spec_from_file_location("benchmarks_peers", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--models", "mobilenet_v2", "--no-dynamo", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    row = re.search(r"^mobilenet_v2 +(\d+) +([\d.]+)MB \| +([\d.]+)ms +([\d.]+)ms +([\d.]+)ms \| +(\d+)ms +([\d.]+)x",
+                    out, re.M)
+    assert row and int(row.group(1)) > 100 and 13 < float(row.group(2)) < 14  # 3.5 M float32 params + BN buffers
+    assert re.search(r"^goal: to_onnx >= 10x faster than torch.onnx.export\(dynamo=False\): (PASS|FAIL)", out, re.M)
+    assert re.search(r"^goal: to_onnx within 2x of the copy floor: (PASS|FAIL)", out, re.M)

@@ -621,6 +621,12 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
     from search.oneshot import ONESHOT, run_oneshot
 
     if config.strategy in ONESHOT:  # DARTS, SNAS, PARSEC, ENAS: one supernet, no ask/tell rounds, no executor
+        from search.train import resolve_device
+
+        if resolve_device(device).type != "cpu":  # never a silent fall-back to the CPU
+            raise ConfigError(f"strategy {config.strategy!r} trains its supernet on the CPU only; device {device!r} "
+                              "is not supported by the one-shot drivers yet",
+                              hint="use --device cpu with this strategy, or an ask/tell strategy on the GPU")
         return run_oneshot(config, out, resume=resume, progress=progress, on_candidate=on_candidate)
     budget, obj = config.check()
     run_dir = Path(out)

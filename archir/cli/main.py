@@ -46,7 +46,7 @@ import archir
 from archir.errors import ArchirError, is_user_error
 
 __all__ = ["main", "build_parser", "Subcommand", "SUBCOMMANDS", "extra_modules", "CLIError", "to_dot",
-           "export_verified", "ExportReport", "default_data_path"]
+           "export_verified", "ExportReport", "default_data_path", "run_candidate"]
 
 PROG = "archir"
 
@@ -382,18 +382,27 @@ def _positive(name: str, value: float) -> None:
         raise CLIError(f"{name} must be positive, got {value}", hint=f"pass {name} with a value > 0")
 
 
-def _load_candidate(args: argparse.Namespace) -> archir.Graph:
-    """The trained graph of a search run's candidate (``--best`` or ``--id N``)."""
+def run_candidate(args: argparse.Namespace, verb: str):
+    """``(graph, candidate)`` of the search run folder ``args.graph``'s ``--best`` / ``--id N`` candidate.
+
+    Raises:
+        CLIError: neither option was given (the message says what to ``verb``), or the store refuses.
+    """
     if not (args.best or args.id is not None):
-        raise CLIError(f"{args.graph}: is a folder: say which candidate of the search run to export",
+        raise CLIError(f"{args.graph}: is a folder: say which candidate of the search run to {verb}",
                        hint="add --best, or --id N (archir gallery lists the ids)")
     from search.experiment import load_candidate_graph
     from search.store import StoreError
 
     try:
-        g, c = load_candidate_graph(args.graph, cid=args.id, best=args.best)
+        return load_candidate_graph(args.graph, cid=args.id, best=args.best)
     except StoreError as e:
         raise CLIError(str(e), hint=e.hint) from None
+
+
+def _load_candidate(args: argparse.Namespace) -> archir.Graph:
+    """The trained graph of a search run's candidate (``--best`` or ``--id N``)."""
+    g, c = run_candidate(args, "export")
     print(f"candidate {c.id} of {args.graph}: val error {c.metrics.get('val_error', float('nan')):.3f}, "
           f"test error {c.metrics.get('test_error', float('nan')):.3f}")
     return g

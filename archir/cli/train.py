@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from archir.cli.main import CLIError, Subcommand
+from archir.cli.main import CLIError, Subcommand, run_candidate
 
 __all__ = ["SUBCOMMANDS", "CHECKPOINT", "LOG"]
 
@@ -84,16 +84,7 @@ def _load_graph(args: argparse.Namespace):
     import archir
 
     if Path(args.graph).is_dir():
-        if not (args.best or args.id is not None):
-            raise CLIError(f"{args.graph}: is a folder: say which candidate of the search run to train",
-                           hint="add --best, or --id N (archir gallery lists the ids)")
-        from search.experiment import load_candidate_graph
-        from search.store import StoreError
-
-        try:
-            g, c = load_candidate_graph(args.graph, cid=args.id, best=args.best)
-        except StoreError as e:
-            raise CLIError(str(e), hint=e.hint) from None
+        g, c = run_candidate(args, "train")
         return g, f"{args.graph}#{c.id}"
     if args.best or args.id is not None:
         raise CLIError(f"{args.graph}: --best/--id pick a candidate of a search run folder, and this is not a folder",

@@ -7,12 +7,13 @@ figures mean nothing and are not asserted, only that each estimate gets its thre
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.benchmarks import load_benchmark
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "latency_models.py"
 
@@ -22,9 +23,7 @@ TINY = ["--quick", "--n", "6", "--rounds", "1", "--repeats", "3", "--warmup", "1
 @pytest.fixture(scope="module")
 def bench():
     # benchmarks/ is a folder of scripts, not a package: load the file by path
-    spec = importlib.util.spec_from_file_location("benchmarks_latency_models", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark(SCRIPT)
     return mod
 
 

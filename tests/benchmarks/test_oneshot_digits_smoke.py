@@ -6,11 +6,12 @@ asserts that every run recorded its derived candidate.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+
+from tests.benchmarks import load_benchmark
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "oneshot_digits.py"
 
@@ -18,9 +19,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "oneshot_digits.py
 @pytest.fixture(scope="module")
 def bench():
     # benchmarks/ is a folder of scripts, not a package: load the file by path
-    spec = importlib.util.spec_from_file_location("benchmarks_oneshot_digits", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark(SCRIPT)
     return mod
 
 

@@ -6,7 +6,6 @@ morphism it times kept the function (``check_preserved`` raises otherwise).
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 import passes
+from tests.benchmarks import load_benchmark
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "passes.py"
 
@@ -21,9 +21,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "passes.py"
 @pytest.fixture(scope="module")
 def bench():
     # benchmarks/ is a folder of scripts, not a package: load the file by path
-    spec = importlib.util.spec_from_file_location("benchmarks_passes", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark(SCRIPT)
     return mod
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+
+from tests.benchmarks import load_benchmark
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "peers.py"
 
@@ -14,9 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "peers.py"
 @pytest.mark.slow
 def test_one_model_prints_its_row_and_every_goal(capsys):
     pytest.importorskip("torchvision")
-    spec = importlib.util.spec_from_file_location("benchmarks_peers", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark(SCRIPT)
     assert mod.main(["--models", "mobilenet_v2", "--no-dynamo", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     row = re.search(r"^mobilenet_v2 +(\d+) +([\d.]+)MB \| +([\d.]+)ms +([\d.]+)ms +([\d.]+)ms \| +(\d+)ms +([\d.]+)x",

@@ -6,12 +6,13 @@ pruned graph validates and that its ONNX model agrees with torch.fx.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.benchmarks import load_benchmark
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pruning.py"
 
@@ -19,9 +20,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pruning.py"
 @pytest.fixture(scope="module")
 def pruning():
     # benchmarks/ is a folder of scripts, not a package: load the file by path
-    spec = importlib.util.spec_from_file_location("benchmarks_pruning", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark(SCRIPT)
     return mod
 
 

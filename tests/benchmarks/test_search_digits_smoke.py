@@ -6,11 +6,12 @@ that every run recorded the asked candidates and that it reports the stored accu
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+
+from tests.benchmarks import load_benchmark
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "search_digits.py"
 
@@ -18,9 +19,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "search_digits.py"
 @pytest.fixture(scope="module")
 def bench():
     # benchmarks/ is a folder of scripts, not a package: load the file by path
-    spec = importlib.util.spec_from_file_location("benchmarks_search_digits", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark(SCRIPT)
     return mod
 
 

@@ -531,11 +531,12 @@ def _check_skeleton(model: onnx.ModelProto, inits: list, graph: Graph) -> None:
             name, arr = item
             g.input.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(arr.dtype), arr.shape))
     try:
-        key = hashlib.sha256(model.SerializeToString(deterministic=True)).digest()
+        data = model.SerializeToString(deterministic=True)
+        key = hashlib.sha256(data).digest()
         if key in _CHECKED:
             _CHECKED.move_to_end(key)
-        else:
-            _check(lambda: onnx.checker.check_model(model, full_check=True), graph)
+        else:  # the checker takes the bytes just made (given the message, it would serialize it again)
+            _check(lambda: onnx.checker.check_model(data, full_check=True), graph)
             _CHECKED[key] = None
             if len(_CHECKED) > _CHECKED_MAX:
                 _CHECKED.popitem(last=False)

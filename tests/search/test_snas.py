@@ -51,11 +51,18 @@ def test_penalty_gradient_matches_finite_differences(ds, cost):
         drv.supernet, {k: torch.softmax(v, -1) for k, v in uniform.items()}, cost=cost)))
 
 
-def test_latency_penalty_from_the_latency_table(ds, tmp_path):
-    space = get_space("chain", layers=2, kernels=(3,), expands=(1, 3), input_shape=ds.input_shape,
-                      num_classes=ds.num_classes)
+def test_latency_penalty_from_the_latency_table(tmp_path):
+    # 32x32 images and wide layers: every candidate's convs take far longer than one call's overhead, so the
+    # table's entries stay positive after the overhead is subtracted, however loaded the machine is (at 8x8 they
+    # are within the timing noise of it)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "rgb32.npz", x=rng.normal(size=(40, 3, 32, 32)).astype(np.float32),
+             y=np.arange(40) % 4)
+    big = load_dataset(tmp_path / "rgb32.npz")
+    space = get_space("chain", layers=2, kernels=(3,), expands=(1, 3), stem=32, widths=((64,), (64,)),
+                      input_shape=big.input_shape, num_classes=big.num_classes)
     cfg = ExperimentConfig(objective="latency:ort-cpu")
-    drv = ONESHOT["snas"](space, ds, cfg, 0, lam=1.0, run_dir=tmp_path)
+    drv = ONESHOT["snas"](space, big, cfg, 0, lam=1.0, run_dir=tmp_path)
     assert drv.cost_source == "latency" and drv.backend == "ort-cpu"
     assert (tmp_path / "latency_table.sqlite").exists()
     per = drv.costs.per_decision
@@ -77,7 +84,8 @@ def test_latency_penalty_from_the_latency_table(ds, tmp_path):
                     want += max(table.lookup(st.op, st.attrs, [t.shape for t in st.in_types], measure=False) - over,
                                 0.0)
             assert per[key][k] == pytest.approx(want, rel=1e-9, abs=1e-12), (key, names[key][k])
-    assert sum(float(v.sum()) for v in per.values()) > 0
+    # every non-empty candidate has a cost: at least a conv of 32 -> 64 channels at 32x32
+    assert all(float(v.min()) > 0 for v in per.values()), per
     _fd_check(drv, seed=1)
 
 

@@ -22,4 +22,6 @@ def test_one_model_prints_its_row_and_every_goal(capsys):
                     out, re.M)
     assert row and int(row.group(1)) > 100 and 13 < float(row.group(2)) < 14  # 3.5 M float32 params + BN buffers
     assert re.search(r"^goal: to_onnx >= 10x faster than torch.onnx.export\(dynamo=False\): (PASS|FAIL)", out, re.M)
+    fx = re.search(r"^mobilenet_v2 .*\| +([\d.]+)ms +([\d.]+)x$", out, re.M)  # the to_fx column and its ratio
+    assert fx and float(fx.group(1)) > 0 and float(fx.group(2)) > 0
     assert re.search(r"^goal: to_onnx within 2x of the copy floor: (PASS|FAIL)", out, re.M)

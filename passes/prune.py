@@ -132,6 +132,11 @@ class PruneReport:
         macs_before, macs_after: MACs from the ``cost`` function (``None`` without one).
         deviation: the output deviation of the pruned graph against the input
             (:class:`~passes.check.PreservationReport`, eval mode; ``None`` when not measured).
+        latency_before_ms, latency_after_ms, latency_backend: measured latency of one forward
+            pass before and after, and where (``None`` unless the caller measured it: passes do
+            not run backends; ``archir prune`` fills them with ``costmodels.measure``).
+        speedup: ``latency_before_ms / latency_after_ms`` as measured (the median of paired
+            rounds when the caller measured several); ``None`` when not measured.
     """
 
     criterion: str
@@ -145,6 +150,10 @@ class PruneReport:
     macs_before: int | None = None
     macs_after: int | None = None
     deviation: PreservationReport | None = None
+    latency_before_ms: float | None = None
+    latency_after_ms: float | None = None
+    latency_backend: str | None = None
+    speedup: float | None = None
 
     @property
     def channels_removed(self) -> int:
@@ -166,6 +175,8 @@ class PruneReport:
             "macs_before": self.macs_before, "macs_after": self.macs_after,
             "max_abs_deviation": self.max_abs_deviation,
             "max_rel_deviation": None if self.deviation is None else self.deviation.max_rel,
+            "latency_backend": self.latency_backend, "latency_before_ms": self.latency_before_ms,
+            "latency_after_ms": self.latency_after_ms, "speedup": self.speedup,
         }
 
     def __str__(self) -> str:
@@ -194,6 +205,10 @@ class PruneReport:
             d = self.deviation
             lines.append(f"output deviation (eval mode, n={d.n}, seed={d.seed}): max abs {d.max_abs:.3g}, "
                          f"max rel {d.max_rel:.3g}")
+        if self.speedup is not None:
+            lines.append(f"latency ({self.latency_backend}, measured): {self.latency_before_ms:.3g} ms -> "
+                         f"{self.latency_after_ms:.3g} ms ({self.speedup:.2f}x "
+                         f"{'faster' if self.speedup >= 1 else 'slower'})")
         return "\n".join(lines)
 
 

@@ -9,8 +9,9 @@ Usage::
 Runs ``passes.prune_channels`` (every free dependency group loses ``--ratio`` of its channels,
 or keeps ``--keep``; ``--groups`` restricts it to the groups of the named nodes) and prints the
 report: channels removed per group, the skipped groups and why, params and MACs before and
-after (``costmodels.count``), and the output deviation from the unpruned graph (eval mode,
-seeded inputs). The result is written with ``archir.save`` (``small.json`` +
+after (``costmodels.count``), the output deviation from the unpruned graph (eval mode,
+seeded inputs), and the measured speed-up (``--latency ort-cpu`` by default: one thread, batch 1,
+three paired rounds of ``costmodels.measure``; ``--no-latency`` skips it). The result is written with ``archir.save`` (``small.json`` +
 ``small.safetensors``, atomically). A refused request (a pinned group, a bad ratio) is one
 error line with the reason and how to fix it, exit code 2; nothing is written then.
 """
@@ -37,6 +38,11 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of --criterion random (default: 0)")
     p.add_argument("--round-to", type=int, default=None, metavar="N",
                    help="keep channel counts multiples of N (e.g. 8: faster SIMD kernels)")
+    p.add_argument("--latency", default="ort-cpu", metavar="BACKEND",
+                   choices=["ort-cpu", "ort-cuda", "torch-cpu", "torch-cuda"],
+                   help="measure the latency before and after on this backend and report the speed-up "
+                        "(default: ort-cpu, one thread, batch 1)")
+    p.add_argument("--no-latency", action="store_true", help="do not measure the speed-up (faster)")
     p.add_argument("-o", "--out", metavar="OUT.json", help="the pruned graph to write (.json + .safetensors)")
     p.add_argument("--list", action="store_true", help="list the prunable groups and exit")
 
@@ -82,11 +88,34 @@ def _run_prune(args: argparse.Namespace) -> int:
     took = time.perf_counter() - t0
     import archir
 
+    if not args.no_latency:  # before writing: a backend that cannot run (no GPU) leaves nothing behind
+        _measure_speedup(report, g, small, args.latency)
     archir.save(small, out)
     print(report)
     print(f"wrote {out} and {out.with_suffix('.safetensors')} ({len(small)} nodes; pruned and checked in "
           f"{_fmt_s(took)})")
     return 0
+
+
+def _measure_speedup(report, before, after, backend: str, rounds: int = 3) -> None:
+    """Fill ``report``'s latency fields: paired rounds (before, after, then after, before ...), medians.
+
+    One intra-op thread on the CPU backends (per-core latency, steadier under load); the speed-up
+    is the median of the per-round ratios, so load from other processes hits both sides alike.
+    """
+    import statistics
+
+    import costmodels
+
+    threads = 1 if backend.endswith("-cpu") else None
+    b, a = [], []
+    for r in range(rounds):
+        pair = [(before, b), (after, a)]
+        for g, into in (pair if r % 2 == 0 else pair[::-1]):
+            into.append(costmodels.measure(g, backend=backend, warmup=5, repeats=20, threads=threads).median_ms)
+    report.latency_backend = backend + (" 1 thread" if threads == 1 else "")
+    report.latency_before_ms, report.latency_after_ms = statistics.median(b), statistics.median(a)
+    report.speedup = statistics.median(x / y for x, y in zip(b, a))
 
 
 SUBCOMMANDS = [
@@ -95,5 +124,6 @@ SUBCOMMANDS = [
                "Structured channel pruning (passes.prune_channels): remove the least important channels of "
                "every dependency group (channels tied through add/mul/concat, BN, depthwise convs and "
                "flatten->linear go together), write the pruned graph and print channels removed per group, "
-               "params and MACs before and after, and the output deviation (eval mode)."),
+               "params and MACs before and after, the output deviation (eval mode) and the measured "
+               "speed-up (--latency BACKEND, default ort-cpu; --no-latency skips it)."),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import onnx
@@ -34,13 +35,18 @@ def test_prune_writes_the_graph_and_prints_the_report(net_dir, capsys):
     assert "28 channels removed" in text and "stem.conv, b1.b.conv, b2.b.conv    8 -> 4" in text
     assert "params: 6,450 -> 1,758" in text and "MACs:   874,656 -> 232,528" in text
     assert "output deviation (eval mode" in text and "skipped group 6 (head)" in text
+    lat = re.search(r"^latency \(ort-cpu 1 thread, measured\): ([\d.e-]+) ms -> ([\d.e-]+) ms \(([\d.]+)x (faster|slower)\)$",
+                    text, re.M)
+    assert lat and float(lat.group(1)) > 0 and float(lat.group(2)) > 0 and float(lat.group(3)) > 0, text
     small = archir.load(out)
     assert small.node("b1.a.conv").attrs["out_channels"] == 4 and out.with_suffix(".safetensors").exists()
 
 
 def test_prune_keep_and_groups(net_dir, capsys):
     out = net_dir / "k.json"
-    assert main(["prune", str(net_dir / "net.json"), "--keep", "3", "--groups", "b1.a.conv", "-o", str(out)]) == 0
+    assert main(["prune", str(net_dir / "net.json"), "--keep", "3", "--groups", "b1.a.conv", "--no-latency",
+                 "-o", str(out)]) == 0
+    assert "latency (" not in capsys.readouterr().out
     g = archir.load(out)
     assert g.node("b1.a.conv").attrs["out_channels"] == 3 and g.node("b2.a.conv").attrs["out_channels"] == 8
     assert main(["prune", str(net_dir / "net.json"), "--ratio", "0.75", "--round-to", "4", "-o", str(out)]) == 0
@@ -88,3 +94,14 @@ def test_export_canonicalize(net_dir, capsys):
     plain = net_dir / "plain.onnx"
     assert main(["export", str(net_dir / "net.json"), "--onnx", str(plain)]) == 0
     assert "BatchNormalization" in {n.op_type for n in onnx.load(plain).graph.node}
+
+
+def test_prune_on_an_unavailable_latency_backend_writes_nothing(net_dir, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # no GPU, even on a GPU machine
+    out = net_dir / "gpu.json"
+    rc = main(["prune", str(net_dir / "net.json"), "--ratio", "0.5", "--latency", "torch-cuda", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "backend 'torch-cuda'" in err and "Traceback" not in err
+    assert not out.exists() and not out.with_suffix(".safetensors").exists()

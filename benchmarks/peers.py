@@ -17,10 +17,22 @@ imported with ``from_torch`` at 3x224x224, and DARTS_V2 built at 20 cells x 36 c
   and within 2x of the copy floor.
 
 Medians of interleaved calls (archir's calls run between the peers' so both sample the same
-minutes of a shared machine). The pruning comparison with Torch-Pruning is not in this script yet.
+minutes of a shared machine).
+
+``--prune`` prints the second table instead: structured pruning against Torch-Pruning (the peer;
+skipped, saying so, when ``torch_pruning`` is not installed). For each torchvision model and ratio
+(0.5 and 0.3 by default): Torch-Pruning's ``MagnitudePruner`` (L1 importance, per-layer ratio,
+the classifier kept) on the torch model, and ``passes.prune_channels(ratio=, criterion="l1")`` on
+its ``from_torch`` import; MACs and params kept (``costmodels.count``; the peer's model imported
+too, so both are counted alike), whether every conv kept the same number of channels, and ONNX
+Runtime CPU latency (one thread, batch 1) of archir's ``to_onnx`` against the peer's own
+``torch.onnx.export(dynamo=False)`` -- paired rounds, each side the fastest of its timed runs,
+the reported latency the median over rounds. Goal: archir's pruned network at or below the peer's
+latency (ratio <= 1.02, the rounds' resolution) at equal or lower MACs.
 
     python benchmarks/peers.py                       # every model (several minutes: dynamo is slow)
     python benchmarks/peers.py --models resnet18 --no-dynamo --repeats 3
+    python benchmarks/peers.py --prune --models resnet18 mobilenet_v2 efficientnet_b0 densenet121
 """
 
 from __future__ import annotations
@@ -73,10 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     p.add_argument("--repeats", type=int, default=5, help="calls per exporter (default 5)")
     p.add_argument("--no-dynamo", action="store_true", help="skip the dynamo exporter (slow)")
+    p.add_argument("--prune", action="store_true", help="the pruning table against Torch-Pruning instead")
+    p.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.3], help="pruning ratios (default 0.5 0.3)")
+    p.add_argument("--rounds", type=int, default=5, help="paired latency rounds per pruned pair (default 5)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     print(f"command : python benchmarks/peers.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
+    if args.prune:
+        return prune_table([m for m in args.models if m != "darts_v2"], args.ratios, args.rounds)
     print(f"software: torch {torch.__version__}; one intra-op thread; medians of {args.repeats} interleaved calls\n")
     head = (f"{'model':16s} {'nodes':>5s} {'weights':>9s} | {'floor':>8s} {'to_onnx':>8s} {'warm':>8s} | "
             f"{'TorchScr':>8s} {'x':>6s} | {'dynamo':>8s} {'x':>6s} | {'/floor':>6s} | {'to_fx':>8s} {'/floor':>6s}")
@@ -110,6 +127,78 @@ def main(argv: list[str] | None = None) -> int:
         missed = [gl[0] for gl in goals if not gl[i]]
         print(f"goal: {what}: {'PASS' if not missed else 'FAIL (' + ', '.join(missed) + ')'}"
               + (" (dynamo skipped)" if i == 2 and args.no_dynamo else ""))
+    return 0
+
+
+def _ort(model_bytes: bytes):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def _fastest_ms(sess, x, warmup: int = 3, repeats: int = 10) -> float:
+    feed = {sess.get_inputs()[0].name: x}
+    for _ in range(warmup):
+        sess.run(None, feed)
+    return 1e3 * min(_time(lambda: sess.run(None, feed)) for _ in range(repeats))
+
+
+def prune_table(models: list[str], ratios: list[float], rounds: int) -> int:
+    """The pruning table: Torch-Pruning against ``passes.prune_channels`` on torchvision models."""
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        print("peer skipped: torch_pruning is not installed (pip install torch-pruning; it is in archir[dev])")
+        return 0
+    import torchvision
+
+    import costmodels
+    import passes
+
+    print(f"peer    : torch-pruning {getattr(tp, '__version__', '?')} MagnitudePruner(p=1), classifier kept; "
+          f"ORT CPU, one thread, batch 1, {rounds} paired rounds\n")
+    head = (f"{'model':16s} {'ratio':>5s} | {'MACs kept TP/ar':>15s} | {'params kept TP/ar':>17s} | "
+            f"{'same convs':>10s} | {'ORT TP':>8s} {'archir':>8s} {'ar/TP':>6s}")
+    print(head + "\n" + "-" * len(head))
+    missed = []
+    x = torch.randn(1, 3, 224, 224)
+    xn = x.numpy()
+    for name in models:
+        def fresh():
+            torch.manual_seed(0)
+            return getattr(torchvision.models, name)().eval()
+
+        g0 = from_torch(fresh(), x)
+        c0 = costmodels.count(g0)
+        for ratio in ratios:
+            peer = fresh()
+            keep = [m for m in peer.modules() if isinstance(m, torch.nn.Linear)]
+            tp.pruner.MagnitudePruner(peer, x, importance=tp.importance.MagnitudeImportance(p=1),
+                                      pruning_ratio=ratio, ignored_layers=keep).step()
+            gp = from_torch(peer, x)
+            ga, _ = passes.prune_channels(g0, ratio=ratio, criterion="l1")
+            cp, ca = costmodels.count(gp), costmodels.count(ga)
+            same = ([n.attrs["out_channels"] for n in gp.nodes("conv2d")]
+                    == [n.attrs["out_channels"] for n in ga.nodes("conv2d")])
+            buf = io.BytesIO()
+            torch.onnx.export(peer, (x,), buf, dynamo=False)
+            s_peer, s_ar = _ort(buf.getvalue()), _ort(to_onnx(ga).SerializeToString())
+            lp, la = [], []
+            for r in range(rounds):  # paired, alternating which goes first
+                for sess, into in ((s_peer, lp), (s_ar, la))[:: 1 if r % 2 == 0 else -1]:
+                    into.append(_fastest_ms(sess, xn))
+            mp, ma = statistics.median(lp), statistics.median(la)
+            rel = statistics.median(a / b for a, b in zip(la, lp))
+            print(f"{name:16s} {ratio:5.2f} | {cp.macs / c0.macs:6.3f} / {ca.macs / c0.macs:6.3f} | "
+                  f"{cp.params / c0.params:7.3f} / {ca.params / c0.params:7.3f} | {'yes' if same else 'no':>10s} | "
+                  f"{mp:6.2f}ms {ma:6.2f}ms {rel:5.3f}x")
+            if not (rel <= 1.02 and ca.macs <= cp.macs):
+                missed.append(f"{name}@{ratio:g}")
+    print()
+    print("goal: archir's pruned network at or below Torch-Pruning's ORT latency at equal or lower MACs: "
+          + ("PASS" if not missed else "FAIL (" + ", ".join(missed) + ")"))
     return 0
 
 

@@ -26,9 +26,11 @@ the classifier kept) on the torch model, and ``passes.prune_channels(ratio=, cri
 its ``from_torch`` import; MACs and params kept (``costmodels.count``; the peer's model imported
 too, so both are counted alike), whether every conv kept the same number of channels, and ONNX
 Runtime CPU latency (one thread, batch 1) of archir's ``to_onnx`` against the peer's own
-``torch.onnx.export(dynamo=False)`` -- paired rounds, each side the fastest of its timed runs,
-the reported latency the median over rounds. Goal: archir's pruned network at or below the peer's
-latency (ratio <= 1.02, the rounds' resolution) at equal or lower MACs.
+``torch.onnx.export(dynamo=False)`` -- paired rounds (alternating which side goes first), each
+latency the fastest run over all rounds: on a shared machine load only ever adds time, so the
+fastest run estimates the unloaded latency best (medians moved by +-5 % between two identical
+networks in a run beside other jobs). Goal: archir's pruned network at or below the peer's
+latency (ratio <= 1.02) at equal or lower MACs.
 
     python benchmarks/peers.py                       # every model (several minutes: dynamo is slow)
     python benchmarks/peers.py --models resnet18 --no-dynamo --repeats 3
@@ -189,8 +191,8 @@ def prune_table(models: list[str], ratios: list[float], rounds: int) -> int:
             for r in range(rounds):  # paired, alternating which goes first
                 for sess, into in ((s_peer, lp), (s_ar, la))[:: 1 if r % 2 == 0 else -1]:
                     into.append(_fastest_ms(sess, xn))
-            mp, ma = statistics.median(lp), statistics.median(la)
-            rel = statistics.median(a / b for a, b in zip(la, lp))
+            mp, ma = min(lp), min(la)
+            rel = ma / mp
             print(f"{name:16s} {ratio:5.2f} | {cp.macs / c0.macs:6.3f} / {ca.macs / c0.macs:6.3f} | "
                   f"{cp.params / c0.params:7.3f} / {ca.params / c0.params:7.3f} | {'yes' if same else 'no':>10s} | "
                   f"{mp:6.2f}ms {ma:6.2f}ms {rel:5.3f}x")

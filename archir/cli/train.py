@@ -6,6 +6,8 @@ Usage::
     archir train darts_v2.json --dataset cifar10:data --epochs 600 --recipe darts -o runs/final
     archir train darts_v2.json --dataset cifar10:data --epochs 600 --recipe darts -o runs/final --resume
     archir train runs/search --best --dataset digits --epochs 20 --recipe plain -o runs/best   # a search's best
+    archir build --run runs/darts --best --cells 20 --channels 36 --auxiliary --drop-path 0.2 -o big.json
+    archir train big.json --dataset cifar10:data --epochs 600 --recipe darts -o runs/transfer  # NASNet transfer
 
 The ``darts`` recipe (``search.train.RECIPES``) is the DARTS/PNAS evaluation recipe: SGD 0.025 momentum
 0.9 weight decay 3e-4, cosine to 0, batch 96, random crop 4 + flip, cutout 16, every ``drop_path``
@@ -149,46 +151,54 @@ def _write_checkpoint(out: Path, state, options: dict) -> None:
 
 
 class _Bar:
-    """A progress bar per epoch (rich when installed; a plain status line otherwise)."""
+    """A progress bar per epoch: rich's on a terminal; on anything else (a log file, CI) one plain
+    line per epoch, since a live bar there prints nothing useful (rich draws nothing off a terminal)."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool, file=None) -> None:
         self.quiet = quiet
+        self.file = file
         self.rich = None
         self.task = None
+        self._epoch = None
         self._last = 0.0
-        if quiet:
+        if quiet or not self._tty():
             return
         try:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        except ImportError:  # rich is a dependency; a stripped install still gets the plain line
+            return
+        self.rich = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}  "
+                                        "{task.fields[ips]:,.0f} img/s"), TimeRemainingColumn(),
+                             console=Console(file=self._out(), force_terminal=True))
+        self.rich.start()
 
-            self.rich = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}  "
-                                            "{task.fields[ips]:,.0f} img/s"), TimeRemainingColumn(),
-                                 console=Console(file=sys.stderr), transient=True)
-            self.rich.start()
-        except ImportError:
-            self.rich = None
+    def _out(self):
+        return self.file if self.file is not None else sys.stderr
+
+    def _tty(self) -> bool:
+        isatty = getattr(self._out(), "isatty", None)
+        return bool(isatty and isatty())
 
     def step(self, epoch: int, step: int, steps: int, stats: dict) -> None:
         if self.quiet:
             return
         ips = stats["images"] / stats["seconds"] if stats["seconds"] > 0 else 0.0
         if self.rich is not None:
-            if self.task is None or step <= max(1, steps // 50):
-                if self.task is not None:
-                    self.rich.remove_task(self.task)
-                self.task = self.rich.add_task("", total=steps, epoch=epoch, loss=0.0, acc=0.0, ips=0.0)
+            if self.task is None or self._epoch != epoch:  # a new bar per epoch; the finished ones stay
+                self.task, self._epoch = self.rich.add_task("", total=steps, epoch=epoch, loss=0.0, acc=0.0,
+                                                            ips=0.0), epoch
             self.rich.update(self.task, completed=step, epoch=epoch, loss=stats["loss"], acc=stats["acc"], ips=ips)
             return
         now = time.perf_counter()
-        if step == steps or now - self._last > 1.0 or not sys.stderr.isatty():
+        tty = self._tty()
+        if step == steps or (tty and now - self._last > 1.0):
             self._last = now
             eta = stats["seconds"] / step * (steps - step)
-            end = "\n" if not sys.stderr.isatty() else "\r"
-            if sys.stderr.isatty() or step == steps:
-                print(f"epoch {epoch} {step}/{steps}  loss {stats['loss']:.4f}  acc {stats['acc']:.3f}  "
-                      f"{ips:,.0f} img/s  eta {eta:.0f}s", end=end, file=sys.stderr, flush=True)
+            print(f"epoch {epoch} {step}/{steps}  loss {stats['loss']:.4f}  acc {stats['acc']:.3f}  "
+                  f"{ips:,.0f} img/s  eta {eta:.0f}s", end="\r" if tty and step < steps else "\n",
+                  file=self._out(), flush=True)
 
     def close(self) -> None:
         if self.rich is not None:

@@ -3,6 +3,7 @@ kill + --resume giving the uninterrupted run's final weights, the exports, and e
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -169,3 +170,33 @@ def test_cuda_without_a_gpu_is_a_clear_error(net, tmp_path, capsys):
     assert main(["train", str(net), "--epochs", "1", "-o", str(tmp_path / "o"), "--device", "cuda"]) == 2
     text = capsys.readouterr().err
     assert "CUDA is not available" in text and "--device cpu" in text
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _epochs_of(bar) -> None:
+    for epoch in (1, 2):
+        for step in (1, 2, 3):
+            bar.step(epoch, step, 3, {"images": 96 * step, "seconds": 0.5 * step, "loss": 2.0 / epoch, "acc": 0.25})
+    bar.close()
+
+
+def test_progress_is_a_rich_bar_on_a_terminal_and_a_line_per_epoch_elsewhere():
+    pytest.importorskip("rich")
+    from archir.cli.train import _Bar
+
+    term = _Terminal()
+    _epochs_of(_Bar(False, file=term))
+    text = term.getvalue()
+    assert "\x1b[" in text  # drawn live, with terminal control codes
+    assert "epoch 1" in text and "epoch 2" in text and "3/3" in text and "192 img/s" in text
+    log = io.StringIO()  # a log file or CI: no live bar, one finished line per epoch
+    _epochs_of(_Bar(False, file=log))
+    assert log.getvalue().splitlines() == [
+        "epoch 1 3/3  loss 2.0000  acc 0.250  192 img/s  eta 0s", "epoch 2 3/3  loss 1.0000  acc 0.250  192 img/s  eta 0s"]
+    quiet = _Terminal()
+    _epochs_of(_Bar(True, file=quiet))
+    assert quiet.getvalue() == ""

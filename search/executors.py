@@ -193,6 +193,10 @@ class RayExecutor(Executor):
             cluster (``"auto"``, ``"ray://head:10001"``).
         num_cpus, num_gpus: resources each candidate task asks for (default 1 CPU, 0 GPUs).
         workers: CPUs of the local Ray when it is started here (default: all).
+        max_retries: how often Ray runs a candidate again whose worker process or node died
+            (killed, out of memory, a machine gone) before it is recorded failed with the reason
+            (default 2). A candidate that raises is not retried: that is its result. A retry
+            trains from the same seed, so it gives the result the first try would have.
 
     Raises:
         ExecutorError: Ray is not installed, or the cluster cannot be reached.
@@ -201,7 +205,7 @@ class RayExecutor(Executor):
     name = "ray"
 
     def __init__(self, address: str | None = None, num_cpus: float = 1, num_gpus: float = 0,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, max_retries: int = 2) -> None:
         try:
             import ray
         except ImportError:
@@ -211,6 +215,9 @@ class RayExecutor(Executor):
         if not num_cpus > 0 or num_gpus < 0:
             raise ExecutorError(f"ray executor: num_cpus must be > 0 and num_gpus >= 0 (got {num_cpus}, {num_gpus})",
                                 hint="pass --cpus-per-candidate 1 --gpus-per-candidate 0")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ExecutorError(f"ray executor: max_retries must be an int >= 0, got {max_retries!r}",
+                                hint="e.g. max_retries=2 (0: a candidate whose worker dies is recorded failed)")
         self._ray = ray
         self.address = address
         self._started = False
@@ -227,11 +234,12 @@ class RayExecutor(Executor):
                                     hint="check --address (e.g. ray://head:10001 or auto) and that the cluster "
                                          "runs the same Ray and Python versions") from None
             self._started = True
-        self.num_cpus, self.num_gpus = num_cpus, num_gpus
+        self.num_cpus, self.num_gpus, self.max_retries = num_cpus, num_gpus, max_retries
 
     def map_unordered(self, fn, tasks):
         ray = self._ray
-        remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0)(_ray_entry)
+        remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.max_retries,
+                            retry_exceptions=False)(_ray_entry)
         refs = {remote.remote(fn, t): i for i, t in enumerate(tasks)}
         pending = list(refs)
         while pending:
@@ -240,8 +248,9 @@ class RayExecutor(Executor):
                 i = refs[r]
                 try:
                     yield i, ray.get(r)
-                except Exception as e:  # RayTaskError, WorkerCrashedError, ...
-                    yield i, _crashed(tasks[i], f"ray task failed: {_one_line(e)}", e)
+                except Exception as e:  # RayTaskError, WorkerCrashedError (after max_retries), ...
+                    tries = f" (tried {self.max_retries + 1} times)" if self.max_retries else ""
+                    yield i, _crashed(tasks[i], f"ray task failed{tries}: {_one_line(e)}", e)
 
     def close(self) -> None:
         if self._started and self._ray.is_initialized():

@@ -574,6 +574,7 @@ a.cid{color:#1d4ed8;cursor:pointer;text-decoration:underline}
 _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>%%TITLE%%</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <style>%%STYLE%%</style>
 <script>%%PLOTLY%%</script>
 </head><body>

@@ -1,4 +1,4 @@
-"""Shared test configuration: hypothesis profiles, the GPU marker, one torch thread, verification on.
+"""Shared test configuration: hypothesis profiles, the GPU and browser markers, one torch thread, verification on.
 
 Every pass of the suite runs with ``ARCHIR_VERIFY=1``: the ``Verify`` and ``CheckPreserved``
 instruments check each outermost pass call (``passes.infra``), whoever makes it, in the test
@@ -34,6 +34,12 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(prev)
+
+
+def pytest_configure(config):
+    # tests that drive headless Chromium (tests/search/test_report_browser.py); they skip with the reason when
+    # Debian's chromium + chromium-driver are missing (scripts/test.sh installs them via apt when run as root)
+    config.addinivalue_line("markers", "browser: drives a headless Chromium with Selenium (skipped without one)")
 
 
 def _has_cuda() -> bool:

@@ -3,7 +3,7 @@
 - ``serial`` (default): one after the other, in this process.
 - ``process``: a local ``concurrent.futures.ProcessPoolExecutor`` with the ``spawn`` start
   method (no fork of a process holding torch threads); every worker runs torch with one thread.
-- ``ray``: Ray Core tasks. ``ray.init()`` starts a local Ray by default; ``address=`` joins an
+- ``ray``: Ray Core tasks. ``ray.init(address="local")`` starts a new local Ray by default; ``address=`` joins an
   existing cluster (``"auto"`` or ``"ray://host:10001"``). ``num_cpus``/``num_gpus`` are the
   resources each candidate asks for. Every node of a cluster needs the same archir (and its
   dependencies) installed: tasks name ``search.experiment.evaluate_candidate`` by reference.
@@ -189,8 +189,9 @@ class RayExecutor(Executor):
     """Ray Core tasks, one per candidate.
 
     Args:
-        address: None starts a local Ray (``ray.init()``); otherwise the address of an existing
-            cluster (``"auto"``, ``"ray://head:10001"``).
+        address: None starts a new local Ray (``ray.init(address="local")``: never joins a cluster
+            that happens to run on this machine); otherwise the address of an existing cluster
+            (``"auto"``: the one started here with ``ray start``, ``"HOST:6379"``, ``"ray://head:10001"``).
         num_cpus, num_gpus: resources each candidate task asks for (default 1 CPU, 0 GPUs).
         workers: CPUs of the local Ray when it is started here (default: all).
         max_retries: how often Ray runs a candidate again whose worker process or node died
@@ -225,8 +226,8 @@ class RayExecutor(Executor):
             kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                   "logging_level": logging.ERROR}
             try:
-                if address is None:
-                    ray.init(num_cpus=workers, **kw)
+                if address is None:  # "local": a new Ray here, never a cluster that happens to run on this machine
+                    ray.init(address="local", num_cpus=workers, **kw)
                 else:
                     ray.init(address=address, **kw)
             except Exception as e:  # ConnectionError, RuntimeError, ...: Ray's own types vary by version

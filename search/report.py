@@ -559,7 +559,8 @@ tr.row:hover{background:#eff6ff;cursor:pointer} tr.row.selected{background:#dbea
 tr.failed td{color:#991b1b}
 .tablewrap{max-height:420px;overflow:auto}
 .controls{font-size:13px;margin-bottom:6px;display:flex;gap:12px;flex-wrap:wrap;align-items:center}
-.drawing{overflow:auto;max-height:560px;border:1px solid #e5e7eb;border-radius:6px;background:#fff}
+#detail{position:sticky;top:8px;align-self:start;max-height:calc(100vh - 16px);overflow:auto}
+.drawing{overflow:auto;max-height:420px;border:1px solid #e5e7eb;border-radius:6px;background:#fff}
 .drawing svg{max-width:none}
 .kv{font-size:12px} .kv td:first-child{color:#6b7280}
 code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px}
@@ -582,10 +583,15 @@ _PAGE = """<!DOCTYPE html>
 <main>
 <div class="notes" id="notes"></div>
 <div class="grid">
- <div class="card"><h2>Validation error against cost</h2>
-  <div class="controls"><label>cost axis <select id="cost-key"></select></label>
-   <span class="muted" id="scatter-note"></span></div>
-  <div id="scatter" class="plot"></div></div>
+ <div>
+  <div class="card"><h2>Validation error against cost</h2>
+   <div class="controls"><label>cost axis <select id="cost-key"></select></label>
+    <span class="muted" id="scatter-note"></span></div>
+   <div id="scatter" class="plot"></div></div>
+  <div class="card"><h2>Progress</h2><div id="progress-n" class="plot small"></div>
+   <div id="progress-s" class="plot small"></div><div class="muted" id="progress-note"></div></div>
+  <div class="card" id="oneshot-card"><h2>One-shot: architecture distribution</h2><div id="oneshot"></div></div>
+ </div>
  <div class="card" id="detail"><h2>Selected candidate</h2><div id="detail-body" class="muted">
   click a point or a table row</div></div>
 </div>
@@ -597,11 +603,6 @@ _PAGE = """<!DOCTYPE html>
   <label>text <input type="search" id="f-text" placeholder="op, reason, ..."></label>
   <span class="muted" id="table-count"></span></div>
  <div class="tablewrap"><table id="cands"><thead></thead><tbody></tbody></table></div></div>
-<div class="grid">
- <div class="card"><h2>Progress</h2><div id="progress-n" class="plot small"></div>
-  <div id="progress-s" class="plot small"></div><div class="muted" id="progress-note"></div></div>
- <div class="card" id="oneshot-card"><h2>One-shot: architecture distribution</h2><div id="oneshot"></div></div>
-</div>
 </main>
 <script>window.ARCHIR_REPORT = %%LIVE%%;</script>
 <script type="application/json" id="report-data">%%DATA%%</script>
@@ -804,7 +805,8 @@ function renderProgress() {
   const tr = (rows) => [{type: 'scatter', mode: 'lines+markers', line: {shape: 'hv'}, x: rows.map((r) => r[0]), y: rows.map((r) => r[1]),
     customdata: rows.map((r) => r[2]), hovertemplate: 'after #%{customdata}: %{y:.4f}<extra></extra>'}];
   Plotly.react('progress-n', tr(P.by_candidates), lay('candidates finished'), {displaylogo: false, responsive: true});
-  Plotly.react('progress-s', tr(P.by_seconds), lay('seconds'), {displaylogo: false, responsive: true});
+  const ls = lay('seconds since the first candidate was asked'); ls.xaxis.rangemode = 'tozero';
+  Plotly.react('progress-s', tr(P.by_seconds), ls, {displaylogo: false, responsive: true});
   $('progress-note').textContent = 'Best validation error among done candidates within the budget. Seconds: ' + P.seconds_note + '.';
 }
 function renderOneShot() {

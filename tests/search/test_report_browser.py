@@ -46,7 +46,7 @@ def browser():
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = paths[0]
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1700",
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,2100",
               "--no-first-run", "--disable-extensions", "--disable-background-networking"):
         opts.add_argument(a)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})

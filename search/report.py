@@ -41,6 +41,7 @@ import html
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -52,7 +53,7 @@ from search.pareto import Point, frontier
 from search.store import LOCK_NAME, Candidate, Store
 
 __all__ = ["report_data", "render_html", "write_report", "data_stamp", "ReportError", "REPORT_FORMAT",
-           "DEFAULT_MAX_DETAILS", "move_of", "draw_svg"]
+           "DEFAULT_MAX_DETAILS", "move_of", "draw_svg", "run_stamp"]
 
 REPORT_FORMAT = "archir.report"
 REPORT_VERSION = 1
@@ -246,7 +247,8 @@ def draw_svg(g, *, timeout: float = DOT_TIMEOUT_S) -> tuple[str, str, str | None
             if res.returncode == 0:
                 svg = res.stdout.decode("utf-8", errors="replace")
                 start = svg.find("<svg")  # drop the XML prolog and DOCTYPE: the SVG goes inline into the page
-                return (svg[start:] if start >= 0 else svg), "graphviz", None
+                svg = re.sub(r">\s+<", "><", re.sub(r"<!--.*?-->", "", svg[start:] if start >= 0 else svg, flags=re.S))
+                return svg, "graphviz", None
             err = (res.stderr.decode(errors="replace").strip().splitlines() or [f"exit code {res.returncode}"])[0]
             note = f"graphviz's dot failed ({err}): a simple layered drawing instead"
         except subprocess.TimeoutExpired:
@@ -470,11 +472,27 @@ def report_data(run_dir: str | os.PathLike, *, max_details: int = DEFAULT_MAX_DE
     return data
 
 
+def _stamp(rows: list[tuple], state: str | None, steps: Any) -> str:
+    return hashlib.sha256(json.dumps([rows, [state, steps]], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def data_stamp(data: Mapping) -> str:
-    """A short digest of what a report shows (counts, statuses, figures): the dashboard refreshes when it changes."""
-    key = [(c["id"], c["status"], c.get("val_error"), c.get("error")) for c in data.get("candidates", [])]
-    extra = (data.get("run", {}).get("state"), (data.get("oneshot") or {}).get("steps_done"))
-    return hashlib.sha256(json.dumps([key, extra], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A short digest of what a report shows (statuses, errors, run state, one-shot steps): the dashboard
+    reloads the data when it changes. Equals :func:`run_stamp` of the run at the time ``data`` was read."""
+    rows = [(c["id"], c["status"], c.get("val_error"), c.get("error")) for c in data.get("candidates", [])]
+    return _stamp(rows, data.get("run", {}).get("state"), (data.get("oneshot") or {}).get("steps_done"))
+
+
+def run_stamp(run_dir: str | os.PathLike) -> str:
+    """:func:`data_stamp` of a run read now, without drawing or counting anything (what the dashboard polls)."""
+    run_dir = Path(run_dir)
+    with Store.open(run_dir) as st:
+        cands = st.candidates()
+        counts = st.counts()
+        oneshot = st.info("oneshot")
+    rows = [(c.id, c.status, _num(c.metrics.get("val_error")), c.error) for c in cands]
+    steps = (_oneshot(run_dir, oneshot) or {}).get("steps_done") if oneshot else None
+    return _stamp(rows, _run_state(run_dir, counts)[0], steps)
 
 
 # --------------------------------------------------------------------------- the page

@@ -96,8 +96,9 @@ class Dashboard:
 
     def stamp(self) -> dict:
         """``{"stamp": ...}``: what the page polls to know when to reload the data."""
-        d = self.data()
-        return {"stamp": d["stamp"], "counts": d["run"]["counts"], "state": d["run"]["state"]}
+        from search.report import run_stamp
+
+        return {"stamp": run_stamp(self.run_dir)}
 
 
 def _handler(dash: Dashboard) -> type[BaseHTTPRequestHandler]:

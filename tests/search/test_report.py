@@ -269,3 +269,8 @@ def test_write_report_is_atomic(runs, tmp_path, monkeypatch):
     assert out.read_text() == "old report" and sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
     with pytest.raises(rp.ReportError, match="does not exist"):
         write_report(runs["hc"], tmp_path / "nope" / "r.html")
+
+
+@pytest.mark.parametrize("name", ["evo", "killed", "oneshot"])
+def test_run_stamp_is_the_blobs_stamp(runs, name):
+    assert rp.run_stamp(runs[name]) == report_data(runs[name])["stamp"]

@@ -40,6 +40,7 @@ latency (ratio <= 1.02) at equal or lower MACs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import statistics
 import sys
@@ -115,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             t["fx"].append(_time(lambda: to_fx(g)))
             t["ts"].append(_time(lambda: torch.onnx.export(gm, (x,), io.BytesIO(), dynamo=False)))
             if not args.no_dynamo:
-                t["dyn"].append(_time(lambda: torch.onnx.export(gm, (x,), dynamo=True)))
+                with contextlib.redirect_stdout(io.StringIO()):  # its per-stage progress lines
+                    t["dyn"].append(_time(lambda: torch.onnx.export(gm, (x,), dynamo=True)))
         m = {k: statistics.median(v) if v else float("nan") for k, v in t.items()}
         ts_x, dyn_x, fl_x = m["ts"] / m["cold"], m["dyn"] / m["cold"], m["cold"] / m["floor"]
         print(f"{name:16s} {len(g.nx):5d} {mb:7.1f}MB | {m['floor'] * 1e3:6.1f}ms {m['cold'] * 1e3:6.1f}ms "

@@ -247,17 +247,18 @@ def space_names() -> list[str]:
 def _spaces() -> dict[str, type]:
     from search.spaces.chain import ChainSpace
     from search.spaces.darts import DartsSpace
+    from search.spaces.nb201 import Nb201Space
 
-    return {"darts": DartsSpace, "chain": ChainSpace}
+    return {"darts": DartsSpace, "chain": ChainSpace, "nb201": Nb201Space}
 
 
 def get_space(name: str, **kwargs: Any) -> Space:
-    """The space called ``name`` (``"darts"`` or ``"chain"``), built with ``kwargs``.
+    """The space called ``name`` (``"darts"``, ``"chain"`` or ``"nb201"``), built with ``kwargs``.
 
     Args:
         name: the space name.
         **kwargs: ``input_shape``, ``num_classes`` and the space's own options
-            (``cells``, ``channels`` for darts; ``layers``, ``stem``, ... for chain).
+            (``cells``, ``channels`` for darts and nb201; ``layers``, ``stem``, ... for chain).
 
     Raises:
         SpaceError: unknown name, or an option the space does not take (a ``ValueError``).

@@ -14,6 +14,9 @@ value, so each partial architecture is a real member of the space that trains an
 - **chain**: stage ``i`` decides layer ``i`` (block and width): networks grow layer by layer.
   An undecided layer is skipped where it may be (stride 1) and is the cheapest block
   (first kernel, first expansion, first width) where it may not.
+- **nb201** (and any space with a ``progressive_plan()`` method, which gives the stages and filler):
+  node 1, then node 2, then node 3 of the cell; an undecided node is ``skip_connect`` from the node
+  before it and ``none`` from the others.
 - any other space with a categorical view: one variable per stage, filler option 0.
 
 The search (beam width ``K`` = ``beam``):
@@ -93,6 +96,10 @@ def progressive_plan(space) -> Plan:
     except NotImplementedError:
         raise StrategyError(f"pnas: the space {getattr(space, 'name', space)!r} has no categorical view",
                             hint="use the chain or darts space") from None
+    own = getattr(space, "progressive_plan", None)
+    if callable(own):  # the space knows how it grows (nb201: node by node)
+        stages, filler, unit = own()
+        return Plan(tuple(tuple(int(i) for i in st) for st in stages), tuple(int(v) for v in filler), str(unit))
     from search.spaces.chain import ChainSpace
     from search.spaces.darts import DartsSpace
 

@@ -45,7 +45,7 @@ def _assert_onnx_matches_fx(g: archir.Graph) -> None:
 
 
 def test_get_space_by_name_and_refusals():
-    assert space_names() == ["chain", "darts"]
+    assert space_names() == ["chain", "darts", "nb201"]
     d = get_space("darts", input_shape=SHAPE, num_classes=10, cells=4, channels=6)
     assert isinstance(d, DartsSpace) and d.name == "darts" and (d.cells, d.channels) == (4, 6)
     assert isinstance(get_space("chain", input_shape=(3, 16, 16), num_classes=5), ChainSpace)

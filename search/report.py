@@ -322,6 +322,14 @@ def _oneshot(run_dir: Path, info: Any) -> dict | None:
         out["note"] = "no readable one-shot checkpoint (oneshot/state.json): the entropy is unavailable"
         return out
     out["steps_done"] = state.get("steps_done")
+    hist = (info or {}).get("history")
+    if isinstance(hist, list) and any(_num((h or {}).get("entropy")) is not None for h in hist if isinstance(h, dict)):
+        # a driver that records its figures per step in the store's info (not done by search.oneshot yet)
+        out["entropy"] = [{"step": h.get("step"), "entropy": float(h["entropy"])} for h in hist
+                          if isinstance(h, dict) and _num(h.get("entropy")) is not None]
+        out["per_epoch_recorded"] = True
+        out["figures"] = _clean({k: _num(v) for k, v in (state.get("figures") or {}).items()})
+        return out
     fig = state.get("figures") or {}
     if _num(fig.get("entropy")) is not None:
         out["entropy"] = [{"step": state.get("steps_done"), "entropy": float(fig["entropy"])}]

@@ -274,3 +274,13 @@ def test_write_report_is_atomic(runs, tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["evo", "killed", "oneshot"])
 def test_run_stamp_is_the_blobs_stamp(runs, name):
     assert rp.run_stamp(runs[name]) == report_data(runs[name])["stamp"]
+
+
+def test_oneshot_entropy_per_step_when_the_store_records_it(runs, tmp_path):
+    run = tmp_path / "os"
+    shutil.copytree(runs["oneshot"], run)
+    hist = [{"step": 1, "entropy": 3.58}, {"step": 2, "entropy": 3.57}]
+    with Store.open(run, lock=True) as st:
+        st.set_info("oneshot", {"driver": "darts", "history": hist})
+    o = report_data(run)["oneshot"]
+    assert o["per_epoch_recorded"] is True and o["entropy"] == hist

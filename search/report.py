@@ -29,9 +29,10 @@ else a layered layout drawn here, and the page says which.
 
 **What is not recorded, and said so.** The store keeps each candidate's *final* training figures
 (``train_loss``, ``val_loss``, ``val_error``, ...), not its per-epoch history, so the "training
-curve" is those final figures unless a candidate's metrics carry a history; a one-shot checkpoint
-keeps only the *latest* step's figures, so the architecture distribution's entropy is shown for
-that step, not per epoch. Nothing is interpolated or invented.
+curve" is those final figures unless a candidate's metrics carry a history. A one-shot run records
+every step's figures (entropy included) in the store's ``info("oneshot")["history"]``, which the
+page charts; a run from before that was recorded has only its checkpoint's *latest* step, and the
+page shows that one value and says so. Nothing is interpolated or invented.
 """
 
 from __future__ import annotations
@@ -324,7 +325,7 @@ def _oneshot(run_dir: Path, info: Any) -> dict | None:
     out["steps_done"] = state.get("steps_done")
     hist = (info or {}).get("history")
     if isinstance(hist, list) and any(_num((h or {}).get("entropy")) is not None for h in hist if isinstance(h, dict)):
-        # a driver that records its figures per step in the store's info (not done by search.oneshot yet)
+        # search.oneshot records every step's figures in the store's info
         out["entropy"] = [{"step": h.get("step"), "entropy": float(h["entropy"])} for h in hist
                           if isinstance(h, dict) and _num(h.get("entropy")) is not None]
         out["per_epoch_recorded"] = True

@@ -662,7 +662,9 @@ def run_oneshot(config, out: str | os.PathLike, *, resume: bool = False, progres
 def _loop(config, run_dir, driver, store, space, space_options, budget, obj, latency_backend, resume, progress,
           on_candidate, on_step, ex, Candidate, StoreError):
     store.set_info("space_options", {**space_options, "input_shape": list(space_options["input_shape"])})
-    store.set_info("oneshot", {"driver": driver.name})
+    # every step's figures (loss, val_error, entropy, ...), kept across resumes: archir report charts them
+    history = list((store.info("oneshot") or {}).get("history") or []) if resume else []
+    store.set_info("oneshot", {"driver": driver.name, "history": history})
     requeued: list[int] = []
     resumed = 0
     if resume:
@@ -744,6 +746,11 @@ def _loop(config, run_dir, driver, store, space, space_options, budget, obj, lat
         save_checkpoint(run_dir, js, tensors)
         step_times.append(time.perf_counter() - t0)
         tick()
+        # after the checkpoint, and keyed by step: a kill in between re-runs the step on resume and
+        # replaces its entry rather than adding a second one
+        history = [h for h in history if h["step"] < driver.steps_done]
+        history.append({"step": driver.steps_done, "elapsed_s": round(elapsed(), 3), **js["figures"]})
+        store.set_info("oneshot", {"driver": driver.name, "history": history})
         left_s = (f"{driver.steps_done}/{int(budget.value)} steps" if budget.kind == "candidates"
                   else f"{ex._fmt_time(budget.value - elapsed())} left")
         progress.line(f"[{ex._fmt_time(elapsed())} elapsed, {left_s}] {driver.name} step {driver.steps_done}: "

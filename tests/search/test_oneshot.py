@@ -39,7 +39,9 @@ def test_run_search_hands_over_and_records_the_derived_architecture(tmp_path):
     with Store.open(tmp_path / "r") as st:
         cands = st.candidates()
         info = st.info("oneshot")
-    assert info == {"driver": "darts"}
+    assert info["driver"] == "darts" and [h["step"] for h in info["history"]] == [1, 2]  # every step's figures
+    assert all({"loss", "val_error", "entropy", "elapsed_s"} <= set(h) for h in info["history"])
+    assert info["history"][-1]["entropy"] == pytest.approx(load_checkpoint(tmp_path / "r")[0]["figures"]["entropy"])
     # evaluate_every=1 with 2 steps: the architectures after step 1 and step 2
     assert [(c.op, c.round, c.parents, c.status) for c in cands] == [("derive:darts", 1, [], "done"),
                                                                      ("derive:darts", 2, [], "done")]
@@ -88,6 +90,11 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     for k in a[1]:  # bit-identical: the resumed search is the uninterrupted one
         assert torch.equal(a[1][k], b[1][k]), k
     assert full.best.decisions == resumed.best.decisions
+    with Store.open(tmp_path / "full") as st, Store.open(tmp_path / "cut") as sc:  # the history survives the cut
+        hf, hc = st.info("oneshot")["history"], sc.info("oneshot")["history"]
+    assert [h["step"] for h in hc] == [1, 2, 3]
+    assert [{k: v for k, v in h.items() if k != "elapsed_s"} for h in hc] == \
+        [{k: v for k, v in h.items() if k != "elapsed_s"} for h in hf]
     # resuming a finished run adds nothing
     again = run_search(cfg, tmp_path / "cut", resume=True)
     assert again.counts["done"] == 1

@@ -214,15 +214,26 @@ def test_a_running_run_is_read_without_blocking_its_writer(runs, tmp_path):
             p.wait()
 
 
-def test_oneshot_entropy_is_what_the_checkpoint_holds(runs):
+def test_oneshot_entropy_per_step_is_what_the_run_recorded(runs, tmp_path):
     d = report_data(runs["oneshot"])
     state = json.loads((runs["oneshot"] / "oneshot" / "state.json").read_text())["state"]
+    with Store.open(runs["oneshot"]) as st:
+        history = st.info("oneshot")["history"]
     o = d["oneshot"]
     assert o["driver"] == "darts" and o["steps_done"] == state["steps_done"] == 2
-    assert o["entropy"] == [{"step": 2, "entropy": state["figures"]["entropy"]}]
-    assert o["per_epoch_recorded"] is False and "not recorded" in o["note"]
+    assert o["entropy"] == [{"step": h["step"], "entropy": h["entropy"]} for h in history]
+    assert [e["step"] for e in o["entropy"]] == [1, 2] and o["entropy"][-1]["entropy"] == state["figures"]["entropy"]
+    assert o["per_epoch_recorded"] is True
     assert {r["move"] for r in d["candidates"]} == {"derive"}
     assert report_data(runs["evo"])["oneshot"] is None
+    # a run from before the history was recorded: the checkpoint's last step, and the page says so
+    old = tmp_path / "old"
+    shutil.copytree(runs["oneshot"], old)
+    with Store.open(old, lock=True) as st:
+        st.set_info("oneshot", {"driver": "darts"})
+    o = report_data(old)["oneshot"]
+    assert o["entropy"] == [{"step": 2, "entropy": state["figures"]["entropy"]}]
+    assert o["per_epoch_recorded"] is False and "not recorded" in o["note"]
 
 
 def test_progress_is_the_running_best(runs):

@@ -10,7 +10,7 @@ import archir
 from archir import samples
 
 from passes import FunctionNotPreserved, PreservationReport, check_preserved
-from passes.check import make_inputs
+from passes.check import make_inputs, run_graph
 
 
 @pytest.fixture(scope="module")
@@ -37,19 +37,32 @@ def test_changed_weights_raise_naming_the_output_and_errors(g):
     with pytest.raises(FunctionNotPreserved) as ei:
         check_preserved(g, _bumped(g))
     msg = str(ei.value)
-    assert "output 'head'" in msg and "max abs error 0.001" in msg and "atol=1e-05" in msg and "rtol=0.0001" in msg
+    assert "output 'head'" in msg and "max abs error 0.001" in msg and "atol=1e-09*scale" in msg and "rtol=0*" in msg
+    assert "float64" in msg and "of its scale max|before|=" in msg
     rep = ei.value.report
     assert not rep.ok and rep.worst.name == "head" and rep.max_abs == pytest.approx(1e-3, rel=1e-3)
 
 
-def test_allclose_semantics(g):
-    # a bias change of 5e-6 is inside atol=1e-5 everywhere; 5e-5 is not (logits are O(0.1-1))
-    assert check_preserved(g, _bumped(g, delta=5e-6)).ok
+def test_tolerance_semantics(g):
+    # float64, per output: |after - before| <= atol * S + rtol * |before| (+ store_tol * storage floor),
+    # S = max |before| over the output. The default (atol 1e-9 of S) rejects a 5e-6 bias change, which
+    # the float32 check's fixed atol=1e-5 let through
+    s = check_preserved(g, g.copy()).outputs[0].scale
+    assert s == pytest.approx(float(run_graph(g, make_inputs(g), dtype="float64")[0].abs().max()))
     with pytest.raises(FunctionNotPreserved):
-        check_preserved(g, _bumped(g, delta=5e-5))
-    # a looser atol accepts it; the reported ratio is error / tolerance
-    r = check_preserved(g, _bumped(g, delta=5e-5), atol=1e-4)
-    assert r.ok and 0.4 < r.worst.ratio <= 1.0
+        check_preserved(g, _bumped(g, delta=5e-6))
+    # atol is a fraction of the output scale: delta passes iff delta <= atol * S (storage floor off)
+    delta = 5e-5
+    r = check_preserved(g, _bumped(g, delta=delta), atol=1.01 * delta / s, store_tol=0)
+    assert r.ok and 0.98 < r.worst.ratio <= 1.0 and r.worst.max_rel == pytest.approx(delta / s, rel=1e-4)
+    assert not check_preserved(g, _bumped(g, delta=delta), atol=0.99 * delta / s, store_tol=0,
+                               raise_on_failure=False).ok
+    # rtol is per element (torch.allclose style): a relative change of every output by 1e-3 passes rtol=2e-3
+    h = g.copy()
+    h.set_params("head", weight=np.asarray(g.node("head").params["weight"]) * 1.001,
+                 bias=np.asarray(g.node("head").params["bias"]) * 1.001)
+    assert check_preserved(g, h, atol=0, rtol=2e-3, store_tol=0).ok
+    assert not check_preserved(g, h, atol=0, rtol=5e-4, store_tol=0, raise_on_failure=False).ok
 
 
 def test_no_raise_returns_the_failing_report(g):

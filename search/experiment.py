@@ -206,6 +206,13 @@ class ExperimentConfig:
         seed: the experiment seed (strategy, candidate seeds).
         round_size: candidates asked per round (evaluated in parallel by a parallel executor).
         train: ``search.train.TrainConfig`` fields except ``seed`` (per candidate) and ``threads`` (1).
+        evaluator: how a candidate's metrics are produced (``search.evaluators``): ``"train"`` (default),
+            ``"table:FILE.csv"`` (a tabular benchmark: looked up, not trained; the dataset is not loaded), or
+            ``"callable:<module>:<qualname>"`` (set by ``run_search(..., evaluator=fn)``).
+        evaluator_options: the table's ``metric``, ``test_metric`` and ``key`` columns.
+
+    ``evaluator`` and ``evaluator_options`` are stored only when not the defaults, so runs stored
+    before they existed resume unchanged.
     """
 
     space: str = "chain"
@@ -221,10 +228,17 @@ class ExperimentConfig:
     seed: int = 0
     round_size: int = 2
     train: dict = field(default_factory=lambda: dict(DEFAULT_TRAIN))
+    evaluator: str = "train"
+    evaluator_options: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """The JSON form stored in the run."""
-        return json.loads(json.dumps(asdict(self), sort_keys=True))
+        """The JSON form stored in the run (``evaluator`` left out when ``"train"``, its options when empty)."""
+        d = asdict(self)
+        if d["evaluator"] == "train":
+            del d["evaluator"]
+        if not d["evaluator_options"]:
+            del d["evaluator_options"]
+        return json.loads(json.dumps(d, sort_keys=True))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
@@ -254,6 +268,10 @@ class ExperimentConfig:
                               hint=f"use one of {', '.join(_LATENCY_BACKENDS)}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be an int >= 0, got {self.seed!r}", hint="pass --seed 0")
+        from search.evaluators import check_evaluator
+
+        check_evaluator(self.evaluator, self.evaluator_options, objective_cost=obj.cost,
+                        latency_budget=self.max_latency_ms is not None)
         return budget, obj
 
     def latency_backend_used(self) -> str | None:
@@ -306,8 +324,13 @@ def evaluate_candidate(task: Mapping[str, Any]) -> dict:
         bad candidate: ``reason`` is one line (``"<stage>: <ExceptionType>: <first line>"``), and
         ``traceback`` is the full traceback when the exception is an archir bug rather than a user
         error (``archir.errors.is_user_error``: an ``ArchirError`` such as a refused pass, not raised
-        from another exception), else None.
+        from another exception), else None. A task with an ``evaluator`` other than ``"train"`` is
+        looked up instead (``search.evaluators.evaluate_task``: no graph, no training).
     """
+    if task.get("evaluator", "train") != "train":
+        from search.evaluators import evaluate_task
+
+        return evaluate_task(task)
     t0 = time.perf_counter()
     out: dict[str, Any] = {"id": task["id"], "status": "failed", "reason": None, "metrics": {}, "costs": {},
                            "timings": {}, "epochs": 0, "graph_hash": None, "graph_json": None, "weights": None,
@@ -559,9 +582,13 @@ class SearchClock:
 def candidate_task(config: ExperimentConfig, space_options: Mapping[str, Any], c: Candidate,
                    latency_backend: str | None) -> dict:
     """The plain-data task of :func:`evaluate_candidate` for candidate ``c`` (built from its decisions)."""
-    return {"id": c.id, "seed": c.seed, "space": config.space, "space_options": dict(space_options),
+    task = {"id": c.id, "seed": c.seed, "space": config.space, "space_options": dict(space_options),
             "decisions": c.decisions, "dataset": config.dataset, "train": dict(config.train),
             "latency_backend": latency_backend, "threads": 1}
+    if config.evaluator != "train":  # a lookup (search.evaluators): it counts only when the objective needs it
+        task.update(evaluator=config.evaluator, evaluator_options=dict(config.evaluator_options),
+                    costs=parse_objective(config.objective).cost is not None)
+    return task
 
 
 def record_result(c: Candidate, res: Mapping, *, run_dir: Path, config: ExperimentConfig, obj: Objective,
@@ -574,7 +601,9 @@ def record_result(c: Candidate, res: Mapping, *, run_dir: Path, config: Experime
     c.traceback = None
     if res.get("status") == "ok":
         try:
-            c.graph_path = _write_graph(run_dir, c.id, res["graph_json"], res.get("weights"))
+            # an evaluator that trains nothing (a table, a callable) leaves no graph
+            c.graph_path = None if config.evaluator != "train" and not res.get("graph_json") else \
+                _write_graph(run_dir, c.id, res["graph_json"], res.get("weights"))
             c.score = _score(config, obj, c.metrics, c.costs)
             if not math.isfinite(c.score):
                 raise ValueError(f"score {c.score} is not finite")
@@ -592,7 +621,7 @@ def record_result(c: Candidate, res: Mapping, *, run_dir: Path, config: Experime
 def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: str = "serial",
                executor_options: Mapping[str, Any] | None = None, resume: bool = False,
                progress: Progress | None = None, on_candidate: Callable[[Candidate], None] | None = None,
-               device: str = "cpu") -> SearchSummary:
+               device: str = "cpu", evaluator: Callable[[Any], Mapping[str, float]] | None = None) -> SearchSummary:
     """Run (or resume) a search into the run folder ``out``.
 
     Args:
@@ -606,6 +635,10 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         resume: continue the search stored in ``out`` (its config must equal ``config``).
         progress: the display (default: none).
         on_candidate: called with every candidate as it is recorded finished (tests, notebooks).
+        evaluator: a Python callable that evaluates candidates instead of training them
+            (``search.evaluators``: ``fn(EvalRequest) -> {"val_error": ..., ...}``), serial executor only.
+            The stored config names it (``config.evaluator = "callable:<module>:<qualname>"``); a resume
+            must pass a function of the same name.
 
     Returns:
         A :class:`SearchSummary`.
@@ -628,17 +661,36 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
                               "is not supported by the one-shot drivers yet",
                               hint="use --device cpu with this strategy, or an ask/tell strategy on the GPU")
         return run_oneshot(config, out, resume=resume, progress=progress, on_candidate=on_candidate)
+    if evaluator is not None:
+        from dataclasses import replace
+
+        from search.evaluators import callable_name
+
+        name = callable_name(evaluator)
+        if config.evaluator not in ("train", name):
+            raise ConfigError(f"run_search got evaluator={name[9:]} but the config says evaluator={config.evaluator!r}",
+                              hint="give one of them")
+        if executor != "serial":
+            raise ConfigError(f"a callable evaluator runs in this process, with the serial executor, not {executor!r}",
+                              hint="pass executor='serial'")
+        config = replace(config, evaluator=name)
+    elif config.evaluator.startswith("callable:"):
+        raise ConfigError(f"the config's evaluator is the Python function {config.evaluator[9:]}, which was not given",
+                          hint="pass it again: run_search(config, out, evaluator=fn)")
     budget, obj = config.check()
     run_dir = Path(out)
     progress = progress or Progress(None)
-    ds = _dataset(config.dataset)
-    space_options = {**config.space_options, "input_shape": tuple(ds.input_shape), "num_classes": int(ds.num_classes)}
+    space_options = dict(config.space_options)
+    if not config.evaluator.startswith("table:"):  # a table needs no data: shapes from the options or the space
+        ds = _dataset(config.dataset)
+        space_options.update(input_shape=tuple(ds.input_shape), num_classes=int(ds.num_classes))
     try:
         space = get_space(config.space, **space_options)
     except ArchirError as e:  # SpaceError: an unknown space or option, a bad start graph
         raise ConfigError(e.message, hint=e.hint or "check --space and --space-opt", where=e.where) from None
     except ValueError as e:  # an option value the space rejects
         raise ConfigError((str(e).strip().splitlines() or [""])[0], hint="check --space and --space-opt") from None
+    space_options.update(input_shape=tuple(space.input_shape), num_classes=int(space.num_classes))
     strat = get_strategy(config.strategy, space, seed=np.random.default_rng([int(config.seed), 1]),
                          **config.strategy_options)
     from search.train import TrainConfig
@@ -672,6 +724,17 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         else:
             store = Store.create(run_dir, cfg_dict)
         store.set_info("space_options", {**space_options, "input_shape": list(space_options["input_shape"])})
+        if config.evaluator.startswith("table:"):  # the table is part of the experiment: a resume checks it
+            from search.evaluators import table_fingerprint
+
+            fp, was = table_fingerprint(config.evaluator[6:]), store.info("evaluator_table")
+            if was is not None and was != fp:
+                store.close()
+                raise ConfigError(f"--resume with a changed table {config.evaluator[6:]}: its sha256 was "
+                                  f"{was['sha256'][:12]}... ({was['rows']} rows), now {fp['sha256'][:12]}... "
+                                  f"({fp['rows']} rows)", file=run_dir,
+                                  hint="resume with the table the search started with, or use a new --out folder")
+            store.set_info("evaluator_table", fp)
     except BaseException:
         ex.close()
         raise
@@ -679,6 +742,15 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
     def task_of(c: Candidate) -> dict:
         return {**candidate_task(config, space_options, c, latency_backend), "device": device,
                 **parent_task(space, c.decisions, run_dir, _parent_path(c), seed=c.seed)}
+
+    if evaluator is not None:
+        from functools import partial
+
+        from search.evaluators import evaluate_callable
+
+        work: Callable[[dict], dict] = partial(evaluate_callable, evaluator, space)
+    else:
+        work = evaluate_candidate
 
     def _parent_path(c: Candidate) -> str | None:  # a grown candidate's parent graph (search.morph)
         pid = c.decisions.get("parent")
@@ -737,7 +809,7 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
                 for c in todo:
                     c.status = "running"
                 tasks = [task_of(c) for c in todo]
-                for i, res in ex.map_unordered(evaluate_candidate, tasks):
+                for i, res in ex.map_unordered(work, tasks):
                     c = todo[i]
                     _record(c, res)
                     tick()
@@ -787,7 +859,9 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         return SearchSummary(run_dir, config, store.counts(), best_candidate(final),
                              frontier_candidates(final, obj.cost_key), store.elapsed_s,
                              clock.session(), resumed=n_resumed, requeued=requeued,
-                             distinct=len({c.graph_hash for c in final if c.graph_hash}))
+                             distinct=len({c.graph_hash for c in final if c.graph_hash}
+                                          | {json.dumps(c.decisions, sort_keys=True) for c in final
+                                             if c.status == "done" and not c.graph_hash}))
     finally:
         ex.close()  # idempotent: also when the replay failed before the rounds began
         store.close()

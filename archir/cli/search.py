@@ -15,6 +15,7 @@ Usage::
     archir search --space darts --start-genotype DARTS_V2 --out runs/g     # evolution from a published cell
     archir search --space darts --space-opt nodes=5 --space-opt 'ops=["sep_conv_7x7","max_pool_3x3"]' --out runs/n
     archir search --strategy snas --objective latency:ort-cpu --strategy-opt lam=0.5 --out runs/s
+    archir search --space nb201 --evaluator table:nb201.csv --budget 200c --out runs/t   # a tabular benchmark
     archir gallery runs/demo                                        # table + runs/demo/pareto.png
     archir gallery runs/demo --traceback [ID]                       # why candidates failed from an archir bug
     archir export runs/demo --best --onnx model.onnx                # (or --id N) verified under ONNX Runtime
@@ -44,13 +45,21 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="the run folder (search.db, graphs/, pareto.png, "
                                                              "best.onnx)")
     p.add_argument("--space", default=None,
-                   help="search space: chain (default), darts, or start (grow a start graph: the default and only "
-                        "space of hillclimb and petridish)")
+                   help="search space: chain (default), darts, nb201 (NAS-Bench-201's cell), or start (grow a start "
+                        "graph: the default and only space of hillclimb and petridish)")
     p.add_argument("--strategy", default="evolution",
                    help="random, evolution (default), reinforce (NAS-RL: an LSTM controller), pnas (progressive, "
                         "with a surrogate), hillclimb (NASH: morphisms of the best) or petridish (grow parents near "
                         "the Pareto frontier); one-shot: darts, snas, parsec, enas (a supernet; --budget Nc is N "
                         "search epochs)")
+    p.add_argument("--evaluator", default="train", metavar="train|table:FILE.csv",
+                   help="how candidates are evaluated: train (default: build, train, count) or table:FILE.csv (a "
+                        "tabular benchmark such as NAS-Bench-201's: metrics looked up by architecture string, "
+                        "nothing trained, no dataset loaded)")
+    p.add_argument("--table-metric", default=None, metavar="COLUMN",
+                   help="table: the column of validation accuracies (%%) the search sees (default cifar10_val)")
+    p.add_argument("--table-test-metric", default=None, metavar="COLUMN",
+                   help="table: the column of accuracies (%%) reported as test (default cifar10_test; none: no test)")
     p.add_argument("--dataset", default="digits",
                    help="digits (built in, default), a .npz file with arrays x and y, or an image folder")
     p.add_argument("--budget", default="3m",
@@ -161,11 +170,17 @@ def _config(args: argparse.Namespace):
             raise CLIError(f"--start-genotype applies to --space darts, not --space {space}",
                            hint="pass --space darts, or drop --start-genotype")
         space_options["start_genotype"] = args.start_genotype
+    evaluator_options = {k: v for k, v in (("metric", args.table_metric), ("test_metric", args.table_test_metric))
+                         if v is not None}
+    if evaluator_options and not args.evaluator.startswith("table:"):
+        raise CLIError(f"--table-metric / --table-test-metric apply to --evaluator table:FILE, not {args.evaluator}",
+                       hint="pass --evaluator table:FILE.csv, or drop them")
     return ExperimentConfig(space=space, space_options=space_options, strategy=args.strategy,
                             strategy_options=strategy_options, dataset=args.dataset, objective=args.objective,
                             cost_weight=args.cost_weight, max_latency_ms=args.max_latency_ms,
                             latency_backend=args.latency_backend, budget=args.budget, seed=args.seed,
-                            round_size=args.round_size, train=train)
+                            round_size=args.round_size, train=train, evaluator=args.evaluator,
+                            evaluator_options=evaluator_options)
 
 
 def _executor_options(args: argparse.Namespace) -> dict:
@@ -232,9 +247,21 @@ def _run_search(args: argparse.Namespace) -> int:
     b = s.best
     key = parse_objective(cfg.objective).cost_key
     obj = "" if cfg.objective == "error" else f" (lowest val_error + {cfg.cost_weight:g} * log2({key}))"
+    costs = "".join(f", {int(b.costs[k]):,} {label}" for k, label in (("params", "params"), ("macs", "MACs"))
+                    if k in b.costs)
     print(f"best{obj}: candidate {b.id}: val error {b.metrics['val_error']:.3f}, test error "
-          f"{b.metrics.get('test_error', float('nan')):.3f}, {int(b.costs['params']):,} params, "
-          f"{int(b.costs['macs']):,} MACs" + (f", {b.costs['latency_ms']:.3g} ms" if "latency_ms" in b.costs else ""))
+          f"{b.metrics.get('test_error', float('nan')):.3f}{costs}"
+          + (f", {b.costs['latency_ms']:.3g} ms" if "latency_ms" in b.costs else ""))
+    if cfg.evaluator != "train":  # looked up, not trained: no graph to export
+        from search.morph import get_space
+        from search.store import Store
+
+        with Store.open(out) as st:
+            opts = st.info("space_options") or {}
+        print(f"architecture: {get_space(cfg.space, **opts).describe(b.decisions)}")
+        print(f"evaluator {cfg.evaluator}: candidates are looked up, not trained, so there is no gallery plot or "
+              "best.onnx; train the architecture with --evaluator train to get one")
+        return 0
     print(f"Pareto frontier: {len(s.frontier)} candidates ({', '.join(str(f.id) for f in s.frontier)})")
     if args.no_export:
         return 0

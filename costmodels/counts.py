@@ -128,8 +128,24 @@ def _per_element(k: int) -> Callable:
 # flops per output element: one per add, multiply, compare, exp or divide
 for _op, _k in [("batchnorm2d", 2),  # eval: x * a + b, a and b folded from the running stats
                 ("relu", 1), ("relu6", 2), ("sigmoid", 4), ("hardsigmoid", 4), ("hardswish", 5), ("silu", 5),
-                ("tanh", 5), ("add", 1), ("mul", 1), ("scale", 1), ("stop_forward", 1)]:
+                ("tanh", 5), ("add", 1), ("mul", 1), ("scale", 1), ("stop_forward", 1),
+                ("leaky_relu", 2),  # compare, multiply (select)
+                ("elu", 4),  # compare, exp, subtract, multiply
+                ("hardtanh", 2),  # two compares, as relu6
+                ("neg", 1), ("sub", 1), ("div", 1)]:
     COUNT_HANDLERS.register(_op)(_per_element(_k))
+
+
+@COUNT_HANDLERS.register("gelu")
+def _gelu(attrs, ins, out):
+    # none: x / sqrt2, erf (one, as exp is), + 1, * x, * 0.5 = 5; tanh: x*x*x (2), * k, + x, * c, tanh (5, as
+    # the tanh op), + 1, * x, * 0.5 = 13
+    return OpCost(flops=(5 if attrs["approximate"] == "none" else 13) * out.numel)
+
+
+@COUNT_HANDLERS.register("pad")
+def _pad(attrs, ins, out):
+    return OpCost()  # a copy: reads the input, writes the padded output; no arithmetic
 
 
 @COUNT_HANDLERS.register("identity", "dropout", "drop_path", "flatten", "stop_gradient", "auxiliary")
@@ -328,12 +344,15 @@ def count(g: Graph, batch_size: int = 1) -> Counts:
       conv/linear ``2 * macs`` plus one per output element for the bias; ``batchnorm2d`` 2 per
       element (eval mode: ``x * a + b`` with ``a, b`` folded from the running stats);
       ``relu`` 1, ``relu6`` 2, ``sigmoid`` 4 (neg, exp, add, divide), ``hardsigmoid`` 4,
-      ``hardswish`` 5, ``silu`` 5, ``tanh`` 5 per element; ``add``, ``mul``, ``scale``,
-      ``stop_forward`` 1 per output element; ``maxpool2d``/``avgpool2d`` ``kh * kw`` per output
+      ``hardswish`` 5, ``silu`` 5, ``tanh`` 5 per element; ``leaky_relu`` 2 (compare, multiply),
+      ``elu`` 4 (compare, exp, subtract, multiply), ``hardtanh`` 2 (as relu6), ``gelu`` 5
+      (``approximate="none"``: divide, erf counted as one like exp, add, two multiplies) or 13
+      (``"tanh"``: eight adds/multiplies and a tanh of 5), ``neg`` 1; ``add``, ``sub``, ``mul``,
+      ``div``, ``scale``, ``stop_forward`` 1 per output element; ``maxpool2d``/``avgpool2d`` ``kh * kw`` per output
       element (the window, padding included); ``global_avgpool`` one per input element; ``adaptive_avgpool2d`` one per element of every
       window (windows may overlap);
       ``identity``, ``dropout`` and ``drop_path`` (eval), ``flatten``, ``stop_gradient``, ``auxiliary``,
-      ``concat``, ``zero``: 0.
+      ``concat``, ``slice``, ``pad``, ``zero``: 0.
     - ``activation_bytes``: bytes of the node's output tensor; 0 for ``input`` nodes (given,
       not computed). View ops are counted here although backends alias them.
     - ``weight_bytes``: bytes of params plus buffers (weights are float32: 4 bytes each).

@@ -16,11 +16,11 @@ of the *sources*:
 - **sources** make new channels: ``conv2d`` with ``groups == 1`` (``out_channels``), ``linear``
   on a vector (``out_features``), graph ``input`` nodes (pinned, see below);
 - **carriers** pass their input's channels through, index for index: BN, ``scale``, every
-  parameter-free op declared ``channelwise`` in its ``OpTraits`` (the activations,
-  ``identity``/``dropout``/``zero``/``stop_*``, max/avg/adaptive pools, ``global_avgpool``),
+  parameter-free op declared ``channelwise`` in its ``OpTraits`` (the activations, ``neg``,
+  ``identity``/``dropout``/``zero``/``stop_*``, max/avg/adaptive pools, ``global_avgpool``, ``pad``),
   and depthwise convs (``groups == in_channels == out_channels``: channel ``i`` of the output
   is filter ``i`` applied to input channel ``i`` only);
-- **ties**: ``add``, ``mul`` with equal channel counts (a squeeze-excite gate ``(C, 1, 1)``
+- **ties**: ``add``, ``mul``/``sub``/``div`` with equal channel counts (a squeeze-excite gate ``(C, 1, 1)``
   broadcasts over H and W, not over channels), and ``concat`` along a non-channel axis make
   their inputs' channels the same classes, position by position;
 - ``concat`` along the channel axis lays its inputs' channels one after the other (the offsets);
@@ -523,19 +523,23 @@ def _add(b: CouplingBuilder, n, a, ins, it) -> None:
     b.tie(n, ins, "add")
 
 
-@register("mul")
-def _mul(b: CouplingBuilder, n, a, ins, it) -> None:
+@register("mul", "sub", "div")
+def _broadcasting(b: CouplingBuilder, n, a, ins, it) -> None:
+    """``mul``, ``sub`` and ``div`` tie their inputs' channels when both have them (equal channel
+    counts; H and W may broadcast), as ``add`` does. (A widened ``div`` in zero mode divides by its
+    new channels: finite unless such a channel is exactly zero, which ``check_preserved`` catches.)"""
+    op = b.g.nx.nodes[n]["op"]
     if it[0].rank != it[1].rank:
         # broadcasting aligns trailing axes: a lower-rank operand's axis 0 is not channels
-        b.opaque(n, f"mul of a rank-{it[0].rank} {it[0]} with a rank-{it[1].rank} {it[1]} aligns trailing axes, "
+        b.opaque(n, f"{op} of a rank-{it[0].rank} {it[0]} with a rank-{it[1].rank} {it[1]} aligns trailing axes, "
                     f"so their channel axes do not meet",
                  "give the gate the input's rank, e.g. (C, 1, 1) for a (C, H, W) input")
     elif it[0].shape[:1] != it[1].shape[:1]:
-        b.opaque(n, f"mul broadcasts {it[0]} with {it[1]} across the channel axis; only a gate with the same "
+        b.opaque(n, f"{op} broadcasts {it[0]} with {it[1]} across the channel axis; only a gate with the same "
                     f"channels (like squeeze-excite's (C, 1, 1)) keeps channels apart",
                  "make the gate (C, 1, 1) (one value per channel)")
     else:
-        b.tie(n, ins, "mul")
+        b.tie(n, ins, op)
 
 
 @register("concat")

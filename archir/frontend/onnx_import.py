@@ -3,7 +3,10 @@
 Reads models from ``torch.onnx.export`` and from ``archir.lower.to_onnx`` (which it maps back
 op for op: a ``Gemm``/``MatMul(+Add)`` is a ``linear``, ``Sigmoid`` then ``Mul`` of the same
 value is a ``silu``, the ``MatMul`` pair of an uneven adaptive pooling is an
-``adaptive_avgpool2d``, a per-channel constant ``Mul`` is a ``scale``).
+``adaptive_avgpool2d``, a per-channel constant ``Mul`` is a ``scale``, the GELU formula (``Erf``
+or ``Tanh`` form, as opset 17 writes it) is a ``gelu``, a ``Clip`` with finite bounds other than
+``(0, 6)`` is a ``hardtanh``, a ``Split`` is one ``slice`` per output). Small constant shape
+arithmetic in the graph (torch's computed ``Pad`` pads, ``chunk`` bounds) is evaluated first.
 
 Loading is safe by default:
 
@@ -268,13 +271,23 @@ class _Importer:
             self.g.input(nid, dims[1:])
             self.env[vi.name] = nid
         for i, node in enumerate(self.model.graph.node):
+            # constants first: a pattern (the GELU formula) may read one that is written after its start
+            if node.op_type == "Constant" and node.output[0] not in self.env:
+                try:
+                    self.env[node.output[0]] = _constant(self, node, _attrs(node))
+                    self.done.add(i)
+                except Skip:
+                    pass  # reported in order below
+        for i, node in enumerate(self.model.graph.node):
             if i in self.done:
                 continue
             try:
                 if any(self.env.get(x, None) is _BAD for x in node.input if x):
-                    if node.op_type not in _RULES:
+                    if node.op_type not in _RULES and node.op_type not in _FOLDABLE:
                         raise Skip("no mapping for this ONNX op")
                     out = _BAD
+                elif _foldable(self, node):
+                    out = _fold(self, node)
                 else:
                     rule = _RULES.get(node.op_type)
                     if rule is None:
@@ -283,6 +296,11 @@ class _Importer:
             except Skip as e:
                 out = _BAD
                 self.problems.append(Unsupported(f"ONNX {node.op_type}", node.name or f"node #{i}", str(e)))
+            if node.op_type in _MULTI_OUTPUT:  # the rule gave one value per output (Split)
+                for o, v in zip(node.output, out if isinstance(out, list) else [out] * len(node.output)):
+                    if o:
+                        self.env[o] = v
+                continue
             if len(node.output) > 1 and any(node.output[1:]):
                 used = [o for o in node.output[1:] if o and o in self.users]
                 if used and out is not _BAD:
@@ -300,9 +318,67 @@ class _Importer:
         return outs
 
 
+# --------------------------------------------------------------------------- constant folding
+# torch.onnx.export computes some constant inputs in the graph (F.pad's pads: Constant ->
+# ConstantOfShape -> Concat -> Reshape -> Slice -> Transpose -> Reshape -> Cast; torch.chunk's
+# ends from Shape -> Gather -> Add -> Div -> Mul). A node of these pure ops whose inputs are all
+# small constants is evaluated here (onnx.reference), so the op reading it sees a constant.
+
+#: ops folded when every input is a constant
+_FOLDABLE = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Abs", "Floor", "Ceil", "Min", "Max", "Cast", "Concat",
+                       "Reshape", "Slice", "Transpose", "Squeeze", "Unsqueeze", "Gather", "ConstantOfShape",
+                       "Shape", "Size", "Equal", "Where", "Range"})
+#: a folded input may hold this many elements at most (shape arithmetic is tiny; a hostile file is not) ...
+_FOLD_MAX = 1024
+#: ... except for ops whose output is as large as their input (a weight cast or reshaped)
+_SAME_SIZE = frozenset({"Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Neg", "Abs", "Floor", "Ceil"})
+
+
+class _ShapeOf:
+    """``Shape(x)`` of a network tensor: its dims, the batch unknown (``None``)."""
+
+    def __init__(self, dims: list[int | None]) -> None:
+        self.dims = dims
+
+
+def _foldable(imp, node) -> bool:
+    if node.op_type not in _FOLDABLE:
+        return False
+    vals = [imp.env.get(i, _BAD) for i in node.input if i]
+    return bool(vals) and all(isinstance(v, np.ndarray) for v in vals)
+
+
+def _fold(imp, node) -> np.ndarray:
+    from onnx.reference import ReferenceEvaluator
+
+    feeds = {i: imp.env[i] for i in node.input if i}
+    if node.op_type not in _SAME_SIZE and any(v.size > _FOLD_MAX for v in feeds.values()):
+        raise Skip(f"computes on a constant of more than {_FOLD_MAX} elements; archir folds small shape arithmetic "
+                   "only")
+    if node.op_type in ("Add", "Sub", "Mul", "Div", "Min", "Max", "Equal", "Where"):  # broadcasting
+        try:
+            n = math.prod(np.broadcast_shapes(*(v.shape for v in feeds.values())))
+        except ValueError:
+            raise Skip(f"constant operands of shapes {[v.shape for v in feeds.values()]} do not broadcast") from None
+        if n > max(_FOLD_MAX, *(v.size for v in feeds.values())):
+            raise Skip(f"broadcasts constants to {n} elements; archir folds small shape arithmetic only")
+    if node.op_type in ("ConstantOfShape", "Range"):
+        a = [np.asarray(feeds[i]).reshape(-1).astype(np.float64) for i in node.input if i]
+        n = np.prod(a[0]) if node.op_type == "ConstantOfShape" else (a[1][0] - a[0][0]) / (a[2][0] or 1)
+        if not 0 <= n <= _FOLD_MAX:
+            raise Skip(f"makes a constant of {n} elements; archir folds small shape arithmetic only")
+    try:
+        (out,) = ReferenceEvaluator(node).run(None, feeds)
+    except Exception as e:  # noqa: BLE001 - a malformed node
+        raise Skip(f"cannot be evaluated on its constant inputs ({type(e).__name__}: {e})") from None
+    return np.asarray(out)
+
+
 # --------------------------------------------------------------------------- rules
 
 _RULES: dict[str, Any] = {}
+#: ops whose rule returns one value per output
+_MULTI_OUTPUT = frozenset({"Split"})
 
 
 def _rule(*ops: str):
@@ -370,6 +446,85 @@ for _o, _op in [("Relu", "relu"), ("Tanh", "tanh"), ("HardSwish", "hardswish")]:
     _RULES[_o] = _unary(_op)
 
 
+@_rule("Neg")
+def _neg(imp, node, a):
+    return imp.add(node, "neg", [imp.act(node.input[0])])
+
+
+@_rule("LeakyRelu")
+def _leaky_relu(imp, node, a):
+    return imp.add(node, "leaky_relu", [imp.act(node.input[0])], negative_slope=_f32(a.get("alpha", 0.01)))
+
+
+@_rule("Elu")
+def _elu(imp, node, a):
+    return imp.add(node, "elu", [imp.act(node.input[0])], alpha=_f32(a.get("alpha", 1.0)))
+
+
+@_rule("Gelu")
+def _gelu(imp, node, a):
+    approx = a.get("approximate", b"none")
+    approx = approx.decode() if isinstance(approx, bytes) else approx
+    return imp.add(node, "gelu", [imp.act(node.input[0])], approximate=approx)
+
+
+def _f32(v: float) -> float:
+    """An ONNX float attribute (float32) as the shortest decimal that rounds to it: 0.2, not 0.200000003."""
+    v32 = np.float32(v)
+    for digits in range(1, 10):
+        r = float(f"{float(v32):.{digits}g}")
+        if np.float32(r) == v32:
+            return r
+    return float(v32)
+
+
+def _is_const(imp, name: str, value: float) -> bool:
+    c = imp.env.get(name)
+    return isinstance(c, np.ndarray) and c.size == 1 and math.isclose(float(c.reshape(())), value, rel_tol=1e-6)
+
+
+def _follow(imp, start, x: str, steps) -> list | None:
+    """The nodes of a chain from ``start``: each step ``(op_type, other)`` is the sole user of the value
+    before it, whose other input is ``x`` (``other == "x"``) or a constant close to ``other``."""
+    nodes, cur = [], start
+    for op_type, other in steps:
+        user = imp.sole_user(cur.output[0])
+        if user is None or user.op_type != op_type:
+            return None
+        if other is None:  # a unary step
+            if list(user.input) != [cur.output[0]]:
+                return None
+            nodes.append(user)
+            cur = user
+            continue
+        if len(user.input) != 2:
+            return None
+        rest = list(user.input)
+        rest.remove(cur.output[0])
+        if not (rest[0] == x if other == "x" else _is_const(imp, rest[0], other)):
+            return None
+        nodes.append(user)
+        cur = user
+    return nodes
+
+
+def _gelu_chain(imp, start, x: str, steps, approximate: str):
+    """``gelu(x)`` when ``start`` begins the formula (archir's to_onnx and torch's exporter before
+    opset 20): the chain's nodes are consumed, its last value is the gelu."""
+    from archir.lower.onnx import GELU_SQRT2, GELU_TANH_C, GELU_TANH_K
+
+    steps = [(op, {"sqrt2": GELU_SQRT2, "c": GELU_TANH_C, "k": GELU_TANH_K}.get(o, o)) for op, o in steps]
+    nodes = _follow(imp, start, x, steps + [("Add", 1.0), ("Mul", "x"), ("Mul", 0.5)])
+    if nodes is None:
+        return None
+    index = {id(n): k for k, n in enumerate(imp.model.graph.node)}
+    for n in nodes:
+        imp.done.add(index[id(n)])
+    nid = imp.add(nodes[-1], "gelu", [imp.act(x)], approximate=approximate)
+    imp.env[nodes[-1].output[0]] = nid
+    return nid
+
+
 @_rule("Sigmoid")
 def _sigmoid(imp, node, a):
     x = imp.act(node.input[0])
@@ -403,7 +558,9 @@ def _clip(imp, node, a):
         return imp.add(node, "relu6", [x])
     if lo == 0.0 and hi == np.inf:
         return imp.add(node, "relu", [x])
-    raise Skip(f"Clip({lo}, {hi}); archir has relu (0, inf) and relu6 (0, 6)")
+    if math.isfinite(lo) and math.isfinite(hi):
+        return imp.add(node, "hardtanh", [x], min_val=_f32(lo), max_val=_f32(hi))
+    raise Skip(f"Clip({lo}, {hi}); archir has relu (0, inf), relu6 (0, 6) and hardtanh (finite bounds)")
 
 
 @_rule("Identity", "Dropout")
@@ -465,18 +622,57 @@ def _maxpool(imp, node, a, x=None):
     return imp.add(node, "maxpool2d", [x], kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil)
 
 
+#: ONNX Pad's mode -> archir's
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}
+
+
 @_rule("Pad")
 def _pad(imp, node, a):
-    """``MaxPool(Pad(x, end pads, -inf))``: archir's ceil-mode max pooling with dilated windows."""
+    """A ``Pad`` of H and W with constant pads (and value): archir's ``pad``;
+    ``MaxPool(Pad(x, end pads, -inf))`` is archir's ceil-mode max pooling with dilated windows."""
     x = imp.act(node.input[0])
     mode = a.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    pads = imp.const(node.input[1], "pads").astype(np.int64).tolist() if len(node.input) > 1 else []
-    value = imp.const(node.input[2], "the pad value") if len(node.input) > 2 and node.input[2] else None
+    if imp.opset < 11:
+        pads, value = list(a.get("pads", [])), np.asarray(a.get("value", 0.0))
+    else:
+        pads = imp.const(node.input[1], "pads").astype(np.int64).reshape(-1).tolist() if len(node.input) > 1 else []
+        value = imp.const(node.input[2], "the pad value") if len(node.input) > 2 and node.input[2] else None
+    rank = len(imp.shape(x)) + 1
+    if len(node.input) > 3 and node.input[3]:  # opset 18: the axes the pads are for
+        axes = [int(v) % rank for v in imp.const(node.input[3], "axes").reshape(-1)]
+        if len(pads) != 2 * len(axes) or len(set(axes)) != len(axes):
+            raise Skip(f"Pad with {len(pads)} pads for axes {axes}")
+        full = [0] * (2 * rank)
+        for k, ax in enumerate(axes):
+            full[ax], full[rank + ax] = pads[k], pads[len(axes) + k]
+        pads = full
     user = imp.sole_user(node.output[0])
-    if not (mode == "constant" and value is not None and np.all(np.isneginf(value)) and len(pads) == 8
+    if (mode == "constant" and value is not None and np.all(np.isneginf(value)) and len(pads) == 8
             and pads[:6] == [0] * 6 and user is not None and user.op_type == "MaxPool"):
-        raise Skip("Pad other than archir's -inf end padding before a MaxPool; archir has no padding op")
+        return _pad_maxpool(imp, node, x, pads, user)
+    if mode not in _PAD_MODES:
+        raise Skip(f"Pad mode {mode!r}; archir pads with constant, reflect or edge (replicate)")
+    if rank != 4 or len(pads) != 8:
+        raise Skip(f"Pad of a rank-{rank} tensor with {len(pads)} pads; archir pads H and W of (N, C, H, W)")
+    if pads[:2] != [0, 0] or pads[4:6] != [0, 0]:
+        raise Skip(f"Pad {pads} pads the batch or channel axis; archir pads H and W only")
+    if any(p < 0 for p in pads):
+        raise Skip(f"Pad {pads} crops (negative pads); archir pads only")
+    top, left, bottom, right = pads[2], pads[3], pads[6], pads[7]
+    v = 0.0 if value is None else np.asarray(value).reshape(-1)
+    if value is not None and v.size != 1:
+        raise Skip("Pad value is not one number")
+    v = float(np.asarray(v).reshape(-1)[0]) if value is not None else 0.0
+    if not math.isfinite(v):
+        raise Skip(f"Pad value {v}; archir pads with a finite value")
+    attrs = {"pads": [left, right, top, bottom], "mode": _PAD_MODES[mode]}
+    if mode == "constant":
+        attrs["value"] = _f32(v)
+    return imp.add(node, "pad", [x], **attrs)
+
+
+def _pad_maxpool(imp, node, x, pads, user):
     ua = _attrs(user)
     mp = list(ua.get("pads", [0, 0, 0, 0]))
     ua["pads"] = mp[:2] + [mp[2] + pads[6], mp[3] + pads[7]]
@@ -555,6 +751,11 @@ def _add(imp, node, a):
 def _mul(imp, node, a):
     l, r = (imp.env.get(i, _BAD) for i in node.input)
     if isinstance(l, str) and isinstance(r, str):
+        if node.input[0] == node.input[1]:  # x * x may begin the tanh form of gelu
+            nid = _gelu_chain(imp, node, node.input[0], [("Mul", "x"), ("Mul", "k"), ("Add", "x"), ("Mul", "c"),
+                                                         ("Tanh", None)], "tanh")
+            if nid is not None:
+                return nid
         return imp.add(node, "mul", [l, r])
     x, c = (l, r) if isinstance(l, str) else (r, l)
     if not isinstance(x, str) or not isinstance(c, np.ndarray):
@@ -567,6 +768,98 @@ def _mul(imp, node, a):
                          or (len(shape) == 1 and c.shape == (ch,))):
         return imp.add(node, "scale", [x], params={"weight": c.reshape(ch)})
     raise Skip(f"Mul by a constant of shape {c.shape}; archir multiplies by a learnable per-channel scale only")
+
+
+def _binary(op: str, onnx_op: str):
+    def rule(imp, node, a):
+        l, r = (imp.env.get(i, _BAD) for i in node.input)
+        if isinstance(l, str) and isinstance(r, str):
+            return imp.add(node, op, [l, r])
+        raise Skip(f"{onnx_op} with a constant operand; archir's {op} takes two network tensors")
+
+    return rule
+
+
+_RULES["Sub"] = _binary("sub", "Sub")
+
+
+@_rule("Div")
+def _div(imp, node, a):
+    x, c = (imp.env.get(i, _BAD) for i in node.input)
+    if isinstance(x, str) and _is_const(imp, node.input[1], math.sqrt(2.0)):  # gelu: x / sqrt 2 -> Erf ...
+        nid = _gelu_chain(imp, node, node.input[0], [("Erf", None)], "none")
+        if nid is not None:
+            return nid
+    return _binary("div", "Div")(imp, node, a)
+
+
+@_rule("Pow")
+def _pow(imp, node, a):
+    """``x ** 3`` beginning the tanh form of gelu (some exporters write it with Pow)."""
+    x = imp.act(node.input[0])
+    if _is_const(imp, node.input[1], 3.0):
+        nid = _gelu_chain(imp, node, node.input[0], [("Mul", "k"), ("Add", "x"), ("Mul", "c"), ("Tanh", None)],
+                          "tanh")
+        if nid is not None:
+            return nid
+    raise Skip(f"Pow of {x!r}; archir has no power op (x ** 3 inside a GELU is read as gelu)")
+
+
+@_rule("Shape")
+def _shape(imp, node, a):
+    """The shape of a network tensor (its batch unknown): only a ``Gather`` of its fixed dims reads it."""
+    dims = [None, *imp.shape(imp.act(node.input[0]))]
+    start, end = int(a.get("start", 0)), a.get("end")
+    return _ShapeOf(dims[start:None if end is None else int(end)])
+
+
+@_rule("Gather")
+def _gather(imp, node, a):
+    v = imp.env.get(node.input[0], _BAD)
+    idx = imp.const(node.input[1], "the indices")
+    if not isinstance(v, _ShapeOf) or int(a.get("axis", 0)) != 0:
+        raise Skip("Gather other than of a tensor's fixed dims (Shape then Gather); archir has no gather op")
+    n = len(v.dims)
+    picked = [v.dims[int(i) % n] if -n <= int(i) < n else None for i in idx.reshape(-1)]
+    if any(d is None for d in picked):
+        raise Skip(f"Gather of dims {idx.reshape(-1).tolist()} of a shape with a dynamic batch axis")
+    return np.asarray(picked, np.int64).reshape(idx.shape)
+
+
+@_rule("Split")
+def _split(imp, node, a):
+    """``Split`` along a non-batch axis: one ``slice`` per used output (an unused one is left out)."""
+    x = imp.act(node.input[0])
+    shape = imp.shape(x)
+    rank = len(shape) + 1
+    axis = int(a.get("axis", 0))
+    axis = axis % rank if -rank <= axis < rank else axis
+    if not 1 <= axis < rank:
+        raise Skip(f"Split along axis {a.get('axis', 0)}; archir never splits the batch axis")
+    size, k = shape[axis - 1], len(node.output)
+    if len(node.input) > 1 and node.input[1]:
+        sizes = imp.const(node.input[1], "split").astype(np.int64).reshape(-1).tolist()
+    elif "split" in a:
+        sizes = [int(v) for v in a["split"]]
+    else:  # equal parts (opset 18: num_outputs, the last one smaller)
+        part = -(-size // k)
+        sizes = [min(part, size - j * part) for j in range(k)]
+    if len(sizes) != k or sum(sizes) != size or any(v < 0 for v in sizes):
+        raise Skip(f"Split sizes {sizes} of a dim of {size} into {k} outputs")
+    outs, start = [], 0
+    graph_outs = {o.name for o in imp.model.graph.output}
+    for o, n in zip(node.output, sizes):
+        if not o or (o not in imp.users and o not in graph_outs):
+            outs.append(_BAD)  # read by nothing
+        elif n == size:
+            outs.append(x)
+        else:
+            if n < 1:
+                raise Skip(f"Split output {o!r} is empty")
+            outs.append(imp.add(node, "slice", [x], dim=axis, start=start, end=None if start + n >= size
+                                else start + n))
+        start += n
+    return outs
 
 
 @_rule("Slice")

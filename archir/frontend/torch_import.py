@@ -93,6 +93,14 @@ _SIGS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "identity": (["input"], {}),
     "getitem": (["input", "index"], {}),
     "narrow": (["input", "dim", "start", "length"], {}),
+    "leaky_relu": (["input", "negative_slope", "inplace"], {"negative_slope": 0.01, "inplace": False}),
+    "gelu": (["input", "approximate"], {"approximate": "none"}),
+    "elu": (["input", "alpha", "inplace"], {"alpha": 1.0, "inplace": False}),
+    "div": (["input", "other", "rounding_mode"], {"rounding_mode": None}),
+    "pad": (["input", "pad", "mode", "value"], {"mode": "constant", "value": None}),
+    "split": (["input", "split_size_or_sections", "dim"], {"dim": 0}),
+    "split_method": (["input", "split_size", "dim"], {"dim": 0}),
+    "chunk": (["input", "chunks", "dim"], {"dim": 0}),
     "zero": (["x", "stride"], {"stride": 1}),
     "stop_forward": (["x"], {}),
 }
@@ -360,17 +368,56 @@ class _Importer:
         return fn(self, node, kw)
 
     def check_inplace(self, node: fx.Node) -> None:
+        """An in-place op imports as its out-of-place op when nothing reads its input afterwards: neither
+        the input itself nor any tensor sharing its memory (a view of it, what it is a view of, the other
+        views of that); else it is refused (the reader would see the changed values)."""
         src = node.args[0] if node.args else None
         if not isinstance(src, fx.Node):
             return
-        later = [u for u in src.users if u is not node and self.order[u] > self.order[node]]
+        later = [u for a in _aliases(src) for u in a.users if u is not node and self.order[u] > self.order[node]]
         if later:
-            raise Skip(f"works in place on {src.name!r}, which {later[0].name!r} reads afterwards (it would see the "
-                        "changed values); use the out-of-place form")
+            via = "" if any(u in src.users for u in later[:1]) else " (through a view sharing its memory)"
+            raise Skip(f"works in place on {src.name!r}, which {later[0].name!r} reads afterwards{via} (it would "
+                        "see the changed values); use the out-of-place form")
 
 
 class _Py:
     """A Python (non-tensor) value such as ``x.size(0)``; mapped ops do not need its value."""
+
+
+# calls whose result may share its first argument's memory (a view): an in-place op on one changes the other
+_VIEW_METHODS = {"view", "reshape", "flatten", "narrow", "split", "chunk", "contiguous", "detach", "expand",
+                 "expand_as", "squeeze", "unsqueeze", "permute", "transpose", "t", "view_as", "unflatten",
+                 "unbind", "select", "split_with_sizes", "as_strided", "alias", "movedim"}
+
+
+def _is_view(n: fx.Node) -> bool:
+    t = n.target
+    if n.op == "call_method":
+        return t in _VIEW_METHODS
+    if n.op != "call_function":
+        return False
+    if t is operator.getitem:
+        return True
+    if isinstance(t, torch._ops.OpOverload):
+        return t._schema.name.split("::")[-1] in _VIEW_METHODS
+    return getattr(t, "__name__", "") in _VIEW_METHODS and str(getattr(t, "__module__", "")).startswith("torch")
+
+
+def _aliases(src: fx.Node) -> set[fx.Node]:
+    """``src`` and every node that may share its memory: up through views to the base, then down through
+    the views of the base."""
+    base = src
+    while _is_view(base) and base.args and isinstance(base.args[0], fx.Node):
+        base = base.args[0]
+    out, todo = set(), [base]
+    while todo:
+        n = todo.pop()
+        if n in out:
+            continue
+        out.add(n)
+        todo += [u for u in n.users if _is_view(u) and u.args and u.args[0] is n]
+    return out
 
 
 def _flat(*xs) -> list:
@@ -555,11 +602,111 @@ def _unary(op: str):
     return rule
 
 
+def _number(v, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise Skip(f"{what}={v!r} is not a number known when tracing")
+    return float(v)
+
+
 def _hardtanh(imp, node, kw):
-    lo, hi = float(kw["min_val"]), float(kw["max_val"])
-    if (lo, hi) != (0.0, 6.0):
-        raise Skip(f"hardtanh({lo}, {hi}); archir has relu6 = hardtanh(0, 6) only")
-    return _unary("relu6")(imp, node, kw)
+    lo, hi = _number(kw["min_val"], "min_val"), _number(kw["max_val"], "max_val")
+    if (lo, hi) == (0.0, 6.0):
+        return _unary("relu6")(imp, node, kw)  # ReLU6 is Hardtanh(0, 6)
+    x = _act(kw)
+    return _result(imp, node, imp.add(node, "hardtanh", [x.id], min_val=lo, max_val=hi))
+
+
+def _leaky_relu(imp, node, kw):
+    x = _act(kw)
+    slope = _number(kw["negative_slope"], "negative_slope")
+    return _result(imp, node, imp.add(node, "leaky_relu", [x.id], negative_slope=slope))
+
+
+def _gelu(imp, node, kw):
+    x = _act(kw)
+    return _result(imp, node, imp.add(node, "gelu", [x.id], approximate=kw.get("approximate", "none")))
+
+
+def _elu(imp, node, kw):
+    x = _act(kw)
+    if kw.get("scale", 1) != 1 or kw.get("input_scale", 1) != 1:
+        raise Skip(f"elu with scale={kw.get('scale')}, input_scale={kw.get('input_scale')} (selu/celu); archir's "
+                    "elu has alpha only")
+    return _result(imp, node, imp.add(node, "elu", [x.id], alpha=_number(kw["alpha"], "alpha")))
+
+
+def _div(imp, node, kw):
+    if kw.get("rounding_mode") is not None:
+        raise Skip(f"division with rounding_mode={kw['rounding_mode']!r}; archir's div is true division")
+    return _binary("div")(imp, node, {"input": kw["input"], "other": kw["other"]})
+
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "replicate"}
+
+
+def _pad(imp, node, kw, mode: str | None = None):
+    x = _act(kw)
+    pads = _ints(kw["pad"], "pad")
+    mode = mode or kw.get("mode", "constant")
+    if mode not in _PAD_MODES:
+        raise Skip(f"pad mode {mode!r}; archir pads with constant, reflect or replicate")
+    while len(pads) > 4 and pads[-2:] == [0, 0]:
+        pads = pads[:-2]  # (l, r, t, b, 0, 0): nothing on the channels
+    if len(pads) not in (2, 4) or len(x.shape) != 4:
+        raise Skip(f"pad {pads} of a rank-{len(x.shape)} tensor; archir pads H and W of (N, C, H, W)")
+    if any(p < 0 for p in pads):
+        raise Skip(f"pad {pads} crops (negative pads); archir pads only")
+    attrs: dict[str, Any] = {"pads": pads, "mode": mode}
+    if mode == "constant":
+        attrs["value"] = 0.0 if kw.get("value") is None else _number(kw["value"], "value")
+    return _result(imp, node, imp.add(node, "pad", [x.id], **attrs))
+
+
+class _Parts:
+    """The tuple of ``torch.split`` / ``chunk``: each part becomes a ``slice`` when an index picks it."""
+
+    def __init__(self, x: _Act, dim: int, spans: list[tuple[int, int]]) -> None:
+        self.x, self.dim, self.spans = x, dim, spans
+        self.made: dict[int, _Act] = {}
+
+    def part(self, imp, node, k: int, own: bool = True) -> _Act:
+        """Part ``k`` as a node (made once); ``own``: it is ``node``'s value (a getitem)."""
+        if k not in self.made:
+            start, end = self.spans[k]
+            self.made[k] = _slices(imp, node, self.x, {self.dim: (start, end, 1)}, own=own)
+        return self.made[k]
+
+
+def _split(imp, node, kw):
+    x = _act(kw)
+    dim = kw["dim"]
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise Skip(f"dim={dim!r} is not an int")
+    dim %= len(x.shape)
+    if dim == 0:
+        raise Skip("splitting the batch dimension")
+    size = x.shape[dim]
+    if "chunks" in kw:
+        chunks = kw["chunks"]
+        if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+            raise Skip(f"chunks={chunks!r} is not a positive int")
+        part = -(-size // chunks)  # torch.chunk: parts of ceil(size / chunks), fewer parts if they run out
+        sizes = [min(part, size - j) for j in range(0, size, part)]
+    else:
+        v = kw.get("split_size_or_sections", kw.get("split_size", kw.get("split_sizes")))
+        if isinstance(v, int) and not isinstance(v, bool):
+            if v < 1:
+                raise Skip(f"split size {v}")
+            sizes = [min(v, size - j) for j in range(0, size, v)]
+        else:
+            sizes = _ints(v, "split sizes")
+            if sum(sizes) != size or any(n < 0 for n in sizes):
+                raise Skip(f"split sizes {sizes} do not add up to the dim's size {size}")
+    spans, start = [], 0
+    for n in sizes:
+        spans.append((start, start + n))
+        start += n
+    return _Parts(x, dim, spans)
 
 
 def _alias(imp, node, kw):
@@ -684,13 +831,16 @@ def _binary(op: str):
 
 def _cat(imp, node, kw):
     ts = kw["tensors"]
+    if isinstance(ts, _Parts):  # torch.cat(x.chunk(2, 1), 1)
+        ts = [ts.part(imp, node, k, own=False) for k in range(len(ts.spans))]
     if not isinstance(ts, (list, tuple)) or not ts or not all(isinstance(t, _Act) for t in ts):
         raise Skip("cat of values that are not all network tensors")
     return _result(imp, node, imp.add(node, "concat", [t.id for t in ts], dim=int(kw["dim"])))
 
 
-def _slices(imp, node, x: _Act, spans: dict[int, tuple[int, int | None, int]]) -> _Act:
-    """One ``slice`` node per sliced dim (batch first numbering), chained; ``spans`` dim -> (start, end, step)."""
+def _slices(imp, node, x: _Act, spans: dict[int, tuple[int, int | None, int]], own: bool = True) -> _Act:
+    """One ``slice`` node per sliced dim (batch first numbering), chained; ``spans`` dim -> (start, end, step).
+    ``own``: the result is ``node``'s value (checked against its recorded shape), not a part of it."""
     nid = x.id
     for dim, (start, end, step) in sorted(spans.items()):
         got = range(*slice(start, end, step).indices(x.shape[dim]))
@@ -698,11 +848,20 @@ def _slices(imp, node, x: _Act, spans: dict[int, tuple[int, int | None, int]]) -
             continue  # the whole dim
         stop = None if got.stop >= x.shape[dim] else got.stop
         nid = imp.add(node, "slice", [nid], dim=dim, start=got.start, end=stop, step=got.step)
-    return x if nid == x.id else _result(imp, node, nid)
+    if nid == x.id:
+        return x
+    if own:
+        return _result(imp, node, nid)
+    return _Act(nid, (x.shape[0],) + (tuple(imp.g.node(nid).type.shape) if not imp.dry else tuple(x.shape[1:])))
 
 
 def _getitem(imp, node, kw):
     x = kw["input"]
+    if isinstance(x, _Parts):  # a part of torch.split / chunk
+        k = kw["index"]
+        if isinstance(k, bool) or not isinstance(k, int) or not -len(x.spans) <= k < len(x.spans):
+            raise Skip(f"index {k!r} into the {len(x.spans)} parts of a split")
+        return x.part(imp, node, k % len(x.spans))
     if not isinstance(x, _Act):
         raise Skip("indexing a value that is not a network tensor (a tuple of outputs?)")
     index = kw["index"] if isinstance(kw["index"], tuple) else (kw["index"],)
@@ -757,6 +916,24 @@ _reg([F.relu, torch.relu, ("method", "relu")], "unary", _unary("relu"))
 _reg([torch.relu_, F.relu_, ("method", "relu_")], "unary", _unary("relu"), inplace=True)
 _reg([F.relu6], "relu6", _unary("relu6"))
 _reg([F.hardtanh], "hardtanh", _hardtanh)
+_reg([F.hardtanh_], "hardtanh", _hardtanh, inplace=True)
+_reg([F.leaky_relu], "leaky_relu", _leaky_relu)
+_reg([F.leaky_relu_], "leaky_relu", _leaky_relu, inplace=True)
+_reg([F.gelu], "gelu", _gelu)
+_reg([F.elu], "elu", _elu)
+_reg([F.elu_], "elu", _elu, inplace=True)
+_reg([operator.neg, torch.neg, torch.negative, ("method", "neg"), ("method", "negative")], "unary", _unary("neg"))
+_reg([torch.neg_, ("method", "neg_"), ("method", "negative_")], "unary", _unary("neg"), inplace=True)
+_reg([operator.sub, torch.sub, torch.subtract, ("method", "sub"), ("method", "subtract")], "binary", _binary("sub"))
+_reg([operator.isub, ("method", "sub_"), ("method", "subtract_")], "binary", _binary("sub"), inplace=True)
+_reg([operator.truediv, torch.div, torch.divide, torch.true_divide, ("method", "div"), ("method", "divide"),
+      ("method", "true_divide")], "div", _div)
+_reg([operator.itruediv, ("method", "div_"), ("method", "divide_"), ("method", "true_divide_")], "div", _div,
+     inplace=True)
+_reg([F.pad], "pad", _pad)
+_reg([torch.split], "split", _split)
+_reg([("method", "split")], "split_method", _split)
+_reg([torch.chunk, ("method", "chunk")], "chunk", _split)
 _reg([F.hardswish], "unary", _unary("hardswish"))
 _reg([F.hardsigmoid], "unary", _unary("hardsigmoid"))
 _reg([F.silu], "unary", _unary("silu"))
@@ -810,6 +987,17 @@ _ATEN_RULES: dict[str, Rule] = {
     "batch_norm": ("", _batch_norm, False),
     "relu": ("", _unary("relu"), False), "relu_": ("", _unary("relu"), True),
     "hardtanh": ("", _hardtanh, False), "hardtanh_": ("", _hardtanh, True),
+    "leaky_relu": ("", _leaky_relu, False), "leaky_relu_": ("", _leaky_relu, True),
+    "gelu": ("", _gelu, False), "elu": ("", _elu, False), "elu_": ("", _elu, True),
+    "neg": ("", _unary("neg"), False), "neg_": ("", _unary("neg"), True),
+    "sub": ("", _binary("sub"), False), "sub_": ("", _binary("sub"), True),
+    "div": ("", _div, False), "div_": ("", _div, True),
+    "pad": ("", _pad, False),
+    "constant_pad_nd": ("", lambda imp, node, kw: _pad(imp, node, kw, "constant"), False),
+    "reflection_pad2d": ("", lambda imp, node, kw: _pad(imp, node, {**kw, "pad": kw["padding"]}, "reflect"), False),
+    "replication_pad2d": ("", lambda imp, node, kw: _pad(imp, node, {**kw, "pad": kw["padding"]}, "replicate"),
+                          False),
+    "split": ("", _split, False), "split_with_sizes": ("", _split, False), "chunk": ("", _split, False),
     "hardswish": ("", _unary("hardswish"), False), "hardswish_": ("", _unary("hardswish"), True),
     "hardsigmoid": ("", _unary("hardsigmoid"), False), "hardsigmoid_": ("", _unary("hardsigmoid"), True),
     "silu": ("", _unary("silu"), False), "silu_": ("", _unary("silu"), True),
@@ -862,6 +1050,31 @@ def _m_hardtanh(imp, node, m: nn.Hardtanh, args, kwargs):
     return _hardtanh(imp, node, {"input": args[0], "min_val": m.min_val, "max_val": m.max_val})
 
 
+def _m_leaky_relu(imp, node, m: nn.LeakyReLU, args, kwargs):
+    if m.inplace:
+        imp.check_inplace(node)
+    return _leaky_relu(imp, node, {"input": args[0] if args else kwargs.get("input"),
+                                   "negative_slope": m.negative_slope})
+
+
+def _m_gelu(imp, node, m: nn.GELU, args, kwargs):
+    return _gelu(imp, node, {"input": args[0] if args else kwargs.get("input"), "approximate": m.approximate})
+
+
+def _m_elu(imp, node, m: nn.ELU, args, kwargs):
+    if m.inplace:
+        imp.check_inplace(node)
+    return _elu(imp, node, {"input": args[0] if args else kwargs.get("input"), "alpha": m.alpha})
+
+
+def _m_pad(mode: str):
+    def rule(imp, node, m, args, kwargs):
+        return _pad(imp, node, {"input": args[0] if args else kwargs.get("input"), "pad": list(m.padding),
+                                "value": getattr(m, "value", None)}, mode)
+
+    return rule
+
+
 def _m_identity(imp, node, m, args, kwargs):
     return _act({"input": args[0] if args else kwargs.get("input")})
 
@@ -902,6 +1115,9 @@ _MODULE_RULES: dict[type, Callable] = {
     nn.Hardswish: _m_unary("hardswish"), nn.Hardsigmoid: _m_unary("hardsigmoid"), nn.SiLU: _m_unary("silu"),
     nn.Tanh: _m_unary("tanh"), nn.Hardtanh: _m_hardtanh, nn.Identity: _m_identity, nn.Dropout: _m_dropout,
     nn.MaxPool2d: _m_maxpool, nn.AvgPool2d: _m_avgpool, nn.AdaptiveAvgPool2d: _m_adaptive, nn.Flatten: _m_flatten,
+    nn.LeakyReLU: _m_leaky_relu, nn.GELU: _m_gelu, nn.ELU: _m_elu,
+    nn.ZeroPad2d: _m_pad("constant"), nn.ConstantPad2d: _m_pad("constant"), nn.ReflectionPad2d: _m_pad("reflect"),
+    nn.ReplicationPad2d: _m_pad("replicate"),
 }
 
 
@@ -971,6 +1187,12 @@ def _inputs(example_inputs) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
+def _fresh(xs: tuple) -> tuple:
+    """Copies of the example inputs: an in-place op on a graph input changes its copy, not the caller's
+    tensor, nor the inputs of the next run."""
+    return tuple(x.clone() for x in xs)
+
+
 def from_torch(module: nn.Module, example_inputs, *, name: str | None = None, check: bool = True,
                atol: float = 1e-4, rtol: float = 1e-4) -> Graph:
     """Import an ``nn.Module`` as an archir graph (eval-mode semantics).
@@ -1036,7 +1258,7 @@ def from_torch(module: nn.Module, example_inputs, *, name: str | None = None, ch
         rec = _Recorder(gm)
         try:
             with torch.no_grad():
-                rec.run(*xs)
+                rec.run(*_fresh(xs))
         except Exception as e:  # noqa: BLE001
             raise FrontendError(f"running {name} ({meta['tracer']} trace) on the example inputs failed: "
                                 f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}", rule="from_torch",
@@ -1065,8 +1287,8 @@ def _check(g: Graph, module: nn.Module, xs: tuple, name: str, atol: float, rtol:
 
     gm = to_fx(g).eval()
     with torch.no_grad():
-        ref = module(*xs)
-        got = gm(*xs)
+        ref = module(*_fresh(xs))
+        got = gm(*_fresh(xs))
     refs = list(ref) if isinstance(ref, (tuple, list)) else [ref]
     gots = list(got) if isinstance(got, (tuple, list)) else [got]
     for i, (r, o) in enumerate(zip(refs, gots)):

@@ -173,6 +173,13 @@ for _op, _target in [("relu", torch.relu), ("relu6", F.relu6), ("sigmoid", torch
                      ("tanh", torch.tanh), ("stop_forward", stop_forward)]:
     FX_HANDLERS.register(_op)(_fn(_target))
 
+FX_HANDLERS.register("leaky_relu")(_fn(F.leaky_relu, negative_slope=lambda a: a["negative_slope"]))
+FX_HANDLERS.register("gelu")(_fn(F.gelu, approximate=lambda a: a["approximate"]))
+FX_HANDLERS.register("elu")(_fn(F.elu, alpha=lambda a: a["alpha"]))
+FX_HANDLERS.register("hardtanh")(_fn(F.hardtanh, min_val=lambda a: a["min_val"], max_val=lambda a: a["max_val"]))
+FX_HANDLERS.register("neg")(_fn(operator.neg))
+FX_HANDLERS.register("sub")(_fn(operator.sub))
+FX_HANDLERS.register("div")(_fn(operator.truediv))
 FX_HANDLERS.register("add")(_fn(operator.add))
 FX_HANDLERS.register("mul")(_fn(operator.mul))
 FX_HANDLERS.register("zero")(_fn(zero, stride=lambda a: a["stride"]))
@@ -208,6 +215,15 @@ def _stop_gradient(ctx, node, args, ins):
 @FX_HANDLERS.register("concat")
 def _concat(ctx, node, args, ins):
     return ctx.fx.call_function(torch.cat, (list(args),), {"dim": node.attrs["dim"]})
+
+
+@FX_HANDLERS.register("pad")
+def _pad(ctx, node, args, ins):
+    a = node.attrs
+    kw = {"mode": a["mode"]}
+    if a["mode"] == "constant":
+        kw["value"] = a["value"]
+    return ctx.fx.call_function(F.pad, (args[0], list(a["pads"])), kw)
 
 
 @FX_HANDLERS.register("slice")

@@ -23,6 +23,7 @@ refused, naming the pass that removes them.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -189,6 +190,55 @@ for _op, _onnx in [("relu", "Relu"), ("sigmoid", "Sigmoid"), ("hardswish", "Hard
 ONNX_HANDLERS.register("hardsigmoid")(_unary("HardSigmoid", alpha=1.0 / 6.0, beta=0.5))
 
 
+ONNX_HANDLERS.register("neg")(_unary("Neg"))
+
+
+@ONNX_HANDLERS.register("leaky_relu")
+def _leaky_relu(ctx, node, xs, ins, out):
+    return ctx.emit("LeakyRelu", [xs[0]], out, alpha=node.attrs["negative_slope"])
+
+
+@ONNX_HANDLERS.register("elu")
+def _elu(ctx, node, xs, ins, out):
+    return ctx.emit("Elu", [xs[0]], out, alpha=node.attrs["alpha"])
+
+
+@ONNX_HANDLERS.register("hardtanh")
+def _hardtanh(ctx, node, xs, ins, out):
+    a = node.attrs
+    return ctx.emit("Clip", [xs[0], ctx.const(f"{node.id}::min", a["min_val"]),
+                             ctx.const(f"{node.id}::max", a["max_val"])], out)
+
+
+#: the constants of the GELU decompositions (opset 17 has no Gelu op; from_onnx matches them)
+GELU_SQRT2 = math.sqrt(2.0)
+GELU_TANH_C, GELU_TANH_K = math.sqrt(2.0 / math.pi), 0.044715
+
+
+@ONNX_HANDLERS.register("gelu")
+def _gelu(ctx, node, xs, ins, out):
+    """Opset 17 has no ``Gelu`` (it comes with opset 20): the formulas, in the node order torch's
+    exporter writes them, so that ``from_onnx`` reads both back as ``gelu``.
+
+    none: ``Mul(Mul(x, Add(Erf(Div(x, sqrt 2)), 1)), 0.5)``;
+    tanh: ``Mul(Mul(x, Add(Tanh(Mul(c, Add(x, Mul(k, Mul(x, Mul(x, x)))))), 1)), 0.5)``.
+    """
+    x = xs[0]
+    if node.attrs["approximate"] == "none":
+        t = ctx.emit("Div", [x, ctx.const(f"{node.id}::sqrt2", GELU_SQRT2)], _aux(ctx, node, "div"))
+        t = ctx.emit("Erf", [t], _aux(ctx, node, "erf"))
+    else:
+        x2 = ctx.emit("Mul", [x, x], _aux(ctx, node, "x2"))
+        x3 = ctx.emit("Mul", [x, x2], _aux(ctx, node, "x3"))
+        t = ctx.emit("Mul", [ctx.const(f"{node.id}::k", GELU_TANH_K), x3], _aux(ctx, node, "kx3"))
+        t = ctx.emit("Add", [x, t], _aux(ctx, node, "inner"))
+        t = ctx.emit("Mul", [ctx.const(f"{node.id}::c", GELU_TANH_C), t], _aux(ctx, node, "scaled"))
+        t = ctx.emit("Tanh", [t], _aux(ctx, node, "tanh"))
+    t = ctx.emit("Add", [t, ctx.const(f"{node.id}::one", 1.0)], _aux(ctx, node, "one_plus"))
+    t = ctx.emit("Mul", [x, t], _aux(ctx, node, "mul"))
+    return ctx.emit("Mul", [t, ctx.const(f"{node.id}::half", 0.5)], out)
+
+
 @ONNX_HANDLERS.register("relu6")
 def _relu6(ctx, node, xs, ins, out):
     return ctx.emit("Clip", [xs[0], ctx.const(f"{node.id}::min", 0.0), ctx.const(f"{node.id}::max", 6.0)], out)
@@ -298,6 +348,8 @@ def _flatten(ctx, node, xs, ins, out):
 ONNX_HANDLERS.register("input")(lambda ctx, node, xs, ins, out: out)  # a graph input: its value is its name
 ONNX_HANDLERS.register("add")(lambda ctx, node, xs, ins, out: ctx.emit("Add", xs, out))
 ONNX_HANDLERS.register("mul")(lambda ctx, node, xs, ins, out: ctx.emit("Mul", xs, out))
+ONNX_HANDLERS.register("sub")(lambda ctx, node, xs, ins, out: ctx.emit("Sub", xs, out))
+ONNX_HANDLERS.register("div")(lambda ctx, node, xs, ins, out: ctx.emit("Div", xs, out))
 ONNX_HANDLERS.register("concat")(lambda ctx, node, xs, ins, out: ctx.emit("Concat", xs, out, axis=node.attrs["dim"]))
 
 
@@ -308,6 +360,21 @@ def _slice(ctx, node, xs, ins, out):
                               ctx.const(f"{node.id}::ends", [stop], np.int64),
                               ctx.const(f"{node.id}::axes", [ax + 1], np.int64),
                               ctx.const(f"{node.id}::steps", [step], np.int64)], out)
+
+
+#: archir's (torch's) pad mode -> ONNX Pad's
+ONNX_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}
+
+
+@ONNX_HANDLERS.register("pad")
+def _pad(ctx, node, xs, ins, out):
+    a = node.attrs
+    left, right, top, bottom = a["pads"]
+    # ONNX: the begins of every axis (N, C, H, W), then the ends
+    inputs = [xs[0], ctx.const(f"{node.id}::pads", [0, 0, top, left, 0, 0, bottom, right], np.int64)]
+    if a["mode"] == "constant":
+        inputs.append(ctx.const(f"{node.id}::value", a["value"]))
+    return ctx.emit("Pad", inputs, out, mode=ONNX_PAD_MODES[a["mode"]])
 
 
 @ONNX_HANDLERS.register("scale")

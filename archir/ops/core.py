@@ -257,6 +257,101 @@ for _name, _doc, _t in [
         removed_by="finalize" if _name.startswith("stop_") else None,
     ))
 
+# --------------------------------------------------------------------------- parametrised activations
+# Each keeps the shape and works on every element alone (channel-wise). Attributes and defaults are
+# torch's (torch.nn.LeakyReLU, GELU, ELU, Hardtanh).
+
+
+def _monotone_range(f):
+    """``value_range`` of a non-decreasing ``f(attrs, x)``: ``(f(lo), f(hi))`` of a known input interval."""
+
+    def rng(a, ins):
+        if ins[0] is None:
+            return None
+        return (f(a, ins[0][0]), f(a, ins[0][1]))
+
+    return rng
+
+
+def _leaky(a, x):
+    return x if x >= 0 else a["negative_slope"] * x
+
+
+def _leaky_range(a, ins):
+    # non-decreasing for slopes >= 0; a negative slope folds negative inputs up (unknown range)
+    return _monotone_range(_leaky)(a, ins) if a["negative_slope"] >= 0 else None
+
+
+register_op(OpDef(
+    "leaky_relu", arity=1, attrs={"negative_slope": AttrSpec("float", 0.01, min=-1e6, max=1e6)},
+    infer=_same("leaky_relu"),
+    traits=_traits("activation", **_UNARY, value_range=_leaky_range, identity_on=(0.0, INF), conv_epilogue=3),
+    doc="x if x >= 0 else negative_slope * x (torch.nn.LeakyReLU); 2 flops per element",
+))
+
+#: the least value of GELU (exact: -0.16997 at x = -0.7518; the tanh form's is within 1e-4 of it), rounded down
+GELU_MIN = -0.17
+
+
+register_op(OpDef(
+    "gelu", arity=1, attrs={"approximate": AttrSpec("str", "none", choices=("none", "tanh"))},
+    infer=_same("gelu"),
+    traits=_traits("activation", **_UNARY, value_range=(GELU_MIN, INF)),
+    doc="x * Phi(x) (torch.nn.GELU): approximate='none' is x/2 * (1 + erf(x / sqrt 2)), 'tanh' is "
+        "x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))); 5 / 13 flops per element",
+))
+
+
+def _elu(a, x):
+    return x if x > 0 else a["alpha"] * math.expm1(x)
+
+
+def _elu_range(a, ins):
+    if a["alpha"] < 0:
+        return None  # not monotone
+    if ins[0] is None:
+        return (-a["alpha"], INF)
+    return _monotone_range(_elu)(a, ins)
+
+
+register_op(OpDef(
+    "elu", arity=1, attrs={"alpha": AttrSpec("float", 1.0, min=-1e6, max=1e6)}, infer=_same("elu"),
+    traits=_traits("activation", **_UNARY, value_range=_elu_range, identity_on=(0.0, INF)),
+    doc="x if x > 0 else alpha * (exp(x) - 1) (torch.nn.ELU); 4 flops per element",
+))
+
+
+def _hardtanh_check(a, node):
+    if a["min_val"] > a["max_val"]:
+        raise OpSchemaError(f"hardtanh min_val={a['min_val']} is greater than max_val={a['max_val']}", node=node,
+                            rule="attr", hint="pass min_val <= max_val (torch's default is -1, 1)")
+
+
+def _hardtanh_zeros(a):
+    return "all" if a["min_val"] <= 0.0 <= a["max_val"] else None  # clip(0) = 0 only when 0 is inside
+
+
+register_op(OpDef(
+    "hardtanh", arity=1,
+    attrs={"min_val": AttrSpec("float", -1.0, min=-1e9, max=1e9), "max_val": AttrSpec("float", 1.0, min=-1e9, max=1e9)},
+    infer=_same("hardtanh"), check=_hardtanh_check,
+    traits=_traits("activation", channelwise=True, zero_preserving=_hardtanh_zeros,
+                   value_range=lambda a, ins: (a["min_val"], a["max_val"]), conv_epilogue=3),
+    doc="min(max(x, min_val), max_val) (torch.nn.Hardtanh; ONNX Clip); relu6 is hardtanh(0, 6) and imports as "
+        "relu6; 2 flops per element",
+))
+
+
+def _neg_range(a, ins):
+    return None if ins[0] is None else (-ins[0][1], -ins[0][0])
+
+
+register_op(OpDef(
+    "neg", arity=1, infer=_same("neg"),
+    traits=_traits("eltwise", **_UNARY, value_range=_neg_range),
+    doc="-x (torch.neg); 1 flop per element",
+))
+
 register_op(OpDef(
     "dropout", arity=1, attrs={"p": AttrSpec("float", 0.5, min=0.0, max=1.0)}, infer=_same("dropout"),
     traits=_traits("view", **_UNARY, value_range="input"),
@@ -459,22 +554,50 @@ register_op(OpDef("add", arity=2, infer=_add_infer,
                   doc="elementwise sum of two equal-shape tensors"))
 
 
-def _mul_infer(a, ins, node):
-    x, y = ins
-    if x.rank != y.rank:
-        raise _fail(node, f"mul needs equal ranks, got {x} and {y}",
-                    hint="reshape the gate to (C, 1, 1) for a (C, H, W) input")
-    out = []
-    for dx, dy in zip(x.shape, y.shape):
-        if dx != dy and 1 not in (dx, dy):
-            raise _fail(node, f"mul cannot broadcast {x} with {y}", hint="dims must be equal or 1")
-        out.append(max(dx, dy))
-    return TensorType(tuple(out))
+def _broadcast_infer(op):
+    """The shape rule of a broadcasting binary op: equal ranks, each dim equal or 1 (torch's rule
+    without rank promotion)."""
+
+    def infer(a, ins, node):
+        x, y = ins
+        if x.rank != y.rank:
+            raise _fail(node, f"{op} needs equal ranks, got {x} and {y}",
+                        hint="reshape the gate to (C, 1, 1) for a (C, H, W) input")
+        out = []
+        for dx, dy in zip(x.shape, y.shape):
+            if dx != dy and 1 not in (dx, dy):
+                raise _fail(node, f"{op} cannot broadcast {x} with {y}", hint="dims must be equal or 1")
+            out.append(max(dx, dy))
+        return TensorType(tuple(out))
+
+    return infer
+
+
+_mul_infer = _broadcast_infer("mul")
 
 
 register_op(OpDef("mul", arity=2, infer=_mul_infer,
                   traits=_traits("eltwise", merge="product", zero_preserving="any", value_range=_product_range),
                   doc="elementwise product with broadcasting (squeeze-excite)"))
+
+
+def _difference_range(a, ins):
+    if any(x is None for x in ins):
+        return None
+    (alo, ahi), (blo, bhi) = ins
+    return (alo - bhi, ahi - blo)
+
+
+register_op(OpDef("sub", arity=2, infer=_broadcast_infer("sub"),
+                  traits=_traits("eltwise", merge="difference", zero_preserving="all",
+                                 value_range=_difference_range),
+                  doc="elementwise difference x - y with broadcasting (dims equal or 1, like mul); 1 flop per "
+                      "element"))
+register_op(OpDef("div", arity=2, infer=_broadcast_infer("div"),
+                  # x / 0 is inf or nan: zeros are not kept, and no range is known
+                  traits=_traits("eltwise", merge="quotient"),
+                  doc="elementwise quotient x / y with broadcasting (dims equal or 1, like mul; torch's true "
+                      "division); 1 flop per element"))
 
 
 def concat_axis(dim: int, rank: int, node=None) -> int:
@@ -539,6 +662,59 @@ register_op(OpDef(
            "step": AttrSpec("int", 1, min=1, max=MAX_DIM)},
     traits=_traits("copy", zero_preserving="all", value_range="input"),
     doc="x[..., start:end:step] on one dim (Python semantics; dim counts the batch dim as 0; torch.narrow)",
+))
+
+
+#: the padding modes of ``pad`` (torch's names; ONNX calls replicate "edge")
+PAD_MODES = ("constant", "reflect", "replicate")
+
+
+def _pad_check(a, node):
+    p = a["pads"]
+    if len(p) not in (2, 4):
+        raise OpSchemaError(f"pad pads={p} must have 2 or 4 entries", node=node, rule="attr",
+                            hint="pass pads=[left, right, top, bottom] (torch.nn.functional.pad for the last two "
+                                 "dims) or [left, right] for the width only")
+    if a["mode"] != "constant" and a["value"] != 0.0:
+        raise OpSchemaError(f"pad value={a['value']} is only used by mode='constant', not {a['mode']!r}", node=node,
+                            rule="attr", hint="drop value= or use mode='constant'")
+    a = dict(a)
+    a["pads"] = list(p) + [0, 0] if len(p) == 2 else list(p)  # canonical: [left, right, top, bottom]
+    return a
+
+
+def _pad_infer(a, ins, node):
+    _rank("pad", ins[0], 3, node)
+    c, h, w = ins[0].shape
+    left, right, top, bottom = a["pads"]
+    if a["mode"] == "reflect":
+        for what, p, size in (("left", left, w), ("right", right, w), ("top", top, h), ("bottom", bottom, h)):
+            if p >= size:
+                raise _fail(node, f"reflect pad {what}={p} needs an input of more than {p} along that dim, got "
+                            f"{ins[0]}", hint="reflect padding must be smaller than the input size; use "
+                                              "mode='replicate' or 'constant' for wider pads")
+    return _checked_type((c, h + top + bottom, w + left + right), node)
+
+
+def _pad_zeros(a):
+    return "all" if a["mode"] != "constant" or a["value"] == 0.0 else None
+
+
+def _pad_range(a, ins):
+    if ins[0] is None:
+        return None
+    if a["mode"] != "constant" or not any(a["pads"]):
+        return ins[0]
+    return (min(ins[0][0], a["value"]), max(ins[0][1], a["value"]))
+
+
+register_op(OpDef(
+    "pad", arity=1, infer=_pad_infer, check=_pad_check,
+    attrs={"pads": AttrSpec("ints", min=0, max=MAX_KERNEL),
+           "mode": AttrSpec("str", "constant", choices=PAD_MODES), "value": AttrSpec("float", 0.0)},
+    traits=_traits("copy", channelwise=True, zero_preserving=_pad_zeros, value_range=_pad_range),
+    doc="pad H and W of a (C, H, W) map (torch.nn.functional.pad(x, [left, right, top, bottom], mode, value)); "
+        "modes constant (with value), reflect (pads < input size), replicate; a copy, no arithmetic",
 ))
 
 

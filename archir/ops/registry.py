@@ -152,12 +152,12 @@ CATEGORIES = {
     "eltwise": "elementwise arithmetic (sums, products, per-channel scales, constants)",
     "pool": "pooling over spatial windows, per channel",
     "concat": "concatenation of its inputs",
-    "copy": "data movement with no arithmetic (a slice): one copy kernel at inference",
+    "copy": "data movement with no arithmetic (a slice, a pad): one copy kernel at inference",
     "view": "no computation at inference: the output is its input, reshaped or passed through",
     "search": "a search-space construct that archir.derive replaces",
 }
 #: how an op with several inputs combines them (``OpTraits.merge``)
-MERGES = ("sum", "product", "concat")
+MERGES = ("sum", "product", "concat", "difference", "quotient")
 #: how zeros pass through an op (``OpTraits.zero_preserving``)
 ZERO_RULES = ("all", "any", "always")
 
@@ -172,7 +172,8 @@ class OpTraits:
         category: one of :data:`CATEGORIES` (cost models group kernels by it; ``"input"`` and
             ``"view"`` cost nothing at inference: :attr:`zero_cost`).
         merge: for an op that combines several inputs, how: ``"sum"``, ``"product"``
-            (broadcasting) or ``"concat"``; ``None`` for single-input ops.
+            (broadcasting), ``"concat"``, ``"difference"`` (input 0 minus input 1) or ``"quotient"``
+            (input 0 divided by input 1); ``None`` for single-input ops.
         channelwise: a single-input op whose output channel ``k`` is computed from input
             channel ``k`` alone, with the channel count kept (activations, BN, pools, ...):
             channels pass through it index for index. A ``(C, H, W)`` map's channels are axis

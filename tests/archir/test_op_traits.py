@@ -41,6 +41,16 @@ EXAMPLES = {
     "scale": ([(3, 4, 4)], [{}]),
     "slice": ([(4, 6, 6)], [{"dim": 1, "start": 1, "end": 3}, {"dim": 2, "start": 1}, {"dim": 3, "step": 2},
                             {"dim": -1, "start": -4, "end": -1}]),
+    "leaky_relu": ([(3, 5, 5)], [{}, {"negative_slope": 0.2}, {"negative_slope": -0.5}, {"negative_slope": 3.0}]),
+    "gelu": ([(3, 5, 5)], [{}, {"approximate": "tanh"}]),
+    "elu": ([(3, 5, 5)], [{}, {"alpha": 0.5}, {"alpha": -1.0}]),
+    "hardtanh": ([(3, 5, 5)], [{}, {"min_val": 0.5, "max_val": 2.0}, {"min_val": -3.0, "max_val": -1.0},
+                               {"min_val": 1.0, "max_val": 1.0}]),
+    "neg": ([(3, 5, 5)], [{}]),
+    "sub": ([(3, 4, 4), (3, 4, 4)], [{}]),
+    "div": ([(3, 4, 4), (3, 1, 1)], [{}]),
+    "pad": ([(3, 5, 5)], [{"pads": [1, 2, 0, 3]}, {"pads": [1, 2, 0, 3], "value": 0.5}, {"pads": [2, 1],
+                          "mode": "reflect"}, {"pads": [4, 4, 4, 4], "mode": "replicate"}]),
 }
 UNARY = ("relu", "relu6", "sigmoid", "hardswish", "hardsigmoid", "silu", "tanh", "identity", "stop_gradient",
          "stop_forward")
@@ -143,7 +153,8 @@ def test_traits_hold_numerically(op, shapes, attrs):
     if t.merge is not None:
         assert len(shapes) >= 2
         a, b = (torch.as_tensor(x) for x in xs)
-        want = {"sum": lambda: a + b, "product": lambda: a * b, "concat": lambda: torch.cat([a, b], 1)}[t.merge]()
+        want = {"sum": lambda: a + b, "product": lambda: a * b, "concat": lambda: torch.cat([a, b], 1),
+                "difference": lambda: a - b, "quotient": lambda: a / b}[t.merge]()
         np.testing.assert_allclose(y, want.numpy(), rtol=1e-6, atol=1e-6)
 
 

@@ -364,6 +364,10 @@ OP_EXAMPLES = {
     "adaptive_avgpool2d": ([(4, 7, 5)], dict(output_size=[3, 2])),
     "add": ([(4, 8, 8), (4, 8, 8)], {}), "mul": ([(4, 8, 8), (4, 1, 1)], {}),
     "concat": ([(4, 8, 8), (2, 8, 8)], {}), "scale": ([(4, 8, 8)], {}),
+    "leaky_relu": ([(4, 8, 8)], dict(negative_slope=0.2)), "gelu": ([(4, 8, 8)], dict(approximate="tanh")),
+    "elu": ([(4, 8, 8)], dict(alpha=0.5)), "hardtanh": ([(4, 8, 8)], dict(min_val=-2.0, max_val=2.0)),
+    "neg": ([(4, 8, 8)], {}), "sub": ([(4, 8, 8), (4, 1, 1)], {}), "div": ([(4, 8, 8), (4, 8, 8)], {}),
+    "pad": ([(4, 8, 8)], dict(pads=[1, 0, 2, 1], mode="reflect")),
     "choice": ([(4, 8, 8)], dict(candidates=_cands())),
 }
 

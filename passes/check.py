@@ -249,11 +249,25 @@ def _quot(diff: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
     return torch.where(diff == 0, torch.zeros_like(diff), diff / denom)
 
 
-def _written(before: Graph, after: Graph) -> list[tuple[str, str, str, np.ndarray | None]]:
-    """The float arrays ``after``'s rewrite wrote: ``(node, "params"|"buffers", key, mask)``, where
-    ``mask`` marks the elements that differ from ``before``'s array of the same shape (``None``:
-    every element, for a new node, a new key or a new shape). Arrays shared with ``before`` are
-    left out without comparing them (a pass assigns new arrays, it never mutates one)."""
+def _exact(arr: np.ndarray, prev: np.ndarray | None) -> np.ndarray:
+    """The elements of a written float32 array that carry no rounding: a significand of at most 8
+    bits (0, 1, 0.5, 1.5 ...: a constant, not a rounded real; a rounded real ends in 16 zero bits
+    with probability 2**-16), or the significand of a value the node held before (a copy, or a copy
+    scaled by a power of two: a halving consumer of a doubling widen)."""
+    a = np.ascontiguousarray(arr, dtype=np.float32)
+    short = (a.view(np.uint32) & np.uint32(0xFFFF)) == 0
+    if prev is None or not np.size(prev):
+        return short
+    old = np.unique(np.abs(np.frexp(np.asarray(prev, dtype=np.float32))[0]))
+    return short | np.isin(np.abs(np.frexp(a)[0]), old)
+
+
+def _written(before: Graph, after: Graph) -> list[tuple[str, str, str, np.ndarray]]:
+    """The float elements ``after``'s rewrite wrote that may carry float32 rounding:
+    ``(node, "params"|"buffers", key, mask)``. An element counts when it differs from ``before``'s
+    array of the same shape (every element of a new node, key or shape) and is not exact
+    (:func:`_exact`). Arrays shared with ``before`` are left out without comparing them (a pass
+    assigns new arrays, it never mutates one)."""
     out = []
     for nid in after:
         a = after.node(nid)
@@ -267,12 +281,13 @@ def _written(before: Graph, after: Graph) -> list[tuple[str, str, str, np.ndarra
                 prev = old.get(key)
                 if prev is arr:
                     continue
+                mask = arr != 0
                 if prev is not None and np.shape(prev) == arr.shape:
-                    mask = np.asarray(prev) != arr
-                    if mask.any():
-                        out.append((nid, kind, key, mask))
-                else:
-                    out.append((nid, kind, key, None))
+                    mask &= np.asarray(prev) != arr
+                if mask.any():
+                    mask &= ~_exact(arr, prev)
+                if mask.any():
+                    out.append((nid, kind, key, mask))
     return out
 
 
@@ -287,7 +302,7 @@ def _storage_floor(after: Graph, written: list, xs: Sequence[torch.Tensor], got:
         for nid, kind, key, mask in written:
             a = np.asarray(getattr(g.node(nid), kind)[key], dtype=np.float32)
             step = np.nextafter(a, np.where(rng.random(a.shape) < 0.5, -np.inf, np.inf).astype(np.float32))
-            moved = np.where((a != 0) & (True if mask is None else mask), step, a)
+            moved = np.where(mask, step, a)
             (g.set_params if kind == "params" else g.set_buffers)(nid, **{key: moved})
         with torch.no_grad():
             for i, (o, ref) in enumerate(zip(run_graph(g, xs, dtype=torch.float64), got)):

@@ -13,10 +13,17 @@ Architecture Search" (AAAI 2019), Algorithm 1.
 
 Failed candidates never join the population. With ``ask(n)`` for n > 1 the n children come
 from the same population (a synchronous batch); their results are told in id order.
+
+A child whose architecture was asked for before (the same canonical decisions) is mutated again
+from the same parent, up to ``retries`` times (default 20), as random search re-draws a repeated
+sample: a search whose budget counts candidates (a tabular benchmark's queries, or training runs)
+does not spend it on an architecture it has already evaluated. ``retries=0`` is the textbook
+algorithm, which evaluates repeats again.
 """
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from typing import Sequence
 
@@ -27,11 +34,11 @@ __all__ = ["RegularizedEvolution"]
 
 @register_strategy
 class RegularizedEvolution(Strategy):
-    """Aging evolution (options: ``population`` P = 10, ``sample`` S = 3)."""
+    """Aging evolution (options: ``population`` P = 10, ``sample`` S = 3, ``retries`` 20 re-mutations of a repeat)."""
 
     name = "evolution"
     SEEDS = True
-    OPTIONS = {"population": 10, "sample": 3}
+    OPTIONS = {"population": 10, "sample": 3, "retries": 20}
 
     def __init__(self, space, rng, **options) -> None:
         super().__init__(space, rng, **options)
@@ -41,8 +48,13 @@ class RegularizedEvolution(Strategy):
         if not (isinstance(s, int) and 1 <= s <= p):
             raise StrategyError(f"evolution: sample must be an int in 1..population ({p}), got {s!r}",
                                 hint="pass --sample 3 (at most --population)")
+        r = self.options["retries"]
+        if isinstance(r, bool) or not (isinstance(r, int) and r >= 0):
+            raise StrategyError(f"evolution: retries must be an int >= 0, got {r!r}",
+                                hint="pass --strategy-opt retries=20 (0: evaluate repeats again)")
         self.population: deque = deque()  # search.store.Candidate rows, oldest first
         self.asked = 0
+        self._seen: set[str] = set()  # canonical decisions asked so far
 
     def _parent(self):
         members = list(self.population)
@@ -62,10 +74,18 @@ class RegularizedEvolution(Strategy):
             else:
                 parent = self._parent()
                 child = self.space.mutate(parent.decisions, self.rng)
+                for _ in range(self.options["retries"]):
+                    if self._key(child) not in self._seen:
+                        break
+                    child = self.space.mutate(parent.decisions, self.rng)  # a repeat: mutate the parent again
                 out.append(CandidateSpec(decisions=child, op=mutation_op(self.space, parent.decisions, child),
                                          parents=[parent.id]))
+            self._seen.add(self._key(out[-1].decisions))
             self.asked += 1
         return out
+
+    def _key(self, decisions) -> str:
+        return json.dumps(self.space.encode(decisions), sort_keys=True)
 
     def tell(self, results: Sequence) -> None:
         for c in results:

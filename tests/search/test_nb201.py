@@ -276,3 +276,28 @@ def test_supernet_derives_the_built_network():
         d = s.sample(rng)
         assert s.derive(sn, d).structural_hash() == s.build(d, cells=1, channels=4).structural_hash()
     assert s.supernet_decisions(EXAMPLE)["edge.2.1"] == "avg_pool_3x3"
+
+
+def _evolve(retries: int, n: int = 150) -> list[str]:
+    from search.store import Candidate
+
+    s = Nb201Space()
+    strat = get_strategy("evolution", s, seed=0, population=20, sample=5, retries=retries)
+    asked = []
+    for i in range(n):
+        (spec,) = strat.ask(1)
+        d = s.decode(spec.decisions)
+        asked.append(s.to_string(d))
+        err = 1.0 - (d["edges"].count("nor_conv_3x3") + 0.5 * d["edges"].count("skip_connect")) / 6
+        strat.tell([Candidate(id=i, round=i, op=spec.op, decisions=d, seed=0, status="done", score=err,
+                              metrics={"val_error": err}, parents=list(spec.parents))])
+    return asked
+
+
+def test_evolution_does_not_ask_for_an_architecture_twice():
+    # textbook aging evolution (retries=0) re-evaluates repeats once the population converges; by default a
+    # repeated child is mutated again from the same parent
+    assert len(set(_evolve(0))) < 150
+    assert len(set(_evolve(20))) == 150
+    with pytest.raises(ValueError, match="retries"):
+        get_strategy("evolution", Nb201Space(), seed=0, retries=-1)

@@ -16,7 +16,9 @@ Public names:
   plain networks built with the public ``Graph`` API. One (sometimes two) inputs of shape
   ``(C, H, W)`` with ``C`` in 1..8 and ``H``, ``W`` in 4..12; a random body of ``conv2d``
   (random groups, dilation, stride, padding, kernel, bias; square or per-dim pairs),
-  ``batchnorm2d``, activations (relu, relu6, sigmoid, hardswish, hardsigmoid, silu, tanh),
+  ``batchnorm2d``, activations (relu, relu6, sigmoid, hardswish, hardsigmoid, silu, tanh, leaky_relu,
+  gelu, elu, hardtanh and neg, with drawn attrs), ``sub`` (of an equal-shape node or a ``(C, 1, 1)``
+  mean), ``div`` by a positive ``(C, 1, 1)`` sigmoid gate, ``pad`` (constant/reflect/replicate),
   ``maxpool2d`` (ceil_mode, dilation, default stride), ``avgpool2d`` (count_include_pad both
   ways), ``identity``, ``dropout``, ``zero`` (strided too), ``scale``, residual ``add`` (with an
   earlier node of equal shape, or ``add(x, x)``), broadcast ``mul`` by a ``(C, 1, 1)`` gate (and
@@ -59,7 +61,12 @@ from archir.samples import randomize_bn
 __all__ = ["graphs", "supernets", "decisions", "input_arrays", "candidates_for", "CANDIDATE_MENU",
            "ACTIVATIONS", "randomize_weights"]
 
-ACTIVATIONS = ("relu", "relu6", "sigmoid", "hardswish", "hardsigmoid", "silu", "tanh")
+ACTIVATIONS = ("relu", "relu6", "sigmoid", "hardswish", "hardsigmoid", "silu", "tanh", "leaky_relu", "gelu", "elu",
+               "hardtanh", "neg")
+#: attrs drawn for the parametrised activations (hardtanh(0, 6) is left out: it imports as relu6)
+ACTIVATION_ATTRS = {"leaky_relu": [{}, {"negative_slope": 0.2}, {"negative_slope": -0.1}],
+                    "gelu": [{}, {"approximate": "tanh"}], "elu": [{}, {"alpha": 0.5}],
+                    "hardtanh": [{}, {"min_val": -0.5, "max_val": 2.0}, {"min_val": 0.25, "max_val": 0.75}]}
 MAX_SPATIAL = 16
 MAX_CHANNELS = 32
 
@@ -227,8 +234,8 @@ class _Builder:
         draw = self.draw
         c, h, w = self.shape(cur)
         ops = ["conv2d", "batchnorm2d", "act", "maxpool2d", "avgpool2d", "identity", "dropout", "zero", "scale",
-               "add", "mul", "concat"]
-        weights = [6, 3, 4, 3, 2, 1, 1, 1, 1, 3, 2, 2]
+               "add", "mul", "concat", "sub", "div", "pad"]
+        weights = [6, 3, 4, 3, 2, 1, 1, 1, 1, 3, 2, 2, 1, 1, 1]
         if self.allow_choice:
             ops.append("choice")
             weights.append(4)
@@ -248,7 +255,24 @@ class _Builder:
             return self.add("batchnorm2d", cur, eps=draw(st.sampled_from([1e-5, 1e-3, 0.1])),
                             momentum=draw(st.sampled_from([0.1, 0.01, 0.9])), affine=draw(st.booleans()))
         if op == "act":
-            return self.add(draw(st.sampled_from(ACTIVATIONS)), cur)
+            return self.activation(cur)
+        if op == "sub":  # an earlier node of equal shape, or a (C, 1, 1) mean
+            same = [n for n in self.maps() if self.shape(n) == (c, h, w)]
+            other = draw(st.sampled_from(same)) if draw(st.booleans()) else self.add("global_avgpool", cur)
+            a, b = (cur, other) if draw(st.booleans()) else (other, cur)
+            return self.add("sub", a, b)
+        if op == "div":  # by a positive (C, 1, 1) gate: sigmoid of a squeeze (no division by zero)
+            gate = self.add("sigmoid", self.add("global_avgpool", draw(st.sampled_from(
+                [n for n in self.maps() if self.shape(n)[0] == c]))))
+            return self.add("div", cur, gate)
+        if op == "pad":
+            mode = draw(st.sampled_from(["constant", "constant", "reflect", "replicate"]))
+            pads = []
+            for size in (w, w, h, h):  # left, right, top, bottom; reflect needs pad < size
+                most = min(2, (MAX_SPATIAL - size) // 2, size - 1 if mode == "reflect" else 2)
+                pads.append(draw(st.integers(0, max(0, most))))
+            value = draw(st.sampled_from([0.0, 0.0, -1.5])) if mode == "constant" else 0.0
+            return self.add("pad", cur, pads=pads, mode=mode, value=value)
         if op in ("maxpool2d", "avgpool2d"):
             is_max = op == "maxpool2d"
             ceil = is_max and draw(st.booleans())
@@ -331,6 +355,10 @@ class _Builder:
         return self.g.add("choice", cur, name=self.name("choice"), candidates=candidates_for(c, stride, names),
                           tie=tie)
 
+    def activation(self, cur: str) -> str:
+        op = self.draw(st.sampled_from(ACTIVATIONS))
+        return self.add(op, cur, **self.draw(st.sampled_from(ACTIVATION_ATTRS.get(op, [{}]))))
+
     def head(self, src: str) -> str:
         draw = self.draw
         kind = draw(st.sampled_from(["gap", "gap", "gap", "gap2", "flat", "rank2"]))
@@ -342,7 +370,7 @@ class _Builder:
             h = self.add("flatten", src, start_dim=2)  # (C, H*W): linear on the last dim
         if kind == "gap2":
             h = self.add("linear", h, out_features=draw(st.integers(1, 8)))
-            h = self.add(draw(st.sampled_from(ACTIVATIONS)), h)
+            h = self.activation(h)
         return self.add("linear", h, out_features=draw(st.integers(1, 6)), bias=draw(st.booleans()))
 
 

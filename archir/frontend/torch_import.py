@@ -196,14 +196,17 @@ class _Importer:
             return self.ids(scope)
         return self.ids(f"{scope}.{op}" if scope else op)
 
-    def add(self, node: fx.Node, op: str, inputs: Sequence[str], *, params=None, buffers=None, **attrs) -> str:
+    def add(self, node: fx.Node, op: str, inputs: Sequence[str], *, params=None, buffers=None, name: str | None = None,
+            **attrs) -> str:
+        """Add ``op`` for fx ``node`` (id from the node, or ``name``); in a dry run check the attrs only."""
         if self.dry:  # check the attributes only; the inputs are stand-ins
             try:
                 get_op(op).normalize_attrs(attrs)
             except IRError as e:
                 raise Skip(f"maps to {op} but {e.message}") from None
             return ""
-        return add_mapped(self.g, self.ids, self.node_id(node, op), op, inputs,
+        nid = self.ids(name) if name else self.node_id(node, op)
+        return add_mapped(self.g, self.ids, nid, op, inputs,
                           params={k: _np(v) for k, v in (params or {}).items()},
                           buffers={k: _np(v) for k, v in (buffers or {}).items()}, **attrs)
 
@@ -1017,11 +1020,20 @@ _ATEN_RULES: dict[str, Rule] = {
 # ----------------------------------------------------------------- modules
 
 def _m_conv(imp, node, m: nn.Conv2d, args, kwargs):
+    x = args[0] if args else kwargs.get("input")
+    padding = m.padding if isinstance(m.padding, str) else list(m.padding)
     if m.padding_mode != "zeros":
-        raise Skip(f"padding_mode={m.padding_mode!r} (archir pads with zeros)")
-    return _conv(imp, node, {"input": args[0] if args else kwargs.get("input"), "weight": m.weight, "bias": m.bias,
-                             "stride": list(m.stride), "padding": m.padding if isinstance(m.padding, str)
-                             else list(m.padding), "dilation": list(m.dilation), "groups": m.groups})
+        # torch pads first (F.pad(x, reversed padding repeated twice, mode)), then convolves unpadded
+        if m.padding_mode not in ("reflect", "replicate"):
+            raise Skip(f"padding_mode={m.padding_mode!r} (archir pads with zeros, reflect or replicate)")
+        x = _act({"input": x})
+        _rank4(x, "conv2d")
+        pads = [int(p) for p in m._reversed_padding_repeated_twice]  # [left, right, top, bottom]
+        pid = imp.add(node, "pad", [x.id], name=f"{node.target}.pad", pads=pads, mode=m.padding_mode)
+        x = _Act(pid, x.shape[:2] + (x.shape[2] + pads[2] + pads[3], x.shape[3] + pads[0] + pads[1]))
+        padding = [0, 0]
+    return _conv(imp, node, {"input": x, "weight": m.weight, "bias": m.bias, "stride": list(m.stride),
+                             "padding": padding, "dilation": list(m.dilation), "groups": m.groups})
 
 
 def _m_linear(imp, node, m: nn.Linear, args, kwargs):

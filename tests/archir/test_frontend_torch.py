@@ -252,7 +252,7 @@ def test_functional_conv_on_a_parameter_is_mapped():
 
 @pytest.mark.filterwarnings("ignore:Using padding='same'")
 @pytest.mark.parametrize("module,reason", [
-    (nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"), "padding_mode"),
+    (nn.Conv2d(3, 3, 3, padding=1, padding_mode="circular"), "padding_mode"),
     (nn.BatchNorm2d(3, track_running_stats=False), "batch statistics"),
     (nn.Hardtanh(-1.0, float("inf")), "max_val.*finite"),  # finite bounds are a hardtanh
     (nn.MaxPool2d(2, return_indices=True), "return_indices"),

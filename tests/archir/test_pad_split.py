@@ -124,6 +124,19 @@ def test_torch_import_of_f_pad_and_the_pad_modules():
         torch.testing.assert_close(to_fx(back)(x), m(x), rtol=1e-5, atol=1e-5)
 
 
+def test_conv_padding_modes_import_as_a_pad_then_the_conv():
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"),
+                      nn.Conv2d(4, 4, (3, 5), padding=(2, 1), dilation=(2, 1), padding_mode="replicate"),
+                      nn.Conv2d(4, 2, 3, padding="same", padding_mode="reflect")).eval()
+    g = from_torch(m, torch.randn(1, 3, 7, 6))
+    assert [(n.id, n.op) for n in g.nodes()] == [("input", "input"), ("0.pad", "pad"), ("0", "conv2d"),
+                                                 ("1.pad", "pad"), ("1", "conv2d"), ("2.pad", "pad"), ("2", "conv2d")]
+    assert g.node("1.pad").attrs["pads"] == [1, 1, 2, 2] and g.node("1").attrs["padding"] == 0
+    x = torch.randn(2, 3, 7, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(to_fx(g)(x), m(x))
+
+
 @pytest.mark.parametrize("fn,why", [(lambda x: F.pad(x, (1, 1, 1, 1), mode="circular"), "circular"),
                                     (lambda x: F.pad(x, (1, 1, 1, 1, 1, 0)), "rank-4"),
                                     (lambda x: F.pad(x, (-1, 0)), "crops")],

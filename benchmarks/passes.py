@@ -26,9 +26,9 @@ figures, not a test: it asserts only that every morphism kept the function (``ch
 
 Run it::
 
-    python benchmarks/passes.py              # the figures (about a minute on 2 cores)
+    python benchmarks/passes.py              # the figures: (a)-(c) about a minute on 2 cores, (d) ~11 minutes
     python benchmarks/passes.py --quick      # smoke run: cells=2, 20 chained steps, a few seconds
-    python benchmarks/passes.py --only-precision                 # just (d), every family (~3 minutes)
+    python benchmarks/passes.py --only-precision                 # just (d), every family (~11 min, 2 shared cores)
     python benchmarks/passes.py --only-precision --families resnet18,googlenet
 """
 

@@ -902,6 +902,22 @@ def _narrow(imp, node, kw):
     return _slices(imp, node, x, {dim: (start, start + length, 1)})
 
 
+def _aten_slice(imp, node, kw):
+    """``aten.slice(x, dim, start, end, step)`` (torch.export's form of ``x[:, :, a:b:s]``)."""
+    x = _act(kw)
+    dim, start, end, step = kw.get("dim", 0), kw.get("start"), kw.get("end"), kw.get("step", 1)
+    if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in (dim, start, end, step)):
+        raise Skip("slice bounds computed at run time; archir needs ints")
+    dim %= len(x.shape)
+    if dim == 0:
+        if (start or 0) == 0 and (end is None or end >= 2**62) and step == 1:
+            return x  # the whole batch
+        raise Skip("slicing the batch dimension")
+    if step < 1:
+        raise Skip(f"slice step {step}")
+    return _slices(imp, node, x, {dim: (start or 0, end, step)})
+
+
 Rule = tuple[str, Callable, bool]  # (signature, mapping function, works in place)
 
 _CALL_RULES: dict[Any, Rule] = {}
@@ -1012,7 +1028,7 @@ _ATEN_RULES: dict[str, Rule] = {
     "mul": ("", _binary("mul"), False), "mul_": ("", _binary("mul"), True),
     "cat": ("", _cat, False), "concat": ("", _cat, False),
     "dropout": ("", lambda imp, node, kw: _dropout(imp, node, kw), False),
-    "narrow": ("", _narrow, False),
+    "narrow": ("", _narrow, False), "slice": ("", _aten_slice, False),
     "clone": ("", _alias, False), "contiguous": ("", _alias, False), "alias": ("", _alias, False),
 }
 

@@ -250,3 +250,37 @@ def test_onnx_split_imports_as_slices(opset):
         from_onnx(_split_model([1, 1], axis=0, opset=opset))
     with pytest.raises(UnsupportedModelError, match="Split sizes"):
         from_onnx(_split_model([1, 2], opset=opset))
+
+
+class _Exported(nn.Module):
+    """Python control flow on a shape: fx cannot trace it, torch.export captures ATen ops instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 1)
+        self.lrelu = nn.LeakyReLU(0.2, inplace=True)
+        self.elu = nn.ELU()
+        self.reflect = nn.ReflectionPad2d(1)
+
+    def forward(self, x):
+        if x.shape[-1] > 4:
+            x = self.conv(x)
+        a, b = x.split(3, 1)
+        c, d = torch.chunk(x, 2, dim=2)
+        h = self.lrelu(a - b) / torch.sigmoid(b) + F.gelu(a, approximate="tanh") - self.elu(-b)
+        h = F.hardtanh(h, -2.0, 3.0) + F.pad(h, (1, 1, 1, 1), value=0.5)[:, :, 1:-1, 1:-1]
+        return self.reflect(h), F.pad(c, (0, 1, 2, 0), mode="replicate"), d
+
+
+def test_torch_export_path_maps_the_aten_forms():
+    m = _Exported().eval()
+    g = from_torch(m, torch.randn(1, 3, 6, 6))
+    assert g.meta["frontend"]["tracer"] == "torch.export"
+    ops = [n.op for n in g.nodes()]
+    for op, k in {"slice": 6, "pad": 3, "sub": 2, "div": 1, "leaky_relu": 1, "gelu": 1, "elu": 1, "neg": 1,
+                  "hardtanh": 1}.items():
+        assert ops.count(op) == k, (op, ops)
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        for got, want in zip(to_fx(g)(x), m(x)):
+            torch.testing.assert_close(got, want)

@@ -10,7 +10,6 @@ import math
 import warnings
 
 import numpy as np
-import onnx
 import pytest
 import torch
 import torch.nn.functional as F

@@ -161,11 +161,11 @@ class PreservationReport:
         return max(o.max_rel for o in self.outputs)
 
     def __str__(self) -> str:
-        head = (f"preservation check ({self.mode} mode, {self.dtype}, n={self.n}, seed={self.seed}, "
-                f"atol={self.atol:g}*scale, rtol={self.rtol:g}): {'ok' if self.ok else 'FAILED'} "
-                f"in {self.seconds * 1e3:.1f} ms")
+        head = (f"preservation check ({self.mode} mode, n={self.n}, seed={self.seed}, atol={self.atol:g}, "
+                f"rtol={self.rtol:g}): {'ok' if self.ok else 'FAILED'} in {self.seconds * 1e3:.1f} ms "
+                f"({self.dtype}; atol is a fraction of each output's scale, store_tol={self.store_tol:g})")
         rows = [f"  {o.name}{'' if o.after_name == o.name else ' / ' + o.after_name} {o.shape}: "
-                f"scale={o.scale:.3g} max_abs={o.max_abs:.3g} max_rel={o.max_rel:.3g}"
+                f"max_abs={o.max_abs:.3g} max_rel={o.max_rel:.3g} scale={o.scale:.3g}"
                 f"{f' floor={o.floor:.3g}' if o.floor else ''} ({o.ratio:.3g} of tolerance)"
                 f"{'' if o.ok else '  <-- FAIL'}" for o in self.outputs]
         return "\n".join([head, *rows])

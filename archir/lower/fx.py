@@ -55,6 +55,7 @@ class _Ctx:
         self.root = nn.Module()
         self.paths: dict[str, str] = {}
         self.taken: set[str] = set()
+        self.scopes: set[str] = set()  # every proper prefix of a taken path ("a", "a.b" of "a.b.c")
         self.choice_mode = choice_mode
         self.decisions = decisions or {}
         self.tau = tau
@@ -64,7 +65,7 @@ class _Ctx:
 
     def module(self, node_id: str, mod: nn.Module) -> str:
         """Attach ``mod`` for ``node_id`` under its module path; returns the path."""
-        path = module_path(node_id, self.taken)
+        path = module_path(node_id, self.taken, self.scopes)
         parent = self.root
         *scopes, leaf = path.split(".")
         for s in scopes:
@@ -73,6 +74,7 @@ class _Ctx:
             parent = getattr(parent, s)
         parent.add_module(leaf, mod)
         self.taken.add(path)
+        self.scopes.update(_prefixes(path))
         self.paths[node_id] = path
         return path
 
@@ -82,20 +84,33 @@ def _ident(s: str) -> str:
     return ("m_" + s) if (s[:1].isdigit() or keyword.iskeyword(s) or s in _RESERVED) else s
 
 
-def module_path(node_id: str, taken: set[str]) -> str:
+def _prefixes(path: str) -> set[str]:
+    """The proper scopes of a dotted path: ``{"a", "a.b"}`` of ``"a.b.c"``."""
+    parts = path.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts))}
+
+
+def module_path(node_id: str, taken: set[str], scopes: set[str] | None = None) -> str:
     """The module path of a node: its id where that nests cleanly, else a flat escaped name.
 
     A path nests cleanly when no other module sits on one of its scopes or below it, and
     its first scope is not an attribute of ``GraphModule`` (``graph``, ``forward`` ...).
+    ``scopes``: every proper prefix of the ``taken`` paths, kept by the caller as paths are
+    taken (set lookups instead of a scan of ``taken`` per node); computed here when not given.
     """
+    if scopes is None:
+        scopes = set().union(*map(_prefixes, taken))
+
+    def free(path: str) -> bool:  # not taken, not a scope of a taken path, no taken path among its scopes
+        return path not in taken and path not in scopes and not (_prefixes(path) & taken)
+
     parts = node_id.split(".")
     ok = all(p not in _RESERVED and (p.isidentifier() or p.isdigit()) for p in parts)
-    prefixes = {".".join(parts[:i]) for i in range(1, len(parts))}
-    if ok and node_id not in taken and not (prefixes & taken) and not any(t.startswith(node_id + ".") for t in taken):
+    if ok and free(node_id):
         return node_id
     base = _ident(node_id.replace(".", "__"))
     cand, k = base, 1
-    while cand in taken or any(t.startswith(cand + ".") or cand.startswith(t + ".") for t in taken):
+    while not free(cand):
         k += 1
         cand = f"{base}_{k}"
     return cand

@@ -484,13 +484,15 @@ class CheckPreserved(PassInstrument):
     fixed, so its check is skipped and listed in ``skipped`` (check the derived graphs instead).
 
     Args:
-        atol, rtol, n, seed: passed to ``check_preserved``.
+        atol, rtol, n, seed: passed to ``check_preserved`` (``None``: its defaults; ``atol`` is a
+            fraction of each output's scale, see ``passes.check``).
         nested: also check passes called inside other passes (the outer check covers them).
         keep_reports: keep ``(pass name, report)`` in ``reports`` (the process-wide instance of
             ``ARCHIR_VERIFY=1`` does not, or they would pile up).
     """
 
-    def __init__(self, *, atol: float = 1e-5, rtol: float = 1e-4, n: int = 4, seed: int = 0, nested: bool = False,
+    def __init__(self, *, atol: float | None = None, rtol: float | None = None, n: int = 4, seed: int = 0,
+                 nested: bool = False,
                  keep_reports: bool = True) -> None:
         self.atol, self.rtol, self.n, self.seed = atol, rtol, n, seed
         self.nested, self.keep_reports = nested, keep_reports
@@ -512,7 +514,8 @@ class CheckPreserved(PassInstrument):
                 self.skipped.append((pass_name(pass_), "a supernet (choice nodes): no function without decisions"))
             return
         try:
-            rep = check_preserved(before, after, n=self.n, seed=self.seed, atol=self.atol, rtol=self.rtol)
+            tols = {k: v for k, v in (("atol", self.atol), ("rtol", self.rtol)) if v is not None}
+            rep = check_preserved(before, after, n=self.n, seed=self.seed, **tols)
         except FunctionNotPreserved as e:
             e.hint = (f"{pass_name(pass_)} is declared @graph_pass(preserves='function'): {e.hint or ''}").rstrip()
             raise e.with_pass(pass_name(pass_))

@@ -131,7 +131,7 @@ class PassManager:
     Args:
         passes: callables ``Graph -> Graph`` (``bind(pass, **kw)`` or ``functools.partial``).
         instruments: objects with any of the hooks listed in this module's docstring, e.g.
-            ``(Verify(), CheckPreserved(atol=1e-5), Timing(), DumpIR("dump"))``. The ambient
+            ``(Verify(), CheckPreserved(), Timing(), DumpIR("dump"))``. The ambient
             instruments (``passes.instruments`` blocks, ``ARCHIR_VERIFY=1``) run too, after these.
         until_fixed_point: repeat the pipeline until a whole round changes nothing
             (``passes.changed``); the records then hold every round (``PassRecord.round``).

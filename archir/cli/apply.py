@@ -218,8 +218,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="list the registered morphisms and their arguments (with a graph: its legal targets)")
     p.add_argument("--max-targets", type=int, default=20, metavar="N",
                    help="with --list and a graph: targets shown per morphism (default 20; 0 shows all)")
-    p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance of the check (default: 1e-5)")
-    p.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance of the check (default: 1e-4)")
+    p.add_argument("--atol", type=float, default=None,
+                   help="tolerance of the check as a fraction of each output's scale, max|before| (default: "
+                        "check_preserved's, 1e-9: the check runs in float64)")
+    p.add_argument("--rtol", type=float, default=None,
+                   help="per-element relative tolerance of the check (default: check_preserved's, 0)")
     p.add_argument("--n", type=int, default=4, help="samples of the seeded check input (default: 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the check input (default: 0)")
 
@@ -264,7 +267,7 @@ def _run(args: argparse.Namespace) -> int:
                        hint="add --pass NAME:KEY=VALUE,... ('archir apply net.json --list' lists the legal ones)")
     if not args.output:
         raise CLIError("no output file given", hint="add -o out.json (the weights go to out.safetensors beside it)")
-    if args.atol < 0 or args.rtol < 0:
+    if (args.atol or 0) < 0 or (args.rtol or 0) < 0:
         raise CLIError(f"tolerances must be >= 0 (got --atol {args.atol}, --rtol {args.rtol})",
                        hint="pass --atol/--rtol values >= 0")
     if args.n < 1:

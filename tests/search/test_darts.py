@@ -36,7 +36,7 @@ def test_second_order_darts_search_on_the_darts_space(tmp_path):
     rep, _ = export_candidate(tmp_path / "r", tmp_path / "m.onnx", best=True)
     assert rep.max_abs_err < 1e-4
     with Store.open(tmp_path / "r") as st:
-        assert st.info("oneshot") == {"driver": "darts"}
+        assert st.info("oneshot")["driver"] == "darts" and [h["step"] for h in st.info("oneshot")["history"]] == [1]
 
 
 def test_derive_is_the_darts_argmax_of_the_trained_logits(ds):

@@ -326,9 +326,10 @@ def callable_name(fn: Callable) -> str:
     return f"callable:{mod}:{name}"
 
 
-def evaluate_callable(fn: Callable, space, task: Mapping[str, Any]) -> dict:
+def evaluate_callable(fn: Callable, space, task: Mapping[str, Any], need: str | None = None) -> dict:
     """Run a callable evaluator on one task (in the driver process); the result of ``evaluate_candidate``
-    without a graph. Never raises for a bad candidate: its exception is the one-line reason."""
+    without a graph. ``need``: the cost the objective scores (``macs``, ``latency_ms``, ...), which the
+    result must then hold. Never raises for a bad candidate: its exception is the one-line reason."""
     t0 = time.perf_counter()
     out = _result(task)
     try:
@@ -341,6 +342,9 @@ def evaluate_callable(fn: Callable, space, task: Mapping[str, Any]) -> dict:
         for k, v in res.items():
             v = float(v)
             (out["costs"] if k in COST_KEYS else out["metrics"])[str(k)] = v
+        if need is not None and need not in out["costs"]:
+            raise _config_error(f"the evaluator returned no {need!r}, the cost the objective scores",
+                                hint=f"return {need!r} too, or search with objective='error'")
         out["metrics"].setdefault("val_acc", 1.0 - out["metrics"]["val_error"])
         out["status"] = "ok"
     except Exception as e:

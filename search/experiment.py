@@ -653,6 +653,12 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
     from search.strategies import get_strategy
     from search.oneshot import ONESHOT, run_oneshot
 
+    if (evaluator is not None or config.evaluator != "train") and (config.strategy in ONESHOT
+                                                                   or config.space == "start"):
+        raise ConfigError(f"strategy {config.strategy!r} on space {config.space!r} trains what it evaluates (a "
+                          "supernet, or children grown from trained parents): it cannot use another evaluator",
+                          hint="use --evaluator train, or an ask/tell strategy (random, evolution, reinforce, pnas) "
+                               "on a space of decisions (nb201, darts, chain)")
     if config.strategy in ONESHOT:  # DARTS, SNAS, PARSEC, ENAS: one supernet, no ask/tell rounds, no executor
         from search.train import resolve_device
 
@@ -748,7 +754,8 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
 
         from search.evaluators import evaluate_callable
 
-        work: Callable[[dict], dict] = partial(evaluate_callable, evaluator, space)
+        work: Callable[[dict], dict] = partial(evaluate_callable, evaluator, space,
+                                               need=obj.cost_key if obj.cost is not None else None)
     else:
         work = evaluate_candidate
 

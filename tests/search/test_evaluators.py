@@ -205,6 +205,18 @@ def test_callable_failures_and_bad_results_fail_the_candidate(tmp_path):
     with Store.open(tmp_path / "run") as st:
         failed = st.candidates("failed")
     assert s.counts["failed"] == 3 and "not a mapping with 'val_error'" in failed[0].error
+    s = run_search(ExperimentConfig(space="nb201", strategy="random", budget="2c", objective="macs"),
+                   tmp_path / "run2", evaluator=lambda r: {"val_error": 0.5})
+    with Store.open(tmp_path / "run2") as st:
+        failed = st.candidates("failed")
+    assert s.counts["failed"] == 2 and "returned no 'macs'" in failed[0].error and failed[0].traceback is None
+
+
+@pytest.mark.parametrize("space,strategy", [("darts", "darts"), ("start", "hillclimb")])
+def test_strategies_that_train_refuse_another_evaluator(table, tmp_path, space, strategy):
+    with pytest.raises(ConfigError, match="cannot use another evaluator"):
+        run_search(ExperimentConfig(space=space, strategy=strategy, evaluator=f"table:{table}"), tmp_path / "r")
+    assert not (tmp_path / "r").exists()
 
 
 # ------------------------------------------------------------------------------ the command line

@@ -5,8 +5,6 @@ across a pad (TF "same" padding before a conv, as NASNet-A ports write it)."""
 
 from __future__ import annotations
 
-import io
-import warnings
 
 import numpy as np
 import onnx
@@ -22,6 +20,7 @@ from archir.errors import OpSchemaError, ShapeError
 from archir.frontend import UnsupportedModelError, from_onnx, from_torch
 from archir.lower import to_fx, to_onnx, verify_onnx
 from passes.coupling import analyze
+from tests.archir.test_elementwise_ops import _export
 
 
 def _net(shape=(3, 5, 6), **attrs) -> archir.Graph:
@@ -29,15 +28,6 @@ def _net(shape=(3, 5, 6), **attrs) -> archir.Graph:
     g.set_outputs(g.add("pad", g.input("x", shape), name="p", **attrs))
     g.init_params(0)
     return g.validate()
-
-
-def _export(m: nn.Module, x: torch.Tensor, opset: int = 17) -> bytes:
-    f = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(m, x, f, dynamo=False, opset_version=opset, input_names=["x"],
-                          dynamic_axes={"x": {0: "batch"}})
-    return f.getvalue()
 
 
 CASES = [dict(pads=[1, 2, 0, 3]), dict(pads=[1, 2, 0, 3], value=-0.5), dict(pads=[2, 1], mode="reflect"),

@@ -54,7 +54,7 @@ from archir.lower import to_fx  # noqa: E402
 from archir.samples import darts_like  # noqa: E402
 
 import passes  # noqa: E402
-from passes.check import make_inputs, run_graph  # noqa: E402
+from passes.check import make_inputs, perturb_live_weight, run_graph  # noqa: E402
 
 GOAL_CHECK_S = 0.2
 
@@ -200,27 +200,6 @@ def _precision_targets(g: archir.Graph, rng: np.random.Generator, k: int) -> lis
     return out
 
 
-def _perturb_one_weight(g: archir.Graph, node: str, xs, rel: float) -> archir.Graph:
-    """``g`` with one weight of ``node`` moved by ``rel * max|W|``: the centre tap (convs) of the
-    (out, in) pair with the largest ``|W| * mean |input channel|`` (a weight whose input is live)."""
-    w = np.asarray(g.node(node).params["weight"], dtype=np.float64)
-    h = g.copy()
-    h.set_outputs(g.inputs_of(node)[0])
-    x = run_graph(h, xs, dtype="float64")[0]
-    act = x.abs().mean(dim=[d for d in range(x.dim()) if d != 1]).numpy()
-    if w.ndim == 4:
-        c = (w.shape[2] // 2, w.shape[3] // 2)
-        o, j = np.indices(w.shape[:2])
-        score = np.abs(w[:, :, c[0], c[1]]) * act[(o // (w.shape[0] // (act.shape[0] // w.shape[1]))) * w.shape[1] + j]
-        idx = (*np.unravel_index(np.argmax(score), score.shape), *c)
-    else:
-        idx = np.unravel_index(np.argmax(np.abs(w) * act[None, :]), w.shape)
-    w[idx] += rel * np.abs(w).max()
-    out = g.copy()
-    out.set_params(node, weight=w.astype(np.float32))
-    return out
-
-
 def _touched_conv(before: archir.Graph, after: archir.Graph) -> str:
     for n in after:
         d = after.node(n)
@@ -233,7 +212,7 @@ def _touched_conv(before: archir.Graph, after: archir.Graph) -> str:
 def _smallest_detectable(g, g2, node, xs, steps: int = 10) -> float:
     """Bisect log10 of the relative weight change in [1e-10, 1e-2] until ``check_preserved`` refuses."""
     lo, hi = -10.0, -2.0  # refused at 10**hi (asserted), accepted at 10**lo (or the answer is <= 1e-10)
-    refused = lambda e: not passes.check_preserved(g, _perturb_one_weight(g2, node, xs, 10 ** e),  # noqa: E731
+    refused = lambda e: not passes.check_preserved(g, perturb_live_weight(g2, node, xs, 10 ** e),  # noqa: E731
                                                    raise_on_failure=False).ok
     if not refused(hi):
         return float("nan")
@@ -272,7 +251,7 @@ def bench_precision(families: Sequence[str], k: int, seed: int) -> list[list[str
             got32 = run_graph(g2, xs)
             old_refused += not all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(got32, ref32))
             node = _touched_conv(g, g2)
-            bad = passes.check_preserved(g, _perturb_one_weight(g2, node, xs, 1e-3), raise_on_failure=False)
+            bad = passes.check_preserved(g, perturb_live_weight(g2, node, xs, 1e-3), raise_on_failure=False)
             broken.append((bad.max_rel, bad.ok, g2, node))
         changed = [b for b in broken if b[0] > 1e-12]  # else its path is dead on these inputs: nothing to see
         weakest = min(changed, key=lambda b: b[0]) if changed else None

@@ -79,7 +79,7 @@ from archir.lower import to_fx
 
 from passes.infra import FunctionNotPreserved
 
-__all__ = ["check_preserved", "PreservationReport", "OutputError", "make_inputs", "run_graph"]
+__all__ = ["check_preserved", "PreservationReport", "OutputError", "make_inputs", "run_graph", "perturb_live_weight"]
 
 
 @dataclass(frozen=True)
@@ -255,6 +255,37 @@ def run_graph(g: Graph, xs: Sequence[torch.Tensor], *, dtype: Any = "float32") -
     with torch.no_grad():
         out = gm(*[x.to(dt) for x in xs])
     return list(out) if isinstance(out, tuple) else [out]
+
+
+def perturb_live_weight(g: Graph, node: str, xs: Sequence[torch.Tensor], rel: float = 1e-3) -> Graph:
+    """A copy of ``g`` with one weight of ``node`` (a conv or linear) moved by ``rel * max|W|``: the
+    smallest honest violation, for measuring what :func:`check_preserved` can see
+    (``benchmarks/passes.py`` (d), the precision tests).
+
+    The weight moved is the centre tap (convs) of the (out, in) pair with the largest
+    ``|W| * mean |input channel|`` on ``xs``: a weight whose input is live (one on a dead ReLU
+    channel changes nothing any input sample can show). The move is made in float32, the weights'
+    storage type, so the written array differs from the old one in exactly one element.
+    """
+    w = np.asarray(g.node(node).params["weight"], dtype=np.float32)
+    h = g.copy()
+    h.set_outputs(g.inputs_of(node)[0])
+    x = run_graph(h, xs, dtype="float64")[0]
+    act = x.abs().mean(dim=[d for d in range(x.dim()) if d != 1]).numpy()
+    if w.ndim == 4:
+        c = (w.shape[2] // 2, w.shape[3] // 2)
+        o, j = np.indices(w.shape[:2])
+        groups = act.shape[0] // w.shape[1]
+        score = np.abs(w[:, :, c[0], c[1]]) * act[(o // (w.shape[0] // groups)) * w.shape[1] + j]
+        idx = (*np.unravel_index(np.argmax(score), score.shape), *c)
+    else:
+        score = np.abs(w) * act[None, :]
+        idx = np.unravel_index(np.argmax(score), score.shape)
+    w2 = w.copy()
+    w2[idx] += np.float32(rel * np.abs(w).max())
+    out = g.copy()
+    out.set_params(node, weight=w2)
+    return out
 
 
 def _quot(diff: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from passes import FunctionNotPreserved, MORPHISMS, PreconditionError, check_preserved, random_morphism
-from passes.check import make_inputs, run_graph
+from passes.check import make_inputs, perturb_live_weight, run_graph
 from tests.strategies import graphs
 
 tvm = pytest.importorskip("torchvision.models")
@@ -88,31 +88,6 @@ def apply(g, name, kw):
     return MORPHISMS[name][0](g, **kw)
 
 
-def perturb_one_weight(g, node: str, xs, rel: float = 1e-3):
-    """``g`` with one weight of ``node`` moved by ``rel * max|W|``: the centre tap (convs) of the
-    (out, in) pair with the largest ``|W| * mean |input channel|`` on ``xs``, a weight whose input
-    is live (a weight on a dead ReLU channel changes nothing that any input sample can show)."""
-    w = np.asarray(g.node(node).params["weight"], dtype=np.float32)
-    h = g.copy()
-    h.set_outputs(g.inputs_of(node)[0])
-    x = run_graph(h, xs, dtype="float64")[0]
-    act = x.abs().mean(dim=[d for d in range(x.dim()) if d != 1]).numpy()
-    if w.ndim == 4:
-        c = (w.shape[2] // 2, w.shape[3] // 2)
-        o, j = np.indices(w.shape[:2])
-        groups = act.shape[0] // w.shape[1]
-        score = np.abs(w[:, :, c[0], c[1]]) * act[(o // (w.shape[0] // groups)) * w.shape[1] + j]
-        idx = (*np.unravel_index(np.argmax(score), score.shape), *c)
-    else:
-        score = np.abs(w) * act[None, :]
-        idx = np.unravel_index(np.argmax(score), score.shape)
-    w2 = w.copy()
-    w2[idx] += np.float32(rel * np.abs(w).max())
-    out = g.copy()
-    out.set_params(node, weight=w2)
-    return out
-
-
 def touched_conv(before, after) -> str:
     """A conv/linear node the morphism added or rewrote (with a non-zero weight), else the first conv."""
     for n in after:
@@ -136,7 +111,7 @@ def test_every_legal_morphism_is_accepted_and_a_broken_one_refused(family):
             continue
         node = touched_conv(g, g2)
         with pytest.raises(FunctionNotPreserved) as ei:
-            check_preserved(g, perturb_one_weight(g2, node, xs))
+            check_preserved(g, perturb_live_weight(g2, node, xs))
         # refused by a wide margin, not by a hair (the tolerance includes the float32 storage floor of
         # the written weights, ~1e-7 of the scale after a deepen's new identity conv)
         assert ei.value.report.worst.ratio > 30, (family, name, kw, node, str(ei.value.report))
@@ -177,7 +152,7 @@ def test_storage_floor_accepts_non_exact_float32_constants():
     w = rep.worst
     assert rep.ok and w.max_rel > 1e-9 and 0 < w.floor and w.max_abs <= 8 * w.floor, str(rep)
     assert not check_preserved(g, g2, store_tol=0, raise_on_failure=False).ok  # float64 alone sees it
-    bad = perturb_one_weight(g2, "l1.conv", make_inputs(g, n=4, seed=0))
+    bad = perturb_live_weight(g2, "l1.conv", make_inputs(g, n=4, seed=0))
     with pytest.raises(FunctionNotPreserved):
         check_preserved(g, bad)
 

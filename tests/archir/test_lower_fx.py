@@ -143,6 +143,26 @@ def test_builds_without_tracing(monkeypatch):
     assert gm.eval()(_x((3, 16, 16))).shape == (4, 10)
 
 
+def test_modules_are_built_without_init_and_keep_their_public_types(monkeypatch):
+    """to_fx assigns every weight, so no module's reset_parameters may run (issue 19: it was most of
+    a conv's construction); the modules are still exactly torch's classes, holding the graph's weights."""
+    calls = []
+    for cls in (nn.Conv2d, nn.Linear, nn.BatchNorm2d):
+        monkeypatch.setattr(cls, "reset_parameters", lambda self, _c=cls: calls.append(_c))
+    g = samples.mobilenet_like()
+    g.init_params(seed=1)
+    gm = to_fx(g)
+    assert calls == []
+    mods = dict(gm.named_modules())
+    assert type(mods["stem.conv"]) is nn.Conv2d and type(mods["head"]) is nn.Linear
+    assert any(type(m) is nn.BatchNorm2d for m in mods.values())
+    for name, t in list(gm.named_parameters()) + list(gm.named_buffers()):
+        assert t.device.type == "cpu", name
+    np.testing.assert_array_equal(mods["stem.conv"].weight.detach().numpy(), g.node("stem.conv").params["weight"])
+    nn.Conv2d(3, 4, 1)  # torch's own construction still runs it (the spy works; nothing was patched for good)
+    assert calls == [nn.Conv2d]
+
+
 def test_state_dict_names_follow_node_ids():
     g = samples.resnet_like()
     gm = to_fx(g)

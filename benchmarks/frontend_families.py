@@ -142,9 +142,9 @@ def refusal(e: UnsupportedModelError, limit: int = 4) -> str:
 
 def _onnx_roundtrip_err(m, g, x, ref, *, dynamo: bool) -> float | str:
     """max |from_onnx(torch's export) - torch| / max |torch|, or why there is none."""
-    if not dynamo and g.nodes("adaptive_avgpool2d") and any(
-            x.shape[-1] % max(1, int(np.atleast_1d(n.attrs["output_size"])[-1])) for n in g.nodes("adaptive_avgpool2d")):
-        # torch's TorchScript exporter refuses adaptive pooling to a size that does not divide the input
+    if not dynamo and any(any(i % o for i, o in zip(g.input_types(n.id)[0].shape[1:], np.broadcast_to(
+            np.atleast_1d(n.attrs["output_size"]), 2))) for n in g.nodes("adaptive_avgpool2d")):
+        # torch's TorchScript exporter refuses adaptive pooling to a size that does not divide its input
         return "n/a"
     buf = io.BytesIO()
     with warnings.catch_warnings():

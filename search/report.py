@@ -11,7 +11,7 @@
 127.0.0.1 and the page refreshes itself as the store grows (``archir/cli/report.py``).
 
 **What is read.** Only the store's public reading API (:meth:`search.store.Store.open` without
-the driver lock, ``candidates()``, ``config``, ``info()``, ``counts()``, ``elapsed_s``), the
+the driver lock, ``candidates()``, ``curves()``, ``config``, ``info()``, ``counts()``, ``elapsed_s``), the
 candidates' graph files (``graphs/<id>.json``, read with :func:`archir.load`) and, for one-shot
 runs, the checkpoint's ``oneshot/state.json``. A reader never takes ``search.lock`` and SQLite's
 WAL mode lets it read while the driver writes, so a finished, a killed or a still-running run
@@ -27,9 +27,10 @@ candidate's graph, precomputed for at most ``max_details`` candidates (the front
 page says when the cap was hit). Drawings use Graphviz ``dot -Tsvg`` when ``dot`` is on PATH,
 else a layered layout drawn here, and the page says which.
 
-**What is not recorded, and said so.** The store keeps each candidate's *final* training figures
-(``train_loss``, ``val_loss``, ``val_error``, ...), not its per-epoch history, so the "training
-curve" is those final figures unless a candidate's metrics carry a history. A one-shot run records
+**What is not recorded, and said so.** The training curve of a candidate is the per-epoch history the
+driver stores beside it (:meth:`search.store.Store.curves`: train loss, validation error and loss per
+epoch); a candidate without one -- a table evaluator trains nothing, a run from before curves were
+recorded kept only the final figures -- shows its final figures and says "no curve recorded". A one-shot run records
 every step's figures (entropy included) in the store's ``info("oneshot")["history"]``, which the
 page charts; a run from before that was recorded has only its checkpoint's *latest* step, and the
 page shows that one value and says so. Nothing is interpolated or invented.
@@ -37,6 +38,7 @@ page shows that one value and says so. Nothing is interpolated or invented.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html
 import json
@@ -44,6 +46,7 @@ import math
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -51,7 +54,7 @@ from typing import Any, Mapping
 
 from archir.errors import ArchirError
 from search.pareto import Point, frontier
-from search.store import LOCK_NAME, Candidate, Store
+from search.store import DB_NAME, LOCK_NAME, Candidate, Store, StoreError
 
 __all__ = ["report_data", "render_html", "write_report", "data_stamp", "ReportError", "REPORT_FORMAT",
            "DEFAULT_MAX_DETAILS", "move_of", "draw_svg", "run_stamp"]
@@ -299,16 +302,20 @@ def _preservation(c: Candidate, move: str) -> dict:
             "text": f"not applicable: a {move} candidate is not grown from a parent by function-preserving rewrites"}
 
 
-def _curve(c: Candidate) -> dict:
-    """The training figures the store holds: a per-epoch history if the metrics carry one, else the final ones."""
-    hist = c.metrics.get("history")
+def _curve(c: Candidate, history: Any = None) -> dict:
+    """The candidate's training curve: the per-epoch history the store keeps (:meth:`Store.curves`), or, for a
+    candidate with none (a table evaluator's, a run from before curves were recorded), its final figures."""
+    hist = history if history is not None else c.metrics.get("history")
     if isinstance(hist, list) and hist:
-        return {"recorded": "per_epoch", "epochs": _clean(hist), "note": None}
+        epochs = [{k: (_num(h.get(k)) if k != "epoch" else h.get(k)) for k in
+                   ("epoch", "train_loss", "val_error", "val_loss", "lr") if k in h}
+                  for h in hist if isinstance(h, dict)]
+        return {"recorded": "per_epoch", "epochs": _clean(epochs), "note": None}
     final = {k: _num(c.metrics[k]) for k in ("train_loss", "val_loss", "val_error", "test_error")
              if k in c.metrics}
     return {"recorded": "final" if final else "none", "final": final, "epochs_trained": c.timings.get("epochs"),
-            "note": "the store records each candidate's final training figures, not its per-epoch history, "
-                    "so no curve can be drawn; these are the last epoch's values"}
+            "note": "no curve recorded: this candidate has no per-epoch history in the store (a lookup evaluator "
+                    "trains nothing; runs from before curves were recorded kept only the final figures)"}
 
 
 def _oneshot(run_dir: Path, info: Any) -> dict | None:
@@ -391,10 +398,11 @@ def report_data(run_dir: str | os.PathLike, *, max_details: int = DEFAULT_MAX_DE
         StoreError: ``run_dir`` is not a run folder (the message names it; the hint says what to give).
     """
     run_dir = Path(run_dir)
-    with Store.open(run_dir) as st:  # no lock: a reader must never stop the driver from writing
+    with _reading(run_dir), Store.open(run_dir) as st:  # no lock: a reader must never stop the driver from writing
         config = st.config
         cands = st.candidates()
         counts = st.counts()
+        curves = st.curves()
         elapsed = st.elapsed_s
         opts = st.info("space_options")
         oneshot_info = st.info("oneshot")
@@ -441,7 +449,7 @@ def report_data(run_dir: str | os.PathLike, *, max_details: int = DEFAULT_MAX_DE
             "decisions": c.decisions, "graph_path": c.graph_path,
             "finished_s": (None if not (c.finished_at and t0) else round(c.finished_at - t0, 3)),
             "frontier": {k: c.id in set(ids) for k, ids in fronts.items()},
-            "preservation": _preservation(c, move), "curve": _curve(c)}))
+            "preservation": _preservation(c, move), "curve": _curve(c, curves.get(c.id))}))
 
     # which done candidates get a drawing and a node table (the page must work offline, so precompute)
     done = [c for c in cands if c.status == "done" and c.graph_path]
@@ -481,6 +489,19 @@ def report_data(run_dir: str | os.PathLike, *, max_details: int = DEFAULT_MAX_DE
     return data
 
 
+@contextlib.contextmanager
+def _reading(run_dir: Path):
+    """Turn SQLite's error for a store damaged past its header (a page of garbage met while reading the
+    candidates) into a :class:`StoreError` naming the file; :meth:`Store.open` already refuses one that is no
+    database at all."""
+    try:
+        yield
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"the store is damaged ({e})", file=run_dir / DB_NAME,
+                         hint=f"restore {DB_NAME} from a copy, or salvage it with 'sqlite3 {run_dir / DB_NAME} "
+                              f".recover' into a new file") from None
+
+
 def _stamp(rows: list[tuple], state: str | None, steps: Any) -> str:
     return hashlib.sha256(json.dumps([rows, [state, steps]], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -495,7 +516,7 @@ def data_stamp(data: Mapping) -> str:
 def run_stamp(run_dir: str | os.PathLike) -> str:
     """:func:`data_stamp` of a run read now, without drawing or counting anything (what the dashboard polls)."""
     run_dir = Path(run_dir)
-    with Store.open(run_dir) as st:
+    with _reading(run_dir), Store.open(run_dir) as st:
         cands = st.candidates()
         counts = st.counts()
         oneshot = st.info("oneshot")
@@ -685,6 +706,10 @@ function renderHeader() {
 
 function renderCostSelect() {
   const sel = $('cost-key');
+  if (!D.costs.length) {  // a lookup evaluator with an error-only objective counts nothing
+    S.costKey = null; sel.replaceChildren(el('option', {value: ''}, 'none recorded: candidate id')); sel.disabled = true; return;
+  }
+  sel.disabled = false;
   if (!S.costKey || !D.costs.some((c) => c.key === S.costKey)) S.costKey = D.run.cost_key;
   sel.replaceChildren(...D.costs.map((c) => el('option', {value: c.key}, c.label)));
   sel.value = S.costKey;
@@ -692,8 +717,9 @@ function renderCostSelect() {
 
 function renderScatter() {
   const k = S.costKey, all = D.candidates.filter((c) => c.status === 'done');
-  const pts = all.filter((c) => c.val_error !== null && c.costs[k] !== null && c.costs[k] !== undefined);
-  const hover = (c) => `#${c.id} ${esc(c.op)}<br>val error ${fmt(c.val_error, 'val_error')}<br>${esc(costLabel(k))} ${fmt(c.costs[k], k)}` +
+  const xOf = (c) => (k === null ? c.id : c.costs[k]);  // no cost recorded: error against candidate id
+  const pts = all.filter((c) => c.val_error !== null && xOf(c) !== null && xOf(c) !== undefined);
+  const hover = (c) => `#${c.id} ${esc(c.op)}<br>val error ${fmt(c.val_error, 'val_error')}` + (k === null ? '' : `<br>${esc(costLabel(k))} ${fmt(c.costs[k], k)}`) +
     (c.describe ? '<br>' + esc(c.describe) : '');
   const on = new Set((D.frontier[k] || []));
   const groups = [
@@ -702,21 +728,23 @@ function renderScatter() {
     ['Pareto frontier', pts.filter((c) => on.has(c.id)), {color: '#2563eb', size: 10}],
   ];
   const traces = groups.filter((g) => g[1].length).map(([name, cs, marker]) => ({
-    type: 'scatter', mode: 'markers', name: `${name} (${cs.length})`, meta: 'points', x: cs.map((c) => c.costs[k]),
+    type: 'scatter', mode: 'markers', name: `${name} (${cs.length})`, meta: 'points', x: cs.map(xOf),
     y: cs.map((c) => c.val_error), customdata: cs.map((c) => c.id), text: cs.map(hover), hoverinfo: 'text', marker}));
   const front = (D.frontier[k] || []).map((i) => byId()[i]).filter(Boolean);
   if (front.length > 1) traces.unshift({type: 'scatter', mode: 'lines', name: 'frontier', meta: 'frontier-line', showlegend: false,
     x: front.map((c) => c.costs[k]), y: front.map((c) => c.val_error), line: {shape: 'hv', color: '#93c5fd', width: 1.5}, hoverinfo: 'skip'});
   const sel = pts.find((c) => c.id === S.selected);
   if (sel) traces.push({type: 'scatter', mode: 'markers', name: 'selected', meta: 'selected', showlegend: false, hoverinfo: 'skip',
-    x: [sel.costs[k]], y: [sel.val_error], marker: {size: 18, color: 'rgba(0,0,0,0)', line: {color: '#111827', width: 2}}});
-  const xs = pts.map((c) => c.costs[k]).filter((v) => v > 0);
-  const log = xs.length && Math.max(...xs) / Math.min(...xs) > 10;
+    x: [xOf(sel)], y: [sel.val_error], marker: {size: 18, color: 'rgba(0,0,0,0)', line: {color: '#111827', width: 2}}});
+  const xs = k === null ? [] : pts.map((c) => c.costs[k]).filter((v) => v > 0);
+  let lo = Infinity, hi = -Infinity; for (const v of xs) { if (v < lo) lo = v; if (v > hi) hi = v; }
+  const log = xs.length && hi / lo > 10;
   Plotly.react('scatter', traces, {margin: {l: 55, r: 10, t: 10, b: 45}, hovermode: 'closest', legend: {orientation: 'h', y: -0.2},
-    xaxis: {title: {text: costLabel(k)}, type: log ? 'log' : 'linear'}, yaxis: {title: {text: 'validation error'}}},
+    xaxis: {title: {text: k === null ? 'candidate id (no cost recorded)' : costLabel(k)}, type: log ? 'log' : 'linear'}, yaxis: {title: {text: 'validation error'}}},
     {displaylogo: false, responsive: true});
   const missing = all.length - pts.length;
   $('scatter-note').textContent = `${pts.length} done candidates` + (missing ? `; ${missing} lack this cost` : '') +
+    (k === null ? '; no cost was recorded (a lookup evaluator with an error-only objective counts nothing)' : '') +
     (D.candidates.length > all.length ? `; ${D.candidates.length - all.length} not done (see the table)` : '');
 }
 
@@ -802,13 +830,20 @@ function renderDetail() {
   // training
   parts.push(el('h3', {}, 'Training'));
   if (c.curve.recorded === 'per_epoch') {
-    const div = el('div', {class: 'plot small', id: 'curve'}); parts.push(div);
-    setTimeout(() => Plotly.react(div, ['train_loss', 'val_loss', 'val_error'].map((k) => ({type: 'scatter', mode: 'lines+markers', name: k,
-      x: c.curve.epochs.map((e) => e.epoch), y: c.curve.epochs.map((e) => e[k])})), {margin: {l: 40, r: 10, t: 10, b: 35}, xaxis: {title: {text: 'epoch'}}}, {displaylogo: false}), 0);
-  } else if (c.curve.recorded === 'final') {
-    parts.push(kvTable(Object.entries(c.curve.final).map(([k, v]) => [k, fmt(v, k.endsWith('error') ? 'val_error' : null)]).concat([['epochs', c.curve.epochs_trained]])),
-      el('div', {class: 'muted'}, 'No curve: ' + c.curve.note + '.'));
-  } else parts.push(el('div', {class: 'muted'}, 'no training figures recorded'));
+    const div = el('div', {class: 'plot small', id: 'curve', 'data-epochs': c.curve.epochs.length}); parts.push(div);
+    const ep = c.curve.epochs, xs = ep.map((e) => e.epoch);
+    const tr = [{type: 'scatter', mode: 'lines+markers', name: 'train loss', meta: 'train_loss', x: xs, y: ep.map((e) => e.train_loss)},
+      {type: 'scatter', mode: 'lines+markers', name: 'val error', meta: 'val_error', yaxis: 'y2', x: xs, y: ep.map((e) => e.val_error)}];
+    if (ep.some((e) => e.val_loss !== null && e.val_loss !== undefined))
+      tr.push({type: 'scatter', mode: 'lines', name: 'val loss', meta: 'val_loss', line: {dash: 'dot'}, x: xs, y: ep.map((e) => e.val_loss)});
+    setTimeout(() => Plotly.react(div, tr, {margin: {l: 45, r: 45, t: 10, b: 35}, legend: {orientation: 'h', y: -0.25},
+      xaxis: {title: {text: 'epoch'}, dtick: 1}, yaxis: {title: {text: 'loss'}},
+      yaxis2: {title: {text: 'val error'}, overlaying: 'y', side: 'right'}}, {displaylogo: false}), 0);
+  } else {
+    parts.push(el('div', {class: 'muted', id: 'no-curve'}, c.curve.note ? c.curve.note + '.' : 'no curve recorded.'));
+    if (c.curve.recorded === 'final')
+      parts.push(kvTable(Object.entries(c.curve.final).map(([k, v]) => [k, fmt(v, k.endsWith('error') ? 'val_error' : null)]).concat([['epochs', c.curve.epochs_trained]])));
+  }
   // drawing + per-node costs
   parts.push(el('h3', {}, 'Architecture'));
   if (d && d.error) parts.push(el('div', {class: 'reason'}, d.error));

@@ -665,7 +665,7 @@ _APP = r"""
 (function () {
 'use strict';
 let D = JSON.parse(document.getElementById('report-data').textContent);
-const S = {costKey: null, selected: null, sortKey: 'id', sortDir: 1};
+const S = {costKey: null, selected: null, sortKey: 'id', sortDir: 1, drawn: []};
 const $ = (id) => document.getElementById(id);
 function esc(s) { return String(s == null ? '' : s).replace(/[&<>"']/g, (c) => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c])); }
 function el(tag, attrs, ...kids) {
@@ -739,10 +739,11 @@ function renderScatter() {
   const xs = k === null ? [] : pts.map((c) => c.costs[k]).filter((v) => v > 0);
   let lo = Infinity, hi = -Infinity; for (const v of xs) { if (v < lo) lo = v; if (v > hi) hi = v; }
   const log = xs.length && hi / lo > 10;
-  Plotly.react('scatter', traces, {margin: {l: 55, r: 10, t: 10, b: 45}, hovermode: 'closest', legend: {orientation: 'h', y: -0.2},
+  const drawn = Plotly.react('scatter', traces, {margin: {l: 55, r: 10, t: 10, b: 45}, hovermode: 'closest', legend: {orientation: 'h', y: -0.2},
     xaxis: {title: {text: k === null ? 'candidate id (no cost recorded)' : costLabel(k)}, type: log ? 'log' : 'linear'}, yaxis: {title: {text: 'validation error'}}},
     {displaylogo: false, responsive: true});
   const missing = all.length - pts.length;
+  if (S.drawn) S.drawn.push(drawn);
   $('scatter-note').textContent = `${pts.length} done candidates` + (missing ? `; ${missing} lack this cost` : '') +
     (k === null ? '; no cost was recorded (a lookup evaluator with an error-only objective counts nothing)' : '') +
     (D.candidates.length > all.length ? `; ${D.candidates.length - all.length} not done (see the table)` : '');
@@ -855,9 +856,11 @@ function renderDetail() {
       ...d.nodes.map((n) => el('tr', {}, el('td', {}, n.id), el('td', {}, n.op), el('td', {}, n.shape), el('td', {}, fmt(n.params)),
         el('td', {}, fmt(n.macs)), el('td', {}, fmt(n.flops)), el('td', {}, fmt(n.activation_bytes)))));
     parts.push(el('div', {class: 'tablewrap'}, t));
-  } else if (c.status === 'done') parts.push(el('div', {class: 'muted'}, D.details_note || 'no drawing included for this candidate'));
+  } else if (c.status === 'done' && !c.graph_path) parts.push(el('div', {class: 'muted', id: 'no-graph'},
+    'no graph recorded: the evaluator looked this candidate up without building or training it'));
+  else if (c.status === 'done') parts.push(el('div', {class: 'muted'}, D.details_note || 'no drawing included for this candidate'));
   else parts.push(el('div', {class: 'muted'}, `no graph: the candidate is ${c.status}`));
-  if (c.status === 'done') parts.push(el('h3', {}, 'Export'), el('div', {}, 'run: ', el('code', {id: 'export-cmd'},
+  if (c.status === 'done' && c.graph_path) parts.push(el('h3', {}, 'Export'), el('div', {}, 'run: ', el('code', {id: 'export-cmd'},
     `archir export ${D.run.dir} --id ${c.id} --onnx candidate_${c.id}.onnx`), el('span', {class: 'muted'}, ' (verified under ONNX Runtime)')));
   box.replaceChildren(...parts);
 }
@@ -866,9 +869,10 @@ function renderProgress() {
   const P = D.progress, lay = (x) => ({margin: {l: 50, r: 10, t: 20, b: 40}, xaxis: {title: {text: x}}, yaxis: {title: {text: 'best val error'}}});
   const tr = (rows) => [{type: 'scatter', mode: 'lines+markers', line: {shape: 'hv'}, x: rows.map((r) => r[0]), y: rows.map((r) => r[1]),
     customdata: rows.map((r) => r[2]), hovertemplate: 'after #%{customdata}: %{y:.4f}<extra></extra>'}];
-  Plotly.react('progress-n', tr(P.by_candidates), lay('candidates finished'), {displaylogo: false, responsive: true});
+  const pn = Plotly.react('progress-n', tr(P.by_candidates), lay('candidates finished'), {displaylogo: false, responsive: true});
   const ls = lay('seconds since the first candidate was asked'); ls.xaxis.rangemode = 'tozero';
-  Plotly.react('progress-s', tr(P.by_seconds), ls, {displaylogo: false, responsive: true});
+  const ps = Plotly.react('progress-s', tr(P.by_seconds), ls, {displaylogo: false, responsive: true});
+  if (S.drawn) S.drawn.push(pn, ps);
   $('progress-note').textContent = 'Best validation error among done candidates within the budget. Seconds: ' + P.seconds_note + '.';
 }
 function renderOneShot() {
@@ -907,6 +911,13 @@ if (window.ARCHIR_REPORT.live) {
     } catch (e) { $('notes').textContent = 'the dashboard is not answering (stopped?): showing the last data'; }
   }, window.ARCHIR_REPORT.poll_ms);
 }
-window.archirReady = true;
+// the ready signal (tests, benchmarks/report_scale.py, scripts/report_screenshot.sh): set once the first
+// scatter and progress plots have drawn
+const first = S.drawn; S.drawn = null;
+Promise.all(first).then(() => {
+  document.body.dataset.readyMs = performance.now().toFixed(1);  // ms since navigation start
+  window.archirReady = true; document.body.dataset.ready = '1';
+},
+  (e) => { console.error('archir report: a plot failed to draw: ' + e); });
 })();
 """

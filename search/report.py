@@ -56,7 +56,7 @@ from archir.errors import ArchirError
 from search.pareto import Point, frontier
 from search.store import DB_NAME, LOCK_NAME, Candidate, Store, StoreError
 
-__all__ = ["report_data", "render_html", "write_report", "data_stamp", "ReportError", "REPORT_FORMAT",
+__all__ = ["report_data", "page_data", "render_html", "write_report", "data_stamp", "ReportError", "REPORT_FORMAT",
            "DEFAULT_MAX_DETAILS", "move_of", "draw_svg", "run_stamp"]
 
 REPORT_FORMAT = "archir.report"
@@ -67,6 +67,12 @@ DEFAULT_MAX_DETAILS = 150
 DOT_TIMEOUT_S = 20.0
 _TRACEBACK_CHARS = 6000
 _COST_LABELS = {"macs": "MACs", "params": "parameters", "flops": "FLOPs"}
+#: the per-epoch figures of a training curve in the blob (``curve["train_loss"][i]`` is epoch ``curve["epoch"][i]``'s)
+_CURVE_KEYS = ("epoch", "train_loss", "val_error", "val_loss")
+#: significant digits of the page's non-integral numbers (the blob of report_data keeps them exact)
+PAGE_DIGITS = 6
+#: candidate fields of the blob that the page does not show, left out of it (:func:`page_data`)
+PAGE_OMITS = ("decisions", "metrics", "strategy", "finished_s")
 
 
 class ReportError(ArchirError, ValueError):
@@ -252,6 +258,7 @@ def draw_svg(g, *, timeout: float = DOT_TIMEOUT_S) -> tuple[str, str, str | None
                 svg = res.stdout.decode("utf-8", errors="replace")
                 start = svg.find("<svg")  # drop the XML prolog and DOCTYPE: the SVG goes inline into the page
                 svg = re.sub(r">\s+<", "><", re.sub(r"<!--.*?-->", "", svg[start:] if start >= 0 else svg, flags=re.S))
+                svg = svg.replace(' font-family="Helvetica,sans-Serif"', "")  # the page's CSS sets it: a third smaller
                 return svg, "graphviz", None
             err = (res.stderr.decode(errors="replace").strip().splitlines() or [f"exit code {res.returncode}"])[0]
             note = f"graphviz's dot failed ({err}): a simple layered drawing instead"
@@ -306,11 +313,10 @@ def _curve(c: Candidate, history: Any = None) -> dict:
     """The candidate's training curve: the per-epoch history the store keeps (:meth:`Store.curves`), or, for a
     candidate with none (a table evaluator's, a run from before curves were recorded), its final figures."""
     hist = history if history is not None else c.metrics.get("history")
-    if isinstance(hist, list) and hist:
-        epochs = [{k: (_num(h.get(k)) if k != "epoch" else h.get(k)) for k in
-                   ("epoch", "train_loss", "val_error", "val_loss", "lr") if k in h}
-                  for h in hist if isinstance(h, dict)]
-        return {"recorded": "per_epoch", "epochs": _clean(epochs), "note": None}
+    rows = [h for h in hist if isinstance(h, dict)] if isinstance(hist, list) else []
+    if rows:  # one list per figure (a 10,000-candidate page would repeat every key of every epoch otherwise)
+        cols = {k: [h.get(k) if k == "epoch" else _num(h.get(k)) for h in rows] for k in _CURVE_KEYS}
+        return {"recorded": "per_epoch", "epochs": len(rows), **cols, "note": None}
     final = {k: _num(c.metrics[k]) for k in ("train_loss", "val_loss", "val_error", "test_error")
              if k in c.metrics}
     return {"recorded": "final" if final else "none", "final": final, "epochs_trained": c.timings.get("epochs"),
@@ -528,9 +534,36 @@ def run_stamp(run_dir: str | os.PathLike) -> str:
 # --------------------------------------------------------------------------- the page
 
 
+def _round(v: Any, digits: int) -> Any:
+    """``v`` with every non-integral float rounded to ``digits`` significant digits (integral ones, counts such
+    as MACs, stay exact)."""
+    if isinstance(v, float):
+        return v if v.is_integer() or not math.isfinite(v) else float(f"{v:.{digits}g}")
+    if isinstance(v, dict):
+        return {k: _round(x, digits) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_round(x, digits) for x in v]
+    return v
+
+
+def page_data(data: Mapping, digits: int = PAGE_DIGITS) -> dict:
+    """The blob as the page embeds it (and the dashboard's ``/data.json`` serves it): the candidates as
+    columns (``{"columns": [key, ...], "rows": [[value, ...], ...]}``, which the page's script unpacks),
+    without the fields the page does not show (:data:`PAGE_OMITS`: the raw decisions -- ``describe`` shows
+    them --, the metrics dict -- its figures are ``val_error``, ``test_error`` and the curve --, ...) and
+    non-integral numbers rounded to ``digits`` significant digits. It keeps a 10,000-candidate page under
+    20 MB; the figures shown have at most 4 digits, and the frontier and sorting come from the exact values."""
+    out = {k: v for k, v in data.items() if k != "candidates"}
+    rows = list(data.get("candidates") or [])
+    cols = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in PAGE_OMITS]
+    out["candidates"] = {"columns": cols, "rows": [[r.get(k) for k in cols] for r in rows]}
+    return _round(_clean(out), digits)
+
+
 def _script_json(data: Any) -> str:
-    """JSON for inside a ``<script>`` element: no ``<``, ``>`` or ``&`` (so no ``</script>``, no ``<!--``)."""
-    text = json.dumps(_clean(data), sort_keys=True, allow_nan=False, separators=(",", ":"))
+    """:func:`page_data` as JSON for inside a ``<script>`` element: no ``<``, ``>`` or ``&`` (so no ``</script>``,
+    no ``<!--``)."""
+    text = json.dumps(page_data(data), sort_keys=True, allow_nan=False, separators=(",", ":"))
     return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
@@ -609,7 +642,7 @@ tr.failed td{color:#991b1b}
 .controls{font-size:13px;margin-bottom:6px;display:flex;gap:12px;flex-wrap:wrap;align-items:center}
 #detail{position:sticky;top:8px;align-self:start;max-height:calc(100vh - 16px);overflow:auto}
 .drawing{overflow:auto;max-height:420px;border:1px solid #e5e7eb;border-radius:6px;background:#fff}
-.drawing svg{max-width:none}
+.drawing svg{max-width:none} .drawing svg text{font-family:Helvetica,Arial,sans-serif}
 .kv{font-size:12px} .kv td:first-child{color:#6b7280}
 code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px}
 pre{background:#f3f4f6;padding:6px;border-radius:4px;overflow:auto;max-height:260px;white-space:pre-wrap}
@@ -650,7 +683,8 @@ _PAGE = """<!DOCTYPE html>
   <label><input type="checkbox" id="f-frontier"> frontier only</label>
   <label>text <input type="search" id="f-text" placeholder="op, reason, ..."></label>
   <span class="muted" id="table-count"></span></div>
- <div class="tablewrap"><table id="cands"><thead></thead><tbody></tbody></table></div></div>
+ <div class="tablewrap"><table id="cands"><thead></thead><tbody></tbody></table></div>
+ <button id="table-more" style="display:none">show more rows</button></div>
 </main>
 <script>window.ARCHIR_REPORT = %%LIVE%%;</script>
 <script type="application/json" id="report-data">%%DATA%%</script>
@@ -664,8 +698,15 @@ _PAGE = """<!DOCTYPE html>
 _APP = r"""
 (function () {
 'use strict';
-let D = JSON.parse(document.getElementById('report-data').textContent);
-const S = {costKey: null, selected: null, sortKey: 'id', sortDir: 1, drawn: []};
+const TABLE_PAGE = 500;  // table rows drawn at first (and per "show more"): 10,000 rows of DOM take seconds
+// the page's blob holds the candidates as columns ({"columns": [...], "rows": [[...], ...]}): unpack them
+function unpack(d) {
+  const t = d.candidates;
+  if (t && !Array.isArray(t)) d.candidates = t.rows.map((r) => Object.fromEntries(t.columns.map((k, i) => [k, r[i]])));
+  return d;
+}
+let D = unpack(JSON.parse(document.getElementById('report-data').textContent));
+const S = {costKey: null, selected: null, sortKey: 'id', sortDir: 1, drawn: [], limit: TABLE_PAGE};
 const $ = (id) => document.getElementById(id);
 function esc(s) { return String(s == null ? '' : s).replace(/[&<>"']/g, (c) => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c])); }
 function el(tag, attrs, ...kids) {
@@ -688,7 +729,8 @@ function fmt(v, key) {
   if (a >= 1e3) return (v / 1e3).toPrecision(3) + 'k';
   return Number.isInteger(v) ? String(v) : v.toPrecision(3);
 }
-const byId = () => Object.fromEntries(D.candidates.map((c) => [c.id, c]));
+let ID_MAP = null, ID_OF = null;  // the id -> candidate map of the current blob (rebuilt when the blob is replaced)
+const byId = () => { if (ID_OF !== D) { ID_MAP = new Map(D.candidates.map((c) => [c.id, c])); ID_OF = D; } return ID_MAP; };
 function costLabel(k) { const c = D.costs.find((x) => x.key === k); return c ? c.label : k; }
 
 function renderHeader() {
@@ -730,7 +772,7 @@ function renderScatter() {
   const traces = groups.filter((g) => g[1].length).map(([name, cs, marker]) => ({
     type: 'scatter', mode: 'markers', name: `${name} (${cs.length})`, meta: 'points', x: cs.map(xOf),
     y: cs.map((c) => c.val_error), customdata: cs.map((c) => c.id), text: cs.map(hover), hoverinfo: 'text', marker}));
-  const front = (D.frontier[k] || []).map((i) => byId()[i]).filter(Boolean);
+  const ids = byId(), front = (D.frontier[k] || []).map((i) => ids.get(i)).filter(Boolean);
   if (front.length > 1) traces.unshift({type: 'scatter', mode: 'lines', name: 'frontier', meta: 'frontier-line', showlegend: false,
     x: front.map((c) => c.costs[k]), y: front.map((c) => c.val_error), line: {shape: 'hv', color: '#93c5fd', width: 1.5}, hoverinfo: 'skip'});
   const sel = pts.find((c) => c.id === S.selected);
@@ -784,7 +826,9 @@ function renderTable() {
     if (y === null || y === undefined || y === '') return -1;
     return (typeof x === 'number' && typeof y === 'number' ? x - y : String(x).localeCompare(String(y))) * dir;
   });
-  const body = $('cands').tBodies[0];
+  const body = $('cands').tBodies[0], total = rows.length;
+  const sel = rows.findIndex((c) => c.id === S.selected);
+  rows = rows.slice(0, S.limit).concat(sel >= S.limit ? [rows[sel]] : []);  // the selected row stays listed
   body.replaceChildren(...rows.map((c) => el('tr', {class: 'row' + (c.status === 'failed' ? ' failed' : '') + (c.id === S.selected ? ' selected' : ''),
     'data-id': c.id, onclick: () => select(c.id)}, ...cols.map(([k]) => {
       const v = cellValue(c, k);
@@ -792,7 +836,9 @@ function renderTable() {
       if (k === 'error') return el('td', {class: 'reason'}, c.error || '');
       return el('td', {}, k === 'status' || k === 'op' || k === 'move' || k === 'parents' ? (v || '') : fmt(v, k === 'lat' ? 'latency' : k));
     }))));
-  $('table-count').textContent = `${rows.length} of ${D.candidates.length} shown`;
+  $('table-count').textContent = total > rows.length ? `${rows.length} of ${total} matching rows drawn (of ${D.candidates.length})`
+    : `${rows.length} of ${D.candidates.length} shown`;
+  $('table-more').style.display = total > rows.length ? '' : 'none';
 }
 
 function kvTable(pairs) {
@@ -802,7 +848,7 @@ function cidLink(i) { return el('a', {class: 'cid', onclick: () => select(i)}, '
 
 function renderDetail() {
   const box = $('detail-body');
-  const c = byId()[S.selected];
+  const c = byId().get(S.selected);
   if (!c) { box.className = 'muted'; box.replaceChildren('click a point or a table row'); return; }
   box.className = '';
   const d = D.details[String(c.id)];
@@ -823,7 +869,7 @@ function renderDetail() {
     ` \u2192 this candidate by ${c.move} (${c.op})`));
   else lin.append(el('div', {}, `no parents: made by ${c.move} (${c.op})`));
   if (d && d.moves && d.moves.length) lin.append(el('div', {class: 'muted'}, 'rewrites applied: ' + d.moves.join('; ')));
-  const kids = c.children.map((i) => byId()[i]).filter(Boolean);
+  const kids = c.children.map((i) => byId().get(i)).filter(Boolean);
   lin.append(kids.length ? el('div', {}, 'children: ', ...kids.flatMap((k, i) => [i ? ', ' : '', cidLink(k.id), ` (${k.move}: ${k.op})`]))
     : el('div', {class: 'muted'}, 'no children'));
   parts.push(el('h3', {}, 'Lineage'), lin);
@@ -831,12 +877,11 @@ function renderDetail() {
   // training
   parts.push(el('h3', {}, 'Training'));
   if (c.curve.recorded === 'per_epoch') {
-    const div = el('div', {class: 'plot small', id: 'curve', 'data-epochs': c.curve.epochs.length}); parts.push(div);
-    const ep = c.curve.epochs, xs = ep.map((e) => e.epoch);
-    const tr = [{type: 'scatter', mode: 'lines+markers', name: 'train loss', meta: 'train_loss', x: xs, y: ep.map((e) => e.train_loss)},
-      {type: 'scatter', mode: 'lines+markers', name: 'val error', meta: 'val_error', yaxis: 'y2', x: xs, y: ep.map((e) => e.val_error)}];
-    if (ep.some((e) => e.val_loss !== null && e.val_loss !== undefined))
-      tr.push({type: 'scatter', mode: 'lines', name: 'val loss', meta: 'val_loss', line: {dash: 'dot'}, x: xs, y: ep.map((e) => e.val_loss)});
+    const cv = c.curve, div = el('div', {class: 'plot small', id: 'curve', 'data-epochs': cv.epochs}); parts.push(div);
+    const tr = [{type: 'scatter', mode: 'lines+markers', name: 'train loss', meta: 'train_loss', x: cv.epoch, y: cv.train_loss},
+      {type: 'scatter', mode: 'lines+markers', name: 'val error', meta: 'val_error', yaxis: 'y2', x: cv.epoch, y: cv.val_error}];
+    if (cv.val_loss.some((v) => v !== null))
+      tr.push({type: 'scatter', mode: 'lines', name: 'val loss', meta: 'val_loss', line: {dash: 'dot'}, x: cv.epoch, y: cv.val_loss});
     setTimeout(() => Plotly.react(div, tr, {margin: {l: 45, r: 45, t: 10, b: 35}, legend: {orientation: 'h', y: -0.25},
       xaxis: {title: {text: 'epoch'}, dtick: 1}, yaxis: {title: {text: 'loss'}},
       yaxis2: {title: {text: 'val error'}, overlaying: 'y', side: 'right'}}, {displaylogo: false}), 0);
@@ -889,8 +934,17 @@ function renderOneShot() {
   box.replaceChildren(...parts);
 }
 
+function markSelected() {  // move the ring of the selected point (re-drawing 10,000 points per click is slow)
+  const gd = $('scatter'), k = S.costKey, c = byId().get(S.selected);
+  const x = c && c.status === 'done' && c.val_error !== null ? (k === null ? c.id : c.costs[k]) : null;
+  const xy = x === null || x === undefined ? {x: [[]], y: [[]]} : {x: [[x]], y: [[c.val_error]]};
+  const i = (gd.data || []).findIndex((t) => t.meta === 'selected');
+  if (i >= 0) return Plotly.restyle(gd, xy, [i]);
+  return Plotly.addTraces(gd, {type: 'scatter', mode: 'markers', name: 'selected', meta: 'selected', showlegend: false, hoverinfo: 'skip',
+    x: xy.x[0], y: xy.y[0], marker: {size: 18, color: 'rgba(0,0,0,0)', line: {color: '#111827', width: 2}}});
+}
 function select(id) {
-  S.selected = id; renderDetail(); renderScatter();
+  S.selected = id; renderDetail(); markSelected();
   for (const tr of $('cands').tBodies[0].rows) tr.classList.toggle('selected', Number(tr.dataset.id) === id);
 }
 window.archirSelect = select;
@@ -898,7 +952,8 @@ function renderAll() {
   renderHeader(); renderCostSelect(); renderFilters(); renderScatter(); renderTable(); renderDetail(); renderProgress(); renderOneShot();
 }
 $('cost-key').addEventListener('change', (e) => { S.costKey = e.target.value; renderScatter(); renderTable(); renderDetail(); });
-for (const id of ['f-status', 'f-move', 'f-frontier', 'f-text']) $(id).addEventListener('input', renderTable);
+for (const id of ['f-status', 'f-move', 'f-frontier', 'f-text']) $(id).addEventListener('input', () => { S.limit = TABLE_PAGE; renderTable(); });
+$('table-more').addEventListener('click', () => { S.limit += TABLE_PAGE; renderTable(); });
 renderAll();
 $('scatter').on('plotly_click', (ev) => { const p = ev.points && ev.points[0]; if (p && p.customdata !== undefined) select(p.customdata); });
 if (window.ARCHIR_REPORT.live) {
@@ -906,7 +961,7 @@ if (window.ARCHIR_REPORT.live) {
     try {
       const s = await (await fetch('stamp.json', {cache: 'no-store'})).json();
       if (s.stamp === D.stamp) return;
-      D = await (await fetch('data.json', {cache: 'no-store'})).json();
+      D = unpack(await (await fetch('data.json', {cache: 'no-store'})).json());
       renderAll();
     } catch (e) { $('notes').textContent = 'the dashboard is not answering (stopped?): showing the last data'; }
   }, window.ARCHIR_REPORT.poll_ms);

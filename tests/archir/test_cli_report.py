@@ -85,7 +85,8 @@ def test_dashboard_serves_get_only_on_loopback(run):
         code, _, body = _get(host, port, "/data.json")
         data = json.loads(body)
         with Store.open(run) as st:
-            assert [c["id"] for c in data["candidates"]] == [c.id for c in st.candidates()]
+            ids = [row[data["candidates"]["columns"].index("id")] for row in data["candidates"]["rows"]]
+            assert ids == [c.id for c in st.candidates()]  # the page's form: candidates as columns (page_data)
         code, _, body = _get(host, port, "/stamp.json")
         assert code == 200 and json.loads(body)["stamp"] == data["stamp"]
         assert _get(host, port, "/", "HEAD")[0] == 200

@@ -157,8 +157,8 @@ def test_the_training_curve_is_what_the_store_records(runs, tmp_path):
     assert history[-1]["val_error"] == c0.metrics["val_error"] and "history" not in c0.metrics  # the row is unchanged
     curve = report_data(tmp_path / "two")["candidates"][0]["curve"]
     assert curve["recorded"] == "per_epoch" and curve["note"] is None
-    assert [(e["epoch"], e["train_loss"], e["val_error"]) for e in curve["epochs"]] == \
-        [(h["epoch"], h["train_loss"], h["val_error"]) for h in history]
+    assert curve["epochs"] == 2 and {k: curve[k] for k in ("epoch", "train_loss", "val_error", "val_loss")} == \
+        {k: [h[k] for h in history] for k in ("epoch", "train_loss", "val_error", "val_loss")}
 
 
 def test_a_store_from_before_curves_were_recorded(runs, tmp_path):
@@ -190,7 +190,8 @@ def test_failed_candidates_carry_their_reason_and_the_page_escapes_it(runs):
     assert "<script>alert" not in page and "</div> mismatch" not in page
     blob = page.split('<script type="application/json" id="report-data">', 1)[1].split("</script>", 1)[0]
     assert "</" not in blob and "<" not in blob
-    assert json.loads(blob)["candidates"][-1]["error"] == EVIL  # the page reads back exactly the reason
+    table = json.loads(blob)["candidates"]  # as columns (page_data)
+    assert table["rows"][-1][table["columns"].index("error")] == EVIL  # the page reads back exactly the reason
     # nothing is loaded from elsewhere (plotly.js is inline; the favicon is a data: URL)
     assert re.search(r'<(script|link|img)[^>]*(src|href)="(?!data:)', page) is None
 
@@ -352,3 +353,16 @@ def test_a_table_evaluator_run(tmp_path, objective):
         assert [c["key"] for c in d["costs"]] == ["macs", "params", "flops"] and d["frontier"]["params"]
     page = render_html(d)
     json.loads(page.split('<script type="application/json" id="report-data">', 1)[1].split("</script>", 1)[0])
+
+
+def test_page_data_packs_rounds_and_omits(runs):
+    d = report_data(runs["evo"])
+    p = rp.page_data(d)
+    cols, rows = p["candidates"]["columns"], p["candidates"]["rows"]
+    assert not set(rp.PAGE_OMITS) & set(cols) and len(rows) == len(d["candidates"])
+    for r, row in zip(d["candidates"], rows):
+        got = dict(zip(cols, row))
+        assert got["id"] == r["id"] and got["costs"]["macs"] == r["costs"]["macs"]  # integral: exact
+        assert got["val_error"] == float(f"{r['val_error']:.{rp.PAGE_DIGITS}g}")
+        assert got["curve"]["train_loss"] == [float(f"{v:.{rp.PAGE_DIGITS}g}") for v in r["curve"]["train_loss"]]
+    assert {k: v for k, v in p.items() if k != "candidates"}.keys() == {k for k in d if k != "candidates"}

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from search.experiment import ExperimentConfig, run_search
-from search.report import write_report
+from search.report import PAGE_DIGITS, write_report
 from search.report_browser import chromium_paths, console_errors, headless_chromium, load, wait_for
 from search.store import Candidate, Store
 
@@ -112,8 +112,10 @@ def test_the_report_page_in_chromium(browser, run, tmp_path):
     _wait(browser, "const g = document.getElementById('curve'); return g && g.data && g.data.length >= 2")
     drawn = browser.execute_script("return Object.fromEntries(document.getElementById('curve').data"
                                    ".map((t) => [t.meta, [t.x, t.y]]))")
-    assert drawn["train_loss"] == [[h["epoch"] for h in history], [h["train_loss"] for h in history]]
-    assert drawn["val_error"] == [[h["epoch"] for h in history], [h["val_error"] for h in history]]
+    def shown(key):  # the page's numbers: PAGE_DIGITS significant digits (search.report.page_data)
+        return [[h["epoch"] for h in history], [float(f"{h[key]:.{PAGE_DIGITS}g}") for h in history]]
+
+    assert drawn["train_loss"] == shown("train_loss") and drawn["val_error"] == shown("val_error")
     assert browser.find_elements(By.ID, "no-curve") == []
 
     # the table sorts on a header click (ascending, then descending)

@@ -882,7 +882,7 @@ function renderDetail() {
       {type: 'scatter', mode: 'lines+markers', name: 'val error', meta: 'val_error', yaxis: 'y2', x: cv.epoch, y: cv.val_error}];
     if (cv.val_loss.some((v) => v !== null))
       tr.push({type: 'scatter', mode: 'lines', name: 'val loss', meta: 'val_loss', line: {dash: 'dot'}, x: cv.epoch, y: cv.val_loss});
-    setTimeout(() => Plotly.react(div, tr, {margin: {l: 45, r: 45, t: 10, b: 35}, legend: {orientation: 'h', y: -0.25},
+    setTimeout(() => Plotly.react(div, tr, {margin: {l: 50, r: 60, t: 10, b: 40}, legend: {orientation: 'h', x: 0, y: 1.12},
       xaxis: {title: {text: 'epoch'}, dtick: 1}, yaxis: {title: {text: 'loss'}},
       yaxis2: {title: {text: 'val error'}, overlaying: 'y', side: 'right'}}, {displaylogo: false}), 0);
   } else {

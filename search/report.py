@@ -398,7 +398,10 @@ def report_data(run_dir: str | os.PathLike, *, max_details: int = DEFAULT_MAX_DE
         metrics, costs, val_error, test_error, score, within_budget, seed, timings, describe, finished_s,
         frontier: {cost key: bool}, preservation, curve, has_detail}], "details": {id: {nodes, totals, svg,
         drawing, drawing_note, moves}}, "details_note", "graphviz", "progress", "oneshot"}``. Floats that are
-        not finite are None.
+        not finite are None. A candidate's ``curve`` is ``{"recorded": "per_epoch", "epochs": n, "epoch": [...],
+        "train_loss": [...], "val_error": [...], "val_loss": [...]}`` (one list per figure) when the store holds
+        its history, else ``{"recorded": "final" | "none", "final": {...}, "note": "no curve recorded: ..."}``.
+        The page embeds :func:`page_data` of this blob (packed, rounded), not the blob itself.
 
     Raises:
         StoreError: ``run_dir`` is not a run folder (the message names it; the hint says what to give).

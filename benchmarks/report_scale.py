@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the run folder and the page (prints where)")
     a = ap.parse_args(argv)
 
-    from search.report import DEFAULT_MAX_DETAILS, _script_json, write_report
+    from search.report import DEFAULT_MAX_DETAILS, page_data, write_report
     from search.report_browser import chromium_paths
 
     base = a.workdir or ("/dev/shm" if Path("/dev/shm").is_dir() else None)
@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   max_details=DEFAULT_MAX_DETAILS if a.max_details is None else a.max_details)
         t_write = time.perf_counter() - t
         mb = page.stat().st_size / 1e6
-        blob_mb = len(_script_json(data)) / 1e6
+        blob_mb = len(json.dumps(page_data(data), separators=(",", ":"))) / 1e6
         print(f"archir report: {t_write:.1f} s ({len(data['details'])} drawings, "
               f"{'graphviz' if data['graphviz'] else 'fallback layout'})")
         print(f"html size: {mb:.2f} MB (the page's data {blob_mb:.2f} MB, plotly.js and the page's code the rest); "

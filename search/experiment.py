@@ -320,7 +320,8 @@ def evaluate_candidate(task: Mapping[str, Any]) -> dict:
     Returns:
         Plain data: ``id``, ``status`` (``ok``/``failed``), ``reason``, ``metrics``, ``costs``,
         ``timings``, ``epochs``, ``graph_hash``, ``graph_json`` (archir JSON text) and
-        ``weights`` (safetensors bytes) of the trained graph, and ``traceback``. Never raises for a
+        ``weights`` (safetensors bytes) of the trained graph, ``history`` (the per-epoch training figures,
+        ``search.train.TrainResult.history``) and ``traceback``. Never raises for a
         bad candidate: ``reason`` is one line (``"<stage>: <ExceptionType>: <first line>"``), and
         ``traceback`` is the full traceback when the exception is an archir bug rather than a user
         error (``archir.errors.is_user_error``: an ``ArchirError`` such as a refused pass, not raised
@@ -366,6 +367,7 @@ def evaluate_candidate(task: Mapping[str, Any]) -> dict:
         out["timings"]["train_s"] = t2 - t1
         out["epochs"] = int(res.epochs) + int(grown["epochs"])  # candidate-epochs, growing included
         out["metrics"] = {**{k: float(v) for k, v in res.metrics.items()}, **grown["metrics"]}
+        out["history"] = [dict(h) for h in res.history]  # per epoch: the store keeps it apart (Store.set_curve)
         if res.status != "ok" or res.graph is None:
             out["reason"] = res.reason or "training failed"
             out["traceback"] = getattr(res, "traceback", None)
@@ -615,6 +617,8 @@ def record_result(c: Candidate, res: Mapping, *, run_dir: Path, config: Experime
     else:
         c.status, c.error, c.score = "failed", res.get("reason") or "failed (no reason given)", None
         c.traceback = res.get("traceback")
+    if res.get("history"):  # the training curve, beside the row: the metrics (and recorded-run hashes) stay as they are
+        store.set_curve(c.id, res["history"])
     store.finish(c)
 
 

@@ -11,7 +11,7 @@
 127.0.0.1 and the page refreshes itself as the store grows (``archir/cli/report.py``).
 
 **What is read.** Only the store's public reading API (:meth:`search.store.Store.open` without
-the driver lock, ``candidates()``, ``config``, ``info()``, ``counts()``, ``elapsed_s``), the
+the driver lock, ``candidates()``, ``curves()``, ``config``, ``info()``, ``counts()``, ``elapsed_s``), the
 candidates' graph files (``graphs/<id>.json``, read with :func:`archir.load`) and, for one-shot
 runs, the checkpoint's ``oneshot/state.json``. A reader never takes ``search.lock`` and SQLite's
 WAL mode lets it read while the driver writes, so a finished, a killed or a still-running run
@@ -27,9 +27,10 @@ candidate's graph, precomputed for at most ``max_details`` candidates (the front
 page says when the cap was hit). Drawings use Graphviz ``dot -Tsvg`` when ``dot`` is on PATH,
 else a layered layout drawn here, and the page says which.
 
-**What is not recorded, and said so.** The store keeps each candidate's *final* training figures
-(``train_loss``, ``val_loss``, ``val_error``, ...), not its per-epoch history, so the "training
-curve" is those final figures unless a candidate's metrics carry a history. A one-shot run records
+**What is not recorded, and said so.** The training curve of a candidate is the per-epoch history the
+driver stores beside it (:meth:`search.store.Store.curves`: train loss, validation error and loss per
+epoch); a candidate without one -- a table evaluator trains nothing, a run from before curves were
+recorded kept only the final figures -- shows its final figures and says "no curve recorded". A one-shot run records
 every step's figures (entropy included) in the store's ``info("oneshot")["history"]``, which the
 page charts; a run from before that was recorded has only its checkpoint's *latest* step, and the
 page shows that one value and says so. Nothing is interpolated or invented.
@@ -37,6 +38,7 @@ page shows that one value and says so. Nothing is interpolated or invented.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html
 import json
@@ -44,6 +46,7 @@ import math
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -51,9 +54,9 @@ from typing import Any, Mapping
 
 from archir.errors import ArchirError
 from search.pareto import Point, frontier
-from search.store import LOCK_NAME, Candidate, Store
+from search.store import DB_NAME, LOCK_NAME, Candidate, Store, StoreError
 
-__all__ = ["report_data", "render_html", "write_report", "data_stamp", "ReportError", "REPORT_FORMAT",
+__all__ = ["report_data", "page_data", "render_html", "write_report", "data_stamp", "ReportError", "REPORT_FORMAT",
            "DEFAULT_MAX_DETAILS", "move_of", "draw_svg", "run_stamp"]
 
 REPORT_FORMAT = "archir.report"
@@ -64,6 +67,12 @@ DEFAULT_MAX_DETAILS = 150
 DOT_TIMEOUT_S = 20.0
 _TRACEBACK_CHARS = 6000
 _COST_LABELS = {"macs": "MACs", "params": "parameters", "flops": "FLOPs"}
+#: the per-epoch figures of a training curve in the blob (``curve["train_loss"][i]`` is epoch ``curve["epoch"][i]``'s)
+_CURVE_KEYS = ("epoch", "train_loss", "val_error", "val_loss")
+#: significant digits of the page's non-integral numbers (the blob of report_data keeps them exact)
+PAGE_DIGITS = 6
+#: candidate fields of the blob that the page does not show, left out of it (:func:`page_data`)
+PAGE_OMITS = ("decisions", "metrics", "strategy", "finished_s")
 
 
 class ReportError(ArchirError, ValueError):
@@ -249,6 +258,7 @@ def draw_svg(g, *, timeout: float = DOT_TIMEOUT_S) -> tuple[str, str, str | None
                 svg = res.stdout.decode("utf-8", errors="replace")
                 start = svg.find("<svg")  # drop the XML prolog and DOCTYPE: the SVG goes inline into the page
                 svg = re.sub(r">\s+<", "><", re.sub(r"<!--.*?-->", "", svg[start:] if start >= 0 else svg, flags=re.S))
+                svg = svg.replace(' font-family="Helvetica,sans-Serif"', "")  # the page's CSS sets it: a third smaller
                 return svg, "graphviz", None
             err = (res.stderr.decode(errors="replace").strip().splitlines() or [f"exit code {res.returncode}"])[0]
             note = f"graphviz's dot failed ({err}): a simple layered drawing instead"
@@ -299,16 +309,19 @@ def _preservation(c: Candidate, move: str) -> dict:
             "text": f"not applicable: a {move} candidate is not grown from a parent by function-preserving rewrites"}
 
 
-def _curve(c: Candidate) -> dict:
-    """The training figures the store holds: a per-epoch history if the metrics carry one, else the final ones."""
-    hist = c.metrics.get("history")
-    if isinstance(hist, list) and hist:
-        return {"recorded": "per_epoch", "epochs": _clean(hist), "note": None}
+def _curve(c: Candidate, history: Any = None) -> dict:
+    """The candidate's training curve: the per-epoch history the store keeps (:meth:`Store.curves`), or, for a
+    candidate with none (a table evaluator's, a run from before curves were recorded), its final figures."""
+    hist = history if history is not None else c.metrics.get("history")
+    rows = [h for h in hist if isinstance(h, dict)] if isinstance(hist, list) else []
+    if rows:  # one list per figure (a 10,000-candidate page would repeat every key of every epoch otherwise)
+        cols = {k: [h.get(k) if k == "epoch" else _num(h.get(k)) for h in rows] for k in _CURVE_KEYS}
+        return {"recorded": "per_epoch", "epochs": len(rows), **cols, "note": None}
     final = {k: _num(c.metrics[k]) for k in ("train_loss", "val_loss", "val_error", "test_error")
              if k in c.metrics}
     return {"recorded": "final" if final else "none", "final": final, "epochs_trained": c.timings.get("epochs"),
-            "note": "the store records each candidate's final training figures, not its per-epoch history, "
-                    "so no curve can be drawn; these are the last epoch's values"}
+            "note": "no curve recorded: this candidate has no per-epoch history in the store (a lookup evaluator "
+                    "trains nothing; runs from before curves were recorded kept only the final figures)"}
 
 
 def _oneshot(run_dir: Path, info: Any) -> dict | None:
@@ -385,16 +398,20 @@ def report_data(run_dir: str | os.PathLike, *, max_details: int = DEFAULT_MAX_DE
         metrics, costs, val_error, test_error, score, within_budget, seed, timings, describe, finished_s,
         frontier: {cost key: bool}, preservation, curve, has_detail}], "details": {id: {nodes, totals, svg,
         drawing, drawing_note, moves}}, "details_note", "graphviz", "progress", "oneshot"}``. Floats that are
-        not finite are None.
+        not finite are None. A candidate's ``curve`` is ``{"recorded": "per_epoch", "epochs": n, "epoch": [...],
+        "train_loss": [...], "val_error": [...], "val_loss": [...]}`` (one list per figure) when the store holds
+        its history, else ``{"recorded": "final" | "none", "final": {...}, "note": "no curve recorded: ..."}``.
+        The page embeds :func:`page_data` of this blob (packed, rounded), not the blob itself.
 
     Raises:
         StoreError: ``run_dir`` is not a run folder (the message names it; the hint says what to give).
     """
     run_dir = Path(run_dir)
-    with Store.open(run_dir) as st:  # no lock: a reader must never stop the driver from writing
+    with _reading(run_dir), Store.open(run_dir) as st:  # no lock: a reader must never stop the driver from writing
         config = st.config
         cands = st.candidates()
         counts = st.counts()
+        curves = st.curves()
         elapsed = st.elapsed_s
         opts = st.info("space_options")
         oneshot_info = st.info("oneshot")
@@ -441,7 +458,7 @@ def report_data(run_dir: str | os.PathLike, *, max_details: int = DEFAULT_MAX_DE
             "decisions": c.decisions, "graph_path": c.graph_path,
             "finished_s": (None if not (c.finished_at and t0) else round(c.finished_at - t0, 3)),
             "frontier": {k: c.id in set(ids) for k, ids in fronts.items()},
-            "preservation": _preservation(c, move), "curve": _curve(c)}))
+            "preservation": _preservation(c, move), "curve": _curve(c, curves.get(c.id))}))
 
     # which done candidates get a drawing and a node table (the page must work offline, so precompute)
     done = [c for c in cands if c.status == "done" and c.graph_path]
@@ -481,6 +498,19 @@ def report_data(run_dir: str | os.PathLike, *, max_details: int = DEFAULT_MAX_DE
     return data
 
 
+@contextlib.contextmanager
+def _reading(run_dir: Path):
+    """Turn SQLite's error for a store damaged past its header (a page of garbage met while reading the
+    candidates) into a :class:`StoreError` naming the file; :meth:`Store.open` already refuses one that is no
+    database at all."""
+    try:
+        yield
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"the store is damaged ({e})", file=run_dir / DB_NAME,
+                         hint=f"restore {DB_NAME} from a copy, or salvage it with 'sqlite3 {run_dir / DB_NAME} "
+                              f".recover' into a new file") from None
+
+
 def _stamp(rows: list[tuple], state: str | None, steps: Any) -> str:
     return hashlib.sha256(json.dumps([rows, [state, steps]], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -495,7 +525,7 @@ def data_stamp(data: Mapping) -> str:
 def run_stamp(run_dir: str | os.PathLike) -> str:
     """:func:`data_stamp` of a run read now, without drawing or counting anything (what the dashboard polls)."""
     run_dir = Path(run_dir)
-    with Store.open(run_dir) as st:
+    with _reading(run_dir), Store.open(run_dir) as st:
         cands = st.candidates()
         counts = st.counts()
         oneshot = st.info("oneshot")
@@ -507,9 +537,36 @@ def run_stamp(run_dir: str | os.PathLike) -> str:
 # --------------------------------------------------------------------------- the page
 
 
+def _round(v: Any, digits: int) -> Any:
+    """``v`` with every non-integral float rounded to ``digits`` significant digits (integral ones, counts such
+    as MACs, stay exact)."""
+    if isinstance(v, float):
+        return v if v.is_integer() or not math.isfinite(v) else float(f"{v:.{digits}g}")
+    if isinstance(v, dict):
+        return {k: _round(x, digits) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_round(x, digits) for x in v]
+    return v
+
+
+def page_data(data: Mapping, digits: int = PAGE_DIGITS) -> dict:
+    """The blob as the page embeds it (and the dashboard's ``/data.json`` serves it): the candidates as
+    columns (``{"columns": [key, ...], "rows": [[value, ...], ...]}``, which the page's script unpacks),
+    without the fields the page does not show (:data:`PAGE_OMITS`: the raw decisions -- ``describe`` shows
+    them --, the metrics dict -- its figures are ``val_error``, ``test_error`` and the curve --, ...) and
+    non-integral numbers rounded to ``digits`` significant digits. It keeps a 10,000-candidate page under
+    20 MB; the figures shown have at most 4 digits, and the frontier and sorting come from the exact values."""
+    out = {k: v for k, v in data.items() if k != "candidates"}
+    rows = list(data.get("candidates") or [])
+    cols = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in PAGE_OMITS]
+    out["candidates"] = {"columns": cols, "rows": [[r.get(k) for k in cols] for r in rows]}
+    return _round(_clean(out), digits)
+
+
 def _script_json(data: Any) -> str:
-    """JSON for inside a ``<script>`` element: no ``<``, ``>`` or ``&`` (so no ``</script>``, no ``<!--``)."""
-    text = json.dumps(_clean(data), sort_keys=True, allow_nan=False, separators=(",", ":"))
+    """:func:`page_data` as JSON for inside a ``<script>`` element: no ``<``, ``>`` or ``&`` (so no ``</script>``,
+    no ``<!--``)."""
+    text = json.dumps(page_data(data), sort_keys=True, allow_nan=False, separators=(",", ":"))
     return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
@@ -588,7 +645,7 @@ tr.failed td{color:#991b1b}
 .controls{font-size:13px;margin-bottom:6px;display:flex;gap:12px;flex-wrap:wrap;align-items:center}
 #detail{position:sticky;top:8px;align-self:start;max-height:calc(100vh - 16px);overflow:auto}
 .drawing{overflow:auto;max-height:420px;border:1px solid #e5e7eb;border-radius:6px;background:#fff}
-.drawing svg{max-width:none}
+.drawing svg{max-width:none} .drawing svg text{font-family:Helvetica,Arial,sans-serif}
 .kv{font-size:12px} .kv td:first-child{color:#6b7280}
 code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px}
 pre{background:#f3f4f6;padding:6px;border-radius:4px;overflow:auto;max-height:260px;white-space:pre-wrap}
@@ -629,7 +686,8 @@ _PAGE = """<!DOCTYPE html>
   <label><input type="checkbox" id="f-frontier"> frontier only</label>
   <label>text <input type="search" id="f-text" placeholder="op, reason, ..."></label>
   <span class="muted" id="table-count"></span></div>
- <div class="tablewrap"><table id="cands"><thead></thead><tbody></tbody></table></div></div>
+ <div class="tablewrap"><table id="cands"><thead></thead><tbody></tbody></table></div>
+ <button id="table-more" style="display:none">show more rows</button></div>
 </main>
 <script>window.ARCHIR_REPORT = %%LIVE%%;</script>
 <script type="application/json" id="report-data">%%DATA%%</script>
@@ -643,8 +701,15 @@ _PAGE = """<!DOCTYPE html>
 _APP = r"""
 (function () {
 'use strict';
-let D = JSON.parse(document.getElementById('report-data').textContent);
-const S = {costKey: null, selected: null, sortKey: 'id', sortDir: 1};
+const TABLE_PAGE = 500;  // table rows drawn at first (and per "show more"): 10,000 rows of DOM take seconds
+// the page's blob holds the candidates as columns ({"columns": [...], "rows": [[...], ...]}): unpack them
+function unpack(d) {
+  const t = d.candidates;
+  if (t && !Array.isArray(t)) d.candidates = t.rows.map((r) => Object.fromEntries(t.columns.map((k, i) => [k, r[i]])));
+  return d;
+}
+let D = unpack(JSON.parse(document.getElementById('report-data').textContent));
+const S = {costKey: null, selected: null, sortKey: 'id', sortDir: 1, drawn: [], limit: TABLE_PAGE};
 const $ = (id) => document.getElementById(id);
 function esc(s) { return String(s == null ? '' : s).replace(/[&<>"']/g, (c) => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c])); }
 function el(tag, attrs, ...kids) {
@@ -667,7 +732,8 @@ function fmt(v, key) {
   if (a >= 1e3) return (v / 1e3).toPrecision(3) + 'k';
   return Number.isInteger(v) ? String(v) : v.toPrecision(3);
 }
-const byId = () => Object.fromEntries(D.candidates.map((c) => [c.id, c]));
+let ID_MAP = null, ID_OF = null;  // the id -> candidate map of the current blob (rebuilt when the blob is replaced)
+const byId = () => { if (ID_OF !== D) { ID_MAP = new Map(D.candidates.map((c) => [c.id, c])); ID_OF = D; } return ID_MAP; };
 function costLabel(k) { const c = D.costs.find((x) => x.key === k); return c ? c.label : k; }
 
 function renderHeader() {
@@ -685,6 +751,10 @@ function renderHeader() {
 
 function renderCostSelect() {
   const sel = $('cost-key');
+  if (!D.costs.length) {  // a lookup evaluator with an error-only objective counts nothing
+    S.costKey = null; sel.replaceChildren(el('option', {value: ''}, 'none recorded: candidate id')); sel.disabled = true; return;
+  }
+  sel.disabled = false;
   if (!S.costKey || !D.costs.some((c) => c.key === S.costKey)) S.costKey = D.run.cost_key;
   sel.replaceChildren(...D.costs.map((c) => el('option', {value: c.key}, c.label)));
   sel.value = S.costKey;
@@ -692,8 +762,9 @@ function renderCostSelect() {
 
 function renderScatter() {
   const k = S.costKey, all = D.candidates.filter((c) => c.status === 'done');
-  const pts = all.filter((c) => c.val_error !== null && c.costs[k] !== null && c.costs[k] !== undefined);
-  const hover = (c) => `#${c.id} ${esc(c.op)}<br>val error ${fmt(c.val_error, 'val_error')}<br>${esc(costLabel(k))} ${fmt(c.costs[k], k)}` +
+  const xOf = (c) => (k === null ? c.id : c.costs[k]);  // no cost recorded: error against candidate id
+  const pts = all.filter((c) => c.val_error !== null && xOf(c) !== null && xOf(c) !== undefined);
+  const hover = (c) => `#${c.id} ${esc(c.op)}<br>val error ${fmt(c.val_error, 'val_error')}` + (k === null ? '' : `<br>${esc(costLabel(k))} ${fmt(c.costs[k], k)}`) +
     (c.describe ? '<br>' + esc(c.describe) : '');
   const on = new Set((D.frontier[k] || []));
   const groups = [
@@ -702,21 +773,24 @@ function renderScatter() {
     ['Pareto frontier', pts.filter((c) => on.has(c.id)), {color: '#2563eb', size: 10}],
   ];
   const traces = groups.filter((g) => g[1].length).map(([name, cs, marker]) => ({
-    type: 'scatter', mode: 'markers', name: `${name} (${cs.length})`, meta: 'points', x: cs.map((c) => c.costs[k]),
+    type: 'scatter', mode: 'markers', name: `${name} (${cs.length})`, meta: 'points', x: cs.map(xOf),
     y: cs.map((c) => c.val_error), customdata: cs.map((c) => c.id), text: cs.map(hover), hoverinfo: 'text', marker}));
-  const front = (D.frontier[k] || []).map((i) => byId()[i]).filter(Boolean);
+  const ids = byId(), front = (D.frontier[k] || []).map((i) => ids.get(i)).filter(Boolean);
   if (front.length > 1) traces.unshift({type: 'scatter', mode: 'lines', name: 'frontier', meta: 'frontier-line', showlegend: false,
     x: front.map((c) => c.costs[k]), y: front.map((c) => c.val_error), line: {shape: 'hv', color: '#93c5fd', width: 1.5}, hoverinfo: 'skip'});
   const sel = pts.find((c) => c.id === S.selected);
   if (sel) traces.push({type: 'scatter', mode: 'markers', name: 'selected', meta: 'selected', showlegend: false, hoverinfo: 'skip',
-    x: [sel.costs[k]], y: [sel.val_error], marker: {size: 18, color: 'rgba(0,0,0,0)', line: {color: '#111827', width: 2}}});
-  const xs = pts.map((c) => c.costs[k]).filter((v) => v > 0);
-  const log = xs.length && Math.max(...xs) / Math.min(...xs) > 10;
-  Plotly.react('scatter', traces, {margin: {l: 55, r: 10, t: 10, b: 45}, hovermode: 'closest', legend: {orientation: 'h', y: -0.2},
-    xaxis: {title: {text: costLabel(k)}, type: log ? 'log' : 'linear'}, yaxis: {title: {text: 'validation error'}}},
+    x: [xOf(sel)], y: [sel.val_error], marker: {size: 18, color: 'rgba(0,0,0,0)', line: {color: '#111827', width: 2}}});
+  const xs = k === null ? [] : pts.map((c) => c.costs[k]).filter((v) => v > 0);
+  let lo = Infinity, hi = -Infinity; for (const v of xs) { if (v < lo) lo = v; if (v > hi) hi = v; }
+  const log = xs.length && hi / lo > 10;
+  const drawn = Plotly.react('scatter', traces, {margin: {l: 55, r: 10, t: 10, b: 45}, hovermode: 'closest', legend: {orientation: 'h', y: -0.2},
+    xaxis: {title: {text: k === null ? 'candidate id (no cost recorded)' : costLabel(k)}, type: log ? 'log' : 'linear'}, yaxis: {title: {text: 'validation error'}}},
     {displaylogo: false, responsive: true});
   const missing = all.length - pts.length;
+  if (S.drawn) S.drawn.push(drawn);
   $('scatter-note').textContent = `${pts.length} done candidates` + (missing ? `; ${missing} lack this cost` : '') +
+    (k === null ? '; no cost was recorded (a lookup evaluator with an error-only objective counts nothing)' : '') +
     (D.candidates.length > all.length ? `; ${D.candidates.length - all.length} not done (see the table)` : '');
 }
 
@@ -755,7 +829,9 @@ function renderTable() {
     if (y === null || y === undefined || y === '') return -1;
     return (typeof x === 'number' && typeof y === 'number' ? x - y : String(x).localeCompare(String(y))) * dir;
   });
-  const body = $('cands').tBodies[0];
+  const body = $('cands').tBodies[0], total = rows.length;
+  const sel = rows.findIndex((c) => c.id === S.selected);
+  rows = rows.slice(0, S.limit).concat(sel >= S.limit ? [rows[sel]] : []);  // the selected row stays listed
   body.replaceChildren(...rows.map((c) => el('tr', {class: 'row' + (c.status === 'failed' ? ' failed' : '') + (c.id === S.selected ? ' selected' : ''),
     'data-id': c.id, onclick: () => select(c.id)}, ...cols.map(([k]) => {
       const v = cellValue(c, k);
@@ -763,7 +839,9 @@ function renderTable() {
       if (k === 'error') return el('td', {class: 'reason'}, c.error || '');
       return el('td', {}, k === 'status' || k === 'op' || k === 'move' || k === 'parents' ? (v || '') : fmt(v, k === 'lat' ? 'latency' : k));
     }))));
-  $('table-count').textContent = `${rows.length} of ${D.candidates.length} shown`;
+  $('table-count').textContent = total > rows.length ? `${rows.length} of ${total} matching rows drawn (of ${D.candidates.length})`
+    : `${rows.length} of ${D.candidates.length} shown`;
+  $('table-more').style.display = total > rows.length ? '' : 'none';
 }
 
 function kvTable(pairs) {
@@ -773,7 +851,7 @@ function cidLink(i) { return el('a', {class: 'cid', onclick: () => select(i)}, '
 
 function renderDetail() {
   const box = $('detail-body');
-  const c = byId()[S.selected];
+  const c = byId().get(S.selected);
   if (!c) { box.className = 'muted'; box.replaceChildren('click a point or a table row'); return; }
   box.className = '';
   const d = D.details[String(c.id)];
@@ -794,7 +872,7 @@ function renderDetail() {
     ` \u2192 this candidate by ${c.move} (${c.op})`));
   else lin.append(el('div', {}, `no parents: made by ${c.move} (${c.op})`));
   if (d && d.moves && d.moves.length) lin.append(el('div', {class: 'muted'}, 'rewrites applied: ' + d.moves.join('; ')));
-  const kids = c.children.map((i) => byId()[i]).filter(Boolean);
+  const kids = c.children.map((i) => byId().get(i)).filter(Boolean);
   lin.append(kids.length ? el('div', {}, 'children: ', ...kids.flatMap((k, i) => [i ? ', ' : '', cidLink(k.id), ` (${k.move}: ${k.op})`]))
     : el('div', {class: 'muted'}, 'no children'));
   parts.push(el('h3', {}, 'Lineage'), lin);
@@ -802,13 +880,19 @@ function renderDetail() {
   // training
   parts.push(el('h3', {}, 'Training'));
   if (c.curve.recorded === 'per_epoch') {
-    const div = el('div', {class: 'plot small', id: 'curve'}); parts.push(div);
-    setTimeout(() => Plotly.react(div, ['train_loss', 'val_loss', 'val_error'].map((k) => ({type: 'scatter', mode: 'lines+markers', name: k,
-      x: c.curve.epochs.map((e) => e.epoch), y: c.curve.epochs.map((e) => e[k])})), {margin: {l: 40, r: 10, t: 10, b: 35}, xaxis: {title: {text: 'epoch'}}}, {displaylogo: false}), 0);
-  } else if (c.curve.recorded === 'final') {
-    parts.push(kvTable(Object.entries(c.curve.final).map(([k, v]) => [k, fmt(v, k.endsWith('error') ? 'val_error' : null)]).concat([['epochs', c.curve.epochs_trained]])),
-      el('div', {class: 'muted'}, 'No curve: ' + c.curve.note + '.'));
-  } else parts.push(el('div', {class: 'muted'}, 'no training figures recorded'));
+    const cv = c.curve, div = el('div', {class: 'plot small', id: 'curve', 'data-epochs': cv.epochs}); parts.push(div);
+    const tr = [{type: 'scatter', mode: 'lines+markers', name: 'train loss', meta: 'train_loss', x: cv.epoch, y: cv.train_loss},
+      {type: 'scatter', mode: 'lines+markers', name: 'val error', meta: 'val_error', yaxis: 'y2', x: cv.epoch, y: cv.val_error}];
+    if (cv.val_loss.some((v) => v !== null))
+      tr.push({type: 'scatter', mode: 'lines', name: 'val loss', meta: 'val_loss', line: {dash: 'dot'}, x: cv.epoch, y: cv.val_loss});
+    setTimeout(() => Plotly.react(div, tr, {margin: {l: 50, r: 60, t: 10, b: 40}, legend: {orientation: 'h', x: 0, y: 1.12},
+      xaxis: {title: {text: 'epoch'}, dtick: 1}, yaxis: {title: {text: 'loss'}},
+      yaxis2: {title: {text: 'val error'}, overlaying: 'y', side: 'right'}}, {displaylogo: false}), 0);
+  } else {
+    parts.push(el('div', {class: 'muted', id: 'no-curve'}, c.curve.note ? c.curve.note + '.' : 'no curve recorded.'));
+    if (c.curve.recorded === 'final')
+      parts.push(kvTable(Object.entries(c.curve.final).map(([k, v]) => [k, fmt(v, k.endsWith('error') ? 'val_error' : null)]).concat([['epochs', c.curve.epochs_trained]])));
+  }
   // drawing + per-node costs
   parts.push(el('h3', {}, 'Architecture'));
   if (d && d.error) parts.push(el('div', {class: 'reason'}, d.error));
@@ -820,9 +904,11 @@ function renderDetail() {
       ...d.nodes.map((n) => el('tr', {}, el('td', {}, n.id), el('td', {}, n.op), el('td', {}, n.shape), el('td', {}, fmt(n.params)),
         el('td', {}, fmt(n.macs)), el('td', {}, fmt(n.flops)), el('td', {}, fmt(n.activation_bytes)))));
     parts.push(el('div', {class: 'tablewrap'}, t));
-  } else if (c.status === 'done') parts.push(el('div', {class: 'muted'}, D.details_note || 'no drawing included for this candidate'));
+  } else if (c.status === 'done' && !c.graph_path) parts.push(el('div', {class: 'muted', id: 'no-graph'},
+    'no graph recorded: the evaluator looked this candidate up without building or training it'));
+  else if (c.status === 'done') parts.push(el('div', {class: 'muted'}, D.details_note || 'no drawing included for this candidate'));
   else parts.push(el('div', {class: 'muted'}, `no graph: the candidate is ${c.status}`));
-  if (c.status === 'done') parts.push(el('h3', {}, 'Export'), el('div', {}, 'run: ', el('code', {id: 'export-cmd'},
+  if (c.status === 'done' && c.graph_path) parts.push(el('h3', {}, 'Export'), el('div', {}, 'run: ', el('code', {id: 'export-cmd'},
     `archir export ${D.run.dir} --id ${c.id} --onnx candidate_${c.id}.onnx`), el('span', {class: 'muted'}, ' (verified under ONNX Runtime)')));
   box.replaceChildren(...parts);
 }
@@ -831,9 +917,10 @@ function renderProgress() {
   const P = D.progress, lay = (x) => ({margin: {l: 50, r: 10, t: 20, b: 40}, xaxis: {title: {text: x}}, yaxis: {title: {text: 'best val error'}}});
   const tr = (rows) => [{type: 'scatter', mode: 'lines+markers', line: {shape: 'hv'}, x: rows.map((r) => r[0]), y: rows.map((r) => r[1]),
     customdata: rows.map((r) => r[2]), hovertemplate: 'after #%{customdata}: %{y:.4f}<extra></extra>'}];
-  Plotly.react('progress-n', tr(P.by_candidates), lay('candidates finished'), {displaylogo: false, responsive: true});
+  const pn = Plotly.react('progress-n', tr(P.by_candidates), lay('candidates finished'), {displaylogo: false, responsive: true});
   const ls = lay('seconds since the first candidate was asked'); ls.xaxis.rangemode = 'tozero';
-  Plotly.react('progress-s', tr(P.by_seconds), ls, {displaylogo: false, responsive: true});
+  const ps = Plotly.react('progress-s', tr(P.by_seconds), ls, {displaylogo: false, responsive: true});
+  if (S.drawn) S.drawn.push(pn, ps);
   $('progress-note').textContent = 'Best validation error among done candidates within the budget. Seconds: ' + P.seconds_note + '.';
 }
 function renderOneShot() {
@@ -850,8 +937,17 @@ function renderOneShot() {
   box.replaceChildren(...parts);
 }
 
+function markSelected() {  // move the ring of the selected point (re-drawing 10,000 points per click is slow)
+  const gd = $('scatter'), k = S.costKey, c = byId().get(S.selected);
+  const x = c && c.status === 'done' && c.val_error !== null ? (k === null ? c.id : c.costs[k]) : null;
+  const xy = x === null || x === undefined ? {x: [[]], y: [[]]} : {x: [[x]], y: [[c.val_error]]};
+  const i = (gd.data || []).findIndex((t) => t.meta === 'selected');
+  if (i >= 0) return Plotly.restyle(gd, xy, [i]);
+  return Plotly.addTraces(gd, {type: 'scatter', mode: 'markers', name: 'selected', meta: 'selected', showlegend: false, hoverinfo: 'skip',
+    x: xy.x[0], y: xy.y[0], marker: {size: 18, color: 'rgba(0,0,0,0)', line: {color: '#111827', width: 2}}});
+}
 function select(id) {
-  S.selected = id; renderDetail(); renderScatter();
+  S.selected = id; renderDetail(); markSelected();
   for (const tr of $('cands').tBodies[0].rows) tr.classList.toggle('selected', Number(tr.dataset.id) === id);
 }
 window.archirSelect = select;
@@ -859,7 +955,8 @@ function renderAll() {
   renderHeader(); renderCostSelect(); renderFilters(); renderScatter(); renderTable(); renderDetail(); renderProgress(); renderOneShot();
 }
 $('cost-key').addEventListener('change', (e) => { S.costKey = e.target.value; renderScatter(); renderTable(); renderDetail(); });
-for (const id of ['f-status', 'f-move', 'f-frontier', 'f-text']) $(id).addEventListener('input', renderTable);
+for (const id of ['f-status', 'f-move', 'f-frontier', 'f-text']) $(id).addEventListener('input', () => { S.limit = TABLE_PAGE; renderTable(); });
+$('table-more').addEventListener('click', () => { S.limit += TABLE_PAGE; renderTable(); });
 renderAll();
 $('scatter').on('plotly_click', (ev) => { const p = ev.points && ev.points[0]; if (p && p.customdata !== undefined) select(p.customdata); });
 if (window.ARCHIR_REPORT.live) {
@@ -867,11 +964,18 @@ if (window.ARCHIR_REPORT.live) {
     try {
       const s = await (await fetch('stamp.json', {cache: 'no-store'})).json();
       if (s.stamp === D.stamp) return;
-      D = await (await fetch('data.json', {cache: 'no-store'})).json();
+      D = unpack(await (await fetch('data.json', {cache: 'no-store'})).json());
       renderAll();
     } catch (e) { $('notes').textContent = 'the dashboard is not answering (stopped?): showing the last data'; }
   }, window.ARCHIR_REPORT.poll_ms);
 }
-window.archirReady = true;
+// the ready signal (tests, benchmarks/report_scale.py, scripts/report_screenshot.sh): set once the first
+// scatter and progress plots have drawn
+const first = S.drawn; S.drawn = null;
+Promise.all(first).then(() => {
+  document.body.dataset.readyMs = performance.now().toFixed(1);  // ms since navigation start
+  window.archirReady = true; document.body.dataset.ready = '1';
+},
+  (e) => { console.error('archir report: a plot failed to draw: ' + e); });
 })();
 """

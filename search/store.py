@@ -489,3 +489,37 @@ class Store:
     def next_id(self) -> int:
         """The id the next asked candidate gets."""
         return int(self._conn.execute("SELECT COALESCE(MAX(id) + 1, 0) FROM candidates").fetchone()[0])
+
+    # ------------------------------------------------------------------ training curves
+
+    #: a candidate's per-epoch training history, one JSON list per candidate (added after schema 1 was released:
+    #: the driver makes the table on its first write, so an older store opens unchanged and reads as "no curves")
+    _CURVES_TABLE = "CREATE TABLE IF NOT EXISTS curves (id INTEGER PRIMARY KEY, history TEXT NOT NULL)"
+
+    def set_curve(self, cid: int, history: Iterable[Mapping[str, Any]]) -> None:
+        """Record candidate ``cid``'s per-epoch training history (``search.train.TrainResult.history``:
+        ``[{"epoch", "train_loss", "val_error", "val_loss", "lr"}, ...]``), replacing any earlier one.
+
+        The curve is kept apart from the candidate's row (its metrics, costs and score are unchanged by it).
+        """
+        rows = [dict(h) for h in history]
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute(self._CURVES_TABLE)
+            self._conn.execute("INSERT INTO curves(id, history) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET "
+                               "history = excluded.history", (int(cid), _dumps(rows)))
+
+    def curves(self, ids: Iterable[int] | None = None) -> dict[int, list[dict]]:
+        """The recorded training histories by candidate id (only ``ids`` when given); a candidate without
+        one (a table evaluator's, a run from before curves were recorded) is absent."""
+        have = self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'curves'").fetchone()
+        if have is None:
+            return {}
+        q, args = "SELECT id, history FROM curves", ()
+        if ids is not None:
+            want = [int(i) for i in ids]
+            if not want:
+                return {}
+            q += f" WHERE id IN ({', '.join('?' * len(want))})"
+            args = tuple(want)
+        return {int(i): json.loads(h) for i, h in self._conn.execute(q + " ORDER BY id", args)}

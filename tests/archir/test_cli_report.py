@@ -85,7 +85,8 @@ def test_dashboard_serves_get_only_on_loopback(run):
         code, _, body = _get(host, port, "/data.json")
         data = json.loads(body)
         with Store.open(run) as st:
-            assert [c["id"] for c in data["candidates"]] == [c.id for c in st.candidates()]
+            ids = [row[data["candidates"]["columns"].index("id")] for row in data["candidates"]["rows"]]
+            assert ids == [c.id for c in st.candidates()]  # the page's form: candidates as columns (page_data)
         code, _, body = _get(host, port, "/stamp.json")
         assert code == 200 and json.loads(body)["stamp"] == data["stamp"]
         assert _get(host, port, "/", "HEAD")[0] == 200
@@ -124,3 +125,61 @@ def test_dashboard_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     t0 = time.time()
     assert main(["dashboard", str(tmp_path), "--port", "0"]) == 2
     assert "no search store" in capsys.readouterr().err and time.time() - t0 < 30
+
+
+def _bad_store(kind: str, run: Path, tmp_path: Path) -> Path:
+    """A run folder made bad in one way: ``garbage`` (the sqlite file overwritten with bytes that are no
+    database), ``damaged`` (a real store whose pages past the header are garbage) or ``newer`` (a store
+    whose schema_version is above what this archir reads)."""
+    bad = tmp_path / kind
+    if kind == "garbage":
+        bad.mkdir()
+        (bad / "search.db").write_bytes(bytes(range(256)) * 64)
+        return bad
+    import shutil
+    import sqlite3
+
+    shutil.copytree(run, bad)
+    db = bad / "search.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in search.db, none left in the WAL
+        meta_pages = [r[0] for r in conn.execute("SELECT rootpage FROM sqlite_master WHERE tbl_name = 'meta'")]
+        if kind == "newer":
+            conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+            conn.commit()
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    for side in ("search.db-wal", "search.db-shm"):
+        (bad / side).unlink(missing_ok=True)
+    if kind == "damaged":
+        raw = bytearray(db.read_bytes())
+        size = int.from_bytes(raw[16:18], "big") or 65536
+        start = max(meta_pages) * size  # the schema and the meta table survive: the store opens, the candidates
+        assert start < len(raw)         # (and everything after them) are garbage
+        raw[start:] = b"\xa5" * (len(raw) - start)
+        db.write_bytes(bytes(raw))
+    return bad
+
+
+@pytest.mark.parametrize("kind, what", [
+    ("garbage", "not an archir search store (file is not a database)"),
+    ("damaged", "the store is damaged (database disk image is malformed)"),
+    ("newer", "written with store schema 99"),
+])
+def test_report_names_a_bad_store_and_what_to_do(run, tmp_path, capsys, kind, what):
+    bad = _bad_store(kind, run, tmp_path)
+    out = tmp_path / f"{kind}.html"
+    assert main(["report", str(bad), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert what in err and str(bad / "search.db") in err and "how to fix" in err and "Traceback" not in err
+    assert len([ln for ln in err.splitlines() if ln.startswith("archir: error")]) == 1
+    assert not out.exists()
+
+
+def test_report_bad_input_exits_cleanly_from_the_shell(run, tmp_path):
+    """A damaged store (the case SQLite only notices while reading) through the installed command: exit 2, one
+    error naming the file, no traceback (the other cases run in-process above: each second here is an import)."""
+    bad = _bad_store("damaged", run, tmp_path)
+    p = subprocess.run([*_cmd(), "report", str(bad), "-o", str(tmp_path / "r.html")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and p.stdout == "", p.stderr
+    assert f"archir: error: {bad / 'search.db'}: the store is damaged" in p.stderr and "how to fix" in p.stderr

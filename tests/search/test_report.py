@@ -146,12 +146,40 @@ def test_fallback_drawing_without_graphviz(runs, monkeypatch):
     assert d["graphviz"] is False
 
 
-def test_the_training_curve_is_what_the_store_records(runs):
-    d = report_data(runs["evo"])
-    c0 = _stored(runs["evo"])[0]
-    curve = d["candidates"][0]["curve"]
-    assert curve["recorded"] == "final"  # the store keeps the last epoch's figures, not a history
-    assert curve["final"]["val_error"] == c0.metrics["val_error"] and "per-epoch" in curve["note"]
+def test_the_training_curve_is_what_the_store_records(runs, tmp_path):
+    run = run_search(ExperimentConfig(space="chain", space_options={"layers": 2}, strategy="random", budget="1c",
+                                      train={**TRAIN, "epochs": 2}, seed=4), tmp_path / "two")
+    with Store.open(tmp_path / "two") as st:
+        (c0,) = st.candidates()
+        history = st.curves()[0]
+        assert st.curves([5]) == {} and list(st.curves([0])) == [0]
+    assert run.counts["done"] == 1 and [h["epoch"] for h in history] == [1, 2]
+    assert history[-1]["val_error"] == c0.metrics["val_error"] and "history" not in c0.metrics  # the row is unchanged
+    curve = report_data(tmp_path / "two")["candidates"][0]["curve"]
+    assert curve["recorded"] == "per_epoch" and curve["note"] is None
+    assert curve["epochs"] == 2 and {k: curve[k] for k in ("epoch", "train_loss", "val_error", "val_loss")} == \
+        {k: [h[k] for h in history] for k in ("epoch", "train_loss", "val_error", "val_loss")}
+
+
+def test_a_store_from_before_curves_were_recorded(runs, tmp_path):
+    import sqlite3
+
+    old = tmp_path / "old"
+    shutil.copytree(runs["evo"], old)
+    with Store.open(old) as st:
+        assert sorted(st.curves()) == [c.id for c in st.candidates()]  # every trained candidate has one
+    with sqlite3.connect(old / "search.db") as conn:  # what a store written before the curves table looks like
+        conn.execute("DROP TABLE curves")
+    with Store.open(old) as st:
+        assert st.curves() == {}
+    c0 = _stored(old)[0]
+    curve = report_data(old)["candidates"][0]["curve"]
+    assert curve["recorded"] == "final" and curve["final"]["val_error"] == c0.metrics["val_error"]
+    assert curve["note"].startswith("no curve recorded")
+    with Store.open(old, lock=True) as st:  # a resumed search makes the table on its first curve
+        st.set_curve(0, [{"epoch": 1, "train_loss": 2.0, "val_error": 0.5, "val_loss": 1.5, "lr": 0.1}])
+        st.set_curve(0, [{"epoch": 1, "train_loss": 1.0, "val_error": 0.4, "val_loss": 1.2, "lr": 0.1}])
+        assert st.curves() == {0: [{"epoch": 1, "train_loss": 1.0, "val_error": 0.4, "val_loss": 1.2, "lr": 0.1}]}
 
 
 def test_failed_candidates_carry_their_reason_and_the_page_escapes_it(runs):
@@ -162,7 +190,8 @@ def test_failed_candidates_carry_their_reason_and_the_page_escapes_it(runs):
     assert "<script>alert" not in page and "</div> mismatch" not in page
     blob = page.split('<script type="application/json" id="report-data">', 1)[1].split("</script>", 1)[0]
     assert "</" not in blob and "<" not in blob
-    assert json.loads(blob)["candidates"][-1]["error"] == EVIL  # the page reads back exactly the reason
+    table = json.loads(blob)["candidates"]  # as columns (page_data)
+    assert table["rows"][-1][table["columns"].index("error")] == EVIL  # the page reads back exactly the reason
     # nothing is loaded from elsewhere (plotly.js is inline; the favicon is a data: URL)
     assert re.search(r'<(script|link|img)[^>]*(src|href)="(?!data:)', page) is None
 
@@ -295,3 +324,45 @@ def test_oneshot_entropy_per_step_when_the_store_records_it(runs, tmp_path):
         st.set_info("oneshot", {"driver": "darts", "history": hist})
     o = report_data(run)["oneshot"]
     assert o["per_epoch_recorded"] is True and o["entropy"] == hist
+
+
+def table_run(out: Path, objective: str = "error") -> Path:
+    """A table-evaluator run (synthetic NAS-Bench-201 table, as tests/search/test_evaluators.py writes one):
+    no training, no graph files, and with ``objective="error"`` no costs either."""
+    from tests.search.test_evaluators import write_table
+
+    out.mkdir(parents=True)
+    csv_path = write_table(out.parent / f"{out.name}.csv")
+    run_search(ExperimentConfig(space="nb201", strategy="random", budget="4c", round_size=1, objective=objective,
+                                evaluator=f"table:{csv_path}", seed=2), out / "run")
+    return out / "run"
+
+
+@pytest.mark.parametrize("objective", ["error", "params"])
+def test_a_table_evaluator_run(tmp_path, objective):
+    run = table_run(tmp_path / "t", objective)
+    d = report_data(run)
+    cands = _stored(run)
+    assert len(cands) == 4 and all(c.status == "done" and c.graph_path is None for c in cands)
+    assert d["details"] == {} and d["details_note"] is None  # no graph: nothing to draw, nothing capped
+    assert [r["curve"]["recorded"] for r in d["candidates"]] == ["final"] * 4  # trained nothing: no curve
+    assert all(r["curve"]["note"].startswith("no curve recorded") for r in d["candidates"])
+    if objective == "error":
+        assert d["costs"] == [] and d["frontier"] == {}
+    else:
+        assert [c["key"] for c in d["costs"]] == ["macs", "params", "flops"] and d["frontier"]["params"]
+    page = render_html(d)
+    json.loads(page.split('<script type="application/json" id="report-data">', 1)[1].split("</script>", 1)[0])
+
+
+def test_page_data_packs_rounds_and_omits(runs):
+    d = report_data(runs["evo"])
+    p = rp.page_data(d)
+    cols, rows = p["candidates"]["columns"], p["candidates"]["rows"]
+    assert not set(rp.PAGE_OMITS) & set(cols) and len(rows) == len(d["candidates"])
+    for r, row in zip(d["candidates"], rows):
+        got = dict(zip(cols, row))
+        assert got["id"] == r["id"] and got["costs"]["macs"] == r["costs"]["macs"]  # integral: exact
+        assert got["val_error"] == float(f"{r['val_error']:.{rp.PAGE_DIGITS}g}")
+        assert got["curve"]["train_loss"] == [float(f"{v:.{rp.PAGE_DIGITS}g}") for v in r["curve"]["train_loss"]]
+    assert {k: v for k, v in p.items() if k != "candidates"}.keys() == {k for k in d if k != "candidates"}

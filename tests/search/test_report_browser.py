@@ -6,21 +6,21 @@ runs as root, so CI runs these). The page is the report of a small real morphism
 failed candidate added through the store's API) opened from a ``file://`` URL, then the live
 dashboard's page served on 127.0.0.1.
 
-``ARCHIR_REPORT_SCREENSHOT=docs/report.png`` also saves the screenshot there (the README's picture).
+The browser is driven through ``search.report_browser`` (the code path of ``scripts/report_screenshot.sh``,
+which writes the README's picture, and of ``benchmarks/report_scale.py``).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from search.experiment import ExperimentConfig, run_search
-from search.report import write_report
+from search.report import PAGE_DIGITS, write_report
+from search.report_browser import chromium_paths, console_errors, headless_chromium, load, wait_for
 from search.store import Candidate, Store
 
 pytestmark = pytest.mark.browser
@@ -29,33 +29,15 @@ TRAIN = {"epochs": 1, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "weight_de
 REASON = "train: ValueError: <b>bold</b> & </td> not a tag"
 
 
-def _browser_paths() -> tuple[str, str] | None:
-    chrome = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    driver = shutil.which("chromedriver")
-    return (chrome, driver) if chrome and driver else None
-
-
 @pytest.fixture(scope="module")
 def browser():
-    paths = _browser_paths()
-    if paths is None:
+    if chromium_paths() is None:
         pytest.skip("needs a headless Chromium and its driver on PATH (Debian: apt-get install chromium "
                     "chromium-driver; scripts/test.sh installs them when run as root); none found")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install 'archir[dev]')")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = paths[0]
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,2100",
-              "--no-first-run", "--disable-extensions", "--disable-background-networking"):
-        opts.add_argument(a)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    drv = webdriver.Chrome(service=Service(executable_path=paths[1]), options=opts)  # no Selenium Manager lookup
-    drv.set_page_load_timeout(60)
-    try:
+    pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install 'archir[dev]')")
+    with headless_chromium() as drv:  # the same code path as scripts/report_screenshot.sh and the benchmark
+        drv.set_page_load_timeout(60)
         yield drv
-    finally:
-        drv.quit()
 
 
 @pytest.fixture(scope="module")
@@ -72,17 +54,11 @@ def run(tmp_path_factory):
 
 
 def _wait(drv, js: str, timeout: float = 30.0):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        v = drv.execute_script(js)
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for: {js}")
+    return wait_for(drv, js, timeout)
 
 
 def _errors(drv) -> list[dict]:
-    return [e for e in drv.get_log("browser") if e.get("level") == "SEVERE"]
+    return console_errors(drv)
 
 
 def _col(drv, key: str) -> list[str]:
@@ -100,8 +76,8 @@ def test_the_report_page_in_chromium(browser, run, tmp_path):
         cands = st.candidates()
     done = [c for c in cands if c.status == "done"]
     page, _ = write_report(run, tmp_path / "report.html")
-    browser.get(page.resolve().as_uri())
-    _wait(browser, "return window.archirReady === true")
+    load(browser, page.resolve().as_uri())
+    assert browser.execute_script("return window.archirReady") is True
     assert _errors(browser) == []
 
     # the scatter has one point per done candidate
@@ -130,6 +106,17 @@ def test_the_report_page_in_chromium(browser, run, tmp_path):
     assert f"#{c.parents[0]}" in lineage and "morphism" in lineage
     assert "passed" in browser.find_element(By.ID, "preservation").text
     assert f"--id {cid} --onnx" in browser.find_element(By.ID, "export-cmd").text
+    # its training curve: train loss and val error per epoch, as the store recorded them
+    with Store.open(run) as st:
+        history = st.curves()[cid]
+    _wait(browser, "const g = document.getElementById('curve'); return g && g.data && g.data.length >= 2")
+    drawn = browser.execute_script("return Object.fromEntries(document.getElementById('curve').data"
+                                   ".map((t) => [t.meta, [t.x, t.y]]))")
+    def shown(key):  # the page's numbers: PAGE_DIGITS significant digits (search.report.page_data)
+        return [[h["epoch"] for h in history], [float(f"{h[key]:.{PAGE_DIGITS}g}") for h in history]]
+
+    assert drawn["train_loss"] == shown("train_loss") and drawn["val_error"] == shown("val_error")
+    assert browser.find_elements(By.ID, "no-curve") == []
 
     # the table sorts on a header click (ascending, then descending)
     def errs():
@@ -153,10 +140,6 @@ def test_the_report_page_in_chromium(browser, run, tmp_path):
     assert _errors(browser) == []
     shot = tmp_path / "report.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
-    extra = os.environ.get("ARCHIR_REPORT_SCREENSHOT")
-    if extra:
-        Path(extra).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, extra)
 
 
 def test_the_dashboard_refreshes_as_the_store_grows(browser, run, tmp_path):
@@ -170,8 +153,7 @@ def test_the_dashboard_refreshes_as_the_store_grows(browser, run, tmp_path):
     try:
         host, port = srv.server_address[:2]
         assert host == "127.0.0.1"
-        browser.get(f"http://{host}:{port}/")
-        _wait(browser, "return window.archirReady === true")
+        load(browser, f"http://{host}:{port}/")
         before = browser.execute_script("return document.querySelectorAll('#cands tbody tr').length")
         with Store.open(live, lock=True) as st:  # the search writes a new candidate while the page is open
             nid = st.next_id()
@@ -184,3 +166,27 @@ def test_the_dashboard_refreshes_as_the_store_grows(browser, run, tmp_path):
         srv.shutdown()
         srv.server_close()
         th.join(timeout=10)
+
+
+def test_a_table_evaluator_run_in_chromium(browser, tmp_path):
+    """No graphs, no costs, no curves: the page still draws every point (error against candidate id) and says why."""
+    from selenium.webdriver.common.by import By
+
+    from tests.search.test_report import table_run
+
+    run = table_run(tmp_path / "t")
+    page, data = write_report(run, tmp_path / "table.html")
+    browser.get("about:blank")
+    _errors(browser)  # drop what an earlier page (a stopped dashboard's polling) logged
+    load(browser, page.resolve().as_uri())
+    assert _errors(browser) == []
+    n = browser.execute_script("return document.getElementById('scatter').data.filter((t) => t.meta === 'points')"
+                               ".reduce((s, t) => s + t.x.length, 0)")
+    assert n == data["run"]["counts"]["done"] == 4
+    assert "no cost was recorded" in browser.find_element(By.ID, "scatter-note").text
+    browser.find_element(By.CSS_SELECTOR, "#cands tbody tr[data-id='2']").click()
+    assert _wait(browser, "const e = document.getElementById('detail-id'); return e && e.dataset.id") == "2"
+    assert browser.find_element(By.ID, "no-curve").text.startswith("no curve recorded")
+    assert "no graph recorded" in browser.find_element(By.ID, "no-graph").text
+    assert browser.find_elements(By.ID, "curve") == [] and browser.find_elements(By.ID, "export-cmd") == []
+    assert _errors(browser) == []

@@ -377,6 +377,74 @@ def _pad(ctx, node, xs, ins, out):
     return ctx.emit("Pad", inputs, out, mode=ONNX_PAD_MODES[a["mode"]])
 
 
+# ---- upsample / reductions / conv1d / softmax / matmul (issue 17, part B)
+
+#: ONNX Resize's attributes for archir's (torch's) upsample modes; from_onnx reads these back
+RESIZE_NEAREST = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+
+
+def resize_attrs(mode: str, align_corners: bool) -> dict:
+    """The ``Resize`` attributes that compute torch's ``interpolate(mode, align_corners)``: nearest is
+    ``floor(dst / scale)`` (asymmetric, floor); bilinear is half_pixel, or align_corners."""
+    if mode == "nearest":
+        return dict(RESIZE_NEAREST)
+    return {"mode": "linear", "coordinate_transformation_mode": "align_corners" if align_corners else "half_pixel"}
+
+
+@ONNX_HANDLERS.register("upsample")
+def _upsample(ctx, node, xs, ins, out):
+    """``Resize(x, roi="", scales=[1, 1, sh, sw])``: opset 17's ``sizes`` would need the dynamic batch
+    size, so a ``size=`` upsample writes the scales ``oh / h``, ``ow / w`` (ONNX Runtime's output size
+    is ``floor(in * scale)``: the scale is nudged up by a float32 ulp where rounding would lose a row)."""
+    a = node.attrs
+    _, h, w = ins[0].shape
+    oh, ow = get_op("upsample").infer(a, ins, node.id).shape[1:]
+    if a["scale_factor"] is not None:
+        scales = [a["scale_factor"]] * 2
+    else:
+        scales = []
+        for n_in, n_out in ((h, oh), (w, ow)):
+            s = np.float32(n_out / n_in)
+            while math.floor(float(s) * n_in) < n_out:
+                s = np.nextafter(s, np.float32(np.inf))
+            scales.append(float(s))
+    roi = ctx.const(f"{node.id}::roi", [], np.float32)
+    sc = ctx.const(f"{node.id}::scales", [1.0, 1.0, *scales], np.float32)
+    return ctx.emit("Resize", [xs[0], roi, sc], out, **resize_attrs(a["mode"], a["align_corners"]))
+
+
+def _reduce(op_type: str):
+    def handler(ctx, node, xs, ins, out):
+        from archir.ops.core import reduce_axes
+
+        axes = [ax + 1 for ax in reduce_axes(node.attrs, ins[0].rank, node.id, node.op)]
+        keep = int(node.attrs["keepdim"])
+        if op_type == "ReduceSum":  # axes an input since opset 13
+            return ctx.emit("ReduceSum", [xs[0], ctx.const(f"{node.id}::axes", axes, np.int64)], out, keepdims=keep)
+        return ctx.emit(op_type, [xs[0]], out, axes=axes, keepdims=keep)  # an attribute until opset 18
+
+    return handler
+
+
+ONNX_HANDLERS.register("mean")(_reduce("ReduceMean"))
+ONNX_HANDLERS.register("sum")(_reduce("ReduceSum"))
+ONNX_HANDLERS.register("softmax")(lambda ctx, node, xs, ins, out: ctx.emit("Softmax", xs, out,
+                                                                           axis=node.attrs["dim"]))
+ONNX_HANDLERS.register("log_softmax")(lambda ctx, node, xs, ins, out: ctx.emit("LogSoftmax", xs, out,
+                                                                               axis=node.attrs["dim"]))
+ONNX_HANDLERS.register("matmul")(lambda ctx, node, xs, ins, out: ctx.emit("MatMul", xs, out))
+
+
+@ONNX_HANDLERS.register("conv1d")
+def _conv1d(ctx, node, xs, ins, out):
+    a = node.attrs
+    inputs = [xs[0], ctx.const(f"{node.id}.weight", node.params["weight"])]
+    if a["bias"]:
+        inputs.append(ctx.const(f"{node.id}.bias", node.params["bias"]))
+    return ctx.emit("Conv", inputs, out, kernel_shape=[a["kernel_size"]], strides=[a["stride"]],
+                    pads=[a["padding"], a["padding"]], dilations=[a["dilation"]], group=a["groups"])
+
+
 @ONNX_HANDLERS.register("scale")
 def _scale(ctx, node, xs, ins, out):
     w = node.params["weight"].reshape((-1,) + (1,) * (ins[0].rank - 1))

@@ -393,24 +393,20 @@ def resize_attrs(mode: str, align_corners: bool) -> dict:
 
 @ONNX_HANDLERS.register("upsample")
 def _upsample(ctx, node, xs, ins, out):
-    """``Resize(x, roi="", scales=[1, 1, sh, sw])``: opset 17's ``sizes`` would need the dynamic batch
-    size, so a ``size=`` upsample writes the scales ``oh / h``, ``ow / w`` (ONNX Runtime's output size
-    is ``floor(in * scale)``: the scale is nudged up by a float32 ulp where rounding would lose a row)."""
+    """``scale_factor``: ``Resize(x, "", scales=[1, 1, s, s])``; ``size``: ``Resize(x, "", "", sizes)``
+    with ``sizes = Concat(Shape(x)[0:2], [oh, ow])`` (the batch is dynamic), as torch's exporter
+    writes both, so that ONNX Runtime uses torch's coordinate scale (``1 / s``, or ``in / out``)."""
     a = node.attrs
-    _, h, w = ins[0].shape
-    oh, ow = get_op("upsample").infer(a, ins, node.id).shape[1:]
+    attrs = resize_attrs(a["mode"], a["align_corners"])
     if a["scale_factor"] is not None:
-        scales = [a["scale_factor"]] * 2
-    else:
-        scales = []
-        for n_in, n_out in ((h, oh), (w, ow)):
-            s = np.float32(n_out / n_in)
-            while math.floor(float(s) * n_in) < n_out:
-                s = np.nextafter(s, np.float32(np.inf))
-            scales.append(float(s))
-    roi = ctx.const(f"{node.id}::roi", [], np.float32)
-    sc = ctx.const(f"{node.id}::scales", [1.0, 1.0, *scales], np.float32)
-    return ctx.emit("Resize", [xs[0], roi, sc], out, **resize_attrs(a["mode"], a["align_corners"]))
+        sc = ctx.const(f"{node.id}::scales", [1.0, 1.0, a["scale_factor"], a["scale_factor"]], np.float32)
+        return ctx.emit("Resize", [xs[0], "", sc], out, **attrs)
+    shape = ctx.emit("Shape", [xs[0]], _aux(ctx, node, "shape"))
+    nc = ctx.emit("Slice", [shape, ctx.const(f"{node.id}::zero", [0], np.int64),
+                            ctx.const(f"{node.id}::two", [2], np.int64)], _aux(ctx, node, "nc"))
+    sizes = ctx.emit("Concat", [nc, ctx.const(f"{node.id}::hw", list(pair(a["size"])), np.int64)],
+                     _aux(ctx, node, "sizes"), axis=0)
+    return ctx.emit("Resize", [xs[0], "", "", sizes], out, **attrs)
 
 
 def _reduce(op_type: str):

@@ -407,7 +407,9 @@ def _auto_pad(a: dict) -> None:
 
 @_rule("Conv")
 def _conv(imp: _Importer, node, a):
-    _auto_pad(a)
+    w = imp.env.get(node.input[1]) if len(node.input) > 1 else None
+    if not (isinstance(w, np.ndarray) and w.ndim == 3):  # a 1-d conv reads its auto_pad itself
+        _auto_pad(a)
     x = imp.act(node.input[0])
     w = imp.const(node.input[1], "the conv weight")
     b = imp.const(node.input[2], "the conv bias") if len(node.input) > 2 and node.input[2] else None
@@ -697,7 +699,17 @@ def _avgpool(imp, node, a):
 
 
 def _conv1d(imp, node, a, x, w, b):
+    """A ``Conv`` with a 3-d weight; ``auto_pad=SAME_*`` (torch's ``padding="same"``) at stride 1 pads
+    ``dilation * (k - 1)`` in all, symmetric when that is even."""
     pads = list(a.get("pads", [0, 0]))
+    ap = _s(a.get("auto_pad", "NOTSET"))
+    k, d, st = int(w.shape[2]), int(a.get("dilations", [1])[0]), int(a.get("strides", [1])[0])
+    if ap in ("SAME_UPPER", "SAME_LOWER"):
+        if st != 1 or d * (k - 1) % 2:
+            raise Skip(f"auto_pad={ap} with stride {st}, kernel {k}, dilation {d} pads asymmetrically")
+        pads = [d * (k - 1) // 2] * 2
+    elif ap not in ("NOTSET", "VALID", ""):
+        raise Skip(f"auto_pad={ap} is not supported; export with explicit pads")
     if len(pads) != 2 or pads[0] != pads[1]:
         raise Skip(f"Conv pads {pads} are not symmetric (archir pads both sides alike)")
     params = {"weight": w, **({"bias": b} if b is not None else {})}

@@ -246,3 +246,25 @@ def test_softmax_over_channels_and_matmul_are_pinned_with_the_reason():
         passes.widen(g, node="c2", out_channels=9)
     cp = analyze(g)
     assert cp.rule("wsm").kind == "carrier"
+
+
+def test_the_aten_forms_import_under_torch_export():
+    """Shape-dependent control flow makes fx tracing fail: torch.export's ATen ops map by the same rules."""
+
+    class _M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Conv1d(3, 4, 3, padding=1)
+            self.up = nn.Upsample(scale_factor=2, mode="bilinear")
+
+        def forward(self, x, q, k):
+            if x.shape[2] > 2:
+                x = torch.relu(x)
+            return (self.up(x).mean(1, keepdim=True), F.interpolate(x, size=(5, 7)).sum((2, 3)),
+                    torch.softmax(q @ k, -1), F.log_softmax(q, 1), self.c(x.sum(2)))
+
+    xs = (torch.randn(1, 3, 4, 5), torch.randn(1, 2, 3, 4), torch.randn(1, 2, 4, 3))
+    g = from_torch(_M().eval(), xs)  # checks fx parity itself
+    assert g.meta["frontend"]["tracer"] == "torch.export"
+    assert sorted(n.op for n in g.nodes() if n.op != "input") == sorted(
+        ["relu", "upsample", "upsample", "mean", "sum", "matmul", "softmax", "log_softmax", "sum", "conv1d"])

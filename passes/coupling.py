@@ -13,12 +13,14 @@ or one feature of a ``(F,)`` vector. Every channel of every node's output is lab
 same replication map, or pruned together). Classes come from a union-find over the channels
 of the *sources*:
 
-- **sources** make new channels: ``conv2d`` with ``groups == 1`` (``out_channels``), ``linear``
+- **sources** make new channels: ``conv2d`` and ``conv1d`` with ``groups == 1`` (``out_channels``), ``linear``
   on a vector (``out_features``), graph ``input`` nodes (pinned, see below);
 - **carriers** pass their input's channels through, index for index: BN, ``scale``, every
   parameter-free op declared ``channelwise`` in its ``OpTraits`` (the activations, ``neg``,
-  ``identity``/``dropout``/``zero``/``stop_*``, max/avg/adaptive pools, ``global_avgpool``, ``pad``),
-  and depthwise convs (``groups == in_channels == out_channels``: channel ``i`` of the output
+  ``identity``/``dropout``/``zero``/``stop_*``, max/avg/adaptive pools, ``global_avgpool``, ``pad``,
+  ``upsample``), ``mean``/``sum``/``softmax``/``log_softmax`` over non-channel dims (over the channels
+  they mix every channel: pinned, like ``matmul``, which contracts its operands' axes),
+  and depthwise convs, 1-d or 2-d (``groups == in_channels == out_channels``: channel ``i`` of the output
   is filter ``i`` applied to input channel ``i`` only);
 - **ties**: ``add``, ``mul``/``sub``/``div`` with equal channel counts (a squeeze-excite gate ``(C, 1, 1)``
   broadcasts over H and W, not over channels), and ``concat`` along a non-channel axis make

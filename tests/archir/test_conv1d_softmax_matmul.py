@@ -44,8 +44,8 @@ def test_conv1d_is_torch_and_onnx_runtime_agrees_and_reads_back(attrs):
     g = _one("conv1d", (3, 16), **attrs)
     n = g.node("y")
     x = torch.randn(2, 3, 16)
-    w = torch.from_numpy(n.params["weight"])
-    b = torch.from_numpy(n.params["bias"]) if attrs.get("bias", True) else None
+    w = torch.tensor(n.params["weight"])
+    b = torch.tensor(n.params["bias"]) if attrs.get("bias", True) else None
     want = F.conv1d(x, w, b, attrs.get("stride", 1), attrs.get("padding", 0), attrs.get("dilation", 1),
                     attrs.get("groups", 1))
     assert n.type.shape == tuple(want.shape[1:])

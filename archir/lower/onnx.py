@@ -398,13 +398,18 @@ def _upsample(ctx, node, xs, ins, out):
     writes both, so that ONNX Runtime uses torch's coordinate scale (``1 / s``, or ``in / out``)."""
     a = node.attrs
     attrs = resize_attrs(a["mode"], a["align_corners"])
+    _, h, w = ins[0].shape
+    oh, ow = get_op("upsample").infer(a, ins, node.id).shape[1:]
     if a["scale_factor"] is not None:
-        sc = ctx.const(f"{node.id}::scales", [1.0, 1.0, a["scale_factor"], a["scale_factor"]], np.float32)
-        return ctx.emit("Resize", [xs[0], "", sc], out, **attrs)
+        s32 = np.float32(a["scale_factor"])
+        if all(math.floor(n * float(s32)) == o and math.floor(np.float32(n) * s32) == o for n, o in ((h, oh), (w, ow))):
+            sc = ctx.const(f"{node.id}::scales", [1.0, 1.0, a["scale_factor"], a["scale_factor"]], np.float32)
+            return ctx.emit("Resize", [xs[0], "", sc], out, **attrs)
+        # the float32 scale rounds below an exact in * s (0.7 * 10): then out / in == s, and sizes are exact
     shape = ctx.emit("Shape", [xs[0]], _aux(ctx, node, "shape"))
     nc = ctx.emit("Slice", [shape, ctx.const(f"{node.id}::zero", [0], np.int64),
                             ctx.const(f"{node.id}::two", [2], np.int64)], _aux(ctx, node, "nc"))
-    sizes = ctx.emit("Concat", [nc, ctx.const(f"{node.id}::hw", list(pair(a["size"])), np.int64)],
+    sizes = ctx.emit("Concat", [nc, ctx.const(f"{node.id}::hw", [oh, ow], np.int64)],
                      _aux(ctx, node, "sizes"), axis=0)
     return ctx.emit("Resize", [xs[0], "", "", sizes], out, **attrs)
 

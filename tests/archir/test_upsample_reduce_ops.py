@@ -68,6 +68,18 @@ def test_upsample_is_torch_and_onnx_runtime_agrees_and_reads_back(attrs):
     assert dict(back.node("y").attrs) == dict(g.node("y").attrs)
 
 
+def test_a_float32_scale_below_an_exact_size_is_written_as_sizes():
+    """0.7 is 0.699999988 in float32: ONNX Runtime would make floor(10 * 0.699999988) = 6 rows, torch 7."""
+    g = _one("upsample", shape=(3, 10, 20), scale_factor=0.7, mode="bilinear")
+    assert g.node("y").type.shape == (3, 7, 14)
+    x = torch.randn(2, 3, 10, 20)
+    with torch.no_grad():
+        assert torch.equal(to_fx(g)(x), F.interpolate(x, scale_factor=0.7, mode="bilinear"))
+    rep = verify_onnx(g, inputs=x.numpy())
+    assert rep.ok and rep.max_abs <= TOL, rep
+    assert from_onnx(to_onnx(g)).node("y").attrs["size"] == [7, 14]
+
+
 def test_upsample_refusals_name_the_node_and_the_mend():
     with pytest.raises(OpSchemaError, match="exactly one of size and scale_factor") as e:
         _one("upsample", size=[4, 4], scale_factor=2.0)

@@ -308,3 +308,36 @@ def test_a_reduction_over_the_channels_is_pinned_with_the_reason():
     assert "csum" in str(e.value)
     with pytest.raises(PreconditionError, match="channels together"):
         analyze(g, strict=True)
+
+
+class _HRFuse(nn.Module):
+    """HRNet's fuse layer as torch writes it: the low branch through a 1x1 conv + BN, nn.Upsample(nearest), +."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.hi = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.lo = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.fuse = nn.Sequential(nn.Conv2d(16, 8, 1, bias=False), nn.BatchNorm2d(8), nn.Upsample(scale_factor=2))
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        h = self.stem(x)
+        y = torch.relu(self.hi(h) + self.fuse(self.lo(h)))
+        return self.head(y.mean((2, 3)))
+
+
+def test_an_hrnet_style_fuse_imports_from_torch_and_onnx_and_prunes():
+    m = _HRFuse().eval()
+    for bn in (mod for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    g = from_torch(m, torch.randn(1, 3, 8, 8))
+    g2 = from_onnx(_export(m, torch.randn(1, 3, 8, 8)))
+    assert len(list(g.nodes("upsample"))) == len(list(g2.nodes("upsample"))) == 1
+    grp = analyze(g).group_of("fuse.2")  # the upsample joins the high branch's channels at the add
+    assert grp.free and {"hi.0", "fuse.0"} <= set(grp.producers)
+    pruned, _ = passes.prune_channels(g, ratio=0.5, groups=[grp.index])
+    assert pruned.node("fuse.2").type.shape == (4, 8, 8) and verify_onnx(pruned).ok
+    wide = passes.widen(g, node="hi.0", out_channels=12)
+    passes.check_preserved(g, wide)

@@ -148,6 +148,37 @@ def _pad(attrs, ins, out):
     return OpCost()  # a copy: reads the input, writes the padded output; no arithmetic
 
 
+# ---- upsample / reductions / conv1d / softmax / matmul (issue 17, part B)
+
+
+@COUNT_HANDLERS.register("upsample")
+def _upsample(attrs, ins, out):
+    # nearest copies; bilinear weighs 4 neighbours: 4 multiplies + 3 adds per output element
+    return OpCost(flops=0 if attrs["mode"] == "nearest" else 7 * out.numel)
+
+
+@COUNT_HANDLERS.register("mean", "sum")
+def _reduction(attrs, ins, out):
+    return OpCost(flops=ins[0].numel)  # one add per input element (mean's divide per output: in the rounding)
+
+
+@COUNT_HANDLERS.register("conv1d")
+def _conv1d(attrs, ins, out):
+    macs = out.numel * (ins[0].shape[0] // attrs["groups"]) * attrs["kernel_size"]
+    return OpCost(macs=macs, flops=2 * macs + (out.numel if attrs["bias"] else 0))
+
+
+# max compare, subtract, exp, add (the row sum), divide / subtract the log
+COUNT_HANDLERS.register("softmax")(_per_element(5))
+COUNT_HANDLERS.register("log_softmax")(_per_element(5))
+
+
+@COUNT_HANDLERS.register("matmul")
+def _matmul(attrs, ins, out):
+    macs = out.numel * ins[0].shape[-1]
+    return OpCost(macs=macs, flops=2 * macs)
+
+
 @COUNT_HANDLERS.register("identity", "dropout", "drop_path", "flatten", "stop_gradient", "auxiliary")
 def _view(attrs, ins, out):
     return OpCost(alias=True)
@@ -352,7 +383,11 @@ def count(g: Graph, batch_size: int = 1) -> Counts:
       element (the window, padding included); ``global_avgpool`` one per input element; ``adaptive_avgpool2d`` one per element of every
       window (windows may overlap);
       ``identity``, ``dropout`` and ``drop_path`` (eval), ``flatten``, ``stop_gradient``, ``auxiliary``,
-      ``concat``, ``slice``, ``pad``, ``zero``: 0.
+      ``concat``, ``slice``, ``pad``, ``zero``: 0;
+      ``upsample`` 0 (nearest: a copy) or 7 per output element (bilinear: 4 multiplies, 3 adds);
+      ``mean``/``sum`` one per input element; ``conv1d`` as ``conv2d`` (``macs = out * cin/groups * k``);
+      ``softmax``/``log_softmax`` 5 per element (max, subtract, exp, sum, divide or log-subtract);
+      ``matmul`` ``macs = n * k * m`` per matrix (leading dims broadcast), ``2 * macs`` flops.
     - ``activation_bytes``: bytes of the node's output tensor; 0 for ``input`` nodes (given,
       not computed). View ops are counted here although backends alias them.
     - ``weight_bytes``: bytes of params plus buffers (weights are float32: 4 bytes each).

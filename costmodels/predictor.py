@@ -383,7 +383,7 @@ def graph_features(g: Graph, *, batch_size: int = 1, device: DeviceSpec = NOMINA
         ins = g.input_types(n)
         io = float(batch_size * (sum(t.numel for t in ins) + node.type.numel) * 4)
         if cat in ("conv", "linear"):
-            kind = "linear" if op == "linear" else _conv_kind(node.attrs, ins[0].shape[0])
+            kind = "linear" if cat == "linear" else _conv_kind(node.attrs, ins[0].shape[0])  # linear, matmul
             f[f"n_{kind}"] += 1
             f[f"macs_{kind}"] += r.macs
             f[f"io_bytes_{kind}"] += io

@@ -13,12 +13,14 @@ or one feature of a ``(F,)`` vector. Every channel of every node's output is lab
 same replication map, or pruned together). Classes come from a union-find over the channels
 of the *sources*:
 
-- **sources** make new channels: ``conv2d`` with ``groups == 1`` (``out_channels``), ``linear``
+- **sources** make new channels: ``conv2d`` and ``conv1d`` with ``groups == 1`` (``out_channels``), ``linear``
   on a vector (``out_features``), graph ``input`` nodes (pinned, see below);
 - **carriers** pass their input's channels through, index for index: BN, ``scale``, every
   parameter-free op declared ``channelwise`` in its ``OpTraits`` (the activations, ``neg``,
-  ``identity``/``dropout``/``zero``/``stop_*``, max/avg/adaptive pools, ``global_avgpool``, ``pad``),
-  and depthwise convs (``groups == in_channels == out_channels``: channel ``i`` of the output
+  ``identity``/``dropout``/``zero``/``stop_*``, max/avg/adaptive pools, ``global_avgpool``, ``pad``,
+  ``upsample``), ``mean``/``sum``/``softmax``/``log_softmax`` over non-channel dims (over the channels
+  they mix every channel: pinned, like ``matmul``, which contracts its operands' axes),
+  and depthwise convs, 1-d or 2-d (``groups == in_channels == out_channels``: channel ``i`` of the output
   is filter ``i`` applied to input channel ``i`` only);
 - **ties**: ``add``, ``mul``/``sub``/``div`` with equal channel counts (a squeeze-excite gate ``(C, 1, 1)``
   broadcasts over H and W, not over channels), and ``concat`` along a non-channel axis make
@@ -562,6 +564,48 @@ def _slice(b: CouplingBuilder, n, a, ins, it) -> None:
         b.opaque(n, f"slice {start}:{stop}:{step} of the channels of {it[0]} keeps some channels only; "
                     f"prune and widen do not follow channels through a channel slice",
                  "leave the channels feeding this slice alone (a slice on dim >= 2 passes channels through)")
+
+
+# ---- upsample / reductions / conv1d / softmax / matmul (issue 17, part B)
+# upsample is declared channelwise and parameter-free: it passes channels through (rule_of).
+
+
+@register("conv1d")
+def _conv1d(b: CouplingBuilder, n, a, ins, it) -> None:
+    """As ``conv2d``: its channels are axis 0 of a ``(C, L)`` sample, its weight ``(out, in/groups, k)``."""
+    _conv2d(b, n, a, ins, it)
+
+
+@register("mean", "sum")
+def _reduction(b: CouplingBuilder, n, a, ins, it) -> None:
+    """A reduction over non-channel dims passes the channels through (``x.mean((2, 3))`` of a squeeze-excite
+    block); one over the channels mixes them all into one value, which widen and prune cannot follow."""
+    from archir.ops.core import reduce_axes
+
+    op = b.g.nx.nodes[n]["op"]
+    if 0 in reduce_axes(a, it[0].rank, n, op):
+        b.opaque(n, f"{op} over the channel dim of {it[0]} adds all channels together: widening would add "
+                    f"terms and pruning would drop them", "leave the channels feeding this reduction alone")
+    else:
+        b.carrier(n, list(b.layout[ins[0]]))
+
+
+@register("softmax", "log_softmax")
+def _softmax(b: CouplingBuilder, n, a, ins, it) -> None:
+    """Softmax along a non-channel dim works per channel; along the channels every channel's value depends
+    on all of them (the normaliser), so a new channel would change the others."""
+    op = b.g.nx.nodes[n]["op"]
+    if concat_axis(a["dim"], it[0].rank, n) == 0:
+        b.opaque(n, f"{op} over the channel dim of {it[0]} normalises the channels together: a widened or "
+                    f"pruned channel changes every other one", "leave the channels feeding this softmax alone")
+    else:
+        b.carrier(n, list(b.layout[ins[0]]))
+
+
+@register("matmul")
+def _matmul(b: CouplingBuilder, n, a, ins, it) -> None:
+    b.opaque(n, f"matmul of {it[0]} and {it[1]} contracts and mixes the operands' axes (attention's q @ k^T); "
+                f"archir does not follow channels through it", "leave the channels feeding this matmul alone")
 
 
 @register("choice")

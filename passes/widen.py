@@ -78,7 +78,8 @@ MAX_RATIO = 2.0
 #: values of a zero-mode channel in a carrier's per-channel array: "random" (He-normal), or a constant
 _CHANNEL_FILL = {("batchnorm2d", "weight"): 1.0, ("batchnorm2d", "bias"): 0.0,
                  ("batchnorm2d", "running_mean"): 0.0, ("batchnorm2d", "running_var"): 1.0,
-                 ("scale", "weight"): 1.0, ("conv2d", "weight"): "random", ("conv2d", "bias"): 0.0}
+                 ("scale", "weight"): 1.0, ("conv2d", "weight"): "random", ("conv2d", "bias"): 0.0,
+                 ("conv1d", "weight"): "random", ("conv1d", "bias"): 0.0}
 
 
 def _check(g: Graph, cp: Coupling, node: Any, out_channels: Any, mode: Any, pname: str) -> int:

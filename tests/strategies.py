@@ -234,8 +234,8 @@ class _Builder:
         draw = self.draw
         c, h, w = self.shape(cur)
         ops = ["conv2d", "batchnorm2d", "act", "maxpool2d", "avgpool2d", "identity", "dropout", "zero", "scale",
-               "add", "mul", "concat", "sub", "div", "pad"]
-        weights = [6, 3, 4, 3, 2, 1, 1, 1, 1, 3, 2, 2, 1, 1, 1]
+               "add", "mul", "concat", "sub", "div", "pad", "upsample", "reduce"]
+        weights = [6, 3, 4, 3, 2, 1, 1, 1, 1, 3, 2, 2, 1, 1, 1, 1, 1]
         if self.allow_choice:
             ops.append("choice")
             weights.append(4)
@@ -273,6 +273,21 @@ class _Builder:
                 pads.append(draw(st.integers(0, max(0, most))))
             value = draw(st.sampled_from([0.0, 0.0, -1.5])) if mode == "constant" else 0.0
             return self.add("pad", cur, pads=pads, mode=mode, value=value)
+        if op == "upsample":
+            mode = draw(st.sampled_from(["nearest", "bilinear"]))
+            ac = mode == "bilinear" and draw(st.booleans())
+            if 2 * max(h, w) <= MAX_SPATIAL and draw(st.booleans()):
+                return self.add("upsample", cur, mode=mode, scale_factor=2.0, align_corners=ac)
+            size = [draw(st.integers(1, MAX_SPATIAL)), draw(st.integers(1, MAX_SPATIAL))]
+            return self.add("upsample", cur, mode=mode, size=size, align_corners=ac)
+        if op == "reduce":  # a spatial mean/sum gating (SE-like) or centring the map; the mean over both
+            # H and W imports as global_avgpool, so the mean is drawn over one of them
+            red = draw(st.sampled_from(["mean", "sum"]))
+            dims = draw(st.sampled_from([[2], [3], [-1]] + ([[2, 3], [-1, -2]] if red == "sum" else [])))
+            r = self.add(red, cur, dims=dims, keepdim=True)
+            if draw(st.booleans()):
+                return self.add("mul", cur, self.add("sigmoid", r))
+            return self.add("sub", cur, r)
         if op in ("maxpool2d", "avgpool2d"):
             is_max = op == "maxpool2d"
             ceil = is_max and draw(st.booleans())

@@ -407,12 +407,16 @@ def _auto_pad(a: dict) -> None:
 
 @_rule("Conv")
 def _conv(imp: _Importer, node, a):
-    _auto_pad(a)
+    w = imp.env.get(node.input[1]) if len(node.input) > 1 else None
+    if not (isinstance(w, np.ndarray) and w.ndim == 3):  # a 1-d conv reads its auto_pad itself
+        _auto_pad(a)
     x = imp.act(node.input[0])
     w = imp.const(node.input[1], "the conv weight")
     b = imp.const(node.input[2], "the conv bias") if len(node.input) > 2 and node.input[2] else None
+    if w.ndim == 3:
+        return _conv1d(imp, node, a, x, w, b)
     if w.ndim != 4:
-        raise Skip("only 2-d convolutions are supported")
+        raise Skip("only 1-d and 2-d convolutions are supported")
     params = {"weight": w}
     if b is not None:
         params["bias"] = b
@@ -691,19 +695,128 @@ def _avgpool(imp, node, a):
                    count_include_pad=bool(a.get("count_include_pad", 0)))
 
 
-@_rule("ReduceMean")
-def _reduce_mean(imp, node, a):
-    x = imp.act(node.input[0])
+# ---- upsample / reductions / conv1d / softmax / matmul (issue 17, part B)
+
+
+def _conv1d(imp, node, a, x, w, b):
+    """A ``Conv`` with a 3-d weight; ``auto_pad=SAME_*`` (torch's ``padding="same"``) at stride 1 pads
+    ``dilation * (k - 1)`` in all, symmetric when that is even."""
+    pads = list(a.get("pads", [0, 0]))
+    ap = _s(a.get("auto_pad", "NOTSET"))
+    k, d, st = int(w.shape[2]), int(a.get("dilations", [1])[0]), int(a.get("strides", [1])[0])
+    if ap in ("SAME_UPPER", "SAME_LOWER"):
+        if st != 1 or d * (k - 1) % 2:
+            raise Skip(f"auto_pad={ap} with stride {st}, kernel {k}, dilation {d} pads asymmetrically")
+        pads = [d * (k - 1) // 2] * 2
+    elif ap not in ("NOTSET", "VALID", ""):
+        raise Skip(f"auto_pad={ap} is not supported; export with explicit pads")
+    if len(pads) != 2 or pads[0] != pads[1]:
+        raise Skip(f"Conv pads {pads} are not symmetric (archir pads both sides alike)")
+    params = {"weight": w, **({"bias": b} if b is not None else {})}
+    return imp.add(node, "conv1d", [x], params=params, out_channels=int(w.shape[0]),
+                   kernel_size=int(a.get("kernel_shape", w.shape[2:])[0]), stride=int(a.get("strides", [1])[0]),
+                   padding=int(pads[0]), dilation=int(a.get("dilations", [1])[0]), groups=int(a.get("group", 1)),
+                   bias=b is not None)
+
+
+def _reduce_axes(imp, node, a, op_type: str, x: str) -> list[int] | None:
     axes = a.get("axes")
-    if axes is None and len(node.input) > 1 and node.input[1]:
-        axes = imp.const(node.input[1], "axes").tolist()
+    if axes is None and len(node.input) > 1 and node.input[1]:  # an input from opset 18 (ReduceSum: 13)
+        axes = imp.const(node.input[1], "axes").reshape(-1).tolist()
+    if axes is None or len(axes) == 0:
+        if a.get("noop_with_empty_axes", 0):
+            return []
+        raise Skip(f"{op_type} over every axis (the batch included); archir reduces per sample")
     rank = len(imp.shape(x)) + 1
-    if axes is None or sorted(int(v) % rank for v in axes) != [2, 3] or rank != 4:
-        raise Skip(f"ReduceMean over axes {axes}; archir maps the spatial mean of (N, C, H, W) only")
-    gap = imp.add(node, "global_avgpool", [x])
-    if a.get("keepdims", 1):
-        return gap
-    return imp.add(node, "flatten", [gap], start_dim=1)
+    axes = [int(v) % rank if -rank <= int(v) < rank else int(v) for v in axes]
+    if any(not 1 <= v < rank for v in axes):
+        raise Skip(f"{op_type} over axes {axes}: archir never reduces the batch axis")
+    return axes
+
+
+@_rule("ReduceMean", "ReduceSum")
+def _reduce(imp, node, a):
+    """``ReduceMean`` over H and W of (N, C, H, W) is a ``global_avgpool`` (as from_torch maps
+    ``x.mean((2, 3))``); any other per-sample axes are a ``mean``/``sum``."""
+    x = imp.act(node.input[0])
+    axes = _reduce_axes(imp, node, a, node.op_type, x)
+    if not axes:
+        return x  # noop_with_empty_axes
+    keep = bool(a.get("keepdims", 1))
+    if node.op_type == "ReduceMean" and len(imp.shape(x)) == 3 and sorted(axes) == [2, 3]:
+        gap = imp.add(node, "global_avgpool", [x])
+        return gap if keep else imp.add(node, "flatten", [gap], start_dim=1)
+    op = "mean" if node.op_type == "ReduceMean" else "sum"
+    return imp.add(node, op, [x], dims=sorted(axes), keepdim=keep)
+
+
+@_rule("Softmax", "LogSoftmax")
+def _softmax(imp, node, a):
+    if imp.opset < 13:
+        raise Skip(f"{node.op_type} before opset 13 flattens from its axis; export with opset >= 13")
+    x = imp.act(node.input[0])
+    rank = len(imp.shape(x)) + 1
+    axis = int(a.get("axis", -1))
+    if not -rank <= axis < rank or axis % rank == 0:
+        raise Skip(f"{node.op_type} over axis {axis}: archir never normalises across the batch axis")
+    return imp.add(node, "softmax" if node.op_type == "Softmax" else "log_softmax", [x], dim=axis)
+
+
+def _resize_scale(imp, node, x) -> dict:
+    """The ``size=`` or ``scale_factor=`` of a ``Resize`` (scales, or sizes: constant or torch's
+    ``Concat(Slice(Shape(x), 0, 2), [oh, ow])``)."""
+    _, h, w = imp.shape(x)
+    sizes = imp.env.get(node.input[3], _BAD) if len(node.input) > 3 and node.input[3] else None
+    if sizes is not None:
+        dims = sizes.dims if isinstance(sizes, _ShapeOf) else (sizes.reshape(-1).tolist()
+                                                               if isinstance(sizes, np.ndarray) else None)
+        if dims is None or len(dims) != 4 or any(d is None for d in dims[2:]):
+            raise Skip("Resize sizes that are not known when importing")
+        if dims[1] is not None and int(dims[1]) != imp.shape(x)[0]:
+            raise Skip(f"Resize to {dims[1]} channels; archir resizes H and W only")
+        return {"size": [int(dims[2]), int(dims[3])]}
+    scales = imp.const(node.input[2], "the Resize scales") if len(node.input) > 2 and node.input[2] else None
+    if scales is None or scales.size != 4:
+        raise Skip("Resize without 4 scales or sizes")
+    sn, sc, sh, sw = (float(v) for v in scales.reshape(-1))
+    if (sn, sc) != (1.0, 1.0):
+        raise Skip(f"Resize scales {scales.tolist()} resize the batch or channel axis")
+    if sh == sw:
+        return {"scale_factor": _f32(sh)}
+    return {"size": [int(math.floor(h * sh)), int(math.floor(w * sw))]}  # archir's to_onnx of size=
+
+
+def _s(v) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+@_rule("Resize")
+def _resize(imp, node, a):
+    """``Resize`` as torch's interpolate writes it (and archir's to_onnx): nearest with asymmetric
+    coordinates and floor rounding; linear with half_pixel (or pytorch_half_pixel) or align_corners."""
+    x = imp.act(node.input[0])
+    if len(imp.shape(x)) != 3:
+        raise Skip(f"Resize of a rank-{len(imp.shape(x)) + 1} tensor; archir's upsample takes (N, C, H, W)")
+    mode, ctm = _s(a.get("mode", "nearest")), _s(a.get("coordinate_transformation_mode", "half_pixel"))
+    if int(a.get("antialias", 0)) or _s(a.get("keep_aspect_ratio_policy", "stretch")) != "stretch" or a.get("axes"):
+        raise Skip("Resize with antialias, keep_aspect_ratio_policy or axes")
+    if mode == "nearest":
+        if ctm != "asymmetric" or _s(a.get("nearest_mode", "round_prefer_floor")) != "floor":
+            raise Skip(f"nearest Resize with coordinate_transformation_mode={ctm}, nearest_mode="
+                       f"{_s(a.get('nearest_mode', 'round_prefer_floor'))}; archir's (torch's) nearest is asymmetric, floor")
+        attrs = {"mode": "nearest"}
+    elif mode == "linear":
+        if ctm not in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+            raise Skip(f"linear Resize with coordinate_transformation_mode={ctm}; archir's bilinear is "
+                       "half_pixel or align_corners (torch's align_corners=False / True)")
+        attrs = {"mode": "bilinear", "align_corners": ctm == "align_corners"}
+    else:
+        raise Skip(f"Resize mode={mode}; archir's upsample has nearest and bilinear")
+    attrs.update(_resize_scale(imp, node, x))
+    nid = imp.add(node, "upsample", [x], **attrs)
+    if ctm == "pytorch_half_pixel" and 1 in imp.shape(nid)[1:]:
+        raise Skip("pytorch_half_pixel Resize to a length-1 axis (it differs from half_pixel there)")
+    return nid
 
 
 @_rule("Flatten")
@@ -733,6 +846,11 @@ def _reshape(imp, node, a):
 
 @_rule("Concat")
 def _concat(imp, node, a):
+    vals = [imp.env.get(i, _BAD) for i in node.input]
+    if any(isinstance(v, _ShapeOf) for v in vals):  # shape arithmetic: Concat(Shape(x)[:2], [oh, ow])
+        if not all(isinstance(v, _ShapeOf) or (isinstance(v, np.ndarray) and v.ndim == 1) for v in vals):
+            raise Skip("Concat of a shape with a value that is not a constant vector")
+        return _ShapeOf([d for v in vals for d in (v.dims if isinstance(v, _ShapeOf) else v.tolist())])
     xs = [imp.act(i) for i in node.input]
     return imp.add(node, "concat", xs, dim=int(a["axis"]))
 
@@ -866,6 +984,13 @@ def _split(imp, node, a):
 def _slice(imp, node, a):
     """A ``Slice`` with constant starts/ends/axes/steps: one archir ``slice`` per axis, chained;
     ``Mul(Slice(x, [0, 0], [big, big], [2, 3], [s, s]), 0)`` is archir's strided ``zero``."""
+    v = imp.env.get(node.input[0], _BAD)
+    if isinstance(v, _ShapeOf):  # Shape(x)[a:b] (torch's Resize sizes)
+        bounds = [imp.const(i, w).reshape(-1).tolist() if i else None
+                  for i, w in zip(list(node.input[1:]) + [""] * 4, ["starts", "ends", "axes", "steps"])][:4]
+        if len(bounds[0]) != 1 or (bounds[2] not in (None, [0])) or (bounds[3] not in (None, [1])):
+            raise Skip("Slice of a shape other than one contiguous range")
+        return _ShapeOf(v.dims[int(bounds[0][0]):int(min(bounds[1][0], len(v.dims)))])
     x = imp.act(node.input[0])
     shape = imp.shape(x)
     names = ["starts", "ends", "axes", "steps"]
@@ -951,8 +1076,12 @@ def _matmul(imp, node, a):
     if pooled is not None:
         return pooled
     xw = _matmul_weight(imp, node)
+    l, r = (imp.env.get(i, _BAD) for i in node.input)
+    if xw is None and isinstance(l, str) and isinstance(r, str):
+        return imp.add(node, "matmul", [l, r])  # two activations (attention's q @ k^T)
     if xw is None:
-        raise Skip("MatMul that is neither x @ constant matrix (a linear layer) nor archir's adaptive pooling")
+        raise Skip("MatMul that is neither x @ constant matrix (a linear layer), two network tensors, nor "
+                   "archir's adaptive pooling")
     x, w = xw
     user = imp.sole_user(node.output[0])
     if user is not None and user.op_type == "Add":

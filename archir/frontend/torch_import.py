@@ -101,6 +101,15 @@ _SIGS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "split": (["input", "split_size_or_sections", "dim"], {"dim": 0}),
     "split_method": (["input", "split_size", "dim"], {"dim": 0}),
     "chunk": (["input", "chunks", "dim"], {"dim": 0}),
+    "interpolate": (["input", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor",
+                     "antialias"], {"size": None, "scale_factor": None, "mode": "nearest", "align_corners": None,
+                                    "recompute_scale_factor": None, "antialias": False}),
+    "sum": (["input", "dim", "keepdim", "dtype"], {"dim": None, "keepdim": False, "dtype": None}),
+    "softmax": (["input", "dim", "_stacklevel", "dtype"], {"dim": None, "_stacklevel": 3, "dtype": None}),
+    "softmax_method": (["input", "dim", "dtype"], {"dtype": None}),
+    "matmul": (["input", "other"], {}),
+    "conv1d": (["input", "weight", "bias", "stride", "padding", "dilation", "groups"],
+               {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}),
     "zero": (["x", "stride"], {"stride": 1}),
     "stop_forward": (["x"], {}),
 }
@@ -538,8 +547,10 @@ def _result(imp: _Importer, node: fx.Node, nid: str) -> _Act:
 
 def _conv(imp: _Importer, node, kw):
     x = _act(kw)
-    _rank4(x, "conv2d")
     w = _const(kw["weight"], "the conv weight")
+    if w is not None and w.dim() == 3 and not kw.get("transposed"):
+        return _conv1d(imp, node, kw)
+    _rank4(x, "conv2d")
     b = _const(kw.get("bias"), "the conv bias")
     if kw.get("transposed"):
         raise Skip("transposed convolution is not an archir op")
@@ -562,6 +573,138 @@ def _conv(imp: _Importer, node, kw):
                   padding=_pair_attr(padding, "padding"), dilation=dil, groups=int(kw["groups"]),
                   bias=b is not None)
     return _result(imp, node, nid)
+
+
+# ---- upsample / reductions / conv1d / softmax / matmul (issue 17, part B)
+
+
+def _int1(v, what: str) -> int:
+    v = _ints(v, what)
+    if len(v) != 1:
+        raise Skip(f"{what}={v} is not 1-d")
+    return v[0]
+
+
+def _conv1d(imp, node, kw):
+    x = _act(kw)
+    if len(x.shape) != 3:
+        raise Skip(f"conv1d on a {len(x.shape) - 1}-d sample {x.shape[1:]}; archir's conv1d takes (N, C, L)")
+    w = _const(kw["weight"], "the conv weight")
+    b = _const(kw.get("bias"), "the conv bias")
+    if kw.get("transposed"):
+        raise Skip("transposed convolution is not an archir op")
+    if w is None or w.dim() != 3:
+        raise Skip("conv1d needs a 3-d weight (out, in/groups, k)")
+    k, dil = int(w.shape[2]), _int1(kw["dilation"], "dilation")
+    padding = kw["padding"]
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = 0
+        elif padding == "same" and dil * (k - 1) % 2 == 0:
+            padding = dil * (k - 1) // 2
+        else:
+            raise Skip(f"padding={padding!r} with an even kernel pads asymmetrically; archir pads symmetrically")
+    nid = imp.add(node, "conv1d", [x.id], params={"weight": w, **({"bias": b} if b is not None else {})},
+                  out_channels=int(w.shape[0]), kernel_size=k, stride=_int1(kw["stride"], "stride"),
+                  padding=_int1(padding, "padding"), dilation=dil, groups=int(kw["groups"]), bias=b is not None)
+    return _result(imp, node, nid)
+
+
+_INTERP_MODES = {"nearest": "nearest", "bilinear": "bilinear"}
+
+
+def _interpolate(imp, node, kw):
+    """``F.interpolate`` / ``nn.Upsample``: nearest or bilinear on (N, C, H, W), by size or by one scale
+    factor for both dims (with recompute_scale_factor=True torch uses the computed size: mapped as size=)."""
+    x = _act(kw)
+    _rank4(x, "interpolate")
+    mode = kw.get("mode", "nearest")
+    if mode not in _INTERP_MODES:
+        raise Skip(f"interpolate mode={mode!r}; archir's upsample has nearest and bilinear")
+    if kw.get("antialias"):
+        raise Skip("interpolate antialias=True (archir's upsample does not antialias)")
+    ac = kw.get("align_corners")
+    attrs: dict[str, Any] = {"mode": mode, "align_corners": bool(ac) if mode == "bilinear" else False}
+    size, sf = kw.get("size"), kw.get("scale_factor")
+    out = imp.out_shape(node)
+    if size is not None or kw.get("recompute_scale_factor"):
+        if out is None:
+            raise Skip("the result shape is unknown")
+        attrs["size"] = list(out[2:])
+    elif sf is not None:
+        sfs = list(sf) if isinstance(sf, (list, tuple)) else [sf, sf]
+        if len(sfs) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in sfs):
+            raise Skip(f"scale_factor={sf!r} is not one or two numbers")
+        if sfs[0] != sfs[1]:
+            raise Skip(f"scale_factor={sf!r} differs per dim; archir's upsample takes one factor (or size=)")
+        attrs["scale_factor"] = float(sfs[0])
+    else:
+        raise Skip("interpolate without size or scale_factor")
+    return _result(imp, node, imp.add(node, "upsample", [x.id], **attrs))
+
+
+def _aten_upsample(mode: str):
+    """``aten.upsample_{nearest,bilinear}2d`` (and ``.vec``): output_size, or scale factors."""
+
+    def rule(imp, node, kw):
+        sf = kw.get("scale_factors")
+        if sf is None and (kw.get("scales_h") is not None or kw.get("scales_w") is not None):
+            sf = [kw.get("scales_h"), kw.get("scales_w")]
+        size = kw.get("output_size")
+        return _interpolate(imp, node, {"input": kw["input"], "mode": mode, "align_corners": kw.get("align_corners"),
+                                        "size": size if size else None, "scale_factor": None if size else sf})
+
+    return rule
+
+
+def _reduce(op: str):
+    def rule(imp, node, kw):
+        x = _act(kw)
+        dims, r = kw.get("dim"), len(x.shape)
+        if dims is None or dims == []:
+            raise Skip(f"{op} over every dim (the batch included); archir reduces per sample: pass dim=")
+        if kw.get("dtype") is not None:
+            raise Skip(f"{op} with dtype={kw['dtype']} (archir computes in the input's float32)")
+        dims = _ints(dims, "dim")
+        if any(not -r <= d < r for d in dims):
+            raise Skip(f"{op} dims {dims} out of range for a rank-{r} tensor")
+        if any(d % r == 0 for d in dims):
+            raise Skip(f"{op} over the batch dimension")
+        if op == "mean" and r == 4 and sorted(d % r for d in dims) == [2, 3]:
+            gap = imp.add(node, "global_avgpool", [x.id])  # the spatial mean of a feature map
+            if kw.get("keepdim"):
+                return _result(imp, node, gap)
+            return _result(imp, node, imp.add(node, "flatten", [gap], start_dim=1))
+        return _result(imp, node, imp.add(node, op, [x.id], dims=dims, keepdim=bool(kw.get("keepdim"))))
+
+    return rule
+
+
+def _softmax(op: str):
+    def rule(imp, node, kw):
+        x = _act(kw)
+        dim = kw.get("dim")
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise Skip(f"{op} with dim={dim!r}; pass an int dim (torch's implicit dim is deprecated)")
+        if kw.get("dtype") is not None or kw.get("half_to_float"):
+            raise Skip(f"{op} with a dtype change")
+        if dim % len(x.shape) == 0:
+            raise Skip(f"{op} over the batch dimension")
+        return _result(imp, node, imp.add(node, op, [x.id], dim=dim))
+
+    return rule
+
+
+def _matmul(imp, node, kw):
+    a, b = kw["input"], kw["other"]
+    if not isinstance(a, _Act) or not isinstance(b, _Act):
+        raise Skip("matmul with a constant operand; a weight matrix is a linear layer (nn.Linear / F.linear)")
+    if len(a.shape) != len(b.shape) or len(a.shape) < 3:
+        raise Skip(f"matmul of {a.shape} and {b.shape}: archir's matmul takes two tensors of equal rank >= 3 "
+                   "(batch, ..., n, k) @ (batch, ..., k, m)")
+    if a.shape[0] != b.shape[0]:
+        raise Skip(f"matmul broadcasts over the batch dimension ({a.shape} and {b.shape})")
+    return _result(imp, node, imp.add(node, "matmul", [a.id, b.id]))
 
 
 def _linear(imp, node, kw):
@@ -774,20 +917,6 @@ def _adaptive(imp, node, kw):
     return _result(imp, node, imp.add(node, "adaptive_avgpool2d", [x.id], output_size=size))
 
 
-def _mean(imp, node, kw):
-    x = _act(kw)
-    dims = kw.get("dim")
-    r = len(x.shape)
-    dims = sorted(d % r for d in _ints(dims, "dim")) if dims is not None else None
-    if r != 4 or dims != [2, 3] or kw.get("dtype") is not None:
-        raise Skip(f"mean over dims {kw.get('dim')} of a rank-{r} tensor; archir maps the spatial mean of "
-                    "(N, C, H, W) only")
-    gap = imp.add(node, "global_avgpool", [x.id])
-    if kw.get("keepdim"):
-        return _result(imp, node, gap)
-    return _result(imp, node, imp.add(node, "flatten", [gap], start_dim=1))
-
-
 def _flatten(imp, node, kw):
     x = _act(kw)
     r = len(x.shape)
@@ -963,7 +1092,15 @@ _reg([("method", "tanh_")], "unary", _unary("tanh"), inplace=True)
 _reg([F.max_pool2d, torch.max_pool2d], "max_pool2d", _max_pool)
 _reg([F.avg_pool2d], "avg_pool2d", _avg_pool)
 _reg([F.adaptive_avg_pool2d], "adaptive_avg_pool2d", _adaptive)
-_reg([torch.mean, ("method", "mean")], "mean", _mean)
+_reg([torch.mean, ("method", "mean")], "mean", _reduce("mean"))
+_reg([torch.sum, ("method", "sum")], "sum", _reduce("sum"))
+_reg([F.interpolate, F.upsample], "interpolate", _interpolate)
+_reg([F.conv1d], "conv1d", _conv1d)
+_reg([F.softmax], "softmax", _softmax("softmax"))
+_reg([F.log_softmax], "softmax", _softmax("log_softmax"))
+_reg([torch.softmax, ("method", "softmax")], "softmax_method", _softmax("softmax"))
+_reg([torch.log_softmax, ("method", "log_softmax")], "softmax_method", _softmax("log_softmax"))
+_reg([operator.matmul, torch.matmul, torch.bmm, ("method", "matmul"), ("method", "bmm")], "matmul", _matmul)
 _reg([torch.flatten], "flatten", _flatten)
 _reg([("method", "flatten")], "tensor_flatten", _flatten)
 _reg([torch.reshape], "reshape", _reshape)
@@ -1022,7 +1159,13 @@ _ATEN_RULES: dict[str, Rule] = {
     "silu": ("", _unary("silu"), False), "silu_": ("", _unary("silu"), True),
     "sigmoid": ("", _unary("sigmoid"), False), "tanh": ("", _unary("tanh"), False),
     "max_pool2d": ("", _max_pool, False), "avg_pool2d": ("", _avg_pool, False),
-    "adaptive_avg_pool2d": ("", _adaptive, False), "mean": ("", _mean, False),
+    "adaptive_avg_pool2d": ("", _adaptive, False), "mean": ("", _reduce("mean"), False),
+    "sum": ("", _reduce("sum"), False), "conv1d": ("", _conv1d, False),
+    "upsample_nearest2d": ("", _aten_upsample("nearest"), False),
+    "upsample_bilinear2d": ("", _aten_upsample("bilinear"), False),
+    "_softmax": ("", _softmax("softmax"), False), "softmax": ("", _softmax("softmax"), False),
+    "_log_softmax": ("", _softmax("log_softmax"), False), "log_softmax": ("", _softmax("log_softmax"), False),
+    "matmul": ("", _matmul, False), "bmm": ("", _matmul, False),
     "flatten": ("", _flatten, False), "view": ("", _reshape, False), "reshape": ("", _reshape, False),
     "add": ("", _binary("add"), False), "add_": ("", _binary("add"), True),
     "mul": ("", _binary("mul"), False), "mul_": ("", _binary("mul"), True),
@@ -1050,6 +1193,29 @@ def _m_conv(imp, node, m: nn.Conv2d, args, kwargs):
         padding = [0, 0]
     return _conv(imp, node, {"input": x, "weight": m.weight, "bias": m.bias, "stride": list(m.stride),
                              "padding": padding, "dilation": list(m.dilation), "groups": m.groups})
+
+
+def _m_conv1d(imp, node, m: nn.Conv1d, args, kwargs):
+    if m.padding_mode != "zeros":
+        raise Skip(f"Conv1d padding_mode={m.padding_mode!r} (archir's conv1d pads with zeros)")
+    padding = m.padding if isinstance(m.padding, str) else list(m.padding)
+    return _conv1d(imp, node, {"input": args[0] if args else kwargs.get("input"), "weight": m.weight,
+                               "bias": m.bias, "stride": list(m.stride), "padding": padding,
+                               "dilation": list(m.dilation), "groups": m.groups})
+
+
+def _m_upsample(imp, node, m: nn.Upsample, args, kwargs):
+    return _interpolate(imp, node, {"input": args[0] if args else kwargs.get("input"), "size": m.size,
+                                    "scale_factor": m.scale_factor, "mode": m.mode,
+                                    "align_corners": m.align_corners,
+                                    "recompute_scale_factor": getattr(m, "recompute_scale_factor", None)})
+
+
+def _m_softmax(op: str):
+    def rule(imp, node, m, args, kwargs):
+        return _softmax(op)(imp, node, {"input": args[0] if args else kwargs.get("input"), "dim": m.dim})
+
+    return rule
 
 
 def _m_linear(imp, node, m: nn.Linear, args, kwargs):
@@ -1146,6 +1312,9 @@ _MODULE_RULES: dict[type, Callable] = {
     nn.LeakyReLU: _m_leaky_relu, nn.GELU: _m_gelu, nn.ELU: _m_elu,
     nn.ZeroPad2d: _m_pad("constant"), nn.ConstantPad2d: _m_pad("constant"), nn.ReflectionPad2d: _m_pad("reflect"),
     nn.ReplicationPad2d: _m_pad("replicate"),
+    # nn.UpsamplingNearest2d / UpsamplingBilinear2d (align_corners=True) are nn.Upsample subclasses
+    nn.Conv1d: _m_conv1d, nn.Upsample: _m_upsample, nn.Softmax: _m_softmax("softmax"),
+    nn.LogSoftmax: _m_softmax("log_softmax"),
 }
 
 

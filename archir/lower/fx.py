@@ -255,6 +255,48 @@ def _pad(ctx, node, args, ins):
     return ctx.fx.call_function(F.pad, (args[0], list(a["pads"])), kw)
 
 
+# ---- upsample / reductions / conv1d / softmax / matmul (issue 17, part B)
+
+
+@FX_HANDLERS.register("upsample")
+def _upsample(ctx, node, args, ins):
+    a = node.attrs
+    kw: dict[str, Any] = {"mode": a["mode"]}
+    if a["size"] is not None:
+        kw["size"] = pair(a["size"])
+    else:
+        kw["scale_factor"] = a["scale_factor"]
+    if a["mode"] == "bilinear":
+        kw["align_corners"] = a["align_corners"]
+    return ctx.fx.call_function(F.interpolate, (args[0],), kw)
+
+
+def _reduction(target: Callable):
+    def handler(ctx, node, args, ins):
+        return ctx.fx.call_function(target, (args[0],), {"dim": tuple(node.attrs["dims"]),
+                                                          "keepdim": node.attrs["keepdim"]})
+
+    return handler
+
+
+FX_HANDLERS.register("mean")(_reduction(torch.mean))
+FX_HANDLERS.register("sum")(_reduction(torch.sum))
+FX_HANDLERS.register("softmax")(_fn(torch.softmax, dim=lambda a: a["dim"]))
+FX_HANDLERS.register("log_softmax")(_fn(torch.log_softmax, dim=lambda a: a["dim"]))
+FX_HANDLERS.register("matmul")(_fn(torch.matmul))
+
+
+@FX_HANDLERS.register("conv1d")
+def _conv1d(ctx, node, args, ins):
+    a = node.attrs
+    m = _meta_module(nn.Conv1d, ins[0].shape[0], a["out_channels"], a["kernel_size"], stride=a["stride"],
+                     padding=a["padding"], dilation=a["dilation"], groups=a["groups"], bias=a["bias"])
+    m.weight = nn.Parameter(_tensor(node.params["weight"]))
+    if a["bias"]:
+        m.bias = nn.Parameter(_tensor(node.params["bias"]))
+    return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
+
+
 @FX_HANDLERS.register("slice")
 def _slice(ctx, node, args, ins):
     ax, start, stop, step = slice_range(node.attrs, ins[0].shape, node.id)

@@ -377,6 +377,75 @@ def _pad(ctx, node, xs, ins, out):
     return ctx.emit("Pad", inputs, out, mode=ONNX_PAD_MODES[a["mode"]])
 
 
+# ---- upsample / reductions / conv1d / softmax / matmul (issue 17, part B)
+
+#: ONNX Resize's attributes for archir's (torch's) upsample modes; from_onnx reads these back
+RESIZE_NEAREST = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
+
+
+def resize_attrs(mode: str, align_corners: bool) -> dict:
+    """The ``Resize`` attributes that compute torch's ``interpolate(mode, align_corners)``: nearest is
+    ``floor(dst / scale)`` (asymmetric, floor); bilinear is half_pixel, or align_corners."""
+    if mode == "nearest":
+        return dict(RESIZE_NEAREST)
+    return {"mode": "linear", "coordinate_transformation_mode": "align_corners" if align_corners else "half_pixel"}
+
+
+@ONNX_HANDLERS.register("upsample")
+def _upsample(ctx, node, xs, ins, out):
+    """``scale_factor``: ``Resize(x, "", scales=[1, 1, s, s])``; ``size``: ``Resize(x, "", "", sizes)``
+    with ``sizes = Concat(Shape(x)[0:2], [oh, ow])`` (the batch is dynamic), as torch's exporter
+    writes both, so that ONNX Runtime uses torch's coordinate scale (``1 / s``, or ``in / out``)."""
+    a = node.attrs
+    attrs = resize_attrs(a["mode"], a["align_corners"])
+    _, h, w = ins[0].shape
+    oh, ow = get_op("upsample").infer(a, ins, node.id).shape[1:]
+    if a["scale_factor"] is not None:
+        s32 = np.float32(a["scale_factor"])
+        if all(math.floor(n * float(s32)) == o and math.floor(np.float32(n) * s32) == o for n, o in ((h, oh), (w, ow))):
+            sc = ctx.const(f"{node.id}::scales", [1.0, 1.0, a["scale_factor"], a["scale_factor"]], np.float32)
+            return ctx.emit("Resize", [xs[0], "", sc], out, **attrs)
+        # the float32 scale rounds below an exact in * s (0.7 * 10): then out / in == s, and sizes are exact
+    shape = ctx.emit("Shape", [xs[0]], _aux(ctx, node, "shape"))
+    nc = ctx.emit("Slice", [shape, ctx.const(f"{node.id}::zero", [0], np.int64),
+                            ctx.const(f"{node.id}::two", [2], np.int64)], _aux(ctx, node, "nc"))
+    sizes = ctx.emit("Concat", [nc, ctx.const(f"{node.id}::hw", [oh, ow], np.int64)],
+                     _aux(ctx, node, "sizes"), axis=0)
+    return ctx.emit("Resize", [xs[0], "", "", sizes], out, **attrs)
+
+
+def _reduce(op_type: str):
+    def handler(ctx, node, xs, ins, out):
+        from archir.ops.core import reduce_axes
+
+        axes = [ax + 1 for ax in reduce_axes(node.attrs, ins[0].rank, node.id, node.op)]
+        keep = int(node.attrs["keepdim"])
+        if op_type == "ReduceSum":  # axes an input since opset 13
+            return ctx.emit("ReduceSum", [xs[0], ctx.const(f"{node.id}::axes", axes, np.int64)], out, keepdims=keep)
+        return ctx.emit(op_type, [xs[0]], out, axes=axes, keepdims=keep)  # an attribute until opset 18
+
+    return handler
+
+
+ONNX_HANDLERS.register("mean")(_reduce("ReduceMean"))
+ONNX_HANDLERS.register("sum")(_reduce("ReduceSum"))
+ONNX_HANDLERS.register("softmax")(lambda ctx, node, xs, ins, out: ctx.emit("Softmax", xs, out,
+                                                                           axis=node.attrs["dim"]))
+ONNX_HANDLERS.register("log_softmax")(lambda ctx, node, xs, ins, out: ctx.emit("LogSoftmax", xs, out,
+                                                                               axis=node.attrs["dim"]))
+ONNX_HANDLERS.register("matmul")(lambda ctx, node, xs, ins, out: ctx.emit("MatMul", xs, out))
+
+
+@ONNX_HANDLERS.register("conv1d")
+def _conv1d(ctx, node, xs, ins, out):
+    a = node.attrs
+    inputs = [xs[0], ctx.const(f"{node.id}.weight", node.params["weight"])]
+    if a["bias"]:
+        inputs.append(ctx.const(f"{node.id}.bias", node.params["bias"]))
+    return ctx.emit("Conv", inputs, out, kernel_shape=[a["kernel_size"]], strides=[a["stride"]],
+                    pads=[a["padding"], a["padding"]], dilations=[a["dilation"]], group=a["groups"])
+
+
 @ONNX_HANDLERS.register("scale")
 def _scale(ctx, node, xs, ins, out):
     w = node.params["weight"].reshape((-1,) + (1,) * (ins[0].rank - 1))

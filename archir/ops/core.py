@@ -875,3 +875,241 @@ register_op(OpDef(
     traits=_traits("search"),
     doc="search-space node: one of several candidate op chains; params are namespaced '<candidate>.<step>.<name>'",
 ))
+
+# --------------------------------------------------------------------------- upsample / reductions / conv1d / softmax / matmul
+# (issue 17, part B). Dims count the batch dim as 0, as torch's do; the batch is never reduced,
+# normalised or multiplied across.
+
+#: the interpolation modes of ``upsample`` (torch's names; ONNX Resize calls bilinear "linear")
+UPSAMPLE_MODES = ("nearest", "bilinear")
+
+
+def _upsample_check(a, node):
+    if (a["size"] is None) == (a["scale_factor"] is None):
+        raise OpSchemaError("upsample needs exactly one of size and scale_factor", node=node, rule="attr",
+                            hint="pass size=[oh, ow] or scale_factor=2.0 (torch.nn.Upsample's arguments)")
+    if a["mode"] == "nearest" and a["align_corners"]:
+        raise OpSchemaError("upsample align_corners=True only applies to mode='bilinear'", node=node, rule="attr",
+                            hint="drop align_corners= for mode='nearest' (torch refuses it too)")
+
+
+def upsample_size(a: dict, h: int, w: int) -> tuple[int, int]:
+    """The output ``(oh, ow)`` of an ``upsample`` node on an ``h x w`` map: ``size``, or
+    ``floor(h * scale_factor)`` and ``floor(w * scale_factor)`` (torch's rule)."""
+    if a["size"] is not None:
+        return pair(a["size"])
+    s = a["scale_factor"]
+    return int(math.floor(h * s)), int(math.floor(w * s))
+
+
+def _upsample_infer(a, ins, node):
+    _rank("upsample", ins[0], 3, node)
+    c, h, w = ins[0].shape
+    oh, ow = upsample_size(a, h, w)
+    if oh < 1 or ow < 1:
+        raise _fail(node, f"upsample of {ins[0]} by scale_factor={a['scale_factor']} gives a {oh}x{ow} map",
+                    hint="use a larger scale_factor (or size=) so each output dim is at least 1")
+    return _checked_type((c, oh, ow), node)
+
+
+register_op(OpDef(
+    "upsample", arity=1, infer=_upsample_infer, check=_upsample_check,
+    attrs={"mode": AttrSpec("str", "nearest", choices=UPSAMPLE_MODES),
+           "size": AttrSpec("pair", None, min=1, max=MAX_DIM, optional=True),
+           "scale_factor": AttrSpec("float", None, min=1e-3, max=1024.0, optional=True),
+           "align_corners": AttrSpec("bool", False)},
+    # nearest copies input values; bilinear takes convex combinations of them (inside the input's range)
+    traits=_traits("copy", **_UNARY, value_range="input"),
+    doc="resize H and W of a (C, H, W) map (torch.nn.functional.interpolate / nn.Upsample): mode nearest "
+        "(floor of dst * in / out) or bilinear (align_corners as torch), to size=[oh, ow] or by one "
+        "scale_factor for both dims (output floor(in * s); coordinates scaled by 1 / s, as torch)",
+))
+
+
+def reduce_axes(a: dict, rank: int, node=None, op: str = "mean") -> list[int]:
+    """The per-sample axes (batch excluded, sorted) that a ``mean``/``sum`` node with torch ``dims``
+    reduces on a rank-``rank`` sample."""
+    full = rank + 1
+    axes = []
+    for d in a["dims"]:
+        k = d + full if d < 0 else d
+        if not 0 <= k < full:
+            raise _fail(node, f"{op} dim {d} is out of range for {rank}-d samples (dims count the batch as 0)",
+                        hint=f"pass dims in [1, {rank}] (or negative, from the end)")
+        if k == 0:
+            raise _fail(node, f"{op} over dim {d}, the batch dim: archir never reduces across samples",
+                        hint="reduce dims >= 1 (e.g. dims=[2, 3] for the spatial mean of (N, C, H, W))")
+        if k - 1 in axes:
+            raise _fail(node, f"{op} dims {a['dims']} name dim {k} twice", hint="list each dim once")
+        axes.append(k - 1)
+    return sorted(axes)
+
+
+def _reduce_check(op):
+    def check(a, node):
+        if not a["dims"]:
+            raise OpSchemaError(f"{op} needs at least one dim", node=node, rule="attr",
+                                hint="pass dims=[2, 3] (spatial) or dims=[1] (channels); the batch is never reduced")
+
+    return check
+
+
+def _reduce_infer(op):
+    def infer(a, ins, node):
+        t = ins[0]
+        axes = reduce_axes(a, t.rank, node, op)
+        if a["keepdim"]:
+            return TensorType(tuple(1 if i in axes else d for i, d in enumerate(t.shape)), t.dtype)
+        out = tuple(d for i, d in enumerate(t.shape) if i not in axes)
+        if not out:
+            raise _fail(node, f"{op} over every dim of {t} without keepdim leaves a scalar per sample",
+                        hint="pass keepdim=True, or keep one dim (archir tensors have a dim after the batch)")
+        return TensorType(out, t.dtype)
+
+    return infer
+
+
+def _sum_value_range(a, ins):
+    # a sum of n values of one sign keeps the sign (n is not known here, so the magnitude is unbounded)
+    if ins[0] is None:
+        return None
+    lo, hi = ins[0]
+    if lo == hi == 0.0:
+        return (0.0, 0.0)
+    if lo >= 0.0:
+        return (0.0, INF)
+    if hi <= 0.0:
+        return (-INF, 0.0)
+    return None
+
+
+_REDUCE_ATTRS = {"dims": AttrSpec("ints", min=-16, max=16), "keepdim": AttrSpec("bool", False)}
+register_op(OpDef(
+    "mean", arity=1, attrs=dict(_REDUCE_ATTRS), infer=_reduce_infer("mean"), check=_reduce_check("mean"),
+    # channel-wise only when dims exclude the channels (attr-dependent: the coupling rule decides)
+    traits=_traits("pool", zero_preserving="all", value_range="input"),
+    doc="x.mean(dims, keepdim) over per-sample dims (torch dims: 1 is channels; never 0, the batch); "
+        "one flop per input element",
+))
+register_op(OpDef(
+    "sum", arity=1, attrs=dict(_REDUCE_ATTRS), infer=_reduce_infer("sum"), check=_reduce_check("sum"),
+    traits=_traits("pool", zero_preserving="all", value_range=_sum_value_range),
+    doc="x.sum(dims, keepdim) over per-sample dims (torch dims: 1 is channels; never 0, the batch); "
+        "one flop per input element",
+))
+
+
+# conv1d: torch.nn.Conv1d on (C, L) samples
+
+
+def _conv1d_infer(a, ins, node):
+    _rank("conv1d", ins[0], 2, node)
+    c, length = ins[0].shape
+    if c % a["groups"]:
+        raise _fail(node, f"input channels {c} not divisible by groups={a['groups']}",
+                    hint="choose groups dividing the input channel count")
+    k, s, p, d = (a[x] for x in ("kernel_size", "stride", "padding", "dilation"))
+    out = _out_size(length, k, s, p, d, False)
+    if out < 1:
+        raise _fail(node, f"conv1d kernel {k} (dilation {d}, padding {p}) does not fit input {ins[0]}",
+                    hint="use a smaller kernel, more padding or a longer input")
+    return _checked_type((a["out_channels"], out), node)
+
+
+def _conv1d_params(a, ins):
+    p = {"weight": (a["out_channels"], ins[0].shape[0] // a["groups"], a["kernel_size"])}
+    if a["bias"]:
+        p["bias"] = (a["out_channels"],)
+    return p
+
+
+def _conv1d_init(a, ins, rng):
+    shapes = _conv1d_params(a, ins)
+    w = shapes["weight"]
+    bound = 1.0 / math.sqrt(w[1] * w[2])  # torch's kaiming_uniform_(a=sqrt(5)) default
+    return {k: _uniform(rng, bound, s) for k, s in shapes.items()}, {}
+
+
+register_op(OpDef(
+    "conv1d", arity=1,
+    attrs={
+        "out_channels": AttrSpec("int", min=1, max=MAX_DIM),
+        "kernel_size": AttrSpec("int", min=1, max=MAX_KERNEL),
+        "stride": AttrSpec("int", 1, min=1, max=MAX_KERNEL),
+        "padding": AttrSpec("int", 0, min=0, max=MAX_KERNEL),
+        "dilation": AttrSpec("int", 1, min=1, max=MAX_KERNEL),
+        "groups": AttrSpec("int", 1, min=1, max=MAX_DIM),
+        "bias": AttrSpec("bool", True),
+    },
+    infer=_conv1d_infer, param_shapes=_conv1d_params, init=_conv1d_init, check=_conv_check,
+    traits=_traits("conv", zero_preserving=_zero_unless_bias),
+    doc="1-d convolution (torch.nn.Conv1d) on (C, L) samples; in_channels come from the input shape",
+))
+
+
+# softmax / log_softmax over one dim
+
+
+def _softmax_infer(op):
+    def infer(a, ins, node):
+        full, d = ins[0].rank + 1, a["dim"]
+        if not 1 <= (d + full if d < 0 else d) < full:
+            raise _fail(node, f"{op} dim={d} is out of range for {ins[0].rank}-d samples (dim 0 is the batch)",
+                        hint=f"pass dim in [1, {ins[0].rank}] (or negative, from the end)")
+        return ins[0]
+
+    return infer
+
+
+def _softmax_check(op):
+    def check(a, node):
+        if a["dim"] == 0:
+            raise OpSchemaError(f"{op} dim=0 is the batch dim: archir never normalises across samples", node=node,
+                                rule="attr", hint="pass dim= 1 (channels) or a later dim; dims count the batch as 0")
+
+    return check
+
+
+register_op(OpDef(
+    "softmax", arity=1, attrs={"dim": AttrSpec("int", min=-16, max=16)}, infer=_softmax_infer("softmax"),
+    check=_softmax_check("softmax"),
+    traits=_traits("gate", value_range=(0.0, 1.0)),
+    doc="torch.softmax(x, dim): exp(x - max) / sum(exp(x - max)) along dim (counting the batch as 0); "
+        "5 flops per element",
+))
+register_op(OpDef(
+    "log_softmax", arity=1, attrs={"dim": AttrSpec("int", min=-16, max=16)}, infer=_softmax_infer("log_softmax"),
+    check=_softmax_check("log_softmax"),
+    traits=_traits("eltwise", value_range=(-INF, 0.0)),
+    doc="torch.log_softmax(x, dim): x - max - log(sum(exp(x - max))) along dim; 5 flops per element",
+))
+
+
+# matmul of two activations
+
+
+def _matmul_infer(a, ins, node):
+    x, y = ins
+    if x.rank < 2 or y.rank < 2:
+        raise _fail(node, f"matmul needs two per-sample matrices (rank >= 2), got {x} and {y}",
+                    hint="a vector times a weight matrix is a linear; reshape activations to (.., n, k) and (.., k, m)")
+    if x.rank != y.rank:
+        raise _fail(node, f"matmul needs equal ranks, got {x} and {y} (a lower-rank operand would broadcast over "
+                          f"the batch dim)", hint="reshape one operand so both have the same rank")
+    if x.shape[-1] != y.shape[-2]:
+        raise _fail(node, f"matmul of {x} and {y}: inner dims {x.shape[-1]} and {y.shape[-2]} differ",
+                    hint="transpose one operand so the inner dims match")
+    out = []
+    for dx, dy in zip(x.shape[:-2], y.shape[:-2]):
+        if dx != dy and 1 not in (dx, dy):
+            raise _fail(node, f"matmul cannot broadcast the leading dims of {x} and {y}", hint="dims must be equal or 1")
+        out.append(max(dx, dy))
+    return _checked_type((*out, x.shape[-2], y.shape[-1]), node)
+
+
+register_op(OpDef(
+    "matmul", arity=2, infer=_matmul_infer,
+    traits=_traits("linear", zero_preserving="any"),
+    doc="torch.matmul of two activations (.., n, k) @ (.., k, m), leading dims broadcast (equal ranks; the "
+        "batch dim is never broadcast); n*k*m MACs per matrix",
+))

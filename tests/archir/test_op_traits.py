@@ -51,6 +51,16 @@ EXAMPLES = {
     "div": ([(3, 4, 4), (3, 1, 1)], [{}]),
     "pad": ([(3, 5, 5)], [{"pads": [1, 2, 0, 3]}, {"pads": [1, 2, 0, 3], "value": 0.5}, {"pads": [2, 1],
                           "mode": "reflect"}, {"pads": [4, 4, 4, 4], "mode": "replicate"}]),
+    # ---- upsample / reductions / conv1d / softmax / matmul
+    "upsample": ([(3, 4, 5)], [{"scale_factor": 2.0}, {"size": [7, 9], "mode": "bilinear"},
+                               {"scale_factor": 1.5, "mode": "bilinear", "align_corners": True}]),
+    "mean": ([(3, 4, 5)], [{"dims": [2, 3], "keepdim": True}, {"dims": [1]}, {"dims": [-1]}]),
+    "sum": ([(3, 4, 5)], [{"dims": [2, 3]}, {"dims": [1], "keepdim": True}]),
+    "conv1d": ([(3, 9)], [{"out_channels": 4, "kernel_size": 3, "padding": 1, "bias": False},
+                          {"out_channels": 3, "kernel_size": 5, "groups": 3, "dilation": 2}]),
+    "softmax": ([(3, 4, 5)], [{"dim": 1}, {"dim": -1}]),
+    "log_softmax": ([(3, 4, 5)], [{"dim": 2}]),
+    "matmul": ([(2, 4, 5), (2, 5, 3)], [{}]),
 }
 UNARY = ("relu", "relu6", "sigmoid", "hardswish", "hardsigmoid", "silu", "tanh", "identity", "stop_gradient",
          "stop_forward")

@@ -368,6 +368,11 @@ OP_EXAMPLES = {
     "elu": ([(4, 8, 8)], dict(alpha=0.5)), "hardtanh": ([(4, 8, 8)], dict(min_val=-2.0, max_val=2.0)),
     "neg": ([(4, 8, 8)], {}), "sub": ([(4, 8, 8), (4, 1, 1)], {}), "div": ([(4, 8, 8), (4, 8, 8)], {}),
     "pad": ([(4, 8, 8)], dict(pads=[1, 0, 2, 1], mode="reflect")),
+    "upsample": ([(4, 8, 8)], dict(scale_factor=2.0, mode="bilinear")),
+    "mean": ([(4, 8, 8)], dict(dims=[2, 3], keepdim=True)), "sum": ([(4, 8, 8)], dict(dims=[1])),
+    "conv1d": ([(4, 16)], dict(out_channels=6, kernel_size=3, stride=2, groups=2)),
+    "softmax": ([(4, 8, 8)], dict(dim=1)), "log_softmax": ([(10,)], dict(dim=1)),
+    "matmul": ([(2, 8, 4), (1, 4, 3)], {}),
     "choice": ([(4, 8, 8)], dict(candidates=_cands())),
 }
 

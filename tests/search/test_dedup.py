@@ -252,7 +252,7 @@ def test_a_killed_run_extends_and_a_time_budget_extends(table, tmp_path):
 
 def test_cli_flags(table, tmp_path, capsys):
     out = tmp_path / "cli"
-    base = ["search", "--space", "chain", "--space-opt", f"layers=1", "--space-opt", "kernels=[3]",
+    base = ["search", "--space", "chain", "--space-opt", "layers=1", "--space-opt", "kernels=[3]",
             "--space-opt", "expands=[1,3]", "--space-opt", "widths=[[8,16],[8,16]]", "--strategy", "random",
             "--strategy-opt", "retries=0", "--evaluator", f"table:{chain_table(tmp_path / 't.csv')}",
             "--seed", "0", "--out", str(out), "--no-export", "--quiet"]

@@ -22,10 +22,29 @@ exactly: ``resume=True`` replays every stored round through a fresh strategy (as
 decisions match, tell the stored results), re-runs the unfinished candidates of the last round,
 and continues. Nothing finished is lost or evaluated twice.
 
-**Budget**: ``"200c"`` stops after 200 candidates (failed ones count); ``"10m"`` / ``"90s"`` /
-``"1h"`` is search wall time, summed over resumed sessions; a new round is not started when the
-time left is less than the mean round time so far (the search ends near the budget, not a
-round after it).
+**Budget**: ``"200c"`` stops after 200 candidates (failed ones count, cache hits do not unless
+``count_duplicates``); ``"10m"`` / ``"90s"`` / ``"1h"`` is search wall time, summed over resumed
+sessions; a new round is not started when the time left is less than the mean round time so far
+(the search ends near the budget, not a round after it). ``resume=True`` with a larger budget of
+the same kind (``--resume --budget 400c`` on a 200c run, or a longer time) extends a finished or
+killed run: the store's config takes the new budget and the search goes on where it stopped;
+for a candidate budget that is a multiple of ``round_size`` the extended run equals a straight
+run with the larger budget (same seed, same strategy). A smaller budget, or one of another kind,
+is refused (a ``ConfigMismatch`` naming it); every other option must equal the stored one.
+
+**De-duplication** (``dedup``, on by default): before a candidate is evaluated its architecture
+key (:func:`search.evaluators.arch_key`: the space's architecture string, e.g. NB201's
+``|nor_conv_3x3~0|+|...|``, or the canonical JSON of its decisions, which fix the structure a
+space builds) is looked up among the ``done`` candidates; a match reuses that result (metrics,
+costs, score, graph hash and graph file) and is recorded ``done`` with ``cache_of`` = the
+original's id and no training time. Two equal candidates of one round are evaluated once (the
+lower id; the other waits for it). A failed result is not reused (the duplicate is evaluated).
+Candidates grown from a trained parent (``search.morph``: hillclimb, petridish) are never
+de-duplicated: their weights come from the parent's training and their own seed. A cache hit
+is told to the strategy like any result; it does not count against a candidate budget unless
+``count_duplicates`` (then the run asks exactly the budget's candidates), and a run asks at most
+10 x the budget's candidates in all (a small space exhausted by a strategy that keeps proposing
+known architectures ends there, with a progress line saying so).
 
 **Objective** (lower is better; this is the ``score`` stored per candidate):
 
@@ -71,7 +90,8 @@ from search.store import DB_NAME, Candidate, Store, StoreError
 
 __all__ = ["ExperimentConfig", "ConfigError", "Progress", "Budget", "parse_budget", "Objective", "parse_objective",
            "run_search", "SearchSummary", "evaluate_candidate", "candidate_seed", "best_candidate",
-           "frontier_candidates", "gallery_table", "write_gallery", "export_candidate", "load_candidate_graph",
+           "frontier_candidates", "gallery_table", "dedup_key", "record_cache_hit", "check_resume_config",
+           "MAX_ASKED_PER_BUDGET", "write_gallery", "export_candidate", "load_candidate_graph",
            "DEFAULT_TRAIN"]
 
 
@@ -210,9 +230,13 @@ class ExperimentConfig:
             ``"table:FILE.csv"`` (a tabular benchmark: looked up, not trained; the dataset is not loaded), or
             ``"callable:<module>:<qualname>"`` (set by ``run_search(..., evaluator=fn)``).
         evaluator_options: the table's ``metric``, ``test_metric`` and ``key`` columns.
+        dedup: de-duplication (default on): a candidate of the same architecture as a finished one
+            reuses that one's result (a cache hit, ``Candidate.cache_of``) instead of being evaluated
+            again; see the module docstring.
+        count_duplicates: cache hits count against a candidate budget (default: they do not).
 
-    ``evaluator`` and ``evaluator_options`` are stored only when not the defaults, so runs stored
-    before they existed resume unchanged.
+    ``evaluator``, ``evaluator_options``, ``dedup`` and ``count_duplicates`` are stored only when not
+    the defaults, so runs stored before they existed resume unchanged.
     """
 
     space: str = "chain"
@@ -230,14 +254,21 @@ class ExperimentConfig:
     train: dict = field(default_factory=lambda: dict(DEFAULT_TRAIN))
     evaluator: str = "train"
     evaluator_options: dict = field(default_factory=dict)
+    dedup: bool = True
+    count_duplicates: bool = False
 
     def to_dict(self) -> dict:
-        """The JSON form stored in the run (``evaluator`` left out when ``"train"``, its options when empty)."""
+        """The JSON form stored in the run (``evaluator`` left out when ``"train"``, its options when empty,
+        ``dedup`` when on, ``count_duplicates`` when off)."""
         d = asdict(self)
         if d["evaluator"] == "train":
             del d["evaluator"]
         if not d["evaluator_options"]:
             del d["evaluator_options"]
+        if d["dedup"] is True:
+            del d["dedup"]
+        if d["count_duplicates"] is False:
+            del d["count_duplicates"]
         return json.loads(json.dumps(d, sort_keys=True))
 
     @classmethod
@@ -268,6 +299,13 @@ class ExperimentConfig:
                               hint=f"use one of {', '.join(_LATENCY_BACKENDS)}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be an int >= 0, got {self.seed!r}", hint="pass --seed 0")
+        for name in ("dedup", "count_duplicates"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}",
+                                  hint=f"pass {name}=True or {name}=False")
+        if self.count_duplicates and not self.dedup:
+            raise ConfigError("count_duplicates (--count-duplicates) needs de-duplication, which is off (--no-dedup)",
+                              hint="drop one of them: without de-duplication every candidate is evaluated and counts")
         from search.evaluators import check_evaluator
 
         check_evaluator(self.evaluator, self.evaluator_options, objective_cost=obj.cost,
@@ -427,10 +465,12 @@ def best_candidate(cands: Sequence[Candidate]) -> Candidate | None:
 
 
 def frontier_candidates(cands: Sequence[Candidate], cost_key: str) -> list[Candidate]:
-    """The done candidates on the Pareto frontier of (validation error, ``costs[cost_key]``)."""
+    """The done candidates on the Pareto frontier of (validation error, ``costs[cost_key]``); a cache hit
+    (``cache_of``) is left out: its architecture is there as the candidate it reused."""
     by_id = {c.id: c for c in cands}
     pts = [Point(c.id, float(c.metrics["val_error"]), float(c.costs[cost_key]), c.within_budget)
-           for c in cands if c.status == "done" and "val_error" in c.metrics and cost_key in c.costs]
+           for c in cands if c.status == "done" and "val_error" in c.metrics and cost_key in c.costs
+           and c.cache_of is None]
     return [by_id[p.id] for p in frontier(pts)]
 
 
@@ -448,6 +488,7 @@ class SearchSummary:
     resumed: int = 0
     requeued: list[int] = field(default_factory=list)
     distinct: int = 0  # distinct architectures among the evaluated candidates (by structural hash)
+    cache_hits: int = 0  # candidates that reused a finished one's result (de-duplication), over all sessions
 
 
 def _fmt_time(s: float) -> str:
@@ -509,7 +550,8 @@ class Progress:
         if c.status == "done":
             what = f"#{c.id:<3} done   val_err {c.metrics['val_error']:.3f}  {cost_key} " \
                    f"{_fmt_cost(cost_key, c.costs.get(cost_key, float('nan')))}" + ("" if c.within_budget else
-                                                                                     "  OVER BUDGET")
+                                                                                     "  OVER BUDGET") \
+                + (f"  cache hit of #{c.cache_of}" if c.cache_of is not None else "")
         else:
             what = f"#{c.id:<3} FAILED ({c.error})"
         best_s = f"best #{best.id} val_err {best.metrics['val_error']:.3f}" if best else "best -"
@@ -622,6 +664,67 @@ def record_result(c: Candidate, res: Mapping, *, run_dir: Path, config: Experime
     store.finish(c)
 
 
+#: a candidate budget of N asks at most this many times N candidates, cache hits included
+MAX_ASKED_PER_BUDGET = 10
+
+
+def dedup_key(space, decisions: Mapping) -> str | None:
+    """The architecture key de-duplication compares (:func:`search.evaluators.arch_key`), or None when
+    the candidate is never de-duplicated (grown from a trained parent, or decisions the space rejects)."""
+    from search.evaluators import arch_key
+
+    if getattr(space, "grows", False) or "parent" in decisions:
+        return None
+    try:
+        return arch_key(space, decisions)
+    except (ArchirError, ValueError, TypeError, KeyError):  # a bad candidate fails in its evaluation instead
+        return None
+
+
+def record_cache_hit(c: Candidate, orig: Candidate, store: Store) -> None:
+    """Record ``c`` done with the result of ``orig`` (the same architecture, evaluated): a cache hit."""
+    c.status, c.error, c.traceback = "done", None, None
+    c.metrics, c.costs = dict(orig.metrics), dict(orig.costs)
+    c.timings = {"total_s": 0.0, "epochs": 0}
+    c.graph_hash, c.graph_path = orig.graph_hash, orig.graph_path
+    c.score, c.within_budget = orig.score, orig.within_budget
+    c.cache_of = orig.id
+    store.finish(c)
+
+
+def check_resume_config(store: Store, cfg_dict: Mapping[str, Any], budget: Budget) -> str | None:
+    """Check a resumed run's config against the stored one; returns the stored budget when ``budget``
+    extends it (same kind, larger), else None.
+
+    Raises:
+        ConfigMismatch: any other difference (all of them named), or a budget that is smaller than the
+            stored one or of another kind.
+    """
+    from search.store import ConfigMismatch
+
+    stored = store.config
+    old_text = stored.get("budget")
+    if old_text is None or old_text == cfg_dict.get("budget"):
+        store.check_config(cfg_dict)
+        return None
+    try:
+        store.check_config({**cfg_dict, "budget": old_text})
+    except ConfigMismatch:
+        store.check_config(cfg_dict)  # name every difference, the budget's included
+        raise
+    try:
+        old = parse_budget(old_text)
+    except ConfigError:
+        old = None
+    if old is None or old.kind != budget.kind or budget.value < old.value:
+        what = "of another kind" if old is not None and old.kind != budget.kind else "smaller"
+        raise ConfigMismatch(f"--resume with budget {cfg_dict.get('budget')!r}, {what} than the run's budget "
+                             f"{old_text!r}: a resume can only extend the budget", file=store.run_dir,
+                             hint=f"pass --budget {old_text} (continue) or a larger budget of the same kind "
+                                  "(extend); to stop earlier, stop the search: its finished candidates are kept")
+    return None if budget.value == old.value else old_text
+
+
 def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: str = "serial",
                executor_options: Mapping[str, Any] | None = None, resume: bool = False,
                progress: Progress | None = None, on_candidate: Callable[[Candidate], None] | None = None,
@@ -663,6 +766,9 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
                           "supernet, or children grown from trained parents): it cannot use another evaluator",
                           hint="use --evaluator train, or an ask/tell strategy (random, evolution, reinforce, pnas) "
                                "on a space of decisions (nb201, darts, chain)")
+    if config.strategy in ONESHOT and (not config.dedup or config.count_duplicates):
+        raise ConfigError(f"strategy {config.strategy!r} trains one supernet: de-duplication options do not apply",
+                          hint="drop --no-dedup / --count-duplicates")
     if config.strategy in ONESHOT:  # DARTS, SNAS, PARSEC, ENAS: one supernet, no ask/tell rounds, no executor
         from search.train import resolve_device
 
@@ -721,9 +827,10 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
 
     cfg_dict = config.to_dict()
     requeued: list[int] = []
+    extended_from: str | None = None  # the stored budget a resume extends
     if resume:  # check before the executor starts (Ray takes seconds), and before anything is written
         with Store.open(run_dir, lock=True) as st:  # lock: fail now if another search is writing it
-            st.check_config(cfg_dict)
+            extended_from = check_resume_config(st, cfg_dict, budget)
     elif (run_dir / DB_NAME).exists():
         Store.create(run_dir, cfg_dict)  # raises: the folder already holds a search
     ex = get_executor(executor, **dict(executor_options or {}))  # a bad executor leaves no run folder behind
@@ -731,6 +838,9 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         if resume:
             store = Store.open(run_dir, lock=True)
             requeued = store.requeue_unfinished()
+            if extended_from is not None:  # the next resume compares with the extended budget
+                store.set_config(cfg_dict)
+                store.set_info("budget_history", [*store.info("budget_history", [extended_from]), config.budget])
         else:
             store = Store.create(run_dir, cfg_dict)
         store.set_info("space_options", {**space_options, "input_shape": list(space_options["input_shape"])})
@@ -768,6 +878,19 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         return all_cands[pid].graph_path if isinstance(pid, int) and pid in all_cands else None
 
     all_cands: dict[int, Candidate] = {}
+    seen: dict[str, Candidate] = {}  # architecture key -> the first done, evaluated candidate of it (dedup)
+    keys: dict[int, str | None] = {}
+
+    def key_of(c: Candidate) -> str | None:
+        if c.id not in keys:
+            keys[c.id] = dedup_key(space, c.decisions) if config.dedup else None
+        return keys[c.id]
+
+    def remember(c: Candidate) -> None:
+        k = key_of(c)
+        if k is not None and c.status == "done" and c.cache_of is None:
+            seen.setdefault(k, c)
+
     clock = SearchClock(store)
     elapsed, tick = clock.elapsed, clock.tick
     round_times: list[float] = []
@@ -793,6 +916,8 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
                                      "changed since this run started", file=run_dir,
                                      hint="start a new run (another --out folder) with this version of archir")
             all_cands.update({c.id: c for c in rnd})
+            for c in rnd:
+                remember(c)
             if all(c.finished for c in rnd):
                 strat.tell(rnd)
             else:
@@ -812,10 +937,35 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
                       f"budget {budget}, dataset {config.dataset}, seed {config.seed}, executor {ex.describe()}, "
                       f"run folder {run_dir}")
 
+        def finished(c: Candidate) -> None:
+            tick()
+            cs = counts()
+            done = [x for x in all_cands.values() if x.status == "done"]
+            progress.candidate(c, counts=cs, best=best_candidate(done),
+                               frontier_size=len(frontier_candidates(done, obj.cost_key)),
+                               elapsed=elapsed(), budget=budget, cost_key=obj.cost_key)
+            if on_candidate is not None:
+                on_candidate(c)
+
         def run_round(rnd: list[Candidate]) -> None:
-            todo = [c for c in rnd if not c.finished]
+            remaining = [c for c in rnd if not c.finished]
             t0 = time.perf_counter()
-            if todo:
+            while remaining:  # waves: a duplicate of a candidate of this round waits for that one's result
+                todo, later, leaders = [], [], set()
+                for c in remaining:
+                    k = key_of(c)
+                    if k is not None and k in seen:
+                        record_cache_hit(c, seen[k], store)
+                        finished(c)
+                    elif k is not None and k in leaders:
+                        later.append(c)
+                    else:
+                        todo.append(c)
+                        if k is not None:
+                            leaders.add(k)
+                remaining = later
+                if not todo:
+                    continue
                 store.mark_running([c.id for c in todo])
                 for c in todo:
                     c.status = "running"
@@ -823,14 +973,8 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
                 for i, res in ex.map_unordered(work, tasks):
                     c = todo[i]
                     _record(c, res)
-                    tick()
-                    cs = counts()
-                    done = [x for x in all_cands.values() if x.status == "done"]
-                    progress.candidate(c, counts=cs, best=best_candidate(done),
-                                       frontier_size=len(frontier_candidates(done, obj.cost_key)),
-                                       elapsed=elapsed(), budget=budget, cost_key=obj.cost_key)
-                    if on_candidate is not None:
-                        on_candidate(c)
+                    remember(c)
+                    finished(c)
             round_times.append(time.perf_counter() - t0)
             strat.tell(sorted(rnd, key=lambda c: c.id))
             status = strat.status()
@@ -846,8 +990,15 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
             while True:
                 n_asked = len(all_cands)
                 if budget.kind == "candidates":
-                    n = min(config.round_size, int(budget.value) - n_asked)
+                    n_counted = n_asked if config.count_duplicates else \
+                        sum(1 for c in all_cands.values() if c.cache_of is None)
+                    n = min(config.round_size, int(budget.value) - n_counted)
                     if n <= 0:
+                        break
+                    if n_asked >= MAX_ASKED_PER_BUDGET * int(budget.value):
+                        progress.line(f"search: stopped after asking {n_asked} candidates for a budget of {budget}: "
+                                      f"{n_asked - n_counted} were cache hits of known architectures (the space "
+                                      "looks exhausted for this strategy)")
                         break
                 else:
                     left = budget.value - elapsed()
@@ -870,6 +1021,7 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         return SearchSummary(run_dir, config, store.counts(), best_candidate(final),
                              frontier_candidates(final, obj.cost_key), store.elapsed_s,
                              clock.session(), resumed=n_resumed, requeued=requeued,
+                             cache_hits=sum(1 for c in final if c.cache_of is not None),
                              distinct=len({c.graph_hash for c in final if c.graph_hash}
                                           | {json.dumps(c.decisions, sort_keys=True) for c in final
                                              if c.status == "done" and not c.graph_hash}))
@@ -892,7 +1044,8 @@ def gallery_table(cands: Sequence[Candidate], cost_key: str, *, space=None, only
     lists the frontier only, without the failed candidates.
     """
     front = {c.id for c in frontier_candidates(cands, cost_key)}
-    rows = [c for c in cands if c.status == "done" and (c.id in front or not only_frontier)]
+    hits = sum(1 for c in cands if c.cache_of is not None)
+    rows = [c for c in cands if c.status == "done" and c.cache_of is None and (c.id in front or not only_frontier)]
     rows.sort(key=lambda c: (c.costs.get(cost_key, math.inf), c.metrics.get("val_error", math.inf), c.id))
     keys = ["params", "macs"] + ([cost_key] if cost_key not in ("params", "macs") else [])
     head = f"{'':1} {'id':>4} {'val_err':>7} {'test_err':>8} " + " ".join(f"{k:>10}" for k in keys) + \
@@ -912,7 +1065,8 @@ def gallery_table(cands: Sequence[Candidate], cost_key: str, *, space=None, only
                      + f"  {c.op[:20]:<20} {desc}")
     failed = [c for c in cands if c.status == "failed"]
     lines.append(f"* on the Pareto frontier ({len(front)}); x over the hard budget; {len(rows)} shown, "
-                 f"{len(failed)} failed")
+                 f"{len(failed)} failed" + (f"; {hits} cache hits (an architecture already evaluated, its result "
+                                            "reused) not shown" if hits else ""))
     if failed and not only_frontier:
         bugs = [c for c in failed if c.traceback]
         lines.append(f"failed candidates ({len(failed)}" + (f"; {len(bugs)} from an archir bug, marked !" if bugs
@@ -959,7 +1113,7 @@ def write_gallery(run_dir: str | os.PathLike, png: str | os.PathLike | None = No
         space = None
     table = gallery_table(cands, obj.cost_key, space=space, run=run_dir)
     pts = [Point(c.id, float(c.metrics["val_error"]), float(c.costs[obj.cost_key]), c.within_budget)
-           for c in cands if c.status == "done" and obj.cost_key in c.costs]
+           for c in cands if c.status == "done" and obj.cost_key in c.costs and c.cache_of is None]
     if not pts or not draw:
         return table, None
     path = Path(png) if png is not None else run_dir / "pareto.png"

@@ -22,9 +22,11 @@ it: ``"sample"``, ``"mutate:<decision key>"``), ``decisions`` (JSON), ``seed``, 
 (:meth:`archir.Graph.structural_hash`), ``graph_path`` (relative to the run directory),
 ``metrics``/``costs``/``timings`` (JSON), ``score`` (the scalarised objective, lower is better),
 ``within_budget``, ``error`` (the reason a candidate failed, one line) and ``traceback`` (the
-Python traceback when it failed from an archir bug rather than a user error; ``None`` otherwise).
-A store written before ``traceback`` existed gets the column when a search resumes it (readers
-see ``None`` there).
+Python traceback when it failed from an archir bug rather than a user error; ``None`` otherwise)
+and ``cache_of`` (the id of the finished candidate of the same architecture whose result this one
+reuses, not trained again: a de-duplication cache hit; ``None`` for a candidate that was evaluated).
+A store written before ``traceback`` / ``cache_of`` existed gets the column when a search resumes
+it (readers see ``None`` there).
 
 The experiment's config (space, strategy, objective, budget, seeds, training) is stored once;
 :meth:`Store.check_config` compares it with a resumed run's config and names every
@@ -96,6 +98,8 @@ class Candidate:
         error: one line: why it failed.
         traceback: the traceback of the exception it failed from when that was a bug (not an
             ``archir.ArchirError`` user error such as a refused pass), else None.
+        cache_of: the id of the finished candidate of the same architecture whose result it reuses
+            (a de-duplication cache hit: not trained), else None.
     """
 
     id: int
@@ -116,6 +120,7 @@ class Candidate:
     created_at: float = 0.0
     finished_at: float | None = None
     traceback: str | None = None
+    cache_of: int | None = None
 
     @property
     def finished(self) -> bool:
@@ -124,9 +129,10 @@ class Candidate:
 
 
 _COLUMNS = ("id", "round", "op", "decisions", "seed", "parents", "status", "graph_hash", "graph_path", "metrics",
-            "costs", "timings", "score", "within_budget", "error", "created_at", "finished_at", "traceback")
+            "costs", "timings", "score", "within_budget", "error", "created_at", "finished_at", "traceback",
+            "cache_of")
 #: columns added after schema 1 was first released: (name, SQL type); an older store gets them on a locked open
-_ADDED_COLUMNS = (("traceback", "TEXT"),)
+_ADDED_COLUMNS = (("traceback", "TEXT"), ("cache_of", "INTEGER"))
 _JSON_COLUMNS = {"decisions", "parents", "metrics", "costs", "timings"}
 
 _SCHEMA = """
@@ -149,7 +155,8 @@ CREATE TABLE IF NOT EXISTS candidates (
     error TEXT,
     created_at REAL NOT NULL,
     finished_at REAL,
-    traceback TEXT
+    traceback TEXT,
+    cache_of INTEGER
 );
 CREATE INDEX IF NOT EXISTS candidates_status ON candidates(status);
 """
@@ -363,6 +370,10 @@ class Store:
             shown = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
             raise ConfigMismatch(f"--resume with a different experiment config: {shown}", file=self.run_dir,
                                  hint="resume with the same options as the first run, or use a new --out folder")
+
+    def set_config(self, config: Mapping[str, Any]) -> None:
+        """Replace the stored experiment config (``--resume`` with a larger budget records the new budget)."""
+        self._set_meta("config", _dumps(dict(config)))
 
     def info(self, key: str, default: Any = None) -> Any:
         """A JSON value the driver stored beside the config with :meth:`set_info` (e.g. resolved shapes)."""

@@ -9,6 +9,7 @@ Usage::
     archir search --out runs/demo --device cuda --train-opt amp=bf16 --train-opt augment=true   # on a GPU
     archir search --out runs/demo --executor process --gpus 0,1 --device auto   # one candidate per GPU
     archir search --out runs/demo --resume                          # continue a killed search (same options)
+    archir search --out runs/demo --resume --budget 400c            # extend a finished 200c run to 400 candidates
     archir search --strategy hillclimb --out runs/h [--start net.json]   # NASH: grow a start net by morphisms
     archir search --strategy petridish --out runs/p --strategy-opt 'ops=["conv3x3","maxpool3x3"]'
     archir search --space darts --strategy darts --budget 5c --out runs/o   # one-shot: 5 supernet epochs, then derive
@@ -63,7 +64,13 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits",
                    help="digits (built in, default), a .npz file with arrays x and y, or an image folder")
     p.add_argument("--budget", default="3m",
-                   help="wall time (90s, 3m, 1h) or a number of candidates (200c); default 3m")
+                   help="wall time (90s, 3m, 1h) or a number of candidates (200c); default 3m. With --resume a "
+                        "larger budget of the same kind extends the run")
+    p.add_argument("--count-duplicates", action="store_true",
+                   help="cache hits (a candidate of an architecture already evaluated, which reuses that result "
+                        "instead of training) count against a candidate budget (default: they do not)")
+    p.add_argument("--no-dedup", action="store_true",
+                   help="evaluate every candidate, also one of an architecture already evaluated")
     p.add_argument("--objective", default="error",
                    help="error (default), macs, params, flops or latency:ort-cpu / latency:torch-cpu / ... : "
                         "val_error + cost_weight * log2(cost)")
@@ -180,7 +187,8 @@ def _config(args: argparse.Namespace):
                             cost_weight=args.cost_weight, max_latency_ms=args.max_latency_ms,
                             latency_backend=args.latency_backend, budget=args.budget, seed=args.seed,
                             round_size=args.round_size, train=train, evaluator=args.evaluator,
-                            evaluator_options=evaluator_options)
+                            evaluator_options=evaluator_options, dedup=not args.no_dedup,
+                            count_duplicates=bool(args.count_duplicates))
 
 
 def _executor_options(args: argparse.Namespace) -> dict:
@@ -230,7 +238,9 @@ def _run_search(args: argparse.Namespace) -> int:
     c = s.counts
     print(f"search finished: {c['done'] + c['failed']} candidates ({c['done']} done, {c['failed']} failed) in "
           f"{_fmt_time(s.session_s)}" + (f" ({_fmt_time(s.elapsed_s)} over all sessions)" if args.resume else "")
-          + f"; {s.distinct} distinct architectures")
+          + f"; {s.distinct} distinct architectures"
+          + (f"; {s.cache_hits} cache hits (an architecture already evaluated: its result reused, not trained)"
+             if s.cache_hits else ""))
     if c["failed"]:
         from search.store import Store
 

@@ -53,7 +53,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from archir.errors import ArchirError
-from search.pareto import Point, frontier
 from search.store import DB_NAME, LOCK_NAME, Candidate, Store, StoreError
 
 __all__ = ["report_data", "page_data", "render_html", "write_report", "data_stamp", "ReportError", "REPORT_FORMAT",
@@ -371,13 +370,12 @@ def _progress(cands: list[Candidate], t0: float | None) -> dict:
 
 
 def _frontiers(cands: list[Candidate], keys: list[str]) -> dict[str, list[int]]:
-    """Frontier ids per cost key, as ``search.experiment.frontier_candidates`` computes them."""
-    out = {}
-    for k in keys:
-        pts = [Point(c.id, float(c.metrics["val_error"]), float(c.costs[k]), c.within_budget)
-               for c in cands if c.status == "done" and "val_error" in c.metrics and _num(c.costs.get(k)) is not None]
-        out[k] = [p.id for p in frontier(pts)]
-    return out
+    """Frontier ids per cost key: ``search.experiment.frontier_candidates`` (cache hits left out) of the
+    candidates whose cost is a finite number."""
+    from search.experiment import frontier_candidates
+
+    return {k: [c.id for c in frontier_candidates([c for c in cands if _num(c.costs.get(k)) is not None], k)]
+            for k in keys}
 
 
 def report_data(run_dir: str | os.PathLike, *, max_details: int = DEFAULT_MAX_DETAILS,
@@ -396,7 +394,7 @@ def report_data(run_dir: str | os.PathLike, *, max_details: int = DEFAULT_MAX_DE
         state_text, counts, elapsed_s, strategy, space}, "costs": [{key, label}], "frontier": {cost key: [ids]},
         "candidates": [{id, round, status, op, move, strategy, parents, children, error, traceback,
         metrics, costs, val_error, test_error, score, within_budget, seed, timings, describe, finished_s,
-        frontier: {cost key: bool}, preservation, curve, has_detail}], "details": {id: {nodes, totals, svg,
+        frontier: {cost key: bool}, preservation, curve, cache_of, has_detail}], "details": {id: {nodes, totals, svg,
         drawing, drawing_note, moves}}, "details_note", "graphviz", "progress", "oneshot"}``. Floats that are
         not finite are None. A candidate's ``curve`` is ``{"recorded": "per_epoch", "epochs": n, "epoch": [...],
         "train_loss": [...], "val_error": [...], "val_loss": [...]}`` (one list per figure) when the store holds
@@ -458,7 +456,7 @@ def report_data(run_dir: str | os.PathLike, *, max_details: int = DEFAULT_MAX_DE
             "decisions": c.decisions, "graph_path": c.graph_path,
             "finished_s": (None if not (c.finished_at and t0) else round(c.finished_at - t0, 3)),
             "frontier": {k: c.id in set(ids) for k, ids in fronts.items()},
-            "preservation": _preservation(c, move), "curve": _curve(c, curves.get(c.id))}))
+            "preservation": _preservation(c, move), "curve": _curve(c, curves.get(c.id)), "cache_of": c.cache_of}))
 
     # which done candidates get a drawing and a node table (the page must work offline, so precompute)
     done = [c for c in cands if c.status == "done" and c.graph_path]
@@ -856,7 +854,8 @@ function renderDetail() {
   box.className = '';
   const d = D.details[String(c.id)];
   const parts = [el('div', {id: 'detail-id', 'data-id': c.id}, el('b', {}, `Candidate #${c.id}`), el('span', {class: 'badge ' + c.status}, c.status),
-      ' ', el('code', {}, c.op), c.frontier[S.costKey] ? el('span', {class: 'badge'}, 'on the frontier') : null)];
+      ' ', el('code', {}, c.op), c.frontier[S.costKey] ? el('span', {class: 'badge'}, 'on the frontier') : null,
+      c.cache_of != null ? el('span', {class: 'badge', id: 'cache-of'}, 'cache hit: the result of ', cidLink(c.cache_of)) : null)];
   if (c.describe) parts.push(el('div', {class: 'muted'}, c.describe));
   parts.push(kvTable([['validation error', fmt(c.val_error, 'val_error')], ['test error', fmt(c.test_error, 'test_error')],
     ...D.costs.map((x) => [x.label, fmt(c.costs[x.key], x.key)]), ['score', fmt(c.score, 'score')],

@@ -366,3 +366,31 @@ def test_page_data_packs_rounds_and_omits(runs):
         assert got["val_error"] == float(f"{r['val_error']:.{rp.PAGE_DIGITS}g}")
         assert got["curve"]["train_loss"] == [float(f"{v:.{rp.PAGE_DIGITS}g}") for v in r["curve"]["train_loss"]]
     assert {k: v for k, v in p.items() if k != "candidates"}.keys() == {k for k in d if k != "candidates"}
+
+
+def _dedup_eval(request):
+    """A deterministic result per architecture, with a cost, so the report has a frontier."""
+    from search.evaluators import arch_key
+
+    key = arch_key(request.space, request.decisions)
+    return {"val_error": (sum(map(ord, key)) % 97) / 100.0, "params": float(len(key))}
+
+
+def test_cache_hits_are_marked_and_left_off_the_frontier(tmp_path):
+    tiny = {"layers": 1, "kernels": [3], "expands": [1, 3], "widths": [[8, 16], [8, 16]]}  # five architectures
+    cfg = ExperimentConfig(space="chain", space_options=tiny, strategy="random", strategy_options={"retries": 0},
+                           budget="4c", round_size=3, seed=0, objective="params")
+    run_search(cfg, tmp_path / "run", evaluator=_dedup_eval)
+    blob = report_data(tmp_path / "run")
+    rows = {r["id"]: r for r in blob["candidates"]}
+    hits = [r for r in rows.values() if r.get("cache_of") is not None]
+    assert hits, "the tiny space must force duplicates"
+    for r in hits:
+        assert rows[r["cache_of"]].get("cache_of") is None and r["val_error"] == rows[r["cache_of"]]["val_error"]
+        assert not any(r["frontier"].values())
+    with Store.open(tmp_path / "run") as st:
+        want = [c.id for c in frontier_candidates(st.candidates(), "params")]
+    assert blob["frontier"]["params"] == want and want
+    packed = rp.page_data(blob)["candidates"]  # the page gets the field (its detail panel shows the badge)
+    col = packed["columns"].index("cache_of")
+    assert sorted(r[col] for r in packed["rows"] if r[col] is not None) == sorted(r["cache_of"] for r in hits)

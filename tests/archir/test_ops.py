@@ -368,6 +368,8 @@ OP_EXAMPLES = {
     "elu": ([(4, 8, 8)], dict(alpha=0.5)), "hardtanh": ([(4, 8, 8)], dict(min_val=-2.0, max_val=2.0)),
     "neg": ([(4, 8, 8)], {}), "sub": ([(4, 8, 8), (4, 1, 1)], {}), "div": ([(4, 8, 8), (4, 8, 8)], {}),
     "pad": ([(4, 8, 8)], dict(pads=[1, 0, 2, 1], mode="reflect")),
+    "permute": ([(4, 6, 8)], dict(dims=[1, 2, 0])), "reshape": ([(4, 6, 8)], dict(shape=[2, 2, 48])),
+    "channel_shuffle": ([(4, 8, 8)], dict(groups=2)), "layernorm": ([(4, 8, 8)], dict(axis="channels", eps=1e-6)),
     "choice": ([(4, 8, 8)], dict(candidates=_cands())),
 }
 

@@ -32,7 +32,7 @@ import onnx
 from onnx import numpy_helper
 
 from archir.frontend.common import (FrontendError, IdMaker, Skip, UnsafeModelError, Unsupported, UnsupportedModelError,
-                                    add_mapped)
+                                    add_mapped, fuse_layernorm2d)
 from archir.graph import Graph
 
 __all__ = ["from_onnx", "MAX_FILE_BYTES", "MAX_NODES", "MAX_WEIGHT_BYTES"]
@@ -728,7 +728,93 @@ def _reshape(imp, node, a):
             return imp.add(node, "flatten", [x], start_dim=sd)
     if shape[:1] in ([0], [-1]) and shape[1:] == ins:
         return x
-    raise Skip(f"Reshape of {tuple(ins)} to {shape} is not a flatten; archir has no general reshape")
+    return _reshape_to(imp, node, x, shape, bool(a.get("allowzero", 0)))
+
+
+def _reshape_to(imp, node, x: str, shape: list[int], allowzero: bool = False) -> str:
+    """A general Reshape (batch first, then the per-sample target) as an IR ``reshape``."""
+    ins = list(imp.shape(x))
+    if not shape or shape[0] not in (0, -1) or (shape[0] == -1 and -1 in shape[1:]):
+        raise Skip(f"Reshape of (N, {', '.join(map(str, ins))}) to {shape} does not keep the batch dim first; "
+                   "archir reshapes within a sample (export the target as [0 or -1, ...])")
+    out = []
+    for i, d in enumerate(shape[1:], start=1):
+        if d == 0 and not allowzero:
+            if i > len(ins):
+                raise Skip(f"Reshape target {shape}: dim {i} copies a dim the input does not have")
+            d = ins[i - 1]
+        out.append(d)
+    if -1 in out:
+        known = math.prod(d for d in out if d != -1)
+        if known < 1 or math.prod(ins) % known:
+            raise Skip(f"Reshape of {tuple(ins)} to {shape}: the -1 dim does not divide")
+        out[out.index(-1)] = math.prod(ins) // known
+    if not out or math.prod(out) != math.prod(ins) or any(d < 1 for d in out):
+        raise Skip(f"Reshape of (N, {', '.join(map(str, ins))}) to {shape} does not keep each sample's elements")
+    if out == ins:
+        return x
+    return imp.add(node, "reshape", [x], shape=out)
+
+
+@_rule("Squeeze", "Unsqueeze")
+def _squeeze(imp, node, a):
+    x = imp.act(node.input[0])
+    ins = list(imp.shape(x))
+    rank = len(ins) + 1
+    if len(node.input) > 1 and node.input[1]:
+        axes = imp.const(node.input[1], "the axes").astype(np.int64).reshape(-1).tolist()
+    else:
+        axes = a.get("axes")
+    if node.op_type == "Unsqueeze":
+        if axes is None:
+            raise Skip("Unsqueeze without axes")
+        out_rank = rank + len(axes)
+        axes = sorted(int(v) % out_rank for v in axes)
+        if 0 in axes:
+            raise Skip("Unsqueeze before the batch dim; archir keeps the batch first")
+        full = [None] + ins
+        for ax in axes:
+            full.insert(ax, 1)
+    else:
+        axes = [i for i in range(1, rank) if ins[i - 1] == 1] if axes is None else sorted(int(v) % rank for v in axes)
+        if 0 in axes:
+            raise Skip("Squeeze of the batch dim; archir keeps the batch first")
+        if any(ins[ax - 1] != 1 for ax in axes):
+            raise Skip(f"Squeeze of axes {axes} of size > 1 in (N, {ins})")
+        full = [None] + [d for i, d in enumerate(ins, start=1) if i not in axes]
+    return _reshape_to(imp, node, x, [0] + full[1:])
+
+
+@_rule("Transpose")
+def _transpose(imp, node, a):
+    x = imp.act(node.input[0])
+    rank = len(imp.shape(x)) + 1
+    perm = [int(v) for v in a.get("perm", list(range(rank))[::-1])]
+    if sorted(perm) != list(range(rank)) or perm[0] != 0:
+        raise Skip(f"Transpose perm={perm} moves the batch dim; archir keeps the batch first")
+    if perm == list(range(rank)):
+        return x
+    return imp.add(node, "permute", [x], dims=[d - 1 for d in perm[1:]])
+
+
+@_rule("LayerNormalization")
+def _layer_norm(imp, node, a):
+    x = imp.act(node.input[0])
+    rank = len(imp.shape(x)) + 1
+    if int(a.get("axis", -1)) % rank != rank - 1:
+        raise Skip(f"LayerNormalization over axes {int(a.get('axis', -1))}.. of a rank-{rank} tensor; archir "
+                   "normalises over the last axis (or the channels: Transpose, LayerNormalization, Transpose)")
+    if int(a.get("stash_type", 1)) != 1:
+        raise Skip("LayerNormalization with stash_type other than float32")
+    if len(node.output) > 1 and any(o and o in imp.users for o in node.output[1:]):
+        raise Skip("LayerNormalization's mean / inverse std outputs are used")
+    w = imp.const(node.input[1], "the LayerNormalization scale")
+    b = imp.const(node.input[2], "the LayerNormalization bias") if len(node.input) > 2 and node.input[2] else None
+    params = {"weight": w.reshape(-1)}
+    if b is not None:
+        params["bias"] = b.reshape(-1)
+    return imp.add(node, "layernorm", [x], params=params, axis="last", eps=_f32(a.get("epsilon", 1e-5)),
+                   affine=True, bias=b is not None)
 
 
 @_rule("Concat")
@@ -1023,6 +1109,7 @@ def from_onnx(path_or_proto, *, name: str | None = None, max_file_bytes: int = M
         raise FrontendError(f"{label}: the model has no tensor output", rule="from_onnx",
                             hint="export a model that returns a tensor")
     imp.g.set_outputs(*outs)
+    fuse_layernorm2d(imp.g)  # Transpose -> LayerNormalization -> Transpose back: ConvNeXt's LayerNorm2d
     imp.g.meta["frontend"] = {"source": "onnx", "opset": imp.opset, "producer": model.producer_name}
     imp.g.validate()
     return imp.g

@@ -939,6 +939,8 @@ def _binary(op: str):
             raise Skip(f"{op} with a constant ({type(c).__name__}); archir's {op} takes two network tensors")
         if kw.get("alpha", 1) != 1:
             raise Skip(f"alpha={kw['alpha']} is not supported")
+        if not a.shape or not b.shape:
+            raise Skip(f"{op} of a tensor without a batch dimension (a reduction to a scalar?)")
         if op == "add" and a.shape[1:] != b.shape[1:]:
             raise Skip(f"broadcasting add of {a.shape} and {b.shape} (archir's add needs equal shapes)")
         if a.shape[0] != b.shape[0]:

@@ -728,7 +728,40 @@ def _reshape(imp, node, a):
             return imp.add(node, "flatten", [x], start_dim=sd)
     if shape[:1] in ([0], [-1]) and shape[1:] == ins:
         return x
+    nid = _channel_shuffle_chain(imp, node, x, shape)
+    if nid is not None:
+        return nid
     return _reshape_to(imp, node, x, shape, bool(a.get("allowzero", 0)))
+
+
+def _channel_shuffle_chain(imp, node, x: str, shape: list[int]) -> str | None:
+    """``channel_shuffle`` when ``node`` begins Reshape (N, g, C/g, H, W) -> Transpose(0, 2, 1, 3, 4) ->
+    Reshape (N, C, H, W) (archir's to_onnx writes it so; torchvision's view / transpose / view with
+    constant sizes too): the chain's nodes are consumed, its last value is the shuffle."""
+    ins = list(imp.shape(x))
+    if len(ins) != 3 or len(shape) != 5 or shape[0] not in (0, -1) or shape[3:] != ins[1:]:
+        return None
+    g = shape[1]
+    if g < 1 or shape[2] != ins[0] // g or g * shape[2] != ins[0]:
+        return None
+    tr = imp.sole_user(node.output[0])
+    if tr is None or tr.op_type != "Transpose" or [int(v) for v in _attrs(tr).get("perm", [])] != [0, 2, 1, 3, 4]:
+        return None
+    back = imp.sole_user(tr.output[0])
+    if back is None or back.op_type != "Reshape" or back.input[0] != tr.output[0]:
+        return None
+    target = imp.env.get(back.input[1])
+    if not isinstance(target, np.ndarray):
+        return None
+    t = target.astype(np.int64).tolist()
+    if len(t) != 4 or t[0] not in (0, -1) or t[2:] != ins[1:] or t[1] not in (ins[0], -1):
+        return None
+    index = {id(n): k for k, n in enumerate(imp.model.graph.node)}
+    imp.done.update((index[id(tr)], index[id(back)]))
+    nid = imp.add(back, "channel_shuffle", [x], groups=g)
+    imp.env[tr.output[0]] = nid
+    imp.env[back.output[0]] = nid
+    return nid
 
 
 def _reshape_to(imp, node, x: str, shape: list[int], allowzero: bool = False) -> str:
@@ -794,13 +827,26 @@ def _transpose(imp, node, a):
         raise Skip(f"Transpose perm={perm} moves the batch dim; archir keeps the batch first")
     if perm == list(range(rank)):
         return x
+    if perm == [0, 2, 3, 1]:
+        ln = imp.sole_user(node.output[0])
+        back = imp.sole_user(ln.output[0]) if ln is not None and ln.op_type == "LayerNormalization" else None
+        if back is not None and back.op_type == "Transpose" and [int(v) for v in _attrs(back).get("perm", [])] == \
+                [0, 3, 1, 2] and ln.input[0] == node.output[0]:
+            # Transpose -> LayerNormalization -> Transpose back (archir's to_onnx, torch's export of LayerNorm2d):
+            # one layernorm over the channels, named after the chain's last value
+            imp.env[node.output[0]] = x  # stands for the channels-last value inside the chain only
+            index = {id(n): k for k, n in enumerate(imp.model.graph.node)}
+            imp.done.update((index[id(ln)], index[id(back)]))
+            nid = _layer_norm(imp, ln, _attrs(ln), x=x, axis="channels", name_from=back)
+            imp.env[ln.output[0]] = imp.env[back.output[0]] = nid
+            return nid
     return imp.add(node, "permute", [x], dims=[d - 1 for d in perm[1:]])
 
 
 @_rule("LayerNormalization")
-def _layer_norm(imp, node, a):
-    x = imp.act(node.input[0])
-    rank = len(imp.shape(x)) + 1
+def _layer_norm(imp, node, a, x=None, axis="last", name_from=None):
+    x = imp.act(node.input[0]) if x is None else x
+    rank = len(imp.shape(x)) + 1 if axis == "last" else 4
     if int(a.get("axis", -1)) % rank != rank - 1:
         raise Skip(f"LayerNormalization over axes {int(a.get('axis', -1))}.. of a rank-{rank} tensor; archir "
                    "normalises over the last axis (or the channels: Transpose, LayerNormalization, Transpose)")
@@ -813,7 +859,7 @@ def _layer_norm(imp, node, a):
     params = {"weight": w.reshape(-1)}
     if b is not None:
         params["bias"] = b.reshape(-1)
-    return imp.add(node, "layernorm", [x], params=params, axis="last", eps=_f32(a.get("epsilon", 1e-5)),
+    return imp.add(name_from or node, "layernorm", [x], params=params, axis=axis, eps=_f32(a.get("epsilon", 1e-5)),
                    affine=True, bias=b is not None)
 
 

@@ -82,9 +82,8 @@ def test_shape_fx_onnx_runtime_and_import_back(op, shape, attrs, ref):
         torch.testing.assert_close(to_fx(back).eval()(x), got, rtol=1e-6, atol=1e-6)
     if op == "reshape" and len(attrs["shape"]) == 1:
         op = "flatten"  # a reshape to a vector is a flatten, and comes back as one
-    if op != "channel_shuffle":  # ONNX has no channel shuffle: it comes back as Reshape/Transpose/Reshape
-        (node,) = back.nodes(op)
-        assert dict(node.attrs) == dict(g.node("n").attrs) or op in ("layernorm", "flatten")
+    (node,) = back.nodes(op)  # channel_shuffle: its Reshape / Transpose / Reshape is recognised
+    assert dict(node.attrs) == dict(g.node("n").attrs) or op in ("layernorm", "flatten")
 
 
 def test_shuffle_order_is_torchs_permutation():

@@ -334,6 +334,23 @@ _FOLD_MAX = 1024
 _SAME_SIZE = frozenset({"Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Neg", "Abs", "Floor", "Ceil"})
 
 
+class _BatchSize:
+    """The run-time batch size, ``Gather(Shape(x), 0)`` (``batchsize = x.size(0)``), or it unsqueezed to a
+    1-element vector (``vec``). Only a ``Concat`` into a ``Reshape`` target reads it: every tensor of an
+    archir graph has the same batch, so a target that starts with it keeps the batch (ONNX's 0)."""
+
+    def __init__(self, vec: bool = False) -> None:
+        self.vec = vec
+
+
+class _BatchShape:
+    """A ``Reshape`` target ``[batch size, *rest]`` with constant ``rest`` (``Concat`` of a :class:`_BatchSize`
+    vector and constants: torchvision's ``x.view(batchsize, groups, c // groups, h, w)``)."""
+
+    def __init__(self, rest: list[int]) -> None:
+        self.rest = rest
+
+
 class _ShapeOf:
     """``Shape(x)`` of a network tensor: its dims, the batch unknown (``None``)."""
 
@@ -716,10 +733,20 @@ def _flatten(imp, node, a):
     return imp.add(node, "flatten", [x], start_dim=1)
 
 
+def _target(imp, name: str) -> list[int]:
+    """A Reshape target: a constant, or the batch size then constants (its batch entry as ONNX's 0)."""
+    v = imp.env.get(name, _BAD)
+    if isinstance(v, _BatchShape):
+        return [0] + v.rest
+    return imp.const(name, "the target shape").astype(np.int64).tolist()
+
+
 @_rule("Reshape")
 def _reshape(imp, node, a):
     x = imp.act(node.input[0])
-    shape = imp.const(node.input[1], "the target shape").astype(np.int64).tolist()
+    shape = _target(imp, node.input[1])
+    if isinstance(imp.env.get(node.input[1]), _BatchShape) and 0 in shape[1:] and not a.get("allowzero", 0):
+        raise Skip(f"Reshape target {shape} copies input dims after the batch size computed at run time")
     ins = list(imp.shape(x))
     if shape in ([0, -1], [-1, math.prod(ins)]) or (shape[0] in (0, -1) and shape[1:] == [math.prod(ins)]):
         return imp.add(node, "flatten", [x], start_dim=1) if len(ins) > 1 else x
@@ -751,9 +778,9 @@ def _channel_shuffle_chain(imp, node, x: str, shape: list[int]) -> str | None:
     if back is None or back.op_type != "Reshape" or back.input[0] != tr.output[0]:
         return None
     target = imp.env.get(back.input[1])
-    if not isinstance(target, np.ndarray):
+    if not isinstance(target, (np.ndarray, _BatchShape)):
         return None
-    t = target.astype(np.int64).tolist()
+    t = [0] + target.rest if isinstance(target, _BatchShape) else target.astype(np.int64).tolist()
     if len(t) != 4 or t[0] not in (0, -1) or t[2:] != ins[1:] or t[1] not in (ins[0], -1):
         return None
     index = {id(n): k for k, n in enumerate(imp.model.graph.node)}
@@ -791,6 +818,11 @@ def _reshape_to(imp, node, x: str, shape: list[int], allowzero: bool = False) ->
 
 @_rule("Squeeze", "Unsqueeze")
 def _squeeze(imp, node, a):
+    b = imp.env.get(node.input[0])
+    if isinstance(b, _BatchSize) and not b.vec and node.op_type == "Unsqueeze":
+        axes = imp.const(node.input[1], "the axes").reshape(-1).tolist() if len(node.input) > 1 else a.get("axes")
+        if list(axes or []) in ([0], [-1]):
+            return _BatchSize(vec=True)
     x = imp.act(node.input[0])
     ins = list(imp.shape(x))
     rank = len(ins) + 1
@@ -865,6 +897,12 @@ def _layer_norm(imp, node, a, x=None, axis="last", name_from=None):
 
 @_rule("Concat")
 def _concat(imp, node, a):
+    vals = [imp.env.get(i, _BAD) for i in node.input]
+    if vals and isinstance(vals[0], _BatchSize) and vals[0].vec:
+        rest = vals[1:]
+        if int(a.get("axis", 0)) != 0 or not all(isinstance(v, np.ndarray) and v.ndim == 1 for v in rest):
+            raise Skip("Concat of the run-time batch size with values that are not constant vectors")
+        return _BatchShape([int(x) for v in rest for x in v.astype(np.int64).tolist()])
     xs = [imp.act(i) for i in node.input]
     return imp.add(node, "concat", xs, dim=int(a["axis"]))
 
@@ -952,6 +990,8 @@ def _gather(imp, node, a):
     if not isinstance(v, _ShapeOf) or int(a.get("axis", 0)) != 0:
         raise Skip("Gather other than of a tensor's fixed dims (Shape then Gather); archir has no gather op")
     n = len(v.dims)
+    if idx.ndim == 0 and int(idx) % n == 0 and -n <= int(idx) < n:
+        return _BatchSize()  # x.size(0): read by a Reshape target only
     picked = [v.dims[int(i) % n] if -n <= int(i) < n else None for i in idx.reshape(-1)]
     if any(d is None for d in picked):
         raise Skip(f"Gather of dims {idx.reshape(-1).tolist()} of a shape with a dynamic batch axis")

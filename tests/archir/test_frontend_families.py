@@ -493,9 +493,9 @@ TV_FAMILIES = {
     "googlenet": ("googlenet", {"aux_logits": False, "init_weights": True}, (3, 64, 64), True),
     # 32x32: the least multiple of the stride 32; LayerNorm2d fuses to layernorm(axis="channels")
     "convnext_tiny": ("convnext_tiny", {}, (3, 32, 32), True),
-    # torch.onnx.export writes channel_shuffle's x.view(batchsize, ...) with the batch read from Shape at run
-    # time, which from_onnx does not fold (a dynamic batch); archir's own to_onnx is checked under ORT
-    "shufflenet_v2_x0_5": ("shufflenet_v2_x0_5", {}, (3, 32, 32), False),
+    # torch.onnx.export writes channel_shuffle's x.view(batchsize, ...) with the batch size read at run time
+    # (Shape -> Gather(0) -> Unsqueeze -> Concat): from_onnx reads that Reshape target as "keep the batch"
+    "shufflenet_v2_x0_5": ("shufflenet_v2_x0_5", {}, (3, 32, 32), True),
     "shufflenet_v2_x1_0": ("shufflenet_v2_x1_0", {}, (3, 32, 32), False),
 }
 _BIG = {"vgg11", "alexnet"}  # 133M and 61M parameters: their classifiers are fixed by torchvision

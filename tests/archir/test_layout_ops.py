@@ -307,3 +307,23 @@ def test_reshape_and_channel_shuffle_pin_with_their_reason():
     assert cp.rule("t").kind == "opaque" and "moves the channel axis" in cp.rule("t").reason
     small, report = passes.prune_channels(g, ratio=0.5)
     assert small.node("a").attrs["out_channels"] == 8  # every group is pinned: nothing to prune
+
+
+def test_onnx_reshape_targets_with_the_run_time_batch_size():
+    class Shuffle(nn.Module):  # torchvision's channel_shuffle, batch size read with x.size()
+        def forward(self, x):
+            b, c, h, w = x.size()
+            y = x.view(b, 2, c // 2, h, w)
+            return torch.transpose(y, 1, 2).contiguous().view(b, -1, h, w)
+
+    x = torch.randn(3, 6, 4, 5)
+    g = from_onnx(_export(Shuffle(), x))
+    assert {n.op for n in g.nodes()} - {"input"} <= {"reshape", "permute", "channel_shuffle"}
+    torch.testing.assert_close(to_fx(g)(x), Shuffle()(x), rtol=0, atol=0)
+
+    class Folds(nn.Module):  # the batch size in arithmetic: not a "keep the batch" target
+        def forward(self, x):
+            return x.view(x.size(0) * 2, -1)
+
+    with pytest.raises(UnsupportedModelError):
+        from_onnx(_export(Folds(), x))

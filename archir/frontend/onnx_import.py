@@ -229,6 +229,9 @@ class _Importer:
 
     def act(self, name: str) -> str:
         v = self.env.get(name, _BAD)
+        if isinstance(v, (_BatchSize, _BatchShape)):
+            raise Skip(f"input {name!r} is computed from the run-time batch size; archir reads that only as the "
+                       "first entry of a Reshape target (x.view(x.size(0), ...))")
         if not isinstance(v, str):
             raise Skip(f"input {name!r} is {'a constant' if isinstance(v, np.ndarray) else 'not available'}; "
                         "archir expects a network tensor here")

@@ -42,6 +42,7 @@ FAMILIES = {
     "alexnet": {}, "mobilenet_v2": {}, "mobilenet_v3_small": {}, "mobilenet_v3_large": {}, "efficientnet_b0": {},
     "mnasnet1_0": {}, "regnet_y_400mf": {}, "regnet_x_400mf": {}, "densenet121": {}, "squeezenet1_0": {},
     "squeezenet1_1": {}, "googlenet": {"aux_logits": False, "init_weights": True},
+    "convnext_tiny": {}, "shufflenet_v2_x0_5": {}, "shufflenet_v2_x1_0": {},
 }
 
 

@@ -30,7 +30,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from archir.graph import Graph
-from archir.ops import OpHandlers, candidate_steps, get_op, pair
+from archir.ops import OpHandlers, candidate_steps, get_op, layernorm_size, pair
 from archir.training import auxiliary_head
 from archir.types import TensorType
 
@@ -177,6 +177,26 @@ COUNT_HANDLERS.register("log_softmax")(_per_element(5))
 def _matmul(attrs, ins, out):
     macs = out.numel * ins[0].shape[-1]
     return OpCost(macs=macs, flops=2 * macs)
+# --------------------------------------------------------------------------- layout ops
+
+
+@COUNT_HANDLERS.register("permute", "channel_shuffle")
+def _layout_copy(attrs, ins, out):
+    return OpCost()  # a copy in another order: traffic, no arithmetic
+
+
+@COUNT_HANDLERS.register("reshape")
+def _reshape(attrs, ins, out):
+    return OpCost(alias=True)  # a view of the same elements
+
+
+@COUNT_HANDLERS.register("layernorm")
+def _layernorm(attrs, ins, out):
+    # per element: the sum for the mean, x - mean, its square, the sum for the variance, * 1/std (5), then
+    # * weight and + bias when present; per normalised vector: / C twice, + eps, rsqrt (4)
+    c = layernorm_size(attrs, ins[0])
+    per = 5 + (1 if attrs["affine"] else 0) + (1 if attrs["affine"] and attrs["bias"] else 0)
+    return OpCost(flops=per * out.numel + 4 * (out.numel // c))
 
 
 @COUNT_HANDLERS.register("identity", "dropout", "drop_path", "flatten", "stop_gradient", "auxiliary")
@@ -383,11 +403,13 @@ def count(g: Graph, batch_size: int = 1) -> Counts:
       element (the window, padding included); ``global_avgpool`` one per input element; ``adaptive_avgpool2d`` one per element of every
       window (windows may overlap);
       ``identity``, ``dropout`` and ``drop_path`` (eval), ``flatten``, ``stop_gradient``, ``auxiliary``,
-      ``concat``, ``slice``, ``pad``, ``zero``: 0;
+      ``concat``, ``slice``, ``pad``, ``zero``, ``permute``, ``reshape``, ``channel_shuffle``: 0;
       ``upsample`` 0 (nearest: a copy) or 7 per output element (bilinear: 4 multiplies, 3 adds);
       ``mean``/``sum`` one per input element; ``conv1d`` as ``conv2d`` (``macs = out * cin/groups * k``);
       ``softmax``/``log_softmax`` 5 per element (max, subtract, exp, sum, divide or log-subtract);
-      ``matmul`` ``macs = n * k * m`` per matrix (leading dims broadcast), ``2 * macs`` flops.
+      ``matmul`` ``macs = n * k * m`` per matrix (leading dims broadcast), ``2 * macs`` flops;
+      ``layernorm`` ``(5 + weight + bias)`` per element (mean and variance sums, subtract, square, scale by
+      1/std; the affine multiply and add) plus 4 per normalised vector (two divisions by C, + eps, rsqrt).
     - ``activation_bytes``: bytes of the node's output tensor; 0 for ``input`` nodes (given,
       not computed). View ops are counted here although backends alias them.
     - ``weight_bytes``: bytes of params plus buffers (weights are float32: 4 bytes each).

@@ -26,6 +26,9 @@ of the *sources*:
   broadcasts over H and W, not over channels), and ``concat`` along a non-channel axis make
   their inputs' channels the same classes, position by position;
 - ``concat`` along the channel axis lays its inputs' channels one after the other (the offsets);
+- ``layernorm`` over the channels carries them with its affine weight/bias (per-channel arrays),
+  but its statistics mix them (:attr:`NodeRule.mixes`): pruning follows, widening refuses;
+  ``permute`` keeping axis 0 first passes channels; ``reshape`` and ``channel_shuffle`` are opaque;
 - ``flatten(start_dim=1)`` of ``(C, H, W)`` keeps the classes, but each channel now covers
   ``H*W`` consecutive features (its *width*): a ``linear`` after it reads channel ``c`` through
   weight columns ``[c*H*W, (c+1)*H*W)`` (with ``global_avgpool`` first the width is 1).
@@ -161,6 +164,11 @@ class NodeRule:
             made one: ``add``, ``mul``, a concat on another axis); ``None`` otherwise.
         count_attrs: the attributes that hold its output channel count (``out_channels``, a
             depthwise conv's ``groups``, ``out_features``), set when an edit changes it.
+        mixes: for a carrier whose every output channel depends on all of its input channels
+            together (``layernorm`` over the channels: the mean and variance run over them), why;
+            ``None`` otherwise. Its per-channel arrays follow the channels, so pruning through it
+            is consistent (and changes the function, as pruning may), but an added channel changes
+            every channel's statistics: function-preserving edits (``widen``, ``add_skip``) refuse it.
     """
 
     node: str
@@ -170,6 +178,7 @@ class NodeRule:
     reason: str | None = None
     flow: str | None = None
     count_attrs: tuple[str, ...] = ()
+    mixes: str | None = None
 
 
 @dataclass(frozen=True)
@@ -350,15 +359,16 @@ class CouplingBuilder:
         self.pins.append((self.layout[n], pin))
 
     def carrier(self, n: str, layout: list[tuple[int, int]], arrays: Sequence[ArrayAxis] = (), *,
-                flow: str = "pass", count_attrs: Sequence[str] = ()) -> None:
+                flow: str = "pass", count_attrs: Sequence[str] = (), mixes: str | None = None) -> None:
         """``n``'s output holds ``layout`` (its inputs' channels), with per-channel ``arrays``.
 
         ``flow`` says how: ``"pass"`` (port 0's channels index for index), ``"concat"`` (the
         inputs' channels one after the other), ``"flatten"`` (each channel widened to ``H*W``
-        features), ``"tie"`` (the inputs' channels made the same classes: :meth:`tie`).
+        features), ``"tie"`` (the inputs' channels made the same classes: :meth:`tie`). ``mixes``:
+        why each output channel depends on all the input channels (:attr:`NodeRule.mixes`).
         """
         self.rules[n] = NodeRule(n, self.g.nx.nodes[n]["op"], "carrier", tuple(arrays), flow=flow,
-                                 count_attrs=tuple(count_attrs))
+                                 count_attrs=tuple(count_attrs), mixes=mixes)
         self.layout[n] = layout
 
     def tie(self, n: str, ins: list[str], what: str) -> bool:
@@ -608,6 +618,57 @@ def _matmul(b: CouplingBuilder, n, a, ins, it) -> None:
                 f"archir does not follow channels through it", "leave the channels feeding this matmul alone")
 
 
+# --------------------------------------------------------------------------- layout ops
+
+
+@register("permute")
+def _permute(b: CouplingBuilder, n, a, ins, it) -> None:
+    dims = a["dims"]
+    if dims and dims[0] == 0 and all(w == 1 for _, w in b.layout[ins[0]]):
+        # channels stay on axis 0 and each keeps its own elements (H and W swap inside a channel)
+        b.carrier(n, list(b.layout[ins[0]]))
+    else:
+        b.opaque(n, f"permute dims={dims} of {it[0]} moves the channel axis (to position {dims.index(0)}), so "
+                    f"what follows acts on channels along another axis; archir does not follow channels there",
+                 "leave the channels feeding the permute alone (a permute that keeps axis 0 first passes them)")
+
+
+@register("reshape")
+def _reshape(b: CouplingBuilder, n, a, ins, it) -> None:
+    b.opaque(n, f"reshape of {it[0]} to {tuple(a['shape'])}: its target shape fixes the channel count, and in "
+                f"general it regroups the elements of several channels",
+             "leave the channels feeding the reshape alone (flatten(start_dim=1) before a linear is followed)")
+
+
+@register("channel_shuffle")
+def _channel_shuffle(b: CouplingBuilder, n, a, ins, it) -> None:
+    # The output is a fixed permutation of the input channels, but the permutation depends on the channel
+    # count: removing or adding channels on the input moves every channel to a new position, which an edit
+    # of channel classes (insert/remove in place) cannot express.
+    b.opaque(n, f"channel_shuffle(groups={a['groups']}) interleaves {it[0].shape[0]} channels by a permutation "
+                f"that depends on the channel count; changing the count re-orders every channel",
+             "edit channels before the concat or after the first conv that reads the shuffled channels")
+
+
+@register("layernorm")
+def _layernorm(b: CouplingBuilder, n, a, ins, it) -> None:
+    if a["axis"] == "channels" or it[0].rank == 1:  # normalises over the channel axis
+        arrays = []
+        if a["affine"]:
+            arrays.append(ArrayAxis("params", "weight", 0, "out", "channel"))
+            if a["bias"]:
+                arrays.append(ArrayAxis("params", "bias", 0, "out", "channel"))
+        if any(w != 1 for _, w in b.layout[ins[0]]):
+            b.opaque(n, f"layernorm over the features of a flattened map {it[0]} mixes channels and positions",
+                     "normalise (C, H, W) maps with axis='channels' before flattening")
+            return
+        b.carrier(n, list(b.layout[ins[0]]), arrays,
+                  mixes=f"layernorm {n!r} normalises over the channels: its mean and variance run over all "
+                        f"{it[0].shape[0]} of them, so a new channel (even a copy) changes every output")
+    else:  # over the last axis of a (.., W) map: a spatial axis; channels (axis 0) pass through unchanged
+        b.carrier(n, list(b.layout[ins[0]]))
+
+
 @register("choice")
 def _choice(b: CouplingBuilder, n, a, ins, it) -> None:
     b.opaque(n, "choice node: its channel coupling depends on the decision", "derive a plain graph first (archir.derive)")
@@ -693,6 +754,14 @@ class Coupling:
                 if p not in out:
                     out.append(p)
         return tuple(out)
+
+    def mixers(self, classes: int | Iterable[int]) -> tuple[NodeRule, ...]:
+        """The carriers holding any of ``classes`` whose channels depend on each other
+        (:attr:`NodeRule.mixes`: a layernorm over the channels), in topological order. A
+        function-preserving edit that adds channels must refuse when this is not empty."""
+        cs = {self._cls(classes)} if isinstance(classes, (int, np.integer)) else {self._cls(c) for c in classes}
+        nodes = {n for c in cs for n in self._occurs.get(c, ())}
+        return tuple(self._rules[n] for n in self._order if n in nodes and self._rules[n].mixes)
 
     def holders(self, cls: int) -> tuple[str, ...]:
         """Nodes whose output holds channels of class ``cls``, in topological order."""

@@ -100,6 +100,8 @@ def _extension_plan(g: Graph, start: str, new_mask: np.ndarray, cp: Coupling | N
         out_mask = None
         if rule.kind == "opaque":
             raise refuse(n, f"cannot take new input channels: {rule.reason}")
+        if rule.mixes:
+            raise refuse(n, f"cannot take new channels with zero weight: {rule.mixes}")
         if rule.kind == "source":
             edits.append((n, "in_zero", m_in))  # zero columns of its weight's input axis
         elif rule.flow == "pass":

@@ -43,6 +43,12 @@ the segment that holds the channel, shifting its consumers' columns for the segm
 Channels that reach a graph output or input, or meet an op whose coupling is unknown, cannot
 grow: the call is refused with the reason (:class:`~passes.infra.PreconditionError`).
 
+**Layer norm over channels** (ConvNeXt's LayerNorm2d) normalises each position by the mean and
+variance of *all* its channels: a copy of channel ``r`` shifts both (``(C * mu + h_r) / (C + 1)``),
+a zero-mode channel shifts them too, so every output channel changes. No choice of the new
+channels' values keeps the function in general, so widening channels that reach such a layernorm
+is refused, naming it (:meth:`passes.coupling.Coupling.mixers`).
+
 **Eval mode.** Preservation is promised in eval mode (``check_preserved`` runs in eval mode):
 BN normalises by its running statistics, which are copied (replicate) or set to finite,
 identity-like values (zero), and dropout is the identity. In train mode BN normalises by batch
@@ -120,6 +126,12 @@ def _check(g: Graph, cp: Coupling, node: Any, out_channels: Any, mode: Any, pnam
         tied = [p for p in cp.group_of(node).producers if p != node]
         raise cp.pin_error(cp.classes(node), f"widen {node!r}" + (f" (tied to {tied})" if tied else ""),
                            node=node, pass_name=pname)
+    mixers = cp.mixers(cp.classes(node))
+    if mixers:
+        raise PreconditionError(
+            f"widen {node!r} would add channels to {mixers[0].node!r}: {mixers[0].mixes}", pass_name=pname,
+            node=mixers[0].node, hint="widen a conv whose channels meet no channel layernorm (widen_targets(g) lists "
+                                      "them); pruning through a layernorm is allowed")
     return c
 
 
@@ -135,7 +147,7 @@ def _targets(g: Graph, cp: Coupling) -> list[dict]:
     out = []
     for n in cp.order:
         rule = cp.rule(n)
-        if rule.kind == "source" and not cp.pins(cp.classes(n)):
+        if rule.kind == "source" and not cp.pins(cp.classes(n)) and not cp.mixers(cp.classes(n)):
             out.append({"node": n, "out_channels": 2 * len(cp.layout(n))})
     return out
 

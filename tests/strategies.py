@@ -19,6 +19,8 @@ Public names:
   ``batchnorm2d``, activations (relu, relu6, sigmoid, hardswish, hardsigmoid, silu, tanh, leaky_relu,
   gelu, elu, hardtanh and neg, with drawn attrs), ``sub`` (of an equal-shape node or a ``(C, 1, 1)``
   mean), ``div`` by a positive ``(C, 1, 1)`` sigmoid gate, ``pad`` (constant/reflect/replicate),
+  ``layernorm`` (over the channels, or ConvNeXt's channels-last ``permute -> layernorm -> linear ->
+  permute`` back; drawn eps/affine/bias), ``channel_shuffle`` (groups dividing C), ``permute`` swapping H and W,
   ``maxpool2d`` (ceil_mode, dilation, default stride), ``avgpool2d`` (count_include_pad both
   ways), ``identity``, ``dropout``, ``zero`` (strided too), ``scale``, residual ``add`` (with an
   earlier node of equal shape, or ``add(x, x)``), broadcast ``mul`` by a ``(C, 1, 1)`` gate (and
@@ -28,7 +30,7 @@ Public names:
   With ``allow_choice=True`` some body steps are ``choice`` nodes (see :func:`supernets`).
   Every attribute is drawn legal for the current shape (nothing is rejected by catching an
   error), spatial dims stay <= 16 and channels <= 32. The graph is validated, weights come
-  from a drawn seed, BN running stats/affine params and ``scale`` weights are randomised so
+  from a drawn seed, BN running stats/affine params, ``scale`` and layernorm weights are randomised so
   that eval-mode numerics are not trivial. Every graph input reaches an output. Node ids are
   readable (``"n3.conv2d"``, ``"conv2d_7"`` or ``"b3_relu"`` styles).
 - :func:`supernets` (``supernets(max_cells=3, max_nodes_per_cell=3)``): DARTS-like supernets.
@@ -91,6 +93,11 @@ def randomize_weights(g: archir.Graph, seed: int) -> archir.Graph:
     rng = np.random.default_rng(seed + 7919)
     for node in g.nodes("scale"):
         g.set_params(node.id, weight=rng.uniform(0.5, 1.5, node.type.shape[0]))
+    for node in g.nodes("layernorm"):
+        ps = {k: (rng.uniform(0.5, 1.5, a.shape) if k == "weight" else rng.normal(0, 0.1, a.shape))
+              for k, a in node.params.items()}
+        if ps:
+            g.set_params(node.id, **ps)
     for node in g.nodes("choice"):
         bufs = {k: (rng.normal(0, 0.1, a.shape) if k.endswith("running_mean") else rng.uniform(0.5, 1.5, a.shape))
                 for k, a in node.buffers.items()}
@@ -234,8 +241,9 @@ class _Builder:
         draw = self.draw
         c, h, w = self.shape(cur)
         ops = ["conv2d", "batchnorm2d", "act", "maxpool2d", "avgpool2d", "identity", "dropout", "zero", "scale",
-               "add", "mul", "concat", "sub", "div", "pad", "upsample", "reduce"]
-        weights = [6, 3, 4, 3, 2, 1, 1, 1, 1, 3, 2, 2, 1, 1, 1, 1, 1]
+               "add", "mul", "concat", "sub", "div", "pad", "upsample", "reduce", "layernorm", "channel_shuffle",
+               "permute"]
+        weights = [6, 3, 4, 3, 2, 1, 1, 1, 1, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1]
         if self.allow_choice:
             ops.append("choice")
             weights.append(4)
@@ -288,6 +296,24 @@ class _Builder:
             if draw(st.booleans()):
                 return self.add("mul", cur, self.add("sigmoid", r))
             return self.add("sub", cur, r)
+        if op == "layernorm":  # over the channels (LayerNorm2d), or channels-last between permutes (ConvNeXt)
+            affine = draw(st.booleans())
+            attrs = dict(eps=draw(st.sampled_from([1e-5, 1e-6, 0.1])), affine=affine,
+                         bias=affine and draw(st.booleans()))
+            if draw(st.booleans()):
+                return self.add("layernorm", cur, axis="channels", **attrs)
+            # ConvNeXt's block: channels-last layernorm then a linear on the last dim, permuted back (with the
+            # linear in between, importers do not fuse it into a layernorm over the channels)
+            t = self.add("layernorm", self.add("permute", cur, dims=[1, 2, 0]), axis="last", **attrs)
+            t = self.add("linear", t, out_features=draw(st.integers(1, 16)), bias=draw(st.booleans()))
+            return self.add("permute", t, dims=[2, 0, 1])
+        if op == "channel_shuffle":
+            groups = [d for d in range(2, c + 1) if c % d == 0]
+            if not groups:
+                return self.add("identity", cur)
+            return self.add("channel_shuffle", cur, groups=draw(st.sampled_from(groups)))
+        if op == "permute":  # swap H and W: channels stay on axis 0
+            return self.add("permute", cur, dims=[0, 2, 1])
         if op in ("maxpool2d", "avgpool2d"):
             is_max = op == "maxpool2d"
             ceil = is_max and draw(st.booleans())

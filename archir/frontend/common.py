@@ -113,3 +113,30 @@ def add_mapped(g, ids: IdMaker, nid: str, op: str, inputs, *, params=None, buffe
     if buffers:
         g.set_buffers(nid, **buffers)
     return nid
+
+
+def fuse_layernorm2d(g) -> int:
+    """Rewrite ``permute(1, 2, 0) -> layernorm(last) -> permute(2, 0, 1)`` into ``layernorm(axis="channels")``
+    in place (ConvNeXt's LayerNorm2d, traced or exported as permute / layer norm / permute back). The
+    result is the same function, computed the same way (``archir.lower.modules.LayerNorm2d``), and
+    passes see one layer norm over the channels, whose affine follows them. Returns the count fused."""
+    fused = 0
+    for ln in [n.id for n in g.nodes("layernorm")]:
+        if g.node(ln).attrs["axis"] != "last":
+            continue
+        (p1,) = g.inputs_of(ln)
+        users = g.users_of(ln)
+        if g.node(p1).op != "permute" or g.node(p1).attrs["dims"] != [1, 2, 0] or len(users) != 1:
+            continue
+        p2 = users[0][0]
+        if g.node(p2).op != "permute" or g.node(p2).attrs["dims"] != [2, 0, 1] or ln in g.outputs:
+            continue
+        (x,) = g.inputs_of(p1)
+        g.set_input(ln, 0, x)
+        g.set_attrs(ln, axis="channels")
+        g.replace_uses(p2, ln)
+        g.remove(p2)
+        if not g.users_of(p1) and p1 not in g.outputs:
+            g.remove(p1)
+        fused += 1
+    return fused

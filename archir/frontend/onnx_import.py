@@ -32,7 +32,7 @@ import onnx
 from onnx import numpy_helper
 
 from archir.frontend.common import (FrontendError, IdMaker, Skip, UnsafeModelError, Unsupported, UnsupportedModelError,
-                                    add_mapped)
+                                    add_mapped, fuse_layernorm2d)
 from archir.graph import Graph
 
 __all__ = ["from_onnx", "MAX_FILE_BYTES", "MAX_NODES", "MAX_WEIGHT_BYTES"]
@@ -229,6 +229,9 @@ class _Importer:
 
     def act(self, name: str) -> str:
         v = self.env.get(name, _BAD)
+        if isinstance(v, (_BatchSize, _BatchShape)):
+            raise Skip(f"input {name!r} is computed from the run-time batch size; archir reads that only as the "
+                       "first entry of a Reshape target (x.view(x.size(0), ...))")
         if not isinstance(v, str):
             raise Skip(f"input {name!r} is {'a constant' if isinstance(v, np.ndarray) else 'not available'}; "
                         "archir expects a network tensor here")
@@ -332,6 +335,23 @@ _FOLDABLE = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Abs", "Floor", "Ceil"
 _FOLD_MAX = 1024
 #: ... except for ops whose output is as large as their input (a weight cast or reshaped)
 _SAME_SIZE = frozenset({"Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Neg", "Abs", "Floor", "Ceil"})
+
+
+class _BatchSize:
+    """The run-time batch size, ``Gather(Shape(x), 0)`` (``batchsize = x.size(0)``), or it unsqueezed to a
+    1-element vector (``vec``). Only a ``Concat`` into a ``Reshape`` target reads it: every tensor of an
+    archir graph has the same batch, so a target that starts with it keeps the batch (ONNX's 0)."""
+
+    def __init__(self, vec: bool = False) -> None:
+        self.vec = vec
+
+
+class _BatchShape:
+    """A ``Reshape`` target ``[batch size, *rest]`` with constant ``rest`` (``Concat`` of a :class:`_BatchSize`
+    vector and constants: torchvision's ``x.view(batchsize, groups, c // groups, h, w)``)."""
+
+    def __init__(self, rest: list[int]) -> None:
+        self.rest = rest
 
 
 class _ShapeOf:
@@ -829,10 +849,20 @@ def _flatten(imp, node, a):
     return imp.add(node, "flatten", [x], start_dim=1)
 
 
+def _target(imp, name: str) -> list[int]:
+    """A Reshape target: a constant, or the batch size then constants (its batch entry as ONNX's 0)."""
+    v = imp.env.get(name, _BAD)
+    if isinstance(v, _BatchShape):
+        return [0] + v.rest
+    return imp.const(name, "the target shape").astype(np.int64).tolist()
+
+
 @_rule("Reshape")
 def _reshape(imp, node, a):
     x = imp.act(node.input[0])
-    shape = imp.const(node.input[1], "the target shape").astype(np.int64).tolist()
+    shape = _target(imp, node.input[1])
+    if isinstance(imp.env.get(node.input[1]), _BatchShape) and 0 in shape[1:] and not a.get("allowzero", 0):
+        raise Skip(f"Reshape target {shape} copies input dims after the batch size computed at run time")
     ins = list(imp.shape(x))
     if shape in ([0, -1], [-1, math.prod(ins)]) or (shape[0] in (0, -1) and shape[1:] == [math.prod(ins)]):
         return imp.add(node, "flatten", [x], start_dim=1) if len(ins) > 1 else x
@@ -841,7 +871,144 @@ def _reshape(imp, node, a):
             return imp.add(node, "flatten", [x], start_dim=sd)
     if shape[:1] in ([0], [-1]) and shape[1:] == ins:
         return x
-    raise Skip(f"Reshape of {tuple(ins)} to {shape} is not a flatten; archir has no general reshape")
+    nid = _channel_shuffle_chain(imp, node, x, shape)
+    if nid is not None:
+        return nid
+    return _reshape_to(imp, node, x, shape, bool(a.get("allowzero", 0)))
+
+
+def _channel_shuffle_chain(imp, node, x: str, shape: list[int]) -> str | None:
+    """``channel_shuffle`` when ``node`` begins Reshape (N, g, C/g, H, W) -> Transpose(0, 2, 1, 3, 4) ->
+    Reshape (N, C, H, W) (archir's to_onnx writes it so; torchvision's view / transpose / view with
+    constant sizes too): the chain's nodes are consumed, its last value is the shuffle."""
+    ins = list(imp.shape(x))
+    if len(ins) != 3 or len(shape) != 5 or shape[0] not in (0, -1) or shape[3:] != ins[1:]:
+        return None
+    g = shape[1]
+    if g < 1 or shape[2] != ins[0] // g or g * shape[2] != ins[0]:
+        return None
+    tr = imp.sole_user(node.output[0])
+    if tr is None or tr.op_type != "Transpose" or [int(v) for v in _attrs(tr).get("perm", [])] != [0, 2, 1, 3, 4]:
+        return None
+    back = imp.sole_user(tr.output[0])
+    if back is None or back.op_type != "Reshape" or back.input[0] != tr.output[0]:
+        return None
+    target = imp.env.get(back.input[1])
+    if not isinstance(target, (np.ndarray, _BatchShape)):
+        return None
+    t = [0] + target.rest if isinstance(target, _BatchShape) else target.astype(np.int64).tolist()
+    if len(t) != 4 or t[0] not in (0, -1) or t[2:] != ins[1:] or t[1] not in (ins[0], -1):
+        return None
+    index = {id(n): k for k, n in enumerate(imp.model.graph.node)}
+    imp.done.update((index[id(tr)], index[id(back)]))
+    nid = imp.add(back, "channel_shuffle", [x], groups=g)
+    imp.env[tr.output[0]] = nid
+    imp.env[back.output[0]] = nid
+    return nid
+
+
+def _reshape_to(imp, node, x: str, shape: list[int], allowzero: bool = False) -> str:
+    """A general Reshape (batch first, then the per-sample target) as an IR ``reshape``."""
+    ins = list(imp.shape(x))
+    if not shape or shape[0] not in (0, -1) or (shape[0] == -1 and -1 in shape[1:]):
+        raise Skip(f"Reshape of (N, {', '.join(map(str, ins))}) to {shape} does not keep the batch dim first; "
+                   "archir reshapes within a sample (export the target as [0 or -1, ...])")
+    out = []
+    for i, d in enumerate(shape[1:], start=1):
+        if d == 0 and not allowzero:
+            if i > len(ins):
+                raise Skip(f"Reshape target {shape}: dim {i} copies a dim the input does not have")
+            d = ins[i - 1]
+        out.append(d)
+    if -1 in out:
+        known = math.prod(d for d in out if d != -1)
+        if known < 1 or math.prod(ins) % known:
+            raise Skip(f"Reshape of {tuple(ins)} to {shape}: the -1 dim does not divide")
+        out[out.index(-1)] = math.prod(ins) // known
+    if not out or math.prod(out) != math.prod(ins) or any(d < 1 for d in out):
+        raise Skip(f"Reshape of (N, {', '.join(map(str, ins))}) to {shape} does not keep each sample's elements")
+    if out == ins:
+        return x
+    return imp.add(node, "reshape", [x], shape=out)
+
+
+@_rule("Squeeze", "Unsqueeze")
+def _squeeze(imp, node, a):
+    b = imp.env.get(node.input[0])
+    if isinstance(b, _BatchSize) and not b.vec and node.op_type == "Unsqueeze":
+        axes = imp.const(node.input[1], "the axes").reshape(-1).tolist() if len(node.input) > 1 else a.get("axes")
+        if list(axes or []) in ([0], [-1]):
+            return _BatchSize(vec=True)
+    x = imp.act(node.input[0])
+    ins = list(imp.shape(x))
+    rank = len(ins) + 1
+    if len(node.input) > 1 and node.input[1]:
+        axes = imp.const(node.input[1], "the axes").astype(np.int64).reshape(-1).tolist()
+    else:
+        axes = a.get("axes")
+    if node.op_type == "Unsqueeze":
+        if axes is None:
+            raise Skip("Unsqueeze without axes")
+        out_rank = rank + len(axes)
+        axes = sorted(int(v) % out_rank for v in axes)
+        if 0 in axes:
+            raise Skip("Unsqueeze before the batch dim; archir keeps the batch first")
+        full = [None] + ins
+        for ax in axes:
+            full.insert(ax, 1)
+    else:
+        axes = [i for i in range(1, rank) if ins[i - 1] == 1] if axes is None else sorted(int(v) % rank for v in axes)
+        if 0 in axes:
+            raise Skip("Squeeze of the batch dim; archir keeps the batch first")
+        if any(ins[ax - 1] != 1 for ax in axes):
+            raise Skip(f"Squeeze of axes {axes} of size > 1 in (N, {ins})")
+        full = [None] + [d for i, d in enumerate(ins, start=1) if i not in axes]
+    return _reshape_to(imp, node, x, [0] + full[1:])
+
+
+@_rule("Transpose")
+def _transpose(imp, node, a):
+    x = imp.act(node.input[0])
+    rank = len(imp.shape(x)) + 1
+    perm = [int(v) for v in a.get("perm", list(range(rank))[::-1])]
+    if sorted(perm) != list(range(rank)) or perm[0] != 0:
+        raise Skip(f"Transpose perm={perm} moves the batch dim; archir keeps the batch first")
+    if perm == list(range(rank)):
+        return x
+    if perm == [0, 2, 3, 1]:
+        ln = imp.sole_user(node.output[0])
+        back = imp.sole_user(ln.output[0]) if ln is not None and ln.op_type == "LayerNormalization" else None
+        if back is not None and back.op_type == "Transpose" and [int(v) for v in _attrs(back).get("perm", [])] == \
+                [0, 3, 1, 2] and ln.input[0] == node.output[0]:
+            # Transpose -> LayerNormalization -> Transpose back (archir's to_onnx, torch's export of LayerNorm2d):
+            # one layernorm over the channels, named after the chain's last value
+            imp.env[node.output[0]] = x  # stands for the channels-last value inside the chain only
+            index = {id(n): k for k, n in enumerate(imp.model.graph.node)}
+            imp.done.update((index[id(ln)], index[id(back)]))
+            nid = _layer_norm(imp, ln, _attrs(ln), x=x, axis="channels", name_from=back)
+            imp.env[ln.output[0]] = imp.env[back.output[0]] = nid
+            return nid
+    return imp.add(node, "permute", [x], dims=[d - 1 for d in perm[1:]])
+
+
+@_rule("LayerNormalization")
+def _layer_norm(imp, node, a, x=None, axis="last", name_from=None):
+    x = imp.act(node.input[0]) if x is None else x
+    rank = len(imp.shape(x)) + 1 if axis == "last" else 4
+    if int(a.get("axis", -1)) % rank != rank - 1:
+        raise Skip(f"LayerNormalization over axes {int(a.get('axis', -1))}.. of a rank-{rank} tensor; archir "
+                   "normalises over the last axis (or the channels: Transpose, LayerNormalization, Transpose)")
+    if int(a.get("stash_type", 1)) != 1:
+        raise Skip("LayerNormalization with stash_type other than float32")
+    if len(node.output) > 1 and any(o and o in imp.users for o in node.output[1:]):
+        raise Skip("LayerNormalization's mean / inverse std outputs are used")
+    w = imp.const(node.input[1], "the LayerNormalization scale")
+    b = imp.const(node.input[2], "the LayerNormalization bias") if len(node.input) > 2 and node.input[2] else None
+    params = {"weight": w.reshape(-1)}
+    if b is not None:
+        params["bias"] = b.reshape(-1)
+    return imp.add(name_from or node, "layernorm", [x], params=params, axis=axis, eps=_f32(a.get("epsilon", 1e-5)),
+                   affine=True, bias=b is not None)
 
 
 @_rule("Concat")
@@ -851,6 +1018,11 @@ def _concat(imp, node, a):
         if not all(isinstance(v, _ShapeOf) or (isinstance(v, np.ndarray) and v.ndim == 1) for v in vals):
             raise Skip("Concat of a shape with a value that is not a constant vector")
         return _ShapeOf([d for v in vals for d in (v.dims if isinstance(v, _ShapeOf) else v.tolist())])
+    if vals and isinstance(vals[0], _BatchSize) and vals[0].vec:
+        rest = vals[1:]
+        if int(a.get("axis", 0)) != 0 or not all(isinstance(v, np.ndarray) and v.ndim == 1 for v in rest):
+            raise Skip("Concat of the run-time batch size with values that are not constant vectors")
+        return _BatchShape([int(x) for v in rest for x in v.astype(np.int64).tolist()])
     xs = [imp.act(i) for i in node.input]
     return imp.add(node, "concat", xs, dim=int(a["axis"]))
 
@@ -938,6 +1110,8 @@ def _gather(imp, node, a):
     if not isinstance(v, _ShapeOf) or int(a.get("axis", 0)) != 0:
         raise Skip("Gather other than of a tensor's fixed dims (Shape then Gather); archir has no gather op")
     n = len(v.dims)
+    if idx.ndim == 0 and int(idx) % n == 0 and -n <= int(idx) < n:
+        return _BatchSize()  # x.size(0): read by a Reshape target only
     picked = [v.dims[int(i) % n] if -n <= int(i) < n else None for i in idx.reshape(-1)]
     if any(d is None for d in picked):
         raise Skip(f"Gather of dims {idx.reshape(-1).tolist()} of a shape with a dynamic batch axis")
@@ -1152,6 +1326,7 @@ def from_onnx(path_or_proto, *, name: str | None = None, max_file_bytes: int = M
         raise FrontendError(f"{label}: the model has no tensor output", rule="from_onnx",
                             hint="export a model that returns a tensor")
     imp.g.set_outputs(*outs)
+    fuse_layernorm2d(imp.g)  # Transpose -> LayerNormalization -> Transpose back: ConvNeXt's LayerNorm2d
     imp.g.meta["frontend"] = {"source": "onnx", "opset": imp.opset, "producer": model.producer_name}
     imp.g.validate()
     return imp.g

@@ -37,9 +37,10 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from archir.errors import IRError
-from archir.frontend.common import FrontendError, IdMaker, Skip, Unsupported, UnsupportedModelError, add_mapped, clean_id
+from archir.frontend.common import (FrontendError, IdMaker, Skip, Unsupported, UnsupportedModelError, add_mapped,
+                                    clean_id, fuse_layernorm2d)
 from archir.graph import Graph
-from archir.lower.modules import Scale, stop_forward, zero
+from archir.lower.modules import LayerNorm2d, Scale, stop_forward, zero
 from archir.ops import get_op
 
 __all__ = ["from_torch"]
@@ -110,6 +111,15 @@ _SIGS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "matmul": (["input", "other"], {}),
     "conv1d": (["input", "weight", "bias", "stride", "padding", "dilation", "groups"],
                {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}),
+    "permute": (["input", "dims"], {}),
+    "permute_method": (["input", "*dims"], {}),
+    "transpose": (["input", "dim0", "dim1"], {}),
+    "unflatten": (["input", "dim", "sizes"], {}),
+    "squeeze": (["input", "dim"], {"dim": None}),
+    "unsqueeze": (["input", "dim"], {}),
+    "channel_shuffle": (["input", "groups"], {}),
+    "layer_norm": (["input", "normalized_shape", "weight", "bias", "eps", "cudnn_enable"],
+                   {"weight": None, "bias": None, "eps": 1e-5, "cudnn_enable": True}),
     "zero": (["x", "stride"], {"stride": 1}),
     "stop_forward": (["x"], {}),
 }
@@ -923,10 +933,10 @@ def _flatten(imp, node, kw):
     sd, ed = int(kw["start_dim"]) % r, int(kw["end_dim"]) % r
     if sd == 0 and ed >= 1:
         raise Skip("flattening the batch dimension (start_dim=0); use torch.flatten(x, 1)")
-    if ed != r - 1:
-        raise Skip(f"flatten up to end_dim={kw['end_dim']} (archir flattens to the last dim)")
     if sd == ed:
         return x
+    if ed != r - 1:  # flatten(start, end) inside the sample: a reshape
+        return _reshape(imp, node, kw)
     return _result(imp, node, imp.add(node, "flatten", [x.id], start_dim=sd))
 
 
@@ -940,18 +950,126 @@ def _reshape(imp, node, kw):
     for sd in range(1, len(x.shape) - 1):  # a flatten of the trailing dims from start_dim sd
         if tuple(out) == tuple(x.shape[:sd]) + (math.prod(x.shape[sd:]),):
             return _result(imp, node, imp.add(node, "flatten", [x.id], start_dim=sd))
-    raise Skip(f"reshape {x.shape} -> {tuple(out)} is not a flatten of trailing dims; archir has no general "
-                "reshape (e.g. channel shuffle)")
+    if len(out) < 1 or out[0] != x.shape[0] or math.prod(out[1:]) != math.prod(x.shape[1:]):
+        raise Skip(f"reshape {x.shape} -> {tuple(out)} moves elements across the batch dimension; archir reshapes "
+                    "within a sample (keep the batch dim first: x.view(x.size(0), ...))")
+    if len(out) == 1:
+        raise Skip(f"reshape {x.shape} -> {tuple(out)} leaves no per-sample axis")
+    return _result(imp, node, imp.add(node, "reshape", [x.id], shape=list(out[1:])))
+
+
+# ----------------------------------------------------------------- layout ops
+
+
+def _dim(v, rank: int, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise Skip(f"{what}={v!r} is not an int known when tracing")
+    if not -rank <= v < rank:
+        raise Skip(f"{what}={v} is out of range for a rank-{rank} tensor")
+    return v % rank
+
+
+def _permute_to(imp, node, x: _Act, perm: list[int]) -> _Act:
+    """``x.permute(*perm)`` (batch-first dims) as an IR ``permute`` over the per-sample axes."""
+    if perm[0] != 0:
+        raise Skip(f"permute {perm} moves the batch dimension; archir keeps the batch first")
+    if perm == list(range(len(perm))):
+        return x
+    return _result(imp, node, imp.add(node, "permute", [x.id], dims=[d - 1 for d in perm[1:]]))
+
+
+def _permute(imp, node, kw):
+    x = _act(kw)
+    r = len(x.shape)
+    dims = _ints(kw["dims"], "dims")
+    perm = [_dim(d, r, "dims") for d in dims]
+    if len(perm) != r or sorted(perm) != list(range(r)):
+        raise Skip(f"permute dims {dims} are not a permutation of the {r} dims")
+    return _permute_to(imp, node, x, perm)
+
+
+def _transpose(imp, node, kw):
+    x = _act(kw)
+    r = len(x.shape)
+    d0, d1 = _dim(kw["dim0"], r, "dim0"), _dim(kw["dim1"], r, "dim1")
+    perm = list(range(r))
+    perm[d0], perm[d1] = perm[d1], perm[d0]
+    return _permute_to(imp, node, x, perm)
+
+
+def _unsqueeze(imp, node, kw):
+    x = _act(kw)
+    if _dim(kw["dim"], len(x.shape) + 1, "dim") == 0:
+        raise Skip("unsqueeze(0) adds a dim before the batch; archir keeps the batch first")
+    return _reshape(imp, node, kw)
+
+
+def _squeeze(imp, node, kw):
+    x = _act(kw)
+    r = len(x.shape)
+    dims = kw.get("dim")
+    dims = list(range(r)) if dims is None else [_dim(d, r, "dim") for d in _ints(dims, "dim")]
+    if 0 in dims and x.shape[0] == 1:
+        raise Skip("squeeze of the batch dimension (size 1 in the example); name the dims to squeeze, e.g. "
+                    "x.squeeze(-1)")
+    return _reshape(imp, node, kw)
+
+
+def _unflatten(imp, node, kw):
+    x = _act(kw)
+    if _dim(kw["dim"], len(x.shape), "dim") == 0:
+        raise Skip("unflatten of the batch dimension")
+    return _reshape(imp, node, kw)
+
+
+def _channel_shuffle(imp, node, kw):
+    x = _act(kw)
+    _rank4(x, "channel_shuffle")
+    groups = kw["groups"]
+    if isinstance(groups, bool) or not isinstance(groups, int):
+        raise Skip(f"groups={groups!r} is not an int")
+    return _result(imp, node, imp.add(node, "channel_shuffle", [x.id], groups=groups))
+
+
+def _layer_norm(imp, node, kw):
+    x = _act(kw)
+    shape = _ints(kw["normalized_shape"], "normalized_shape")
+    if len(shape) != 1 or shape[0] != x.shape[-1]:
+        raise Skip(f"layer norm over the last {len(shape)} dims {shape} of {x.shape}; archir's layernorm "
+                    "normalises over the last dim (or the channels of a map) only")
+    w, b = _const(kw.get("weight"), "the layer norm weight"), _const(kw.get("bias"), "the layer norm bias")
+    if w is None and b is not None:
+        raise Skip("layer norm with a bias but no weight")
+    params = {k: v for k, v in (("weight", w), ("bias", b)) if v is not None}
+    nid = imp.add(node, "layernorm", [x.id], params=params, axis="last", eps=_number(kw["eps"], "eps"),
+                  affine=w is not None, bias=b is not None)
+    return _result(imp, node, nid)
+
+
+def _layer_scale(imp, node, x: _Act, p) -> _Act:
+    """``gamma * x`` with an ``nn.Parameter`` gamma of shape ``(C, 1, ..., 1)``: ConvNeXt's layer scale, a
+    per-channel ``scale`` whose weight is gamma."""
+    c = x.shape[1] if len(x.shape) > 1 else None
+    want = (c,) + (1,) * (len(x.shape) - 2)
+    if not isinstance(p, nn.Parameter) or tuple(p.shape) != want:
+        raise Skip(f"mul by a constant of shape {tuple(p.shape)}; archir multiplies by a learnable per-channel "
+                    f"scale (an nn.Parameter of shape {want}) only")
+    return _result(imp, node, imp.add(node, "scale", [x.id], params={"weight": p.detach().reshape(c)}))
 
 
 def _binary(op: str):
     def rule(imp, node, kw):
         a, b = kw["input"], kw["other"]
+        if op == "mul" and isinstance(a, _Act) != isinstance(b, _Act) and isinstance(
+                b if isinstance(a, _Act) else a, torch.Tensor):
+            return _layer_scale(imp, node, *((a, b) if isinstance(a, _Act) else (b, a)))
         if not isinstance(a, _Act) or not isinstance(b, _Act):
             c = b if isinstance(a, _Act) else a
             raise Skip(f"{op} with a constant ({type(c).__name__}); archir's {op} takes two network tensors")
         if kw.get("alpha", 1) != 1:
             raise Skip(f"alpha={kw['alpha']} is not supported")
+        if not a.shape or not b.shape:
+            raise Skip(f"{op} of a tensor without a batch dimension (a reduction to a scalar?)")
         if op == "add" and a.shape[1:] != b.shape[1:]:
             raise Skip(f"broadcasting add of {a.shape} and {b.shape} (archir's add needs equal shapes)")
         if a.shape[0] != b.shape[0]:
@@ -1114,6 +1232,15 @@ _reg([F.dropout], "dropout", _dropout)
 _reg([("method", "contiguous"), ("method", "clone")], "identity", _alias)
 _reg([operator.getitem], "getitem", _getitem)
 _reg([torch.narrow, ("method", "narrow")], "narrow", _narrow)
+_reg([torch.permute], "permute", _permute)
+_reg([("method", "permute")], "permute_method", _permute)
+_reg([torch.transpose, torch.swapaxes, torch.swapdims, ("method", "transpose"), ("method", "swapaxes"),
+      ("method", "swapdims")], "transpose", _transpose)
+_reg([torch.unflatten, ("method", "unflatten")], "unflatten", _unflatten)
+_reg([torch.squeeze, ("method", "squeeze")], "squeeze", _squeeze)
+_reg([torch.unsqueeze, ("method", "unsqueeze")], "unsqueeze", _unsqueeze)
+_reg([F.channel_shuffle, torch.channel_shuffle, torch.native_channel_shuffle], "channel_shuffle", _channel_shuffle)
+_reg([F.layer_norm, torch.layer_norm], "layer_norm", _layer_norm)
 
 
 # archir's own lowering helpers (archir.lower.modules), kept as calls by the tracer: a graph lowered
@@ -1173,6 +1300,11 @@ _ATEN_RULES: dict[str, Rule] = {
     "dropout": ("", lambda imp, node, kw: _dropout(imp, node, kw), False),
     "narrow": ("", _narrow, False), "slice": ("", _aten_slice, False),
     "clone": ("", _alias, False), "contiguous": ("", _alias, False), "alias": ("", _alias, False),
+    "permute": ("", _permute, False), "transpose": ("", _transpose, False),
+    "_unsafe_view": ("", _reshape, False), "unflatten": ("", _unflatten, False),
+    "squeeze": ("", _squeeze, False), "unsqueeze": ("", _unsqueeze, False),
+    "channel_shuffle": ("", _channel_shuffle, False), "native_channel_shuffle": ("", _channel_shuffle, False),
+    "layer_norm": ("", _layer_norm, False),
 }
 
 
@@ -1297,6 +1429,25 @@ def _m_flatten(imp, node, m: nn.Flatten, args, kwargs):
     return _flatten(imp, node, {"input": args[0], "start_dim": m.start_dim, "end_dim": m.end_dim})
 
 
+def _m_layer_norm(imp, node, m: nn.LayerNorm, args, kwargs):
+    x = args[0] if args else kwargs.get("input")
+    if isinstance(m, LayerNorm2d):  # archir's own lowering of layernorm(axis="channels")
+        x = _act({"input": x})
+        _rank4(x, "LayerNorm2d")
+        nid = imp.add(node, "layernorm", [x.id], params={k: v for k, v in (("weight", m.weight), ("bias", m.bias))
+                                                         if v is not None},
+                      axis="channels", eps=float(m.eps), affine=m.weight is not None, bias=m.bias is not None)
+        return _result(imp, node, nid)
+    if type(m) is not nn.LayerNorm:
+        raise Skip(f"{type(m).__name__} subclasses nn.LayerNorm with its own forward; archir maps nn.LayerNorm")
+    return _layer_norm(imp, node, {"input": x, "normalized_shape": list(m.normalized_shape), "weight": m.weight,
+                                   "bias": m.bias, "eps": m.eps})
+
+
+def _m_channel_shuffle(imp, node, m: nn.ChannelShuffle, args, kwargs):
+    return _channel_shuffle(imp, node, {"input": args[0] if args else kwargs.get("input"), "groups": m.groups})
+
+
 def _m_scale(imp, node, m: Scale, args, kwargs):
     x = _act({"input": args[0] if args else kwargs.get("x")})
     return _result(imp, node, imp.add(node, "scale", [x.id], params={"weight": m.weight}))
@@ -1315,6 +1466,7 @@ _MODULE_RULES: dict[type, Callable] = {
     # nn.UpsamplingNearest2d / UpsamplingBilinear2d (align_corners=True) are nn.Upsample subclasses
     nn.Conv1d: _m_conv1d, nn.Upsample: _m_upsample, nn.Softmax: _m_softmax("softmax"),
     nn.LogSoftmax: _m_softmax("log_softmax"),
+    nn.LayerNorm: _m_layer_norm, nn.ChannelShuffle: _m_channel_shuffle,
 }
 
 
@@ -1346,7 +1498,7 @@ class _Tracer(fx.Tracer):
         super().__init__(autowrap_functions=(zero, stop_forward))
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, Scale) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (Scale, LayerNorm2d)) or super().is_leaf_module(m, qualname)
 
 
 def _trace_fx(module: nn.Module) -> fx.GraphModule:
@@ -1468,6 +1620,7 @@ def from_torch(module: nn.Module, example_inputs, *, name: str | None = None, ch
             raise FrontendError(f"{name} returns no tensor", rule="from_torch", hint="return the network's output")
         g = imp.g
         g.set_outputs(*outputs)
+        fuse_layernorm2d(g)
         meta["notes"] = imp.notes
         g.meta["frontend"] = meta
         g.validate()

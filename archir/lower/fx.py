@@ -29,7 +29,8 @@ from torch import fx, nn
 from archir.errors import IRError, LoweringError
 from archir.graph import Graph, Node, arch_key
 from archir.ops import OpHandlers, get_op, pair, slice_range, step_inputs
-from archir.lower.modules import CHOICE_MODES, ArchSampler, ChoiceModule, DropPath, Scale, stop_forward, zero
+from archir.lower.modules import (CHOICE_MODES, ArchSampler, ChoiceModule, DropPath, LayerNorm2d, Scale, stop_forward,
+                                  zero)
 from archir.training import auxiliary_head, auxiliary_outputs, strip_training
 
 __all__ = ["to_fx", "sync_back", "set_drop_path", "arch_parameters", "weight_parameters", "FX_HANDLERS",
@@ -302,6 +303,39 @@ def _slice(ctx, node, args, ins):
     ax, start, stop, step = slice_range(node.attrs, ins[0].shape, node.id)
     index = (slice(None),) * (ax + 1) + (slice(start, stop, step),)  # the batch dim, then axes before ax
     return ctx.fx.call_function(operator.getitem, (args[0], index))
+
+
+# --------------------------------------------------------------------------- layout ops
+
+
+@FX_HANDLERS.register("permute")
+def _permute(ctx, node, args, ins):
+    # materialised, as ONNX's Transpose is: a strided view of (N, H, W, C) read back as (N, C, H, W) is a
+    # channels-last tensor, and torch 2.14's CPU conv2d crashes (SIGSEGV) on some channels-last inputs
+    # (e.g. (2, 6, 4, 1) into a 6->6 conv; found by tests/archir/test_properties.py)
+    return ctx.fx.call_method("contiguous", (ctx.fx.call_function(
+        torch.permute, (args[0], [0] + [d + 1 for d in node.attrs["dims"]])),))
+
+
+@FX_HANDLERS.register("reshape")
+def _reshape(ctx, node, args, ins):
+    return ctx.fx.call_method("reshape", (args[0], -1, *node.attrs["shape"]))  # -1: the batch
+
+
+FX_HANDLERS.register("channel_shuffle")(_fn(F.channel_shuffle, groups=lambda a: a["groups"]))
+
+
+@FX_HANDLERS.register("layernorm")
+def _layernorm(ctx, node, args, ins):
+    a = node.attrs
+    cls = LayerNorm2d if a["axis"] == "channels" else nn.LayerNorm
+    c = ins[0].shape[0] if a["axis"] == "channels" else ins[0].shape[-1]
+    m = _meta_module(cls, c, eps=a["eps"], elementwise_affine=a["affine"], bias=a["bias"])
+    if a["affine"]:
+        m.weight = nn.Parameter(_tensor(node.params["weight"]))
+        if a["bias"]:
+            m.bias = nn.Parameter(_tensor(node.params["bias"]))
+    return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
 
 
 def candidate_graph(node: Node, k: int, in_type) -> Graph:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Scale", "DropPath", "ArchSampler", "ChoiceModule", "zero", "stop_forward", "CHOICE_MODES"]
+__all__ = ["Scale", "LayerNorm2d", "DropPath", "ArchSampler", "ChoiceModule", "zero", "stop_forward", "CHOICE_MODES"]
 
 CHOICE_MODES = ("softmax", "gumbel", "sample", "fixed")
 
@@ -36,6 +36,17 @@ class Scale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.weight.view((-1,) + (1,) * (x.dim() - 2))
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """Layer norm over the channels of an ``(N, C, H, W)`` map at every position, computed as
+    torchvision's ConvNeXt ``LayerNorm2d`` does (permute to channels-last, ``F.layer_norm``, permute
+    back), so the two agree bit for bit."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
 
 
 class DropPath(nn.Module):

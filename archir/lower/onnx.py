@@ -452,6 +452,50 @@ def _scale(ctx, node, xs, ins, out):
     return ctx.emit("Mul", [xs[0], ctx.const(f"{node.id}.weight", w)], out)
 
 
+# --------------------------------------------------------------------------- layout ops
+
+
+@ONNX_HANDLERS.register("permute")
+def _permute(ctx, node, xs, ins, out):
+    return ctx.emit("Transpose", [xs[0]], out, perm=[0] + [d + 1 for d in node.attrs["dims"]])
+
+
+@ONNX_HANDLERS.register("reshape")
+def _reshape(ctx, node, xs, ins, out):
+    # 0 copies the input's dim 0: the batch stays symbolic
+    return ctx.emit("Reshape", [xs[0], ctx.const(f"{node.id}::shape", [0] + list(node.attrs["shape"]), np.int64)],
+                    out)
+
+
+@ONNX_HANDLERS.register("channel_shuffle")
+def _channel_shuffle(ctx, node, xs, ins, out):
+    """ONNX has no channel shuffle: Reshape to (N, g, C/g, H, W), Transpose the two group axes, Reshape back
+    (torchvision's view / transpose / view, which from_onnx reads back as ``channel_shuffle``)."""
+    g = node.attrs["groups"]
+    c, h, w = ins[0].shape
+    t = ctx.emit("Reshape", [xs[0], ctx.const(f"{node.id}::grouped", [0, g, c // g, h, w], np.int64)],
+                 _aux(ctx, node, "grouped"))
+    t = ctx.emit("Transpose", [t], _aux(ctx, node, "transposed"), perm=[0, 2, 1, 3, 4])
+    return ctx.emit("Reshape", [t, ctx.const(f"{node.id}::shape", [0, c, h, w], np.int64)], out)
+
+
+@ONNX_HANDLERS.register("layernorm")
+def _layernorm(ctx, node, xs, ins, out):
+    """``LayerNormalization`` (opset 17) over the last axis; axis='channels' between Transposes to channels-last
+    and back, as torch exports ConvNeXt's LayerNorm2d."""
+    a = node.attrs
+    c = ins[0].shape[0] if a["axis"] == "channels" else ins[0].shape[-1]
+    w = node.params["weight"] if a["affine"] else np.ones(c, np.float32)
+    inputs = [ctx.const(f"{node.id}.weight", w)]
+    if a["affine"] and a["bias"]:
+        inputs.append(ctx.const(f"{node.id}.bias", node.params["bias"]))
+    if a["axis"] == "last":
+        return ctx.emit("LayerNormalization", [xs[0], *inputs], out, axis=-1, epsilon=a["eps"])
+    t = ctx.emit("Transpose", [xs[0]], _aux(ctx, node, "nhwc"), perm=[0, 2, 3, 1])
+    t = ctx.emit("LayerNormalization", [t, *inputs], _aux(ctx, node, "norm"), axis=-1, epsilon=a["eps"])
+    return ctx.emit("Transpose", [t], out, perm=[0, 3, 1, 2])
+
+
 def _refuse(ctx, node, xs, ins, out):
     opdef = get_op(node.op)
     raise LoweringError(f"op {node.op!r} is training-only and has no ONNX form", node=node.id, rule="to_onnx",

@@ -732,6 +732,133 @@ register_op(OpDef(
     doc="learnable per-channel multiply, initialised to 1",
 ))
 
+# --------------------------------------------------------------------------- layout ops
+# permute, reshape, channel_shuffle, layernorm (issue 17). Dims and shapes are per sample: the batch
+# dim is never moved, merged or normalised over. ConvNeXt's per-channel layer_scale gamma is ``scale``.
+
+
+def _permute_check(a, node):
+    dims = a["dims"]
+    if sorted(dims) != list(range(len(dims))):
+        raise OpSchemaError(f"permute dims={dims} is not a permutation of 0..{len(dims) - 1}", node=node,
+                            rule="attr", hint="dims reorder the per-sample axes (the batch stays first): for "
+                                              "torch's x.permute(0, 2, 3, 1) pass dims=[1, 2, 0]")
+
+
+def _permute_infer(a, ins, node):
+    dims, t = a["dims"], ins[0]
+    if len(dims) != t.rank:
+        raise _fail(node, f"permute dims={dims} has {len(dims)} entries for a rank-{t.rank} sample {t}",
+                    hint="give one entry per non-batch axis")
+    return TensorType(tuple(t.shape[d] for d in dims))
+
+
+register_op(OpDef(
+    "permute", arity=1, attrs={"dims": AttrSpec("ints", min=0, max=16)}, infer=_permute_infer,
+    check=_permute_check,
+    traits=_traits("copy", zero_preserving="all", value_range="input"),
+    doc="reorder the per-sample axes: x.permute(0, *[d + 1 for d in dims]) (torch.permute / transpose; ONNX "
+        "Transpose); dims exclude the batch; a copy, no arithmetic",
+))
+
+
+def _reshape_infer(a, ins, node):
+    shape, t = tuple(a["shape"]), ins[0]
+    if math.prod(shape) != t.numel:
+        raise _fail(node, f"reshape of {t} ({t.numel} elements per sample) to {shape} ({math.prod(shape)} "
+                          f"elements)", hint="the target shape (batch excluded) must hold as many elements")
+    return _checked_type(shape, node)
+
+
+register_op(OpDef(
+    "reshape", arity=1, attrs={"shape": AttrSpec("ints", min=1, max=MAX_DIM)}, infer=_reshape_infer,
+    traits=_traits("view", zero_preserving="all", value_range="input"),
+    doc="x.reshape(N, *shape) in row-major order (torch.reshape / view / unflatten / squeeze / unsqueeze; ONNX "
+        "Reshape); shape excludes the batch and has no -1; no computation",
+))
+
+
+def _shuffle_infer(a, ins, node):
+    _rank("channel_shuffle", ins[0], 3, node)
+    c = ins[0].shape[0]
+    if c % a["groups"]:
+        raise _fail(node, f"channel_shuffle groups={a['groups']} does not divide the {c} channels of {ins[0]}",
+                    hint="pick groups dividing the channel count")
+    return ins[0]
+
+
+def shuffle_order(channels: int, groups: int) -> list[int]:
+    """The input channel of each output channel of ``channel_shuffle``: output ``j * groups + i``
+    is input ``i * (channels // groups) + j`` (torch.nn.ChannelShuffle).
+
+    Example:
+        >>> shuffle_order(6, 2)
+        [0, 3, 1, 4, 2, 5]
+    """
+    per = channels // groups
+    return [i * per + j for j in range(per) for i in range(groups)]
+
+
+register_op(OpDef(
+    "channel_shuffle", arity=1, attrs={"groups": AttrSpec("int", min=1, max=MAX_DIM)}, infer=_shuffle_infer,
+    traits=_traits("copy", zero_preserving="all", value_range="input"),
+    doc="ShuffleNet's channel shuffle (torch.nn.ChannelShuffle): view (groups, C/groups), transpose, flatten; a "
+        "fixed permutation of the channels (shuffle_order), a copy with no arithmetic",
+))
+
+#: where ``layernorm`` normalises: over the last axis (torch.nn.LayerNorm(C) on (..., C)), or over the channel
+#: axis of a (C, H, W) map at every position (ConvNeXt's LayerNorm2d: permute, LayerNorm, permute back)
+LAYERNORM_AXES = ("last", "channels")
+
+
+def layernorm_size(a, t: TensorType) -> int:
+    """The length of the axis a ``layernorm`` with attrs ``a`` normalises on an input of type ``t``."""
+    return t.shape[0] if a["axis"] == "channels" else t.shape[-1]
+
+
+def _ln_infer(a, ins, node):
+    t = ins[0]
+    if a["axis"] == "channels":
+        _rank("layernorm (axis='channels')", t, 3, node)
+    elif t.rank < 1:
+        raise _fail(node, "layernorm needs an axis to normalise", hint="apply it to (..., C) tensors")
+    return t
+
+
+def _ln_params(a, ins):
+    c = layernorm_size(a, ins[0])
+    if not a["affine"]:
+        return {}
+    return {"weight": (c,), "bias": (c,)} if a["bias"] else {"weight": (c,)}
+
+
+def _ln_init(a, ins, rng):
+    shapes = _ln_params(a, ins)
+    out = {"weight": np.ones(shapes["weight"], np.float32)} if "weight" in shapes else {}
+    if "bias" in shapes:
+        out["bias"] = np.zeros(shapes["bias"], np.float32)
+    return out, {}
+
+
+def _ln_check(a, node):
+    if a["bias"] and not a["affine"]:
+        raise OpSchemaError("layernorm bias=True needs affine=True", node=node, rule="attr",
+                            hint="pass affine=False, bias=False for a layernorm without parameters (torch: "
+                                 "elementwise_affine=False)")
+
+
+register_op(OpDef(
+    "layernorm", arity=1,
+    attrs={"axis": AttrSpec("str", "last", choices=LAYERNORM_AXES), "eps": AttrSpec("float", 1e-5, min=0.0),
+           "affine": AttrSpec("bool", True), "bias": AttrSpec("bool", True)},
+    infer=_ln_infer, param_shapes=_ln_params, init=_ln_init, check=_ln_check,
+    # LN(0) = bias; the statistics mix every channel (or feature) of a position, so it is not channel-wise
+    traits=_traits("norm", zero_preserving=lambda a: None if a["affine"] and a["bias"] else "all"),
+    doc="layer norm over one axis, biased variance, then weight * x + bias (torch.nn.LayerNorm(C, eps, "
+        "elementwise_affine=affine, bias=bias)): axis='last' on (..., C), axis='channels' over C of a (C, H, W) "
+        "map at every (h, w) (ConvNeXt's LayerNorm2d)",
+))
+
 # --------------------------------------------------------------------------- choice
 
 _NOT_IN_CHOICE = {"input", "choice", "auxiliary"}  # an aux head is a graph output, not a step

@@ -491,6 +491,12 @@ TV_FAMILIES = {
     "densenet121": ("densenet121", {}, (3, 32, 32), True),
     "squeezenet1_1": ("squeezenet1_1", {}, (3, 64, 64), True),
     "googlenet": ("googlenet", {"aux_logits": False, "init_weights": True}, (3, 64, 64), True),
+    # 32x32: the least multiple of the stride 32; LayerNorm2d fuses to layernorm(axis="channels")
+    "convnext_tiny": ("convnext_tiny", {}, (3, 32, 32), True),
+    # torch.onnx.export writes channel_shuffle's x.view(batchsize, ...) with the batch size read at run time
+    # (Shape -> Gather(0) -> Unsqueeze -> Concat): from_onnx reads that Reshape target as "keep the batch"
+    "shufflenet_v2_x0_5": ("shufflenet_v2_x0_5", {}, (3, 32, 32), True),
+    "shufflenet_v2_x1_0": ("shufflenet_v2_x1_0", {}, (3, 32, 32), False),
 }
 _BIG = {"vgg11", "alexnet"}  # 133M and 61M parameters: their classifiers are fixed by torchvision
 
@@ -512,6 +518,14 @@ def test_torchvision_family_round_trips(family):
     assert g.num_params() == sum(p.numel() for p in module.parameters())
     if family == "resnet18":
         assert g.node("layer1.0.conv1").op == "conv2d" and g.node("layer1.0.add").op == "add"
+    if family == "convnext_tiny":
+        assert g.node("features.0.1.layernorm").attrs["axis"] == "channels"  # the stem's LayerNorm2d, fused
+        assert g.node("features.1.0.block.2").attrs["axis"] == "last"  # nn.LayerNorm on channels-last
+        assert g.node("features.1.0.scale").op == "scale"  # the layer scale gamma
+        assert not [n for n in g.nodes("layernorm") if n.attrs["axis"] == "last" and g.node(g.inputs_of(n.id)[0]).op
+                    != "permute"]
+    if family.startswith("shufflenet"):
+        assert {"reshape", "permute", "slice"} <= {n.op for n in g.nodes()}  # view / transpose / view, chunk
     if family == "efficientnet_b0":
         notes = g.meta["frontend"]["notes"]
         assert notes and all("stochastic depth" in n for n in notes)

@@ -160,7 +160,7 @@ def _conv_model(weight_name="w"):
 
 
 def test_every_unsupported_onnx_node_is_listed():
-    m = _model([helper.make_node("Transpose", ["x"], ["t"], perm=[0, 1, 3, 2], name="tr"),
+    m = _model([helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2, 3], name="tr"),
                 helper.make_node("Relu", ["t"], ["r"], name="relu"),
                 helper.make_node("Hardmax", ["r"], ["s"], axis=1, name="sm"),
                 helper.make_node("Add", ["x", "c"], ["y"], name="addc")],

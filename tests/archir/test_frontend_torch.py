@@ -158,15 +158,15 @@ class Unsupportable(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(4, 4, 1)
-        self.norm = nn.LayerNorm(4)
-        self.gamma = nn.Parameter(torch.ones(4, 1, 1))
+        self.gamma = nn.Parameter(torch.ones(6))
+        self.norm = nn.GroupNorm(2, 4)
 
     def forward(self, x):
         b, c, h, w = x.shape
-        y = x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)   # channel shuffle
+        y = x.view(b, 2, c // 2, h, w).transpose(0, 1).reshape(b, c, h, w)   # transposes the batch
         y = self.conv(y) + 1.0                                                # adding a constant
-        y = self.norm(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)              # LayerNorm in NHWC
-        y = self.gamma * y                                                    # a parameter used directly
+        y = F.layer_norm(y, (6, 6))                                           # LayerNorm over two dims
+        y = self.gamma * self.norm(y)                                         # a parameter, not per channel
         return torch.cumsum(y, dim=1)
 
 
@@ -175,15 +175,17 @@ def test_every_unsupported_node_is_listed_with_where_it_comes_from():
         from_torch(Unsupportable(), torch.randn(1, 4, 6, 6))
     items = e.value.unsupported
     whats = [u.what for u in items]
-    for expected in ("method .view()", "method .transpose()", "function _operator.add", "module LayerNorm",
-                     "method .permute()", "function _operator.mul", "function torch.cumsum"):
+    for expected in ("method .transpose()", "function _operator.add", "layer_norm", "function _operator.mul",
+                     "function torch.cumsum"):
         assert any(expected in w for w in whats), (expected, whats)
     # the source line in the user's file is named, and the reason
-    view = next(u for u in items if "view" in u.what)
-    assert "test_frontend_torch.py:" in view.where and "channel shuffle" in view.where
-    assert "reshape" in view.reason
+    tr = next(u for u in items if "transpose" in u.what)
+    assert "test_frontend_torch.py:" in tr.where and "transposes the batch" in tr.where
+    assert "batch" in tr.reason
+    assert any("two dims" in u.reason or "last 2 dims" in u.reason for u in items if "layer_norm" in u.what)
+    assert any("per-channel" in u.reason for u in items if "mul" in u.what)
     assert any("constant" in u.reason for u in items if "add" in u.what)
-    norm = next(u for u in items if "LayerNorm" in u.what)
+    norm = next(u for u in items if "GroupNorm" in u.what)
     assert norm.where.startswith("norm")
     msg = str(e.value)
     assert msg.splitlines()[0].startswith(f"[unsupported] cannot import Unsupportable: {len(items)} unsupported")

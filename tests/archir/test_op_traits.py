@@ -61,6 +61,11 @@ EXAMPLES = {
     "softmax": ([(3, 4, 5)], [{"dim": 1}, {"dim": -1}]),
     "log_softmax": ([(3, 4, 5)], [{"dim": 2}]),
     "matmul": ([(2, 4, 5), (2, 5, 3)], [{}]),
+    "permute": ([(3, 4, 5)], [{"dims": [1, 2, 0]}, {"dims": [0, 2, 1]}]),
+    "reshape": ([(3, 4, 4)], [{"shape": [12, 4]}, {"shape": [3, 1, 4, 4]}]),
+    "channel_shuffle": ([(6, 3, 3)], [{"groups": 2}, {"groups": 3}]),
+    "layernorm": ([(4, 3, 3)], [{}, {"axis": "channels"}, {"axis": "channels", "affine": False, "bias": False},
+                                {"affine": True, "bias": False, "eps": 1e-3}]),
 }
 UNARY = ("relu", "relu6", "sigmoid", "hardswish", "hardsigmoid", "silu", "tanh", "identity", "stop_gradient",
          "stop_forward")

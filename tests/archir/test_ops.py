@@ -373,6 +373,8 @@ OP_EXAMPLES = {
     "conv1d": ([(4, 16)], dict(out_channels=6, kernel_size=3, stride=2, groups=2)),
     "softmax": ([(4, 8, 8)], dict(dim=1)), "log_softmax": ([(10,)], dict(dim=1)),
     "matmul": ([(2, 8, 4), (1, 4, 3)], {}),
+    "permute": ([(4, 6, 8)], dict(dims=[1, 2, 0])), "reshape": ([(4, 6, 8)], dict(shape=[2, 2, 48])),
+    "channel_shuffle": ([(4, 8, 8)], dict(groups=2)), "layernorm": ([(4, 8, 8)], dict(axis="channels", eps=1e-6)),
     "choice": ([(4, 8, 8)], dict(candidates=_cands())),
 }
 

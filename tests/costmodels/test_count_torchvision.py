@@ -24,6 +24,7 @@ FAMILIES = {
     "mobilenet_v2": {}, "mobilenet_v3_small": {}, "mobilenet_v3_large": {}, "efficientnet_b0": {},
     "mnasnet1_0": {}, "regnet_y_400mf": {}, "regnet_x_400mf": {}, "densenet121": {}, "squeezenet1_0": {},
     "squeezenet1_1": {}, "googlenet": {"aux_logits": False, "init_weights": False},
+    "convnext_tiny": {}, "shufflenet_v2_x1_0": {}, "shufflenet_v2_x0_5": {},
 }
 _SLOW = {"resnet50", "resnext50_32x4d", "wide_resnet50_2", "vgg11", "alexnet", "densenet121"}
 

@@ -151,17 +151,22 @@ def _conv_init(a, ins, rng):
     return params, {}
 
 
-register_op(OpDef(
-    "conv2d", arity=1,
-    attrs={
+def _conv_attrs(kind: str) -> dict[str, AttrSpec]:
+    """conv2d's (``kind="pair"``: ``3`` or ``(3, 5)``) and conv1d's (``"int"``) attributes, as torch names them."""
+    return {
         "out_channels": AttrSpec("int", min=1, max=MAX_DIM),
-        "kernel_size": AttrSpec("pair", min=1, max=MAX_KERNEL),
-        "stride": AttrSpec("pair", 1, min=1, max=MAX_KERNEL),
-        "padding": AttrSpec("pair", 0, min=0, max=MAX_KERNEL),
-        "dilation": AttrSpec("pair", 1, min=1, max=MAX_KERNEL),
+        "kernel_size": AttrSpec(kind, min=1, max=MAX_KERNEL),
+        "stride": AttrSpec(kind, 1, min=1, max=MAX_KERNEL),
+        "padding": AttrSpec(kind, 0, min=0, max=MAX_KERNEL),
+        "dilation": AttrSpec(kind, 1, min=1, max=MAX_KERNEL),
         "groups": AttrSpec("int", 1, min=1, max=MAX_DIM),
         "bias": AttrSpec("bool", True),
-    },
+    }
+
+
+register_op(OpDef(
+    "conv2d", arity=1,
+    attrs=_conv_attrs("pair"),
     infer=_conv_infer, param_shapes=_conv_params, init=_conv_init, check=_conv_check,
     traits=_traits("conv", zero_preserving=_zero_unless_bias, blocked_layout=True),
     doc="2-d convolution (torch.nn.Conv2d); in_channels come from the input shape",
@@ -1159,15 +1164,7 @@ def _conv1d_init(a, ins, rng):
 
 register_op(OpDef(
     "conv1d", arity=1,
-    attrs={
-        "out_channels": AttrSpec("int", min=1, max=MAX_DIM),
-        "kernel_size": AttrSpec("int", min=1, max=MAX_KERNEL),
-        "stride": AttrSpec("int", 1, min=1, max=MAX_KERNEL),
-        "padding": AttrSpec("int", 0, min=0, max=MAX_KERNEL),
-        "dilation": AttrSpec("int", 1, min=1, max=MAX_KERNEL),
-        "groups": AttrSpec("int", 1, min=1, max=MAX_DIM),
-        "bias": AttrSpec("bool", True),
-    },
+    attrs=_conv_attrs("int"),
     infer=_conv1d_infer, param_shapes=_conv1d_params, init=_conv1d_init, check=_conv_check,
     traits=_traits("conv", zero_preserving=_zero_unless_bias),
     doc="1-d convolution (torch.nn.Conv1d) on (C, L) samples; in_channels come from the input shape",

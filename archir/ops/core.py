@@ -133,9 +133,10 @@ def _conv_infer(a, ins, node):
 
 
 def _conv_params(a, ins):
+    """conv2d's ``(out, in/groups, kh, kw)`` on a ``(C, H, W)`` input, conv1d's ``(out, in/groups, k)`` on ``(C, L)``."""
     c = ins[0].shape[0]
-    kh, kw = pair(a["kernel_size"])
-    p = {"weight": (a["out_channels"], c // a["groups"], kh, kw)}
+    kernel = pair(a["kernel_size"]) if ins[0].rank == 3 else (a["kernel_size"],)
+    p = {"weight": (a["out_channels"], c // a["groups"], *kernel)}
     if a["bias"]:
         p["bias"] = (a["out_channels"],)
     return p
@@ -144,7 +145,7 @@ def _conv_params(a, ins):
 def _conv_init(a, ins, rng):
     shapes = _conv_params(a, ins)
     w = shapes["weight"]
-    bound = 1.0 / math.sqrt(w[1] * w[2] * w[3])  # torch's kaiming_uniform_(a=sqrt(5)) default
+    bound = 1.0 / math.sqrt(math.prod(w[1:]))  # torch's kaiming_uniform_(a=sqrt(5)) default
     params = {"weight": _uniform(rng, bound, w)}
     if "bias" in shapes:
         params["bias"] = _uniform(rng, bound, shapes["bias"])
@@ -1148,24 +1149,10 @@ def _conv1d_infer(a, ins, node):
     return _checked_type((a["out_channels"], out), node)
 
 
-def _conv1d_params(a, ins):
-    p = {"weight": (a["out_channels"], ins[0].shape[0] // a["groups"], a["kernel_size"])}
-    if a["bias"]:
-        p["bias"] = (a["out_channels"],)
-    return p
-
-
-def _conv1d_init(a, ins, rng):
-    shapes = _conv1d_params(a, ins)
-    w = shapes["weight"]
-    bound = 1.0 / math.sqrt(w[1] * w[2])  # torch's kaiming_uniform_(a=sqrt(5)) default
-    return {k: _uniform(rng, bound, s) for k, s in shapes.items()}, {}
-
-
 register_op(OpDef(
     "conv1d", arity=1,
     attrs=_conv_attrs("int"),
-    infer=_conv1d_infer, param_shapes=_conv1d_params, init=_conv1d_init, check=_conv_check,
+    infer=_conv1d_infer, param_shapes=_conv_params, init=_conv_init, check=_conv_check,
     traits=_traits("conv", zero_preserving=_zero_unless_bias),
     doc="1-d convolution (torch.nn.Conv1d) on (C, L) samples; in_channels come from the input shape",
 ))

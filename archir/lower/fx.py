@@ -139,11 +139,12 @@ def _meta_module(cls, *args, **kw) -> nn.Module:
 # --------------------------------------------------------------------------- handlers
 
 
-@FX_HANDLERS.register("conv2d")
+@FX_HANDLERS.register("conv2d", "conv1d")
 def _conv(ctx: _Ctx, node: Node, args, ins):
     a = node.attrs
-    m = _meta_module(nn.Conv2d, ins[0].shape[0], a["out_channels"], pair(a["kernel_size"]), stride=pair(a["stride"]),
-                     padding=pair(a["padding"]), dilation=pair(a["dilation"]), groups=a["groups"], bias=a["bias"])
+    cls, dims = (nn.Conv2d, pair) if node.op == "conv2d" else (nn.Conv1d, int)
+    m = _meta_module(cls, ins[0].shape[0], a["out_channels"], dims(a["kernel_size"]), stride=dims(a["stride"]),
+                     padding=dims(a["padding"]), dilation=dims(a["dilation"]), groups=a["groups"], bias=a["bias"])
     m.weight = nn.Parameter(_tensor(node.params["weight"]))
     if a["bias"]:
         m.bias = nn.Parameter(_tensor(node.params["bias"]))
@@ -285,17 +286,6 @@ FX_HANDLERS.register("sum")(_reduction(torch.sum))
 FX_HANDLERS.register("softmax")(_fn(torch.softmax, dim=lambda a: a["dim"]))
 FX_HANDLERS.register("log_softmax")(_fn(torch.log_softmax, dim=lambda a: a["dim"]))
 FX_HANDLERS.register("matmul")(_fn(torch.matmul))
-
-
-@FX_HANDLERS.register("conv1d")
-def _conv1d(ctx, node, args, ins):
-    a = node.attrs
-    m = _meta_module(nn.Conv1d, ins[0].shape[0], a["out_channels"], a["kernel_size"], stride=a["stride"],
-                     padding=a["padding"], dilation=a["dilation"], groups=a["groups"], bias=a["bias"])
-    m.weight = nn.Parameter(_tensor(node.params["weight"]))
-    if a["bias"]:
-        m.bias = nn.Parameter(_tensor(node.params["bias"]))
-    return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
 
 
 @FX_HANDLERS.register("slice")

@@ -136,15 +136,16 @@ def _aux(ctx: _Ctx, node: Node, what: str) -> str:
 # --------------------------------------------------------------------------- handlers
 
 
-@ONNX_HANDLERS.register("conv2d")
+@ONNX_HANDLERS.register("conv2d", "conv1d")
 def _conv(ctx: _Ctx, node: Node, xs, ins, out):
     a = node.attrs
-    (ph, pw) = pair(a["padding"])
+    dims = (lambda v: list(pair(v))) if node.op == "conv2d" else (lambda v: [int(v)])  # one value per spatial dim
+    pads = dims(a["padding"])
     inputs = [xs[0], ctx.const(f"{node.id}.weight", node.params["weight"])]
     if a["bias"]:
         inputs.append(ctx.const(f"{node.id}.bias", node.params["bias"]))
-    return ctx.emit("Conv", inputs, out, kernel_shape=list(pair(a["kernel_size"])), strides=list(pair(a["stride"])),
-                    pads=[ph, pw, ph, pw], dilations=list(pair(a["dilation"])), group=a["groups"])
+    return ctx.emit("Conv", inputs, out, kernel_shape=dims(a["kernel_size"]), strides=dims(a["stride"]),
+                    pads=pads + pads, dilations=dims(a["dilation"]), group=a["groups"])
 
 
 @ONNX_HANDLERS.register("linear")
@@ -434,16 +435,6 @@ ONNX_HANDLERS.register("softmax")(lambda ctx, node, xs, ins, out: ctx.emit("Soft
 ONNX_HANDLERS.register("log_softmax")(lambda ctx, node, xs, ins, out: ctx.emit("LogSoftmax", xs, out,
                                                                                axis=node.attrs["dim"]))
 ONNX_HANDLERS.register("matmul")(lambda ctx, node, xs, ins, out: ctx.emit("MatMul", xs, out))
-
-
-@ONNX_HANDLERS.register("conv1d")
-def _conv1d(ctx, node, xs, ins, out):
-    a = node.attrs
-    inputs = [xs[0], ctx.const(f"{node.id}.weight", node.params["weight"])]
-    if a["bias"]:
-        inputs.append(ctx.const(f"{node.id}.bias", node.params["bias"]))
-    return ctx.emit("Conv", inputs, out, kernel_shape=[a["kernel_size"]], strides=[a["stride"]],
-                    pads=[a["padding"], a["padding"]], dilations=[a["dilation"]], group=a["groups"])
 
 
 @ONNX_HANDLERS.register("scale")

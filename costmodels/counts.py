@@ -105,10 +105,10 @@ def _input(attrs, ins, out):
     return OpCost(traffic_bytes=0)
 
 
-@COUNT_HANDLERS.register("conv2d")
+@COUNT_HANDLERS.register("conv2d", "conv1d")
 def _conv(attrs, ins, out):
-    kh, kw = pair(attrs["kernel_size"])
-    macs = out.numel * (ins[0].shape[0] // attrs["groups"]) * kh * kw
+    taps = math.prod(pair(attrs["kernel_size"])) if ins[0].rank == 3 else attrs["kernel_size"]  # conv1d: (C, L)
+    macs = out.numel * (ins[0].shape[0] // attrs["groups"]) * taps
     return OpCost(macs=macs, flops=2 * macs + (out.numel if attrs["bias"] else 0))
 
 
@@ -160,12 +160,6 @@ def _upsample(attrs, ins, out):
 @COUNT_HANDLERS.register("mean", "sum")
 def _reduction(attrs, ins, out):
     return OpCost(flops=ins[0].numel)  # one add per input element (mean's divide per output: in the rounding)
-
-
-@COUNT_HANDLERS.register("conv1d")
-def _conv1d(attrs, ins, out):
-    macs = out.numel * (ins[0].shape[0] // attrs["groups"]) * attrs["kernel_size"]
-    return OpCost(macs=macs, flops=2 * macs + (out.numel if attrs["bias"] else 0))
 
 
 # max compare, subtract, exp, add (the row sum), divide / subtract the log

@@ -49,7 +49,7 @@ from typing import Any, Callable, Mapping
 from archir.errors import is_user_error
 
 __all__ = ["Table", "load_table", "parse_evaluator", "check_evaluator", "evaluate_task", "evaluate_callable",
-           "callable_name", "EvalRequest", "arch_key", "COST_KEYS", "TABLE_DEFAULTS"]
+           "callable_name", "resolve_callable", "check_importable", "evaluate_callable_task", "EvalRequest", "arch_key", "COST_KEYS", "TABLE_DEFAULTS"]
 
 #: keys of a callable's result that are costs (the rest are metrics)
 COST_KEYS = ("params", "macs", "flops", "latency_ms", "latency_iqr_ms")
@@ -326,8 +326,57 @@ def callable_name(fn: Callable) -> str:
     return f"callable:{mod}:{name}"
 
 
+def resolve_callable(name: str) -> Callable:
+    """The function a ``"callable:<module>:<qualname>"`` name refers to, imported (no ``eval``).
+
+    Raises:
+        ConfigError: the module cannot be imported or holds no such attribute.
+    """
+    import importlib
+
+    kind, arg = parse_evaluator(name)
+    mod, _, qual = (arg or "").partition(":")
+    if kind != "callable" or not mod or not qual or "<" in qual or mod == "__main__":
+        raise _config_error(f"evaluator {name!r} cannot be imported by name in a worker process",
+                            hint="define the evaluator at the top level of an importable module (not __main__, "
+                                 "not inside a function), or use the serial executor")
+    try:
+        obj: Any = importlib.import_module(mod)
+        for part in qual.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise _config_error(f"evaluator {name!r} cannot be imported: {_one_line(e)}",
+                            hint="make its module importable where the workers run (PYTHONPATH, an installed "
+                                 "package), or use the serial executor") from None
+    return obj
+
+
+def check_importable(fn: Callable) -> str:
+    """``callable_name(fn)``, checked to import back to ``fn`` itself (so workers of a process or Ray
+    executor can run it by name). Raises ConfigError (see :func:`resolve_callable`) otherwise."""
+    name = callable_name(fn)
+    if resolve_callable(name) is not fn:
+        raise _config_error(f"evaluator {name[9:]} imports as another object than the one given",
+                            hint="pass the module-level function itself, or use the serial executor")
+    return name
+
+
+def evaluate_callable_task(task: Mapping[str, Any]) -> dict:
+    """:func:`evaluate_callable` in a worker: the function is imported by the task's ``evaluator`` name and
+    the space built from the task's ``space`` and ``space_options``. Never raises for a bad candidate."""
+    try:
+        fn = resolve_callable(task["evaluator"])
+        space = _space(task["space"], task["space_options"])
+    except Exception as e:  # the worker cannot import the function: every candidate says why
+        out = _result(task)
+        out["reason"] = f"evaluate: {_one_line(e)}"
+        out["traceback"] = None if is_user_error(e) else traceback.format_exc()
+        return out
+    return evaluate_callable(fn, space, task, need=task.get("need"))
+
+
 def evaluate_callable(fn: Callable, space, task: Mapping[str, Any], need: str | None = None) -> dict:
-    """Run a callable evaluator on one task (in the driver process); the result of ``evaluate_candidate``
+    """Run a callable evaluator on one task (in this process); the result of ``evaluate_candidate``
     without a graph. ``need``: the cost the objective scores (``macs``, ``latency_ms``, ...), which the
     result must then hold. Never raises for a bad candidate: its exception is the one-line reason."""
     t0 = time.perf_counter()

@@ -22,6 +22,12 @@ trains with one torch thread and its own seed, so the same seeds give the same r
 every executor (the driver tells results to the strategy in id order, whatever order they
 finish in).
 
+Two ways to run tasks: ``map_unordered(fn, tasks)`` (a batch: a synchronous round) and
+``submit(fn, task)`` / ``next_result()`` (one task at a time: the asynchronous scheduler keeps
+every worker busy by submitting a new candidate whenever one finishes). ``map_unordered`` is built
+on the second. The serial executor runs submitted tasks first in, first out inside
+``next_result``, so an asynchronous search with it is deterministic.
+
 Example:
     >>> with get_executor("process", workers=2) as ex:                  # doctest: +SKIP
     ...     for index, result in ex.map_unordered(evaluate_candidate, tasks):
@@ -30,10 +36,12 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import traceback
 from abc import ABC, abstractmethod
+from collections import deque
 from typing import Any, Callable, Iterator, Sequence
 
 from archir.errors import ArchirError
@@ -73,13 +81,40 @@ def _one_line(e: BaseException) -> str:
 
 
 class Executor(ABC):
-    """Runs a function over tasks; results come back as they finish, with their task's index."""
+    """Runs a function over tasks; results come back as they finish.
+
+    Subclasses implement :meth:`submit`, :meth:`next_result` and :attr:`in_flight`.
+    """
 
     name = ""
 
     @abstractmethod
+    def submit(self, fn: Callable[[Task], Result], task: Task) -> int:
+        """Start ``fn(task)``; returns a ticket (0, 1, 2, ... per executor) that :meth:`next_result` hands back."""
+
+    @abstractmethod
+    def next_result(self) -> tuple[int, Result]:
+        """Wait for a submitted task to finish: ``(ticket, result)``. A worker that dies gives a failed result.
+
+        Raises:
+            ExecutorError: nothing is in flight (an archir bug: the scheduler asked for a result it never started).
+        """
+
+    @property
+    @abstractmethod
+    def in_flight(self) -> int:
+        """How many submitted tasks have not been handed back by :meth:`next_result` yet."""
+
     def map_unordered(self, fn: Callable[[Task], Result], tasks: Sequence[Task]) -> Iterator[tuple[int, Result]]:
         """Yield ``(index, fn(tasks[index]))`` as each finishes. A worker that dies yields a failed result."""
+        tickets = {self.submit(fn, t): i for i, t in enumerate(tasks)}
+        for _ in range(len(tickets)):
+            ticket, res = self.next_result()
+            yield tickets[ticket], res
+
+    def _nothing_in_flight(self) -> ExecutorError:
+        return ExecutorError(f"{self.name} executor: next_result() with no task in flight",
+                             hint="this is an archir bug: submit a task first")
 
     def close(self) -> None:
         """Release workers (idempotent)."""
@@ -96,13 +131,31 @@ class Executor(ABC):
 
 
 class SerialExecutor(Executor):
-    """One task after the other in this process."""
+    """One task after the other in this process: a submitted task runs in :meth:`next_result`, first in first out."""
 
     name = "serial"
 
-    def map_unordered(self, fn, tasks):
-        for i, t in enumerate(tasks):
-            yield i, fn(t)
+    def __init__(self) -> None:
+        self._queue: deque = deque()
+        self._tickets = itertools.count()
+
+    def submit(self, fn, task):
+        ticket = next(self._tickets)
+        self._queue.append((ticket, fn, task))
+        return ticket
+
+    def next_result(self):
+        if not self._queue:
+            raise self._nothing_in_flight()
+        ticket, fn, task = self._queue.popleft()
+        return ticket, fn(task)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._queue)
+
+    def close(self) -> None:
+        self._queue.clear()
 
 
 def _init_worker(threads: int, gpu_queue=None) -> None:
@@ -140,6 +193,8 @@ class ProcessExecutor(Executor):
         self.workers = workers
         self.threads = threads_per_worker
         self._pool = None
+        self._futures: dict = {}  # future -> (ticket, task)
+        self._tickets = itertools.count()
 
     def _get_pool(self):
         import multiprocessing
@@ -156,26 +211,40 @@ class ProcessExecutor(Executor):
                                              initargs=(self.threads, queue))
         return self._pool
 
-    def map_unordered(self, fn, tasks):
-        from concurrent.futures import as_completed
+    def submit(self, fn, task):
+        ticket = next(self._tickets)
+        self._futures[self._get_pool().submit(fn, task)] = (ticket, task)
+        return ticket
+
+    def next_result(self):
+        from concurrent.futures import FIRST_COMPLETED, wait
         from concurrent.futures.process import BrokenProcessPool
 
-        pool = self._get_pool()
-        futs = {pool.submit(fn, t): i for i, t in enumerate(tasks)}
-        broken = False
-        for f in as_completed(futs):
-            i = futs[f]
-            try:
-                yield i, f.result()
-            except BrokenProcessPool as e:
-                broken = True
-                yield i, _crashed(tasks[i], f"worker process died ({_one_line(e)})")
-            except Exception as e:  # an exception outside fn's own handling, e.g. a pickling error
-                yield i, _crashed(tasks[i], f"worker error: {_one_line(e)}", e)
-        if broken:
-            self.close()
+        if not self._futures:
+            raise self._nothing_in_flight()
+        done, _ = wait(self._futures, return_when=FIRST_COMPLETED)
+        f = min(done, key=lambda f: self._futures[f][0])  # of several finished at once, the first submitted
+        ticket, task = self._futures.pop(f)
+        try:
+            return ticket, f.result()
+        except BrokenProcessPool as e:
+            # every task the dead pool held fails the same way; later submits go to a new pool
+            self._drop_pool()
+            return ticket, _crashed(task, f"worker process died ({_one_line(e)})")
+        except Exception as e:  # an exception outside fn's own handling, e.g. a pickling error
+            return ticket, _crashed(task, f"worker error: {_one_line(e)}", e)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._futures)
+
+    def _drop_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     def close(self) -> None:
+        self._futures.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
@@ -236,24 +305,34 @@ class RayExecutor(Executor):
                                          "runs the same Ray and Python versions") from None
             self._started = True
         self.num_cpus, self.num_gpus, self.max_retries = num_cpus, num_gpus, max_retries
+        self._remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries,
+                                  retry_exceptions=False)(_ray_entry)
+        self._refs: dict = {}  # object ref -> (ticket, task), in submit order
+        self._tickets = itertools.count()
 
-    def map_unordered(self, fn, tasks):
+    def submit(self, fn, task):
+        ticket = next(self._tickets)
+        self._refs[self._remote.remote(fn, task)] = (ticket, task)
+        return ticket
+
+    def next_result(self):
         ray = self._ray
-        remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.max_retries,
-                            retry_exceptions=False)(_ray_entry)
-        refs = {remote.remote(fn, t): i for i, t in enumerate(tasks)}
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for r in done:
-                i = refs[r]
-                try:
-                    yield i, ray.get(r)
-                except Exception as e:  # RayTaskError, WorkerCrashedError (after max_retries), ...
-                    tries = f" (tried {self.max_retries + 1} times)" if self.max_retries else ""
-                    yield i, _crashed(tasks[i], f"ray task failed{tries}: {_one_line(e)}", e)
+        if not self._refs:
+            raise self._nothing_in_flight()
+        done, _ = ray.wait(list(self._refs), num_returns=1)
+        ticket, task = self._refs.pop(done[0])
+        try:
+            return ticket, ray.get(done[0])
+        except Exception as e:  # RayTaskError, WorkerCrashedError (after max_retries), ...
+            tries = f" (tried {self.max_retries + 1} times)" if self.max_retries else ""
+            return ticket, _crashed(task, f"ray task failed{tries}: {_one_line(e)}", e)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._refs)
 
     def close(self) -> None:
+        self._refs.clear()
         if self._started and self._ray.is_initialized():
             self._ray.shutdown()
         self._started = False

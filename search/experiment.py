@@ -234,9 +234,13 @@ class ExperimentConfig:
             reuses that one's result (a cache hit, ``Candidate.cache_of``) instead of being evaluated
             again; see the module docstring.
         count_duplicates: cache hits count against a candidate budget (default: they do not).
+        scheduling: ``"async"`` (default): ``round_size`` candidates are kept in flight, a new one is asked
+            for whenever one finishes and each result is told as it arrives; ``"sync"``: rounds of
+            ``round_size``, each told when all of it is in (``--sync``). See the module docstring.
 
     ``evaluator``, ``evaluator_options``, ``dedup`` and ``count_duplicates`` are stored only when not
-    the defaults, so runs stored before they existed resume unchanged.
+    the defaults, and ``scheduling`` only when ``"async"``, so runs stored before they existed (which
+    ran in rounds) resume unchanged: a stored config without ``scheduling`` reads as ``"sync"``.
     """
 
     space: str = "chain"
@@ -256,6 +260,7 @@ class ExperimentConfig:
     evaluator_options: dict = field(default_factory=dict)
     dedup: bool = True
     count_duplicates: bool = False
+    scheduling: str = "async"
 
     def to_dict(self) -> dict:
         """The JSON form stored in the run (``evaluator`` left out when ``"train"``, its options when empty,
@@ -269,13 +274,15 @@ class ExperimentConfig:
             del d["dedup"]
         if d["count_duplicates"] is False:
             del d["count_duplicates"]
+        if d["scheduling"] == "sync":
+            del d["scheduling"]
         return json.loads(json.dumps(d, sort_keys=True))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ExperimentConfig":
         """The config of a stored run."""
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**{"scheduling": "sync", **{k: v for k, v in d.items() if k in known}})
 
     def check(self) -> tuple[Budget, Objective]:
         """Check every option; returns the parsed budget and objective.
@@ -303,6 +310,9 @@ class ExperimentConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}",
                                   hint=f"pass {name}=True or {name}=False")
+        if self.scheduling not in ("async", "sync"):
+            raise ConfigError(f"scheduling must be 'async' or 'sync', got {self.scheduling!r}",
+                              hint="drop the option (asynchronous), or pass --sync for rounds")
         if self.count_duplicates and not self.dedup:
             raise ConfigError("count_duplicates (--count-duplicates) needs de-duplication, which is off (--no-dedup)",
                               hint="drop one of them: without de-duplication every candidate is evaluated and counts")
@@ -571,6 +581,46 @@ def _same(space, a: Mapping, b: Mapping) -> bool:
     return json.dumps(space.encode(a), sort_keys=True) == json.dumps(space.encode(b), sort_keys=True)
 
 
+def replay_async(strat, space, stored: Sequence[Candidate],
+                 run_dir: Path) -> tuple[list[Candidate], list[Candidate]]:
+    """Replay an asynchronous run's asks and tells through a fresh strategy, up to its last ask (``resume``).
+
+    Candidate ``c`` was asked when ``c.round`` results had been told, and its result was the
+    ``c.told``-th told: so the replay tells results in ``told`` order up to each candidate's
+    ``round`` and asks one candidate (checking it proposes the stored decisions). Returns
+    ``(tail, unfinished)``: the results told after the last ask, in told order, not told to the
+    strategy yet (the run loop tells them as if they were arriving, asking for new candidates in
+    between as the run would have: so a resume with a larger budget continues the run as a longer
+    run would have gone on), and the unfinished candidates (in flight when the run stopped), in id order.
+
+    Raises:
+        StoreError: the store does not hold what an asynchronous run writes, or the strategy now
+            proposes something else (the space or strategy code changed).
+    """
+    told = sorted((c for c in stored if c.told is not None), key=lambda c: c.told)
+    if [c.told for c in told] != list(range(len(told))) or any(c.finished != (c.told is not None) for c in stored):
+        raise StoreError("cannot resume: the told order of the stored results has gaps, or a finished candidate was "
+                         "never told (or an unfinished one was): the store was not written by an asynchronous "
+                         "archir search", file=run_dir, hint="start a new run (another --out folder)")
+    t = 0
+    for c in stored:
+        if c.round > len(told) or c.round < t:
+            raise StoreError(f"cannot resume: candidate {c.id} was asked after {c.round} results, but "
+                             f"{len(told)} were told ({t} before the candidate before it)", file=run_dir,
+                             hint="start a new run (another --out folder)")
+        while t < c.round:
+            strat.tell([told[t]])
+            t += 1
+        specs = strat.ask(1)
+        if not specs or not _same(space, specs[0].decisions, c.decisions):
+            got = specs[0].decisions if specs else "nothing (it waits for a result)"
+            raise StoreError(f"cannot resume: candidate {c.id} (asked after {c.round} results) was {c.decisions} "
+                             f"but the strategy now proposes {got}; the space or strategy code changed since this "
+                             "run started", file=run_dir,
+                             hint="start a new run (another --out folder) with this version of archir")
+    return told[t:], [c for c in stored if not c.finished]
+
+
 def _write_graph(run_dir: Path, cid: int, text: str, weights: bytes | None) -> str:
     from archir.serialize import atomic_write
 
@@ -630,8 +680,9 @@ def candidate_task(config: ExperimentConfig, space_options: Mapping[str, Any], c
             "decisions": c.decisions, "dataset": config.dataset, "train": dict(config.train),
             "latency_backend": latency_backend, "threads": 1}
     if config.evaluator != "train":  # a lookup (search.evaluators): it counts only when the objective needs it
+        obj = parse_objective(config.objective)
         task.update(evaluator=config.evaluator, evaluator_options=dict(config.evaluator_options),
-                    costs=parse_objective(config.objective).cost is not None)
+                    costs=obj.cost is not None, need=obj.cost_key if obj.cost is not None else None)
     return task
 
 
@@ -703,6 +754,15 @@ def check_resume_config(store: Store, cfg_dict: Mapping[str, Any], budget: Budge
     from search.store import ConfigMismatch
 
     stored = store.config
+    if "scheduling" not in stored and cfg_dict.get("scheduling") == "async" and "strategy" in stored:
+        try:
+            store.check_config({k: v for k, v in cfg_dict.items() if k != "scheduling"})
+        except ConfigMismatch:
+            pass  # other differences too: name them all below
+        else:
+            raise ConfigMismatch("--resume of a run in synchronous rounds (stored before asynchronous scheduling "
+                                 "existed, or run with --sync) without --sync", file=store.run_dir,
+                                 hint="add --sync (ExperimentConfig(scheduling='sync')) to resume it as it ran")
     old_text = stored.get("budget")
     if old_text is None or old_text == cfg_dict.get("budget"):
         store.check_config(cfg_dict)
@@ -743,8 +803,9 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         progress: the display (default: none).
         on_candidate: called with every candidate as it is recorded finished (tests, notebooks).
         evaluator: a Python callable that evaluates candidates instead of training them
-            (``search.evaluators``: ``fn(EvalRequest) -> {"val_error": ..., ...}``), serial executor only.
-            The stored config names it (``config.evaluator = "callable:<module>:<qualname>"``); a resume
+            (``search.evaluators``: ``fn(EvalRequest) -> {"val_error": ..., ...}``). With the process and
+            Ray executors the workers import it by name, so it must be a top-level function of an
+            importable module (checked before anything runs). The stored config names it (``config.evaluator = "callable:<module>:<qualname>"``); a resume
             must pass a function of the same name.
 
     Returns:
@@ -786,9 +847,10 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         if config.evaluator not in ("train", name):
             raise ConfigError(f"run_search got evaluator={name[9:]} but the config says evaluator={config.evaluator!r}",
                               hint="give one of them")
-        if executor != "serial":
-            raise ConfigError(f"a callable evaluator runs in this process, with the serial executor, not {executor!r}",
-                              hint="pass executor='serial'")
+        if executor != "serial":  # the workers import it by name
+            from search.evaluators import check_importable
+
+            check_importable(evaluator)
         config = replace(config, evaluator=name)
     elif config.evaluator.startswith("callable:"):
         raise ConfigError(f"the config's evaluator is the Python function {config.evaluator[9:]}, which was not given",
@@ -863,13 +925,16 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         return {**candidate_task(config, space_options, c, latency_backend), "device": device,
                 **parent_task(space, c.decisions, run_dir, _parent_path(c), seed=c.seed)}
 
-    if evaluator is not None:
+    if evaluator is not None and executor != "serial":  # workers import the function by its name
+        from search.evaluators import evaluate_callable_task
+
+        work: Callable[[dict], dict] = evaluate_callable_task
+    elif evaluator is not None:
         from functools import partial
 
         from search.evaluators import evaluate_callable
 
-        work: Callable[[dict], dict] = partial(evaluate_callable, evaluator, space,
-                                               need=obj.cost_key if obj.cost is not None else None)
+        work = partial(evaluate_callable, evaluator, space, need=obj.cost_key if obj.cost is not None else None)
     else:
         work = evaluate_candidate
 
@@ -902,11 +967,19 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         return out_
 
     try:
-        # ---- replay the stored rounds through a fresh strategy (resume)
+        # ---- replay the stored rounds (or asks and tells) through a fresh strategy (resume)
         stored = store.candidates()
         n_resumed = sum(c.finished for c in stored)  # before this session finishes any of them
         pending: list[Candidate] = []
-        rounds = _rounds(stored)
+        rounds = _rounds(stored) if config.scheduling == "sync" else []
+        tail: list[Candidate] = []
+        if config.scheduling == "async":
+            strat.asynchronous = True
+            tail, pending = replay_async(strat, space, stored, run_dir)
+            all_cands.update({c.id: c for c in stored})
+            for c in stored:
+                if c not in tail:  # the tail's results arrive again in the run loop
+                    remember(c)
         for k, rnd in enumerate(rounds):
             specs = strat.ask(len(rnd))
             for spec, c in zip(specs, rnd):
@@ -984,10 +1057,128 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         def _record(c: Candidate, res: Mapping) -> None:
             record_result(c, res, run_dir=run_dir, config=config, obj=obj, store=store)
 
-        try:
-            if pending:
-                run_round(pending)
+        def run_async(resumed: list[Candidate], tail: list[Candidate]) -> None:
+            """Keep ``round_size`` candidates in flight: ask for one whenever one finishes, tell each result as
+            it arrives (recording the order), until the budget is spent and the last result is in.
+
+            ``resumed``: candidates in flight when a resumed run stopped; ``tail``: results it told after
+            its last ask (:func:`replay_async`), told again here first, as arriving results."""
+            told = [sum(1 for c in all_cands.values() if c.told is not None)]  # results told so far
+            in_flight: dict[int, tuple[Candidate, float]] = {}  # executor ticket -> (candidate, submit time)
+            leaders: dict[str, Candidate] = {}  # architecture key -> its candidate in flight
+            parked: dict[str, list[Candidate]] = {}  # key -> candidates waiting for that leader's result
+            durations = [float(c.timings.get("total_s") or 0.0) for c in all_cands.values()
+                         if c.finished and c.cache_of is None and c.timings.get("total_s")]
+            virtual = list(tail)  # results that arrive again (in their told order) before any real one
+            exhausted: list[int] = []  # the asks when the space was found exhausted (said once)
+            for c in virtual:
+                k = key_of(c)
+                if k is not None and c.cache_of is None:
+                    leaders.setdefault(k, c)
+
+            def tell(c: Candidate) -> None:
+                strat.tell([c])
+                remember(c)
+                finished(c)
+                if told[0] % config.round_size == 0:
+                    status = strat.status()
+                    if status:
+                        progress.line(status)
+
+            def next_told() -> int:
+                told[0] += 1
+                return told[0] - 1
+
+            def dispatch(c: Candidate) -> None:
+                k = key_of(c)
+                if k is not None and k in seen:
+                    c.told = next_told()
+                    record_cache_hit(c, seen[k], store)
+                    tell(c)
+                elif k is not None and k in leaders:
+                    parked.setdefault(k, []).append(c)
+                else:
+                    if k is not None:
+                        leaders[k] = c
+                    store.mark_running([c.id])
+                    c.status = "running"
+                    in_flight[ex.submit(work, task_of(c))] = (c, time.perf_counter())
+
+            def may_ask() -> bool:
+                n_asked = len(all_cands)
+                if budget.kind == "candidates":
+                    n_counted = n_asked if config.count_duplicates else \
+                        sum(1 for c in all_cands.values() if c.cache_of is None)
+                    if n_counted >= int(budget.value):
+                        return False
+                    if n_asked >= MAX_ASKED_PER_BUDGET * int(budget.value):
+                        if not exhausted:
+                            exhausted.append(n_asked)
+                            progress.line(f"search: stopped after asking {n_asked} candidates for a budget of "
+                                          f"{budget}: {n_asked - n_counted} were cache hits of known architectures "
+                                          "(the space looks exhausted for this strategy)")
+                        return False
+                    return True
+                left = budget.value - elapsed()
+                mean = sum(durations) / len(durations) if durations else 0.0
+                return left > 0 and not (durations and left < mean)
+
+            def release(c: Candidate) -> None:  # c's result is in: its duplicates waiting for it go on
+                k = key_of(c)
+                if k is not None and leaders.get(k) is c:
+                    del leaders[k]
+                    for p_ in parked.pop(k, []):  # a cache hit now, or (the leader failed) evaluated itself
+                        dispatch(p_)
+
+            told[0] -= len(virtual)  # told again below
+            for c in resumed:  # the candidates in flight when the run stopped: asked already, evaluated first
+                dispatch(c)
             while True:
+                busy = len(in_flight) + sum(1 for c in virtual if c.cache_of is None)
+                asking = False  # the budget allows another candidate, and the strategy proposed none
+                while busy < config.round_size and may_ask():
+                    specs = strat.ask(1)
+                    if not specs:  # the strategy waits for a result in flight
+                        asking = True
+                        break
+                    s_ = specs[0]
+                    cid = store.next_id()
+                    c = Candidate(id=cid, round=told[0], op=s_.op, decisions=s_.decisions, parents=list(s_.parents),
+                                  seed=candidate_seed(config.seed, cid))
+                    store.add([c])
+                    all_cands[c.id] = c
+                    dispatch(c)
+                    busy = len(in_flight) + sum(1 for c in virtual if c.cache_of is None)
+                if virtual:  # a stored result arriving again: told as it was, with the cache hits told after it
+                    c = virtual.pop(0)
+                    while True:
+                        told[0] += 1
+                        strat.tell([c])
+                        remember(c)
+                        release(c)
+                        if not (virtual and virtual[0].cache_of is not None):
+                            break
+                        c = virtual.pop(0)
+                    continue
+                if not in_flight:
+                    if asking:  # nothing running and nothing proposed: the strategy cannot go on
+                        raise RuntimeError(f"strategy {config.strategy!r} proposed no candidate with none in flight "
+                                           f"after {told[0]} results: it would wait forever")
+                    break
+                ticket, res = ex.next_result()
+                c, t0 = in_flight.pop(ticket)
+                c.told = next_told()
+                _record(c, res)
+                durations.append(float(c.timings.get("total_s") or time.perf_counter() - t0))
+                tell(c)
+                release(c)
+
+        try:
+            if config.scheduling == "async":
+                run_async(pending, tail)
+            elif pending:
+                run_round(pending)
+            while config.scheduling == "sync":
                 n_asked = len(all_cands)
                 if budget.kind == "candidates":
                     n_counted = n_asked if config.count_duplicates else \

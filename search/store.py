@@ -23,10 +23,12 @@ it: ``"sample"``, ``"mutate:<decision key>"``), ``decisions`` (JSON), ``seed``, 
 ``metrics``/``costs``/``timings`` (JSON), ``score`` (the scalarised objective, lower is better),
 ``within_budget``, ``error`` (the reason a candidate failed, one line) and ``traceback`` (the
 Python traceback when it failed from an archir bug rather than a user error; ``None`` otherwise)
-and ``cache_of`` (the id of the finished candidate of the same architecture whose result this one
-reuses, not trained again: a de-duplication cache hit; ``None`` for a candidate that was evaluated).
-A store written before ``traceback`` / ``cache_of`` existed gets the column when a search resumes
-it (readers see ``None`` there).
+``cache_of`` (the id of the finished candidate of the same architecture whose result this one
+reuses, not trained again: a de-duplication cache hit; ``None`` for a candidate that was evaluated)
+and ``told`` (asynchronous runs: the order in which results were told to the strategy; with
+``round`` = the results told before the candidate was asked, a resume replays exactly what
+happened). A store written before ``traceback`` / ``cache_of`` / ``told`` existed gets the column
+when a search resumes it (readers see ``None`` there).
 
 The experiment's config (space, strategy, objective, budget, seeds, training) is stored once;
 :meth:`Store.check_config` compares it with a resumed run's config and names every
@@ -100,6 +102,10 @@ class Candidate:
             ``archir.ArchirError`` user error such as a refused pass), else None.
         cache_of: the id of the finished candidate of the same architecture whose result it reuses
             (a de-duplication cache hit: not trained), else None.
+        told: in an asynchronous run, the position (0, 1, 2, ...) at which its result was told to the
+            strategy (results are told as they arrive); None in a synchronous run and until told.
+            ``round`` is then the number of results told before it was asked. Both together let a
+            resume replay the run's asks and tells in exactly the order they happened.
     """
 
     id: int
@@ -121,6 +127,7 @@ class Candidate:
     finished_at: float | None = None
     traceback: str | None = None
     cache_of: int | None = None
+    told: int | None = None
 
     @property
     def finished(self) -> bool:
@@ -130,9 +137,9 @@ class Candidate:
 
 _COLUMNS = ("id", "round", "op", "decisions", "seed", "parents", "status", "graph_hash", "graph_path", "metrics",
             "costs", "timings", "score", "within_budget", "error", "created_at", "finished_at", "traceback",
-            "cache_of")
+            "cache_of", "told")
 #: columns added after schema 1 was first released: (name, SQL type); an older store gets them on a locked open
-_ADDED_COLUMNS = (("traceback", "TEXT"), ("cache_of", "INTEGER"))
+_ADDED_COLUMNS = (("traceback", "TEXT"), ("cache_of", "INTEGER"), ("told", "INTEGER"))
 _JSON_COLUMNS = {"decisions", "parents", "metrics", "costs", "timings"}
 
 _SCHEMA = """
@@ -156,7 +163,8 @@ CREATE TABLE IF NOT EXISTS candidates (
     created_at REAL NOT NULL,
     finished_at REAL,
     traceback TEXT,
-    cache_of INTEGER
+    cache_of INTEGER,
+    told INTEGER
 );
 CREATE INDEX IF NOT EXISTS candidates_status ON candidates(status);
 """

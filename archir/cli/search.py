@@ -83,7 +83,11 @@ def _add_search(p: argparse.ArgumentParser) -> None:
                    help="where --max-latency-ms is measured when the objective is not a latency (default ort-cpu)")
     p.add_argument("--seed", type=int, default=0, help="experiment seed (default 0)")
     p.add_argument("--round-size", type=int, default=2,
-                   help="candidates asked per round, evaluated in parallel by process/ray (default 2)")
+                   help="candidates in flight, evaluated in parallel by process/ray: a new one is asked for "
+                        "whenever one finishes (with --sync: candidates per round) (default 2)")
+    p.add_argument("--sync", action="store_true",
+                   help="synchronous rounds: ask --round-size candidates, wait for all of them, tell the round "
+                        "(runs stored before asynchronous scheduling existed resume only with --sync)")
     p.add_argument("--population", type=int, default=None, help="evolution: population size P (default 10)")
     p.add_argument("--sample", type=int, default=None, help="evolution: tournament sample size S (default 3)")
     p.add_argument("--start", default=None, metavar="GRAPH",
@@ -188,7 +192,8 @@ def _config(args: argparse.Namespace):
                             latency_backend=args.latency_backend, budget=args.budget, seed=args.seed,
                             round_size=args.round_size, train=train, evaluator=args.evaluator,
                             evaluator_options=evaluator_options, dedup=not args.no_dedup,
-                            count_duplicates=bool(args.count_duplicates))
+                            count_duplicates=bool(args.count_duplicates),
+                            scheduling="sync" if args.sync else "async")
 
 
 def _executor_options(args: argparse.Namespace) -> dict:

@@ -604,11 +604,16 @@ def run_oneshot(config, out: str | os.PathLike, *, resume: bool = False, progres
         ConfigError, StrategyError: bad options. StoreError: ``out`` holds a search (without
         ``resume``), none (with ``resume``), another experiment, or a broken checkpoint.
     """
+    from dataclasses import replace
+
     from search import experiment as ex
     from search.spaces import get_space
     from search.store import DB_NAME, Candidate, Store, StoreError
     from search.train import TrainConfig
 
+    # one supernet and no candidates to schedule: the config is stored without the scheduling option, as
+    # before it existed, whichever was given
+    config = replace(config, scheduling="sync")
     budget, obj = config.check()
     run_dir = Path(out)
     progress = progress or ex.Progress(None)

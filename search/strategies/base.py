@@ -76,6 +76,13 @@ class Strategy(ABC):
     #: the strategy proposes the space's ``seeds`` (e.g. ``--start-genotype``) before anything else
     SEEDS = False
 
+    #: set by the run loop for an asynchronous run (``ExperimentConfig.scheduling == "async"``): results are
+    #: told one at a time as they arrive, and ``ask(n)`` may return fewer than ``n`` candidates -- none when
+    #: the strategy needs a result still in flight before it can propose more (a PNAS stage, a hill
+    #: climber's start graph). An ask that returns nothing must change nothing (no draw, no state), so that
+    #: a resumed run replays exactly.
+    asynchronous = False
+
     def __init__(self, space, rng: np.random.Generator, **options) -> None:
         if getattr(space, "seeds", None) and not self.SEEDS:
             raise StrategyError(f"strategy {self.name!r} does not start from given architectures "
@@ -94,11 +101,12 @@ class Strategy(ABC):
 
     @abstractmethod
     def ask(self, n: int) -> list[CandidateSpec]:
-        """Propose ``n`` candidates."""
+        """Propose ``n`` candidates (in an asynchronous run: at most ``n``, see :attr:`asynchronous`)."""
 
     @abstractmethod
     def tell(self, results: Sequence) -> None:
-        """Learn from finished candidates (``search.store.Candidate``: status, score, within_budget), in id order."""
+        """Learn from finished candidates (``search.store.Candidate``: status, score, within_budget): a round's
+        in id order, or in an asynchronous run one at a time in the order they finished."""
 
     def status(self) -> str:
         """One line for the progress display after each round (e.g. a controller's reward), or ``""``."""

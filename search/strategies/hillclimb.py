@@ -65,6 +65,7 @@ class HillClimb(Strategy):
         self.options["morphisms"] = list(ms)
         self.incumbent = None  # the best finished candidate so far (search.store.Candidate)
         self.started = False   # the start graph has been asked for
+        self._start_out = False  # the start graph is asked for and its result not told yet
 
     def _child(self, parent_id: int) -> CandidateSpec:
         d = {"method": "morph", "parent": int(parent_id), "seed": int(self.rng.integers(2 ** 31 - 1)),
@@ -73,12 +74,16 @@ class HillClimb(Strategy):
 
     def ask(self, n: int) -> list[CandidateSpec]:
         if self.incumbent is None:  # nothing trained yet (or the start graph failed): (re)train the start graph
-            self.started = True
+            if self.asynchronous and self._start_out:
+                return []  # every child grows from the start graph: wait for it
+            self.started = self._start_out = True
             return [CandidateSpec(decisions=self.space.sample(self.rng), op="start", parents=[])]
         return [self._child(self.incumbent.id) for _ in range(n)]
 
     def tell(self, results: Sequence) -> None:
         for c in results:
+            if c.op == "start":
+                self._start_out = False
             if c.status == "done" and c.within_budget and c.score is not None:
                 if self.incumbent is None or _better(c, self.incumbent):
                     self.incumbent = c

@@ -61,6 +61,7 @@ class Petridish(Strategy):
                                 hint="pass --strategy-opt cost=macs")
         self.options["ops"] = list(o["ops"])
         self.members: list = []  # finished candidates that can be parents (search.store.Candidate)
+        self._start_out = False  # the start graph is asked for and its result not told yet
 
     def near_frontier(self) -> list:
         """The members whose validation error is within ``near`` of the frontier's at their cost (by id)."""
@@ -80,6 +81,9 @@ class Petridish(Strategy):
     def ask(self, n: int) -> list[CandidateSpec]:
         pool = self.near_frontier()
         if not pool:  # nothing trained yet (or only failures): train the start graph
+            if self.asynchronous and self._start_out:
+                return []  # every child grows from a trained member: wait for the start graph
+            self._start_out = True
             return [CandidateSpec(decisions=self.space.sample(self.rng), op="start", parents=[])]
         out = []
         o = self.options
@@ -92,4 +96,6 @@ class Petridish(Strategy):
         return out
 
     def tell(self, results: Sequence) -> None:
+        if any(c.op == "start" for c in results):
+            self._start_out = False
         self.members += [c for c in results if c.status == "done" and c.score is not None]

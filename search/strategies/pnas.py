@@ -39,7 +39,9 @@ failed children are left out); the ensemble's mean predicted score ranks the exp
 
 Rounds: a step's ``K`` children are handed out over as many ``ask`` calls as the round size
 needs; when a step's children are not all told when the next step starts (a round size that
-does not divide ``K``), the beam is picked from the results told so far.
+does not divide ``K``), the beam is picked from the results told so far. In an asynchronous run
+the next step waits instead: once a step's children are handed out, ``ask`` returns nothing until
+every one of them is told, so each step ranks all of the previous step's results.
 
 Determinism: every draw and every surrogate initialisation comes from the strategy's numpy
 Generator, and the surrogate trains on one thread, so replaying the stored rounds rebuilds the
@@ -241,6 +243,7 @@ class PNAS(Strategy):
         self.results: list[tuple[list[int], int, object]] = []    # (choices, stage, candidate row), told
         self.surrogate: Surrogate | None = None
         self.last_rank: list[float] = []     # predicted scores of the last step's picks (progress, tests)
+        self.n_asked = 0                     # asks handed out (an asynchronous run waits for all of a step's)
 
     # ---------------------------------------------------------------- helpers
 
@@ -350,6 +353,8 @@ class PNAS(Strategy):
     def ask(self, n: int) -> list[CandidateSpec]:
         out = []
         for _ in range(n):
+            if not self.queue and self.asynchronous and len(self.results) < self.n_asked:
+                break  # the next step ranks this step's results: wait for the ones in flight
             if not self.queue:
                 self._advance()
             if self.queue:
@@ -358,6 +363,7 @@ class PNAS(Strategy):
                 ch = self.space.to_choices(self.space.sample(self.rng))
                 op, parents = "sample", []
             self.asked[tuple(ch)] = self.stage
+            self.n_asked += 1
             out.append(CandidateSpec(decisions=self.space.from_choices(ch), op=op, parents=parents))
         return out
 

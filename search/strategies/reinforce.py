@@ -5,7 +5,9 @@
   one option index per ``space.variables()`` entry, turned into decisions by
   ``space.from_choices``. The experiment loop trains each child from scratch on an executor
   (the normal ``run_search`` path), so children of one round train in parallel.
-- ``tell(results)``: one REINFORCE update on the round's finished children. The reward is
+- ``tell(results)``: one REINFORCE update on the round's finished children (in an asynchronous
+  run, one update per child as its result arrives, as Zoph & Le's workers sent each child's
+  gradient to the parameter server). The reward is
   ``-score`` -- ``1 - val_error`` up to a constant for ``--objective error`` (Zoph & Le's
   validation accuracy; the baseline absorbs the constant), and the negative scalarised score
   when the objective has a cost. A child over the hard budget (``--max-latency-ms``) gets
@@ -87,16 +89,17 @@ class Reinforce(Strategy):
 
     def tell(self, results: Sequence) -> None:
         choices, rewards = [], []
-        # the sampled indices, not to_choices(decisions): they differ where a choice is ignored (the width
-        # of a skipped chain layer), and the update must score what the controller drew
-        asked = self._asked[:len(results)] if len(self._asked) >= len(results) else [None] * len(results)
-        del self._asked[:len(results)]
-        for c, sampled in zip(results, asked):
+        for c in results:
+            # the sampled indices, not to_choices(decisions): they differ where a choice is ignored (the width
+            # of a skipped chain layer), and the update must score what the controller drew. A result is
+            # matched with the earliest untold ask of its decisions (a round's results come in id = ask order;
+            # an asynchronous run's in the order they finished).
+            decided = self.space.decode(c.decisions)
+            k = next((i for i, s in enumerate(self._asked) if self.space.from_choices(s) == decided), None)
+            ch = self._asked.pop(k) if k is not None else self.space.to_choices(c.decisions)
             r = reward_of(c, self.options["budget_penalty"])
             if r is None:
                 continue
-            ch = sampled if sampled is not None and self.space.from_choices(sampled) == self.space.decode(c.decisions) \
-                else self.space.to_choices(c.decisions)
             choices.append(ch)
             rewards.append(r)
         if choices:

@@ -122,7 +122,8 @@ def chain_table(path: Path) -> Path:
 
 
 def test_process_executor_gives_the_same_cache_hits(tmp_path):
-    cfg = tiny(evaluator=f"table:{chain_table(tmp_path / 't.csv')}", budget="5c")
+    # rounds: the serial-equivalent mode (asynchronously, which candidate is asked depends on arrival order)
+    cfg = tiny(evaluator=f"table:{chain_table(tmp_path / 't.csv')}", budget="5c", scheduling="sync")
     s = run_search(cfg, tmp_path / "serial")
     run_search(cfg, tmp_path / "proc", executor="process", executor_options={"workers": 2})
     assert s.cache_hits > 0 and rows(tmp_path / "proc") == rows(tmp_path / "serial")
@@ -236,8 +237,8 @@ def test_a_killed_run_extends_and_a_time_budget_extends(table, tmp_path):
     run_search(nb201(table, budget="6c"), run)
     with Store.open(run, lock=True) as st:  # as a kill leaves it: the last round unfinished
         c = st.candidates()[-1]
-        st._conn.execute("UPDATE candidates SET status = 'running', metrics = '{}', score = NULL WHERE id = ?",
-                         (c.id,))
+        st._conn.execute("UPDATE candidates SET status = 'running', metrics = '{}', score = NULL, told = NULL "
+                         "WHERE id = ?", (c.id,))
     s = run_search(nb201(table, budget="10c"), run, resume=True)
     assert s.requeued == [5] and s.counts["done"] == 10
     run_search(nb201(table, budget="10c"), tmp_path / "whole")

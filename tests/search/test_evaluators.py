@@ -6,6 +6,8 @@ accuracies (more 3x3 convs: better), so no test reads a shared file.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import csv
 import itertools
 import json
@@ -193,8 +195,17 @@ def test_callable_evaluator(tmp_path):
         run_search(cfg, tmp_path / "run", evaluator=lambda r: {"val_error": 0.1}, resume=True)
     with pytest.raises(ConfigMismatch, match="evaluator"):
         run_search(cfg, tmp_path / "run", resume=True)
-    with pytest.raises(ConfigError, match="serial"):
-        run_search(cfg, tmp_path / "run3", evaluator=conv_counter, executor="process")
+    # process workers import a top-level function by its name (rounds: the same results as serial);
+    # a lambda or a nested function cannot be imported there and is refused before anything runs
+    sync = replace(cfg, scheduling="sync")
+    run_search(sync, tmp_path / "ser", evaluator=conv_counter)
+    run_search(sync, tmp_path / "proc", evaluator=conv_counter, executor="process", executor_options={"workers": 2})
+    with Store.open(tmp_path / "ser") as a, Store.open(tmp_path / "proc") as b:
+        assert [(c.decisions, c.metrics, c.costs) for c in a.candidates()] == \
+            [(c.decisions, c.metrics, c.costs) for c in b.candidates()]
+    with pytest.raises(ConfigError, match="cannot be imported by name in a worker"):
+        run_search(cfg, tmp_path / "run3", evaluator=lambda r: {"val_error": 0.1}, executor="process")
+    assert not (tmp_path / "run3").exists()
     with pytest.raises(ConfigError, match="was not given"):
         run_search(ExperimentConfig(evaluator=callable_name(conv_counter)), tmp_path / "run4")
 

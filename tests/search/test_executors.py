@@ -17,9 +17,10 @@ from search.executors import ExecutorError, ProcessExecutor, SerialExecutor, get
 from search.experiment import ExperimentConfig, run_search
 from search.store import Store
 
+# synchronous rounds: the serial-equivalent mode, where every executor gives the serial run's results
 CONFIG = dict(space="chain", space_options={"layers": 2}, strategy="evolution",
               strategy_options={"population": 2, "sample": 2}, budget="4c", round_size=2, seed=7,
-              objective="params", train={"epochs": 1, "batch_size": 128, "lr": 0.05})
+              objective="params", train={"epochs": 1, "batch_size": 128, "lr": 0.05}, scheduling="sync")
 
 
 def _snapshot(run) -> list[tuple]:

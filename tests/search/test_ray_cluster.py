@@ -99,7 +99,7 @@ def _cli_args(out: Path) -> list[str]:
     return ["search", "--space", c["space"], "--space-opt", "layers=2", "--strategy", c["strategy"],
             "--population", "2", "--sample", "2", "--budget", c["budget"], "--round-size", str(c["round_size"]),
             "--seed", str(c["seed"]), "--objective", c["objective"], "--epochs", "1", "--batch-size", "128",
-            "--lr", "0.05", "--no-export", "--quiet", "--out", str(out)]
+            "--lr", "0.05", "--no-export", "--quiet", "--out", str(out), "--sync"]  # CONFIG's rounds
 
 
 def test_search_on_a_cluster_survives_a_killed_worker_and_equals_serial(cluster, tmp_path):

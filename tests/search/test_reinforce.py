@@ -90,12 +90,16 @@ def test_tell_scores_the_sampled_indices():
         assert all(space.from_choices(ch) == sp.decisions for ch, sp in zip(drawn, specs))
 
 
-def test_tiny_search_on_digits_exports_and_resumes(tmp_path):
-    full = run_search(ExperimentConfig(**TINY), tmp_path / "full")
+@pytest.mark.parametrize("scheduling, rounds", [("sync", [0, 0, 1, 1, 2, 2]),
+                                                # asynchronous: the results told before each ask
+                                                ("async", [0, 0, 1, 2, 3, 4])])
+def test_tiny_search_on_digits_exports_and_resumes(tmp_path, scheduling, rounds):
+    cfg = {**TINY, "scheduling": scheduling}
+    full = run_search(ExperimentConfig(**cfg), tmp_path / "full")
     assert full.counts["done"] == 6
     with Store.open(tmp_path / "full") as st:
         cands = st.candidates()
-    assert {c.op for c in cands} == {"controller"} and [c.round for c in cands] == [0, 0, 1, 1, 2, 2]
+    assert {c.op for c in cands} == {"controller"} and [c.round for c in cands] == rounds
     v, best = export_candidate(tmp_path / "full", tmp_path / "best.onnx", best=True)
     onnx.checker.check_model(onnx.load(tmp_path / "best.onnx"), full_check=True)
     assert best.id == full.best.id and v is not None
@@ -109,8 +113,8 @@ def test_tiny_search_on_digits_exports_and_resumes(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_search(ExperimentConfig(**TINY), tmp_path / "cut", on_candidate=stop)
-    resumed = run_search(ExperimentConfig(**TINY), tmp_path / "cut", resume=True)
+        run_search(ExperimentConfig(**cfg), tmp_path / "cut", on_candidate=stop)
+    resumed = run_search(ExperimentConfig(**cfg), tmp_path / "cut", resume=True)
     assert resumed.requeued == [3] and resumed.counts["done"] == 6
     assert resumed.resumed == 3  # finished before the resume (not counting the re-queued one it then finished)
     with Store.open(tmp_path / "cut") as st:
@@ -125,6 +129,12 @@ def test_progress_shows_the_controller_after_each_round(tmp_path):
     from search.experiment import Progress
 
     buf = io.StringIO()
-    run_search(ExperimentConfig(**{**TINY, "budget": "4c"}), tmp_path / "run", progress=Progress(buf, use_rich=False))
+    run_search(ExperimentConfig(**{**TINY, "budget": "4c", "scheduling": "sync"}), tmp_path / "run",
+               progress=Progress(buf, use_rich=False))
     lines = [ln for ln in buf.getvalue().splitlines() if ln.startswith("controller:")]
     assert len(lines) == 2 and "reward" in lines[-1] and "2 updates" in lines[-1]
+    # asynchronously: one update per result, the line after every round_size results
+    buf = io.StringIO()
+    run_search(ExperimentConfig(**{**TINY, "budget": "4c"}), tmp_path / "async", progress=Progress(buf, use_rich=False))
+    lines = [ln for ln in buf.getvalue().splitlines() if ln.startswith("controller:")]
+    assert len(lines) == 2 and "2 updates" in lines[0] and "4 updates" in lines[-1]

@@ -8,37 +8,57 @@
     summary = run_search(cfg, "runs/demo", executor="process")
     summary.best.metrics["test_error"], [c.id for c in summary.frontier]
 
-How a search runs (one *round* at a time):
+How a search runs, asynchronously (``scheduling="async"``, the default):
 
-1. the strategy is asked for ``round_size`` candidates; each gets the next id and a seed
-   derived from (experiment seed, id) and is recorded in the store as ``queued``;
-2. the executor evaluates them (build the graph, train it, count/measure its costs);
-   each result is recorded as it arrives (``done`` with the trained graph in
-   ``graphs/<id>.json``, or ``failed`` with the reason: the search goes on);
+1. ``round_size`` candidates are kept in flight: whenever one finishes (and at the start) the
+   strategy is asked for one more (``ask(1)``); it gets the next id, a seed derived from
+   (experiment seed, id), ``round`` = the number of results told so far, and is recorded in the
+   store as ``queued``; the executor evaluates it (build the graph, train it, count/measure its
+   costs);
+2. each result is recorded as it arrives (``done`` with the trained graph in ``graphs/<id>.json``,
+   or ``failed`` with the reason: the search goes on) together with ``told``, its position in the
+   order results are told, and is told to the strategy at once (``tell([c])``). A strategy that
+   needs a result still in flight before it can propose more (a PNAS step, the hill climber's
+   start graph) proposes nothing and the loop waits for the next result.
+
+So no worker waits for the slowest candidate of a round (aging evolution is defined this way).
+With the serial executor candidates finish first in, first out, so a seed gives bit-identical
+results; with the process and Ray executors which candidate is asked next depends on which
+result came first, and the store records that order: a killed search resumes exactly, because
+``resume=True`` replays the stored asks and tells in that order through a fresh strategy
+(checking each asked candidate matches), re-runs the candidates that were in flight, tells the
+results that arrived after the last ask as arriving results, and continues. Nothing finished is
+lost or evaluated twice.
+
+In synchronous rounds (``scheduling="sync"``, ``archir search --sync``, and every run stored
+before asynchronous scheduling existed):
+
+1. the strategy is asked for ``round_size`` candidates (``round`` = the round's number);
+2. the executor evaluates them; each result is recorded as it arrives;
 3. the round's results are told to the strategy in id order, whatever order they finished in.
 
-So the same seed gives the same candidates with any executor, and a killed search resumes
-exactly: ``resume=True`` replays every stored round through a fresh strategy (ask, check the
-decisions match, tell the stored results), re-runs the unfinished candidates of the last round,
-and continues. Nothing finished is lost or evaluated twice.
+So the same seed gives the same candidates with *every* executor (the serial-equivalent mode),
+and ``resume=True`` replays every stored round (ask, check the decisions match, tell the stored
+results), re-runs the unfinished candidates of the last round, and continues.
 
 **Budget**: ``"200c"`` stops after 200 candidates (failed ones count, cache hits do not unless
 ``count_duplicates``); ``"10m"`` / ``"90s"`` / ``"1h"`` is search wall time, summed over resumed
-sessions; a new round is not started when the time left is less than the mean round time so far
-(the search ends near the budget, not a round after it). ``resume=True`` with a larger budget of
-the same kind (``--resume --budget 400c`` on a 200c run, or a longer time) extends a finished or
-killed run: the store's config takes the new budget and the search goes on where it stopped;
-for a candidate budget that is a multiple of ``round_size`` the extended run equals a straight
-run with the larger budget (same seed, same strategy). A smaller budget, or one of another kind,
-is refused (a ``ConfigMismatch`` naming it); every other option must equal the stored one.
+sessions; a new candidate (in rounds: a new round) is not started when the time left is less
+than the mean candidate (round) time so far (the search ends near the budget, not a round after
+it). ``resume=True`` with a larger budget of the same kind (``--resume --budget 400c`` on a 200c
+run, or a longer time) extends a finished or killed run: the store's config takes the new budget
+and the search goes on where it stopped; with the serial executor the extended run equals a
+straight run with the larger budget (same seed, same strategy; in rounds, when the old budget is
+a multiple of ``round_size``). A smaller budget, or one of another kind, is refused (a
+``ConfigMismatch`` naming it); every other option must equal the stored one.
 
 **De-duplication** (``dedup``, on by default): before a candidate is evaluated its architecture
 key (:func:`search.evaluators.arch_key`: the space's architecture string, e.g. NB201's
 ``|nor_conv_3x3~0|+|...|``, or the canonical JSON of its decisions, which fix the structure a
 space builds) is looked up among the ``done`` candidates; a match reuses that result (metrics,
 costs, score, graph hash and graph file) and is recorded ``done`` with ``cache_of`` = the
-original's id and no training time. Two equal candidates of one round are evaluated once (the
-lower id; the other waits for it). A failed result is not reused (the duplicate is evaluated).
+original's id and no training time. Two equal candidates of one round (or in flight at once)
+are evaluated once (the lower id; the other waits for it, without taking a worker). A failed result is not reused (the duplicate is evaluated).
 Candidates grown from a trained parent (``search.morph``: hillclimb, petridish) are never
 de-duplicated: their weights come from the parent's training and their own seed. A cache hit
 is told to the strategy like any result; it does not count against a candidate budget unless

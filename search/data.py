@@ -421,3 +421,13 @@ def _ro(a: np.ndarray) -> np.ndarray:
     a = np.ascontiguousarray(a)
     a.setflags(write=False)
     return a
+
+
+_CACHED: dict[str, Dataset] = {}
+
+
+def cached_dataset(spec: str) -> "Dataset":
+    """:func:`load_dataset` of ``spec`` once per process (a worker trains many candidates on it)."""
+    if spec not in _CACHED:
+        _CACHED[spec] = load_dataset(spec)
+    return _CACHED[spec]

@@ -40,6 +40,7 @@ import csv
 import json
 import math
 import os
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from archir.errors import is_user_error
+from search.config import ConfigError, one_line
+from search.data import cached_dataset
 
 __all__ = ["Table", "load_table", "parse_evaluator", "check_evaluator", "evaluate_task", "evaluate_callable",
            "callable_name", "resolve_callable", "check_importable", "evaluate_callable_task", "EvalRequest", "arch_key", "COST_KEYS", "TABLE_DEFAULTS"]
@@ -58,8 +61,6 @@ TABLE_DEFAULTS = {"metric": "cifar10_val", "test_metric": "cifar10_test", "key":
 
 
 def _config_error(message: str, hint: str | None = None, **where: Any):
-    from search.experiment import ConfigError
-
     return ConfigError(message, hint=hint, **where)
 
 
@@ -258,11 +259,6 @@ def _result(task: Mapping[str, Any]) -> dict:
             "epochs": 0, "graph_hash": None, "graph_json": None, "weights": None, "traceback": None}
 
 
-def _one_line(e: BaseException) -> str:
-    text = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
 def evaluate_task(task: Mapping[str, Any]) -> dict:
     """Evaluate one candidate with the task's ``evaluator`` (``table:FILE``): the result of
     :func:`search.experiment.evaluate_candidate`, without a graph. Never raises for a bad candidate."""
@@ -293,7 +289,7 @@ def evaluate_task(task: Mapping[str, Any]) -> dict:
             out["graph_hash"] = _COUNTS[ck]["graph_hash"]
         out["status"] = "ok"
     except Exception as e:  # a bad candidate is recorded as failed with the reason; the search goes on
-        out["reason"] = f"{stage}: {_one_line(e)}"
+        out["reason"] = f"{stage}: {one_line(e)}"
         out["traceback"] = None if is_user_error(e) else traceback.format_exc()
     out["timings"] = {"evaluate_s": time.perf_counter() - t0, "total_s": time.perf_counter() - t0}
     return out
@@ -345,7 +341,7 @@ def resolve_callable(name: str) -> Callable:
         for part in qual.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as e:
-        raise _config_error(f"evaluator {name!r} cannot be imported: {_one_line(e)}",
+        raise _config_error(f"evaluator {name!r} cannot be imported: {one_line(e)}",
                             hint="make its module importable where the workers run (PYTHONPATH, an installed "
                                  "package), or use the serial executor") from None
     return obj
@@ -369,7 +365,7 @@ def evaluate_callable_task(task: Mapping[str, Any]) -> dict:
         space = _space(task["space"], task["space_options"])
     except Exception as e:  # the worker cannot import the function: every candidate says why
         out = _result(task)
-        out["reason"] = f"evaluate: {_one_line(e)}"
+        out["reason"] = f"evaluate: {one_line(e)}"
         out["traceback"] = None if is_user_error(e) else traceback.format_exc()
         return out
     return evaluate_callable(fn, space, task, need=task.get("need"))
@@ -397,6 +393,106 @@ def evaluate_callable(fn: Callable, space, task: Mapping[str, Any], need: str | 
         out["metrics"].setdefault("val_acc", 1.0 - out["metrics"]["val_error"])
         out["status"] = "ok"
     except Exception as e:
-        out["reason"] = f"evaluate: {_one_line(e)}"  # the user's code, not archir's: no traceback marked as a bug
+        out["reason"] = f"evaluate: {one_line(e)}"  # the user's code, not archir's: no traceback marked as a bug
     out["timings"] = {"evaluate_s": time.perf_counter() - t0, "total_s": time.perf_counter() - t0}
+    return out
+
+
+# ------------------------------------------------------------------------------ the train evaluator
+
+
+def evaluate_candidate(task: Mapping[str, Any]) -> dict:
+    """Evaluate one candidate (runs in the executor's worker): build, train, cost, serialise.
+
+    Args:
+        task: plain data: ``id``, ``seed``, ``space`` (name), ``space_options`` (incl.
+            ``input_shape``, ``num_classes``), ``decisions``, ``dataset``, ``train`` (TrainConfig
+            fields), ``latency_backend`` (or None), ``threads``. Optional ``init_graph``
+            (``search.morph.graph_to_data``; one-shot ``inherit``): start from that graph and its
+            weights instead of ``space.build(decisions)`` -- training fine-tunes it, and the metrics
+            add ``inherited_val_error`` (before training) and ``inherited = 1``.
+
+    Returns:
+        Plain data: ``id``, ``status`` (``ok``/``failed``), ``reason``, ``metrics``, ``costs``,
+        ``timings``, ``epochs``, ``graph_hash``, ``graph_json`` (archir JSON text) and
+        ``weights`` (safetensors bytes) of the trained graph, ``history`` (the per-epoch training figures,
+        ``search.train.TrainResult.history``) and ``traceback``. Never raises for a
+        bad candidate: ``reason`` is one line (``"<stage>: <ExceptionType>: <first line>"``), and
+        ``traceback`` is the full traceback when the exception is an archir bug rather than a user
+        error (``archir.errors.is_user_error``: an ``ArchirError`` such as a refused pass, not raised
+        from another exception), else None. A task with an ``evaluator`` other than ``"train"`` is
+        looked up instead (``search.evaluators.evaluate_task``: no graph, no training).
+    """
+    if task.get("evaluator", "train") != "train":
+        from search.evaluators import evaluate_task
+
+        return evaluate_task(task)
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {"id": task["id"], "status": "failed", "reason": None, "metrics": {}, "costs": {},
+                           "timings": {}, "epochs": 0, "graph_hash": None, "graph_json": None, "weights": None,
+                           "traceback": None}
+    stage = "build"
+    try:
+        import archir
+        from search.morph import get_space, grow
+        from search.train import TrainConfig, train
+
+        grown: dict[str, Any] = {"metrics": {}, "epochs": 0}
+        if "parent_graph" in task:  # morphism search: the parent's trained graph + rewrites (search.morph)
+            g, grown = grow(task, cached_dataset(task["dataset"]))
+        elif "init_graph" in task:  # one-shot inherit: the architecture cut out of the trained supernet
+            from search.morph import graph_from_data
+            from search.train import evaluate
+
+            g = graph_from_data(task["init_graph"])
+            ds0 = cached_dataset(task["dataset"])
+            grown["metrics"] = {"inherited_val_error": float(evaluate(g, ds0.x_val, ds0.y_val)[0]), "inherited": 1.0}
+        else:
+            space = get_space(task["space"], **dict(task["space_options"]))
+            g = space.build(space.decode(task["decisions"]), seed=int(task["seed"]))
+        out["graph_hash"] = g.structural_hash()
+        t1 = time.perf_counter()
+        out["timings"]["build_s"] = t1 - t0
+        stage = "train"
+        ds = cached_dataset(task["dataset"])
+        cfg = TrainConfig(**{**task["train"], "seed": int(task["seed"]), "threads": int(task.get("threads", 1)),
+                             **({"device": task["device"]} if task.get("device") else {})})
+        res = train(g, ds, cfg)
+        t2 = time.perf_counter()
+        out["timings"]["train_s"] = t2 - t1
+        out["epochs"] = int(res.epochs) + int(grown["epochs"])  # candidate-epochs, growing included
+        out["metrics"] = {**{k: float(v) for k, v in res.metrics.items()}, **grown["metrics"]}
+        out["history"] = [dict(h) for h in res.history]  # per epoch: the store keeps it apart (Store.set_curve)
+        if res.status != "ok" or res.graph is None:
+            out["reason"] = res.reason or "training failed"
+            out["traceback"] = getattr(res, "traceback", None)
+            return out
+        stage = "cost"
+        import costmodels
+
+        tg = res.graph
+        c = costmodels.count(tg)
+        costs = {"params": float(c.params), "macs": float(c.macs), "flops": float(c.flops)}
+        if task.get("latency_backend"):
+            lat = costmodels.measure(tg, backend=task["latency_backend"], batch_size=1, threads=1,
+                                     warmup=int(task.get("latency_warmup", 5)),
+                                     repeats=int(task.get("latency_repeats", 20)))
+            costs["latency_ms"] = float(lat.median_ms)
+            costs["latency_iqr_ms"] = float(lat.iqr_ms)
+        out["costs"] = costs
+        t3 = time.perf_counter()
+        out["timings"]["cost_s"] = t3 - t2
+        stage = "save"
+        with tempfile.TemporaryDirectory(prefix="archir-cand-") as tmp:
+            p = archir.save(tg, Path(tmp) / f"{task['id']}.json")
+            out["graph_json"] = p.read_text()
+            w = p.with_suffix(".safetensors")
+            out["weights"] = w.read_bytes() if w.exists() else None
+        out["status"] = "ok"
+    except Exception as e:  # a bad candidate is recorded as failed with the reason; the search goes on
+        out["reason"] = f"{stage}: {one_line(e)}"
+        # a user error (a refused pass, a bad decision) is its one line; anything else is a bug: keep the traceback
+        out["traceback"] = None if is_user_error(e) else traceback.format_exc()
+    finally:
+        out["timings"]["total_s"] = time.perf_counter() - t0
     return out

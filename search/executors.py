@@ -45,6 +45,7 @@ from collections import deque
 from typing import Any, Callable, Iterator, Sequence
 
 from archir.errors import ArchirError
+from search.config import one_line
 
 __all__ = ["Executor", "SerialExecutor", "ProcessExecutor", "RayExecutor", "EXECUTORS", "get_executor",
            "ExecutorError", "worker_env"]
@@ -73,11 +74,6 @@ def _crashed(task: Task, reason: str, error: BaseException | None = None) -> Res
     tb = None if error is None else "".join(traceback.format_exception(type(error), error, error.__traceback__))
     return {"id": task.get("id"), "status": "failed", "reason": reason, "metrics": {}, "costs": {}, "timings": {},
             "graph_hash": None, "graph_json": None, "weights": None, "traceback": tb}
-
-
-def _one_line(e: BaseException) -> str:
-    text = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 class Executor(ABC):
@@ -230,9 +226,9 @@ class ProcessExecutor(Executor):
         except BrokenProcessPool as e:
             # every task the dead pool held fails the same way; later submits go to a new pool
             self._drop_pool()
-            return ticket, _crashed(task, f"worker process died ({_one_line(e)})")
+            return ticket, _crashed(task, f"worker process died ({one_line(e)})")
         except Exception as e:  # an exception outside fn's own handling, e.g. a pickling error
-            return ticket, _crashed(task, f"worker error: {_one_line(e)}", e)
+            return ticket, _crashed(task, f"worker error: {one_line(e)}", e)
 
     @property
     def in_flight(self) -> int:
@@ -300,7 +296,7 @@ class RayExecutor(Executor):
                 else:
                     ray.init(address=address, **kw)
             except Exception as e:  # ConnectionError, RuntimeError, ...: Ray's own types vary by version
-                raise ExecutorError(f"ray executor: cannot start or join Ray at {address or 'local'}: {_one_line(e)}",
+                raise ExecutorError(f"ray executor: cannot start or join Ray at {address or 'local'}: {one_line(e)}",
                                     hint="check --address (e.g. ray://head:10001 or auto) and that the cluster "
                                          "runs the same Ray and Python versions") from None
             self._started = True
@@ -325,7 +321,7 @@ class RayExecutor(Executor):
             return ticket, ray.get(done[0])
         except Exception as e:  # RayTaskError, WorkerCrashedError (after max_retries), ...
             tries = f" (tried {self.max_retries + 1} times)" if self.max_retries else ""
-            return ticket, _crashed(task, f"ray task failed{tries}: {_one_line(e)}", e)
+            return ticket, _crashed(task, f"ray task failed{tries}: {one_line(e)}", e)
 
     @property
     def in_flight(self) -> int:

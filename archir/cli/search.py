@@ -225,7 +225,8 @@ def _executor_options(args: argparse.Namespace) -> dict:
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    from search.experiment import Progress, _fmt_time, export_candidate, parse_objective, run_search, write_gallery
+    from search.config import fmt_time
+    from search.experiment import Progress, export_candidate, parse_objective, run_search, write_gallery
     from search.pareto import PlotUnavailable
 
     cfg = _config(args)
@@ -242,7 +243,7 @@ def _run_search(args: argparse.Namespace) -> int:
         raise
     c = s.counts
     print(f"search finished: {c['done'] + c['failed']} candidates ({c['done']} done, {c['failed']} failed) in "
-          f"{_fmt_time(s.session_s)}" + (f" ({_fmt_time(s.elapsed_s)} over all sessions)" if args.resume else "")
+          f"{fmt_time(s.session_s)}" + (f" ({fmt_time(s.elapsed_s)} over all sessions)" if args.resume else "")
           + f"; {s.distinct} distinct architectures"
           + (f"; {s.cache_hits} cache hits (an architecture already evaluated: its result reused, not trained)"
              if s.cache_hits else ""))

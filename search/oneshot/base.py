@@ -73,7 +73,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from archir.errors import ArchirError
 from search.strategies.base import StrategyError, register_named
 
 __all__ = ["OneShotDriver", "ONESHOT", "register_oneshot", "get_oneshot", "run_oneshot", "COMMON_OPTIONS",
@@ -606,40 +605,13 @@ def run_oneshot(config, out: str | os.PathLike, *, resume: bool = False, progres
     """
     from dataclasses import replace
 
-    from search import experiment as ex
-    from search.spaces import get_space
-    from search.store import DB_NAME, Candidate, Store, StoreError
-    from search.train import TrainConfig
+    from search.run import SearchRun
 
     # one supernet and no candidates to schedule: the config is stored without the scheduling option, as
     # before it existed, whichever was given
-    config = replace(config, scheduling="sync")
-    budget, obj = config.check()
-    run_dir = Path(out)
-    progress = progress or ex.Progress(None)
-    cls = get_oneshot(config.strategy)
-    ds = ex._dataset(config.dataset)
-    space_options = {**config.space_options, "input_shape": tuple(ds.input_shape), "num_classes": int(ds.num_classes)}
-    try:
-        space = get_space(config.space, **space_options)
-    except ArchirError as e:  # SpaceError: an unknown space or option
-        raise ex.ConfigError(e.message, hint=e.hint or "check --space and --space-opt", where=e.where) from None
-    except ValueError as e:  # an option value the space rejects
-        raise ex.ConfigError((str(e).strip().splitlines() or [""])[0], hint="check --space and --space-opt") from None
-    try:
-        TrainConfig(**{**config.train, "seed": 0, "threads": 1})
-    except (TypeError, ValueError) as e:
-        raise ex.ConfigError(f"training options {config.train}: {ex._one_line(e)}",
-                             hint="check the --epochs / --batch-size / --lr values") from None
-    latency_backend = config.latency_backend_used()
-    if latency_backend:
-        ex._check_latency_backend(space, latency_backend)
-    cfg_dict = config.to_dict()
-    if resume:
-        with Store.open(run_dir, lock=True) as st:
-            st.check_config(cfg_dict)
-    elif (run_dir / DB_NAME).exists():
-        Store.create(run_dir, cfg_dict)  # raises: the folder already holds a search
+    run = SearchRun(replace(config, scheduling="sync"), out, progress=progress, on_candidate=on_candidate)
+    cls = get_oneshot(run.config.strategy)
+    run.check_folder(resume, extend=False)
 
     threads = torch.get_num_threads()
     det, det_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
@@ -648,29 +620,31 @@ def run_oneshot(config, out: str | os.PathLike, *, resume: bool = False, progres
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(np.random.SeedSequence([int(config.seed), 9]).generate_state(1)[0]))
-            driver = cls(space, ds, config, seed=int(config.seed), run_dir=run_dir,
+            driver = cls(run.space, run.dataset, run.config, seed=int(config.seed), run_dir=run.run_dir,
                          **dict(config.strategy_options))
             if driver.options["inherit"]:
                 with torch.random.fork_rng(devices=[]):
                     driver.check_inherit()  # refuse before any step (and before the store is made)
-            store = Store.open(run_dir, lock=True) if resume else Store.create(run_dir, cfg_dict)
+            run.open(resume)
             try:
-                return _loop(config, run_dir, driver, store, space, space_options, budget, obj, latency_backend,
-                             resume, progress, on_candidate, on_step, ex, Candidate, StoreError)
+                return _loop(run, driver, resume, on_step)
             finally:
-                store.close()
+                run.close()
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(det, warn_only=det_warn)
 
 
-def _loop(config, run_dir, driver, store, space, space_options, budget, obj, latency_backend, resume, progress,
-          on_candidate, on_step, ex, Candidate, StoreError):
-    store.set_info("space_options", {**space_options, "input_shape": list(space_options["input_shape"])})
+def _loop(run, driver, resume: bool, on_step):
+    from search.config import Budget, candidate_seed, fmt_time, one_line
+    from search.evaluators import evaluate_candidate
+    from search.store import Candidate, StoreError
+
+    config, run_dir, store, space, budget, progress = run.config, run.run_dir, run.store, run.space, run.budget, \
+        run.progress
     # every step's figures (loss, val_error, entropy, ...), kept across resumes: archir report charts them
     history = list((store.info("oneshot") or {}).get("history") or []) if resume else []
     store.set_info("oneshot", {"driver": driver.name, "history": history})
-    requeued: list[int] = []
     resumed = 0
     if resume:
         ck = load_checkpoint(run_dir)
@@ -678,42 +652,33 @@ def _loop(config, run_dir, driver, store, space, space_options, budget, obj, lat
             try:
                 driver.load_state(*ck)
             except (ValueError, KeyError, RuntimeError) as e:
-                raise StoreError(f"cannot resume from the one-shot checkpoint: {ex._one_line(e)}", file=run_dir,
+                raise StoreError(f"cannot resume from the one-shot checkpoint: {one_line(e)}", file=run_dir,
                                  hint="start a new run (another --out folder) with this version of archir") from None
-        requeued = store.requeue_unfinished()
         resumed = sum(c.finished for c in store.candidates())
         progress.line(f"resumed {run_dir}: {driver.steps_done} search steps done, {resumed} derived candidates kept, "
-                      f"{len(requeued)} re-queued; {ex._fmt_time(store.elapsed_s)} spent before")
+                      f"{len(run.requeued)} re-queued; {fmt_time(store.elapsed_s)} spent before")
     bud = f"{int(budget.value)} search steps" if budget.kind == "candidates" else f"{budget} of search steps"
     opts = ", ".join(f"{k}={v}" for k, v in sorted(driver.options.items()))
     progress.line(f"search: space {config.space}, one-shot strategy {config.strategy} ({opts}), objective "
                   f"{config.objective}, budget {bud}, dataset {config.dataset}, seed {config.seed}, run folder {run_dir}")
-    clock = ex.SearchClock(store)
-    elapsed, tick = clock.elapsed, clock.tick
+    elapsed, tick = run.elapsed, run.clock.tick
     step_times: list[float] = []
 
     def evaluate(c) -> None:
         store.mark_running([c.id])
-        task = ex.candidate_task(config, space_options, c, latency_backend)
+        task = run.task(c)
         with torch.random.fork_rng(devices=[]):  # training must not move the search's RNG
             if driver.options["inherit"]:  # start from the supernet's weights (weight sharing), fine-tune
                 if c.round != driver.steps_done:
                     raise StoreError(f"candidate {c.id} was derived after step {c.round} but the "
                                      f"supernet is at step {driver.steps_done}; its inherited weights are gone",
                                      file=run_dir, hint="start a new run (another --out folder)")
-                from search.morph import graph_to_data
+                from search.spaces.start import graph_to_data
 
                 task["init_graph"] = graph_to_data(driver.derived_graph(c.decisions))
-            res = ex.evaluate_candidate(task)
-        ex.record_result(c, res, run_dir=run_dir, config=config, obj=obj, store=store)
-        tick()
-        cands = store.candidates()
-        done = [x for x in cands if x.status == "done"]
-        progress.candidate(c, counts=store.counts(), best=ex.best_candidate(done),
-                           frontier_size=len(ex.frontier_candidates(done, obj.cost_key)), elapsed=elapsed(),
-                           budget=shown, cost_key=obj.cost_key, describe=space.describe(c.decisions))
-        if on_candidate is not None:
-            on_candidate(c)
+            res = evaluate_candidate(task)
+        run.record(c, res)
+        run.finished(c, store.candidates(), budget=shown, describe=space.describe(c.decisions))
 
     def record(step_no: int) -> None:
         if any(c.round == step_no for c in store.candidates()):
@@ -721,7 +686,7 @@ def _loop(config, run_dir, driver, store, space, space_options, budget, obj, lat
         d = driver.derive()
         cid = store.next_id()
         c = Candidate(id=cid, round=step_no, op=f"derive:{driver.name}", decisions=space.encode(d), parents=[],
-                      seed=ex.candidate_seed(config.seed, cid))
+                      seed=candidate_seed(config.seed, cid))
         store.add([c])
         progress.line(f"step {step_no}: derived {space.describe(d)}; evaluating it as candidate {cid}")
         evaluate(c)
@@ -730,8 +695,8 @@ def _loop(config, run_dir, driver, store, space, space_options, budget, obj, lat
     shown = budget  # the candidate lines count derived candidates, not steps
     if budget.kind == "candidates":
         n = int(budget.value)
-        shown = ex.Budget("candidates", n // every + (1 if n % every else 0) if every else 1)
-    for cid in requeued:
+        shown = Budget("candidates", n // every + (1 if n % every else 0) if every else 1)
+    for cid in run.requeued:
         evaluate(store.get(cid))
     while True:
         if budget.kind == "candidates":
@@ -757,18 +722,14 @@ def _loop(config, run_dir, driver, store, space, space_options, budget, obj, lat
         history.append({"step": driver.steps_done, "elapsed_s": round(elapsed(), 3), **js["figures"]})
         store.set_info("oneshot", {"driver": driver.name, "history": history})
         left_s = (f"{driver.steps_done}/{int(budget.value)} steps" if budget.kind == "candidates"
-                  else f"{ex._fmt_time(budget.value - elapsed())} left")
-        progress.line(f"[{ex._fmt_time(elapsed())} elapsed, {left_s}] {driver.name} step {driver.steps_done}: "
+                  else f"{fmt_time(budget.value - elapsed())} left")
+        progress.line(f"[{fmt_time(elapsed())} elapsed, {left_s}] {driver.name} step {driver.steps_done}: "
                       + "  ".join(f"{k} {v:.4g}" for k, v in figures.items()))
         if on_step is not None:
             on_step(driver, figures)
         if every and driver.steps_done % every == 0:
             record(driver.steps_done)
     record(driver.steps_done)
-    tick()
-    final = store.candidates()
-    return ex.SearchSummary(run_dir, config, store.counts(), ex.best_candidate(final),
-                            ex.frontier_candidates(final, obj.cost_key), store.elapsed_s,
-                            clock.session(), resumed=resumed, requeued=requeued,
-                            distinct=len({c.graph_hash for c in final if c.graph_hash}))
+    return run.summary(resumed)
+
 

@@ -244,16 +244,37 @@ def space_names() -> list[str]:
     return sorted(_spaces())
 
 
-def _spaces() -> dict[str, type]:
-    from search.spaces.chain import ChainSpace
-    from search.spaces.darts import DartsSpace
-    from search.spaces.nb201 import Nb201Space
+_REGISTRY: dict[str, type] = {}
 
-    return {"darts": DartsSpace, "chain": ChainSpace, "nb201": Nb201Space}
+
+def register_space(cls: type) -> type:
+    """Class decorator: make a :class:`Space` subclass known to :func:`get_space` by its ``name``.
+
+    Raises:
+        SpaceError: the class has no name, or another class is registered under it.
+    """
+    name = getattr(cls, "name", "")
+    if not name or not isinstance(name, str):
+        raise SpaceError(f"space class {cls.__qualname__} has no name", hint="set the class attribute name = '...'")
+    if _REGISTRY.get(name, cls) is not cls:
+        raise SpaceError(f"a search space named {name!r} is registered already ({_REGISTRY[name].__qualname__})",
+                         hint="give the new space another name")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def _spaces() -> dict[str, type]:
+    import search.spaces.chain  # noqa: F401  (the built-in spaces register themselves when imported)
+    import search.spaces.darts  # noqa: F401
+    import search.spaces.nb201  # noqa: F401
+    import search.spaces.start  # noqa: F401
+
+    return dict(_REGISTRY)
 
 
 def get_space(name: str, **kwargs: Any) -> Space:
-    """The space called ``name`` (``"darts"``, ``"chain"`` or ``"nb201"``), built with ``kwargs``.
+    """The space called ``name`` (``"darts"``, ``"chain"``, ``"nb201"``, ``"start"`` or one added with
+    :func:`register_space`), built with ``kwargs``.
 
     Args:
         name: the space name.
@@ -274,5 +295,9 @@ def get_space(name: str, **kwargs: Any) -> Space:
     try:
         return spaces[name](**kwargs)
     except TypeError as e:  # an option the space does not take
-        raise SpaceError(f"search space {name!r}: {e}", hint=f"see help(search.spaces.{spaces[name].__name__})") \
-            from None
+        import inspect
+
+        opts = [p for p in inspect.signature(spaces[name]).parameters if p not in ("input_shape", "num_classes")]
+        raise SpaceError(f"search space {name!r}: {e}",
+                         hint=f"its options are {', '.join(f'{p}=...' for p in opts) or 'none'} "
+                              f"(--space-opt KEY=VALUE; see help(search.spaces.{spaces[name].__name__}))") from None

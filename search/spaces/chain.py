@@ -38,7 +38,7 @@ import numpy as np
 
 from archir import Graph
 from archir.cells import add_steps
-from search.spaces.base import DecisionError, Space, check_rng
+from search.spaces.base import DecisionError, Space, check_rng, register_space
 
 __all__ = ["ChainSpace", "mbconv_chain"]
 
@@ -58,6 +58,7 @@ def mbconv_chain(c_in: int, kernel: int, expand: int, width: int, stride: int) -
     return ops
 
 
+@register_space
 class ChainSpace(Space):
     """Per-layer kernel, expansion, width and skip over a chain of MBConv layers (see the module docstring).
 

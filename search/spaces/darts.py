@@ -55,7 +55,7 @@ import numpy as np
 
 from archir import Graph, decision_keys
 from archir.cells import AUX_WEIGHT, PRIMITIVES, STEMS, add_steps, cell_network, cell_op
-from search.spaces.base import DecisionError, Space, SpaceError, check_rng, simplify
+from search.spaces.base import DecisionError, Space, SpaceError, check_rng, register_space, simplify
 
 __all__ = ["DartsSpace", "OPS", "GENOTYPE_OPS", "KINDS", "PRIMITIVES", "CONCATS"]
 
@@ -72,6 +72,7 @@ _SHORT = {"none": "none", "max_pool_3x3": "max3", "avg_pool_3x3": "avg3", "skip_
           "dil_conv_5x5": "dil5", "conv_7x1_1x7": "c7x1"}
 
 
+@register_space
 class DartsSpace(Space):
     """The DARTS/NASNet cell space (see the module docstring).
 

@@ -43,7 +43,7 @@ import numpy as np
 
 from archir import Graph, decision_keys
 from archir.cells import add_steps
-from search.spaces.base import DecisionError, Space, SpaceError, check_rng, simplify
+from search.spaces.base import DecisionError, Space, SpaceError, check_rng, register_space, simplify
 
 __all__ = ["Nb201Space", "OPS", "EDGES"]
 
@@ -70,6 +70,7 @@ def op_steps(op: str, c: int) -> list[dict]:
     raise DecisionError(f"unknown NAS-Bench-201 op {op!r}", hint=f"use one of {list(OPS)}")
 
 
+@register_space
 class Nb201Space(Space):
     """The NAS-Bench-201 cell space (see the module docstring).
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from archir.graph import arch_key
-from search import experiment as ex
+from search import evaluators as ev
+from search.data import cached_dataset
 from search.experiment import ExperimentConfig, load_candidate_graph, run_search
 from search.morph import graph_from_data
 from search.oneshot import ONESHOT, run_oneshot
@@ -32,13 +33,13 @@ def _space(cfg: ExperimentConfig):
 def run_capturing(cfg, out, monkeypatch):
     """Run ``cfg``; returns (summary, the driver, the evaluation tasks, the candidates)."""
     tasks, drivers = [], []
-    real = ex.evaluate_candidate
+    real = ev.evaluate_candidate
 
     def spy(task):
         tasks.append(task)
         return real(task)
 
-    monkeypatch.setattr(ex, "evaluate_candidate", spy)
+    monkeypatch.setattr(ev, "evaluate_candidate", spy)
     s = run_oneshot(cfg, out, on_step=lambda d, f: drivers.append(d))
     with Store.open(out) as st:
         cands = st.candidates()
@@ -75,7 +76,7 @@ def test_inherited_weights_are_the_supernets_chosen_candidates(strategy, tmp_pat
             copied += 1
     assert copied > 0
     # the recorded figures: the inherited weights' error before fine-tuning, then the fine-tuned graph
-    ds = ex._dataset(cfg.dataset)
+    ds = cached_dataset(cfg.dataset)
     assert c.metrics["inherited"] == 1
     assert c.metrics["inherited_val_error"] == pytest.approx(evaluate(direct, ds.x_val, ds.y_val)[0], abs=1e-12)
     g, _ = load_candidate_graph(tmp_path / "r", cid=c.id)
@@ -108,7 +109,7 @@ def test_a_supernet_of_another_size_is_refused_before_any_step(tmp_path):
 def test_chain_widths_other_than_the_supernets_are_refused(tmp_path):
     cfg = config("enas", space="chain")
     space = _space(cfg)
-    driver = ONESHOT["enas"](space, ex._dataset(cfg.dataset), cfg, seed=0, **cfg.strategy_options)
+    driver = ONESHOT["enas"](space, cached_dataset(cfg.dataset), cfg, seed=0, **cfg.strategy_options)
     driver.check_inherit()  # the derivation keeps the supernet's widths: fine
     d = space.decode(driver.derive())
     assert driver.derived_graph(d).structural_hash() == space.build(d).structural_hash()
@@ -127,7 +128,7 @@ class _Stop(Exception):
 def test_resume_after_a_cut_evaluation_gives_the_same_result(tmp_path, monkeypatch):
     cfg = config("darts", space="chain", budget="2c", evaluate_every=1)
     full = run_search(cfg, tmp_path / "full")
-    real = ex.evaluate_candidate
+    real = ev.evaluate_candidate
     calls = []
 
     def cut_second(task):
@@ -136,10 +137,10 @@ def test_resume_after_a_cut_evaluation_gives_the_same_result(tmp_path, monkeypat
             raise _Stop  # the run dies while the candidate of step 2 is being evaluated
         return real(task)
 
-    monkeypatch.setattr(ex, "evaluate_candidate", cut_second)
+    monkeypatch.setattr(ev, "evaluate_candidate", cut_second)
     with pytest.raises(_Stop):
         run_oneshot(cfg, tmp_path / "cut")
-    monkeypatch.setattr(ex, "evaluate_candidate", real)
+    monkeypatch.setattr(ev, "evaluate_candidate", real)
     resumed = run_search(cfg, tmp_path / "cut", resume=True)
     assert resumed.requeued == [calls[1]]
     with Store.open(tmp_path / "full") as a, Store.open(tmp_path / "cut") as b:

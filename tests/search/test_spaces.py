@@ -45,7 +45,7 @@ def _assert_onnx_matches_fx(g: archir.Graph) -> None:
 
 
 def test_get_space_by_name_and_refusals():
-    assert space_names() == ["chain", "darts", "nb201"]
+    assert space_names() == ["chain", "darts", "nb201", "start"]  # one registry (register_space)
     d = get_space("darts", input_shape=SHAPE, num_classes=10, cells=4, channels=6)
     assert isinstance(d, DartsSpace) and d.name == "darts" and (d.cells, d.channels) == (4, 6)
     assert isinstance(get_space("chain", input_shape=(3, 16, 16), num_classes=5), ChainSpace)
@@ -438,3 +438,29 @@ def test_categorical_view_refuses_bad_choices(name):
     bad[0] = names[0][1]
     with pytest.raises(DecisionError, match="out of range"):
         space.from_choices(bad)
+
+
+def test_register_space_adds_a_space_by_name_and_refuses_a_clash():
+    from search.spaces import Nb201Space, register_space
+    from search.spaces import base as spaces_base
+
+    class Tiny201(Nb201Space):
+        name = "tiny201-test"
+
+    try:
+        assert register_space(Tiny201) is Tiny201 and register_space(Tiny201) is Tiny201  # idempotent
+        assert "tiny201-test" in space_names() and isinstance(get_space("tiny201-test"), Tiny201)
+
+        class Other(Nb201Space):
+            name = "tiny201-test"
+
+        with pytest.raises(SpaceError, match="registered already"):
+            register_space(Other)
+
+        class Nameless(Nb201Space):
+            name = ""
+
+        with pytest.raises(SpaceError, match="has no name"):
+            register_space(Nameless)
+    finally:
+        spaces_base._REGISTRY.pop("tiny201-test", None)

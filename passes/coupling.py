@@ -8,13 +8,20 @@ to remove channels consistently. Both are edits of *channel classes*, applied th
 The model
 ---------
 A *channel* is one index of a tensor's channel axis: axis 0 of a ``(C, H, W)`` feature map,
-or one feature of a ``(F,)`` vector. Every channel of every node's output is labelled with a
+one feature of a ``(F,)`` vector, or the last axis of a channels-last ``(H, W, C)`` map. The
+analysis tracks which axis holds the channels, per tensor (:meth:`Coupling.channel_axis`): it is
+0 where channels are made (convs, graph inputs), ``permute`` moves it (ConvNeXt's
+``permute(0, 2, 3, 1)`` takes it to the last axis and back), a ``linear`` over the last axis makes
+channels there, and a reduction without ``keepdim`` shifts it. An op that reads axis 0 as the
+channels (conv, BN, ``scale``, pools, ``pad``, ``upsample``, ``flatten``, ``channel_shuffle``) on a
+tensor whose channels are elsewhere is opaque (below). Every channel of every node's output is labelled with a
 *class*; two channels have the same class when they must be changed together (widened by the
 same replication map, or pruned together). Classes come from a union-find over the channels
 of the *sources*:
 
 - **sources** make new channels: ``conv2d`` and ``conv1d`` with ``groups == 1`` (``out_channels``), ``linear``
-  on a vector (``out_features``), graph ``input`` nodes (pinned, see below);
+  whose input holds its channels on the last axis (``out_features``): a vector, or a channels-last map,
+  where it is a 1x1 conv (ConvNeXt's pointwise layers); graph ``input`` nodes (pinned, see below);
 - **carriers** pass their input's channels through, index for index: BN, ``scale``, every
   parameter-free op declared ``channelwise`` in its ``OpTraits`` (the activations, ``neg``,
   ``identity``/``dropout``/``zero``/``stop_*``, max/avg/adaptive pools, ``global_avgpool``, ``pad``,
@@ -26,9 +33,17 @@ of the *sources*:
   broadcasts over H and W, not over channels), and ``concat`` along a non-channel axis make
   their inputs' channels the same classes, position by position;
 - ``concat`` along the channel axis lays its inputs' channels one after the other (the offsets);
-- ``layernorm`` over the channels carries them with its affine weight/bias (per-channel arrays),
-  but its statistics mix them (:attr:`NodeRule.mixes`): pruning follows, widening refuses;
-  ``permute`` keeping axis 0 first passes channels; ``reshape`` and ``channel_shuffle`` are opaque;
+- ``layernorm`` over the channel axis (``axis="channels"`` of ``(C, H, W)``, ``axis="last"`` of a vector
+  or a channels-last map) carries them with its affine weight/bias (per-channel arrays), but its
+  statistics mix them (:attr:`NodeRule.mixes`): pruning follows, widening refuses; over another axis
+  the channels pass through;
+- ``permute`` passes the channels, moving their axis; a ``slice`` of the channel axis with step 1
+  (``x[:, a:b]``, ``chunk``, ``split``) holds that range of them, and an edit resets its
+  ``start``/``end`` (a slice of another axis passes them through);
+- ``channel_shuffle`` (and torchvision's ``view(g, C/g, H, W) -> transpose -> view(C, H, W)``, whose views
+  get their ``shape`` reset) is a permutation that depends on the channel count: channel ``j`` of
+  each of its ``g`` segments is made one class, so pruning removes whole rows and keeps the per-group
+  counts equal; widening refuses (:attr:`NodeRule.mixes`). Any other ``reshape`` is opaque;
 - ``flatten(start_dim=1)`` of ``(C, H, W)`` keeps the classes, but each channel now covers
   ``H*W`` consecutive features (its *width*): a ``linear`` after it reads channel ``c`` through
   weight columns ``[c*H*W, (c+1)*H*W)`` (with ``global_avgpool`` first the width is 1).
@@ -52,7 +67,8 @@ So each tensor has a *layout*: a sequence of entries ``(class, width)`` along it
 saying why: a graph input's channels, a graph output's channels (the interface is fixed), and
 the channels that meet an op whose coupling archir does not model (*unknown coupling*): a
 grouped conv that is not depthwise, a depthwise conv with a channel multiplier, ``flatten``
-with ``start_dim > 1`` or of a rank-2 tensor, ``linear`` on a non-vector, ``mul`` broadcasting
+with ``start_dim > 1`` or of a rank-2 tensor, ``linear`` over an axis that does not hold the
+channels, a strided channel slice, an axis-0 op on a channels-last tensor, ``mul`` broadcasting
 across the channel axis (``(1, H, W) * (C, H, W)``) or of operands of different ranks, ``add``/``mul`` whose inputs' layouts do not
 line up, ``choice`` nodes (the coupling depends on the decision: ``archir.derive`` first), and
 any op without a rule here. An unknown op's inputs are pinned and its output is a new pinned

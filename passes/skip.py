@@ -82,6 +82,11 @@ def _extension_plan(g: Graph, start: str, new_mask: np.ndarray, cp: Coupling | N
     pos = {n: i for i, n in enumerate(order)}
     todo = {v for v, _ in g.users_of(start)}
     outputs = set(g.outputs)
+    if cp.channel_axis(start) != 0:
+        raise PreconditionError(f"it holds its channels on axis {cp.channel_axis(start)} (channels-last, after a "
+                                f"permute): a concat on axis 0 would grow a spatial axis, not the channels",
+                                pass_name="add_skip", node=start,
+                                hint="use mode='add', or a dst whose channels are on axis 0 (a (C, H, W) map)")
     if start in outputs:
         raise PreconditionError("it is a graph output: concatenating channels onto it would change the output shape",
                                 pass_name="add_skip", node=start, hint="use mode='add', or a dst inside the network")

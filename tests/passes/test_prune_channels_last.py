@@ -273,9 +273,8 @@ def test_widen_through_a_channel_slice_moves_its_range_and_keeps_the_function():
         assert lo_n + hi_n == 13 and wide.node("hi").attrs["start"] == lo_n
         assert wide.node("p").params["weight"].shape[1] == lo_n
         assert_morphism(g, wide)
-    add_skip_err = passes.skip.add_skip
     with pytest.raises(PreconditionError, match="slices the channels"):
-        add_skip_err(g, src="x", dst="a.relu", mode="concat")
+        passes.add_skip(g, src="x", dst="a.relu", mode="concat")
 
 
 def test_torchvision_shufflenet_units_prune_through_view_transpose_view():
@@ -324,3 +323,14 @@ def test_random_shuffle_and_convnext_blocks_prune_validly(c, groups, expand, rat
     assert_onnx_agrees(small)
     wide = passes.widen(g, node="pw1", out_channels=expand * c + 3, seed=seed)
     assert check_preserved(g, wide).ok
+
+
+def test_add_skip_concat_refuses_a_channels_last_dst_and_a_stream_meeting_a_layernorm():
+    g = convnext_block()
+    with pytest.raises(PreconditionError, match="channels-last") as e:  # (4, 4, 8): axis 0 is H
+        passes.add_skip(g, src="x", dst="to_last", mode="concat")
+    assert e.value.node == "to_last"
+    assert not any(t["dst"] in ("to_last", "ln", "pw1", "act", "pw2") and t["mode"] == "concat"
+                   for t in passes.skip.skip_targets(g))
+    with pytest.raises(PreconditionError, match="normalises over the channels"):  # the stream meets layernorms
+        passes.add_skip(g, src="stem", dst="res", mode="concat")

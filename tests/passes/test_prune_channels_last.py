@@ -334,3 +334,23 @@ def test_add_skip_concat_refuses_a_channels_last_dst_and_a_stream_meeting_a_laye
                    for t in passes.skip.skip_targets(g))
     with pytest.raises(PreconditionError, match="normalises over the channels"):  # the stream meets layernorms
         passes.add_skip(g, src="stem", dst="res", mode="concat")
+
+
+@pytest.mark.parametrize("keepdim", [False, True])
+def test_a_reduction_over_space_keeps_the_channel_axis_where_it_lands(keepdim):
+    g = archir.Graph("red")
+    x = g.input("x", (3, 6, 6))
+    h = g.add("permute", g.add("conv2d", x, out_channels=6, kernel_size=3, name="c"), dims=[1, 2, 0], name="t")
+    h = g.add("gelu", g.add("linear", h, out_features=10, name="fc1"), name="act")
+    m = g.add("mean", h, dims=[1, 2], keepdim=keepdim, name="m")  # (10,) or (1, 1, 10)
+    g.set_outputs(g.add("linear", m, out_features=3, name="head"))
+    g.init_params(0)
+    g.validate()
+    cp = analyze(g)
+    assert cp.channel_axis("m") == (2 if keepdim else 0) and cp.rule("head").kind == "source"
+    assert cp.group_of("fc1").consumers == ("head",)
+    small, report = prune_channels(g, ratio=0.5, groups=["fc1"])
+    assert small.node("m").type.shape == ((1, 1, 5) if keepdim else (5,))
+    assert small.node("head").params["weight"].shape == (3, 5)
+    assert_onnx_agrees(small)
+    assert_morphism(g, passes.widen(g, node="fc1", out_channels=13))

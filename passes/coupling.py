@@ -176,8 +176,12 @@ class NodeRule:
         reason: for ``"opaque"``, why its coupling is unknown.
         flow: for a ``"carrier"``, how its output holds its inputs' channels: ``"pass"``
             (port 0's, index for index), ``"concat"`` (one input's after the other's),
-            ``"flatten"`` (each widened to ``H*W`` features) or ``"tie"`` (the inputs' channels
-            made one: ``add``, ``mul``, a concat on another axis); ``None`` otherwise.
+            ``"flatten"`` (each widened to ``H*W`` features), ``"tie"`` (the inputs' channels
+            made one: ``add``, ``mul``, a concat on another axis), ``"slice"`` (a range of port
+            0's: an edit resets ``start``/``end``), ``"shuffle"`` (port 0's in ``channel_shuffle``
+            order: the op, or the transpose of torchvision's view/transpose/view), or
+            ``"shuffle_split"`` / ``"shuffle_merge"`` (that pattern's views: an edit resets their
+            ``shape``); ``None`` otherwise.
         count_attrs: the attributes that hold its output channel count (``out_channels``, a
             depthwise conv's ``groups``, ``out_features``), set when an edit changes it.
         mixes: for a carrier through which removing channels is followed but adding them is not,

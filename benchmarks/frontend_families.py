@@ -26,8 +26,10 @@ default: the passes' cost grows with the activations, and their promises do not 
 - ``--morphisms`` random legal morphisms (``passes.random_morphism``, seeded), each checked by
   ``passes.check_preserved``: how many applied, how many were accepted as preserving the function,
   how many refused (a refusal of a legal morphism is a false alarm or a bug: the goal is none);
-- ``passes.prune_channels(ratio=0.5, criterion="l1")``: groups pruned and skipped (with the first
-  reason other than the graph's interface, whose channels are always kept), MACs kept, whether the
+- ``passes.prune_channels(ratio=0.5, criterion="l1")``: groups pruned, channels removed (the groups'
+  independent channels: one tied through a residual add or a channel shuffle counts once), groups
+  skipped (with the first reason other than the graph's interface, whose channels are always kept),
+  MACs kept, whether the
   pruned graph validates, and max |ORT - to_fx| / max |to_fx| on it (``archir.lower.verify_onnx``'s
   outputs; relative to the output's scale, as above).
 
@@ -238,7 +240,7 @@ def passes_row(name: str, g: archir.Graph, morphisms: int, seed: int) -> list[st
     other = [k.reason for k in report.skipped if "graph input" not in k.reason and "graph output" not in k.reason]
     skip = other[0].splitlines()[0][:60] if other else ""
     return [name, f"{applied}{no_target}", str(accepted), str(refused), str(len(report.groups)),
-            f"{len(report.skipped)}" + (f" ({skip})" if skip else ""), f"{kept:.2f}", valid,
+            str(report.channels_removed), f"{len(report.skipped)}" + (f" ({skip})" if skip else ""), f"{kept:.2f}", valid,
             f"{rel:.1e}"]
 
 
@@ -307,7 +309,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"\nmorphisms (checked by check_preserved) and pruning at ratio 0.5, 3x{args.passes_size}x"
               f"{args.passes_size} (a family's smallest input where that is larger)")
         prow = [passes_row(name, g, args.morphisms, args.seed) for name, g in graphs.items()]
-        _table(["model", "morphisms applied", "accepted", "refused", "groups pruned", "groups skipped",
+        _table(["model", "morphisms applied", "accepted", "refused", "groups pruned", "channels removed", "groups skipped",
                 "MACs kept", "validates", "ORT vs fx rel err"], prow)
 
 

@@ -8,13 +8,20 @@ to remove channels consistently. Both are edits of *channel classes*, applied th
 The model
 ---------
 A *channel* is one index of a tensor's channel axis: axis 0 of a ``(C, H, W)`` feature map,
-or one feature of a ``(F,)`` vector. Every channel of every node's output is labelled with a
+one feature of a ``(F,)`` vector, or the last axis of a channels-last ``(H, W, C)`` map. The
+analysis tracks which axis holds the channels, per tensor (:meth:`Coupling.channel_axis`): it is
+0 where channels are made (convs, graph inputs), ``permute`` moves it (ConvNeXt's
+``permute(0, 2, 3, 1)`` takes it to the last axis and back), a ``linear`` over the last axis makes
+channels there, and a reduction without ``keepdim`` shifts it. An op that reads axis 0 as the
+channels (conv, BN, ``scale``, pools, ``pad``, ``upsample``, ``flatten``, ``channel_shuffle``) on a
+tensor whose channels are elsewhere is opaque (below). Every channel of every node's output is labelled with a
 *class*; two channels have the same class when they must be changed together (widened by the
 same replication map, or pruned together). Classes come from a union-find over the channels
 of the *sources*:
 
 - **sources** make new channels: ``conv2d`` and ``conv1d`` with ``groups == 1`` (``out_channels``), ``linear``
-  on a vector (``out_features``), graph ``input`` nodes (pinned, see below);
+  whose input holds its channels on the last axis (``out_features``): a vector, or a channels-last map,
+  where it is a 1x1 conv (ConvNeXt's pointwise layers); graph ``input`` nodes (pinned, see below);
 - **carriers** pass their input's channels through, index for index: BN, ``scale``, every
   parameter-free op declared ``channelwise`` in its ``OpTraits`` (the activations, ``neg``,
   ``identity``/``dropout``/``zero``/``stop_*``, max/avg/adaptive pools, ``global_avgpool``, ``pad``,
@@ -26,9 +33,17 @@ of the *sources*:
   broadcasts over H and W, not over channels), and ``concat`` along a non-channel axis make
   their inputs' channels the same classes, position by position;
 - ``concat`` along the channel axis lays its inputs' channels one after the other (the offsets);
-- ``layernorm`` over the channels carries them with its affine weight/bias (per-channel arrays),
-  but its statistics mix them (:attr:`NodeRule.mixes`): pruning follows, widening refuses;
-  ``permute`` keeping axis 0 first passes channels; ``reshape`` and ``channel_shuffle`` are opaque;
+- ``layernorm`` over the channel axis (``axis="channels"`` of ``(C, H, W)``, ``axis="last"`` of a vector
+  or a channels-last map) carries them with its affine weight/bias (per-channel arrays), but its
+  statistics mix them (:attr:`NodeRule.mixes`): pruning follows, widening refuses; over another axis
+  the channels pass through;
+- ``permute`` passes the channels, moving their axis; a ``slice`` of the channel axis with step 1
+  (``x[:, a:b]``, ``chunk``, ``split``) holds that range of them, and an edit resets its
+  ``start``/``end`` (a slice of another axis passes them through);
+- ``channel_shuffle`` (and torchvision's ``view(g, C/g, H, W) -> transpose -> view(C, H, W)``, whose views
+  get their ``shape`` reset) is a permutation that depends on the channel count: channel ``j`` of
+  each of its ``g`` segments is made one class, so pruning removes whole rows and keeps the per-group
+  counts equal; widening refuses (:attr:`NodeRule.mixes`). Any other ``reshape`` is opaque;
 - ``flatten(start_dim=1)`` of ``(C, H, W)`` keeps the classes, but each channel now covers
   ``H*W`` consecutive features (its *width*): a ``linear`` after it reads channel ``c`` through
   weight columns ``[c*H*W, (c+1)*H*W)`` (with ``global_avgpool`` first the width is 1).
@@ -52,7 +67,8 @@ So each tensor has a *layout*: a sequence of entries ``(class, width)`` along it
 saying why: a graph input's channels, a graph output's channels (the interface is fixed), and
 the channels that meet an op whose coupling archir does not model (*unknown coupling*): a
 grouped conv that is not depthwise, a depthwise conv with a channel multiplier, ``flatten``
-with ``start_dim > 1`` or of a rank-2 tensor, ``linear`` on a non-vector, ``mul`` broadcasting
+with ``start_dim > 1`` or of a rank-2 tensor, ``linear`` over an axis that does not hold the
+channels, a strided channel slice, an axis-0 op on a channels-last tensor, ``mul`` broadcasting
 across the channel axis (``(1, H, W) * (C, H, W)``) or of operands of different ranks, ``add``/``mul`` whose inputs' layouts do not
 line up, ``choice`` nodes (the coupling depends on the decision: ``archir.derive`` first), and
 any op without a rule here. An unknown op's inputs are pinned and its output is a new pinned
@@ -160,15 +176,24 @@ class NodeRule:
         reason: for ``"opaque"``, why its coupling is unknown.
         flow: for a ``"carrier"``, how its output holds its inputs' channels: ``"pass"``
             (port 0's, index for index), ``"concat"`` (one input's after the other's),
-            ``"flatten"`` (each widened to ``H*W`` features) or ``"tie"`` (the inputs' channels
-            made one: ``add``, ``mul``, a concat on another axis); ``None`` otherwise.
+            ``"flatten"`` (each widened to ``H*W`` features), ``"tie"`` (the inputs' channels
+            made one: ``add``, ``mul``, a concat on another axis), ``"slice"`` (a range of port
+            0's: an edit resets ``start``/``end``), ``"shuffle"`` (port 0's in ``channel_shuffle``
+            order: the op, or the transpose of torchvision's view/transpose/view), or
+            ``"shuffle_split"`` / ``"shuffle_merge"`` (that pattern's views: an edit resets their
+            ``shape``); ``None`` otherwise.
         count_attrs: the attributes that hold its output channel count (``out_channels``, a
             depthwise conv's ``groups``, ``out_features``), set when an edit changes it.
-        mixes: for a carrier whose every output channel depends on all of its input channels
-            together (``layernorm`` over the channels: the mean and variance run over them), why;
-            ``None`` otherwise. Its per-channel arrays follow the channels, so pruning through it
-            is consistent (and changes the function, as pruning may), but an added channel changes
-            every channel's statistics: function-preserving edits (``widen``, ``add_skip``) refuse it.
+        mixes: for a carrier through which removing channels is followed but adding them is not,
+            why; ``None`` otherwise. ``layernorm`` over the channels: every output channel depends
+            on all input channels together (the mean and variance run over them), so an added
+            channel changes every channel's statistics; ``channel_shuffle``: an added channel would
+            land at a position set by the new channel count, not next to its original. Pruning
+            through it is consistent (and changes the function, as pruning may); function-preserving
+            edits that add channels (``widen``, ``add_skip``) refuse it.
+        axis: the per-sample axis of the node's output that holds its channels: 0 for ``(C, H, W)``
+            maps and vectors, the last axis of a channels-last ``(H, W, C)`` map (``permute`` moves
+            it; a ``linear`` over it makes channels there).
     """
 
     node: str
@@ -179,14 +204,15 @@ class NodeRule:
     flow: str | None = None
     count_attrs: tuple[str, ...] = ()
     mixes: str | None = None
+    axis: int = 0
 
 
 @dataclass(frozen=True)
 class ChannelRef:
     """One slice that belongs to a channel: ``array[..., start:stop, ...]`` along ``axis`` of ``node``.
 
-    ``array`` is ``"output"`` for the node's output tensor (``axis`` 0 is the per-sample channel
-    axis; the batch dim is not counted), else a param/buffer name of kind ``kind``.
+    ``array`` is ``"output"`` for the node's output tensor (``axis`` is its per-sample channel
+    axis, :attr:`NodeRule.axis`; the batch dim is not counted), else a param/buffer name of kind ``kind``.
     """
 
     node: str
@@ -325,25 +351,33 @@ class CouplingBuilder:
         self.strict = strict
         self.uf = _UF()
         self.layout: dict[str, list[tuple[int, int]]] = {}  # node -> [(element, width)]
+        self.axis: dict[str, int] = {}  # node -> the per-sample axis of its output holding the layout
         self.rules: dict[str, NodeRule] = {}
         self.pins: list[tuple[list[tuple[int, int]], Pin]] = []
 
-    def fresh(self, t) -> list[tuple[int, int]]:
-        """A layout of new channel classes, one per channel of a tensor of type ``t``."""
-        c = t.shape[0] if t.rank >= 1 else 1
+    def fresh(self, t, axis: int = 0) -> list[tuple[int, int]]:
+        """A layout of new channel classes, one per index of axis ``axis`` of a tensor of type ``t``."""
+        c = t.shape[axis] if t.rank >= 1 else 1
         return [(e, 1) for e in self.uf.make(c)]
 
-    def source(self, n: str, arrays: Sequence[ArrayAxis], count_attrs: Sequence[str]) -> None:
-        """``n`` makes new channels (its filters ``arrays``; ``count_attrs`` hold its channel count)."""
+    def axis_of(self, u: str) -> int:
+        """The per-sample axis of ``u``'s output that holds its channels (:attr:`NodeRule.axis`)."""
+        return self.axis[u]
+
+    def source(self, n: str, arrays: Sequence[ArrayAxis], count_attrs: Sequence[str], *, axis: int = 0) -> None:
+        """``n`` makes new channels on its output's axis ``axis`` (its filters ``arrays``;
+        ``count_attrs`` hold its channel count)."""
         d = self.g.nx.nodes[n]
-        self.rules[n] = NodeRule(n, d["op"], "source", tuple(arrays), count_attrs=tuple(count_attrs))
-        self.layout[n] = self.fresh(d["type"])
+        self.rules[n] = NodeRule(n, d["op"], "source", tuple(arrays), count_attrs=tuple(count_attrs), axis=axis)
+        self.layout[n] = self.fresh(d["type"], axis)
+        self.axis[n] = axis
 
     def pin_input(self, n: str, reason: str, hint: str) -> None:
         """``n`` is a graph input: new channels, pinned."""
         d = self.g.nx.nodes[n]
         self.rules[n] = NodeRule(n, d["op"], "input")
         self.layout[n] = self.fresh(d["type"])
+        self.axis[n] = 0
         self.pins.append((self.layout[n], Pin(n, "input", reason, hint)))
 
     def opaque(self, n: str, reason: str, hint: str) -> None:
@@ -356,25 +390,39 @@ class CouplingBuilder:
             self.pins.append((self.layout[u], pin))
         self.rules[n] = NodeRule(n, d["op"], "opaque", (), reason)
         self.layout[n] = self.fresh(d["type"])
+        self.axis[n] = 0
         self.pins.append((self.layout[n], pin))
 
     def carrier(self, n: str, layout: list[tuple[int, int]], arrays: Sequence[ArrayAxis] = (), *,
-                flow: str = "pass", count_attrs: Sequence[str] = (), mixes: str | None = None) -> None:
+                flow: str = "pass", count_attrs: Sequence[str] = (), mixes: str | None = None,
+                axis: int | None = None) -> None:
         """``n``'s output holds ``layout`` (its inputs' channels), with per-channel ``arrays``.
 
         ``flow`` says how: ``"pass"`` (port 0's channels index for index), ``"concat"`` (the
         inputs' channels one after the other), ``"flatten"`` (each channel widened to ``H*W``
-        features), ``"tie"`` (the inputs' channels made the same classes: :meth:`tie`). ``mixes``:
-        why each output channel depends on all the input channels (:attr:`NodeRule.mixes`).
+        features), ``"tie"`` (the inputs' channels made the same classes: :meth:`tie`),
+        ``"slice"`` (a range of port 0's channels), ``"shuffle"`` (port 0's channels reordered).
+        ``mixes``: why channels may be removed here but not added (:attr:`NodeRule.mixes`).
+        ``axis``: the output's channel axis (default: port 0's).
         """
+        if axis is None:
+            ins = self.g.inputs_of(n)
+            axis = self.axis[ins[0]] if ins else 0
         self.rules[n] = NodeRule(n, self.g.nx.nodes[n]["op"], "carrier", tuple(arrays), flow=flow,
-                                 count_attrs=tuple(count_attrs), mixes=mixes)
+                                 count_attrs=tuple(count_attrs), mixes=mixes, axis=axis)
         self.layout[n] = layout
+        self.axis[n] = axis
 
     def tie(self, n: str, ins: list[str], what: str) -> bool:
         """Make the inputs' channels the same classes, position by position (``add``, ``mul``)."""
         lays = [self.layout[u] for u in ins]
         first = lays[0]
+        for u in ins[1:]:
+            if self.axis[u] != self.axis[ins[0]]:
+                self.opaque(n, f"{what} inputs {ins[0]!r} and {u!r} hold their channels on different axes "
+                               f"({self.axis[ins[0]]} and {self.axis[u]}), so their channels do not meet",
+                            "permute both inputs to the same layout before combining them")
+                return False
         for u, lay in zip(ins[1:], lays[1:]):
             if len(lay) != len(first) or any(w1 != w2 for (_, w1), (_, w2) in zip(first, lay)):
                 self.opaque(n, f"{what} inputs {ins[0]!r} and {u!r} do not line up channel for channel "
@@ -437,7 +485,26 @@ COUPLING_RULES = OpHandlers("passes.coupling")
 register = COUPLING_RULES.register
 
 
+#: ``OpTraits.category`` of the channel-wise ops that act on each element alone (any axis may hold the
+#: channels); the others (pools, pad, upsample) work on the H and W of a ``(C, H, W)`` map
+_ELEMENTWISE = ("activation", "gate", "eltwise", "view")
+
+
+def _channels_first(b: CouplingBuilder, n: str, u: str, t, what: str) -> bool:
+    """True when ``u`` (of type ``t``) holds its channels on axis 0, as ``what`` reads them; else record
+    ``n`` as opaque (a channels-last tensor meets an op that takes axis 0 for the channels)."""
+    if b.axis_of(u) == 0:
+        return True
+    b.opaque(n, f"{what} takes axis 0 of {t} for the channels, but {u!r} holds its channels on axis "
+                f"{b.axis_of(u)} (channels-last, after a permute)",
+             "permute the channels back to axis 0 first (x.permute(0, 3, 1, 2) in torch)")
+    return False
+
+
 def _pass_through(b: CouplingBuilder, n, a, ins, it) -> None:
+    op = b.g.nx.nodes[n]["op"]
+    if get_op(op).traits.category not in _ELEMENTWISE and not _channels_first(b, n, ins[0], it[0], op):
+        return
     b.carrier(n, list(b.layout[ins[0]]))
 
 
@@ -477,6 +544,8 @@ def _input(b: CouplingBuilder, n, a, ins, it) -> None:
 
 @register("conv2d")
 def _conv2d(b: CouplingBuilder, n, a, ins, it) -> None:
+    if not _channels_first(b, n, ins[0], it[0], b.g.nx.nodes[n]["op"]):
+        return
     cin, groups, cout = it[0].shape[0], a["groups"], a["out_channels"]
     if groups == 1:
         _weight_source(b, n, a, "out_channels")
@@ -494,15 +563,23 @@ def _conv2d(b: CouplingBuilder, n, a, ins, it) -> None:
 
 @register("linear")
 def _linear(b: CouplingBuilder, n, a, ins, it) -> None:
-    if it[0].rank != 1:
-        b.opaque(n, f"linear on a rank-{it[0].rank} tensor {it[0]} acts on its last axis, not on channels",
-                 "flatten to a vector before the linear")
+    """A linear acts on its input's last axis. When that axis holds the channels (a vector, or a
+    channels-last ``(H, W, C)`` map after a permute: ConvNeXt's pointwise ``Linear``), it is a 1x1
+    conv: a source of new channels on its output's last axis, reading its input's through its columns."""
+    last = it[0].rank - 1
+    if b.axis_of(ins[0]) != last:
+        b.opaque(n, f"linear on {it[0]} acts on its last axis, but {ins[0]!r} holds its channels on axis "
+                    f"{b.axis_of(ins[0])}: it mixes positions, not channels",
+                 "flatten to a vector before the linear, or permute the channels last (x.permute(0, 2, 3, 1))")
         return
-    _weight_source(b, n, a, "out_features")
+    b.source(n, [*_filters(a, "filter"), ArrayAxis("params", "weight", 1, "in", "column")], ["out_features"],
+             axis=last)
 
 
 @register("batchnorm2d")
 def _batchnorm2d(b: CouplingBuilder, n, a, ins, it) -> None:
+    if not _channels_first(b, n, ins[0], it[0], "batchnorm2d"):
+        return
     arrays = []
     if a["affine"]:
         arrays += [ArrayAxis("params", "weight", 0, "out", "channel"), ArrayAxis("params", "bias", 0, "out", "channel")]
@@ -513,12 +590,16 @@ def _batchnorm2d(b: CouplingBuilder, n, a, ins, it) -> None:
 
 @register("scale")
 def _scale(b: CouplingBuilder, n, a, ins, it) -> None:
+    if not _channels_first(b, n, ins[0], it[0], "scale (one weight per index of axis 0)"):
+        return
     b.carrier(n, list(b.layout[ins[0]]), [ArrayAxis("params", "weight", 0, "out", "channel")])
 
 
 @register("flatten")
 def _flatten(b: CouplingBuilder, n, a, ins, it) -> None:
     sd, r = a["start_dim"], it[0].rank
+    if not _channels_first(b, n, ins[0], it[0], "flatten"):
+        return
     if sd == 1 and r == 1:
         b.carrier(n, list(b.layout[ins[0]]))
     elif sd == 1 and r == 3:
@@ -546,7 +627,7 @@ def _broadcasting(b: CouplingBuilder, n, a, ins, it) -> None:
         b.opaque(n, f"{op} of a rank-{it[0].rank} {it[0]} with a rank-{it[1].rank} {it[1]} aligns trailing axes, "
                     f"so their channel axes do not meet",
                  "give the gate the input's rank, e.g. (C, 1, 1) for a (C, H, W) input")
-    elif it[0].shape[:1] != it[1].shape[:1]:
+    elif it[0].shape[b.axis_of(ins[0])] != it[1].shape[b.axis_of(ins[0])]:
         b.opaque(n, f"{op} broadcasts {it[0]} with {it[1]} across the channel axis; only a gate with the same "
                     f"channels (like squeeze-excite's (C, 1, 1)) keeps channels apart",
                  "make the gate (C, 1, 1) (one value per channel)")
@@ -557,9 +638,15 @@ def _broadcasting(b: CouplingBuilder, n, a, ins, it) -> None:
 @register("concat")
 def _concat(b: CouplingBuilder, n, a, ins, it) -> None:
     r = it[0].rank
+    ax = b.axis_of(ins[0])
     if r not in (1, 3):
         b.opaque(n, f"concat of rank-{r} tensors has no channel axis archir models", "concat (C, H, W) maps or vectors")
-    elif concat_axis(a["dim"], r, n) == 0:
+    elif concat_axis(a["dim"], r, n) == ax:
+        odd = [u for u in ins if b.axis_of(u) != ax]
+        if odd:
+            b.opaque(n, f"concat inputs {ins[0]!r} and {odd[0]!r} hold their channels on different axes "
+                        f"({ax} and {b.axis_of(odd[0])})", "permute both inputs to the same layout first")
+            return
         b.carrier(n, [x for u in ins for x in b.layout[u]], flow="concat")
     else:
         b.tie(n, ins, f"concat (dim={a['dim']}, not channels)")
@@ -567,13 +654,20 @@ def _concat(b: CouplingBuilder, n, a, ins, it) -> None:
 
 @register("slice")
 def _slice(b: CouplingBuilder, n, a, ins, it) -> None:
+    """A slice of a non-channel axis passes the channels through. A slice ``start:stop`` (step 1) of
+    the channel axis (``x[:, a:b]``, ``chunk``, ``split``) holds that range of its input's channels
+    (flow ``"slice"``): an edit of them moves the range, and :meth:`Coupling.remap` sets the new
+    ``start``/``end`` from the input's new positions. A strided channel slice is opaque."""
     ax, start, stop, step = slice_range(a, it[0].shape, n)
-    if ax != 0 or (start, stop, step) == (0, it[0].shape[0], 1):
-        b.carrier(n, list(b.layout[ins[0]]))  # a spatial slice (or all channels): channels pass through
+    lay = b.layout[ins[0]]
+    if ax != b.axis_of(ins[0]):
+        b.carrier(n, list(lay))  # a spatial slice: channels pass through
+    elif step == 1 and all(w == 1 for _, w in lay):
+        b.carrier(n, list(lay[start:stop]), flow="slice")
     else:
-        b.opaque(n, f"slice {start}:{stop}:{step} of the channels of {it[0]} keeps some channels only; "
-                    f"prune and widen do not follow channels through a channel slice",
-                 "leave the channels feeding this slice alone (a slice on dim >= 2 passes channels through)")
+        b.opaque(n, f"slice {start}:{stop}:{step} of the channels of {it[0]}: a strided slice (or one of a "
+                    f"flattened map's features) keeps channels by a pattern an edit of channels would break",
+                 "slice the channels with step 1 (x[:, a:b], chunk, split), or leave the channels feeding it alone")
 
 
 # ---- upsample / reductions / conv1d / softmax / matmul (issue 17, part B)
@@ -593,11 +687,13 @@ def _reduction(b: CouplingBuilder, n, a, ins, it) -> None:
     from archir.ops.core import reduce_axes
 
     op = b.g.nx.nodes[n]["op"]
-    if 0 in reduce_axes(a, it[0].rank, n, op):
+    ax = b.axis_of(ins[0])
+    axes = reduce_axes(a, it[0].rank, n, op)
+    if ax in axes:
         b.opaque(n, f"{op} over the channel dim of {it[0]} adds all channels together: widening would add "
                     f"terms and pruning would drop them", "leave the channels feeding this reduction alone")
-    else:
-        b.carrier(n, list(b.layout[ins[0]]))
+    else:  # without keepdim the reduced axes before the channels go away
+        b.carrier(n, list(b.layout[ins[0]]), axis=ax if a["keepdim"] else ax - sum(k < ax for k in axes))
 
 
 @register("softmax", "log_softmax")
@@ -605,7 +701,7 @@ def _softmax(b: CouplingBuilder, n, a, ins, it) -> None:
     """Softmax along a non-channel dim works per channel; along the channels every channel's value depends
     on all of them (the normaliser), so a new channel would change the others."""
     op = b.g.nx.nodes[n]["op"]
-    if concat_axis(a["dim"], it[0].rank, n) == 0:
+    if concat_axis(a["dim"], it[0].rank, n) == b.axis_of(ins[0]):
         b.opaque(n, f"{op} over the channel dim of {it[0]} normalises the channels together: a widened or "
                     f"pruned channel changes every other one", "leave the channels feeding this softmax alone")
     else:
@@ -623,18 +719,73 @@ def _matmul(b: CouplingBuilder, n, a, ins, it) -> None:
 
 @register("permute")
 def _permute(b: CouplingBuilder, n, a, ins, it) -> None:
-    dims = a["dims"]
-    if dims and dims[0] == 0 and all(w == 1 for _, w in b.layout[ins[0]]):
-        # channels stay on axis 0 and each keeps its own elements (H and W swap inside a channel)
-        b.carrier(n, list(b.layout[ins[0]]))
+    """The channels keep their order and their own elements; the axis holding them moves to where
+    ``dims`` puts it (``dims=[1, 2, 0]``: ``(C, H, W)`` to channels-last ``(H, W, C)``, axis 2)."""
+    dims, ax = a["dims"], b.axis_of(ins[0])
+    if b.rules[ins[0]].flow == "shuffle_split":  # the middle of a view/transpose/view channel shuffle
+        b.carrier(n, _shuffled(b.layout[ins[0]], b.g.nx.nodes[ins[0]]["attrs"]["shape"][0]), flow="shuffle",
+                  mixes=b.rules[ins[0]].mixes, axis=0)
+    elif all(w == 1 for _, w in b.layout[ins[0]]):
+        b.carrier(n, list(b.layout[ins[0]]), axis=dims.index(ax))
     else:
-        b.opaque(n, f"permute dims={dims} of {it[0]} moves the channel axis (to position {dims.index(0)}), so "
-                    f"what follows acts on channels along another axis; archir does not follow channels there",
-                 "leave the channels feeding the permute alone (a permute that keeps axis 0 first passes them)")
+        b.opaque(n, f"permute dims={dims} of {it[0]}, a flattened map whose features are blocks of channels",
+                 "permute before flattening")
+
+
+def _shuffle_triple(b: CouplingBuilder, n: str, a, u: str, t) -> int | None:
+    """The group count ``g`` when reshape ``n`` of ``u`` (type ``t``) starts torchvision's channel
+    shuffle, ``x.view(g, C/g, H, W).transpose(0, 1).reshape(C, H, W)`` (per sample), else ``None``."""
+    shape, g = list(a["shape"]), b.g
+    if t.rank != 3 or b.axis_of(u) != 0 or len(shape) != 4 or shape[0] < 1 or shape[0] * shape[1] != t.shape[0] \
+            or shape[2:] != list(t.shape[1:]) or any(w != 1 for _, w in b.layout[u]):
+        return None
+    outs = set(g.outputs)
+    users = [v for v, _ in g.users_of(n)]
+    if n in outs or len(users) != 1 or g.nx.nodes[users[0]]["op"] != "permute" \
+            or list(g.nx.nodes[users[0]]["attrs"]["dims"]) != [1, 0, 2, 3]:
+        return None
+    after = [v for v, _ in g.users_of(users[0])]
+    if users[0] in outs or len(after) != 1 or g.nx.nodes[after[0]]["op"] != "reshape" \
+            or list(g.nx.nodes[after[0]]["attrs"]["shape"]) != list(t.shape):
+        return None
+    return shape[0]
+
+
+def _shuffled(lay: Sequence[tuple[int, int]], groups: int) -> list[tuple[int, int]]:
+    from archir.ops.core import shuffle_order
+
+    return [lay[k] for k in shuffle_order(len(lay), groups)]
+
+
+def _shuffle_rows(b: CouplingBuilder, lay: Sequence[tuple[int, int]], groups: int) -> None:
+    """Make channel ``j`` of every one of the ``groups`` segments of ``lay`` one class (see ``channel_shuffle``)."""
+    per = len(lay) // groups
+    for j in range(per):
+        for i in range(1, groups):
+            b.uf.union(lay[j][0], lay[i * per + j][0])
+
+
+def _shuffle_mixes(n: str, groups: int) -> str:
+    return (f"channel shuffle {n!r} (groups={groups}) puts each channel at a position set by the channel count: "
+            f"a new channel would not sit next to its original after the shuffle (pruning whole rows of the "
+            f"{groups} groups is followed)")
 
 
 @register("reshape")
 def _reshape(b: CouplingBuilder, n, a, ins, it) -> None:
+    """Opaque, except torchvision's channel shuffle ``view(g, C/g, H, W) -> transpose -> view(C, H, W)``,
+    followed as ``channel_shuffle`` is: the first view holds the channels over its first two axes
+    (row-major, flow ``"shuffle_split"``), the transpose reorders them (``"shuffle"``), the last view
+    holds them on axis 0 again (``"shuffle_merge"``); an edit sets both views' ``shape``."""
+    u = ins[0]
+    groups = _shuffle_triple(b, n, a, u, it[0])
+    if groups is not None:
+        _shuffle_rows(b, b.layout[u], groups)
+        b.carrier(n, list(b.layout[u]), flow="shuffle_split", mixes=_shuffle_mixes(n, groups), axis=0)
+        return
+    if b.rules[u].op == "permute" and b.rules[u].flow == "shuffle":
+        b.carrier(n, list(b.layout[u]), flow="shuffle_merge", mixes=b.rules[u].mixes, axis=0)
+        return
     b.opaque(n, f"reshape of {it[0]} to {tuple(a['shape'])}: its target shape fixes the channel count, and in "
                 f"general it regroups the elements of several channels",
              "leave the channels feeding the reshape alone (flatten(start_dim=1) before a linear is followed)")
@@ -642,17 +793,35 @@ def _reshape(b: CouplingBuilder, n, a, ins, it) -> None:
 
 @register("channel_shuffle")
 def _channel_shuffle(b: CouplingBuilder, n, a, ins, it) -> None:
-    # The output is a fixed permutation of the input channels, but the permutation depends on the channel
-    # count: removing or adding channels on the input moves every channel to a new position, which an edit
-    # of channel classes (insert/remove in place) cannot express.
-    b.opaque(n, f"channel_shuffle(groups={a['groups']}) interleaves {it[0].shape[0]} channels by a permutation "
-                f"that depends on the channel count; changing the count re-orders every channel",
-             "edit channels before the concat or after the first conv that reads the shuffled channels")
+    """A fixed permutation of the channels: output ``j * g + i`` is input ``i * (C / g) + j``
+    (:func:`archir.ops.core.shuffle_order`), which depends on the count ``C``.
+
+    The input is ``g`` segments of ``C / g`` channels; output row ``j`` is channel ``j`` of every
+    segment. Removing the same rows ``j`` from every segment keeps ``C / g`` integral, and then the
+    shuffle of the pruned input is the pruned shuffle, entry for entry (rows stay whole and in
+    order). So channel ``j`` of every segment is made one class (they are pruned together, which
+    keeps the per-group counts equal, as the op needs), and the output holds the input's classes
+    in shuffled order. Adding channels cannot be followed: a copy of row ``j`` lands, after the
+    shuffle, one row later, not right after its original (:attr:`NodeRule.mixes`), so ``widen``
+    and ``add_skip`` refuse these channels."""
+    if not _channels_first(b, n, ins[0], it[0], "channel_shuffle"):
+        return
+    lay, gr = b.layout[ins[0]], a["groups"]
+    if any(w != 1 for _, w in lay) or len(lay) != it[0].shape[0]:
+        b.opaque(n, f"channel_shuffle of {it[0]} whose channels archir cannot line up one per index",
+                 "leave the channels feeding the shuffle alone")
+        return
+    _shuffle_rows(b, lay, gr)
+    b.carrier(n, _shuffled(lay, gr), flow="shuffle", mixes=_shuffle_mixes(n, gr))
 
 
 @register("layernorm")
 def _layernorm(b: CouplingBuilder, n, a, ins, it) -> None:
-    if a["axis"] == "channels" or it[0].rank == 1:  # normalises over the channel axis
+    """Over the channel axis (``axis="channels"`` of a ``(C, H, W)`` map, or ``axis="last"`` of a vector
+    or of a channels-last ``(H, W, C)`` map) its affine follows the channels and its statistics mix
+    them; over another axis the channels pass through (its affine is indexed by that axis)."""
+    norm_axis = 0 if a["axis"] == "channels" else it[0].rank - 1
+    if norm_axis == b.axis_of(ins[0]):  # normalises over the channel axis
         arrays = []
         if a["affine"]:
             arrays.append(ArrayAxis("params", "weight", 0, "out", "channel"))
@@ -664,7 +833,7 @@ def _layernorm(b: CouplingBuilder, n, a, ins, it) -> None:
             return
         b.carrier(n, list(b.layout[ins[0]]), arrays,
                   mixes=f"layernorm {n!r} normalises over the channels: its mean and variance run over all "
-                        f"{it[0].shape[0]} of them, so a new channel (even a copy) changes every output")
+                        f"{it[0].shape[norm_axis]} of them, so a new channel (even a copy) changes every output")
     else:  # over the last axis of a (.., W) map: a spatial axis; channels (axis 0) pass through unchanged
         b.carrier(n, list(b.layout[ins[0]]))
 
@@ -699,6 +868,17 @@ class Coupling:
                     self._read_by.setdefault(c, []).append(n)
         self._groups: list[Group] | None = None
         self._group_of_class: dict[int, int] = {}
+        self._slice_bounds: dict[str, tuple[int, int]] = {}  # channel slice -> (start, stop) on its input
+        self._views: dict[str, tuple[int, list[int]]] = {}  # a channel shuffle's views -> (groups, spatial dims)
+        for n, rule in rules.items():
+            if rule.flow == "shuffle_split":
+                shape = list(g.nx.nodes[n]["attrs"]["shape"])
+                self._views[n] = (shape[0], shape[2:])
+                merge = g.users_of(g.users_of(n)[0][0])[0][0]
+                self._views[merge] = (shape[0], list(g.nx.nodes[merge]["attrs"]["shape"])[1:])
+            if rule.flow == "slice":
+                _, start, stop, _ = slice_range(g.nx.nodes[n]["attrs"], g.nx.nodes[self._inputs[n][0]]["type"].shape, n)
+                self._slice_bounds[n] = (start, stop)
 
     # ------------------------------------------------------------------ queries
 
@@ -728,6 +908,10 @@ class Coupling:
     def layout(self, node: str) -> tuple[tuple[int, int], ...]:
         """The ``(class, width)`` entries of ``node``'s output channel axis."""
         return self._layouts[self._node(node)]
+
+    def channel_axis(self, node: str) -> int:
+        """The per-sample axis of ``node``'s output that holds its channels (:attr:`NodeRule.axis`)."""
+        return self._rules[self._node(node)].axis
 
     def classes(self, node: str) -> tuple[int, ...]:
         """The distinct classes of ``node``'s output, in order of first position."""
@@ -779,7 +963,7 @@ class Coupling:
             spans = _spans(self._layouts[n], cls)
             rule = self._rules[n]
             for s, e in spans:
-                out.append(ChannelRef(n, "output", 0, s, e))
+                out.append(ChannelRef(n, "output", rule.axis, s, e))
             for x in rule.arrays:
                 if x.side == "out":
                     out += [ChannelRef(n, x.name, x.axis, s, e, x.kind) for s, e in spans]
@@ -876,9 +1060,11 @@ class Coupling:
         for c in edit:
             outs.update(self._occurs.get(c, ()))
             ins.update(self._read_by.get(c, ()))
+        # a channel slice moves with its input's channels (even when none of its own change)
+        slices = {n for n in self._order if self._rules[n].flow == "slice" and self._inputs[n][0] in outs}
         result: dict[str, NodeRemap] = {}
         for n in self._order:
-            if n not in outs and n not in ins:
+            if n not in outs and n not in ins and n not in slices:
                 continue
             out = _posmap(self._layouts[n], edit) if n in outs else None
             inp = _posmap(self._layouts[self._inputs[n][0]], edit) if n in ins else None
@@ -886,8 +1072,29 @@ class Coupling:
                 raise PreconditionError(f"the edit would leave node {n!r} with no channels", node=n,
                                         pass_name=pass_name, hint="keep at least one channel per tensor")
             attrs = {} if out is None else dict.fromkeys(self._rules[n].count_attrs, out.entries)
+            if n in slices:
+                attrs.update(self._slice_attrs(n, _posmap(self._layouts[self._inputs[n][0]], edit)))
+            if out is not None and n in self._views:  # a channel shuffle's view: its shape follows the count
+                groups = self._views[n][0]
+                if out.entries % groups:
+                    raise PreconditionError(f"the edit would leave {out.entries} channels at channel shuffle {n!r}, "
+                                            f"not a multiple of its {groups} groups", node=n, pass_name=pass_name,
+                                            hint="remove whole rows of the shuffle's groups (one class each)")
+                attrs["shape"] = self._view_shape(n, out.entries)
             result[n] = NodeRemap(n, out, inp, attrs)
         return result
+
+    def _view_shape(self, n: str, entries: int) -> list[int]:
+        groups, rest = self._views[n]
+        return [groups, entries // groups, *rest] if self._rules[n].flow == "shuffle_split" else [entries, *rest]
+
+    def _slice_attrs(self, n: str, pm: PositionMap) -> dict:
+        """The new ``start``/``end`` of channel slice ``n`` whose input's channels map by ``pm``: the new
+        positions derived from old positions in ``[start, stop)`` (an edit keeps positions in order, and
+        a copy or new channel sits right after its original, so they form one range)."""
+        start, stop = self._slice_bounds[n]
+        return {"start": int(np.searchsorted(pm.src, start, side="left")),
+                "end": int(np.searchsorted(pm.src, stop, side="left"))}
 
     def apply(self, g: Graph, remaps: Mapping[str, NodeRemap],
               adjust: Callable[[NodeRule, ArrayAxis, PositionMap, np.ndarray, np.ndarray], np.ndarray] | None = None
@@ -897,8 +1104,8 @@ class Coupling:
         Every array a remapped node's rule names is gathered along its channel axis
         (``np.take(arr, pm.src, axis)``); ``adjust(rule, axis, posmap, before, gathered)``, when
         given, returns the array to store instead (``widen`` rescales copies and fills new
-        channels there). Attributes are set last, so each node's type is re-inferred from its
-        already remapped inputs.
+        channels there). Attributes are set last, and every remapped node's type is re-inferred in
+        topological order, so each sees its already remapped inputs.
         """
         out = g.copy()
         for n, rm in remaps.items():
@@ -918,8 +1125,7 @@ class Coupling:
                 out.set_params(n, **new_arrays["params"])
             if new_arrays["buffers"]:
                 out.set_buffers(n, **new_arrays["buffers"])
-            if rm.out is not None:
-                out.set_attrs(n, **rm.attrs)
+            out.set_attrs(n, **rm.attrs)  # also re-infers the type (a reshape's check needs its input's new one)
         return out.validate()
 
 

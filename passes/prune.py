@@ -5,7 +5,9 @@ What is removed
 The unit of pruning is a *dependency group* (:func:`passes.coupling.dependency_groups`): the
 channels that convs/linears produce together with every channel tied to them through ``add`` /
 ``mul`` (residual streams, squeeze-excite gates), laid out by ``concat``, or carried by BN,
-``scale``, activations, pools, depthwise convs and ``flatten -> linear``. A group has ``size``
+``scale``, activations, pools, depthwise convs, layernorms, ``permute`` (channels-last blocks:
+a ``linear`` over the channels is a 1x1 conv), channel slices, channel shuffles (whole rows of
+their groups go together, so the per-group counts stay equal) and ``flatten -> linear``. A group has ``size``
 independent channels (its *classes*). Removing channel ``i`` of a group removes, at once:
 
 - row ``i`` of every producer's weight (and bias): the filters of each conv/linear tied in;

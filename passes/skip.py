@@ -82,6 +82,11 @@ def _extension_plan(g: Graph, start: str, new_mask: np.ndarray, cp: Coupling | N
     pos = {n: i for i, n in enumerate(order)}
     todo = {v for v, _ in g.users_of(start)}
     outputs = set(g.outputs)
+    if cp.channel_axis(start) != 0:
+        raise PreconditionError(f"it holds its channels on axis {cp.channel_axis(start)} (channels-last, after a "
+                                f"permute): a concat on axis 0 would grow a spatial axis, not the channels",
+                                pass_name="add_skip", node=start,
+                                hint="use mode='add', or a dst whose channels are on axis 0 (a (C, H, W) map)")
     if start in outputs:
         raise PreconditionError("it is a graph output: concatenating channels onto it would change the output shape",
                                 pass_name="add_skip", node=start, hint="use mode='add', or a dst inside the network")
@@ -116,8 +121,12 @@ def _extension_plan(g: Graph, start: str, new_mask: np.ndarray, cp: Coupling | N
             out_mask = m_in
         elif rule.flow == "flatten":
             out_mask = np.repeat(m_in, int(np.prod(g.node(ins[0]).type.shape[1:], dtype=np.int64)))
+        elif rule.flow == "slice":
+            raise refuse(n, "slices the channels: new channels at the end of its input fall outside its range",
+                         "use mode='add', or a dst whose channels meet no channel slice")
         elif rule.flow == "concat":
-            parts = [m if m is not None else np.zeros(g.node(u).type.shape[0], bool) for u, m in zip(ins, in_masks)]
+            parts = [m if m is not None else np.zeros(g.node(u).type.shape[cp.channel_axis(u)], bool)
+                     for u, m in zip(ins, in_masks)]
             out_mask = np.concatenate(parts)
         elif rule.flow == "tie":
             if any(m is None or not np.array_equal(m, m_in) for m in in_masks):

@@ -47,7 +47,13 @@ grow: the call is refused with the reason (:class:`~passes.infra.PreconditionErr
 variance of *all* its channels: a copy of channel ``r`` shifts both (``(C * mu + h_r) / (C + 1)``),
 a zero-mode channel shifts them too, so every output channel changes. No choice of the new
 channels' values keeps the function in general, so widening channels that reach such a layernorm
-is refused, naming it (:meth:`passes.coupling.Coupling.mixers`).
+is refused, naming it (:meth:`passes.coupling.Coupling.mixers`). So is widening channels that reach
+a **channel shuffle**: a copy of channel ``r`` would land, after the shuffle, where the new channel
+count puts it, not next to ``r`` (pruning whole rows of its groups is followed).
+
+**Channels-last.** A ``linear`` over the last axis of a channels-last map (ConvNeXt's pointwise
+layers, between ``permute(0, 2, 3, 1)`` and back) is a 1x1 conv: it is widened as one, its rows
+copied and its consumer's columns divided, and the activations between pass the copies through.
 
 **Eval mode.** Preservation is promised in eval mode (``check_preserved`` runs in eval mode):
 BN normalises by its running statistics, which are copied (replicate) or set to finite,
@@ -130,8 +136,8 @@ def _check(g: Graph, cp: Coupling, node: Any, out_channels: Any, mode: Any, pnam
     if mixers:
         raise PreconditionError(
             f"widen {node!r} would add channels to {mixers[0].node!r}: {mixers[0].mixes}", pass_name=pname,
-            node=mixers[0].node, hint="widen a conv whose channels meet no channel layernorm (widen_targets(g) lists "
-                                      "them); pruning through a layernorm is allowed")
+            node=mixers[0].node, hint="widen a conv whose channels meet no channel layernorm or channel shuffle "
+                                      "(widen_targets(g) lists them); pruning through them is allowed")
     return c
 
 

@@ -287,26 +287,28 @@ def test_prune_follows_the_layernorm_affine():
     assert verify_onnx(small).ok
 
 
-def test_reshape_and_channel_shuffle_pin_with_their_reason():
+def test_reshape_pins_and_channel_shuffle_is_pruned_by_rows_not_widened():
     g = archir.Graph("pin")
     x = g.input("x", (3, 8, 8))
     a = g.add("conv2d", x, out_channels=8, kernel_size=1, name="a")
     s = g.add("channel_shuffle", a, groups=2, name="cs")
     b = g.add("conv2d", s, out_channels=8, kernel_size=1, name="b")
     r = g.add("reshape", b, shape=[4, 2, 64], name="r")
-    t = g.add("permute", a, dims=[1, 0, 2], name="t")
-    g.set_outputs(r, t)
+    g.set_outputs(r)
     g.init_params(0)
     g.validate()
-    with pytest.raises(PreconditionError, match="channel_shuffle.*depends on the channel count"):
+    # a channel shuffle puts channels where the new count says: adding them is refused, removing rows is followed
+    with pytest.raises(PreconditionError, match="channel shuffle 'cs'.*position set by the channel count"):
         passes.widen(g, node="a", out_channels=12)
     with pytest.raises(PreconditionError, match="reshape.*fixes the channel count") as e:
         passes.widen(g, node="b", out_channels=12)
     assert e.value.node == "b" and "'r'" in str(e.value)
     cp = analyze(g)
-    assert cp.rule("t").kind == "opaque" and "moves the channel axis" in cp.rule("t").reason
+    assert cp.group_of("a").size == 4  # channel j of both groups of 4 is one class
     small, report = passes.prune_channels(g, ratio=0.5)
-    assert small.node("a").attrs["out_channels"] == 8  # every group is pinned: nothing to prune
+    assert small.node("a").attrs["out_channels"] == 4 and small.node("b").attrs["out_channels"] == 8
+    assert [gp.producers for gp in report.groups] == [("a",)]  # b's channels meet the reshape: skipped
+    assert verify_onnx(small).ok
 
 
 def test_onnx_reshape_targets_with_the_run_time_batch_size():

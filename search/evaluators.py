@@ -1,7 +1,7 @@
 """Evaluators: how a candidate's metrics are produced (candidate in, metrics out).
 
 - ``"train"`` (the default): build the network, train it on the dataset, count (and measure) it --
-  :func:`search.experiment.evaluate_candidate`.
+  :func:`evaluate_candidate` (below; re-exported by ``search.experiment``).
 - ``"table:FILE.csv"``: a tabular benchmark (NAS-Bench-201 and the like). The candidate's metrics are
   looked up by its architecture string (``space.to_string(decisions)``: NAS-Bench-201's own format in
   the ``nb201`` space; the canonical JSON of the decisions in a space without one); nothing is built or
@@ -261,7 +261,7 @@ def _result(task: Mapping[str, Any]) -> dict:
 
 def evaluate_task(task: Mapping[str, Any]) -> dict:
     """Evaluate one candidate with the task's ``evaluator`` (``table:FILE``): the result of
-    :func:`search.experiment.evaluate_candidate`, without a graph. Never raises for a bad candidate."""
+    :func:`evaluate_candidate`, without a graph. Never raises for a bad candidate."""
     t0 = time.perf_counter()
     out = _result(task)
     stage = "lookup"

@@ -6,7 +6,7 @@
 - ``ray``: Ray Core tasks. ``ray.init(address="local")`` starts a new local Ray by default; ``address=`` joins an
   existing cluster (``"auto"`` or ``"ray://host:10001"``). ``num_cpus``/``num_gpus`` are the
   resources each candidate asks for. Every node of a cluster needs the same archir (and its
-  dependencies) installed: tasks name ``search.experiment.evaluate_candidate`` by reference.
+  dependencies) installed: tasks name ``search.evaluators.evaluate_candidate`` by reference.
   Ray gives a task with ``num_gpus`` its GPU(s) through ``CUDA_VISIBLE_DEVICES``, so a candidate
   trained with ``device="auto"`` (``archir search --device auto --gpus-per-candidate 1``) runs on its
   own GPU and N GPUs train N candidates at once.

@@ -372,7 +372,7 @@ def _progress(cands: list[Candidate], t0: float | None) -> dict:
 def _frontiers(cands: list[Candidate], keys: list[str]) -> dict[str, list[int]]:
     """Frontier ids per cost key: ``search.experiment.frontier_candidates`` (cache hits left out) of the
     candidates whose cost is a finite number."""
-    from search.experiment import frontier_candidates
+    from search.run import frontier_candidates
 
     return {k: [c.id for c in frontier_candidates([c for c in cands if _num(c.costs.get(k)) is not None], k)]
             for k in keys}
@@ -413,7 +413,7 @@ def report_data(run_dir: str | os.PathLike, *, max_details: int = DEFAULT_MAX_DE
         elapsed = st.elapsed_s
         opts = st.info("space_options")
         oneshot_info = st.info("oneshot")
-    from search.experiment import parse_objective
+    from search.config import parse_objective
 
     try:
         obj = parse_objective(config.get("objective", "error"))

@@ -14,7 +14,7 @@ architectures together, and read an architecture off at the end. A driver does o
 driver, so ``archir search --strategy darts|snas|parsec|enas`` works) runs the steps, writes
 a checkpoint after each one, and records the derived architecture in the same store as an
 ask/tell search: op ``"derive:<driver>"``, no parents, the space's decisions, evaluated by the
-same path as every other candidate (:func:`search.experiment.evaluate_candidate`: trained with
+same path as every other candidate (:func:`search.evaluators.evaluate_candidate`: trained with
 the run's training config, priced, saved), so ``archir gallery`` and ``archir export --best``
 work unchanged.
 
@@ -125,28 +125,15 @@ def decisions_from_probs(space, supernet, probs: Mapping[str, Any], *, drop_zero
     - ``ChainSpace``: the argmax of every layer (``skip``: the zero op drops the layer), at the
       supernet's widths.
 
+    Each space says how (``Space.decisions_from_probs``); one without a derivation is refused.
+
     Raises:
         ValueError: a space without a supernet derivation here.
     """
-    from archir import decision_keys
-    from search.spaces.chain import ChainSpace
-    from search.spaces.darts import DartsSpace
-
-    keys = decision_keys(supernet)
-    if isinstance(space, DartsSpace):
-        return space.genotype_from_probs(probs, drop_zero=drop_zero)
-    if isinstance(space, ChainSpace):
-        widths = (supernet.meta or {}).get("widths") or [max(o) for o in space.width_options]
-        layers = []
-        for i in range(space.layers):
-            key = f"layer{i}"
-            name = keys[key][int(np.argmax(np.asarray(probs[key], np.float64)))]
-            if name == "skip":
-                layers.append({"skip": True})
-            else:
-                k, e = (int(s[1:]) for s in name.split("_"))
-                layers.append({"expand": e, "kernel": k, "skip": False, "width": int(widths[i])})
-        return space.decode({"layers": layers})
+    try:
+        return space.decisions_from_probs(supernet, probs, drop_zero=drop_zero)
+    except NotImplementedError:
+        pass
     raise StrategyError(f"no supernet derivation for space {type(space).__name__}", hint="use the darts or chain space")
 
 

@@ -73,8 +73,7 @@ class ENAS(OneShotDriver):
         super().__init__(space, dataset, config, seed, **options)
         from archir import decision_keys
         from archir.lower import to_fx, weight_parameters
-        from search.experiment import parse_objective
-        from search.spaces.chain import ChainSpace
+        from search.config import parse_objective
 
         for k in ("lr", "grad_clip"):
             self._check_num(k, 0.0, strict=True)
@@ -91,20 +90,9 @@ class ENAS(OneShotDriver):
         self.supernet = space.supernet(seed=int(seed))
         self.keys = decision_keys(self.supernet)
         # which variables the controller samples; the rest are fixed (chain widths: the supernet's)
-        self.fixed: dict[int, int] = {}
-        if isinstance(space, ChainSpace):
-            widths = self.supernet.meta["widths"]
-            for i, (name, _) in enumerate(variables):
-                if name.endswith(".width"):
-                    layer = int(name.split(".")[1])
-                    self.fixed[i] = list(space.width_options[layer]).index(int(widths[layer]))
+        self.fixed, ctl_vars = space.controller_variables(self.supernet)
         self.all_variables = list(variables)
         self.free = [i for i in range(len(variables)) if i not in self.fixed]
-        ctl_vars = [variables[i] for i in self.free]
-        if isinstance(space, ChainSpace):
-            # a layer whose input width differs from the supernet's width has no residual, hence no skip
-            # candidate: its block variable keeps the MBConv options only (the skip index is the last one)
-            ctl_vars = [(name, len(self.keys[f"layer{name.split('.')[1]}"])) for name, _ in ctl_vars]
         try:
             self.controller = Controller(
                 ctl_vars, seed=int(np.random.SeedSequence([int(seed), 11]).generate_state(1)[0]),

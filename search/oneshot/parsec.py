@@ -61,7 +61,6 @@ class ParsecDriver(OneShotDriver):
 
     def __init__(self, space, dataset, config, seed: int = 0, **options) -> None:
         super().__init__(space, dataset, config, seed, **options)
-        from search.spaces.darts import DartsSpace
         from search.strategies import StrategyError
 
         self._check_int("samples", 1)
@@ -76,9 +75,9 @@ class ParsecDriver(OneShotDriver):
         if view not in ("auto", "space", "supernet"):
             raise StrategyError(f"strategy 'parsec': option view={view!r} is not auto, space or supernet",
                                 hint="--strategy-opt view=auto")
-        self.view = ("space" if isinstance(space, DartsSpace) else "supernet") if view == "auto" else view
+        self.view = getattr(space, "prior_view", "supernet") if view == "auto" else view
         size = {k: self.options[k] for k in ("cells", "channels") if self.options[k]}
-        if size and not isinstance(space, DartsSpace):
+        if set(size) - set(getattr(space, "supernet_sizes", ())):
             raise StrategyError(f"strategy 'parsec': options {sorted(size)} need a space whose supernet takes them "
                                 f"(darts), not {space.name!r}", hint="drop --strategy-opt cells/channels")
         self.supernet = space.supernet(seed=int(self.rng.integers(2 ** 31)), **size)

@@ -82,7 +82,7 @@ class SnasDriver(RelaxedDriver):
                                 hint="use another --strategy-opt cost=")
 
     def _cost_source(self, cost: str) -> tuple[str, str | None]:
-        from search.experiment import parse_objective
+        from search.config import parse_objective
 
         obj = parse_objective(self.config.objective)
         if cost == "auto":

@@ -183,6 +183,35 @@ class Space(abc.ABC):
                 raise DecisionError(f"choice {c} is out of range 0..{n - 1}", where=name)
         return out
 
+    # ---------------------------------------------------------------- what drivers ask of a space
+
+    #: the size options :meth:`supernet` takes besides ``seed`` (``("cells", "channels")`` for darts)
+    supernet_sizes: tuple[str, ...] = ()
+    #: PARSEC's default view: ``"space"`` when :meth:`variables` are the architecture's own decisions and
+    #: a prior over them is the natural one (darts: inputs and ops per node), else ``"supernet"`` (a
+    #: prior over the supernet's choice nodes)
+    prior_view: str = "supernet"
+
+    def progressive_plan(self) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...], str] | None:
+        """PNAS' stages over this space, or None for the default (one variable per stage, filler option 0).
+
+        Returns ``(stages, filler, unit)``: the :meth:`variables` indices decided per stage, the option an
+        undecided variable holds (so a partial architecture is a real member of the space), and the
+        name of a stage's unit (``"node"``, ``"layer"``) for the progress display and the ``op``.
+        """
+        return None
+
+    def decisions_from_probs(self, supernet: Graph, probs: Mapping[str, Any], *, drop_zero: bool = False) -> dict:
+        """The decisions a one-shot driver derives from per-decision probabilities of ``supernet`` (key -> (K,)
+        array); ``drop_zero``: SNAS's argmax child, where ``none`` deletes an edge."""
+        raise NotImplementedError(f"{type(self).__name__} has no supernet derivation")
+
+    def controller_variables(self, supernet: Graph) -> tuple[dict[int, int], list[tuple[str, int]]]:
+        """What a controller over ``supernet`` samples (ENAS): ``(fixed, variables)``, the :meth:`variables`
+        indices the supernet fixes (index -> option) and the free variables with the number of options
+        the supernet offers for each. Default: nothing fixed, every variable as :meth:`variables` says."""
+        return {}, list(self.variables())
+
     # ---------------------------------------------------------------- shared
 
     def encode(self, decisions: Mapping) -> dict:

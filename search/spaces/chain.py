@@ -269,6 +269,52 @@ class ChainSpace(Space):
         g.init_params(seed)
         return g.validate()
 
+    def progressive_plan(self):
+        """PNAS' stages: layer by layer; an undecided layer is skipped where it may be (stride 1) and is the
+        cheapest block (first kernel, first expansion, first width) where it may not."""
+        names = [n for n, _ in self.variables()]
+        stages = tuple(tuple(i for i, n in enumerate(names) if n.startswith(f"layers.{layer}."))
+                       for layer in range(self.layers))
+        filler = []
+        for name in names:
+            layer = int(name.split(".")[1])
+            filler.append(len(self._cands(layer)) if name.endswith("block") and self.skippable(layer) else 0)
+        return stages, tuple(filler), "layer"
+
+    def decisions_from_probs(self, supernet: Graph, probs: Mapping[str, Any], *, drop_zero: bool = False) -> dict:
+        """The argmax of every layer (``skip``: the zero op drops the layer), at the supernet's widths."""
+        from archir import decision_keys
+
+        keys = decision_keys(supernet)
+        widths = (supernet.meta or {}).get("widths") or [max(o) for o in self.width_options]
+        layers = []
+        for i in range(self.layers):
+            key = f"layer{i}"
+            name = keys[key][int(np.argmax(np.asarray(probs[key], np.float64)))]
+            if name == "skip":
+                layers.append({"skip": True})
+            else:
+                k, e = (int(v[1:]) for v in name.split("_"))
+                layers.append({"expand": e, "kernel": k, "skip": False, "width": int(widths[i])})
+        return self.decode({"layers": layers})
+
+    def controller_variables(self, supernet: Graph) -> tuple[dict[int, int], list[tuple[str, int]]]:
+        """The widths are the supernet's (fixed); a layer whose input width differs from the supernet's width
+        has no residual, hence no skip candidate: its block variable has the MBConv options only."""
+        from archir import decision_keys
+
+        keys = decision_keys(supernet)
+        widths = supernet.meta["widths"]
+        variables = self.variables()
+        fixed = {}
+        for i, (name, _) in enumerate(variables):
+            if name.endswith(".width"):
+                layer = int(name.split(".")[1])
+                fixed[i] = list(self.width_options[layer]).index(int(widths[layer]))
+        free = [(name, len(keys[f"layer{name.split('.')[1]}"])) for i, (name, _) in enumerate(variables)
+                if i not in fixed]
+        return fixed, free
+
     def supernet(self, seed: int = 0, widths: Sequence[int] | None = None) -> Graph:
         """ProxylessNAS' over-parameterised chain with fixed ``widths`` (default: each layer's widest option).
 

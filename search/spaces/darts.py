@@ -482,6 +482,26 @@ class DartsSpace(Space):
                         probs[key] = w / w.sum()
         return self.genotype_from_probs(probs)
 
+    supernet_sizes = ("cells", "channels")
+    prior_view = "space"
+
+    def progressive_plan(self):
+        """PNAS' stages: node ``b`` of both cell kinds per stage; an undecided node is the filler block
+        ``skip_connect(state n) + skip_connect(state n + 1)`` (see ``search.strategies.pnas``)."""
+        names = [n for n, _ in self.variables()]
+        stages = tuple(tuple(i for i, n in enumerate(names) if f".n{b}." in n) for b in range(self.nodes))
+        ops = self.genotype_ops
+        filler = []
+        for name in names:
+            node = int(name.split(".")[1][1:])
+            filler.append(self.pairs(node).index((node, node + 1)) if name.endswith("inputs")
+                          else ops.index("skip_connect") if "skip_connect" in ops else 0)
+        return stages, tuple(filler), "node"
+
+    def decisions_from_probs(self, supernet: Graph, probs: Mapping[str, Any], *, drop_zero: bool = False) -> dict:
+        """:meth:`genotype_from_probs` (the supernet's decisions are the genotype's)."""
+        return self.genotype_from_probs(probs, drop_zero=drop_zero)
+
     def genotype_from_probs(self, probs: Mapping[str, Any], *, drop_zero: bool = False) -> dict:
         """The genotype read off per-edge op probabilities (key as :meth:`edge_keys` -> one weight per
         :attr:`supernet_ops`; a missing key counts as uniform): per node the two edges whose strongest

@@ -99,32 +99,10 @@ def progressive_plan(space) -> Plan:
         raise StrategyError(f"pnas: the space {getattr(space, 'name', space)!r} has no categorical view",
                             hint="use the chain or darts space") from None
     own = getattr(space, "progressive_plan", None)
-    if callable(own):  # the space knows how it grows (nb201: node by node)
-        stages, filler, unit = own()
+    plan = own() if callable(own) else None
+    if plan is not None:  # the space knows how it grows (darts, nb201: node by node; chain: layer by layer)
+        stages, filler, unit = plan
         return Plan(tuple(tuple(int(i) for i in st) for st in stages), tuple(int(v) for v in filler), str(unit))
-    from search.spaces.chain import ChainSpace
-    from search.spaces.darts import DartsSpace
-
-    if isinstance(space, DartsSpace):
-        stages = tuple(tuple(i for i, n in enumerate(names) if f".n{b}." in n) for b in range(space.nodes))
-        ops = space.genotype_ops
-        filler = []
-        for name in names:
-            node = int(name.split(".")[1][1:])
-            filler.append(space.pairs(node).index((node, node + 1)) if name.endswith("inputs")
-                          else ops.index("skip_connect") if "skip_connect" in ops else 0)
-        return Plan(stages, tuple(filler), "node")
-    if isinstance(space, ChainSpace):
-        stages = tuple(tuple(i for i, n in enumerate(names) if n.startswith(f"layers.{layer}."))
-                       for layer in range(space.layers))
-        filler = []
-        for name in names:
-            layer = int(name.split(".")[1])
-            if name.endswith("block"):
-                filler.append(len(space._cands(layer)) if space.skippable(layer) else 0)
-            else:
-                filler.append(0)
-        return Plan(stages, tuple(filler), "layer")
     return Plan(tuple((i,) for i in range(len(names))), tuple(0 for _ in names), "variable")
 
 

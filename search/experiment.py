@@ -93,7 +93,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -113,6 +112,7 @@ from search.config import (DEFAULT_TRAIN, Budget, ConfigError, ExperimentConfig,
                            SearchSummary, candidate_seed, fmt_cost, fmt_time, one_line, parse_budget,
                            parse_objective)
 from search.evaluators import evaluate_candidate  # noqa: F401  (the train evaluator; Ray tasks name it)
+from search.asktell import AskTell, replay_async  # noqa: F401
 from search.run import (MAX_ASKED_PER_BUDGET, SearchClock, SearchRun, best_candidate,  # noqa: F401
                         candidate_task, check_resume_config, dedup_key, frontier_candidates, record_cache_hit,
                         record_result)
@@ -122,57 +122,6 @@ from search.run import (MAX_ASKED_PER_BUDGET, SearchClock, SearchRun, best_candi
 
 
 # --------------------------------------------------------------------------- the driver side
-
-
-def _rounds(cands: Sequence[Candidate]) -> list[list[Candidate]]:
-    out: dict[int, list[Candidate]] = {}
-    for c in cands:
-        out.setdefault(c.round, []).append(c)
-    return [out[r] for r in sorted(out)]
-
-
-def _same(space, a: Mapping, b: Mapping) -> bool:
-    return json.dumps(space.encode(a), sort_keys=True) == json.dumps(space.encode(b), sort_keys=True)
-
-
-def replay_async(strat, space, stored: Sequence[Candidate],
-                 run_dir: Path) -> tuple[list[Candidate], list[Candidate]]:
-    """Replay an asynchronous run's asks and tells through a fresh strategy, up to its last ask (``resume``).
-
-    Candidate ``c`` was asked when ``c.round`` results had been told, and its result was the
-    ``c.told``-th told: so the replay tells results in ``told`` order up to each candidate's
-    ``round`` and asks one candidate (checking it proposes the stored decisions). Returns
-    ``(tail, unfinished)``: the results told after the last ask, in told order, not told to the
-    strategy yet (the run loop tells them as if they were arriving, asking for new candidates in
-    between as the run would have: so a resume with a larger budget continues the run as a longer
-    run would have gone on), and the unfinished candidates (in flight when the run stopped), in id order.
-
-    Raises:
-        StoreError: the store does not hold what an asynchronous run writes, or the strategy now
-            proposes something else (the space or strategy code changed).
-    """
-    told = sorted((c for c in stored if c.told is not None), key=lambda c: c.told)
-    if [c.told for c in told] != list(range(len(told))) or any(c.finished != (c.told is not None) for c in stored):
-        raise StoreError("cannot resume: the told order of the stored results has gaps, or a finished candidate was "
-                         "never told (or an unfinished one was): the store was not written by an asynchronous "
-                         "archir search", file=run_dir, hint="start a new run (another --out folder)")
-    t = 0
-    for c in stored:
-        if c.round > len(told) or c.round < t:
-            raise StoreError(f"cannot resume: candidate {c.id} was asked after {c.round} results, but "
-                             f"{len(told)} were told ({t} before the candidate before it)", file=run_dir,
-                             hint="start a new run (another --out folder)")
-        while t < c.round:
-            strat.tell([told[t]])
-            t += 1
-        specs = strat.ask(1)
-        if not specs or not _same(space, specs[0].decisions, c.decisions):
-            got = specs[0].decisions if specs else "nothing (it waits for a result)"
-            raise StoreError(f"cannot resume: candidate {c.id} (asked after {c.round} results) was {c.decisions} "
-                             f"but the strategy now proposes {got}; the space or strategy code changed since this "
-                             "run started", file=run_dir,
-                             hint="start a new run (another --out folder) with this version of archir")
-    return told[t:], [c for c in stored if not c.finished]
 
 
 def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: str = "serial",
@@ -248,8 +197,7 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
     remote = executor == "ray" and bool((executor_options or {}).get("address"))  # a cluster's workers decide
     run = SearchRun(config, out, progress=progress, on_candidate=on_candidate,
                     needs_data=not config.evaluator.startswith("table:"), check_local=not remote)
-    budget, obj, run_dir, progress = run.budget, run.obj, run.run_dir, run.progress
-    space = run.space
+    obj, run_dir, space = run.obj, run.run_dir, run.space
     strat = get_strategy(config.strategy, space, seed=np.random.default_rng([int(config.seed), 1]),
                          **config.strategy_options)
     if not remote:
@@ -261,7 +209,6 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
     ex = get_executor(executor, **dict(executor_options or {}))  # a bad executor leaves no run folder behind
     try:
         store = run.open(resume)
-        requeued = run.requeued
         if config.evaluator.startswith("table:"):  # the table is part of the experiment: a resume checks it
             from search.evaluators import table_fingerprint
 
@@ -277,10 +224,6 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         ex.close()
         raise
 
-    def task_of(c: Candidate) -> dict:
-        return {**run.task(c), "device": device,
-                **parent_task(space, c.decisions, run_dir, _parent_path(c), seed=c.seed)}
-
     if evaluator is not None and executor != "serial":  # workers import the function by its name
         from search.evaluators import evaluate_callable_task
 
@@ -294,261 +237,14 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
     else:
         work = evaluate_candidate
 
-    def _parent_path(c: Candidate) -> str | None:  # a grown candidate's parent graph (search.morph)
-        pid = c.decisions.get("parent")
-        return all_cands[pid].graph_path if isinstance(pid, int) and pid in all_cands else None
+    def task_of(c: Candidate) -> dict:
+        pid = c.decisions.get("parent")  # a grown candidate's parent graph (search.morph)
+        parent = loop.cands[pid].graph_path if isinstance(pid, int) and pid in loop.cands else None
+        return {**run.task(c), "device": device, **parent_task(space, c.decisions, run.run_dir, parent, seed=c.seed)}
 
-    all_cands: dict[int, Candidate] = {}
-    seen: dict[str, Candidate] = {}  # architecture key -> the first done, evaluated candidate of it (dedup)
-    keys: dict[int, str | None] = {}
-
-    def key_of(c: Candidate) -> str | None:
-        if c.id not in keys:
-            keys[c.id] = dedup_key(space, c.decisions) if config.dedup else None
-        return keys[c.id]
-
-    def remember(c: Candidate) -> None:
-        k = key_of(c)
-        if k is not None and c.status == "done" and c.cache_of is None:
-            seen.setdefault(k, c)
-
-    clock = run.clock
-    elapsed = clock.elapsed
-    round_times: list[float] = []
-
+    loop = AskTell(run, strat, ex, work, task_of)
     try:
-        # ---- replay the stored rounds (or asks and tells) through a fresh strategy (resume)
-        stored = store.candidates()
-        n_resumed = sum(c.finished for c in stored)  # before this session finishes any of them
-        pending: list[Candidate] = []
-        rounds = _rounds(stored) if config.scheduling == "sync" else []
-        tail: list[Candidate] = []
-        if config.scheduling == "async":
-            strat.asynchronous = True
-            tail, pending = replay_async(strat, space, stored, run_dir)
-            all_cands.update({c.id: c for c in stored})
-            for c in stored:
-                if c not in tail:  # the tail's results arrive again in the run loop
-                    remember(c)
-        for k, rnd in enumerate(rounds):
-            specs = strat.ask(len(rnd))
-            for spec, c in zip(specs, rnd):
-                if not _same(space, spec.decisions, c.decisions):
-                    raise StoreError(f"cannot resume: candidate {c.id} (round {c.round}) was {c.decisions} "
-                                     f"but the strategy now proposes {spec.decisions}; the space or strategy code "
-                                     "changed since this run started", file=run_dir,
-                                     hint="start a new run (another --out folder) with this version of archir")
-            all_cands.update({c.id: c for c in rnd})
-            for c in rnd:
-                remember(c)
-            if all(c.finished for c in rnd):
-                strat.tell(rnd)
-            else:
-                if k != len(rounds) - 1:
-                    raise StoreError(f"round {rnd[0].round} is unfinished but later rounds exist; "
-                                     "the store was not written by archir search", file=run_dir, hint="start a new run")
-                pending = rnd
-        for rnd in rounds:  # the time budget's round-time estimate starts from the stored rounds
-            if all(c.finished and c.finished_at for c in rnd):
-                round_times.append(max(c.finished_at for c in rnd) - min(c.created_at for c in rnd))
-        if stored:
-            progress.line(f"resumed {run_dir}: {n_resumed} finished candidates kept, "
-                          f"{len(requeued)} re-queued ({', '.join(map(str, requeued)) or 'none'}); "
-                          f"{fmt_time(clock.before)} spent before")
-
-        progress.line(f"search: space {config.space}, strategy {config.strategy}, objective {config.objective}, "
-                      f"budget {budget}, dataset {config.dataset}, seed {config.seed}, executor {ex.describe()}, "
-                      f"run folder {run_dir}")
-
-        def finished(c: Candidate) -> None:
-            run.finished(c, list(all_cands.values()))
-
-        def run_round(rnd: list[Candidate]) -> None:
-            remaining = [c for c in rnd if not c.finished]
-            t0 = time.perf_counter()
-            while remaining:  # waves: a duplicate of a candidate of this round waits for that one's result
-                todo, later, leaders = [], [], set()
-                for c in remaining:
-                    k = key_of(c)
-                    if k is not None and k in seen:
-                        run.cache_hit(c, seen[k])
-                        finished(c)
-                    elif k is not None and k in leaders:
-                        later.append(c)
-                    else:
-                        todo.append(c)
-                        if k is not None:
-                            leaders.add(k)
-                remaining = later
-                if not todo:
-                    continue
-                store.mark_running([c.id for c in todo])
-                for c in todo:
-                    c.status = "running"
-                tasks = [task_of(c) for c in todo]
-                for i, res in ex.map_unordered(work, tasks):
-                    c = todo[i]
-                    run.record(c, res)
-                    remember(c)
-                    finished(c)
-            round_times.append(time.perf_counter() - t0)
-            strat.tell(sorted(rnd, key=lambda c: c.id))
-            status = strat.status()
-            if status:
-                progress.line(status)
-
-        def run_async(resumed: list[Candidate], tail: list[Candidate]) -> None:
-            """Keep ``round_size`` candidates in flight: ask for one whenever one finishes, tell each result as
-            it arrives (recording the order), until the budget is spent and the last result is in.
-
-            ``resumed``: candidates in flight when a resumed run stopped; ``tail``: results it told after
-            its last ask (:func:`replay_async`), told again here first, as arriving results."""
-            told = [sum(1 for c in all_cands.values() if c.told is not None)]  # results told so far
-            in_flight: dict[int, tuple[Candidate, float]] = {}  # executor ticket -> (candidate, submit time)
-            leaders: dict[str, Candidate] = {}  # architecture key -> its candidate in flight
-            parked: dict[str, list[Candidate]] = {}  # key -> candidates waiting for that leader's result
-            durations = [float(c.timings.get("total_s") or 0.0) for c in all_cands.values()
-                         if c.finished and c.cache_of is None and c.timings.get("total_s")]
-            virtual = list(tail)  # results that arrive again (in their told order) before any real one
-            exhausted: list[int] = []  # the asks when the space was found exhausted (said once)
-            for c in virtual:
-                k = key_of(c)
-                if k is not None and c.cache_of is None:
-                    leaders.setdefault(k, c)
-
-            def tell(c: Candidate) -> None:
-                strat.tell([c])
-                remember(c)
-                finished(c)
-                if told[0] % config.round_size == 0:
-                    status = strat.status()
-                    if status:
-                        progress.line(status)
-
-            def next_told() -> int:
-                told[0] += 1
-                return told[0] - 1
-
-            def dispatch(c: Candidate) -> None:
-                k = key_of(c)
-                if k is not None and k in seen:
-                    c.told = next_told()
-                    run.cache_hit(c, seen[k])
-                    tell(c)
-                elif k is not None and k in leaders:
-                    parked.setdefault(k, []).append(c)
-                else:
-                    if k is not None:
-                        leaders[k] = c
-                    store.mark_running([c.id])
-                    c.status = "running"
-                    in_flight[ex.submit(work, task_of(c))] = (c, time.perf_counter())
-
-            def may_ask() -> bool:
-                n_asked = len(all_cands)
-                if budget.kind == "candidates":
-                    n_counted = n_asked if config.count_duplicates else \
-                        sum(1 for c in all_cands.values() if c.cache_of is None)
-                    if n_counted >= int(budget.value):
-                        return False
-                    if n_asked >= MAX_ASKED_PER_BUDGET * int(budget.value):
-                        if not exhausted:
-                            exhausted.append(n_asked)
-                            progress.line(f"search: stopped after asking {n_asked} candidates for a budget of "
-                                          f"{budget}: {n_asked - n_counted} were cache hits of known architectures "
-                                          "(the space looks exhausted for this strategy)")
-                        return False
-                    return True
-                left = budget.value - elapsed()
-                mean = sum(durations) / len(durations) if durations else 0.0
-                return left > 0 and not (durations and left < mean)
-
-            def release(c: Candidate) -> None:  # c's result is in: its duplicates waiting for it go on
-                k = key_of(c)
-                if k is not None and leaders.get(k) is c:
-                    del leaders[k]
-                    for p_ in parked.pop(k, []):  # a cache hit now, or (the leader failed) evaluated itself
-                        dispatch(p_)
-
-            told[0] -= len(virtual)  # told again below
-            for c in resumed:  # the candidates in flight when the run stopped: asked already, evaluated first
-                dispatch(c)
-            while True:
-                busy = len(in_flight) + sum(1 for c in virtual if c.cache_of is None)
-                asking = False  # the budget allows another candidate, and the strategy proposed none
-                while busy < config.round_size and may_ask():
-                    specs = strat.ask(1)
-                    if not specs:  # the strategy waits for a result in flight
-                        asking = True
-                        break
-                    s_ = specs[0]
-                    cid = store.next_id()
-                    c = Candidate(id=cid, round=told[0], op=s_.op, decisions=s_.decisions, parents=list(s_.parents),
-                                  seed=candidate_seed(config.seed, cid))
-                    store.add([c])
-                    all_cands[c.id] = c
-                    dispatch(c)
-                    busy = len(in_flight) + sum(1 for c in virtual if c.cache_of is None)
-                if virtual:  # a stored result arriving again: told as it was, with the cache hits told after it
-                    c = virtual.pop(0)
-                    while True:
-                        told[0] += 1
-                        strat.tell([c])
-                        remember(c)
-                        release(c)
-                        if not (virtual and virtual[0].cache_of is not None):
-                            break
-                        c = virtual.pop(0)
-                    continue
-                if not in_flight:
-                    if asking:  # nothing running and nothing proposed: the strategy cannot go on
-                        raise RuntimeError(f"strategy {config.strategy!r} proposed no candidate with none in flight "
-                                           f"after {told[0]} results: it would wait forever")
-                    break
-                ticket, res = ex.next_result()
-                c, t0 = in_flight.pop(ticket)
-                c.told = next_told()
-                run.record(c, res)
-                durations.append(float(c.timings.get("total_s") or time.perf_counter() - t0))
-                tell(c)
-                release(c)
-
-        try:
-            if config.scheduling == "async":
-                run_async(pending, tail)
-            elif pending:
-                run_round(pending)
-            while config.scheduling == "sync":
-                n_asked = len(all_cands)
-                if budget.kind == "candidates":
-                    n_counted = n_asked if config.count_duplicates else \
-                        sum(1 for c in all_cands.values() if c.cache_of is None)
-                    n = min(config.round_size, int(budget.value) - n_counted)
-                    if n <= 0:
-                        break
-                    if n_asked >= MAX_ASKED_PER_BUDGET * int(budget.value):
-                        progress.line(f"search: stopped after asking {n_asked} candidates for a budget of {budget}: "
-                                      f"{n_asked - n_counted} were cache hits of known architectures (the space "
-                                      "looks exhausted for this strategy)")
-                        break
-                else:
-                    left = budget.value - elapsed()
-                    mean_round = sum(round_times) / len(round_times) if round_times else 0.0
-                    if left <= 0 or (round_times and left < mean_round):
-                        break
-                    n = config.round_size
-                specs = strat.ask(n)
-                rnd_no = (max(c.round for c in all_cands.values()) + 1) if all_cands else 0
-                first = store.next_id()
-                rnd = [Candidate(id=first + i, round=rnd_no, op=s.op, decisions=s.decisions, parents=list(s.parents),
-                                 seed=candidate_seed(config.seed, first + i)) for i, s in enumerate(specs)]
-                store.add(rnd)
-                all_cands.update({c.id: c for c in rnd})
-                run_round(rnd)
-        finally:
-            ex.close()
-            clock.tick()
-        return run.summary(n_resumed)
+        return loop.run_all()
     finally:
         ex.close()  # idempotent: also when the replay failed before the rounds began
         run.close()

@@ -754,6 +754,85 @@ def _reduce_axes(imp, node, a, op_type: str, x: str) -> list[int] | None:
     return axes
 
 
+def _consume(imp, nodes) -> None:
+    index = {id(n): k for k, n in enumerate(imp.model.graph.node)}
+    imp.done.update(index[id(n)] for n in nodes)
+
+
+def _other_input(node, value: str) -> str | None:
+    """The input of a two-input ``node`` that is not ``value`` (``value`` itself for ``f(value, value)``)."""
+    ins = list(node.input)
+    if len(ins) != 2 or value not in ins:
+        return None
+    ins.remove(value)
+    return ins[0]
+
+
+def _decomposed_layer_norm(imp, node, a, x: str, axes: list[int]) -> str | None:
+    """The layer norm torch's exporter writes before opset 17 (and hand-written LayerNorm2d modules do):
+    ``d = x - ReduceMean(x); d / Sqrt(ReduceMean(d ** 2) + eps) [* weight] [+ bias]`` (``d ** 2`` as ``Pow``
+    or ``Mul(d, d)``), over the last axis (``layernorm(axis="last")``) or over the channels of an
+    ``(N, C, H, W)`` map (``axis="channels"``, weight and bias of shape ``(C, 1, 1)``). ``None`` when the
+    nodes are not exactly this formula (they are then read one by one)."""
+    shape = imp.shape(x)
+    rank = len(shape) + 1
+    if not a.get("keepdims", 1) or len(axes) != 1:
+        return None
+    if axes == [rank - 1]:
+        axis, c, pshape = "last", shape[-1], [(shape[-1],)]
+    elif axes == [1] and rank == 4:
+        axis, c, pshape = "channels", shape[0], [(shape[0], 1, 1), (1, shape[0], 1, 1)]
+    else:
+        return None
+    m = node.output[0]
+    sub = imp.sole_user(m)
+    if sub is None or sub.op_type != "Sub" or list(sub.input) != [node.input[0], m]:
+        return None
+    d = sub.output[0]
+    users = imp.users.get(d, [])
+    if len(users) != 2 or d in {o.name for o in imp.model.graph.output}:
+        return None
+    sq = next((u for u in users if u.op_type == "Pow" and u.input[0] == d and _is_const(imp, u.input[1], 2.0)
+               or u.op_type == "Mul" and list(u.input) == [d, d]), None)
+    div = next((u for u in users if u is not sq and u.op_type == "Div" and u.input[0] == d), None)
+    if sq is None or div is None:
+        return None
+    var = imp.sole_user(sq.output[0])
+    if var is None or var.op_type != "ReduceMean" or var.input[0] != sq.output[0]:
+        return None
+    try:
+        if _reduce_axes(imp, var, _attrs(var), "ReduceMean", x) != axes or not _attrs(var).get("keepdims", 1):
+            return None
+    except Skip:
+        return None
+    add = imp.sole_user(var.output[0])
+    eps_in = _other_input(add, var.output[0]) if add is not None and add.op_type == "Add" else None
+    eps = imp.env.get(eps_in) if eps_in else None
+    if not (isinstance(eps, np.ndarray) and eps.size == 1 and float(eps.reshape(())) >= 0):
+        return None
+    sqrt = imp.sole_user(add.output[0])
+    if sqrt is None or sqrt.op_type != "Sqrt" or imp.sole_user(sqrt.output[0]) is not div \
+            or list(div.input) != [d, sqrt.output[0]]:
+        return None
+    nodes, last, params = [node, sub, sq, var, add, sqrt, div], div, {}
+    for kind, op_type in (("weight", "Mul"), ("bias", "Add")):
+        user = imp.sole_user(last.output[0])
+        other = _other_input(user, last.output[0]) if user is not None and user.op_type == op_type else None
+        v = imp.env.get(other) if other else None
+        if not (isinstance(v, np.ndarray) and v.shape in pshape and v.dtype == np.float32):
+            break
+        params[kind] = v.reshape(c)
+        nodes.append(user)
+        last = user
+    if "bias" in params and "weight" not in params:
+        params["weight"] = np.ones(c, np.float32)
+    _consume(imp, nodes)
+    nid = imp.add(last, "layernorm", [x], params=params or None, axis=axis, eps=_f32(float(eps.reshape(()))),
+                  affine=bool(params), bias="bias" in params)
+    imp.env[last.output[0]] = nid
+    return nid
+
+
 @_rule("ReduceMean", "ReduceSum")
 def _reduce(imp, node, a):
     """``ReduceMean`` over H and W of (N, C, H, W) is a ``global_avgpool`` (as from_torch maps
@@ -762,6 +841,10 @@ def _reduce(imp, node, a):
     axes = _reduce_axes(imp, node, a, node.op_type, x)
     if not axes:
         return x  # noop_with_empty_axes
+    if node.op_type == "ReduceMean":
+        nid = _decomposed_layer_norm(imp, node, a, x, axes)
+        if nid is not None:
+            return nid
     keep = bool(a.get("keepdims", 1))
     if node.op_type == "ReduceMean" and len(imp.shape(x)) == 3 and sorted(axes) == [2, 3]:
         gap = imp.add(node, "global_avgpool", [x])
@@ -966,11 +1049,57 @@ def _squeeze(imp, node, a):
     return _reshape_to(imp, node, x, [0] + full[1:])
 
 
+def _gathernd_pool(imp, node, x: str) -> str | None:
+    """torch's dynamo decomposition of an adaptive average pool whose windows along each axis all have
+    one length (e.g. 7 -> 3, 1 -> 3): ``Transpose(x, [2, 3, 0, 1])``, ``GatherND`` of the constant window
+    indices ``(oh, kh, ow, kw, 2)``, ``Transpose([4, 5, 0, 1, 2, 3])``, ``ReduceMean`` over the two window
+    axes. Read as ``adaptive_avgpool2d`` only when the indices are exactly torch's adaptive windows.
+    (Windows of different lengths, e.g. 5 -> 3, are written as a masked ``Where`` and a chain of
+    ``Gather``/``Add``s; that is not read.)"""
+    from archir.ops.core import adaptive_windows
+
+    _, h, w = imp.shape(x)
+    gnd = imp.sole_user(node.output[0])
+    if gnd is None or gnd.op_type != "GatherND" or gnd.input[0] != node.output[0] or _attrs(gnd).get("batch_dims", 0):
+        return None
+    idx = imp.env.get(gnd.input[1])
+    if not (isinstance(idx, np.ndarray) and idx.ndim == 5 and idx.shape[-1] == 2):
+        return None
+    oh, kh, ow, kw, _ = idx.shape
+    wins = adaptive_windows(h, oh), adaptive_windows(w, ow)
+    if {e - s for s, e in wins[0]} != {kh} or {e - s for s, e in wins[1]} != {kw}:
+        return None
+    want = np.zeros(idx.shape, np.int64)
+    want[..., 0] = (np.array([s for s, _ in wins[0]])[:, None] + np.arange(kh))[:, :, None, None]
+    want[..., 1] = (np.array([s for s, _ in wins[1]])[:, None] + np.arange(kw))[None, None]
+    back = imp.sole_user(gnd.output[0])
+    if not np.array_equal(idx, want) or back is None or back.op_type != "Transpose" \
+            or [int(v) for v in _attrs(back).get("perm", [])] != [4, 5, 0, 1, 2, 3]:
+        return None
+    red = imp.sole_user(back.output[0])
+    if red is None or red.op_type != "ReduceMean" or red.input[0] != back.output[0] or _attrs(red).get("keepdims", 1):
+        return None
+    axes = _attrs(red).get("axes")
+    if axes is None and len(red.input) > 1 and red.input[1]:
+        c = imp.env.get(red.input[1])
+        axes = c.reshape(-1).tolist() if isinstance(c, np.ndarray) else None
+    if axes is None or sorted(int(v) % 6 for v in axes) != [3, 5]:
+        return None
+    _consume(imp, [gnd, back, red])
+    nid = imp.add(red, "adaptive_avgpool2d", [x], output_size=[oh, ow])
+    imp.env[red.output[0]] = nid
+    return nid
+
+
 @_rule("Transpose")
 def _transpose(imp, node, a):
     x = imp.act(node.input[0])
     rank = len(imp.shape(x)) + 1
     perm = [int(v) for v in a.get("perm", list(range(rank))[::-1])]
+    if perm == [2, 3, 0, 1] and rank == 4:
+        nid = _gathernd_pool(imp, node, x)
+        if nid is not None:
+            return nid
     if sorted(perm) != list(range(rank)) or perm[0] != 0:
         raise Skip(f"Transpose perm={perm} moves the batch dim; archir keeps the batch first")
     if perm == list(range(rank)):

@@ -538,7 +538,9 @@ def _gelu_chain(imp, start, x: str, steps, approximate: str):
     from archir.lower.onnx import GELU_SQRT2, GELU_TANH_C, GELU_TANH_K
 
     steps = [(op, {"sqrt2": GELU_SQRT2, "c": GELU_TANH_C, "k": GELU_TANH_K}.get(o, o)) for op, o in steps]
-    nodes = _follow(imp, start, x, steps + [("Add", 1.0), ("Mul", "x"), ("Mul", 0.5)])
+    nodes = None
+    for tail in ([("Add", 1.0), ("Mul", "x"), ("Mul", 0.5)], [("Add", 1.0), ("Mul", 0.5), ("Mul", "x")]):
+        nodes = nodes or _follow(imp, start, x, steps + tail)
     if nodes is None:
         return None
     index = {id(n): k for k, n in enumerate(imp.model.graph.node)}
@@ -676,7 +678,8 @@ def _pad(imp, node, a):
             and pads[:6] == [0] * 6 and user is not None and user.op_type == "MaxPool"):
         return _pad_maxpool(imp, node, x, pads, user)
     if mode not in _PAD_MODES:
-        raise Skip(f"Pad mode {mode!r}; archir pads with constant, reflect or edge (replicate)")
+        raise Skip(f"Pad mode {mode!r}; archir pads with constant, reflect or edge (torch's F.pad modes "
+                   "'constant', 'reflect', 'replicate'): export with one of those (a circular pad has no IR op)")
     if rank != 4 or len(pads) != 8:
         raise Skip(f"Pad of a rank-{rank} tensor with {len(pads)} pads; archir pads H and W of (N, C, H, W)")
     if pads[:2] != [0, 0] or pads[4:6] != [0, 0]:
@@ -789,7 +792,7 @@ def _decomposed_layer_norm(imp, node, a, x: str, axes: list[int]) -> str | None:
     if sub is None or sub.op_type != "Sub" or list(sub.input) != [node.input[0], m]:
         return None
     d = sub.output[0]
-    users = imp.users.get(d, [])
+    users = list({id(u): u for u in imp.users.get(d, [])}.values())  # Mul(d, d) reads d twice
     if len(users) != 2 or d in {o.name for o in imp.model.graph.output}:
         return None
     sq = next((u for u in users if u.op_type == "Pow" and u.input[0] == d and _is_const(imp, u.input[1], 2.0)
@@ -865,13 +868,20 @@ def _softmax(imp, node, a):
     return imp.add(node, "softmax" if node.op_type == "Softmax" else "log_softmax", [x], dim=axis)
 
 
-def _resize_scale(imp, node, x) -> dict:
+def _resize_scale(imp, node, x, axes=()) -> dict:
     """The ``size=`` or ``scale_factor=`` of a ``Resize`` (scales, or sizes: constant or torch's
-    ``Concat(Slice(Shape(x), 0, 2), [oh, ow])``)."""
+    ``Concat(Slice(Shape(x), 0, 2), [oh, ow])``; for ``axes=[2, 3]`` (opset 18) the two of H and W)."""
     _, h, w = imp.shape(x)
     sizes = imp.env.get(node.input[3], _BAD) if len(node.input) > 3 and node.input[3] else None
+
+    def full(v, one):  # the H, W values of axes=[2, 3] (or [3, 2]) as the 4 of every axis
+        v = v.reshape(-1).tolist()
+        if not axes or len(v) != 2:
+            return v
+        return [one, one, *(v if axes == [2, 3] else v[::-1])]
+
     if sizes is not None:
-        dims = sizes.dims if isinstance(sizes, _ShapeOf) else (sizes.reshape(-1).tolist()
+        dims = sizes.dims if isinstance(sizes, _ShapeOf) else (full(sizes, None)
                                                                if isinstance(sizes, np.ndarray) else None)
         if dims is None or len(dims) != 4 or any(d is None for d in dims[2:]):
             raise Skip("Resize sizes that are not known when importing")
@@ -879,8 +889,9 @@ def _resize_scale(imp, node, x) -> dict:
             raise Skip(f"Resize to {dims[1]} channels; archir resizes H and W only")
         return {"size": [int(dims[2]), int(dims[3])]}
     scales = imp.const(node.input[2], "the Resize scales") if len(node.input) > 2 and node.input[2] else None
+    scales = None if scales is None else np.asarray(full(scales, 1.0), np.float64)
     if scales is None or scales.size != 4:
-        raise Skip("Resize without 4 scales or sizes")
+        raise Skip("Resize without 4 scales or sizes (or 2 with axes=[2, 3])")
     sn, sc, sh, sw = (float(v) for v in scales.reshape(-1))
     if (sn, sc) != (1.0, 1.0):
         raise Skip(f"Resize scales {scales.tolist()} resize the batch or channel axis")
@@ -901,8 +912,15 @@ def _resize(imp, node, a):
     if len(imp.shape(x)) != 3:
         raise Skip(f"Resize of a rank-{len(imp.shape(x)) + 1} tensor; archir's upsample takes (N, C, H, W)")
     mode, ctm = _s(a.get("mode", "nearest")), _s(a.get("coordinate_transformation_mode", "half_pixel"))
-    if int(a.get("antialias", 0)) or _s(a.get("keep_aspect_ratio_policy", "stretch")) != "stretch" or a.get("axes"):
-        raise Skip("Resize with antialias, keep_aspect_ratio_policy or axes")
+    if int(a.get("antialias", 0)):
+        raise Skip("Resize with antialias=1; archir's upsample (torch's interpolate, antialias=False) does not "
+                   "filter: export without antialias")
+    if _s(a.get("keep_aspect_ratio_policy", "stretch")) != "stretch" and len(node.input) > 3 and node.input[3]:
+        raise Skip(f"Resize keep_aspect_ratio_policy={_s(a['keep_aspect_ratio_policy'])}; archir resizes to the "
+                   "sizes given (stretch): export with scales or the default policy")
+    axes = [int(v) % 4 for v in a.get("axes", [])]
+    if axes and sorted(axes) != [2, 3]:
+        raise Skip(f"Resize along axes {a['axes']}; archir's upsample resizes H and W (axes 2 and 3) together")
     if mode == "nearest":
         if ctm != "asymmetric" or _s(a.get("nearest_mode", "round_prefer_floor")) != "floor":
             raise Skip(f"nearest Resize with coordinate_transformation_mode={ctm}, nearest_mode="
@@ -914,8 +932,9 @@ def _resize(imp, node, a):
                        "half_pixel or align_corners (torch's align_corners=False / True)")
         attrs = {"mode": "bilinear", "align_corners": ctm == "align_corners"}
     else:
-        raise Skip(f"Resize mode={mode}; archir's upsample has nearest and bilinear")
-    attrs.update(_resize_scale(imp, node, x))
+        raise Skip(f"Resize mode={mode}; archir's upsample has nearest (asymmetric, floor) and linear "
+                   "(half_pixel or align_corners): export with F.interpolate(mode='nearest' or 'bilinear')")
+    attrs.update(_resize_scale(imp, node, x, axes))
     nid = imp.add(node, "upsample", [x], **attrs)
     if ctm == "pytorch_half_pixel" and 1 in imp.shape(nid)[1:]:
         raise Skip("pytorch_half_pixel Resize to a length-1 axis (it differs from half_pixel there)")
@@ -1122,22 +1141,45 @@ def _transpose(imp, node, a):
 
 @_rule("LayerNormalization")
 def _layer_norm(imp, node, a, x=None, axis="last", name_from=None):
+    """``LayerNormalization`` over the last axis (``layernorm(axis="last")``); over several trailing axes
+    ``k..`` (``axis=k`` with ``1 <= k < rank - 1``, e.g. torch's ``nn.LayerNorm((H, W))``) as the primitives it
+    is: ``reshape`` to ``(N, d1.., prod(dk..))``, ``layernorm`` over that last axis (scale and bias flattened
+    alike), ``reshape`` back."""
     x = imp.act(node.input[0]) if x is None else x
-    rank = len(imp.shape(x)) + 1 if axis == "last" else 4
-    if int(a.get("axis", -1)) % rank != rank - 1:
-        raise Skip(f"LayerNormalization over axes {int(a.get('axis', -1))}.. of a rank-{rank} tensor; archir "
-                   "normalises over the last axis (or the channels: Transpose, LayerNormalization, Transpose)")
+    ins = list(imp.shape(x))
+    rank = len(ins) + 1 if axis == "last" else 4
+    k = int(a.get("axis", -1))
+    if not -rank <= k < rank or k % rank == 0:
+        raise Skip(f"LayerNormalization(axis={k}) of a rank-{rank} tensor normalises across the batch axis (or "
+                   "is out of range); archir normalises within a sample: export with axis >= 1")
+    k %= rank
     if int(a.get("stash_type", 1)) != 1:
-        raise Skip("LayerNormalization with stash_type other than float32")
+        raise Skip(f"LayerNormalization with stash_type={int(a.get('stash_type', 1))}; archir computes the "
+                   "statistics in float32: export with stash_type=1 (the default)")
     if len(node.output) > 1 and any(o and o in imp.users for o in node.output[1:]):
-        raise Skip("LayerNormalization's mean / inverse std outputs are used")
+        raise Skip("LayerNormalization's mean / inverse std outputs are used; archir's layernorm has one output")
+    if k != rank - 1 and axis != "last":
+        raise Skip(f"LayerNormalization(axis={k}) between Transposes to channels-last; archir's channel layer norm "
+                   "normalises over the channels only (axis=-1)")
+    norm = ins[k - 1:] if axis == "last" else ins[:1]  # the channels of (C, H, W)
     w = imp.const(node.input[1], "the LayerNormalization scale")
     b = imp.const(node.input[2], "the LayerNormalization bias") if len(node.input) > 2 and node.input[2] else None
-    params = {"weight": w.reshape(-1)}
-    if b is not None:
-        params["bias"] = b.reshape(-1)
-    return imp.add(name_from or node, "layernorm", [x], params=params, axis=axis, eps=_f32(a.get("epsilon", 1e-5)),
-                   affine=True, bias=b is not None)
+    params = {}
+    for key, v in (("weight", w), ("bias", b)):
+        if v is None:
+            continue
+        try:
+            params[key] = np.ascontiguousarray(np.broadcast_to(v, norm), np.float32).reshape(-1)
+        except ValueError:
+            raise Skip(f"LayerNormalization {key} of shape {v.shape} does not broadcast to the normalised "
+                       f"shape {tuple(norm)}") from None
+    eps = _f32(a.get("epsilon", 1e-5))
+    if k == rank - 1:
+        return imp.add(name_from or node, "layernorm", [x], params=params, axis=axis, eps=eps, affine=True,
+                       bias=b is not None)
+    flat = _reshape_to(imp, node, x, [0, *ins[:k - 1], math.prod(norm)])
+    ln = imp.add(node, "layernorm", [flat], params=params, axis="last", eps=eps, affine=True, bias=b is not None)
+    return _reshape_to(imp, node, ln, [0, *ins])
 
 
 @_rule("Concat")
@@ -1179,6 +1221,10 @@ def _mul(imp, node, a):
     x, c = (l, r) if isinstance(l, str) else (r, l)
     if not isinstance(x, str) or not isinstance(c, np.ndarray):
         raise Skip("Mul of two constants")
+    if c.size == 1 and math.isclose(float(c.reshape(())), math.sqrt(0.5), rel_tol=1e-6):  # gelu: x / sqrt 2 ...
+        nid = _gelu_chain(imp, node, node.input[0 if isinstance(l, str) else 1], [("Erf", None)], "none")
+        if nid is not None:
+            return nid
     shape = imp.shape(x)
     if c.size == 1 and float(c.reshape(())) == 0.0:
         return imp.add(node, "zero", [x])

@@ -3,9 +3,13 @@
 Reads models from ``torch.onnx.export`` and from ``archir.lower.to_onnx`` (which it maps back
 op for op: a ``Gemm``/``MatMul(+Add)`` is a ``linear``, ``Sigmoid`` then ``Mul`` of the same
 value is a ``silu``, the ``MatMul`` pair of an uneven adaptive pooling is an
-``adaptive_avgpool2d``, a per-channel constant ``Mul`` is a ``scale``, the GELU formula (``Erf``
-or ``Tanh`` form, as opset 17 writes it) is a ``gelu``, a ``Clip`` with finite bounds other than
-``(0, 6)`` is a ``hardtanh``, a ``Split`` is one ``slice`` per output). Small constant shape
+``adaptive_avgpool2d``, and so is torch dynamo's ``Transpose -> GatherND -> Transpose -> ReduceMean``
+of one whose windows have one length per axis, a per-channel constant ``Mul`` is a ``scale``, the
+GELU formula (``Erf`` or ``Tanh`` form, as exporters write it before opset 20's ``Gelu``) is a
+``gelu``, torch's ``ReduceMean``/``Sub``/``Pow``/``Sqrt``/``Div`` layer norm (before opset 17's
+``LayerNormalization``) is a ``layernorm``, a ``LayerNormalization`` over several trailing axes is
+``reshape -> layernorm -> reshape``, a ``Clip`` with finite bounds other than ``(0, 6)`` is a
+``hardtanh``, a ``Split`` is one ``slice`` per output). Small constant shape
 arithmetic in the graph (torch's computed ``Pad`` pads, ``chunk`` bounds) is evaluated first.
 
 Loading is safe by default:

@@ -447,3 +447,36 @@ def test_dynamo_export_of_family_imports(family):
         assert "GatherND" in {n.op_type for n in proto.graph.node}
         assert g.nodes("adaptive_avgpool2d")
     assert g.num_params() <= sum(p.numel() for p in m.parameters())
+
+
+def _gathernd_pool_model(h, w, oh, ow, opset=20, perturb=False):
+    """dynamo's adaptive average pool: windows of one length per axis gathered by a constant index."""
+    from archir.ops.core import adaptive_windows
+
+    wh, ww = adaptive_windows(h, oh), adaptive_windows(w, ow)
+    kh, kw = wh[0][1] - wh[0][0], ww[0][1] - ww[0][0]
+    idx = np.zeros((oh, kh, ow, kw, 2), np.int64)
+    for i, (s, _) in enumerate(wh):
+        for a in range(kh):
+            for j, (t, _) in enumerate(ww):
+                for b in range(kw):
+                    idx[i, a, j, b] = (s + a, t + b)
+    if perturb:
+        idx[-1, -1, -1, -1, 1] -= 1  # one element of the last window moved
+    nodes = [N("Transpose", ["x"], ["t"], perm=[2, 3, 0, 1], name="t0"), N("GatherND", ["t", "idx"], ["g"], name="g"),
+             N("Transpose", ["g"], ["tb"], perm=[4, 5, 0, 1, 2, 3], name="t1"),
+             N("ReduceMean", ["tb", "axes"], ["y"], keepdims=0, name="pool")]
+    return _model(nodes, {"idx": idx, "axes": _i64(-3, -1)}, (3, h, w), opset)
+
+
+@pytest.mark.parametrize("h,w,oh,ow", [(7, 7, 3, 3), (1, 1, 3, 3), (6, 4, 3, 4), (7, 5, 3, 2)])
+def test_dynamo_gathernd_adaptive_pool_reads_as_adaptive_avgpool2d(h, w, oh, ow):
+    from archir.ops.core import adaptive_windows
+
+    assert len({e - s for s, e in adaptive_windows(h, oh)}) == len({e - s for s, e in adaptive_windows(w, ow)}) == 1
+    g = _check(_gathernd_pool_model(h, w, oh, ow), (3, h, w))
+    assert _ops(g) == {"adaptive_avgpool2d"}
+    assert np.broadcast_to(g.node(g.outputs[0]).attrs["output_size"], 2).tolist() == [oh, ow]
+    with pytest.raises(UnsupportedModelError) as e:  # an index that is not exactly the windows is no pool
+        from_onnx(_gathernd_pool_model(h, w, oh, ow, perturb=True))
+    assert "GatherND" in str(e.value)

@@ -786,9 +786,11 @@ def _decomposed_layer_norm(imp, node, a, x: str, axes: list[int]) -> str | None:
     if not a.get("keepdims", 1) or len(axes) != 1:
         return None
     if axes == [rank - 1]:
-        axis, c, pshape = "last", shape[-1], [(shape[-1],)]
+        axis, c = "last", shape[-1]
+        pshape = [(1,) * k + (c,) for k in range(rank)]  # (C,), (1, C), ...: broadcast over the leading axes
     elif axes == [1] and rank == 4:
-        axis, c, pshape = "channels", shape[0], [(shape[0], 1, 1), (1, shape[0], 1, 1)]
+        axis, c = "channels", shape[0]
+        pshape = [(c, 1, 1), (1, c, 1, 1)]
     else:
         return None
     m = node.output[0]

@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from archir.frontend import UnsupportedModelError, from_onnx
@@ -358,6 +360,74 @@ def test_a_formula_that_is_not_a_layer_norm_stays_unsupported():
     with pytest.raises(UnsupportedModelError) as e:
         from_onnx(_model(nodes, inits, shape, 17))
     assert "Sqrt" in str(e.value)
+
+
+@st.composite
+def _slice_pad_resize_files(draw):
+    """A random chain of ``Slice`` (random bounds, negative ones and steps included), ``Pad`` (random mode and
+    pads, written with or without the ``axes`` input) and ``Resize`` (torch's modes) at a random opset 17-21."""
+    opset = draw(st.sampled_from(OPSETS))
+    start_shape = (draw(st.integers(1, 4)), draw(st.integers(2, 7)), draw(st.integers(2, 7)))
+    shape = list(start_shape)
+    nodes, inits, cur = [], {}, "x"
+    for i in range(draw(st.integers(1, 4))):
+        out = f"v{i}"
+        kind = draw(st.sampled_from(["slice", "pad", "resize"]))
+        if kind == "slice":
+            ax = draw(st.integers(1, 3))
+            n = shape[ax - 1]
+            step = draw(st.integers(1, 3))
+            start = draw(st.integers(-n, n - 1))
+            end = draw(st.sampled_from([BIG, -1, n, n + 5]) | st.integers(-n, n))
+            got = len(range(*slice(start, end, step).indices(n)))
+            if got == 0:
+                continue
+            shape[ax - 1] = got
+            inits.update({f"s{i}": _i64(start), f"e{i}": _i64(end), f"a{i}": _i64(ax), f"t{i}": _i64(step)})
+            nodes.append(N("Slice", [cur, f"s{i}", f"e{i}", f"a{i}", f"t{i}"], [out], name=f"slice{i}"))
+        elif kind == "pad":
+            mode = draw(st.sampled_from(["constant", "reflect", "edge"]))
+            hi = [n - 1 if mode == "reflect" else 3 for n in shape[1:]]
+            t, b = (draw(st.integers(0, hi[0])) for _ in range(2))
+            left, r = (draw(st.integers(0, hi[1])) for _ in range(2))
+            shape = [shape[0], shape[1] + t + b, shape[2] + left + r]
+            value = f"c{i}" if mode == "constant" and draw(st.booleans()) else ""
+            if value:
+                inits[value] = np.float32(draw(st.floats(-2, 2, width=32)))
+            if opset >= 18 and draw(st.booleans()):  # pads for the axes input only
+                inits[f"p{i}"], inits[f"ax{i}"] = _i64(t, left, b, r), _i64(2, 3)
+                ins = [cur, f"p{i}", value, f"ax{i}"]
+            else:
+                inits[f"p{i}"] = _i64(0, 0, t, left, 0, 0, b, r)
+                ins = [cur, f"p{i}"] + ([value] if value else [])
+            nodes.append(N("Pad", ins, [out], mode=mode, name=f"pad{i}"))
+        else:
+            mode, ctm = draw(st.sampled_from([("nearest", "asymmetric"), ("linear", "half_pixel"),
+                                              ("linear", "align_corners")]))
+            s = draw(st.sampled_from([1.5, 2.0, 3.0])) if ctm != "align_corners" else 2.0
+            kw = {"nearest_mode": "floor"} if mode == "nearest" else {}
+            inits[f"r{i}"] = _f32(1, 1, s, s)
+            shape = [shape[0], int(shape[1] * s), int(shape[2] * s)]
+            nodes.append(N("Resize", [cur, "", f"r{i}"], [out], mode=mode, coordinate_transformation_mode=ctm,
+                           name=f"up{i}", **kw))
+        cur = out
+    nodes.append(N("Relu", [cur], ["y"], name="relu"))  # an exported value is never the input itself
+    return opset, nodes, inits, start_shape, tuple(shape)
+
+
+@settings(max_examples=20)
+@given(_slice_pad_resize_files(), st.integers(0, 2**16))
+def test_random_slice_pad_resize_chains_match_onnx_runtime(case, seed):
+    opset, nodes, inits, in_shape, out_shape = case
+    m = _model(nodes, inits, in_shape, opset)
+    x = np.random.default_rng(seed).standard_normal((2, *in_shape)).astype(np.float32) + 0.5
+    ref = _ort(m, x)
+    assert ref.shape == (2, *out_shape)  # the strategy's own shape arithmetic agrees with ORT
+    g = from_onnx(m)
+    assert g.node(g.outputs[0]).type.shape == out_shape
+    with torch.no_grad():
+        got = to_fx(g).eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, ref, atol=TOL, rtol=TOL)
 
 
 # --------------------------------------------------------------------------- refusals

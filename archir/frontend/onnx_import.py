@@ -4,9 +4,10 @@ Reads models from ``torch.onnx.export`` and from ``archir.lower.to_onnx`` (which
 op for op: a ``Gemm``/``MatMul(+Add)`` is a ``linear``, ``Sigmoid`` then ``Mul`` of the same
 value is a ``silu``, the ``MatMul`` pair of an uneven adaptive pooling is an
 ``adaptive_avgpool2d``, and so is torch dynamo's ``Transpose -> GatherND -> Transpose -> ReduceMean``
-of one whose windows have one length per axis, a per-channel constant ``Mul`` is a ``scale``, the
-GELU formula (``Erf`` or ``Tanh`` form, as exporters write it before opset 20's ``Gelu``) is a
-``gelu``, torch's ``ReduceMean``/``Sub``/``Pow``/``Sqrt``/``Div`` layer norm (before opset 17's
+of one whose windows have one length per axis, and its masked ``Where``/``Gather``/``Add``/``Div``
+form for windows of several lengths (proved linear and probed on a basis), a per-channel
+constant ``Mul`` is a ``scale``, the GELU formula (``Erf`` or ``Tanh`` form, as exporters write
+it before opset 20's ``Gelu``) is a ``gelu``, torch's ``ReduceMean``/``Sub``/``Pow``/``Sqrt``/``Div`` layer norm (before opset 17's
 ``LayerNormalization``) is a ``layernorm``, a ``LayerNormalization`` over several trailing axes is
 ``reshape -> layernorm -> reshape``, a ``Clip`` with finite bounds other than ``(0, 6)`` is a
 ``hardtanh``, a ``Split`` is one ``slice`` per output). Small constant shape
@@ -1116,6 +1117,83 @@ def _gathernd_pool(imp, node, x: str) -> str | None:
     return nid
 
 
+#: ops of dynamo's masked adaptive pool that are linear in their network input (constant indices, masks,
+#: divisors); :func:`_probed_pool` checks each use is
+_LINEAR_OPS = frozenset({"Transpose", "GatherND", "Gather", "Where", "Add", "Mul", "Div", "ReduceSum", "ReduceMean"})
+#: largest H * W of a map whose pooling is probed (the probe batch holds 2 * H * W maps)
+_PROBE_MAX = 1024
+
+
+def _probed_pool(imp, node, x: str) -> str | None:
+    """torch dynamo's adaptive average pool with windows of several lengths (e.g. VGG's 2 -> 7 at 64x64):
+    ``Transpose``, ``GatherND`` of the windows padded to the longest, ``Transpose``, ``Where`` masks zeroing
+    the padding, a chain of ``Gather``/``Add`` summing each window, ``Div`` by the window sizes.
+
+    The nodes reachable from ``node`` through these ops, with every other input a constant (indices,
+    masks, zeros, divisors), are a linear map of ``x`` (each op is checked to be used linearly), and
+    they must have one value read from outside. A linear map is known from its values on a basis: the
+    nodes are evaluated (onnx.reference) on every one-hot ``(2, H, W)`` map, and read as
+    ``adaptive_avgpool2d`` only when they give exactly torch's adaptive averages, channel by channel."""
+    from onnx.reference import ReferenceEvaluator
+
+    from archir.lower.onnx import adaptive_matrix
+
+    c, h, w = imp.shape(x)
+    if h * w > _PROBE_MAX:
+        return None
+    graph = list(imp.model.graph.node)
+    inside, members, consts = set(node.output), [node], {}
+    for n in graph[graph.index(node) + 1:]:  # in topological order
+        ins = [i for i in n.input if i]
+        live = [i for i in ins if i in inside]
+        if not live or n.op_type not in _LINEAR_OPS:
+            continue  # not reading the pool, or reading its result
+        for i in ins:
+            if i not in inside:
+                if not isinstance(imp.env.get(i), np.ndarray):
+                    return None
+                consts[i] = imp.env[i]
+        linear = {"Where": n.input[0] not in inside and len(live) == 1
+                  and all(not np.any(consts[i]) for i in n.input[1:] if i not in inside),  # x or 0
+                  "Mul": len(live) == 1, "Div": n.input[0] in inside and len(live) == 1,
+                  "Add": len(live) == len(ins) == 2, "Gather": n.input[0] in inside and len(live) == 1,
+                  "GatherND": n.input[0] in inside and len(live) == 1}.get(n.op_type, len(live) == 1)
+        if not linear:
+            return None
+        members.append(n)
+        inside.update(o for o in n.output if o)
+    ids = {id(m) for m in members}
+    outs = {o.name for o in imp.model.graph.output}
+    exits = [v for v in inside if v in outs or any(id(u) not in ids for u in imp.users.get(v, []))]
+    if len(exits) != 1 or exits[0] == node.output[0] or len(members) < 3:
+        return None
+    cp = min(c, 2)
+    basis = np.eye(cp * h * w, dtype=np.float32).reshape(cp * h * w, cp, h, w)
+    sub = onnx.helper.make_graph(
+        [onnx.NodeProto.FromString(m.SerializeToString()) for m in members], "probe",
+        [onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None)],
+        [onnx.helper.make_tensor_value_info(exits[0], onnx.TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()])
+    try:
+        model = onnx.helper.make_model(sub, opset_imports=list(imp.model.opset_import))
+        (y,) = ReferenceEvaluator(model).run(None, {node.input[0]: basis})
+    except Exception:  # noqa: BLE001 - constants that do not fit the probe's shapes: not this pattern
+        return None
+    y = np.asarray(y)
+    if y.ndim != 4 or y.shape[:2] != (cp * h * w, cp):
+        return None
+    oh, ow = y.shape[2:]
+    # one-hot input k = (ch, i, j) -> output channel ch holds the outer product of the two averaging columns
+    want = np.einsum("cd,ai,bj->cijdab", np.eye(cp), adaptive_matrix(h, oh), adaptive_matrix(w, ow))
+    if not np.allclose(y, want.reshape(cp * h * w, cp, oh, ow), rtol=0, atol=1e-6):
+        return None
+    last = imp.producer[exits[0]]
+    _consume(imp, members[1:])
+    nid = imp.add(last, "adaptive_avgpool2d", [x], output_size=[int(oh), int(ow)])
+    imp.env[exits[0]] = nid
+    return nid
+
+
 @_rule("Transpose")
 def _transpose(imp, node, a):
     x = imp.act(node.input[0])
@@ -1123,6 +1201,8 @@ def _transpose(imp, node, a):
     perm = [int(v) for v in a.get("perm", list(range(rank))[::-1])]
     if perm == [2, 3, 0, 1] and rank == 4:
         nid = _gathernd_pool(imp, node, x)
+        if nid is None:
+            nid = _probed_pool(imp, node, x)
         if nid is not None:
             return nid
     if sorted(perm) != list(range(rank)) or perm[0] != 0:

@@ -532,14 +532,14 @@ def _gathernd_pool_model(h, w, oh, ow, opset=20, perturb=False):
                 for b in range(kw):
                     idx[i, a, j, b] = (s + a, t + b)
     if perturb:
-        idx[-1, -1, -1, -1, 1] -= 1  # one element of the last window moved
+        idx[-1, -1, -1, -1, 0] -= 1  # one row of the last window moved up (every case has h >= 2)
     nodes = [N("Transpose", ["x"], ["t"], perm=[2, 3, 0, 1], name="t0"), N("GatherND", ["t", "idx"], ["g"], name="g"),
              N("Transpose", ["g"], ["tb"], perm=[4, 5, 0, 1, 2, 3], name="t1"),
              N("ReduceMean", ["tb", "axes"], ["y"], keepdims=0, name="pool")]
     return _model(nodes, {"idx": idx, "axes": _i64(-3, -1)}, (3, h, w), opset)
 
 
-@pytest.mark.parametrize("h,w,oh,ow", [(7, 7, 3, 3), (1, 1, 3, 3), (6, 4, 3, 4), (7, 5, 3, 2)])
+@pytest.mark.parametrize("h,w,oh,ow", [(7, 7, 3, 3), (2, 1, 4, 3), (6, 4, 3, 4), (7, 5, 3, 2)])
 def test_dynamo_gathernd_adaptive_pool_reads_as_adaptive_avgpool2d(h, w, oh, ow):
     from archir.ops.core import adaptive_windows
 
@@ -549,4 +549,33 @@ def test_dynamo_gathernd_adaptive_pool_reads_as_adaptive_avgpool2d(h, w, oh, ow)
     assert np.broadcast_to(g.node(g.outputs[0]).attrs["output_size"], 2).tolist() == [oh, ow]
     with pytest.raises(UnsupportedModelError) as e:  # an index that is not exactly the windows is no pool
         from_onnx(_gathernd_pool_model(h, w, oh, ow, perturb=True))
+    assert "GatherND" in str(e.value)
+
+
+def test_dynamo_masked_adaptive_pool_with_windows_of_several_lengths():
+    """VGG at 64x64 pools 2 -> 7 (windows of 1 and 2): dynamo writes GatherND, Where masks, Gather/Add sums and
+    a Div; probed on a basis, it is exactly adaptive_avgpool2d. A wrong divisor is no pool."""
+    pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs onnxscript")
+    m = torch.nn.AdaptiveAvgPool2d((7, 3)).eval()
+    x = torch.randn(2, 4, 2, 5)
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            proto = torch.onnx.export(m, (x,), dynamo=True, verbose=False,
+                                      dynamic_shapes=({0: torch.export.Dim("batch")},)).model_proto
+    finally:
+        logging.disable(logging.NOTSET)
+    assert {"GatherND", "Where", "Gather", "Div"} <= {n.op_type for n in proto.graph.node}
+    g = _check(proto, (4, 2, 5))
+    assert _ops(g) == {"adaptive_avgpool2d"}
+    with torch.no_grad():
+        np.testing.assert_allclose(to_fx(g).eval()(x).numpy(), m(x).numpy(), atol=TOL, rtol=TOL)
+    div = next(n for n in proto.graph.node if n.op_type == "Div")
+    init = next(t for t in proto.graph.initializer if t.name == div.input[1])
+    counts = numpy_helper.to_array(init).copy()
+    counts.reshape(-1)[0] += 1.0  # the first window averaged over one element too many
+    init.CopyFrom(numpy_helper.from_array(counts, init.name))
+    with pytest.raises(UnsupportedModelError) as e:
+        from_onnx(proto)
     assert "GatherND" in str(e.value)

@@ -3,9 +3,14 @@
 Reads models from ``torch.onnx.export`` and from ``archir.lower.to_onnx`` (which it maps back
 op for op: a ``Gemm``/``MatMul(+Add)`` is a ``linear``, ``Sigmoid`` then ``Mul`` of the same
 value is a ``silu``, the ``MatMul`` pair of an uneven adaptive pooling is an
-``adaptive_avgpool2d``, a per-channel constant ``Mul`` is a ``scale``, the GELU formula (``Erf``
-or ``Tanh`` form, as opset 17 writes it) is a ``gelu``, a ``Clip`` with finite bounds other than
-``(0, 6)`` is a ``hardtanh``, a ``Split`` is one ``slice`` per output). Small constant shape
+``adaptive_avgpool2d``, and so is torch dynamo's ``Transpose -> GatherND -> Transpose -> ReduceMean``
+of one whose windows have one length per axis, and its masked ``Where``/``Gather``/``Add``/``Div``
+form for windows of several lengths (proved linear and probed on a basis), a per-channel
+constant ``Mul`` is a ``scale``, the GELU formula (``Erf`` or ``Tanh`` form, as exporters write
+it before opset 20's ``Gelu``) is a ``gelu``, torch's ``ReduceMean``/``Sub``/``Pow``/``Sqrt``/``Div`` layer norm (before opset 17's
+``LayerNormalization``) is a ``layernorm``, a ``LayerNormalization`` over several trailing axes is
+``reshape -> layernorm -> reshape``, a ``Clip`` with finite bounds other than ``(0, 6)`` is a
+``hardtanh``, a ``Split`` is one ``slice`` per output). Small constant shape
 arithmetic in the graph (torch's computed ``Pad`` pads, ``chunk`` bounds) is evaluated first.
 
 Loading is safe by default:
@@ -538,7 +543,9 @@ def _gelu_chain(imp, start, x: str, steps, approximate: str):
     from archir.lower.onnx import GELU_SQRT2, GELU_TANH_C, GELU_TANH_K
 
     steps = [(op, {"sqrt2": GELU_SQRT2, "c": GELU_TANH_C, "k": GELU_TANH_K}.get(o, o)) for op, o in steps]
-    nodes = _follow(imp, start, x, steps + [("Add", 1.0), ("Mul", "x"), ("Mul", 0.5)])
+    nodes = None
+    for tail in ([("Add", 1.0), ("Mul", "x"), ("Mul", 0.5)], [("Add", 1.0), ("Mul", 0.5), ("Mul", "x")]):
+        nodes = nodes or _follow(imp, start, x, steps + tail)
     if nodes is None:
         return None
     index = {id(n): k for k, n in enumerate(imp.model.graph.node)}
@@ -676,7 +683,8 @@ def _pad(imp, node, a):
             and pads[:6] == [0] * 6 and user is not None and user.op_type == "MaxPool"):
         return _pad_maxpool(imp, node, x, pads, user)
     if mode not in _PAD_MODES:
-        raise Skip(f"Pad mode {mode!r}; archir pads with constant, reflect or edge (replicate)")
+        raise Skip(f"Pad mode {mode!r}; archir pads with constant, reflect or edge (torch's F.pad modes "
+                   "'constant', 'reflect', 'replicate'): export with one of those (a circular pad has no IR op)")
     if rank != 4 or len(pads) != 8:
         raise Skip(f"Pad of a rank-{rank} tensor with {len(pads)} pads; archir pads H and W of (N, C, H, W)")
     if pads[:2] != [0, 0] or pads[4:6] != [0, 0]:
@@ -754,6 +762,87 @@ def _reduce_axes(imp, node, a, op_type: str, x: str) -> list[int] | None:
     return axes
 
 
+def _consume(imp, nodes) -> None:
+    index = {id(n): k for k, n in enumerate(imp.model.graph.node)}
+    imp.done.update(index[id(n)] for n in nodes)
+
+
+def _other_input(node, value: str) -> str | None:
+    """The input of a two-input ``node`` that is not ``value`` (``value`` itself for ``f(value, value)``)."""
+    ins = list(node.input)
+    if len(ins) != 2 or value not in ins:
+        return None
+    ins.remove(value)
+    return ins[0]
+
+
+def _decomposed_layer_norm(imp, node, a, x: str, axes: list[int]) -> str | None:
+    """The layer norm torch's exporter writes before opset 17 (and hand-written LayerNorm2d modules do):
+    ``d = x - ReduceMean(x); d / Sqrt(ReduceMean(d ** 2) + eps) [* weight] [+ bias]`` (``d ** 2`` as ``Pow``
+    or ``Mul(d, d)``), over the last axis (``layernorm(axis="last")``) or over the channels of an
+    ``(N, C, H, W)`` map (``axis="channels"``, weight and bias of shape ``(C, 1, 1)``). ``None`` when the
+    nodes are not exactly this formula (they are then read one by one)."""
+    shape = imp.shape(x)
+    rank = len(shape) + 1
+    if not a.get("keepdims", 1) or len(axes) != 1:
+        return None
+    if axes == [rank - 1]:
+        axis, c = "last", shape[-1]
+        pshape = [(1,) * k + (c,) for k in range(rank)]  # (C,), (1, C), ...: broadcast over the leading axes
+    elif axes == [1] and rank == 4:
+        axis, c = "channels", shape[0]
+        pshape = [(c, 1, 1), (1, c, 1, 1)]
+    else:
+        return None
+    m = node.output[0]
+    sub = imp.sole_user(m)
+    if sub is None or sub.op_type != "Sub" or list(sub.input) != [node.input[0], m]:
+        return None
+    d = sub.output[0]
+    users = list({id(u): u for u in imp.users.get(d, [])}.values())  # Mul(d, d) reads d twice
+    if len(users) != 2 or d in {o.name for o in imp.model.graph.output}:
+        return None
+    sq = next((u for u in users if u.op_type == "Pow" and u.input[0] == d and _is_const(imp, u.input[1], 2.0)
+               or u.op_type == "Mul" and list(u.input) == [d, d]), None)
+    div = next((u for u in users if u is not sq and u.op_type == "Div" and u.input[0] == d), None)
+    if sq is None or div is None:
+        return None
+    var = imp.sole_user(sq.output[0])
+    if var is None or var.op_type != "ReduceMean" or var.input[0] != sq.output[0]:
+        return None
+    try:
+        if _reduce_axes(imp, var, _attrs(var), "ReduceMean", x) != axes or not _attrs(var).get("keepdims", 1):
+            return None
+    except Skip:
+        return None
+    add = imp.sole_user(var.output[0])
+    eps_in = _other_input(add, var.output[0]) if add is not None and add.op_type == "Add" else None
+    eps = imp.env.get(eps_in) if eps_in else None
+    if not (isinstance(eps, np.ndarray) and eps.size == 1 and float(eps.reshape(())) >= 0):
+        return None
+    sqrt = imp.sole_user(add.output[0])
+    if sqrt is None or sqrt.op_type != "Sqrt" or imp.sole_user(sqrt.output[0]) is not div \
+            or list(div.input) != [d, sqrt.output[0]]:
+        return None
+    nodes, last, params = [node, sub, sq, var, add, sqrt, div], div, {}
+    for kind, op_type in (("weight", "Mul"), ("bias", "Add")):
+        user = imp.sole_user(last.output[0])
+        other = _other_input(user, last.output[0]) if user is not None and user.op_type == op_type else None
+        v = imp.env.get(other) if other else None
+        if not (isinstance(v, np.ndarray) and v.shape in pshape and v.dtype == np.float32):
+            break
+        params[kind] = v.reshape(c)
+        nodes.append(user)
+        last = user
+    if "bias" in params and "weight" not in params:
+        params["weight"] = np.ones(c, np.float32)
+    _consume(imp, nodes)
+    nid = imp.add(last, "layernorm", [x], params=params or None, axis=axis, eps=_f32(float(eps.reshape(()))),
+                  affine=bool(params), bias="bias" in params)
+    imp.env[last.output[0]] = nid
+    return nid
+
+
 @_rule("ReduceMean", "ReduceSum")
 def _reduce(imp, node, a):
     """``ReduceMean`` over H and W of (N, C, H, W) is a ``global_avgpool`` (as from_torch maps
@@ -762,6 +851,10 @@ def _reduce(imp, node, a):
     axes = _reduce_axes(imp, node, a, node.op_type, x)
     if not axes:
         return x  # noop_with_empty_axes
+    if node.op_type == "ReduceMean":
+        nid = _decomposed_layer_norm(imp, node, a, x, axes)
+        if nid is not None:
+            return nid
     keep = bool(a.get("keepdims", 1))
     if node.op_type == "ReduceMean" and len(imp.shape(x)) == 3 and sorted(axes) == [2, 3]:
         gap = imp.add(node, "global_avgpool", [x])
@@ -782,13 +875,20 @@ def _softmax(imp, node, a):
     return imp.add(node, "softmax" if node.op_type == "Softmax" else "log_softmax", [x], dim=axis)
 
 
-def _resize_scale(imp, node, x) -> dict:
+def _resize_scale(imp, node, x, axes=()) -> dict:
     """The ``size=`` or ``scale_factor=`` of a ``Resize`` (scales, or sizes: constant or torch's
-    ``Concat(Slice(Shape(x), 0, 2), [oh, ow])``)."""
+    ``Concat(Slice(Shape(x), 0, 2), [oh, ow])``; for ``axes=[2, 3]`` (opset 18) the two of H and W)."""
     _, h, w = imp.shape(x)
     sizes = imp.env.get(node.input[3], _BAD) if len(node.input) > 3 and node.input[3] else None
+
+    def full(v, one):  # the H, W values of axes=[2, 3] (or [3, 2]) as the 4 of every axis
+        v = v.reshape(-1).tolist()
+        if not axes or len(v) != 2:
+            return v
+        return [one, one, *(v if axes == [2, 3] else v[::-1])]
+
     if sizes is not None:
-        dims = sizes.dims if isinstance(sizes, _ShapeOf) else (sizes.reshape(-1).tolist()
+        dims = sizes.dims if isinstance(sizes, _ShapeOf) else (full(sizes, None)
                                                                if isinstance(sizes, np.ndarray) else None)
         if dims is None or len(dims) != 4 or any(d is None for d in dims[2:]):
             raise Skip("Resize sizes that are not known when importing")
@@ -796,8 +896,9 @@ def _resize_scale(imp, node, x) -> dict:
             raise Skip(f"Resize to {dims[1]} channels; archir resizes H and W only")
         return {"size": [int(dims[2]), int(dims[3])]}
     scales = imp.const(node.input[2], "the Resize scales") if len(node.input) > 2 and node.input[2] else None
+    scales = None if scales is None else np.asarray(full(scales, 1.0), np.float64)
     if scales is None or scales.size != 4:
-        raise Skip("Resize without 4 scales or sizes")
+        raise Skip("Resize without 4 scales or sizes (or 2 with axes=[2, 3])")
     sn, sc, sh, sw = (float(v) for v in scales.reshape(-1))
     if (sn, sc) != (1.0, 1.0):
         raise Skip(f"Resize scales {scales.tolist()} resize the batch or channel axis")
@@ -818,8 +919,15 @@ def _resize(imp, node, a):
     if len(imp.shape(x)) != 3:
         raise Skip(f"Resize of a rank-{len(imp.shape(x)) + 1} tensor; archir's upsample takes (N, C, H, W)")
     mode, ctm = _s(a.get("mode", "nearest")), _s(a.get("coordinate_transformation_mode", "half_pixel"))
-    if int(a.get("antialias", 0)) or _s(a.get("keep_aspect_ratio_policy", "stretch")) != "stretch" or a.get("axes"):
-        raise Skip("Resize with antialias, keep_aspect_ratio_policy or axes")
+    if int(a.get("antialias", 0)):
+        raise Skip("Resize with antialias=1; archir's upsample (torch's interpolate, antialias=False) does not "
+                   "filter: export without antialias")
+    if _s(a.get("keep_aspect_ratio_policy", "stretch")) != "stretch" and len(node.input) > 3 and node.input[3]:
+        raise Skip(f"Resize keep_aspect_ratio_policy={_s(a['keep_aspect_ratio_policy'])}; archir resizes to the "
+                   "sizes given (stretch): export with scales or the default policy")
+    axes = [int(v) % 4 for v in a.get("axes", [])]
+    if axes and sorted(axes) != [2, 3]:
+        raise Skip(f"Resize along axes {a['axes']}; archir's upsample resizes H and W (axes 2 and 3) together")
     if mode == "nearest":
         if ctm != "asymmetric" or _s(a.get("nearest_mode", "round_prefer_floor")) != "floor":
             raise Skip(f"nearest Resize with coordinate_transformation_mode={ctm}, nearest_mode="
@@ -831,8 +939,9 @@ def _resize(imp, node, a):
                        "half_pixel or align_corners (torch's align_corners=False / True)")
         attrs = {"mode": "bilinear", "align_corners": ctm == "align_corners"}
     else:
-        raise Skip(f"Resize mode={mode}; archir's upsample has nearest and bilinear")
-    attrs.update(_resize_scale(imp, node, x))
+        raise Skip(f"Resize mode={mode}; archir's upsample has nearest (asymmetric, floor) and linear "
+                   "(half_pixel or align_corners): export with F.interpolate(mode='nearest' or 'bilinear')")
+    attrs.update(_resize_scale(imp, node, x, axes))
     nid = imp.add(node, "upsample", [x], **attrs)
     if ctm == "pytorch_half_pixel" and 1 in imp.shape(nid)[1:]:
         raise Skip("pytorch_half_pixel Resize to a length-1 axis (it differs from half_pixel there)")
@@ -966,11 +1075,136 @@ def _squeeze(imp, node, a):
     return _reshape_to(imp, node, x, [0] + full[1:])
 
 
+def _gathernd_pool(imp, node, x: str) -> str | None:
+    """torch's dynamo decomposition of an adaptive average pool whose windows along each axis all have
+    one length (e.g. 7 -> 3, 1 -> 3): ``Transpose(x, [2, 3, 0, 1])``, ``GatherND`` of the constant window
+    indices ``(oh, kh, ow, kw, 2)``, ``Transpose([4, 5, 0, 1, 2, 3])``, ``ReduceMean`` over the two window
+    axes. Read as ``adaptive_avgpool2d`` only when the indices are exactly torch's adaptive windows.
+    (Windows of different lengths, e.g. 5 -> 3, are written as a masked ``Where`` and a chain of
+    ``Gather``/``Add``s; that is not read.)"""
+    from archir.ops.core import adaptive_windows
+
+    _, h, w = imp.shape(x)
+    gnd = imp.sole_user(node.output[0])
+    if gnd is None or gnd.op_type != "GatherND" or gnd.input[0] != node.output[0] or _attrs(gnd).get("batch_dims", 0):
+        return None
+    idx = imp.env.get(gnd.input[1])
+    if not (isinstance(idx, np.ndarray) and idx.ndim == 5 and idx.shape[-1] == 2):
+        return None
+    oh, kh, ow, kw, _ = idx.shape
+    wins = adaptive_windows(h, oh), adaptive_windows(w, ow)
+    if {e - s for s, e in wins[0]} != {kh} or {e - s for s, e in wins[1]} != {kw}:
+        return None
+    want = np.zeros(idx.shape, np.int64)
+    want[..., 0] = (np.array([s for s, _ in wins[0]])[:, None] + np.arange(kh))[:, :, None, None]
+    want[..., 1] = (np.array([s for s, _ in wins[1]])[:, None] + np.arange(kw))[None, None]
+    back = imp.sole_user(gnd.output[0])
+    if not np.array_equal(idx, want) or back is None or back.op_type != "Transpose" \
+            or [int(v) for v in _attrs(back).get("perm", [])] != [4, 5, 0, 1, 2, 3]:
+        return None
+    red = imp.sole_user(back.output[0])
+    if red is None or red.op_type != "ReduceMean" or red.input[0] != back.output[0] or _attrs(red).get("keepdims", 1):
+        return None
+    axes = _attrs(red).get("axes")
+    if axes is None and len(red.input) > 1 and red.input[1]:
+        c = imp.env.get(red.input[1])
+        axes = c.reshape(-1).tolist() if isinstance(c, np.ndarray) else None
+    if axes is None or sorted(int(v) % 6 for v in axes) != [3, 5]:
+        return None
+    _consume(imp, [gnd, back, red])
+    nid = imp.add(red, "adaptive_avgpool2d", [x], output_size=[oh, ow])
+    imp.env[red.output[0]] = nid
+    return nid
+
+
+#: ops of dynamo's masked adaptive pool that are linear in their network input (constant indices, masks,
+#: divisors); :func:`_probed_pool` checks each use is
+_LINEAR_OPS = frozenset({"Transpose", "GatherND", "Gather", "Where", "Add", "Mul", "Div", "ReduceSum", "ReduceMean"})
+#: largest H * W of a map whose pooling is probed (the probe batch holds 2 * H * W maps)
+_PROBE_MAX = 1024
+
+
+def _probed_pool(imp, node, x: str) -> str | None:
+    """torch dynamo's adaptive average pool with windows of several lengths (e.g. VGG's 2 -> 7 at 64x64):
+    ``Transpose``, ``GatherND`` of the windows padded to the longest, ``Transpose``, ``Where`` masks zeroing
+    the padding, a chain of ``Gather``/``Add`` summing each window, ``Div`` by the window sizes.
+
+    The nodes reachable from ``node`` through these ops, with every other input a constant (indices,
+    masks, zeros, divisors), are a linear map of ``x`` (each op is checked to be used linearly), and
+    they must have one value read from outside. A linear map is known from its values on a basis: the
+    nodes are evaluated (onnx.reference) on every one-hot ``(2, H, W)`` map, and read as
+    ``adaptive_avgpool2d`` only when they give exactly torch's adaptive averages, channel by channel."""
+    from onnx.reference import ReferenceEvaluator
+
+    from archir.lower.onnx import adaptive_matrix
+
+    c, h, w = imp.shape(x)
+    if h * w > _PROBE_MAX:
+        return None
+    graph = list(imp.model.graph.node)
+    inside, members, consts = set(node.output), [node], {}
+    for n in graph[graph.index(node) + 1:]:  # in topological order
+        ins = [i for i in n.input if i]
+        live = [i for i in ins if i in inside]
+        if not live or n.op_type not in _LINEAR_OPS:
+            continue  # not reading the pool, or reading its result
+        for i in ins:
+            if i not in inside:
+                if not isinstance(imp.env.get(i), np.ndarray):
+                    return None
+                consts[i] = imp.env[i]
+        linear = {"Where": n.input[0] not in inside and len(live) == 1
+                  and all(not np.any(consts[i]) for i in n.input[1:] if i not in inside),  # x or 0
+                  "Mul": len(live) == 1, "Div": n.input[0] in inside and len(live) == 1,
+                  "Add": len(live) == len(ins) == 2, "Gather": n.input[0] in inside and len(live) == 1,
+                  "GatherND": n.input[0] in inside and len(live) == 1}.get(n.op_type, len(live) == 1)
+        if not linear:
+            return None
+        members.append(n)
+        inside.update(o for o in n.output if o)
+    ids = {id(m) for m in members}
+    outs = {o.name for o in imp.model.graph.output}
+    exits = [v for v in inside if v in outs or any(id(u) not in ids for u in imp.users.get(v, []))]
+    if len(exits) != 1 or exits[0] == node.output[0] or len(members) < 3:
+        return None
+    cp = min(c, 2)
+    basis = np.eye(cp * h * w, dtype=np.float32).reshape(cp * h * w, cp, h, w)
+    sub = onnx.helper.make_graph(
+        [onnx.NodeProto.FromString(m.SerializeToString()) for m in members], "probe",
+        [onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None)],
+        [onnx.helper.make_tensor_value_info(exits[0], onnx.TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()])
+    try:
+        model = onnx.helper.make_model(sub, opset_imports=list(imp.model.opset_import))
+        (y,) = ReferenceEvaluator(model).run(None, {node.input[0]: basis})
+    except Exception:  # noqa: BLE001 - constants that do not fit the probe's shapes: not this pattern
+        return None
+    y = np.asarray(y)
+    if y.ndim != 4 or y.shape[:2] != (cp * h * w, cp):
+        return None
+    oh, ow = y.shape[2:]
+    # one-hot input k = (ch, i, j) -> output channel ch holds the outer product of the two averaging columns
+    want = np.einsum("cd,ai,bj->cijdab", np.eye(cp), adaptive_matrix(h, oh), adaptive_matrix(w, ow))
+    if not np.allclose(y, want.reshape(cp * h * w, cp, oh, ow), rtol=0, atol=1e-6):
+        return None
+    last = imp.producer[exits[0]]
+    _consume(imp, members[1:])
+    nid = imp.add(last, "adaptive_avgpool2d", [x], output_size=[int(oh), int(ow)])
+    imp.env[exits[0]] = nid
+    return nid
+
+
 @_rule("Transpose")
 def _transpose(imp, node, a):
     x = imp.act(node.input[0])
     rank = len(imp.shape(x)) + 1
     perm = [int(v) for v in a.get("perm", list(range(rank))[::-1])]
+    if perm == [2, 3, 0, 1] and rank == 4:
+        nid = _gathernd_pool(imp, node, x)
+        if nid is None:
+            nid = _probed_pool(imp, node, x)
+        if nid is not None:
+            return nid
     if sorted(perm) != list(range(rank)) or perm[0] != 0:
         raise Skip(f"Transpose perm={perm} moves the batch dim; archir keeps the batch first")
     if perm == list(range(rank)):
@@ -993,22 +1227,45 @@ def _transpose(imp, node, a):
 
 @_rule("LayerNormalization")
 def _layer_norm(imp, node, a, x=None, axis="last", name_from=None):
+    """``LayerNormalization`` over the last axis (``layernorm(axis="last")``); over several trailing axes
+    ``k..`` (``axis=k`` with ``1 <= k < rank - 1``, e.g. torch's ``nn.LayerNorm((H, W))``) as the primitives it
+    is: ``reshape`` to ``(N, d1.., prod(dk..))``, ``layernorm`` over that last axis (scale and bias flattened
+    alike), ``reshape`` back."""
     x = imp.act(node.input[0]) if x is None else x
-    rank = len(imp.shape(x)) + 1 if axis == "last" else 4
-    if int(a.get("axis", -1)) % rank != rank - 1:
-        raise Skip(f"LayerNormalization over axes {int(a.get('axis', -1))}.. of a rank-{rank} tensor; archir "
-                   "normalises over the last axis (or the channels: Transpose, LayerNormalization, Transpose)")
+    ins = list(imp.shape(x))
+    rank = len(ins) + 1 if axis == "last" else 4
+    k = int(a.get("axis", -1))
+    if not -rank <= k < rank or k % rank == 0:
+        raise Skip(f"LayerNormalization(axis={k}) of a rank-{rank} tensor normalises across the batch axis (or "
+                   "is out of range); archir normalises within a sample: export with axis >= 1")
+    k %= rank
     if int(a.get("stash_type", 1)) != 1:
-        raise Skip("LayerNormalization with stash_type other than float32")
+        raise Skip(f"LayerNormalization with stash_type={int(a.get('stash_type', 1))}; archir computes the "
+                   "statistics in float32: export with stash_type=1 (the default)")
     if len(node.output) > 1 and any(o and o in imp.users for o in node.output[1:]):
-        raise Skip("LayerNormalization's mean / inverse std outputs are used")
+        raise Skip("LayerNormalization's mean / inverse std outputs are used; archir's layernorm has one output")
+    if k != rank - 1 and axis != "last":
+        raise Skip(f"LayerNormalization(axis={k}) between Transposes to channels-last; archir's channel layer norm "
+                   "normalises over the channels only (axis=-1)")
+    norm = ins[k - 1:] if axis == "last" else ins[:1]  # the channels of (C, H, W)
     w = imp.const(node.input[1], "the LayerNormalization scale")
     b = imp.const(node.input[2], "the LayerNormalization bias") if len(node.input) > 2 and node.input[2] else None
-    params = {"weight": w.reshape(-1)}
-    if b is not None:
-        params["bias"] = b.reshape(-1)
-    return imp.add(name_from or node, "layernorm", [x], params=params, axis=axis, eps=_f32(a.get("epsilon", 1e-5)),
-                   affine=True, bias=b is not None)
+    params = {}
+    for key, v in (("weight", w), ("bias", b)):
+        if v is None:
+            continue
+        try:
+            params[key] = np.ascontiguousarray(np.broadcast_to(v, norm), np.float32).reshape(-1)
+        except ValueError:
+            raise Skip(f"LayerNormalization {key} of shape {v.shape} does not broadcast to the normalised "
+                       f"shape {tuple(norm)}") from None
+    eps = _f32(a.get("epsilon", 1e-5))
+    if k == rank - 1:
+        return imp.add(name_from or node, "layernorm", [x], params=params, axis=axis, eps=eps, affine=True,
+                       bias=b is not None)
+    flat = _reshape_to(imp, node, x, [0, *ins[:k - 1], math.prod(norm)])
+    ln = imp.add(node, "layernorm", [flat], params=params, axis="last", eps=eps, affine=True, bias=b is not None)
+    return _reshape_to(imp, node, ln, [0, *ins])
 
 
 @_rule("Concat")
@@ -1050,6 +1307,10 @@ def _mul(imp, node, a):
     x, c = (l, r) if isinstance(l, str) else (r, l)
     if not isinstance(x, str) or not isinstance(c, np.ndarray):
         raise Skip("Mul of two constants")
+    if c.size == 1 and math.isclose(float(c.reshape(())), math.sqrt(0.5), rel_tol=1e-6):  # gelu: x / sqrt 2 ...
+        nid = _gelu_chain(imp, node, node.input[0 if isinstance(l, str) else 1], [("Erf", None)], "none")
+        if nid is not None:
+            return nid
     shape = imp.shape(x)
     if c.size == 1 and float(c.reshape(())) == 0.0:
         return imp.add(node, "zero", [x])

@@ -1075,6 +1075,15 @@ def _param_node(imp, node, ref: _Act, value: torch.Tensor, shape: list[int], nam
     return _Act(nid, (ref.shape[0], *shape))
 
 
+def _learned_fits(x: _Act, p) -> bool:
+    """``p`` is an ``nn.Parameter`` that ``_learned`` maps against ``x`` other than as a per-channel
+    ``(C, 1, ..., 1)`` layer scale (which ``scale`` keeps)."""
+    if not isinstance(p, nn.Parameter) or len(x.shape) < 2:
+        return False
+    shape = tuple(p.shape)[1:] if p.dim() == len(x.shape) and p.shape[0] == 1 else tuple(p.shape)
+    return len(shape) == len(x.shape) - 1 and shape != (x.shape[1],) + (1,) * (len(x.shape) - 2)
+
+
 def _learned(imp, node, x: _Act, p: nn.Parameter, op: str) -> _Act:
     """``x <op> p`` with an ``nn.Parameter`` ``p`` of shape ``(1, *s)`` or ``s`` (the same for every sample,
     ViT's ``input + self.pos_embedding``): ``p`` becomes a ``param`` node of per-sample shape ``s`` repeated
@@ -1146,7 +1155,8 @@ def _binary(op: str):
     def rule(imp, node, kw):
         a, b = kw["input"], kw["other"]
         if op == "mul" and isinstance(a, _Act) != isinstance(b, _Act) and isinstance(
-                b if isinstance(a, _Act) else a, torch.Tensor):
+                b if isinstance(a, _Act) else a, torch.Tensor) and not _learned_fits(
+                a if isinstance(a, _Act) else b, b if isinstance(a, _Act) else a):
             return _layer_scale(imp, node, *((a, b) if isinstance(a, _Act) else (b, a)))
         if isinstance(a, _Act) != isinstance(b, _Act) and isinstance(b if isinstance(a, _Act) else a, nn.Parameter):
             x = a if isinstance(a, _Act) else b
@@ -1236,7 +1246,9 @@ def _getitem(imp, node, kw, own: bool = True):
         out = imp.out_shape(node)
         if out is None or len(out) < 2:
             raise Skip(f"indexing with {index!r} leaves no per-sample axis")
-        return _result(imp, node, imp.add(node, "reshape", [y.id], shape=list(out[1:])))
+        if imp.dry:
+            return _Act("", tuple(out))
+        return _reshape(imp, node, {"input": y})  # drops the picked dims (a flatten where it is one)
     spans = {}
     for dim, s in enumerate(index):
         if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in (s.start, s.stop, s.step)):

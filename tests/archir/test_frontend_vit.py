@@ -14,6 +14,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 import archir
@@ -22,6 +24,7 @@ import passes
 from archir.errors import OpSchemaError, ShapeError
 from archir.frontend import UnsupportedModelError, from_torch
 from archir.lower import sync_back, to_fx, to_onnx
+from tests.strategies import graphs, input_arrays
 
 tv = pytest.importorskip("torchvision.models.vision_transformer")
 
@@ -283,3 +286,27 @@ def test_widen_and_prune_on_vit_skip_with_reasons():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         np.testing.assert_allclose(to_fx(small).eval()(x).numpy(), to_fx(g).eval()(x).numpy(), atol=1e-5)
+
+
+# --------------------------------------------------------------------------- random graphs with token blocks
+
+
+@given(graphs(max_nodes=10, transformer=True), st.integers(1, 3))
+def test_random_token_graphs_agree_in_fx_and_ort_and_prune_validly(g, batch):
+    xs = input_arrays(g, batch=batch)
+    with torch.no_grad():
+        ref = to_fx(g).eval()(*[torch.tensor(x) for x in xs])
+    refs = [r.numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
+    s = ort.InferenceSession(to_onnx(g).SerializeToString(), providers=["CPUExecutionProvider"])
+    for r, o in zip(refs, s.run(None, dict(zip(g.inputs, xs)))):
+        np.testing.assert_allclose(o, r, rtol=1e-4, atol=1e-4)
+    # widen and prune follow channels up to a param / attention and never through them: the pruned graph is valid
+    # and, with nothing removed next to them, each token block is unchanged
+    small, report = passes.prune_channels(g, ratio=0.5, criterion="l1")
+    small.validate()
+    for n in g.nodes("attention"):
+        assert small.node(n.id).type == n.type
+        for k, a in n.params.items():
+            np.testing.assert_array_equal(small.node(n.id).params[k], a)
+    for n in g.nodes("param"):
+        np.testing.assert_array_equal(small.node(n.id).params["value"], n.params["value"])

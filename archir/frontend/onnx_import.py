@@ -355,10 +355,12 @@ class _BatchShape:
 
 
 class _ShapeOf:
-    """``Shape(x)`` of a network tensor: its dims, the batch unknown (``None``)."""
+    """``Shape(x)`` of a network tensor: its dims, the batch unknown (``None``); ``src``: the IR id of ``x``
+    while the batch entry (``None``) in ``dims`` is still its batch (an ``Expand`` target: ``param``)."""
 
-    def __init__(self, dims: list[int | None]) -> None:
+    def __init__(self, dims: list[int | None], src: str | None = None) -> None:
         self.dims = dims
+        self.src = src if dims[:1] == [None] else None
 
 
 def _foldable(imp, node) -> bool:
@@ -1017,7 +1019,8 @@ def _concat(imp, node, a):
     if any(isinstance(v, _ShapeOf) for v in vals):  # shape arithmetic: Concat(Shape(x)[:2], [oh, ow])
         if not all(isinstance(v, _ShapeOf) or (isinstance(v, np.ndarray) and v.ndim == 1) for v in vals):
             raise Skip("Concat of a shape with a value that is not a constant vector")
-        return _ShapeOf([d for v in vals for d in (v.dims if isinstance(v, _ShapeOf) else v.tolist())])
+        src = vals[0].src if isinstance(vals[0], _ShapeOf) else None
+        return _ShapeOf([d for v in vals for d in (v.dims if isinstance(v, _ShapeOf) else v.tolist())], src)
     if vals and isinstance(vals[0], _BatchSize) and vals[0].vec:
         rest = vals[1:]
         if int(a.get("axis", 0)) != 0 or not all(isinstance(v, np.ndarray) and v.ndim == 1 for v in rest):
@@ -1025,6 +1028,23 @@ def _concat(imp, node, a):
         return _BatchShape([int(x) for v in rest for x in v.astype(np.int64).tolist()])
     xs = [imp.act(i) for i in node.input]
     return imp.add(node, "concat", xs, dim=int(a["axis"]))
+
+
+@_rule("Expand")
+def _expand(imp, node, a):
+    """``Expand(value, Concat(Shape(x)[0:1], shape))`` of a constant ``value`` of shape ``(1, *shape)`` (archir's
+    to_onnx of ``param``): the learned tensor repeated over ``x``'s batch."""
+    value = imp.const(node.input[0], "the expanded value")
+    target = imp.env.get(node.input[1], _BAD)
+    if not isinstance(target, _ShapeOf) or target.src is None:
+        raise Skip("Expand to a shape that is not [batch of a network tensor, *constant sizes]; archir repeats a "
+                   "constant over the batch only (its param op)")
+    rest = target.dims[1:]
+    if value.ndim != len(target.dims) or value.shape[0] != 1 or list(value.shape[1:]) != rest or not rest:
+        raise Skip(f"Expand of a constant of shape {value.shape} to [batch, {rest}]: archir repeats a (1, *shape) "
+                   "constant over the batch only, with the other dims kept")
+    return imp.add(node, "param", [target.src], params={"value": value.reshape(rest).astype(np.float32)},
+                   shape=[int(d) for d in rest])
 
 
 @_rule("Add")
@@ -1100,7 +1120,7 @@ def _shape(imp, node, a):
     """The shape of a network tensor (its batch unknown): only a ``Gather`` of its fixed dims reads it."""
     dims = [None, *imp.shape(imp.act(node.input[0]))]
     start, end = int(a.get("start", 0)), a.get("end")
-    return _ShapeOf(dims[start:None if end is None else int(end)])
+    return _ShapeOf(dims[start:None if end is None else int(end)], imp.act(node.input[0]) if start == 0 else None)
 
 
 @_rule("Gather")
@@ -1164,7 +1184,8 @@ def _slice(imp, node, a):
                   for i, w in zip(list(node.input[1:]) + [""] * 4, ["starts", "ends", "axes", "steps"])][:4]
         if len(bounds[0]) != 1 or (bounds[2] not in (None, [0])) or (bounds[3] not in (None, [1])):
             raise Skip("Slice of a shape other than one contiguous range")
-        return _ShapeOf(v.dims[int(bounds[0][0]):int(min(bounds[1][0], len(v.dims)))])
+        start = int(bounds[0][0])
+        return _ShapeOf(v.dims[start:int(min(bounds[1][0], len(v.dims)))], v.src if start == 0 else None)
     x = imp.act(node.input[0])
     shape = imp.shape(x)
     names = ["starts", "ends", "axes", "steps"]

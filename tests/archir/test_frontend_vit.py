@@ -80,6 +80,19 @@ def test_param_is_its_value_repeated_over_the_batch_in_fx_and_onnx():
     assert c["pos"].macs == c["pos"].flops == 0 and c["pos"].params == 40 and c.params == 48
 
 
+def test_param_reads_back_from_archirs_onnx():
+    from archir.frontend import from_onnx
+
+    g = _param_graph()
+    g2 = from_onnx(to_onnx(g))
+    assert sorted(n.op for n in g2.nodes()) == sorted(n.op for n in g.nodes())
+    assert g2.num_params() == g.num_params()
+    x = np.random.default_rng(3).normal(size=(2, 5, 8)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_array_equal(to_fx(g2).eval()(torch.tensor(x)).numpy(), to_fx(g).eval()(torch.tensor(x))
+                                      .numpy())
+
+
 def test_param_shape_rule_and_refusals():
     g = archir.Graph("p")
     x = g.input("x", (3, 4, 4))

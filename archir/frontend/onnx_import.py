@@ -1073,11 +1073,100 @@ def _mul(imp, node, a):
     shape = imp.shape(x)
     if c.size == 1 and float(c.reshape(())) == 0.0:
         return imp.add(node, "zero", [x])
+    if c.size == 1:
+        nid = _attention_chain(imp, node, x, float(c.reshape(())))
+        if nid is not None:
+            return nid
     ch = shape[0]
     if c.size == ch and (c.shape in ((ch,) + (1,) * (len(shape) - 1), (1, ch) + (1,) * (len(shape) - 1))
                          or (len(shape) == 1 and c.shape == (ch,))):
         return imp.add(node, "scale", [x], params={"weight": c.reshape(ch)})
     raise Skip(f"Mul by a constant of shape {c.shape}; archir multiplies by a learnable per-channel scale only")
+
+
+def _heads_of(imp, pid: str, dims: list[int], users: int = 1) -> tuple[str, np.ndarray, np.ndarray | None] | None:
+    """``permute(dims)(reshape([L, H, d])(linear(x)))`` in the IR built so far (one of attention's q, k, v as
+    archir's to_onnx writes them): ``(x, weight, bias)``, else ``None``."""
+    g = imp.g
+    p = g.node(pid)
+    if p.op != "permute" or p.attrs["dims"] != dims or len(g.users_of(pid)) != users:
+        return None
+    r = g.node(g.inputs_of(pid)[0])
+    if r.op != "reshape" or len(r.attrs["shape"]) != 3 or len(g.users_of(r.id)) != 1:
+        return None
+    lin = g.node(g.inputs_of(r.id)[0])
+    if lin.op != "linear" or len(g.users_of(lin.id)) != 1 or len(g.node(g.inputs_of(lin.id)[0]).type.shape) != 2:
+        return None
+    return g.inputs_of(lin.id)[0], lin.params["weight"], lin.params.get("bias")
+
+
+def _attention_chain(imp, node, s: str, c: float) -> str | None:
+    """archir's to_onnx of ``attention``: ``Mul(MatMul(q, k), 1/sqrt(d)) -> Softmax -> MatMul(., v) -> Transpose
+    -> Reshape -> MatMul(., W_out^T) [-> Add(b_out)]`` with q, k, v the heads of three linears of one ``x``
+    (already read as linear -> reshape -> permute). Read back as one ``attention`` node: the forward ONNX nodes
+    are consumed and the q/k/v IR nodes replaced. ``None`` where the chain is anything else."""
+    g = imp.g
+    mm = g.node(s)
+    if mm.op != "matmul" or len(g.users_of(s)) != 0:
+        return None
+    qi, ki = g.inputs_of(s)
+    q, k = _heads_of(imp, qi, [1, 0, 2]), _heads_of(imp, ki, [1, 2, 0])
+    if q is None or k is None or q[0] != k[0]:
+        return None
+    x = q[0]
+    length, e = imp.shape(x)
+    heads, d = g.node(g.inputs_of(qi)[0]).attrs["shape"][1:]
+    if heads * d != e or not math.isclose(c, 1.0 / math.sqrt(d), rel_tol=1e-6):
+        return None
+    sm = imp.sole_user(node.output[0])
+    if sm is None or sm.op_type != "Softmax" or int(_attrs(sm).get("axis", -1)) not in (-1, 3):
+        return None
+    ctx = imp.sole_user(sm.output[0])
+    if ctx is None or ctx.op_type != "MatMul" or ctx.input[0] != sm.output[0]:
+        return None
+    vi = imp.env.get(ctx.input[1], _BAD)
+    # v's heads are read by the context MatMul, which is not imported yet: no IR user, one ONNX user
+    v = _heads_of(imp, vi, [1, 0, 2], users=0) if isinstance(vi, str) else None
+    if v is None or v[0] != x or imp.sole_user(ctx.input[1]) is not ctx:
+        return None
+    tr = imp.sole_user(ctx.output[0])
+    if tr is None or tr.op_type != "Transpose" or list(_attrs(tr).get("perm", [])) != [0, 2, 1, 3]:
+        return None
+    rs = imp.sole_user(tr.output[0])
+    target = imp.env.get(rs.input[1], _BAD) if rs is not None and rs.op_type == "Reshape" else _BAD
+    if not isinstance(target, np.ndarray) or target.reshape(-1).tolist() != [0, length, e]:
+        return None
+    out = imp.sole_user(rs.output[0])
+    w_out = imp.env.get(out.input[1], _BAD) if out is not None and out.op_type == "MatMul" else _BAD
+    if out is None or out.input[0] != rs.output[0] or not isinstance(w_out, np.ndarray) or w_out.shape != (e, e):
+        return None
+    chain, b_out = [sm, ctx, tr, rs, out], None
+    add = imp.sole_user(out.output[0])
+    if add is not None and add.op_type == "Add":
+        other = [i for i in add.input if i != out.output[0]]
+        b = imp.env.get(other[0], _BAD) if len(other) == 1 else _BAD
+        if isinstance(b, np.ndarray) and b.shape == (e,):
+            chain.append(add)
+            b_out = b
+    biases = [q[2], k[2], v[2], b_out]
+    if any(b is None for b in biases) != all(b is None for b in biases):
+        return None  # a bias on some projections only: not nn.MultiheadAttention
+    params = {"in_proj_weight": np.concatenate([q[1], k[1], v[1]]), "out_proj_weight": np.ascontiguousarray(w_out.T)}
+    if b_out is not None:
+        params.update(in_proj_bias=np.concatenate(biases[:3]), out_proj_bias=b_out)
+    nid = imp.add(chain[-1], "attention", [x], params=params, num_heads=int(heads), bias=b_out is not None)
+    index = {id(n): i for i, n in enumerate(imp.model.graph.node)}
+    for n in chain:
+        imp.done.add(index[id(n)])
+    imp.env[chain[-1].output[0]] = nid
+    # the q, k, v heads and their scores are now inside the attention node
+    dead = [s]
+    for pid in (qi, ki, vi):
+        r = g.inputs_of(pid)[0]
+        dead += [pid, r, g.inputs_of(r)[0]]
+    for n in dead:
+        g.remove(n)
+    return nid
 
 
 def _binary(op: str, onnx_op: str):

@@ -149,6 +149,31 @@ def test_attention_matches_multihead_attention_in_fx_and_onnx(bias):
     np.testing.assert_allclose(_ort(g, x.numpy()), ref, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_attention_reads_back_from_archirs_onnx(bias):
+    from archir.frontend import from_onnx
+
+    _, g = _mha_pair(bias=bias, heads=2)
+    g2 = from_onnx(to_onnx(g))
+    assert [n.op for n in g2.nodes()] == ["input", "attention"]
+    (a,) = g2.nodes("attention")
+    assert a.attrs == g.node("attn").attrs
+    for k, v in g.node("attn").params.items():
+        np.testing.assert_array_equal(a.params[k], v)
+
+
+def test_small_vit_reads_back_from_archirs_onnx():
+    from archir.frontend import from_onnx
+
+    g = from_torch(_small_vit(), torch.randn(1, 3, 32, 32))
+    g2 = from_onnx(to_onnx(g))
+    assert sorted(n.op for n in g2.nodes()) == sorted(n.op for n in g.nodes() if n.op != "dropout")
+    assert g2.num_params() == g.num_params()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        np.testing.assert_allclose(to_fx(g2).eval()(x).numpy(), to_fx(g).eval()(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_attention_shape_rule_params_and_cost_by_hand():
     g = archir.Graph("a")
     x = g.input("x", (7, 12))
@@ -305,7 +330,7 @@ def test_widen_and_prune_on_vit_skip_with_reasons():
 
 
 @given(graphs(max_nodes=10, transformer=True), st.integers(1, 3))
-def test_random_token_graphs_agree_in_fx_and_ort_and_prune_validly(g, batch):
+def test_random_token_graphs_agree_in_fx_and_ort_read_back_and_prune_validly(g, batch):
     xs = input_arrays(g, batch=batch)
     with torch.no_grad():
         ref = to_fx(g).eval()(*[torch.tensor(x) for x in xs])
@@ -313,6 +338,16 @@ def test_random_token_graphs_agree_in_fx_and_ort_and_prune_validly(g, batch):
     s = ort.InferenceSession(to_onnx(g).SerializeToString(), providers=["CPUExecutionProvider"])
     for r, o in zip(refs, s.run(None, dict(zip(g.inputs, xs)))):
         np.testing.assert_allclose(o, r, rtol=1e-4, atol=1e-4)
+    # archir's ONNX reads back: the token blocks as param and attention nodes again
+    from archir.frontend import from_onnx
+
+    g2 = from_onnx(to_onnx(g))
+    for op in ("param", "attention"):
+        assert len(list(g2.nodes(op))) == len(list(g.nodes(op)))
+    with torch.no_grad():
+        back = to_fx(g2).eval()(*[torch.tensor(x) for x in xs])
+    for r, o in zip(refs, back if isinstance(back, tuple) else (back,)):
+        np.testing.assert_allclose(o.numpy(), r, rtol=1e-4, atol=1e-4)
     # widen and prune follow channels up to a param / attention and never through them: the pruned graph is valid
     # and, with nothing removed next to them, each token block is unchanged
     small, report = passes.prune_channels(g, ratio=0.5, criterion="l1")

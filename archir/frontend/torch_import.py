@@ -343,8 +343,9 @@ class _Importer:
             out = self.call(node, args, kwargs)
         else:
             raise Skip(f"fx node kind {node.op!r} has no mapping")
-        if node.op == "call_module" and isinstance(out, _Act) and not self.dry:
-            self.module_calls.setdefault(str(node.target), out.id)
+        first = out.values[0] if isinstance(out, _Outputs) else out  # (attn_output, None) of an attention
+        if node.op == "call_module" and isinstance(first, _Act) and not self.dry:
+            self.module_calls.setdefault(str(node.target), first.id)
         return out
 
     def has_rule(self, node: fx.Node) -> bool:

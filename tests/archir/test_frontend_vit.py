@@ -205,10 +205,12 @@ def test_attention_refused_forms_name_the_reason():
                 return self.attn(x, x, x)[0]
             if self.mode == "cross":
                 return self.attn(x, x + 1, x, need_weights=False)[0]
+            if self.mode == "twice":  # one module, two calls: shared weights
+                x = self.attn(x, x, x, need_weights=False)[0]
             return self.attn(x, x, x, need_weights=False)[0]
 
     for mode, why in [("weights", "need_weights=False"), ("cross", "cross-attention"),
-                      ("seq_first", "batch_first=True")]:
+                      ("seq_first", "batch_first=True"), ("twice", "called again")]:
         with pytest.raises(UnsupportedModelError, match=why):
             from_torch(Net(mode), torch.randn(2, 5, 8))
 

@@ -1040,11 +1040,15 @@ def _expand(imp, node, a):
         raise Skip("Expand to a shape that is not [batch of a network tensor, *constant sizes]; archir repeats a "
                    "constant over the batch only (its param op)")
     rest = target.dims[1:]
-    if value.ndim != len(target.dims) or value.shape[0] != 1 or list(value.shape[1:]) != rest or not rest:
-        raise Skip(f"Expand of a constant of shape {value.shape} to [batch, {rest}]: archir repeats a (1, *shape) "
+    # Expand broadcasts both ways: a target dim of 1 keeps the value's dim (torch.export writes expand(n, -1, -1)
+    # as [n, 1, 1])
+    if value.ndim != len(target.dims) or value.shape[0] != 1 or not rest or any(
+            t not in (v, 1) for t, v in zip(rest, value.shape[1:])):
+        raise Skip(f"Expand of a constant of shape {value.shape} to [batch, *{rest}]: archir repeats a (1, *shape) "
                    "constant over the batch only, with the other dims kept")
-    return imp.add(node, "param", [target.src], params={"value": value.reshape(rest).astype(np.float32)},
-                   shape=[int(d) for d in rest])
+    shape = [int(d) for d in value.shape[1:]]
+    return imp.add(node, "param", [target.src], params={"value": value.reshape(shape).astype(np.float32)},
+                   shape=shape)
 
 
 @_rule("Add")
@@ -1054,7 +1058,16 @@ def _add(imp, node, a):
         if imp.shape(l) != imp.shape(r):
             raise Skip(f"broadcasting Add of {imp.shape(l)} and {imp.shape(r)}")
         return imp.add(node, "add", [l, r])
-    raise Skip("Add of a constant (archir's add takes two network tensors; a bias belongs to Conv/Gemm)")
+    x, c = (l, r) if isinstance(l, str) else (r, l)
+    if isinstance(x, str) and isinstance(c, np.ndarray) and c.ndim >= 1:
+        shape = list(imp.shape(x))
+        full = list(c.shape[1:]) if c.ndim == len(shape) + 1 and c.shape[0] == 1 else list(c.shape)
+        if full == shape:  # a learned tensor of the sample's shape (ViT's position embedding): param, then add
+            p = add_mapped(imp.g, imp.ids, imp.ids(f"{imp.node_id(node, 'add')}.param"), "param", [x],
+                           params={"value": c.reshape(shape).astype(np.float32)}, shape=shape)
+            return imp.add(node, "add", [x, p] if isinstance(l, str) else [p, x])
+    raise Skip("Add of a constant that is not of the other operand's per-sample shape (archir's add takes two "
+               "network tensors of equal shape; a bias belongs to Conv/Gemm)")
 
 
 @_rule("Mul")

@@ -93,6 +93,39 @@ def test_param_reads_back_from_archirs_onnx():
                                       .numpy())
 
 
+def test_learned_tensors_read_back_from_exported_onnx_forms():
+    """torch.export's ONNX of ``x + pos_embedding`` (Add of an initializer of the sample's shape) and of
+    ``class_token.expand(n, -1, -1)`` (Expand to ``[n, 1, 1]``: a target dim of 1 keeps the value's dim)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from archir.frontend import from_onnx
+
+    rng = np.random.default_rng(0)
+    pos, cls = rng.normal(size=(1, 5, 8)).astype(np.float32), rng.normal(size=(1, 1, 8)).astype(np.float32)
+    nodes = [helper.make_node("Add", ["x", "pos"], ["h"]),
+             helper.make_node("Shape", ["x"], ["n"], start=0, end=1),
+             helper.make_node("Concat", ["n", "ones"], ["target"], axis=0),
+             helper.make_node("Expand", ["cls", "target"], ["c"]),
+             helper.make_node("Concat", ["c", "h"], ["y"], axis=1)]
+    inits = [numpy_helper.from_array(pos, "pos"), numpy_helper.from_array(cls, "cls"),
+             numpy_helper.from_array(np.array([1, 1], np.int64), "ones")]
+    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    g = from_onnx(model)
+    assert sorted(n.attrs["shape"] for n in g.nodes("param")) == [[1, 8], [5, 8]] and g.num_params() == 48
+    x = rng.normal(size=(3, 5, 8)).astype(np.float32)
+    want = np.concatenate([np.broadcast_to(cls, (3, 1, 8)), x + pos], axis=1)
+    with torch.no_grad():
+        np.testing.assert_allclose(to_fx(g).eval()(torch.tensor(x)).numpy(), want, rtol=0, atol=1e-6)
+    # a constant that broadcasts over the tokens is still refused (it is not a learned tensor of the sample's shape)
+    inits[0] = numpy_helper.from_array(pos[:, :1], "pos")
+    bad = helper.make_model(helper.make_graph(nodes, "t", graph.input, graph.output, inits),
+                            opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UnsupportedModelError, match="per-sample shape"):
+        from_onnx(bad)
+
+
 def test_param_shape_rule_and_refusals():
     g = archir.Graph("p")
     x = g.input("x", (3, 4, 4))

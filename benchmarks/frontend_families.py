@@ -1,7 +1,8 @@
 """Frontend figures: all 20 torchvision classification families, imported at full size, and what passes do on them.
 
 For one model per family (two where the family has two kinds; random weights, nothing downloaded;
-BN statistics randomised so outputs are O(1) to O(10)) it prints, at the family's own evaluation
+BN statistics randomised so outputs are O(1) to O(10); weight tensors that torchvision initialises to
+all zeros, ViT's head and class token, drawn from N(0, 0.02)) it prints, at the family's own evaluation
 size (``weights.transforms``' crop: 224, Inception v3 299, EfficientNetV2-S 384; ``--size`` for
 another):
 
@@ -104,6 +105,11 @@ _SIZED = {"vit_b_16": "image_size", "maxvit_t": "input_size"}
 def _randomize_bn(m: torch.nn.Module, seed: int = 0) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
+        for p in m.parameters():
+            # torchvision zero-initialises ViT's head and class token: the logits would be 0 and every parity
+            # figure vacuous (0.0e+00); draw such all-zero weight tensors (biases stay) from N(0, 0.02)
+            if p.dim() >= 2 and not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
         for mod in m.modules():
             if isinstance(mod, torch.nn.BatchNorm2d):
                 c = mod.num_features

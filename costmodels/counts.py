@@ -30,7 +30,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from archir.graph import Graph
-from archir.ops import OpHandlers, candidate_steps, get_op, layernorm_size, pair
+from archir.ops import OpHandlers, attention_dims, candidate_steps, get_op, layernorm_size, pair
 from archir.training import auxiliary_head
 from archir.types import TensorType
 
@@ -191,6 +191,26 @@ def _layernorm(attrs, ins, out):
     c = layernorm_size(attrs, ins[0])
     per = 5 + (1 if attrs["affine"] else 0) + (1 if attrs["affine"] and attrs["bias"] else 0)
     return OpCost(flops=per * out.numel + 4 * (out.numel // c))
+
+
+# ---- transformer ops (param, attention)
+
+
+@COUNT_HANDLERS.register("param")
+def _param(attrs, ins, out):
+    # no arithmetic; the ref input's values are not read, the repeated value is written once per sample
+    return OpCost(traffic_bytes=4 * out.numel)
+
+
+@COUNT_HANDLERS.register("attention")
+def _attention(attrs, ins, out):
+    # q, k, v and out projections 4 L E^2; q k^T and weights @ v L^2 E each (per head L^2 d, H heads), as
+    # fvcore and torchvision's published GFLOPS count them; flops: 2 per MAC, the 4 L E bias adds, the
+    # 1/sqrt(d) multiply and softmax (5) per attention weight (H L^2)
+    length, e, _ = attention_dims(attrs, ins[0])
+    macs = 4 * length * e * e + 2 * length * length * e
+    weights = attrs["num_heads"] * length * length
+    return OpCost(macs=macs, flops=2 * macs + (4 * length * e if attrs["bias"] else 0) + 6 * weights)
 
 
 @COUNT_HANDLERS.register("identity", "dropout", "drop_path", "flatten", "stop_gradient", "auxiliary")
@@ -382,7 +402,7 @@ def count(g: Graph, batch_size: int = 1) -> Counts:
     Conventions (per node; batch-dependent figures are multiplied by ``batch_size``):
 
     - ``params``: trainable parameters (BN running stats are buffers, not params).
-    - ``macs``: multiply-accumulates of ``conv2d`` and ``linear`` only, bias excluded:
+    - ``macs``: multiply-accumulates of ``conv2d`` and ``linear`` (and ``matmul``, ``attention`` below), bias excluded:
       conv ``out_numel * in_channels / groups * kh * kw``, linear ``out_numel * in_features``.
       This is torchvision's convention (its published "GFLOPS" are these MACs).
     - ``flops``: all arithmetic, one flop per add, multiply, compare, exp or divide:
@@ -402,6 +422,9 @@ def count(g: Graph, batch_size: int = 1) -> Counts:
       ``mean``/``sum`` one per input element; ``conv1d`` as ``conv2d`` (``macs = out * cin/groups * k``);
       ``softmax``/``log_softmax`` 5 per element (max, subtract, exp, sum, divide or log-subtract);
       ``matmul`` ``macs = n * k * m`` per matrix (leading dims broadcast), ``2 * macs`` flops;
+      ``param`` 0 (a learned tensor: no arithmetic); ``attention`` on ``(L, E)`` tokens with ``H`` heads
+      ``macs = 4 L E^2 + 2 L^2 E`` (the four projections and the two matmuls, as fvcore / torchvision's
+      published GFLOPS), flops ``2 * macs + 4 L E`` (biases) ``+ 6 H L^2`` (scale and softmax);
       ``layernorm`` ``(5 + weight + bias)`` per element (mean and variance sums, subtract, square, scale by
       1/std; the affine multiply and add) plus 4 per normalised vector (two divisions by C, + eps, rsqrt).
     - ``activation_bytes``: bytes of the node's output tensor; 0 for ``input`` nodes (given,

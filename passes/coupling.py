@@ -44,6 +44,8 @@ of the *sources*:
   get their ``shape`` reset) is a permutation that depends on the channel count: channel ``j`` of
   each of its ``g`` segments is made one class, so pruning removes whole rows and keeps the per-group
   counts equal; widening refuses (:attr:`NodeRule.mixes`). Any other ``reshape`` is opaque;
+- ``param`` (a learned tensor) makes a new pinned class (its input gives the batch size only and is not
+  pinned); ``attention`` mixes every token and projects the embedding: opaque;
 - ``flatten(start_dim=1)`` of ``(C, H, W)`` keeps the classes, but each channel now covers
   ``H*W`` consecutive features (its *width*): a ``linear`` after it reads channel ``c`` through
   weight columns ``[c*H*W, (c+1)*H*W)`` (with ``global_avgpool`` first the width is 1).
@@ -836,6 +838,28 @@ def _layernorm(b: CouplingBuilder, n, a, ins, it) -> None:
                         f"{it[0].shape[norm_axis]} of them, so a new channel (even a copy) changes every output")
     else:  # over the last axis of a (.., W) map: a spatial axis; channels (axis 0) pass through unchanged
         b.carrier(n, list(b.layout[ins[0]]))
+
+
+# ---- transformer ops (param, attention)
+
+
+@register("param")
+def _param(b: CouplingBuilder, n, a, ins, it) -> None:
+    """A learned tensor makes new channels that no pass resizes: its output is a fresh pinned class (an ``add``
+    of it ties the other operand's channels to it, so those are pinned too). Its input only gives the batch
+    size, so the input's channels are neither read nor pinned. Like a graph input, this is a known coupling
+    (``strict`` analysis does not raise on it)."""
+    b.rules[n] = NodeRule(n, "param", "opaque", (), f"param {n!r} is a learned tensor of fixed shape {a['shape']}")
+    b.layout[n] = b.fresh(b.g.nx.nodes[n]["type"])
+    b.pins.append((b.layout[n], Pin(n, "unknown", f"learned tensor {n!r} of fixed shape {a['shape']}: widen and "
+                                                  f"prune do not resize it", "leave the channels it meets alone")))
+
+
+@register("attention")
+def _attention(b: CouplingBuilder, n, a, ins, it) -> None:
+    b.opaque(n, f"attention on {it[0]} mixes every token (axis 0) through the attention weights and projects "
+                f"the embedding; archir does not follow channels through it",
+             "leave the tokens and embedding feeding this attention alone")
 
 
 @register("choice")

@@ -27,7 +27,10 @@ Public names:
   equal-shape ``mul``), ``concat`` of equal-spatial nodes (channels; sometimes H or W), and
   ``global_avgpool -> flatten -> linear`` heads (sometimes ``flatten -> linear`` straight from
   a feature map, sometimes a ``linear`` on a rank-2 ``(C, H*W)`` tensor; one or two outputs).
-  With ``allow_choice=True`` some body steps are ``choice`` nodes (see :func:`supernets`).
+  With ``allow_choice=True`` some body steps are ``choice`` nodes (see :func:`supernets`); with
+  ``transformer=True`` some are ViT-like blocks on the map's ``(H*W, C)`` tokens (``permute``, a ``param``
+  class token ``concat``-ed in front and a ``param`` position embedding added, ``layernorm``, ``attention``
+  with a residual, the class token sliced off, ``reshape`` back to the map).
   Every attribute is drawn legal for the current shape (nothing is rejected by catching an
   error), spatial dims stay <= 16 and channels <= 32. The graph is validated, weights come
   from a drawn seed, BN running stats/affine params, ``scale`` and layernorm weights are randomised so
@@ -98,6 +101,9 @@ def randomize_weights(g: archir.Graph, seed: int) -> archir.Graph:
               for k, a in node.params.items()}
         if ps:
             g.set_params(node.id, **ps)
+    for node in g.nodes("attention"):  # torch's init has zero biases; a spread of scores, not uniform weights
+        g.set_params(node.id, **{k: rng.normal(0, 0.5 if k.endswith("weight") else 0.1, a.shape)
+                                 for k, a in node.params.items()})
     for node in g.nodes("choice"):
         bufs = {k: (rng.normal(0, 0.1, a.shape) if k.endswith("running_mean") else rng.uniform(0.5, 1.5, a.shape))
                 for k, a in node.buffers.items()}
@@ -213,8 +219,9 @@ _candidate_names = st.lists(st.sampled_from(CANDIDATE_MENU), min_size=2, max_siz
 
 
 class _Builder:
-    def __init__(self, draw, g: archir.Graph, naming: str, allow_choice: bool) -> None:
+    def __init__(self, draw, g: archir.Graph, naming: str, allow_choice: bool, transformer: bool = False) -> None:
         self.draw, self.g, self.naming, self.allow_choice = draw, g, naming, allow_choice
+        self.transformer = transformer
         self.k = 0
         self.ties: dict[str, tuple[str, ...]] = {}
 
@@ -247,6 +254,9 @@ class _Builder:
         if self.allow_choice:
             ops.append("choice")
             weights.append(4)
+        if self.transformer:
+            ops.append("tokens")
+            weights.append(12)
         op = draw(st.sampled_from([o for o, wt in zip(ops, weights) for _ in range(wt)]))
         if op == "conv2d":
             in_groups = [d for d in range(1, c + 1) if c % d == 0]
@@ -307,6 +317,8 @@ class _Builder:
             t = self.add("layernorm", self.add("permute", cur, dims=[1, 2, 0]), axis="last", **attrs)
             t = self.add("linear", t, out_features=draw(st.integers(1, 16)), bias=draw(st.booleans()))
             return self.add("permute", t, dims=[2, 0, 1])
+        if op == "tokens":
+            return self.tokens(cur)
         if op == "channel_shuffle":
             groups = [d for d in range(2, c + 1) if c % d == 0]
             if not groups:
@@ -396,6 +408,26 @@ class _Builder:
         return self.g.add("choice", cur, name=self.name("choice"), candidates=candidates_for(c, stride, names),
                           tie=tie)
 
+    def tokens(self, cur: str) -> str:
+        """A ViT-like block on the (H*W, C) tokens of a map, and back: flatten and permute to tokens, maybe a
+        learned class token in front, maybe a learned position embedding added, a pre-norm self-attention
+        (heads dividing C) with a residual, then the class token sliced off and the map restored."""
+        draw = self.draw
+        c, h, w = self.shape(cur)
+        t = self.add("permute", self.add("flatten", cur, start_dim=2), dims=[1, 0])  # (H*W, C)
+        cls = draw(st.booleans())
+        if cls:
+            t = self.add("concat", self.add("param", t, shape=[1, c]), t, dim=1)
+        if draw(st.booleans()):
+            t = self.add("add", t, self.add("param", t, shape=list(self.shape(t))))
+        a = self.add("layernorm", t, axis="last") if draw(st.booleans()) else t
+        heads = draw(st.sampled_from([d for d in range(1, c + 1) if c % d == 0]))
+        a = self.add("attention", a, num_heads=heads, bias=draw(st.booleans()))
+        t = self.add("add", t, a) if draw(st.booleans()) else a
+        if cls:
+            t = self.add("slice", t, dim=1, start=1)
+        return self.add("reshape", self.add("permute", t, dims=[1, 0]), shape=[c, h, w])
+
     def activation(self, cur: str) -> str:
         op = self.draw(st.sampled_from(ACTIVATIONS))
         return self.add(op, cur, **self.draw(st.sampled_from(ACTIVATION_ATTRS.get(op, [{}]))))
@@ -417,10 +449,11 @@ class _Builder:
 
 @st.composite
 def graphs(draw, max_nodes: int = 14, allow_choice: bool = False, max_inputs: int = 2,
-           max_outputs: int = 2) -> archir.Graph:
-    """A random valid graph (see the module docstring); ``max_nodes`` bounds the body steps."""
+           max_outputs: int = 2, transformer: bool = False) -> archir.Graph:
+    """A random valid graph (see the module docstring); ``max_nodes`` bounds the body steps. ``transformer``:
+    some steps are ViT-like token blocks (``param`` class token / position embedding, ``attention``)."""
     g = archir.Graph(draw(st.sampled_from(["rand", "random_net", "g"])))
-    b = _Builder(draw, g, draw(st.sampled_from(["scoped", "flat", "auto"])), allow_choice)
+    b = _Builder(draw, g, draw(st.sampled_from(["scoped", "flat", "auto"])), allow_choice, transformer)
 
     def shape():
         return (draw(st.integers(1, 8)), draw(st.integers(4, 12)), draw(st.integers(4, 12)))

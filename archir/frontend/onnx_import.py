@@ -360,10 +360,12 @@ class _BatchShape:
 
 
 class _ShapeOf:
-    """``Shape(x)`` of a network tensor: its dims, the batch unknown (``None``)."""
+    """``Shape(x)`` of a network tensor: its dims, the batch unknown (``None``); ``src``: the IR id of ``x``
+    while the batch entry (``None``) in ``dims`` is still its batch (an ``Expand`` target: ``param``)."""
 
-    def __init__(self, dims: list[int | None]) -> None:
+    def __init__(self, dims: list[int | None], src: str | None = None) -> None:
         self.dims = dims
+        self.src = src if dims[:1] == [None] else None
 
 
 def _foldable(imp, node) -> bool:
@@ -1274,7 +1276,8 @@ def _concat(imp, node, a):
     if any(isinstance(v, _ShapeOf) for v in vals):  # shape arithmetic: Concat(Shape(x)[:2], [oh, ow])
         if not all(isinstance(v, _ShapeOf) or (isinstance(v, np.ndarray) and v.ndim == 1) for v in vals):
             raise Skip("Concat of a shape with a value that is not a constant vector")
-        return _ShapeOf([d for v in vals for d in (v.dims if isinstance(v, _ShapeOf) else v.tolist())])
+        src = vals[0].src if isinstance(vals[0], _ShapeOf) else None
+        return _ShapeOf([d for v in vals for d in (v.dims if isinstance(v, _ShapeOf) else v.tolist())], src)
     if vals and isinstance(vals[0], _BatchSize) and vals[0].vec:
         rest = vals[1:]
         if int(a.get("axis", 0)) != 0 or not all(isinstance(v, np.ndarray) and v.ndim == 1 for v in rest):
@@ -1284,6 +1287,27 @@ def _concat(imp, node, a):
     return imp.add(node, "concat", xs, dim=int(a["axis"]))
 
 
+@_rule("Expand")
+def _expand(imp, node, a):
+    """``Expand(value, Concat(Shape(x)[0:1], shape))`` of a constant ``value`` of shape ``(1, *shape)`` (archir's
+    to_onnx of ``param``): the learned tensor repeated over ``x``'s batch."""
+    value = imp.const(node.input[0], "the expanded value")
+    target = imp.env.get(node.input[1], _BAD)
+    if not isinstance(target, _ShapeOf) or target.src is None:
+        raise Skip("Expand to a shape that is not [batch of a network tensor, *constant sizes]; archir repeats a "
+                   "constant over the batch only (its param op)")
+    rest = target.dims[1:]
+    # Expand broadcasts both ways: a target dim of 1 keeps the value's dim (torch.export writes expand(n, -1, -1)
+    # as [n, 1, 1])
+    if value.ndim != len(target.dims) or value.shape[0] != 1 or not rest or any(
+            t not in (v, 1) for t, v in zip(rest, value.shape[1:])):
+        raise Skip(f"Expand of a constant of shape {value.shape} to [batch, *{rest}]: archir repeats a (1, *shape) "
+                   "constant over the batch only, with the other dims kept")
+    shape = [int(d) for d in value.shape[1:]]
+    return imp.add(node, "param", [target.src], params={"value": value.reshape(shape).astype(np.float32)},
+                   shape=shape)
+
+
 @_rule("Add")
 def _add(imp, node, a):
     l, r = (imp.env.get(i, _BAD) for i in node.input)
@@ -1291,7 +1315,16 @@ def _add(imp, node, a):
         if imp.shape(l) != imp.shape(r):
             raise Skip(f"broadcasting Add of {imp.shape(l)} and {imp.shape(r)}")
         return imp.add(node, "add", [l, r])
-    raise Skip("Add of a constant (archir's add takes two network tensors; a bias belongs to Conv/Gemm)")
+    x, c = (l, r) if isinstance(l, str) else (r, l)
+    if isinstance(x, str) and isinstance(c, np.ndarray) and c.ndim >= 1:
+        shape = list(imp.shape(x))
+        full = list(c.shape[1:]) if c.ndim == len(shape) + 1 and c.shape[0] == 1 else list(c.shape)
+        if full == shape:  # a learned tensor of the sample's shape (ViT's position embedding): param, then add
+            p = add_mapped(imp.g, imp.ids, imp.ids(f"{imp.node_id(node, 'add')}.param"), "param", [x],
+                           params={"value": c.reshape(shape).astype(np.float32)}, shape=shape)
+            return imp.add(node, "add", [x, p] if isinstance(l, str) else [p, x])
+    raise Skip("Add of a constant that is not of the other operand's per-sample shape (archir's add takes two "
+               "network tensors of equal shape; a bias belongs to Conv/Gemm)")
 
 
 @_rule("Mul")
@@ -1314,11 +1347,100 @@ def _mul(imp, node, a):
     shape = imp.shape(x)
     if c.size == 1 and float(c.reshape(())) == 0.0:
         return imp.add(node, "zero", [x])
+    if c.size == 1:
+        nid = _attention_chain(imp, node, x, float(c.reshape(())))
+        if nid is not None:
+            return nid
     ch = shape[0]
     if c.size == ch and (c.shape in ((ch,) + (1,) * (len(shape) - 1), (1, ch) + (1,) * (len(shape) - 1))
                          or (len(shape) == 1 and c.shape == (ch,))):
         return imp.add(node, "scale", [x], params={"weight": c.reshape(ch)})
     raise Skip(f"Mul by a constant of shape {c.shape}; archir multiplies by a learnable per-channel scale only")
+
+
+def _heads_of(imp, pid: str, dims: list[int], users: int = 1) -> tuple[str, np.ndarray, np.ndarray | None] | None:
+    """``permute(dims)(reshape([L, H, d])(linear(x)))`` in the IR built so far (one of attention's q, k, v as
+    archir's to_onnx writes them): ``(x, weight, bias)``, else ``None``."""
+    g = imp.g
+    p = g.node(pid)
+    if p.op != "permute" or p.attrs["dims"] != dims or len(g.users_of(pid)) != users:
+        return None
+    r = g.node(g.inputs_of(pid)[0])
+    if r.op != "reshape" or len(r.attrs["shape"]) != 3 or len(g.users_of(r.id)) != 1:
+        return None
+    lin = g.node(g.inputs_of(r.id)[0])
+    if lin.op != "linear" or len(g.users_of(lin.id)) != 1 or len(g.node(g.inputs_of(lin.id)[0]).type.shape) != 2:
+        return None
+    return g.inputs_of(lin.id)[0], lin.params["weight"], lin.params.get("bias")
+
+
+def _attention_chain(imp, node, s: str, c: float) -> str | None:
+    """archir's to_onnx of ``attention``: ``Mul(MatMul(q, k), 1/sqrt(d)) -> Softmax -> MatMul(., v) -> Transpose
+    -> Reshape -> MatMul(., W_out^T) [-> Add(b_out)]`` with q, k, v the heads of three linears of one ``x``
+    (already read as linear -> reshape -> permute). Read back as one ``attention`` node: the forward ONNX nodes
+    are consumed and the q/k/v IR nodes replaced. ``None`` where the chain is anything else."""
+    g = imp.g
+    mm = g.node(s)
+    if mm.op != "matmul" or len(g.users_of(s)) != 0:
+        return None
+    qi, ki = g.inputs_of(s)
+    q, k = _heads_of(imp, qi, [1, 0, 2]), _heads_of(imp, ki, [1, 2, 0])
+    if q is None or k is None or q[0] != k[0]:
+        return None
+    x = q[0]
+    length, e = imp.shape(x)
+    heads, d = g.node(g.inputs_of(qi)[0]).attrs["shape"][1:]
+    if heads * d != e or not math.isclose(c, 1.0 / math.sqrt(d), rel_tol=1e-6):
+        return None
+    sm = imp.sole_user(node.output[0])
+    if sm is None or sm.op_type != "Softmax" or int(_attrs(sm).get("axis", -1)) not in (-1, 3):
+        return None
+    ctx = imp.sole_user(sm.output[0])
+    if ctx is None or ctx.op_type != "MatMul" or ctx.input[0] != sm.output[0]:
+        return None
+    vi = imp.env.get(ctx.input[1], _BAD)
+    # v's heads are read by the context MatMul, which is not imported yet: no IR user, one ONNX user
+    v = _heads_of(imp, vi, [1, 0, 2], users=0) if isinstance(vi, str) else None
+    if v is None or v[0] != x or imp.sole_user(ctx.input[1]) is not ctx:
+        return None
+    tr = imp.sole_user(ctx.output[0])
+    if tr is None or tr.op_type != "Transpose" or list(_attrs(tr).get("perm", [])) != [0, 2, 1, 3]:
+        return None
+    rs = imp.sole_user(tr.output[0])
+    target = imp.env.get(rs.input[1], _BAD) if rs is not None and rs.op_type == "Reshape" else _BAD
+    if not isinstance(target, np.ndarray) or target.reshape(-1).tolist() != [0, length, e]:
+        return None
+    out = imp.sole_user(rs.output[0])
+    w_out = imp.env.get(out.input[1], _BAD) if out is not None and out.op_type == "MatMul" else _BAD
+    if out is None or out.input[0] != rs.output[0] or not isinstance(w_out, np.ndarray) or w_out.shape != (e, e):
+        return None
+    chain, b_out = [sm, ctx, tr, rs, out], None
+    add = imp.sole_user(out.output[0])
+    if add is not None and add.op_type == "Add":
+        other = [i for i in add.input if i != out.output[0]]
+        b = imp.env.get(other[0], _BAD) if len(other) == 1 else _BAD
+        if isinstance(b, np.ndarray) and b.shape == (e,):
+            chain.append(add)
+            b_out = b
+    biases = [q[2], k[2], v[2], b_out]
+    if any(b is None for b in biases) != all(b is None for b in biases):
+        return None  # a bias on some projections only: not nn.MultiheadAttention
+    params = {"in_proj_weight": np.concatenate([q[1], k[1], v[1]]), "out_proj_weight": np.ascontiguousarray(w_out.T)}
+    if b_out is not None:
+        params.update(in_proj_bias=np.concatenate(biases[:3]), out_proj_bias=b_out)
+    nid = imp.add(chain[-1], "attention", [x], params=params, num_heads=int(heads), bias=b_out is not None)
+    index = {id(n): i for i, n in enumerate(imp.model.graph.node)}
+    for n in chain:
+        imp.done.add(index[id(n)])
+    imp.env[chain[-1].output[0]] = nid
+    # the q, k, v heads and their scores are now inside the attention node
+    dead = [s]
+    for pid in (qi, ki, vi):
+        r = g.inputs_of(pid)[0]
+        dead += [pid, r, g.inputs_of(r)[0]]
+    for n in dead:
+        g.remove(n)
+    return nid
 
 
 def _binary(op: str, onnx_op: str):
@@ -1361,7 +1483,7 @@ def _shape(imp, node, a):
     """The shape of a network tensor (its batch unknown): only a ``Gather`` of its fixed dims reads it."""
     dims = [None, *imp.shape(imp.act(node.input[0]))]
     start, end = int(a.get("start", 0)), a.get("end")
-    return _ShapeOf(dims[start:None if end is None else int(end)])
+    return _ShapeOf(dims[start:None if end is None else int(end)], imp.act(node.input[0]) if start == 0 else None)
 
 
 @_rule("Gather")
@@ -1425,7 +1547,8 @@ def _slice(imp, node, a):
                   for i, w in zip(list(node.input[1:]) + [""] * 4, ["starts", "ends", "axes", "steps"])][:4]
         if len(bounds[0]) != 1 or (bounds[2] not in (None, [0])) or (bounds[3] not in (None, [1])):
             raise Skip("Slice of a shape other than one contiguous range")
-        return _ShapeOf(v.dims[int(bounds[0][0]):int(min(bounds[1][0], len(v.dims)))])
+        start = int(bounds[0][0])
+        return _ShapeOf(v.dims[start:int(min(bounds[1][0], len(v.dims)))], v.src if start == 0 else None)
     x = imp.act(node.input[0])
     shape = imp.shape(x)
     names = ["starts", "ends", "axes", "steps"]

@@ -40,7 +40,7 @@ from archir.errors import IRError
 from archir.frontend.common import (FrontendError, IdMaker, Skip, Unsupported, UnsupportedModelError, add_mapped,
                                     clean_id, fuse_layernorm2d)
 from archir.graph import Graph
-from archir.lower.modules import LayerNorm2d, Scale, stop_forward, zero
+from archir.lower.modules import LayerNorm2d, LearnedTensor, Scale, SelfAttention, stop_forward, zero
 from archir.ops import get_op
 
 __all__ = ["from_torch"]
@@ -93,6 +93,7 @@ _SIGS: dict[str, tuple[list[str], dict[str, Any]]] = {
     "stochastic_depth": (["input", "p", "mode", "training"], {"training": True}),
     "identity": (["input"], {}),
     "getitem": (["input", "index"], {}),
+    "expand": (["input", "*sizes"], {}),
     "narrow": (["input", "dim", "start", "length"], {}),
     "leaky_relu": (["input", "negative_slope", "inplace"], {"negative_slope": 0.01, "inplace": False}),
     "gelu": (["input", "approximate"], {"approximate": "none"}),
@@ -342,8 +343,9 @@ class _Importer:
             out = self.call(node, args, kwargs)
         else:
             raise Skip(f"fx node kind {node.op!r} has no mapping")
-        if node.op == "call_module" and isinstance(out, _Act) and not self.dry:
-            self.module_calls.setdefault(str(node.target), out.id)
+        first = out.values[0] if isinstance(out, _Outputs) else out  # (attn_output, None) of an attention
+        if node.op == "call_module" and isinstance(first, _Act) and not self.dry:
+            self.module_calls.setdefault(str(node.target), first.id)
         return out
 
     def has_rule(self, node: fx.Node) -> bool:
@@ -401,6 +403,14 @@ class _Importer:
             via = "" if any(u in src.users for u in later[:1]) else " (through a view sharing its memory)"
             raise Skip(f"works in place on {src.name!r}, which {later[0].name!r} reads afterwards{via} (it would "
                         "see the changed values); use the out-of-place form")
+
+
+class _Outputs:
+    """The tuple a module returns, of which archir computes some entries (``values``: ``_Act`` or ``None``;
+    ``what``: the others, in words)."""
+
+    def __init__(self, values: list, what: list[str]) -> None:
+        self.values, self.what = values, what
 
 
 class _Py:
@@ -1057,12 +1067,102 @@ def _layer_scale(imp, node, x: _Act, p) -> _Act:
     return _result(imp, node, imp.add(node, "scale", [x.id], params={"weight": p.detach().reshape(c)}))
 
 
+def _param_node(imp, node, ref: _Act, value: torch.Tensor, shape: list[int], name: str | None = None) -> _Act:
+    """A ``param`` node holding ``value`` (per-sample ``shape``), repeated over ``ref``'s batch."""
+    nid = imp.add(node, "param", [ref.id], params={"value": value.detach().reshape(shape)}, shape=list(shape),
+                  name=name)
+    if imp.dry:
+        return _Act("", (ref.shape[0], *shape))
+    return _Act(nid, (ref.shape[0], *shape))
+
+
+def _learned_fits(x: _Act, p) -> bool:
+    """``p`` is an ``nn.Parameter`` that ``_learned`` maps against ``x`` other than as a per-channel
+    ``(C, 1, ..., 1)`` layer scale (which ``scale`` keeps)."""
+    if not isinstance(p, nn.Parameter) or len(x.shape) < 2:
+        return False
+    shape = tuple(p.shape)[1:] if p.dim() == len(x.shape) and p.shape[0] == 1 else tuple(p.shape)
+    return len(shape) == len(x.shape) - 1 and shape != (x.shape[1],) + (1,) * (len(x.shape) - 2)
+
+
+def _learned(imp, node, x: _Act, p: nn.Parameter, op: str) -> _Act:
+    """``x <op> p`` with an ``nn.Parameter`` ``p`` of shape ``(1, *s)`` or ``s`` (the same for every sample,
+    ViT's ``input + self.pos_embedding``): ``p`` becomes a ``param`` node of per-sample shape ``s`` repeated
+    over ``x``'s batch, so the binary op sees two batched tensors (nothing broadcasts over the batch)."""
+    shape = tuple(p.shape)
+    if len(shape) == len(x.shape) and shape[:1] == (1,):
+        shape = shape[1:]
+    if len(shape) != len(x.shape) - 1:
+        raise Skip(f"{op} of {tuple(x.shape)} and a parameter of shape {tuple(p.shape)}: archir imports a learned "
+                   f"tensor of shape (1, *sample) or (*sample) with as many sample dims as the other operand")
+    if op == "add" and shape != tuple(x.shape[1:]):
+        raise Skip(f"add of {tuple(x.shape)} and a parameter of shape {tuple(p.shape)} broadcasts (archir's add "
+                   "needs equal shapes)")
+    scope = imp.scope(node)
+    name = None
+    for n, q in imp.gm.named_parameters():
+        if q is p:
+            name = clean_id(n)  # named after the parameter: encoder.pos_embedding
+            break
+    return _param_node(imp, node, x, p, list(shape), name=name or (f"{scope}.param" if scope else "param"))
+
+
+def _batch_source(imp, a) -> _Act | None:
+    """The network tensor whose batch size the fx value ``a`` is (``x.shape[0]``, ``x.size(0)``,
+    ``x.size()[0]``), or ``None``."""
+    if not isinstance(a, fx.Node):
+        return None
+    src = None
+    if a.op == "call_method" and a.target == "size" and len(a.args) == 2 and a.args[1] == 0:
+        src = a.args[0]
+    elif a.op == "call_function" and a.target is operator.getitem and len(a.args) == 2 and a.args[1] == 0:
+        inner = a.args[0]
+        if isinstance(inner, fx.Node) and (
+                (inner.op == "call_function" and inner.target is getattr and inner.args[1:] == ("shape",))
+                or (inner.op == "call_method" and inner.target == "size" and len(inner.args) == 1)):
+            src = inner.args[0]
+    v = imp.env.get(src) if isinstance(src, fx.Node) else None
+    return v if isinstance(v, _Act) else None
+
+
+def _expand(imp, node, kw):
+    """``p.expand(n, -1, ...)`` of an ``nn.Parameter`` ``p`` of shape ``(1, *s)`` with ``n`` the batch size of a
+    network tensor ``x`` (ViT's class token: ``self.class_token.expand(x.shape[0], -1, -1)``): a ``param`` node
+    of shape ``s`` repeated over ``x``'s batch."""
+    p = kw["input"]
+    if isinstance(p, _Act):
+        raise Skip("expand of a network tensor; archir repeats learned tensors (nn.Parameter) over the batch only")
+    if not isinstance(p, nn.Parameter):
+        raise Skip(f"expand of a {type(p).__name__}; archir imports expand of an nn.Parameter over the batch")
+    fx_sizes = list(node.args[1:])
+    if len(fx_sizes) == 1 and isinstance(fx_sizes[0], (list, tuple)):
+        fx_sizes = list(fx_sizes[0])
+    if node.kwargs or len(fx_sizes) != p.dim() or p.shape[0] != 1:
+        raise Skip(f"expand{tuple(fx_sizes)} of a parameter of shape {tuple(p.shape)}: archir imports "
+                   "p.expand(x.shape[0], -1, ...) of a (1, ...) parameter")
+    ref = _batch_source(imp, fx_sizes[0])
+    if ref is None:
+        raise Skip(f"expand of a parameter to a first size {fx_sizes[0]!r} that is not a network tensor's batch "
+                   "size (x.shape[0] or x.size(0))")
+    for d, (want, have) in enumerate(zip(fx_sizes[1:], p.shape[1:]), 1):
+        if not (isinstance(want, int) and want in (-1, have)):
+            raise Skip(f"expand of a parameter of shape {tuple(p.shape)} to size {want!r} on dim {d}; archir "
+                       "repeats it over the batch only (pass -1 for the other dims)")
+    name = next((clean_id(n) for n, q in imp.gm.named_parameters() if q is p), None)
+    return _param_node(imp, node, ref, p, list(p.shape[1:]), name=name)
+
+
 def _binary(op: str):
     def rule(imp, node, kw):
         a, b = kw["input"], kw["other"]
         if op == "mul" and isinstance(a, _Act) != isinstance(b, _Act) and isinstance(
-                b if isinstance(a, _Act) else a, torch.Tensor):
+                b if isinstance(a, _Act) else a, torch.Tensor) and not _learned_fits(
+                a if isinstance(a, _Act) else b, b if isinstance(a, _Act) else a):
             return _layer_scale(imp, node, *((a, b) if isinstance(a, _Act) else (b, a)))
+        if isinstance(a, _Act) != isinstance(b, _Act) and isinstance(b if isinstance(a, _Act) else a, nn.Parameter):
+            x = a if isinstance(a, _Act) else b
+            p = _learned(imp, node, x, b if isinstance(a, _Act) else a, op)
+            a, b = (x, p) if isinstance(a, _Act) else (p, x)
         if not isinstance(a, _Act) or not isinstance(b, _Act):
             c = b if isinstance(a, _Act) else a
             raise Skip(f"{op} with a constant ({type(c).__name__}); archir's {op} takes two network tensors")
@@ -1105,13 +1205,21 @@ def _slices(imp, node, x: _Act, spans: dict[int, tuple[int, int | None, int]], o
     return _Act(nid, (x.shape[0],) + (tuple(imp.g.node(nid).type.shape) if not imp.dry else tuple(x.shape[1:])))
 
 
-def _getitem(imp, node, kw):
+def _getitem(imp, node, kw, own: bool = True):
     x = kw["input"]
     if isinstance(x, _Parts):  # a part of torch.split / chunk
         k = kw["index"]
         if isinstance(k, bool) or not isinstance(k, int) or not -len(x.spans) <= k < len(x.spans):
             raise Skip(f"index {k!r} into the {len(x.spans)} parts of a split")
         return x.part(imp, node, k % len(x.spans))
+    if isinstance(x, _Outputs):  # (attn_output, None) of nn.MultiheadAttention
+        k = kw["index"]
+        if isinstance(k, bool) or not isinstance(k, int) or not -len(x.values) <= k < len(x.values):
+            raise Skip(f"index {k!r} into the {len(x.values)} outputs of a module")
+        v = x.values[k]
+        if not isinstance(v, _Act):
+            raise Skip(f"output {k} of the module is {x.what[k]}, which archir does not compute")
+        return v
     if not isinstance(x, _Act):
         raise Skip("indexing a value that is not a network tensor (a tuple of outputs?)")
     index = kw["index"] if isinstance(kw["index"], tuple) else (kw["index"],)
@@ -1120,9 +1228,28 @@ def _getitem(imp, node, kw):
     if Ellipsis in index:
         k = index.index(Ellipsis)
         index = index[:k] + (slice(None),) * (len(x.shape) - len(index) + 1) + index[k + 1:]
-    if len(index) > len(x.shape) or not all(isinstance(i, slice) for i in index):
-        raise Skip(f"indexing with {index!r}: archir maps slices (x[:, :, a:b:s]) only, not integers, None, "
-                    "tensors or masks")
+    if len(index) > len(x.shape) or not all(isinstance(i, slice) or (isinstance(i, int) and not isinstance(i, bool))
+                                            for i in index):
+        raise Skip(f"indexing with {index!r}: archir maps slices and integers (x[:, 0], x[:, :, a:b:s]) only, not "
+                    "None, tensors or masks")
+    picks = [dim for dim, i in enumerate(index) if isinstance(i, int)]
+    if picks:  # x[:, 0]: a slice of length 1 on each integer-indexed dim, then a reshape dropping those dims
+        if 0 in picks:
+            raise Skip(f"indexing the batch dimension with an integer ({index[0]})")
+        for dim in picks:
+            if not -x.shape[dim] <= index[dim] < x.shape[dim]:
+                raise Skip(f"index {index[dim]} is out of range for dim {dim} of size {x.shape[dim]}")
+        spans = {dim: (index[dim] % x.shape[dim], index[dim] % x.shape[dim] + 1, 1) for dim in picks}
+        rest = tuple(slice(None) if isinstance(i, int) else i for i in index)
+        y = _getitem(imp, node, {"input": x, "index": rest}, own=False) if any(
+            i != slice(None) for i in rest) else x
+        y = _slices(imp, node, y, spans, own=False)
+        out = imp.out_shape(node)
+        if out is None or len(out) < 2:
+            raise Skip(f"indexing with {index!r} leaves no per-sample axis")
+        if imp.dry:
+            return _Act("", tuple(out))
+        return _reshape(imp, node, {"input": y})  # drops the picked dims (a flatten where it is one)
     spans = {}
     for dim, s in enumerate(index):
         if not all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in (s.start, s.stop, s.step)):
@@ -1134,7 +1261,7 @@ def _getitem(imp, node, kw):
         if s.step is not None and s.step < 1:
             raise Skip(f"slice step {s.step} (torch allows only positive steps)")
         spans[dim] = (s.start or 0, s.stop, s.step or 1)
-    return _slices(imp, node, x, spans)
+    return _slices(imp, node, x, spans, own=own)
 
 
 def _narrow(imp, node, kw):
@@ -1232,6 +1359,7 @@ _reg([F.dropout], "dropout", _dropout)
 _reg([("method", "contiguous"), ("method", "clone")], "identity", _alias)
 _reg([operator.getitem], "getitem", _getitem)
 _reg([torch.narrow, ("method", "narrow")], "narrow", _narrow)
+_reg([("method", "expand")], "expand", _expand)
 _reg([torch.permute], "permute", _permute)
 _reg([("method", "permute")], "permute_method", _permute)
 _reg([torch.transpose, torch.swapaxes, torch.swapdims, ("method", "transpose"), ("method", "swapaxes"),
@@ -1453,7 +1581,60 @@ def _m_scale(imp, node, m: Scale, args, kwargs):
     return _result(imp, node, imp.add(node, "scale", [x.id], params={"weight": m.weight}))
 
 
+def _m_attention(imp, node, m: nn.Module, args, kwargs):
+    """``nn.MultiheadAttention(batch_first=True)(x, x, x, need_weights=False)`` (torchvision's ViT) as one
+    ``attention`` node; its ``(attn_output, None)`` result is indexed by the caller. archir's own
+    ``SelfAttention`` (to_fx's lowering) maps back too."""
+    if isinstance(m, SelfAttention):
+        x = _act({"input": args[0] if args else kwargs.get("x")})
+        params = {k: v for k, v in m.named_parameters()}
+        return _result(imp, node, imp.add(node, "attention", [x.id], params=params, num_heads=m.num_heads,
+                                          bias=m.in_proj_bias is not None, dropout=float(m.dropout)))
+    names = ["query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights",
+             "is_causal"]
+    if len(args) > len(names):
+        raise Skip(f"MultiheadAttention takes at most {len(names)} arguments, got {len(args)}")
+    kw = {"key_padding_mask": None, "need_weights": True, "attn_mask": None, "average_attn_weights": True,
+          "is_causal": False, **dict(zip(names, args)), **kwargs}
+    q = _act(kw, "query")
+    if kw.get("key") is not q or kw.get("value") is not q:
+        raise Skip("cross-attention (query, key and value differ); archir's attention is self-attention "
+                   "(mha(x, x, x))")
+    if kw["key_padding_mask"] is not None or kw["attn_mask"] is not None or kw["is_causal"]:
+        raise Skip("MultiheadAttention with a mask; archir's attention attends to every token")
+    if kw["need_weights"] is not False:
+        raise Skip("MultiheadAttention with need_weights=True returns the attention weights, which archir does "
+                   "not compute; pass need_weights=False (as torchvision's ViT does)")
+    if not m.batch_first:
+        raise Skip("MultiheadAttention(batch_first=False) takes (L, N, E) tokens, batch second; archir keeps the "
+                   "batch first: use batch_first=True")
+    if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
+        raise Skip("MultiheadAttention with kdim/vdim, add_bias_kv or add_zero_attn; archir's attention has one "
+                   "in_proj_weight (3E, E) and no extra key/value biases")
+    if len(q.shape) != 3 or q.shape[2] != m.embed_dim:
+        raise Skip(f"MultiheadAttention on {q.shape}; archir's attention takes (N, L, E) tokens with E = "
+                   f"{m.embed_dim}")
+    bias = m.in_proj_bias is not None
+    if bias != (m.out_proj.bias is not None):
+        raise Skip("MultiheadAttention with a bias on only one of in_proj and out_proj")
+    params = {"in_proj_weight": m.in_proj_weight, "out_proj_weight": m.out_proj.weight}
+    if bias:
+        params.update(in_proj_bias=m.in_proj_bias, out_proj_bias=m.out_proj.bias)
+    nid = imp.add(node, "attention", [q.id], params=params, num_heads=m.num_heads, bias=bias, dropout=float(m.dropout))
+    if imp.dry:
+        return _Outputs([_Act("", q.shape), None], ["", "the attention weights (need_weights=False)"])
+    ir = imp.g.node(nid).type.shape
+    return _Outputs([_Act(nid, (q.shape[0], *ir)), None], ["", "the attention weights (need_weights=False)"])
+
+
+def _m_learned(imp, node, m: LearnedTensor, args, kwargs):
+    ref = _act({"input": args[0] if args else kwargs.get("ref")})
+    return _result(imp, node, imp.add(node, "param", [ref.id], params={"value": m.value},
+                                      shape=list(m.value.shape)))
+
+
 _MODULE_RULES: dict[type, Callable] = {
+    nn.MultiheadAttention: _m_attention, SelfAttention: _m_attention, LearnedTensor: _m_learned,
     Scale: _m_scale,
     nn.Conv2d: _m_conv, nn.Linear: _m_linear, nn.BatchNorm2d: _m_bn,
     nn.ReLU: _m_unary("relu"), nn.ReLU6: _m_unary("relu6"), nn.Sigmoid: _m_unary("sigmoid"),
@@ -1498,7 +1679,7 @@ class _Tracer(fx.Tracer):
         super().__init__(autowrap_functions=(zero, stop_forward))
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (Scale, LayerNorm2d)) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (Scale, LayerNorm2d, LearnedTensor, SelfAttention)) or super().is_leaf_module(m, qualname)
 
 
 def _trace_fx(module: nn.Module) -> fx.GraphModule:

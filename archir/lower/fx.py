@@ -29,8 +29,8 @@ from torch import fx, nn
 from archir.errors import IRError, LoweringError
 from archir.graph import Graph, Node, arch_key
 from archir.ops import OpHandlers, get_op, pair, slice_range, step_inputs
-from archir.lower.modules import (CHOICE_MODES, ArchSampler, ChoiceModule, DropPath, LayerNorm2d, Scale, stop_forward,
-                                  zero)
+from archir.lower.modules import (CHOICE_MODES, ArchSampler, ChoiceModule, DropPath, LayerNorm2d, LearnedTensor, Scale,
+                                  SelfAttention, stop_forward, zero)
 from archir.training import auxiliary_head, auxiliary_outputs, strip_training
 
 __all__ = ["to_fx", "sync_back", "set_drop_path", "arch_parameters", "weight_parameters", "FX_HANDLERS",
@@ -325,6 +325,25 @@ def _layernorm(ctx, node, args, ins):
         m.weight = nn.Parameter(_tensor(node.params["weight"]))
         if a["bias"]:
             m.bias = nn.Parameter(_tensor(node.params["bias"]))
+    return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
+
+
+# ---- transformer ops (param, attention)
+
+
+@FX_HANDLERS.register("param")
+def _param(ctx, node, args, ins):
+    m = LearnedTensor(node.attrs["shape"], device="meta")
+    m.value = nn.Parameter(_tensor(node.params["value"]))
+    return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
+
+
+@FX_HANDLERS.register("attention")
+def _attention(ctx, node, args, ins):
+    a = node.attrs
+    m = SelfAttention(ins[0].shape[-1], a["num_heads"], bias=a["bias"], dropout=a["dropout"], device="meta")
+    for k, v in node.params.items():
+        setattr(m, k, nn.Parameter(_tensor(v)))
     return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Scale", "LayerNorm2d", "DropPath", "ArchSampler", "ChoiceModule", "zero", "stop_forward", "CHOICE_MODES"]
+__all__ = ["Scale", "LayerNorm2d", "LearnedTensor", "SelfAttention", "DropPath", "ArchSampler", "ChoiceModule", "zero", "stop_forward", "CHOICE_MODES"]
 
 CHOICE_MODES = ("softmax", "gumbel", "sample", "fixed")
 
@@ -47,6 +47,45 @@ class LayerNorm2d(nn.LayerNorm):
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
+
+
+class LearnedTensor(nn.Module):
+    """The ``param`` op: a learned tensor ``value`` of per-sample shape, repeated over the batch of ``ref``
+    (whose values are not read): ``value.expand(ref.shape[0], *value.shape)``, exactly ``(N, *shape)``."""
+
+    def __init__(self, shape, device=None) -> None:
+        super().__init__()
+        self.value = nn.Parameter(torch.zeros(tuple(shape), device=device))
+
+    def forward(self, ref: torch.Tensor) -> torch.Tensor:
+        return self.value.unsqueeze(0).expand(ref.shape[0], *self.value.shape)
+
+
+class SelfAttention(nn.Module):
+    """The ``attention`` op: multi-head self-attention on ``(N, L, E)`` tokens, computed as
+    ``nn.MultiheadAttention(E, num_heads, batch_first=True)(x, x, x, need_weights=False)[0]`` (the same
+    parameters under flat names: ``in_proj_weight``, ``in_proj_bias``, ``out_proj_weight``,
+    ``out_proj_bias``); ``dropout`` drops attention weights in training mode only."""
+
+    def __init__(self, embed_dim: int, num_heads: int, bias: bool = True, dropout: float = 0.0, device=None) -> None:
+        super().__init__()
+        self.num_heads, self.dropout = num_heads, dropout
+        e = embed_dim
+        self.in_proj_weight = nn.Parameter(torch.zeros(3 * e, e, device=device))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * e, device=device)) if bias else None
+        self.out_proj_weight = nn.Parameter(torch.zeros(e, e, device=device))
+        self.out_proj_bias = nn.Parameter(torch.zeros(e, device=device)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, length, e = x.shape
+        h = self.num_heads
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (t.reshape(n, length, h, e // h).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return F.linear(y.transpose(1, 2).reshape(n, length, e), self.out_proj_weight, self.out_proj_bias)
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.in_proj_weight.shape[1]}, num_heads={self.num_heads}, dropout={self.dropout}"
 
 
 class DropPath(nn.Module):

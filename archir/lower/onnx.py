@@ -470,6 +470,58 @@ def _channel_shuffle(ctx, node, xs, ins, out):
     return ctx.emit("Reshape", [t, ctx.const(f"{node.id}::shape", [0, c, h, w], np.int64)], out)
 
 
+# ---- transformer ops (param, attention)
+
+
+@ONNX_HANDLERS.register("param")
+def _param(ctx, node, xs, ins, out):
+    """``Expand(value[None], [N, *shape])`` with ``N = Shape(ref)[0:1]``: the learned tensor repeated over the
+    batch, exactly as to_fx's ``value.expand(N, *shape)``."""
+    shape = list(node.attrs["shape"])
+    value = ctx.const(f"{node.id}.value", node.params["value"].reshape(1, *shape))
+    n = ctx.emit("Shape", [xs[0]], _aux(ctx, node, "batch"), start=0, end=1)
+    target = ctx.emit("Concat", [n, ctx.const(f"{node.id}::shape", shape, np.int64)], _aux(ctx, node, "target"),
+                      axis=0)
+    return ctx.emit("Expand", [value, target], out)
+
+
+@ONNX_HANDLERS.register("attention")
+def _attention(ctx, node, xs, ins, out):
+    """Multi-head self-attention from primitives (opset 17 has no attention op): per q, k, v a MatMul with its
+    rows of ``in_proj_weight`` (transposed) and Add of its bias; Reshape to (N, L, H, d) and Transpose to
+    (N, H, L, d) (k to (N, H, d, L)); MatMul, Mul by 1/sqrt(d), Softmax over the keys, MatMul with v;
+    Transpose and Reshape back to (N, L, E); the output projection as a linear."""
+    from archir.ops import attention_dims
+
+    a, p = node.attrs, node.params
+    length, e, d = attention_dims(a, ins[0], node.id)
+    h = a["num_heads"]
+
+    def proj(x, w, b, what, dst):
+        wt = ctx.const(f"{node.id}.{what}_weight_t", np.ascontiguousarray(w.T))
+        if b is None:
+            return ctx.emit("MatMul", [x, wt], dst)
+        mm = ctx.emit("MatMul", [x, wt], _aux(ctx, node, f"{what}_matmul"))
+        return ctx.emit("Add", [mm, ctx.const(f"{node.id}.{what}_bias", b)], dst)
+
+    heads = ctx.const(f"{node.id}::heads_shape", [0, length, h, d], np.int64)  # 0: the batch
+    parts = {}
+    for i, what in enumerate("qkv"):
+        b = p["in_proj_bias"][i * e:(i + 1) * e] if a["bias"] else None
+        y = proj(xs[0], p["in_proj_weight"][i * e:(i + 1) * e], b, what, _aux(ctx, node, what))
+        y = ctx.emit("Reshape", [y, heads], _aux(ctx, node, f"{what}_heads"))
+        parts[what] = ctx.emit("Transpose", [y], _aux(ctx, node, f"{what}_t"),
+                               perm=[0, 2, 3, 1] if what == "k" else [0, 2, 1, 3])
+    s = ctx.emit("MatMul", [parts["q"], parts["k"]], _aux(ctx, node, "scores"))
+    s = ctx.emit("Mul", [s, ctx.const(f"{node.id}::scale", 1.0 / math.sqrt(d))], _aux(ctx, node, "scaled"))
+    s = ctx.emit("Softmax", [s], _aux(ctx, node, "weights"), axis=-1)
+    y = ctx.emit("MatMul", [s, parts["v"]], _aux(ctx, node, "context"))
+    y = ctx.emit("Transpose", [y], _aux(ctx, node, "context_t"), perm=[0, 2, 1, 3])
+    y = ctx.emit("Reshape", [y, ctx.const(f"{node.id}::tokens_shape", [0, length, e], np.int64)],
+                 _aux(ctx, node, "tokens"))
+    return proj(y, p["out_proj_weight"], p["out_proj_bias"] if a["bias"] else None, "out_proj", out)
+
+
 @ONNX_HANDLERS.register("layernorm")
 def _layernorm(ctx, node, xs, ins, out):
     """``LayerNormalization`` (opset 17) over the last axis; axis='channels' between Transposes to channels-last

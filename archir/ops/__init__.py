@@ -2,11 +2,11 @@
 
 from archir.ops.registry import AttrSpec, OpDef, OpHandlers, OpTraits, get_op, op_names, pair, register_op
 from archir.ops import core as _core  # noqa: F401  (registers the core ops)
-from archir.ops.core import (Step, candidate_names, candidate_output, candidate_steps, concat_axis, layernorm_size,
+from archir.ops.core import (Step, attention_dims, candidate_names, candidate_output, candidate_steps, concat_axis, layernorm_size,
                              shuffle_order, slice_range, step_inputs)
 
 __all__ = [
     "AttrSpec", "OpDef", "OpTraits", "OpHandlers", "get_op", "op_names", "pair", "register_op",
     "Step", "candidate_names", "candidate_output", "candidate_steps", "concat_axis", "slice_range", "step_inputs",
-    "layernorm_size", "shuffle_order",
+    "layernorm_size", "shuffle_order", "attention_dims",
 ]

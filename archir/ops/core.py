@@ -1224,3 +1224,91 @@ register_op(OpDef(
     doc="torch.matmul of two activations (.., n, k) @ (.., k, m), leading dims broadcast (equal ranks; the "
         "batch dim is never broadcast); n*k*m MACs per matrix",
 ))
+
+
+# --------------------------------------------------------------------------- transformer ops
+# param and attention (issue 17, torchvision's ViT). Shapes are per sample, as everywhere: a ViT's tokens are
+# (L, E) samples, the batch dim stays symbolic.
+
+
+def _param_infer(a, ins, node):
+    return _checked_type(a["shape"], node)
+
+
+def _param_check(a, node):
+    if not a["shape"]:
+        raise OpSchemaError("param needs a per-sample shape with at least one dim", node=node, rule="attr",
+                            hint="pass shape= the learned tensor's shape without the batch dim, e.g. [197, 768] "
+                                 "for ViT-B/16's position embedding")
+    n = math.prod(a["shape"])
+    if n > MAX_NUMEL:
+        raise OpSchemaError(f"param shape {a['shape']} has {n} elements, more than {MAX_NUMEL}", node=node,
+                            rule="attr", hint="use a smaller shape")
+
+
+def _param_init(a, ins, rng):
+    # torchvision's ViT draws its position embedding from N(0, 0.02) (and its class token as zeros)
+    return {"value": rng.normal(0.0, 0.02, size=tuple(a["shape"])).astype(np.float32)}, {}
+
+
+register_op(OpDef(
+    "param", arity=1, attrs={"shape": AttrSpec("ints", min=1, max=MAX_DIM)},
+    infer=_param_infer, check=_param_check,
+    param_shapes=lambda a, ins: {"value": tuple(a["shape"])}, init=_param_init,
+    # the output does not depend on the input's values at all: nothing is known of zeros or ranges
+    traits=_traits("eltwise"),
+    doc="a learned tensor, the same for every sample: its weight 'value' of per-sample shape `shape`, repeated "
+        "over the batch of its one input (whose values are never read; it only gives the batch size N), so the "
+        "output is exactly (N, *shape) and no op downstream broadcasts over the batch (ViT's position embedding "
+        "and class token: nn.Parameter(1, *shape)); no arithmetic",
+))
+
+
+def attention_dims(a: dict, t: TensorType, node=None) -> tuple[int, int, int]:
+    """``(L, E, head_dim)`` of an ``attention`` node with attrs ``a`` on a ``(L, E)`` input ``t``."""
+    if t.rank != 2:
+        raise _fail(node, f"attention needs (L, E) token samples (batch first, as nn.MultiheadAttention("
+                          f"batch_first=True)), got {t}", hint="reshape the tokens to (L, E), e.g. a ViT's "
+                                                               "(197, 768)")
+    length, e = t.shape
+    if e % a["num_heads"]:
+        raise _fail(node, f"attention embed dim {e} is not divisible by num_heads={a['num_heads']}",
+                    hint="pick num_heads dividing the embedding dim")
+    return length, e, e // a["num_heads"]
+
+
+def _attention_infer(a, ins, node):
+    attention_dims(a, ins[0], node)
+    return ins[0]
+
+
+def _attention_params(a, ins):
+    e = ins[0].shape[-1]
+    p = {"in_proj_weight": (3 * e, e), "out_proj_weight": (e, e)}
+    if a["bias"]:
+        p.update({"in_proj_bias": (3 * e,), "out_proj_bias": (e,)})
+    return p
+
+
+def _attention_init(a, ins, rng):
+    # torch's nn.MultiheadAttention: xavier_uniform_ in_proj_weight, zero biases, out_proj as nn.Linear
+    e = ins[0].shape[-1]
+    p = {"in_proj_weight": _uniform(rng, math.sqrt(6.0 / (e + 3 * e)), (3 * e, e)),
+         "out_proj_weight": _uniform(rng, 1.0 / math.sqrt(e), (e, e))}
+    if a["bias"]:
+        p.update({"in_proj_bias": np.zeros(3 * e, np.float32), "out_proj_bias": np.zeros(e, np.float32)})
+    return p, {}
+
+
+register_op(OpDef(
+    "attention", arity=1,
+    attrs={"num_heads": AttrSpec("int", min=1, max=MAX_DIM), "bias": AttrSpec("bool", True),
+           "dropout": AttrSpec("float", 0.0, min=0.0, max=1.0)},
+    infer=_attention_infer, param_shapes=_attention_params, init=_attention_init,
+    # softmax rows sum to 1, so attention(0) = out_proj(0) (zero without biases)
+    traits=_traits("linear", zero_preserving=lambda a: None if a["bias"] else "all"),
+    doc="multi-head self-attention on (L, E) tokens, as torch.nn.MultiheadAttention(E, num_heads, bias, "
+        "batch_first=True)(x, x, x, need_weights=False)[0]: q, k, v = x @ in_proj_weight.T + in_proj_bias (split "
+        "in 3), per head softmax(q k^T / sqrt(E / num_heads)) v, then out_proj; dropout (on the attention "
+        "weights) acts in training only; 4 L E^2 + 2 L^2 E MACs",
+))

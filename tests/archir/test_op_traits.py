@@ -66,6 +66,9 @@ EXAMPLES = {
     "channel_shuffle": ([(6, 3, 3)], [{"groups": 2}, {"groups": 3}]),
     "layernorm": ([(4, 3, 3)], [{}, {"axis": "channels"}, {"axis": "channels", "affine": False, "bias": False},
                                 {"affine": True, "bias": False, "eps": 1e-3}]),
+    # ---- transformer ops
+    "param": ([(3, 4, 4)], [{"shape": [3, 4, 4]}, {"shape": [2, 7]}]),
+    "attention": ([(5, 8)], [{"num_heads": 2}, {"num_heads": 4, "bias": False}]),
 }
 UNARY = ("relu", "relu6", "sigmoid", "hardswish", "hardsigmoid", "silu", "tanh", "identity", "stop_gradient",
          "stop_forward")

@@ -849,8 +849,14 @@ def _param(b: CouplingBuilder, n, a, ins, it) -> None:
     of it ties the other operand's channels to it, so those are pinned too). Its input only gives the batch
     size, so the input's channels are neither read nor pinned. Like a graph input, this is a known coupling
     (``strict`` analysis does not raise on it)."""
-    b.rules[n] = NodeRule(n, "param", "opaque", (), f"param {n!r} is a learned tensor of fixed shape {a['shape']}")
-    b.layout[n] = b.fresh(b.g.nx.nodes[n]["type"])
+    t = b.g.nx.nodes[n]["type"]
+    # its channel axis: the last of a token sequence (L, E) -- a class token or position embedding meets the
+    # tokens' embedding channels there -- and axis 0 of a feature map, like every other fresh tensor
+    axis = t.rank - 1 if t.rank == 2 else 0
+    b.rules[n] = NodeRule(n, "param", "opaque", (), f"param {n!r} is a learned tensor of fixed shape {a['shape']}",
+                          axis=axis)
+    b.layout[n] = b.fresh(t, axis)
+    b.axis[n] = axis
     b.pins.append((b.layout[n], Pin(n, "unknown", f"learned tensor {n!r} of fixed shape {a['shape']}: widen and "
                                                   f"prune do not resize it", "leave the channels it meets alone")))
 

@@ -52,7 +52,8 @@ from search.config import ConfigError, one_line
 from search.data import cached_dataset
 
 __all__ = ["Table", "load_table", "parse_evaluator", "check_evaluator", "evaluate_task", "evaluate_callable",
-           "callable_name", "resolve_callable", "check_importable", "evaluate_callable_task", "EvalRequest", "arch_key", "COST_KEYS", "TABLE_DEFAULTS"]
+           "callable_name", "resolve_callable", "check_importable", "evaluate_callable_task", "evaluate_candidate",
+           "EvalRequest", "arch_key", "COST_KEYS", "TABLE_DEFAULTS"]
 
 #: keys of a callable's result that are costs (the rest are metrics)
 COST_KEYS = ("params", "macs", "flops", "latency_ms", "latency_iqr_ms")

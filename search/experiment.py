@@ -58,7 +58,8 @@ key (:func:`search.evaluators.arch_key`: the space's architecture string, e.g. N
 space builds) is looked up among the ``done`` candidates; a match reuses that result (metrics,
 costs, score, graph hash and graph file) and is recorded ``done`` with ``cache_of`` = the
 original's id and no training time. Two equal candidates of one round (or in flight at once)
-are evaluated once (the lower id; the other waits for it, without taking a worker). A failed result is not reused (the duplicate is evaluated).
+are evaluated once (the lower id; the other waits for it, without taking a worker). A failed
+result is not reused (the duplicate is evaluated).
 Candidates grown from a trained parent (``search.morph``: hillclimb, petridish) are never
 de-duplicated: their weights come from the parent's training and their own seed. A cache hit
 is told to the strategy like any result; it does not count against a candidate budget unless
@@ -144,8 +145,9 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         evaluator: a Python callable that evaluates candidates instead of training them
             (``search.evaluators``: ``fn(EvalRequest) -> {"val_error": ..., ...}``). With the process and
             Ray executors the workers import it by name, so it must be a top-level function of an
-            importable module (checked before anything runs). The stored config names it (``config.evaluator = "callable:<module>:<qualname>"``); a resume
-            must pass a function of the same name.
+            importable module (checked before anything runs). The stored config names it
+            (``config.evaluator = "callable:<module>:<qualname>"``); a resume must pass a function of
+            the same name.
 
     Returns:
         A :class:`SearchSummary`.

@@ -124,9 +124,9 @@ def test_torch_import_maps_getitem_and_narrow_to_slices():
 
 
 @pytest.mark.parametrize("fn,why", [(lambda x: x[1:], "slicing the batch dimension"),
-                                    (lambda x: x[:, 0], "slices .* only"), (lambda x: x[..., None], "slices .* only"),
+                                    (lambda x: x[..., None], "slices .* only"),
                                     (lambda x: x.narrow(0, 0, 1), "narrowing the batch dimension")],
-                         ids=["batch", "int", "none", "narrow-batch"])
+                         ids=["batch", "none", "narrow-batch"])
 def test_torch_import_refuses_batch_slices_and_other_indexing(fn, why):
     class _M(torch.nn.Module):
         def forward(self, x):
@@ -134,6 +134,21 @@ def test_torch_import_refuses_batch_slices_and_other_indexing(fn, why):
 
     with pytest.raises(UnsupportedModelError, match=why):
         from_torch(_M(), torch.randn(2, 3, 6, 6))
+
+
+@pytest.mark.parametrize("fn", [lambda x: x[:, 0], lambda x: x[:, :, 1], lambda x: x[:, 1:, 2]],
+                         ids=["channel", "row", "range-then-row"])
+def test_an_integer_index_imports_as_a_slice_and_a_reshape(fn):
+    # x[:, 0] (ViT's class token) selects one position and drops the dim: a length-1 slice, then a reshape or flatten
+    class _M(torch.nn.Module):
+        def forward(self, x):
+            return fn(x)
+
+    g = from_torch(_M(), torch.randn(2, 3, 6, 6))
+    assert g.nodes("slice") and (g.nodes("reshape") or g.nodes("flatten"))  # the dim dropped
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(to_fx(g).eval()(x), fn(x))
 
 
 def test_costs_are_traffic_without_arithmetic():

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Scale", "LayerNorm2d", "LearnedTensor", "SelfAttention", "DropPath", "ArchSampler", "ChoiceModule", "zero", "stop_forward", "CHOICE_MODES"]
+__all__ = ["Scale", "LayerNorm2d", "LearnedTensor", "SelfAttention", "DropPath", "ArchSampler", "ChoiceModule", "zero",
+           "stop_forward", "CHOICE_MODES"]
 
 CHOICE_MODES = ("softmax", "gumbel", "sample", "fixed")
 

@@ -28,7 +28,7 @@ from torch import fx, nn
 
 from archir.errors import IRError, LoweringError
 from archir.graph import Graph, Node, arch_key
-from archir.ops import OpHandlers, get_op, pair, slice_range, step_inputs
+from archir.ops import OpHandlers, pair, slice_range, step_inputs
 from archir.lower.modules import (CHOICE_MODES, ArchSampler, ChoiceModule, DropPath, LayerNorm2d, LearnedTensor, Scale,
                                   SelfAttention, stop_forward, zero)
 from archir.training import auxiliary_head, auxiliary_outputs, strip_training
@@ -136,6 +136,15 @@ def _meta_module(cls, *args, **kw) -> nn.Module:
     return m
 
 
+def _load_params(m: nn.Module, node: Node) -> nn.Module:
+    """Give ``m`` the node's weights as parameters under their own names (``weight``, ``bias``, ``value``,
+    ``in_proj_weight``, ...: a node holds exactly the params its attrs call for, e.g. no ``bias`` when
+    ``bias=False``), one copy each; returns ``m``."""
+    for k, v in node.params.items():
+        setattr(m, k, nn.Parameter(_tensor(v)))
+    return m
+
+
 # --------------------------------------------------------------------------- handlers
 
 
@@ -145,19 +154,14 @@ def _conv(ctx: _Ctx, node: Node, args, ins):
     cls, dims = (nn.Conv2d, pair) if node.op == "conv2d" else (nn.Conv1d, int)
     m = _meta_module(cls, ins[0].shape[0], a["out_channels"], dims(a["kernel_size"]), stride=dims(a["stride"]),
                      padding=dims(a["padding"]), dilation=dims(a["dilation"]), groups=a["groups"], bias=a["bias"])
-    m.weight = nn.Parameter(_tensor(node.params["weight"]))
-    if a["bias"]:
-        m.bias = nn.Parameter(_tensor(node.params["bias"]))
+    _load_params(m, node)
     return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
 
 
 @FX_HANDLERS.register("linear")
 def _linear(ctx, node, args, ins):
     a = node.attrs
-    m = _meta_module(nn.Linear, ins[0].shape[-1], a["out_features"], bias=a["bias"])
-    m.weight = nn.Parameter(_tensor(node.params["weight"]))
-    if a["bias"]:
-        m.bias = nn.Parameter(_tensor(node.params["bias"]))
+    m = _load_params(_meta_module(nn.Linear, ins[0].shape[-1], a["out_features"], bias=a["bias"]), node)
     return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
 
 
@@ -165,9 +169,7 @@ def _linear(ctx, node, args, ins):
 def _bn(ctx, node, args, ins):
     a = node.attrs
     m = _meta_module(nn.BatchNorm2d, ins[0].shape[0], eps=a["eps"], momentum=a["momentum"], affine=a["affine"])
-    if a["affine"]:
-        m.weight = nn.Parameter(_tensor(node.params["weight"]))
-        m.bias = nn.Parameter(_tensor(node.params["bias"]))
+    _load_params(m, node)  # weight and bias when affine
     m.running_mean = _tensor(node.buffers["running_mean"])
     m.running_var = _tensor(node.buffers["running_var"])
     m.num_batches_tracked = torch.tensor(0, dtype=torch.long)
@@ -176,8 +178,7 @@ def _bn(ctx, node, args, ins):
 
 @FX_HANDLERS.register("scale")
 def _scale(ctx, node, args, ins):
-    m = Scale(ins[0].shape[0], device="meta")
-    m.weight = nn.Parameter(_tensor(node.params["weight"]))
+    m = _load_params(Scale(ins[0].shape[0], device="meta"), node)
     return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
 
 
@@ -320,11 +321,7 @@ def _layernorm(ctx, node, args, ins):
     a = node.attrs
     cls = LayerNorm2d if a["axis"] == "channels" else nn.LayerNorm
     c = ins[0].shape[0] if a["axis"] == "channels" else ins[0].shape[-1]
-    m = _meta_module(cls, c, eps=a["eps"], elementwise_affine=a["affine"], bias=a["bias"])
-    if a["affine"]:
-        m.weight = nn.Parameter(_tensor(node.params["weight"]))
-        if a["bias"]:
-            m.bias = nn.Parameter(_tensor(node.params["bias"]))
+    m = _load_params(_meta_module(cls, c, eps=a["eps"], elementwise_affine=a["affine"], bias=a["bias"]), node)
     return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
 
 
@@ -333,17 +330,15 @@ def _layernorm(ctx, node, args, ins):
 
 @FX_HANDLERS.register("param")
 def _param(ctx, node, args, ins):
-    m = LearnedTensor(node.attrs["shape"], device="meta")
-    m.value = nn.Parameter(_tensor(node.params["value"]))
+    m = _load_params(LearnedTensor(node.attrs["shape"], device="meta"), node)
     return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
 
 
 @FX_HANDLERS.register("attention")
 def _attention(ctx, node, args, ins):
     a = node.attrs
-    m = SelfAttention(ins[0].shape[-1], a["num_heads"], bias=a["bias"], dropout=a["dropout"], device="meta")
-    for k, v in node.params.items():
-        setattr(m, k, nn.Parameter(_tensor(v)))
+    m = _load_params(SelfAttention(ins[0].shape[-1], a["num_heads"], bias=a["bias"], dropout=a["dropout"],
+                                   device="meta"), node)
     return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
 
 

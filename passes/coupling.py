@@ -544,8 +544,10 @@ def _input(b: CouplingBuilder, n, a, ins, it) -> None:
                 "the graph's inputs keep their shape")
 
 
-@register("conv2d")
+@register("conv2d", "conv1d")
 def _conv2d(b: CouplingBuilder, n, a, ins, it) -> None:
+    """A conv's channels are axis 0 of its ``(C, H, W)`` (conv1d: ``(C, L)``) sample; its weight is
+    ``(out, in/groups, *kernel)``."""
     if not _channels_first(b, n, ins[0], it[0], b.g.nx.nodes[n]["op"]):
         return
     cin, groups, cout = it[0].shape[0], a["groups"], a["out_channels"]
@@ -674,12 +676,6 @@ def _slice(b: CouplingBuilder, n, a, ins, it) -> None:
 
 # ---- upsample / reductions / conv1d / softmax / matmul (issue 17, part B)
 # upsample is declared channelwise and parameter-free: it passes channels through (rule_of).
-
-
-@register("conv1d")
-def _conv1d(b: CouplingBuilder, n, a, ins, it) -> None:
-    """As ``conv2d``: its channels are axis 0 of a ``(C, L)`` sample, its weight ``(out, in/groups, k)``."""
-    _conv2d(b, n, a, ins, it)
 
 
 @register("mean", "sum")

@@ -93,6 +93,7 @@ class AskTell:
         self.seen: dict[str, Candidate] = {}  # architecture key -> the first done, evaluated candidate of it
         self._keys: dict[int, str | None] = {}
         self.round_times: list[float] = []  # rounds: wall seconds per round (the time budget's estimate)
+        self._said_exhausted = False  # the "space looks exhausted" line is shown once
 
     # ---------------------------------------------------------------- shared
 
@@ -126,7 +127,7 @@ class AskTell:
         n_asked = len(self.cands)
         if n_asked < MAX_ASKED_PER_BUDGET * int(self.budget.value):
             return False
-        if not getattr(self, "_said_exhausted", False):
+        if not self._said_exhausted:
             self._said_exhausted = True
             self.run.progress.line(f"search: stopped after asking {n_asked} candidates for a budget of "
                                    f"{self.budget}: {n_asked - self.counted()} were cache hits of known "

@@ -12,9 +12,6 @@ import csv
 import importlib
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +22,7 @@ from search.evaluators import arch_key
 from search.experiment import MAX_ASKED_PER_BUDGET, ConfigError, ExperimentConfig, gallery_table, run_search
 from search.morph import get_space
 from search.store import ConfigMismatch, Store
+from tests.search.sigkill import sigkill_when
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {"layers": 1, "kernels": [3], "expands": [1, 3], "widths": [[8, 16], [8, 16]]}
@@ -160,19 +158,9 @@ def test_sigkill_and_resume_keep_the_cache(tmp_path, monkeypatch):
     run, log = tmp_path / "killed", tmp_path / "eval.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ARCHIR_TEST_EVAL_LOG": str(log),
            "ARCHIR_TEST_EVAL_STALL": "3", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(cfg.to_dict()), str(run)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        # kill in the 4th evaluation (the child hangs there): running, and not logged as evaluated
-        while len(_log(log)) < 3 or not _running(run) - {i for i, _ in _log(log)}:
-            assert proc.poll() is None, f"the search ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() < deadline, "the search made no progress"
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    # kill in the 4th evaluation (the child hangs there): running, and not logged as evaluated
+    sigkill_when(CHILD, [json.dumps(cfg.to_dict()), str(run)],
+                 lambda: len(_log(log)) >= 3 and bool(_running(run) - {i for i, _ in _log(log)}), env=env)
     with Store.open(run) as st:
         before = {c.id: c for c in st.candidates()}
     done_keys = {arch_key(SPACE, c.decisions) for c in before.values() if c.status == "done"}

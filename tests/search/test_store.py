@@ -12,15 +12,13 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import archir
 from search.store import DB_NAME, Candidate, ConfigMismatch, Store, StoreError
+from tests.search.sigkill import sigkill_when
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -180,18 +178,9 @@ def test_resume_after_sigkill_loses_nothing_and_duplicates_nothing(tmp_path):
 
     run = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(CONFIG), str(run)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while _finished(run / DB_NAME) < 3:  # kill inside round 1 (ids 2, 3) or just after it
-            assert proc.poll() is None, f"the search ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() < deadline, "the search made no progress"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    # kill inside round 1 (ids 2, 3) or just after it
+    proc = sigkill_when(CHILD, [json.dumps(CONFIG), str(run)], lambda: _finished(run / DB_NAME) >= 3, env=env,
+                        poll=0.02)
     assert proc.returncode == -signal.SIGKILL
     with Store.open(run) as st:
         before = {c.id: c for c in st.candidates()}

@@ -189,7 +189,7 @@ class ProcessExecutor(Executor):
         self.workers = workers
         self.threads = threads_per_worker
         self._pool = None
-        self._futures: dict = {}  # future -> (ticket, task)
+        self._futures: dict = {}  # future -> (ticket, task, the pool it runs on)
         self._tickets = itertools.count()
 
     def _get_pool(self):
@@ -209,7 +209,8 @@ class ProcessExecutor(Executor):
 
     def submit(self, fn, task):
         ticket = next(self._tickets)
-        self._futures[self._get_pool().submit(fn, task)] = (ticket, task)
+        pool = self._get_pool()
+        self._futures[pool.submit(fn, task)] = (ticket, task, pool)
         return ticket
 
     def next_result(self):
@@ -220,12 +221,14 @@ class ProcessExecutor(Executor):
             raise self._nothing_in_flight()
         done, _ = wait(self._futures, return_when=FIRST_COMPLETED)
         f = min(done, key=lambda f: self._futures[f][0])  # of several finished at once, the first submitted
-        ticket, task = self._futures.pop(f)
+        ticket, task, pool = self._futures.pop(f)
         try:
             return ticket, f.result()
         except BrokenProcessPool as e:
-            # every task the dead pool held fails the same way; later submits go to a new pool
-            self._drop_pool()
+            # every task the dead pool held fails the same way; later submits go to a new pool. A task of a
+            # pool that was already replaced must not take the new, healthy pool down with it.
+            if pool is self._pool:
+                self._drop_pool()
             return ticket, _crashed(task, f"worker process died ({one_line(e)})")
         except Exception as e:  # an exception outside fn's own handling, e.g. a pickling error
             return ticket, _crashed(task, f"worker error: {one_line(e)}", e)

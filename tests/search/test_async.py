@@ -92,6 +92,25 @@ def test_process_executor_hands_back_what_finishes_first_and_survives_a_dead_wor
         ex.close()
 
 
+def test_a_task_of_a_dead_pool_does_not_take_down_the_new_pool():
+    ex = ProcessExecutor(workers=2)
+    try:
+        for _ in range(2):  # both workers up first, so the two tasks below run at once on the same pool
+            ex.submit(_sleep_then_id, {"id": -1, "sleep": 0.5})
+        assert [ex.next_result()[1] for _ in range(2)] == [{"id": -1}, {"id": -1}]
+        dead = {ex.submit(_sleep_then_id, {"id": 5, "sleep": 2.0}), ex.submit(_die, {"id": 1})}  # the pool dies
+        ticket, res = ex.next_result()
+        assert ticket in dead and res["status"] == "failed"
+        fresh = ex.submit(_sleep_then_id, {"id": 7, "sleep": 0.0})  # a new pool, submitted before the other crash
+        pool = ex._pool
+        ticket2, res2 = ex.next_result()
+        assert ticket2 in dead - {ticket} and res2["status"] == "failed" and "worker process died" in res2["reason"]
+        assert ex._pool is pool is not None  # the second crash (of the old pool) left the new pool alone
+        assert ex.next_result() == (fresh, {"id": 7})
+    finally:
+        ex.close()
+
+
 # ------------------------------------------------------------------------------ the asynchronous run loop
 
 

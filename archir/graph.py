@@ -21,6 +21,7 @@ import hashlib
 import json
 import re
 import warnings
+import weakref
 from types import MappingProxyType
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -67,6 +68,36 @@ def weight_bytes_of(arr: np.ndarray) -> bytes:
     if isinstance(base, bytes) and arr.flags.c_contiguous and len(base) == arr.nbytes:
         return base
     return arr.tobytes(order="C")
+
+
+def _frozen(arr: np.ndarray) -> bool:
+    """Whether ``arr`` views immutable ``bytes`` (a :func:`freeze_array` result): its values can never change."""
+    if arr.flags.writeable:
+        return False
+    base = arr.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return isinstance(base, bytes)
+
+
+#: frozen arrays already found free of NaN/Inf, by ``id`` (an entry leaves with its array: no stale id
+#: can match a new array, which is checked by identity too)
+_FINITE: "weakref.WeakValueDictionary[int, np.ndarray]" = weakref.WeakValueDictionary()
+
+
+def all_finite(arr: np.ndarray) -> bool:
+    """``np.isfinite(arr).all()``, remembered for frozen arrays (their values cannot change).
+
+    A graph validated again (every ``to_onnx``, every pass) re-checks only the arrays it has not
+    seen: a pass shares the arrays it does not touch, so the scan over the weights is paid once.
+    """
+    if _FINITE.get(id(arr)) is arr:
+        return True
+    if not np.isfinite(arr).all():
+        return False
+    if _frozen(arr):
+        _FINITE[id(arr)] = arr
+    return True
 
 
 def arch_key(node_id: str, attrs: Mapping) -> str:
@@ -143,6 +174,8 @@ class Graph:
         self.meta: dict[str, Any] = {}
         self.arch: dict[str, np.ndarray] = {}
         self._counter = 0
+        #: the last successful validation: (fingerprint, arrays it names by id, weights checked, topo order)
+        self._valid: tuple | None = None
 
     # ------------------------------------------------------------------ access
 
@@ -400,7 +433,10 @@ class Graph:
 
     def infer_shapes(self) -> "Graph":
         """Recompute every node's output type in topological order; raises ``ShapeError`` naming the node."""
-        for n in self.topo_order():
+        return self._infer_shapes(self.topo_order())
+
+    def _infer_shapes(self, order: list[str]) -> "Graph":
+        for n in order:
             d = self._g.nodes[n]
             opdef = get_op(d["op"], n)
             try:
@@ -430,16 +466,61 @@ class Graph:
 
         The error names the node and the rule, says how to mend it, and lists the node's neighbours.
         """
+        self.validated_order(weights=weights)
+        return self
+
+    def validated_order(self, *, weights: bool = True) -> list[str]:
+        """:meth:`validate`, then the :meth:`topo_order` it checked (what a lowering walks; a copy).
+
+        An unchanged graph is validated once: validation remembers a fingerprint of everything
+        it reads (inputs and outputs; per node, in order: id, op, attrs, output type, input edges
+        and ports, the identity of each param and buffer; the architecture logits' values) and
+        skips the checks when the fingerprint is equal again. Weights count by identity only
+        where they are frozen (:func:`freeze_array`: their values cannot change); a graph holding
+        any other array is validated in full every time. The fingerprint is built from the
+        networkx data itself, so it sees an edit made through ``g.nx`` as well as one through
+        ``Graph``'s methods. Costs a few microseconds per node, against tens for validation.
+        """
+        fp = self._fingerprint()
+        if fp is not None and self._valid is not None and self._valid[0] == fp[0] \
+                and (self._valid[2] or not weights):
+            return list(self._valid[3])
+        self._valid = None
         try:
-            self._validate(weights)
+            order = self._validate(weights)
         except IRError as e:
             if e.node is not None and e.node in self._g and e.context is None:
                 e.context = self._neighbourhood(e.node)
                 e.args = (e._format(),)
             raise
-        return self
+        if fp is not None:  # after validation wrote the output types: fingerprint what now holds
+            fp = self._fingerprint()
+            if fp is not None:
+                self._valid = (fp[0], fp[1], weights, tuple(order))
+        return order
 
-    def _validate(self, weights: bool) -> None:
+    def _fingerprint(self) -> tuple[tuple, list] | None:
+        """(what validation reads, the frozen arrays it names by ``id``), or None if an array is not frozen."""
+        keep: list[np.ndarray] = []  # held by the cache, so no id in the fingerprint is reused meanwhile
+        parts: list = [tuple(self._inputs), tuple(self._outputs)]
+        pred = self._g._pred
+        for n, d in self._g.nodes(data=True):
+            arrays = []
+            for kind in ("params", "buffers"):
+                for k, a in d.get(kind, {}).items():
+                    if not isinstance(a, np.ndarray) or not _frozen(a):
+                        return None
+                    keep.append(a)
+                    arrays.append((kind, k, id(a)))
+            edges = tuple((u, e.get("port")) for u, keyed in pred[n].items() for e in keyed.values())
+            parts.append((n, d.get("op"), repr(d.get("attrs")), d.get("type"), edges, tuple(arrays)))
+        for k, a in self.arch.items():
+            if not isinstance(a, np.ndarray):
+                return None
+            parts.append((k, a.dtype.str, a.shape, a.tobytes()))
+        return tuple(parts), keep
+
+    def _validate(self, weights: bool) -> list[str]:
         if not self._outputs:
             raise GraphStructureError(f"graph {self.name!r} has no outputs", rule="outputs",
                                       hint="call g.set_outputs(node_id, ...)")
@@ -481,7 +562,7 @@ class Graph:
             if opdef.auxiliary_output:
                 self._check_auxiliary(n, d["op"])
         order = self.topo_order()
-        self.infer_shapes()
+        self._infer_shapes(order)
         reach = set()
         for i in self._inputs:
             reach |= nx.descendants(self._g, i) | {i}
@@ -493,6 +574,7 @@ class Graph:
             for n in order:
                 self._check_weights(n)
             self._check_arch()
+        return order
 
     def _check_auxiliary(self, n: str, op: str) -> None:
         """An auxiliary-output node ends the graph as one of its later outputs."""
@@ -538,7 +620,7 @@ class Graph:
                 if a.shape != tuple(shape):
                     raise WeightError(f"{kind[:-1]} {k!r} has shape {a.shape}, op needs {tuple(shape)}", node=n,
                                       rule="weights", hint="re-initialise it or fix the op's attributes")
-                if not np.isfinite(a).all():
+                if not all_finite(a):
                     bad = int((~np.isfinite(a)).sum())
                     raise WeightError(f"{kind[:-1]} {k!r} has {bad} NaN/Inf value(s)", node=n, rule="finite",
                                       hint="the weights are broken (diverged training?); re-initialise or reload")

@@ -31,7 +31,7 @@ from archir.graph import Graph, Node, arch_key
 from archir.ops import OpHandlers, pair, slice_range, step_inputs
 from archir.lower.modules import (CHOICE_MODES, ArchSampler, ChoiceModule, DropPath, LayerNorm2d, LearnedTensor, Scale,
                                   SelfAttention, stop_forward, zero)
-from archir.training import auxiliary_head, auxiliary_outputs, strip_training
+from archir.training import auxiliary_head, auxiliary_outputs, has_training_ops, strip_training
 
 __all__ = ["to_fx", "sync_back", "set_drop_path", "arch_parameters", "weight_parameters", "FX_HANDLERS",
            "module_path"]
@@ -436,9 +436,10 @@ def to_fx(graph: Graph, choice_mode: str | None = None, *, decisions: dict | Non
     if not isinstance(training_ops, bool):
         raise LoweringError(f"training_ops must be True or False, got {training_ops!r}", rule="to_fx",
                             hint="False lowers archir.strip_training(graph): no drop_path, no auxiliary outputs")
-    graph.validate()
-    if not training_ops:
-        graph = strip_training(graph)
+    order = graph.validated_order()  # (checked once for an unchanged graph)
+    if not training_ops and has_training_ops(graph):
+        graph = strip_training(graph)  # (a copy: only where there is something to strip)
+        order = graph.validated_order()
     if decisions:
         keys = {arch_key(n.id, n.attrs) for n in graph.nodes("choice")}
         unknown = sorted(set(decisions) - keys)
@@ -447,7 +448,7 @@ def to_fx(graph: Graph, choice_mode: str | None = None, *, decisions: dict | Non
                                 hint=f"the decision keys here are {sorted(keys)} (a tie name, else the node id)")
     ctx = _Ctx(graph, choice_mode, decisions, tau)
     env: dict[str, fx.Node] = {}
-    for n in graph.topo_order():
+    for n in order:
         node = graph.node(n)
         if node.op == "input":
             env[n] = FX_HANDLERS.get("input", n)(ctx, node, [], [])

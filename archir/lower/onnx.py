@@ -94,9 +94,35 @@ class _TooLarge(Exception):
     """Raised inside the lowering when the inline initializers pass protobuf's limit."""
 
 
+def set_attribute(attr: onnx.AttributeProto, key: str, value) -> None:
+    """Fill ``attr`` as ``helper.make_attribute(key, value)`` would, in place.
+
+    Building the attribute inside its node (``node.attribute.add()``) saves a message copy per
+    attribute; the common values (ints, floats, strings and lists of one of them) are written
+    directly, anything else (tensors, numpy scalars, mixed lists) through ``make_attribute``.
+    """
+    kind = type(value)
+    if kind is int or kind is bool:
+        attr.name, attr.i, attr.type = key, int(value), onnx.AttributeProto.INT
+    elif kind is float:
+        attr.name, attr.f, attr.type = key, value, onnx.AttributeProto.FLOAT
+    elif kind is str:
+        attr.name, attr.s, attr.type = key, value.encode("utf-8"), onnx.AttributeProto.STRING
+    elif (kind is list or kind is tuple) and value and all(type(v) is int for v in value):
+        attr.name, attr.type = key, onnx.AttributeProto.INTS
+        attr.ints.extend(value)
+    elif (kind is list or kind is tuple) and value and all(type(v) is float for v in value):
+        attr.name, attr.type = key, onnx.AttributeProto.FLOATS
+        attr.floats.extend(value)
+    else:
+        attr.CopyFrom(helper.make_attribute(key, value))
+
+
 class _Ctx:
     def __init__(self, external: _External | None = None) -> None:
-        self.nodes: list[onnx.NodeProto] = []
+        #: the model being built: nodes are written straight into its graph (no copy at the end)
+        self.model = onnx.ModelProto()
+        self.nodes = self.model.graph.node
         self.inits: list[tuple[str, np.ndarray] | onnx.TensorProto] = []  # (name, array) inline, or external
         self.names: set[str] = set()
         self.external = external
@@ -125,7 +151,14 @@ class _Ctx:
 
     def emit(self, op_type: str, inputs: list[str], out: str, **attrs) -> str:
         """Append an ONNX node writing value ``out`` (an IR node id or a fresh aux name)."""
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        node = self.nodes.add()  # as helper.make_node(op_type, inputs, [out], name=out, **attrs), built in place
+        node.op_type = op_type
+        node.input.extend(inputs)
+        node.output.append(out)
+        node.name = out
+        for key in sorted(attrs):
+            if attrs[key] is not None:
+                set_attribute(node.attribute.add(), key, attrs[key])
         return out
 
 
@@ -553,8 +586,16 @@ for _op in op_names():  # the training-only ops (choice, stop_*) have no ONNX fo
 # --------------------------------------------------------------------------- entry point
 
 
-def _value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *t.shape])
+def _value_info(into, name: str, t: TensorType) -> None:
+    """Append ``helper.make_tensor_value_info(name, FLOAT, ["batch", *t.shape])`` to ``into``, built in place."""
+    vi = into.add()
+    vi.name = name
+    tt = vi.type.tensor_type
+    tt.elem_type = TensorProto.FLOAT
+    dims = tt.shape.dim
+    dims.add().dim_param = "batch"
+    for d in t.shape:
+        dims.add().dim_value = d
 
 
 def to_onnx(graph: Graph, *, check: bool = True, external_data: str | os.PathLike | None = None,
@@ -595,9 +636,10 @@ def to_onnx(graph: Graph, *, check: bool = True, external_data: str | os.PathLik
         >>> big = archir.lower.to_onnx(g, external_data="big.onnx.data")   # doctest: +SKIP
         >>> onnx.save(big, "big.onnx")           # beside big.onnx.data     # doctest: +SKIP
     """
-    graph.validate()
+    order = graph.validated_order()  # (checked once for an unchanged graph)
     if has_training_ops(graph):  # the inference network: no drop_path, no auxiliary outputs
         graph = strip_training(graph)  # (a copy, validated again: only where there is something to strip)
+        order = graph.validated_order()
     training = [n for n in graph.nodes() if get_op(n.op).training_only]
     if training:
         listing = ", ".join(f"{n.id} ({n.op})" for n in training)
@@ -608,7 +650,7 @@ def to_onnx(graph: Graph, *, check: bool = True, external_data: str | os.PathLik
         if weight_bytes(graph) > PROTOBUF_LIMIT:  # cheap: refuse before copying any weight
             raise _too_large(graph)
         try:
-            return _to_onnx(graph, _Ctx(), check)
+            return _to_onnx(graph, _Ctx(), check, order)
         except _TooLarge:
             raise _too_large(graph) from None
     if isinstance(external_min_bytes, bool) or not isinstance(external_min_bytes, int) or external_min_bytes < 0:
@@ -626,7 +668,7 @@ def to_onnx(graph: Graph, *, check: bool = True, external_data: str | os.PathLik
                             hint="give a writable path for the external data file") from None
     try:
         try:
-            model = _to_onnx(graph, _Ctx(ext), check)
+            model = _to_onnx(graph, _Ctx(ext), check, order)
         finally:
             ext.file.close()
     except _TooLarge:  # only the small, inline weights are left: so many that they pass 2 GiB
@@ -662,12 +704,13 @@ def _check(run, graph: Graph) -> None:
                             rule="to_onnx", hint="this is an archir bug; please report it with the graph") from e
 
 
-def _to_onnx(graph: Graph, ctx: _Ctx, check: bool) -> onnx.ModelProto:
+def _to_onnx(graph: Graph, ctx: _Ctx, check: bool, order: list[str]) -> onnx.ModelProto:
+    model = ctx.model
+    g = model.graph
     env: dict[str, str] = {}
     for n in graph.nodes():
         ctx.names.add(n.id)
-    value_info = []
-    for n in graph.topo_order():
+    for n in order:
         node = graph.node(n)
         if node.op == "input":
             env[n] = ONNX_HANDLERS.get("input", n)(ctx, node, [], [], n)
@@ -681,28 +724,25 @@ def _to_onnx(graph: Graph, ctx: _Ctx, check: bool) -> onnx.ModelProto:
             raise LoweringError(f"lowering {node.op} to ONNX failed: {type(e).__name__}: {e}", node=n,
                                 rule="to_onnx") from e
         if n not in graph.outputs:
-            value_info.append(_value_info(n, node.type))
-    outputs, seen = [], set()
+            _value_info(g.value_info, n, node.type)
+    seen = set()
     for o in graph.outputs:
         name = env[o]
         if name in seen or o in graph.inputs:
             # an ONNX value can be one graph output only, and a graph input is not a node output
             name = ctx.emit("Identity", [env[o]], ctx.fresh(f"{o}::output"))
         seen.add(name)
-        outputs.append(_value_info(name, graph.node(o).type))
-    inputs = [_value_info(i, graph.node(i).type) for i in graph.inputs]
-    if ctx.inline_bytes > PROTOBUF_LIMIT - (1 << 26):  # near the limit: count the nodes too
-        rest = sum(p.ByteSize() + 8 for p in (*ctx.nodes, *inputs, *outputs, *value_info)) + 4096
-        if ctx.inline_bytes + rest > PROTOBUF_LIMIT:
+        _value_info(g.output, name, graph.node(o).type)
+    for i in graph.inputs:
+        _value_info(g.input, i, graph.node(i).type)
+    if ctx.inline_bytes > PROTOBUF_LIMIT - (1 << 26):  # near the limit: count the structure too
+        if ctx.inline_bytes + g.ByteSize() + 4096 > PROTOBUF_LIMIT:
             raise _TooLarge()
-    model = onnx.ModelProto(ir_version=IR_VERSION, producer_name="archir", doc_string=f"archir graph {graph.name!r}")
+    model.ir_version = IR_VERSION
+    model.producer_name = "archir"
+    model.doc_string = f"archir graph {graph.name!r}"
     model.opset_import.add(domain="", version=OPSET)
-    g = model.graph
     g.name = graph.name
-    g.node.extend(ctx.nodes)
-    g.input.extend(inputs)
-    g.output.extend(outputs)
-    g.value_info.extend(value_info)
     if check:
         _check_skeleton(model, ctx.inits, graph)
     for item in ctx.inits:

@@ -481,10 +481,10 @@ class Graph:
         networkx data itself, so it sees an edit made through ``g.nx`` as well as one through
         ``Graph``'s methods. Costs a few microseconds per node, against tens for validation.
         """
-        fp = self._fingerprint()
-        if fp is not None and self._valid is not None and self._valid[0] == fp[0] \
-                and (self._valid[2] or not weights):
-            return list(self._valid[3])
+        if self._valid is not None and (self._valid[2] or not weights):
+            fp = self._fingerprint()
+            if fp is not None and self._valid[0] == fp[0]:
+                return list(self._valid[3])
         self._valid = None
         try:
             order = self._validate(weights)
@@ -493,10 +493,9 @@ class Graph:
                 e.context = self._neighbourhood(e.node)
                 e.args = (e._format(),)
             raise
-        if fp is not None:  # after validation wrote the output types: fingerprint what now holds
-            fp = self._fingerprint()
-            if fp is not None:
-                self._valid = (fp[0], fp[1], weights, tuple(order))
+        fp = self._fingerprint()  # after validation wrote the output types: what now holds
+        if fp is not None:
+            self._valid = (fp[0], fp[1], weights, tuple(order))
         return order
 
     def _fingerprint(self) -> tuple[tuple, list] | None:

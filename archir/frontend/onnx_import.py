@@ -1638,7 +1638,8 @@ def _rel_attention_chain(imp, node) -> str | None:
     ``Transpose(Reshape(Gather(table, index)))``, ``Softmax``, ``MatMul(., v)``, ``Transpose``, ``Reshape [0, G,
     P, E]``, ``MatMul(W_merge^T)``, ``Add(b_merge)``. Every intermediate value has exactly the users the chain
     gives it; the index must be :func:`archir.ops.relative_position_index` of a window of P tokens whose table
-    has the given rows. The nodes are consumed and one ``rel_attention`` node made; ``None`` where the chain is
+    has the given rows (a 1 x P and a P x 1 window have the same index, the same function: read as 1 x P).
+    The nodes are consumed and one ``rel_attention`` node made; ``None`` where the chain is
     anything else."""
     from archir.ops import relative_position_index
 

@@ -259,7 +259,7 @@ def test_prune_on_maxvit_keeps_the_attention_and_validates():
     small, report = passes.prune_channels(g, ratio=0.5, criterion="l1")
     small.validate()
     assert report.skipped and all(k.reason for k in report.skipped)
-    assert report.macs_after < report.macs_before  # the MBConv channels inside each block still prune
+    assert costmodels.count(small).macs < costmodels.count(g).macs  # the MBConv channels inside each block prune
     for n in g.nodes("rel_attention"):  # nothing next to the attention is resized
         assert small.node(n.id).type == n.type
         for k, v in n.params.items():

@@ -1673,7 +1673,7 @@ def _rel_attention_chain(imp, node) -> str | None:
     if target is None or target.ndim != 1 or len(target) != 6 or target[:4].tolist() != [0, g, p, 3] \
             or int(target[4]) * int(target[5]) != e or int(target[4]) < 1:
         return None
-    heads, d = int(target[4]), int(target[5])
+    heads = int(target[4])
     chain += [add, rs]
     gathers = imp.users.get(rs.output[0], [])
     if rs.output[0] in {o.name for o in imp.model.graph.output} or len(gathers) != 3:

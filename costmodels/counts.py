@@ -30,7 +30,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from archir.graph import Graph
-from archir.ops import OpHandlers, attention_dims, candidate_steps, get_op, layernorm_size, pair
+from archir.ops import OpHandlers, attention_dims, candidate_steps, get_op, layernorm_size, pair, rel_attention_dims
 from archir.training import auxiliary_head
 from archir.types import TensorType
 
@@ -211,6 +211,19 @@ def _attention(attrs, ins, out):
     macs = 4 * length * e * e + 2 * length * length * e
     weights = attrs["num_heads"] * length * length
     return OpCost(macs=macs, flops=2 * macs + (4 * length * e if attrs["bias"] else 0) + 6 * weights)
+
+
+# ---- maxvit
+
+
+@COUNT_HANDLERS.register("rel_attention")
+def _rel_attention(attrs, ins, out):
+    # per window as attention on (P, E) tokens: the qkv and merge projections 4 P E^2, q k^T and weights @ v
+    # P^2 E each (as torchvision's published MaxViT GFLOPS count them); flops: 2 per MAC, the 4 P E bias adds,
+    # P E multiplies of k by the scale, and per attention weight (H P^2) the relative-bias add and softmax (5)
+    g, length, e, heads, _ = rel_attention_dims(attrs, ins[0])
+    macs = g * (4 * length * e * e + 2 * length * length * e)
+    return OpCost(macs=macs, flops=2 * macs + g * (5 * length * e + 6 * heads * length * length))
 
 
 @COUNT_HANDLERS.register("identity", "dropout", "drop_path", "flatten", "stop_gradient", "auxiliary")
@@ -425,6 +438,8 @@ def count(g: Graph, batch_size: int = 1) -> Counts:
       ``param`` 0 (a learned tensor: no arithmetic); ``attention`` on ``(L, E)`` tokens with ``H`` heads
       ``macs = 4 L E^2 + 2 L^2 E`` (the four projections and the two matmuls, as fvcore / torchvision's
       published GFLOPS), flops ``2 * macs + 4 L E`` (biases) ``+ 6 H L^2`` (scale and softmax);
+      ``rel_attention`` on ``(G, P, E)`` windows ``G`` times attention's MACs on ``(P, E)``, flops ``2 * macs +
+      G (5 P E + 6 H P^2)`` (biases and the scale of k; the relative-bias add and softmax);
       ``layernorm`` ``(5 + weight + bias)`` per element (mean and variance sums, subtract, square, scale by
       1/std; the affine multiply and add) plus 4 per normalised vector (two divisions by C, + eps, rsqrt).
     - ``activation_bytes``: bytes of the node's output tensor; 0 for ``input`` nodes (given,

@@ -30,7 +30,8 @@ Public names:
   With ``allow_choice=True`` some body steps are ``choice`` nodes (see :func:`supernets`); with
   ``transformer=True`` some are ViT-like blocks on the map's ``(H*W, C)`` tokens (``permute``, a ``param``
   class token ``concat``-ed in front and a ``param`` position embedding added, ``layernorm``, ``attention``
-  with a residual, the class token sliced off, ``reshape`` back to the map).
+  with a residual, the class token sliced off, ``reshape`` back to the map), or MaxViT-like window blocks
+  (``reshape``/``permute`` of the map into p x p windows, ``rel_attention`` with a residual, and back).
   Every attribute is drawn legal for the current shape (nothing is rejected by catching an
   error), spatial dims stay <= 16 and channels <= 32. The graph is validated, weights come
   from a drawn seed, BN running stats/affine params, ``scale`` and layernorm weights are randomised so
@@ -104,6 +105,8 @@ def randomize_weights(g: archir.Graph, seed: int) -> archir.Graph:
     for node in g.nodes("attention"):  # torch's init has zero biases; a spread of scores, not uniform weights
         g.set_params(node.id, **{k: rng.normal(0, 0.5 if k.endswith("weight") else 0.1, a.shape)
                                  for k, a in node.params.items()})
+    for node in g.nodes("rel_attention"):  # maxvit: a relative bias that moves the scores (init: N(0, 0.02))
+        g.set_params(node.id, bias_table=rng.normal(0, 0.5, node.params["bias_table"].shape))
     for node in g.nodes("choice"):
         bufs = {k: (rng.normal(0, 0.1, a.shape) if k.endswith("running_mean") else rng.uniform(0.5, 1.5, a.shape))
                 for k, a in node.buffers.items()}
@@ -318,7 +321,7 @@ class _Builder:
             t = self.add("linear", t, out_features=draw(st.integers(1, 16)), bias=draw(st.booleans()))
             return self.add("permute", t, dims=[2, 0, 1])
         if op == "tokens":
-            return self.tokens(cur)
+            return self.windows(cur) if self.draw(st.booleans()) else self.tokens(cur)  # maxvit: windows
         if op == "channel_shuffle":
             groups = [d for d in range(2, c + 1) if c % d == 0]
             if not groups:
@@ -427,6 +430,25 @@ class _Builder:
         if cls:
             t = self.add("slice", t, dim=1, start=1)
         return self.add("reshape", self.add("permute", t, dims=[1, 0]), shape=[c, h, w])
+
+    # ---- maxvit
+
+    def windows(self, cur: str) -> str:
+        """A MaxViT-like block: the (C, H, W) map cut into p x p windows as torchvision's WindowPartition does
+        (reshape (C, H/p, p, W/p, p), permute to (H/p, W/p, p, p, C), reshape (H/p * W/p, p*p, C)),
+        ``rel_attention`` (heads dividing C) maybe with a residual, then WindowDepartition back to the map."""
+        draw = self.draw
+        c, h, w = self.shape(cur)
+        # the largest window first (what hypothesis draws and shrinks to most): p = 1 is one token per window
+        p = draw(st.sampled_from([d for d in range(min(h, w, 4), 0, -1) if h % d == 0 and w % d == 0]))
+        t = self.add("reshape", cur, shape=[c, h // p, p, w // p, p])
+        t = self.add("reshape", self.add("permute", t, dims=[1, 3, 2, 4, 0]), shape=[(h // p) * (w // p), p * p, c])
+        heads = draw(st.sampled_from([d for d in range(1, c + 1) if c % d == 0]))
+        a = self.add("rel_attention", t, num_heads=heads, window=p,
+                     scale=draw(st.sampled_from([None, 0.5])))
+        t = self.add("add", t, a) if draw(st.booleans()) else a
+        t = self.add("permute", self.add("reshape", t, shape=[h // p, w // p, p, p, c]), dims=[4, 0, 2, 1, 3])
+        return self.add("reshape", t, shape=[c, h, w])
 
     def activation(self, cur: str) -> str:
         op = self.draw(st.sampled_from(ACTIVATIONS))

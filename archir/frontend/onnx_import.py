@@ -1628,11 +1628,142 @@ def _adaptive(imp, node, a):
     return nid
 
 
+# ---- maxvit
+
+
+def _rel_attention_chain(imp, node) -> str | None:
+    """archir's to_onnx of ``rel_attention``, read back from its first node, the qkv ``MatMul(x, W^T)`` of a
+    ``(N, G, P, E)`` value: ``Add(b) -> Reshape [0, G, P, 3, H, d]`` read by three ``Gather(axis=3)`` of 0, 1, 2,
+    each ``Transpose``-d to heads (k then ``Mul``-ed by a scalar), ``MatMul(q, k)``, ``Add`` of the constant bias
+    ``Transpose(Reshape(Gather(table, index)))``, ``Softmax``, ``MatMul(., v)``, ``Transpose``, ``Reshape [0, G,
+    P, E]``, ``MatMul(W_merge^T)``, ``Add(b_merge)``. Every intermediate value has exactly the users the chain
+    gives it; the index must be :func:`archir.ops.relative_position_index` of a window of P tokens whose table
+    has the given rows (a 1 x P and a P x 1 window have the same index, the same function: read as 1 x P).
+    The nodes are consumed and one ``rel_attention`` node made; ``None`` where the chain is
+    anything else."""
+    from archir.ops import relative_position_index
+
+    def const(name):
+        v = imp.env.get(name, _BAD)
+        return v if isinstance(v, np.ndarray) else None
+
+    def user(value, op_type, pos=None):
+        u = imp.sole_user(value)
+        if u is None or u.op_type != op_type or (pos is not None and (len(u.input) <= pos or u.input[pos] != value)):
+            return None
+        return u
+
+    def perm_of(n):
+        return [int(v) for v in _attrs(n).get("perm", [])]
+
+    x = imp.env.get(node.input[0], _BAD)
+    w = const(node.input[1])
+    if not isinstance(x, str) or w is None or len(imp.shape(x)) != 3 or w.ndim != 2:
+        return None
+    g, p, e = imp.shape(x)
+    if w.shape != (e, 3 * e):
+        return None
+    chain = [node]
+    add = user(node.output[0], "Add", 0)
+    b = const(add.input[1]) if add is not None and len(add.input) == 2 else None
+    if b is None or b.shape != (3 * e,):
+        return None
+    rs = user(add.output[0], "Reshape", 0)
+    target = const(rs.input[1]) if rs is not None else None
+    if target is None or target.ndim != 1 or len(target) != 6 or target[:4].tolist() != [0, g, p, 3] \
+            or int(target[4]) * int(target[5]) != e or int(target[4]) < 1:
+        return None
+    heads = int(target[4])
+    chain += [add, rs]
+    gathers = imp.users.get(rs.output[0], [])
+    if rs.output[0] in {o.name for o in imp.model.graph.output} or len(gathers) != 3:
+        return None
+    parts = {}
+    for gth in gathers:
+        idx = const(gth.input[1]) if gth.op_type == "Gather" and len(gth.input) == 2 else None
+        if idx is None or idx.ndim != 0 or int(_attrs(gth).get("axis", 0)) != 3 or int(idx) not in (0, 1, 2):
+            return None
+        tr = user(gth.output[0], "Transpose")
+        if tr is None:
+            return None
+        parts["qkv"[int(idx)]] = (gth, tr)
+    if len(parts) != 3 or perm_of(parts["q"][1]) != [0, 1, 3, 2, 4] or perm_of(parts["v"][1]) != [0, 1, 3, 2, 4] \
+            or perm_of(parts["k"][1]) != [0, 1, 3, 4, 2]:
+        return None
+    for what in "qkv":
+        chain += parts[what]
+    mul = user(parts["k"][1].output[0], "Mul", 0)
+    c = const(mul.input[1]) if mul is not None and len(mul.input) == 2 else None
+    if c is None or c.size != 1:
+        return None
+    scores = user(mul.output[0], "MatMul", 1)
+    if scores is None or scores.input[0] != parts["q"][1].output[0] or user(parts["q"][1].output[0], "MatMul") is None:
+        return None
+    chain += [mul, scores]
+    biased = user(scores.output[0], "Add", 0)
+    if biased is None or len(biased.input) != 2:
+        return None
+    # the bias: Transpose [2, 0, 1] of Reshape [P, P, H] of Gather(table, index) on constants
+    bt = imp.producer.get(biased.input[1])
+    if bt is None or bt.op_type != "Transpose" or perm_of(bt) != [2, 0, 1] or imp.sole_user(bt.output[0]) is not biased:
+        return None
+    br = imp.producer.get(bt.input[0])
+    if br is None or br.op_type != "Reshape" or imp.sole_user(br.output[0]) is not bt:
+        return None
+    shape = const(br.input[1])
+    bg = imp.producer.get(br.input[0])
+    if shape is None or shape.reshape(-1).tolist() != [p, p, heads] or bg is None or bg.op_type != "Gather" \
+            or imp.sole_user(bg.output[0]) is not br or int(_attrs(bg).get("axis", 0)) != 0:
+        return None
+    table, index = const(bg.input[0]), const(bg.input[1])
+    if table is None or index is None or table.ndim != 2 or table.shape[1] != heads or index.shape != (p * p,):
+        return None
+    window = next(((wh, p // wh) for wh in range(1, p + 1) if p % wh == 0
+                   and (2 * wh - 1) * (2 * (p // wh) - 1) == table.shape[0]
+                   and np.array_equal(index, relative_position_index(wh, p // wh).reshape(-1))), None)
+    if window is None:
+        return None
+    chain += [bg, br, bt, biased]
+    sm = user(biased.output[0], "Softmax", 0)
+    if sm is None or int(_attrs(sm).get("axis", -1)) not in (-1, 4):
+        return None
+    ctx = user(sm.output[0], "MatMul", 0)
+    if ctx is None or ctx.input[1] != parts["v"][1].output[0] or user(parts["v"][1].output[0], "MatMul") is not ctx:
+        return None
+    tr = user(ctx.output[0], "Transpose", 0)
+    if tr is None or perm_of(tr) != [0, 1, 3, 2, 4]:
+        return None
+    rs2 = user(tr.output[0], "Reshape", 0)
+    t2 = const(rs2.input[1]) if rs2 is not None else None
+    if t2 is None or t2.reshape(-1).tolist() != [0, g, p, e]:
+        return None
+    mm = user(rs2.output[0], "MatMul", 0)
+    wm = const(mm.input[1]) if mm is not None else None
+    if wm is None or wm.shape != (e, e):
+        return None
+    out = user(mm.output[0], "Add", 0)
+    bm = const(out.input[1]) if out is not None and len(out.input) == 2 else None
+    if bm is None or bm.shape != (e,):
+        return None
+    chain += [sm, ctx, tr, rs2, mm, out]
+    scale = float(c.reshape(()))
+    params = {"qkv_weight": np.ascontiguousarray(w.T), "qkv_bias": b, "merge_weight": np.ascontiguousarray(wm.T),
+              "merge_bias": bm, "bias_table": table.astype(np.float32)}
+    nid = imp.add(out, "rel_attention", [x], params=params, num_heads=heads, window=list(window),
+                  scale=None if math.isclose(scale, e ** -0.5, rel_tol=1e-6) else _f32(scale))
+    _consume(imp, chain)
+    imp.env[out.output[0]] = nid
+    return nid
+
+
 @_rule("MatMul")
 def _matmul(imp, node, a):
     pooled = _adaptive(imp, node, a)
     if pooled is not None:
         return pooled
+    windowed = _rel_attention_chain(imp, node)  # maxvit
+    if windowed is not None:
+        return windowed
     xw = _matmul_weight(imp, node)
     l, r = (imp.env.get(i, _BAD) for i in node.input)
     if xw is None and isinstance(l, str) and isinstance(r, str):

@@ -28,6 +28,7 @@ import math
 import operator
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -40,7 +41,7 @@ from archir.errors import IRError
 from archir.frontend.common import (FrontendError, IdMaker, Skip, Unsupported, UnsupportedModelError, add_mapped,
                                     clean_id, fuse_layernorm2d)
 from archir.graph import Graph
-from archir.lower.modules import LayerNorm2d, LearnedTensor, Scale, SelfAttention, stop_forward, zero
+from archir.lower.modules import LayerNorm2d, LearnedTensor, RelPosAttention, Scale, SelfAttention, stop_forward, zero
 from archir.ops import get_op
 
 __all__ = ["from_torch"]
@@ -333,9 +334,7 @@ class _Importer:
                 if first is not None:
                     raise Skip(f"module {node.target!r} ({type(mod).__name__}) is called again: its weights are "
                                 f"shared with node {first!r}, and archir has no weight tying")
-            rule = _MODULE_RULES.get(type(mod))
-            if rule is None:
-                rule = next((r for cls, r in _MODULE_RULES.items() if isinstance(mod, cls)), None)
+            rule = _module_rule(mod)
             if rule is None:
                 raise Skip(f"module type {type(mod).__module__}.{type(mod).__name__} has no mapping")
             out = rule(self, node, mod, args, kwargs)
@@ -352,7 +351,7 @@ class _Importer:
         t = node.target
         if node.op == "call_module":
             mod = self.gm.get_submodule(str(t))
-            return any(isinstance(mod, cls) for cls in _MODULE_RULES)
+            return _module_rule(mod) is not None
         if isinstance(t, torch._ops.OpOverload):
             return t._schema.name.split("::")[-1] in _ATEN_RULES
         key = t if node.op == "call_function" else ("method", t)
@@ -1633,8 +1632,61 @@ def _m_learned(imp, node, m: LearnedTensor, args, kwargs):
                                       shape=list(m.value.shape)))
 
 
+# ---- maxvit
+
+
+def _tv_rel_attention() -> type | None:
+    """torchvision's ``RelativePositionalMultiHeadAttention`` when its module is loaded (a MaxViT being imported
+    has loaded it), else ``None``: archir does not import torchvision itself."""
+    mod = sys.modules.get("torchvision.models.maxvit")
+    return getattr(mod, "RelativePositionalMultiHeadAttention", None)
+
+
+def _m_rel_attention(imp, node, m: nn.Module, args, kwargs):
+    """torchvision's MaxViT ``RelativePositionalMultiHeadAttention`` on ``(N, G, P, E)`` windows as one
+    ``rel_attention`` node (weights ``to_qkv``, ``merge``, ``relative_position_bias_table``); its
+    ``relative_position_index`` buffer must equal the index archir rebuilds from the window size, and its
+    ``scale_factor`` is kept. archir's own ``RelPosAttention`` (to_fx's lowering) maps back too."""
+    from archir.ops import relative_position_index
+
+    x = _act({"input": args[0] if args else kwargs.get("x")})
+    if isinstance(m, RelPosAttention):
+        e = m.qkv_weight.shape[1]
+        scale = None if m.scale == e ** -0.5 else m.scale
+        return _result(imp, node, imp.add(node, "rel_attention", [x.id], params=dict(m.named_parameters()),
+                                          num_heads=m.num_heads, window=list(m.window), scale=scale))
+    e, heads, side = m.to_qkv.in_features, m.n_heads, m.size
+    if len(x.shape) != 4 or x.shape[3] != e or x.shape[2] != side * side:
+        raise Skip(f"RelativePositionalMultiHeadAttention on {x.shape}; it takes (N, G, P, E) windows with "
+                   f"P = {side}*{side} tokens of E = {e} features")
+    if m.max_seq_len != side * side or heads * m.head_dim != e or m.to_qkv.out_features != 3 * e or \
+            m.merge.in_features != e or m.merge.out_features != e:
+        raise Skip(f"RelativePositionalMultiHeadAttention with max_seq_len={m.max_seq_len}, {heads} heads of "
+                   f"{m.head_dim}, to_qkv {m.to_qkv.in_features}->{m.to_qkv.out_features} and merge "
+                   f"{m.merge.in_features}->{m.merge.out_features}: archir's rel_attention has a square window "
+                   "of side**2 tokens, heads * head_dim = E, to_qkv E->3E and merge E->E")
+    if m.to_qkv.bias is None or m.merge.bias is None:
+        raise Skip("RelativePositionalMultiHeadAttention without a bias on to_qkv or merge; archir's rel_attention "
+                   "has both (as torchvision builds them)")
+    want = relative_position_index(side, side)
+    got = m.relative_position_index
+    if tuple(got.shape) != want.shape or not np.array_equal(got.detach().cpu().numpy(), want):
+        raise Skip(f"its relative_position_index buffer is not torchvision's index of a {side}x{side} window, which "
+                   "archir rebuilds from the window size; archir does not store a custom index")
+    table = m.relative_position_bias_table
+    if tuple(table.shape) != ((2 * side - 1) ** 2, heads):
+        raise Skip(f"relative_position_bias_table of shape {tuple(table.shape)}; a {side}x{side} window with "
+                   f"{heads} heads has ({(2 * side - 1) ** 2}, {heads})")
+    scale = float(m.scale_factor)
+    params = {"qkv_weight": m.to_qkv.weight, "qkv_bias": m.to_qkv.bias, "merge_weight": m.merge.weight,
+              "merge_bias": m.merge.bias, "bias_table": table}
+    return _result(imp, node, imp.add(node, "rel_attention", [x.id], params=params, num_heads=heads,
+                                      window=side, scale=None if scale == e ** -0.5 else scale))
+
+
 _MODULE_RULES: dict[type, Callable] = {
     nn.MultiheadAttention: _m_attention, SelfAttention: _m_attention, LearnedTensor: _m_learned,
+    RelPosAttention: _m_rel_attention,  # maxvit (torchvision's own class: _module_rule)
     Scale: _m_scale,
     nn.Conv2d: _m_conv, nn.Linear: _m_linear, nn.BatchNorm2d: _m_bn,
     nn.ReLU: _m_unary("relu"), nn.ReLU6: _m_unary("relu6"), nn.Sigmoid: _m_unary("sigmoid"),
@@ -1649,6 +1701,18 @@ _MODULE_RULES: dict[type, Callable] = {
     nn.LogSoftmax: _m_softmax("log_softmax"),
     nn.LayerNorm: _m_layer_norm, nn.ChannelShuffle: _m_channel_shuffle,
 }
+
+
+def _module_rule(mod: nn.Module) -> Callable | None:
+    """The rule of a module: by its exact type, else by a base class; torchvision's MaxViT attention by its class
+    when torchvision has loaded it."""
+    rule = _MODULE_RULES.get(type(mod))
+    if rule is None:
+        rule = next((r for cls, r in _MODULE_RULES.items() if isinstance(mod, cls)), None)
+    tv = _tv_rel_attention()  # maxvit
+    if rule is None and tv is not None and isinstance(mod, tv):
+        rule = _m_rel_attention
+    return rule
 
 
 # --------------------------------------------------------------------------- tracing
@@ -1679,7 +1743,9 @@ class _Tracer(fx.Tracer):
         super().__init__(autowrap_functions=(zero, stop_forward))
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (Scale, LayerNorm2d, LearnedTensor, SelfAttention)) or super().is_leaf_module(m, qualname)
+        tv = _tv_rel_attention()  # maxvit
+        return (isinstance(m, (Scale, LayerNorm2d, LearnedTensor, SelfAttention, RelPosAttention))
+                or (tv is not None and isinstance(m, tv)) or super().is_leaf_module(m, qualname))
 
 
 def _trace_fx(module: nn.Module) -> fx.GraphModule:

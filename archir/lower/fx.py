@@ -30,7 +30,7 @@ from archir.errors import IRError, LoweringError
 from archir.graph import Graph, Node, arch_key
 from archir.ops import OpHandlers, pair, slice_range, step_inputs
 from archir.lower.modules import (CHOICE_MODES, ArchSampler, ChoiceModule, DropPath, LayerNorm2d, LearnedTensor, Scale,
-                                  SelfAttention, stop_forward, zero)
+                                  RelPosAttention, SelfAttention, stop_forward, zero)
 from archir.training import auxiliary_head, auxiliary_outputs, has_training_ops, strip_training
 
 __all__ = ["to_fx", "sync_back", "set_drop_path", "arch_parameters", "weight_parameters", "FX_HANDLERS",
@@ -339,6 +339,19 @@ def _attention(ctx, node, args, ins):
     a = node.attrs
     m = _load_params(SelfAttention(ins[0].shape[-1], a["num_heads"], bias=a["bias"], dropout=a["dropout"],
                                    device="meta"), node)
+    return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
+
+
+# ---- maxvit
+
+
+@FX_HANDLERS.register("rel_attention")
+def _rel_attention(ctx, node, args, ins):
+    from archir.ops import rel_attention_scale
+
+    a, e = node.attrs, ins[0].shape[-1]
+    m = _load_params(RelPosAttention(e, a["num_heads"], pair(a["window"]), rel_attention_scale(a, e), device="meta"),
+                     node)
     return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Scale", "LayerNorm2d", "LearnedTensor", "SelfAttention", "DropPath", "ArchSampler", "ChoiceModule", "zero",
+__all__ = ["Scale", "LayerNorm2d", "LearnedTensor", "SelfAttention", "RelPosAttention", "DropPath", "ArchSampler", "ChoiceModule", "zero",
            "stop_forward", "CHOICE_MODES"]
 
 CHOICE_MODES = ("softmax", "gumbel", "sample", "fixed")
@@ -87,6 +87,50 @@ class SelfAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.in_proj_weight.shape[1]}, num_heads={self.num_heads}, dropout={self.dropout}"
+
+
+# ---- maxvit
+
+
+class RelPosAttention(nn.Module):
+    """The ``rel_attention`` op: multi-head self-attention within windows with a learned relative-position bias
+    on ``(N, G, P, E)`` samples, computed step for step as torchvision's MaxViT
+    ``RelativePositionalMultiHeadAttention`` (``to_qkv``, ``chunk``, heads, ``k * scale``, ``einsum``, the bias
+    gathered from ``bias_table`` by ``relative_position_index``, softmax, ``einsum``, ``merge``) under flat
+    names: ``qkv_weight``, ``qkv_bias``, ``merge_weight``, ``merge_bias``, ``bias_table``. The index is a
+    non-persistent buffer rebuilt from the window size."""
+
+    def __init__(self, embed_dim: int, num_heads: int, window: tuple[int, int], scale: float, device=None) -> None:
+        super().__init__()
+        from archir.ops import relative_position_index
+
+        e, (h, w) = embed_dim, window
+        self.num_heads, self.window, self.scale = num_heads, (h, w), float(scale)
+        self.qkv_weight = nn.Parameter(torch.zeros(3 * e, e, device=device))
+        self.qkv_bias = nn.Parameter(torch.zeros(3 * e, device=device))
+        self.merge_weight = nn.Parameter(torch.zeros(e, e, device=device))
+        self.merge_bias = nn.Parameter(torch.zeros(e, device=device))
+        self.bias_table = nn.Parameter(torch.zeros((2 * h - 1) * (2 * w - 1), num_heads, device=device))
+        # an index, not a weight: real even when the weights are made on the meta device (to be assigned next)
+        idx = torch.from_numpy(relative_position_index(h, w))
+        self.register_buffer("relative_position_index", idx if str(device) == "meta" else idx.to(device),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, g, p, e = x.shape
+        h = self.num_heads
+        q, k, v = F.linear(x, self.qkv_weight, self.qkv_bias).chunk(3, dim=-1)
+        q, k, v = (t.reshape(n, g, p, h, e // h).permute(0, 1, 3, 2, 4) for t in (q, k, v))
+        k = k * self.scale
+        scores = torch.einsum("B G H I D, B G H J D -> B G H I J", q, k)
+        bias = self.bias_table[self.relative_position_index.view(-1)].view(p, p, -1).permute(2, 0, 1)
+        weights = F.softmax(scores + bias.unsqueeze(0), dim=-1)
+        y = torch.einsum("B G H I J, B G H J D -> B G H I D", weights, v)
+        return F.linear(y.permute(0, 1, 3, 2, 4).reshape(n, g, p, e), self.merge_weight, self.merge_bias)
+
+    def extra_repr(self) -> str:
+        return (f"embed_dim={self.qkv_weight.shape[1]}, num_heads={self.num_heads}, window={self.window}, "
+                f"scale={self.scale}")
 
 
 class DropPath(nn.Module):

@@ -555,6 +555,54 @@ def _attention(ctx, node, xs, ins, out):
     return proj(y, p["out_proj_weight"], p["out_proj_bias"] if a["bias"] else None, "out_proj", out)
 
 
+# ---- maxvit
+
+
+@ONNX_HANDLERS.register("rel_attention")
+def _rel_attention(ctx, node, xs, ins, out):
+    """Windowed attention with a relative-position bias from primitives, in torchvision's MaxViT order: MatMul
+    by ``qkv_weight.T`` and Add ``qkv_bias``; Reshape to (N, G, P, 3, H, d) and one Gather (axis 3, index 0, 1,
+    2) per q, k, v, each Transposed to (N, G, H, P, d) (k to (N, G, H, d, P)) and k Mul-ed by the scale; MatMul;
+    Add the bias (H, P, P): a constant Gather of ``bias_table`` by the flat ``relative_position_index``,
+    Reshape (P, P, H), Transpose; Softmax over the keys; MatMul with v; Transpose and Reshape to (N, G, P, E);
+    the merge projection as a linear. The first node is the qkv MatMul (from_onnx reads the block back from
+    there)."""
+    from archir.ops import rel_attention_dims, rel_attention_scale, relative_position_index
+
+    a, p = node.attrs, node.params
+    g, length, e, h, d = rel_attention_dims(a, ins[0], node.id)
+    wh, ww = pair(a["window"])
+    t = ctx.emit("MatMul", [xs[0], ctx.const(f"{node.id}.qkv_weight_t", np.ascontiguousarray(p["qkv_weight"].T))],
+                 _aux(ctx, node, "qkv_matmul"))
+    t = ctx.emit("Add", [t, ctx.const(f"{node.id}.qkv_bias", p["qkv_bias"])], _aux(ctx, node, "qkv"))
+    t = ctx.emit("Reshape", [t, ctx.const(f"{node.id}::qkv_shape", [0, g, length, 3, h, d], np.int64)],
+                 _aux(ctx, node, "qkv_heads"))
+    parts = {}
+    for i, what in enumerate("qkv"):
+        y = ctx.emit("Gather", [t, ctx.const(f"{node.id}::{what}_index", i, np.int64)], _aux(ctx, node, what), axis=3)
+        parts[what] = ctx.emit("Transpose", [y], _aux(ctx, node, f"{what}_t"),
+                               perm=[0, 1, 3, 4, 2] if what == "k" else [0, 1, 3, 2, 4])
+    k = ctx.emit("Mul", [parts["k"], ctx.const(f"{node.id}::scale", rel_attention_scale(a, e))],
+                 _aux(ctx, node, "k_scaled"))
+    s = ctx.emit("MatMul", [parts["q"], k], _aux(ctx, node, "scores"))
+    b = ctx.emit("Gather", [ctx.const(f"{node.id}.bias_table", p["bias_table"]),
+                            ctx.const(f"{node.id}::relative_position_index",
+                                      relative_position_index(wh, ww).reshape(-1), np.int64)],
+                 _aux(ctx, node, "bias_rows"), axis=0)
+    b = ctx.emit("Reshape", [b, ctx.const(f"{node.id}::bias_shape", [length, length, h], np.int64)],
+                 _aux(ctx, node, "bias_pph"))
+    b = ctx.emit("Transpose", [b], _aux(ctx, node, "bias"), perm=[2, 0, 1])
+    s = ctx.emit("Add", [s, b], _aux(ctx, node, "biased"))
+    s = ctx.emit("Softmax", [s], _aux(ctx, node, "weights"), axis=-1)
+    y = ctx.emit("MatMul", [s, parts["v"]], _aux(ctx, node, "context"))
+    y = ctx.emit("Transpose", [y], _aux(ctx, node, "context_t"), perm=[0, 1, 3, 2, 4])
+    y = ctx.emit("Reshape", [y, ctx.const(f"{node.id}::tokens_shape", [0, g, length, e], np.int64)],
+                 _aux(ctx, node, "tokens"))
+    y = ctx.emit("MatMul", [y, ctx.const(f"{node.id}.merge_weight_t", np.ascontiguousarray(p["merge_weight"].T))],
+                 _aux(ctx, node, "merge_matmul"))
+    return ctx.emit("Add", [y, ctx.const(f"{node.id}.merge_bias", p["merge_bias"])], out)
+
+
 @ONNX_HANDLERS.register("layernorm")
 def _layernorm(ctx, node, xs, ins, out):
     """``LayerNormalization`` (opset 17) over the last axis; axis='channels' between Transposes to channels-last

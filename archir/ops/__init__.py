@@ -4,9 +4,11 @@ from archir.ops.registry import AttrSpec, OpDef, OpHandlers, OpTraits, get_op, o
 from archir.ops import core as _core  # noqa: F401  (registers the core ops)
 from archir.ops.core import (Step, attention_dims, candidate_names, candidate_output, candidate_steps, concat_axis, layernorm_size,
                              shuffle_order, slice_range, step_inputs)
+from archir.ops.core import rel_attention_dims, rel_attention_scale, relative_position_index  # maxvit
 
 __all__ = [
     "AttrSpec", "OpDef", "OpTraits", "OpHandlers", "get_op", "op_names", "pair", "register_op",
     "Step", "candidate_names", "candidate_output", "candidate_steps", "concat_axis", "slice_range", "step_inputs",
     "layernorm_size", "shuffle_order", "attention_dims",
+    "rel_attention_dims", "rel_attention_scale", "relative_position_index",  # maxvit
 ]

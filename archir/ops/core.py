@@ -1312,3 +1312,81 @@ register_op(OpDef(
         "in 3), per head softmax(q k^T / sqrt(E / num_heads)) v, then out_proj; dropout (on the attention "
         "weights) acts in training only; 4 L E^2 + 2 L^2 E MACs",
 ))
+
+
+# --------------------------------------------------------------------------- maxvit: rel_attention
+# Relative-position multi-head self-attention within windows (issue 17, torchvision's MaxViT). Its samples are
+# (G, P, E): G windows (or grid cells) of P = h*w tokens each, attended within each window.
+
+
+def relative_position_index(h: int, w: int) -> np.ndarray:
+    """The ``(h*w, h*w)`` int64 index into a ``((2h-1)(2w-1), heads)`` relative-bias table: entry ``[i, j]`` is
+    the table row of the offset from token ``j`` to token ``i`` of an ``h x w`` window (row-major tokens), as
+    torchvision's ``maxvit._get_relative_position_index(h, w)`` builds it (and Swin's ``relative_position_index``)."""
+    ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)
+    dy = ys[:, None] - ys[None, :] + (h - 1)
+    dx = xs[:, None] - xs[None, :] + (w - 1)
+    return (dy * (2 * w - 1) + dx).astype(np.int64)
+
+
+def rel_attention_dims(a: dict, t: TensorType, node=None) -> tuple[int, int, int, int, int]:
+    """``(G, P, E, heads, head_dim)`` of a ``rel_attention`` node with attrs ``a`` on a ``(G, P, E)`` input ``t``."""
+    if t.rank != 3:
+        raise _fail(node, f"rel_attention needs (G, P, E) samples (G windows of P tokens of E features, as "
+                          f"torchvision's MaxViT partitions a map), got {t}",
+                    hint="reshape/permute the map into windows first, e.g. (C, H, W) -> (H/p * W/p, p*p, C)")
+    g, p, e = t.shape
+    h, w = pair(a["window"])
+    if p != h * w:
+        raise _fail(node, f"rel_attention with window {h}x{w} needs {h * w} tokens per window, got P={p} (input {t})",
+                    hint=f"set window so that its h*w equals the token axis ({p})")
+    heads = a["num_heads"]
+    if e % heads:
+        raise _fail(node, f"rel_attention embed dim {e} is not divisible by num_heads={heads}",
+                    hint="pick num_heads dividing the embedding dim")
+    return g, p, e, heads, e // heads
+
+
+def rel_attention_scale(a: dict, e: int) -> float:
+    """The factor ``k`` is multiplied by: ``scale``, or ``E ** -0.5`` when it is None (torchvision's MaxViT scales
+    by the feature dim, not the head dim)."""
+    return e ** -0.5 if a["scale"] is None else float(a["scale"])
+
+
+def _rel_attention_infer(a, ins, node):
+    rel_attention_dims(a, ins[0], node)
+    return ins[0]
+
+
+def _rel_attention_params(a, ins):
+    e = ins[0].shape[-1]
+    h, w = pair(a["window"])
+    return {"qkv_weight": (3 * e, e), "qkv_bias": (3 * e,), "merge_weight": (e, e), "merge_bias": (e,),
+            "bias_table": ((2 * h - 1) * (2 * w - 1), a["num_heads"])}
+
+
+def _rel_attention_init(a, ins, rng):
+    # torchvision: to_qkv and merge as nn.Linear (bound 1/sqrt(E) for weight and bias), the table
+    # trunc_normal_(std=0.02) (truncated at +-2, 100 std: a plain normal in practice)
+    e = ins[0].shape[-1]
+    shapes = _rel_attention_params(a, ins)
+    bound = 1.0 / math.sqrt(e)
+    p = {k: _uniform(rng, bound, s) for k, s in shapes.items() if k != "bias_table"}
+    p["bias_table"] = np.clip(rng.normal(0.0, 0.02, size=shapes["bias_table"]), -2.0, 2.0).astype(np.float32)
+    return p, {}
+
+
+register_op(OpDef(
+    "rel_attention", arity=1,
+    attrs={"num_heads": AttrSpec("int", min=1, max=MAX_DIM), "window": AttrSpec("pair", min=1, max=MAX_DIM),
+           "scale": AttrSpec("float", None, optional=True)},
+    infer=_rel_attention_infer, param_shapes=_rel_attention_params, init=_rel_attention_init,
+    # biases on every projection: attention(0) = merge(softmax(bias) @ qkv_bias_v) + merge_bias, not zero
+    traits=_traits("linear"),
+    doc="multi-head self-attention within each of G windows of P = h*w tokens, with a learned relative-position "
+        "bias, as torchvision's MaxViT RelativePositionalMultiHeadAttention on (N, G, P, E): q, k, v = split of "
+        "x @ qkv_weight.T + qkv_bias in 3, in heads of E / num_heads; k *= scale (None: E ** -0.5, torchvision's "
+        "feat_dim ** -0.5); per head softmax(q k^T + B) v with B[i, j] = bias_table[relative_position_index(h, w)"
+        "[i, j], head]; heads merged and projected by merge_weight / merge_bias; 4 G P E^2 + 2 G P^2 E MACs",
+))

@@ -502,6 +502,11 @@ TV_FAMILIES = {
     # read back (see docs/frontend_support.md); tests/archir/test_frontend_vit.py randomises the zero-init head
     "vit": ("VisionTransformer", {"image_size": 32, "patch_size": 16, "num_layers": 2, "num_heads": 2,
                                   "hidden_dim": 32, "mlp_dim": 64, "num_classes": 10}, (3, 32, 32), False),
+    # maxvit: torchvision's own MaxVit class, two blocks of one layer at 32x32 (maxvit_t is 4 blocks of 2, 2, 5, 2
+    # layers at 224, partition 7); torch.onnx.export's einsum / gather forms do not read back (docs/frontend_support.md)
+    "maxvit": ("MaxVit", {"input_size": (32, 32), "stem_channels": 8, "partition_size": 2, "block_channels": [16, 32],
+                          "block_layers": [1, 1], "head_dim": 8, "stochastic_depth_prob": 0.0, "num_classes": 10},
+               (3, 32, 32), False),
 }
 _BIG = {"vgg11", "alexnet"}  # 133M and 61M parameters: their classifiers are fixed by torchvision
 
@@ -524,6 +529,8 @@ def test_torchvision_family_round_trips(family):
                 if p.dim() >= 2 and not p.any():
                     p.normal_(0.0, 0.02)
         module = randomize(module)
+    elif ctor == "MaxVit":  # maxvit
+        module = randomize(tvm.MaxVit(**kw))
     else:
         module = randomize(getattr(tvm, ctor)(weights=None, **kw))
     g = round_trip(module, shape, torch_onnx=torch_onnx)
@@ -540,6 +547,8 @@ def test_torchvision_family_round_trips(family):
         assert {"reshape", "permute", "slice"} <= {n.op for n in g.nodes()}  # view / transpose / view, chunk
     if family == "vit":
         assert {"param", "attention"} <= {n.op for n in g.nodes()}
+    if family == "maxvit":
+        assert {"rel_attention", "reshape", "permute", "layernorm"} <= {n.op for n in g.nodes()}
     if family == "efficientnet_b0":
         notes = g.meta["frontend"]["notes"]
         assert notes and all("stochastic depth" in n for n in notes)

@@ -69,6 +69,8 @@ EXAMPLES = {
     # ---- transformer ops
     "param": ([(3, 4, 4)], [{"shape": [3, 4, 4]}, {"shape": [2, 7]}]),
     "attention": ([(5, 8)], [{"num_heads": 2}, {"num_heads": 4, "bias": False}]),
+    # ---- maxvit
+    "rel_attention": ([(3, 6, 8)], [{"num_heads": 2, "window": [2, 3]}, {"num_heads": 4, "window": [3, 2], "scale": 0.5}]),
 }
 UNARY = ("relu", "relu6", "sigmoid", "hardswish", "hardsigmoid", "silu", "tanh", "identity", "stop_gradient",
          "stop_forward")

@@ -26,8 +26,9 @@ FAMILIES = {
     "squeezenet1_1": {}, "googlenet": {"aux_logits": False, "init_weights": False},
     "convnext_tiny": {}, "shufflenet_v2_x1_0": {}, "shufflenet_v2_x0_5": {},
     "vit_b_16": {},  # attention's two matmuls count, as in the published 17.564 (fvcore's convention)
+    "maxvit_t": {},  # maxvit: so do rel_attention's, per window (the published 5.558)
 }
-_SLOW = {"resnet50", "resnext50_32x4d", "wide_resnet50_2", "vgg11", "alexnet", "densenet121", "vit_b_16"}
+_SLOW = {"resnet50", "resnext50_32x4d", "wide_resnet50_2", "vgg11", "alexnet", "densenet121", "vit_b_16", "maxvit_t"}
 
 
 @pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f in _SLOW else f for f in FAMILIES])
@@ -39,7 +40,8 @@ def test_macs_and_params_match_torchvision(family):
     c = costmodels.count(g)
     assert abs(c.macs / 1e9 - meta["_ops"]) <= 0.0005 + 1e-9, (c.macs / 1e9, meta["_ops"])
     assert c.params == meta["num_params"]
-    assert c.macs == sum(r.macs for r in c.nodes.values() if r.op in ("conv2d", "linear", "attention"))
+    counted = ("conv2d", "linear", "attention", "rel_attention")
+    assert c.macs == sum(r.macs for r in c.nodes.values() if r.op in counted)
 
 
 def _pool_graph(shape, size):

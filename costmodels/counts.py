@@ -31,6 +31,7 @@ import numpy as np
 
 from archir.graph import Graph
 from archir.ops import OpHandlers, attention_dims, candidate_steps, get_op, layernorm_size, pair
+from archir.ops import window_attention_dims  # swin
 from archir.training import auxiliary_head
 from archir.types import TensorType
 
@@ -211,6 +212,24 @@ def _attention(attrs, ins, out):
     macs = 4 * length * e * e + 2 * length * length * e
     weights = attrs["num_heads"] * length * length
     return OpCost(macs=macs, flops=2 * macs + (4 * length * e if attrs["bias"] else 0) + 6 * weights)
+
+
+# ---- swin: window_attention
+
+
+@COUNT_HANDLERS.register("window_attention")
+def _window_attention(attrs, ins, out):
+    # per window of T tokens over the zero-padded map (the padding's tokens are computed, as torchvision does):
+    # the qkv and output projections 4 T C^2, q k^T and weights @ v T^2 C each, as fvcore / torchvision's
+    # published GFLOPS count them; flops: 2 per MAC, the bias adds (3 T C + T C), the q scaling (T C), and per
+    # attention weight (heads T^2) the relative position bias add, the shift mask add (shifted windows) and the
+    # softmax (5)
+    d = window_attention_dims(attrs, ins[0])
+    t, c = d.tokens, d.c
+    macs = d.windows * (4 * t * c * c + 2 * t * t * c)
+    adds = (3 * t * c if attrs["qkv_bias"] else 0) + (t * c if attrs["proj_bias"] else 0)
+    per_weight = 1 + (1 if d.sh or d.sw else 0) + 5
+    return OpCost(macs=macs, flops=2 * macs + d.windows * (adds + t * c + per_weight * d.heads * t * t))
 
 
 @COUNT_HANDLERS.register("identity", "dropout", "drop_path", "flatten", "stop_gradient", "auxiliary")
@@ -425,6 +444,9 @@ def count(g: Graph, batch_size: int = 1) -> Counts:
       ``param`` 0 (a learned tensor: no arithmetic); ``attention`` on ``(L, E)`` tokens with ``H`` heads
       ``macs = 4 L E^2 + 2 L^2 E`` (the four projections and the two matmuls, as fvcore / torchvision's
       published GFLOPS), flops ``2 * macs + 4 L E`` (biases) ``+ 6 H L^2`` (scale and softmax);
+      ``window_attention`` (swin) with ``nW`` windows of ``T`` tokens over the zero-padded ``(Hp, Wp, C)`` map
+      ``macs = nW (4 T C^2 + 2 T^2 C)``, flops ``2 * macs`` plus the bias adds, the q scaling ``T C`` and
+      ``(1 + shifted + 5) H T^2`` (position bias, shift mask, softmax) per window;
       ``layernorm`` ``(5 + weight + bias)`` per element (mean and variance sums, subtract, square, scale by
       1/std; the affine multiply and add) plus 4 per normalised vector (two divisions by C, + eps, rsqrt).
     - ``activation_bytes``: bytes of the node's output tensor; 0 for ``input`` nodes (given,

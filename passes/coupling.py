@@ -45,7 +45,8 @@ of the *sources*:
   each of its ``g`` segments is made one class, so pruning removes whole rows and keeps the per-group
   counts equal; widening refuses (:attr:`NodeRule.mixes`). Any other ``reshape`` is opaque;
 - ``param`` (a learned tensor) makes a new pinned class (its input gives the batch size only and is not
-  pinned); ``attention`` mixes every token and projects the embedding: opaque;
+  pinned); ``attention`` mixes every token and projects the embedding: opaque; so is swin's
+  ``window_attention`` (its heads split the channels, and its table has one column per head);
 - ``flatten(start_dim=1)`` of ``(C, H, W)`` keeps the classes, but each channel now covers
   ``H*W`` consecutive features (its *width*): a ``linear`` after it reads channel ``c`` through
   weight columns ``[c*H*W, (c+1)*H*W)`` (with ``global_avgpool`` first the width is 1).
@@ -862,6 +863,16 @@ def _attention(b: CouplingBuilder, n, a, ins, it) -> None:
     b.opaque(n, f"attention on {it[0]} mixes every token (axis 0) through the attention weights and projects "
                 f"the embedding; archir does not follow channels through it",
              "leave the tokens and embedding feeding this attention alone")
+
+
+# ---- swin: window_attention
+
+
+@register("window_attention")
+def _window_attention(b: CouplingBuilder, n, a, ins, it) -> None:
+    b.opaque(n, f"window_attention on {it[0]} mixes the tokens of each window through the attention weights and "
+                f"projects the channels (qkv, heads, proj and the per-head position bias table); archir does not "
+                f"follow channels through it", "leave the channels feeding this window attention alone")
 
 
 @register("choice")

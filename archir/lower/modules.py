@@ -12,6 +12,7 @@ from torch import nn
 
 __all__ = ["Scale", "LayerNorm2d", "LearnedTensor", "SelfAttention", "DropPath", "ArchSampler", "ChoiceModule", "zero",
            "stop_forward", "CHOICE_MODES"]
+__all__ += ["WindowAttention"]  # swin
 
 CHOICE_MODES = ("softmax", "gumbel", "sample", "fixed")
 
@@ -87,6 +88,73 @@ class SelfAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.in_proj_weight.shape[1]}, num_heads={self.num_heads}, dropout={self.dropout}"
+
+
+class WindowAttention(nn.Module):
+    """The ``window_attention`` op (swin): shifted-window multi-head self-attention on ``(N, H, W, C)`` maps, computed
+    step for step as torchvision's ``shifted_window_attention`` (Swin V1) without importing torchvision: zero-pad
+    to multiples of the window, roll by ``-shift``, cut ``(N, nW, T, C)`` windows (the windows get their own axis;
+    the batch is never folded), ``q * d**-0.5 @ k^T + table[index] (+ mask)``, softmax, ``@ v``, the projection,
+    undo the windows, roll back, crop. Parameters under the op's names (``qkv_weight``, ``qkv_bias``,
+    ``proj_weight``, ``proj_bias``, ``relative_position_bias_table``); the relative position index and the shift
+    mask are rebuilt from the attrs and the input size (``archir.ops.window_relative_index`` /
+    ``window_shift_mask``) and kept per size and device, not as buffers."""
+
+    def __init__(self, dim: int, window_size, shift_size, num_heads: int, qkv_bias: bool = True,
+                 proj_bias: bool = True, attention_dropout: float = 0.0, dropout: float = 0.0, device=None) -> None:
+        super().__init__()
+        self.window_size, self.shift_size = [int(v) for v in window_size], [int(v) for v in shift_size]
+        self.num_heads, self.attention_dropout, self.dropout = int(num_heads), float(attention_dropout), float(dropout)
+        wh, ww = self.window_size
+        self.qkv_weight = nn.Parameter(torch.zeros(3 * dim, dim, device=device))
+        self.qkv_bias = nn.Parameter(torch.zeros(3 * dim, device=device)) if qkv_bias else None
+        self.proj_weight = nn.Parameter(torch.zeros(dim, dim, device=device))
+        self.proj_bias = nn.Parameter(torch.zeros(dim, device=device)) if proj_bias else None
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads, device=device))
+        self._consts: dict = {}
+
+    def _geometry(self, h: int, w: int, c: int, device):
+        from archir.ops import window_attention_dims, window_relative_index, window_shift_mask
+        from archir.types import TensorType
+
+        key = (h, w, c, str(device))
+        if key not in self._consts:
+            d = window_attention_dims({"window_size": self.window_size, "shift_size": self.shift_size,
+                                       "num_heads": self.num_heads}, TensorType((h, w, c)))
+            mask = window_shift_mask(d)
+            self._consts[key] = (d, torch.as_tensor(window_relative_index(d.wh, d.ww), device=device),
+                                 None if mask is None else torch.as_tensor(mask, device=device)[None, :, None])
+        return self._consts[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, h, w, c = x.shape
+        d, index, mask = self._geometry(h, w, c, x.device)
+        x = F.pad(x, (0, 0, 0, d.wp - w, 0, d.hp - h))
+        if d.sh or d.sw:
+            x = torch.roll(x, shifts=(-d.sh, -d.sw), dims=(1, 2))
+        nh, nw = d.hp // d.wh, d.wp // d.ww
+        x = x.reshape(n, nh, d.wh, nw, d.ww, c).permute(0, 1, 3, 2, 4, 5).reshape(n, d.windows, d.tokens, c)
+        qkv = F.linear(x, self.qkv_weight, self.qkv_bias).reshape(n, d.windows, d.tokens, 3, d.heads, d.head_dim)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5)  # each (N, nW, heads, T, d)
+        attn = (q * d.head_dim ** -0.5).matmul(k.transpose(-2, -1))
+        bias = self.relative_position_bias_table[index].view(d.tokens, d.tokens, d.heads).permute(2, 0, 1)
+        attn = attn + bias
+        if mask is not None:
+            attn = attn + mask
+        attn = F.softmax(attn, dim=-1)
+        attn = F.dropout(attn, p=self.attention_dropout, training=self.training)
+        y = attn.matmul(v).transpose(2, 3).reshape(n, d.windows, d.tokens, c)
+        y = F.linear(y, self.proj_weight, self.proj_bias)
+        y = F.dropout(y, p=self.dropout, training=self.training)
+        y = y.reshape(n, nh, nw, d.wh, d.ww, c).permute(0, 1, 3, 2, 4, 5).reshape(n, d.hp, d.wp, c)
+        if d.sh or d.sw:
+            y = torch.roll(y, shifts=(d.sh, d.sw), dims=(1, 2))
+        return y[:, :h, :w].contiguous()
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.proj_weight.shape[0]}, window_size={self.window_size}, shift_size={self.shift_size}, "
+                f"num_heads={self.num_heads}")
 
 
 class DropPath(nn.Module):

@@ -1312,3 +1312,140 @@ register_op(OpDef(
         "in 3), per head softmax(q k^T / sqrt(E / num_heads)) v, then out_proj; dropout (on the attention "
         "weights) acts in training only; 4 L E^2 + 2 L^2 E MACs",
 ))
+
+
+# --------------------------------------------------------------------------- swin: window_attention
+# torchvision's Swin Transformer (issue 17): shifted-window multi-head self-attention on channels-last (H, W, C)
+# samples, one op. The windows stay inside the sample (the IR never folds them into the batch dim); the relative
+# position index and the shifted-window mask are functions of the attrs and the input size, rebuilt wherever they
+# are needed (window_relative_index, window_shift_mask), never stored.
+
+
+class WindowDims(NamedTuple):
+    """The geometry of a ``window_attention`` node: input ``(h, w, c)``; window ``(wh, ww)``; the shift in use
+    ``(sh, sw)`` (0 on an axis whose padded size the window covers, as torchvision does); the padded size
+    ``(hp, wp)`` (bottom / right zero padding to a multiple of the window); ``windows`` = nW, ``tokens`` = T =
+    wh * ww per window; ``heads`` and ``head_dim``."""
+
+    h: int
+    w: int
+    c: int
+    wh: int
+    ww: int
+    sh: int
+    sw: int
+    hp: int
+    wp: int
+    windows: int
+    tokens: int
+    heads: int
+    head_dim: int
+
+
+def window_attention_dims(a: dict, t: TensorType, node=None) -> WindowDims:
+    """:class:`WindowDims` of a ``window_attention`` node with attrs ``a`` on a ``(H, W, C)`` input ``t``."""
+    if t.rank != 3:
+        raise _fail(node, f"window_attention needs channels-last (H, W, C) samples (torchvision's Swin: "
+                          f"(N, H, W, C)), got {t}", hint="permute a (C, H, W) map to (H, W, C) first")
+    h, w, c = t.shape
+    wh, ww = a["window_size"]
+    heads = a["num_heads"]
+    if c % heads:
+        raise _fail(node, f"window_attention channels {c} are not divisible by num_heads={heads}",
+                    hint="pick num_heads dividing the channel count")
+    hp, wp = -(-h // wh) * wh, -(-w // ww) * ww
+    sh, sw = (0 if wh >= hp else a["shift_size"][0]), (0 if ww >= wp else a["shift_size"][1])
+    return WindowDims(h, w, c, wh, ww, sh, sw, hp, wp, (hp // wh) * (wp // ww), wh * ww, heads, c // heads)
+
+
+def window_relative_index(wh: int, ww: int) -> np.ndarray:
+    """The ``(T * T,)`` int64 row of the relative position bias table each (query, key) pair of a window reads,
+    as torchvision's ``ShiftedWindowAttention.define_relative_position_index`` builds it (T = wh * ww, tokens in
+    row-major order): ``(dy + wh - 1) * (2 ww - 1) + (dx + ww - 1)`` for the offset ``(dy, dx)`` of query minus
+    key."""
+    ys, xs = np.meshgrid(np.arange(wh), np.arange(ww), indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)
+    dy = ys[:, None] - ys[None, :] + wh - 1
+    dx = xs[:, None] - xs[None, :] + ww - 1
+    return (dy * (2 * ww - 1) + dx).reshape(-1).astype(np.int64)
+
+
+#: the score torchvision adds between tokens of different regions of a shifted window (not -inf)
+WINDOW_MASK_VALUE = -100.0
+
+
+def window_shift_mask(d: WindowDims) -> np.ndarray | None:
+    """The ``(nW, T, T)`` float32 mask added to the scores of a shifted window (``None`` when nothing is shifted),
+    as torchvision's ``shifted_window_attention`` builds it: the padded, rolled map is cut into 3 x 3 regions
+    (``[0, -w)``, ``[-w, -s)``, ``[-s, end)`` per axis), and a query and a key of different regions get -100."""
+    if d.sh == 0 and d.sw == 0:
+        return None
+    region = np.zeros((d.hp, d.wp), np.float32)
+    count = 0
+    for h0, h1 in ((0, -d.wh), (-d.wh, -d.sh), (-d.sh, None)):
+        for w0, w1 in ((0, -d.ww), (-d.ww, -d.sw), (-d.sw, None)):
+            region[h0:h1, w0:w1] = count  # an empty slice (shift 0: -0 = 0) writes nothing, as in torch
+            count += 1
+    r = region.reshape(d.hp // d.wh, d.wh, d.wp // d.ww, d.ww).transpose(0, 2, 1, 3).reshape(d.windows, d.tokens)
+    diff = r[:, None, :] - r[:, :, None]
+    return np.where(diff != 0, np.float32(WINDOW_MASK_VALUE), np.float32(0.0)).astype(np.float32)
+
+
+def _window_check(a, node):
+    for k in ("window_size", "shift_size"):
+        if len(a[k]) != 2:
+            raise OpSchemaError(f"window_attention {k}={a[k]} must have 2 entries (height, width)", node=node,
+                                rule="attr", hint=f"pass {k}=[h, w], e.g. [7, 7] as swin_t")
+    for s, wsz, axis in zip(a["shift_size"], a["window_size"], ("height", "width")):
+        if s >= wsz:
+            raise OpSchemaError(f"window_attention shift {s} along the {axis} is not smaller than the window {wsz}",
+                                node=node, rule="attr", hint="shift by less than the window (torchvision: window // 2)")
+
+
+def _window_infer(a, ins, node):
+    window_attention_dims(a, ins[0], node)
+    return ins[0]
+
+
+def _window_params(a, ins):
+    c = ins[0].shape[-1]
+    wh, ww = a["window_size"]
+    p = {"qkv_weight": (3 * c, c), "proj_weight": (c, c),
+         "relative_position_bias_table": ((2 * wh - 1) * (2 * ww - 1), a["num_heads"])}
+    if a["qkv_bias"]:
+        p["qkv_bias"] = (3 * c,)
+    if a["proj_bias"]:
+        p["proj_bias"] = (c,)
+    return p
+
+
+def _window_init(a, ins, rng):
+    # the projections as nn.Linear's default; the table as torchvision's trunc_normal_(std=0.02) (its cut at
+    # +-2 is 100 sigma away: a normal draw)
+    c = ins[0].shape[-1]
+    bound = 1.0 / math.sqrt(c)
+    shapes = _window_params(a, ins)
+    p = {k: _uniform(rng, bound, s) for k, s in shapes.items() if k != "relative_position_bias_table"}
+    p["relative_position_bias_table"] = rng.normal(0.0, 0.02, size=shapes["relative_position_bias_table"]).astype(
+        np.float32)
+    return p, {}
+
+
+register_op(OpDef(
+    "window_attention", arity=1,
+    attrs={"window_size": AttrSpec("ints", min=1, max=MAX_KERNEL), "shift_size": AttrSpec("ints", [0, 0], min=0,
+                                                                                          max=MAX_KERNEL),
+           "num_heads": AttrSpec("int", min=1, max=MAX_DIM), "qkv_bias": AttrSpec("bool", True),
+           "proj_bias": AttrSpec("bool", True),
+           "attention_dropout": AttrSpec("float", 0.0, min=0.0, max=1.0),
+           "dropout": AttrSpec("float", 0.0, min=0.0, max=1.0)},
+    infer=_window_infer, check=_window_check, param_shapes=_window_params, init=_window_init,
+    # a zero input gives v = qkv_bias's v part, so out = proj(mean of v) + proj_bias: zero without biases
+    traits=_traits("linear", zero_preserving=lambda a: None if a["qkv_bias"] or a["proj_bias"] else "all"),
+    doc="shifted-window multi-head self-attention on channels-last (H, W, C) samples, as torchvision's "
+        "shifted_window_attention (Swin V1): zero-pad H, W to multiples of window_size, roll by -shift_size (a "
+        "shift is 0 on an axis whose padded size the window covers), per window of T = wh*ww tokens: qkv = x @ "
+        "qkv_weight.T + qkv_bias, per head softmax(q k^T / sqrt(C / heads) + table[relative index] + shift mask "
+        "(-100 across regions)) v, proj; then undo the windows, roll back, crop; dropouts act in training only; "
+        "MACs nW (4 T C^2 + 2 T^2 C) over the padded map",
+))

@@ -69,6 +69,10 @@ EXAMPLES = {
     # ---- transformer ops
     "param": ([(3, 4, 4)], [{"shape": [3, 4, 4]}, {"shape": [2, 7]}]),
     "attention": ([(5, 8)], [{"num_heads": 2}, {"num_heads": 4, "bias": False}]),
+    # ---- swin
+    "window_attention": ([(5, 6, 8)], [{"window_size": [4, 4], "shift_size": [2, 2], "num_heads": 2},
+                                       {"window_size": [3, 2], "num_heads": 4, "qkv_bias": False,
+                                        "proj_bias": False}]),
 }
 UNARY = ("relu", "relu6", "sigmoid", "hardswish", "hardsigmoid", "silu", "tanh", "identity", "stop_gradient",
          "stop_forward")

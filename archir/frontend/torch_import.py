@@ -41,6 +41,7 @@ from archir.frontend.common import (FrontendError, IdMaker, Skip, Unsupported, U
                                     clean_id, fuse_layernorm2d)
 from archir.graph import Graph
 from archir.lower.modules import LayerNorm2d, LearnedTensor, Scale, SelfAttention, stop_forward, zero
+from archir.lower.modules import WindowAttention  # swin
 from archir.ops import get_op
 
 __all__ = ["from_torch"]
@@ -333,7 +334,7 @@ class _Importer:
                 if first is not None:
                     raise Skip(f"module {node.target!r} ({type(mod).__name__}) is called again: its weights are "
                                 f"shared with node {first!r}, and archir has no weight tying")
-            rule = _MODULE_RULES.get(type(mod))
+            rule = _MODULE_RULES.get(type(mod)) or _NAMED_MODULE_RULES.get(_qualname(type(mod)))  # swin: by name
             if rule is None:
                 rule = next((r for cls, r in _MODULE_RULES.items() if isinstance(mod, cls)), None)
             if rule is None:
@@ -352,11 +353,12 @@ class _Importer:
         t = node.target
         if node.op == "call_module":
             mod = self.gm.get_submodule(str(t))
-            return any(isinstance(mod, cls) for cls in _MODULE_RULES)
+            return any(isinstance(mod, cls) for cls in _MODULE_RULES) or _qualname(type(mod)) in _NAMED_MODULE_RULES
         if isinstance(t, torch._ops.OpOverload):
             return t._schema.name.split("::")[-1] in _ATEN_RULES
         key = t if node.op == "call_function" else ("method", t)
-        return key in _CALL_RULES or (node.op == "call_function" and _is_stochastic_depth(t))
+        return key in _CALL_RULES or (node.op == "call_function" and (_is_stochastic_depth(t)
+                                                                        or _qualname(t) in _NAMED_CALL_RULES))
 
     def call(self, node: fx.Node, args: tuple, kwargs: dict) -> Any:
         info = self.shapes.get(node)
@@ -377,6 +379,8 @@ class _Importer:
             rule = _CALL_RULES.get(key)
             if rule is None and node.op == "call_function" and _is_stochastic_depth(target):
                 rule = ("stochastic_depth", _stochastic_depth, False)
+            if rule is None and node.op == "call_function":
+                rule = _NAMED_CALL_RULES.get(_qualname(target))  # swin
             if rule is None:
                 if info == "python":
                     # shape arithmetic (x.size(0), x.shape[2] ...): consumed as arguments of mapped ops,
@@ -1633,8 +1637,81 @@ def _m_learned(imp, node, m: LearnedTensor, args, kwargs):
                                       shape=list(m.value.shape)))
 
 
+# ---- swin: torchvision's Swin Transformer (V1). torchvision.models.swin_transformer is matched by name (archir does
+# not import torchvision): its ShiftedWindowAttention modules are traced as leaves (one window_attention node each),
+# and its fx-wrapped _patch_merging_pad is one call, mapped onto pad / slice / concat.
+
+_SWIN = "torchvision.models.swin_transformer"
+
+
+def _qualname(obj) -> str:
+    return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', getattr(obj, '__name__', ''))}"
+
+
+def _m_window_attention(imp, node, m: nn.Module, args, kwargs):
+    """torchvision's ``ShiftedWindowAttention`` (and archir's own ``WindowAttention``, to_fx's lowering) as one
+    ``window_attention`` node. The module's ``relative_position_index`` buffer must be the index the op rebuilds
+    from the window size (it is, unless changed by hand); Swin V2's attention is refused with the reason."""
+    x = _act({"input": args[0] if args else kwargs.get("x")})
+    if _qualname(type(m)) == f"{_SWIN}.ShiftedWindowAttentionV2":
+        raise Skip("Swin V2's window attention (cosine attention with logit_scale, a continuous position bias from "
+                   "cpb_mlp) has no IR op yet; archir imports Swin V1 (swin_t, swin_s, swin_b)")
+    if len(x.shape) != 4:
+        raise Skip(f"window attention on {x.shape}; archir's window_attention takes (N, H, W, C) maps")
+    if isinstance(m, WindowAttention):
+        params = dict(m.named_parameters())
+        qkv_bias, proj_bias = m.qkv_bias is not None, m.proj_bias is not None
+    else:
+        from archir.ops import window_relative_index
+
+        if len(m.window_size) != 2 or len(m.shift_size) != 2:
+            raise Skip(f"window_size={m.window_size}, shift_size={m.shift_size}: archir's windows are 2-d")
+        index = m.relative_position_index
+        if not torch.equal(index.detach().cpu().reshape(-1).long(),
+                           torch.as_tensor(window_relative_index(*m.window_size))):
+            raise Skip("its relative_position_index buffer is not the index torchvision builds for window_size "
+                       f"{list(m.window_size)}; archir rebuilds that index (it does not store one)")
+        qkv_bias, proj_bias = m.qkv.bias is not None, m.proj.bias is not None
+        params = {"qkv_weight": m.qkv.weight, "proj_weight": m.proj.weight,
+                  "relative_position_bias_table": m.relative_position_bias_table}
+        if qkv_bias:
+            params["qkv_bias"] = m.qkv.bias
+        if proj_bias:
+            params["proj_bias"] = m.proj.bias
+    nid = imp.add(node, "window_attention", [x.id], params=params, window_size=[int(v) for v in m.window_size],
+                  shift_size=[int(v) for v in m.shift_size], num_heads=int(m.num_heads), qkv_bias=qkv_bias,
+                  proj_bias=proj_bias, attention_dropout=float(m.attention_dropout), dropout=float(m.dropout))
+    return _result(imp, node, nid)
+
+
+def _patch_merging_pad(imp, node, kw):
+    """torchvision's ``_patch_merging_pad`` on ``(N, H, W, C)``: zero-pad H and W to even sizes (a ``pad`` between
+    ``permute``s: archir's pad works on (C, H, W)), then ``concat([x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2],
+    x[1::2, 1::2]], -1)`` as ``slice``s (rows first, then columns) and a ``concat`` on the channels."""
+    x = _act(kw)
+    if len(x.shape) != 4:
+        raise Skip(f"_patch_merging_pad of {x.shape}; archir maps it on (N, H, W, C) maps")
+    _, h, w, _ = x.shape
+    nid = x.id
+    if h % 2 or w % 2:
+        nid = imp.add(node, "permute", [nid], dims=[2, 0, 1])
+        nid = imp.add(node, "pad", [nid], pads=[0, w % 2, 0, h % 2], mode="constant", value=0.0)
+        nid = imp.add(node, "permute", [nid], dims=[1, 2, 0])
+    rows = [imp.add(node, "slice", [nid], dim=1, start=r, end=None, step=2) for r in (0, 1)]
+    parts = [imp.add(node, "slice", [rows[r]], dim=2, start=col, end=None, step=2) for col, r in
+             ((0, 0), (0, 1), (1, 0), (1, 1))]
+    return _result(imp, node, imp.add(node, "concat", parts, dim=-1))
+
+
+#: torchvision functions and modules of Swin, by qualified name
+_NAMED_CALL_RULES: dict[str, Rule] = {f"{_SWIN}._patch_merging_pad": ("identity", _patch_merging_pad, False)}
+_NAMED_MODULE_RULES: dict[str, Callable] = {f"{_SWIN}.ShiftedWindowAttention": _m_window_attention,
+                                            f"{_SWIN}.ShiftedWindowAttentionV2": _m_window_attention}
+
+
 _MODULE_RULES: dict[type, Callable] = {
     nn.MultiheadAttention: _m_attention, SelfAttention: _m_attention, LearnedTensor: _m_learned,
+    WindowAttention: _m_window_attention,  # swin
     Scale: _m_scale,
     nn.Conv2d: _m_conv, nn.Linear: _m_linear, nn.BatchNorm2d: _m_bn,
     nn.ReLU: _m_unary("relu"), nn.ReLU6: _m_unary("relu6"), nn.Sigmoid: _m_unary("sigmoid"),
@@ -1679,7 +1756,8 @@ class _Tracer(fx.Tracer):
         super().__init__(autowrap_functions=(zero, stop_forward))
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (Scale, LayerNorm2d, LearnedTensor, SelfAttention)) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (Scale, LayerNorm2d, LearnedTensor, SelfAttention, WindowAttention)) or \
+            _qualname(type(m)) in _NAMED_MODULE_RULES or super().is_leaf_module(m, qualname)
 
 
 def _trace_fx(module: nn.Module) -> fx.GraphModule:

@@ -26,6 +26,7 @@ FAMILIES = {
     "squeezenet1_1": {}, "googlenet": {"aux_logits": False, "init_weights": False},
     "convnext_tiny": {}, "shufflenet_v2_x1_0": {}, "shufflenet_v2_x0_5": {},
     "vit_b_16": {},  # attention's two matmuls count, as in the published 17.564 (fvcore's convention)
+    "swin_t": {},  # swin: window_attention's projections and two matmuls per window of the padded map (4.491)
 }
 _SLOW = {"resnet50", "resnext50_32x4d", "wide_resnet50_2", "vgg11", "alexnet", "densenet121", "vit_b_16"}
 
@@ -39,7 +40,8 @@ def test_macs_and_params_match_torchvision(family):
     c = costmodels.count(g)
     assert abs(c.macs / 1e9 - meta["_ops"]) <= 0.0005 + 1e-9, (c.macs / 1e9, meta["_ops"])
     assert c.params == meta["num_params"]
-    assert c.macs == sum(r.macs for r in c.nodes.values() if r.op in ("conv2d", "linear", "attention"))
+    assert c.macs == sum(r.macs for r in c.nodes.values() if r.op in ("conv2d", "linear", "attention",
+                                                                       "window_attention"))
 
 
 def _pool_graph(shape, size):

@@ -30,7 +30,9 @@ Public names:
   With ``allow_choice=True`` some body steps are ``choice`` nodes (see :func:`supernets`); with
   ``transformer=True`` some are ViT-like blocks on the map's ``(H*W, C)`` tokens (``permute``, a ``param``
   class token ``concat``-ed in front and a ``param`` position embedding added, ``layernorm``, ``attention``
-  with a residual, the class token sliced off, ``reshape`` back to the map).
+  with a residual, the class token sliced off, ``reshape`` back to the map), and some Swin-like blocks on the
+  channels-last ``(H, W, C)`` map (``permute``, ``layernorm``, ``window_attention`` with drawn window, shift,
+  heads and biases, a residual, ``permute`` back).
   Every attribute is drawn legal for the current shape (nothing is rejected by catching an
   error), spatial dims stay <= 16 and channels <= 32. The graph is validated, weights come
   from a drawn seed, BN running stats/affine params, ``scale`` and layernorm weights are randomised so
@@ -101,7 +103,7 @@ def randomize_weights(g: archir.Graph, seed: int) -> archir.Graph:
               for k, a in node.params.items()}
         if ps:
             g.set_params(node.id, **ps)
-    for node in g.nodes("attention"):  # torch's init has zero biases; a spread of scores, not uniform weights
+    for node in [*g.nodes("attention"), *g.nodes("window_attention")]:  # a spread of scores, not uniform weights
         g.set_params(node.id, **{k: rng.normal(0, 0.5 if k.endswith("weight") else 0.1, a.shape)
                                  for k, a in node.params.items()})
     for node in g.nodes("choice"):
@@ -257,6 +259,8 @@ class _Builder:
         if self.transformer:
             ops.append("tokens")
             weights.append(12)
+            ops.append("windows")  # swin
+            weights.append(6)
         op = draw(st.sampled_from([o for o, wt in zip(ops, weights) for _ in range(wt)]))
         if op == "conv2d":
             in_groups = [d for d in range(1, c + 1) if c % d == 0]
@@ -319,6 +323,8 @@ class _Builder:
             return self.add("permute", t, dims=[2, 0, 1])
         if op == "tokens":
             return self.tokens(cur)
+        if op == "windows":
+            return self.windows(cur)
         if op == "channel_shuffle":
             groups = [d for d in range(2, c + 1) if c % d == 0]
             if not groups:
@@ -427,6 +433,23 @@ class _Builder:
         if cls:
             t = self.add("slice", t, dim=1, start=1)
         return self.add("reshape", self.add("permute", t, dims=[1, 0]), shape=[c, h, w])
+
+    def windows(self, cur: str) -> str:
+        """swin: a Swin-like block on the channels-last ``(H, W, C)`` map, and back: permute, maybe a layernorm over
+        the channels, a ``window_attention`` (a window from 1 up to larger than the map, so padded or not; a shift
+        below it, or none; heads dividing C; biases or not) with a residual, permute back."""
+        draw = self.draw
+        c, h, w = self.shape(cur)
+        t = self.add("permute", cur, dims=[1, 2, 0])
+        a = self.add("layernorm", t, axis="last") if draw(st.booleans()) else t
+        win = [draw(st.integers(1, min(h + 2, 8))), draw(st.integers(1, min(w + 2, 8)))]
+        shift = [draw(st.integers(0, k - 1)) for k in win] if draw(st.booleans()) else [0, 0]
+        heads = draw(st.sampled_from([d for d in range(1, c + 1) if c % d == 0]))
+        bias = draw(st.booleans())
+        a = self.add("window_attention", a, window_size=win, shift_size=shift, num_heads=heads, qkv_bias=bias,
+                     proj_bias=bias if draw(st.booleans()) else not bias)
+        t = self.add("add", t, a) if draw(st.booleans()) else a
+        return self.add("permute", t, dims=[2, 0, 1])
 
     def activation(self, cur: str) -> str:
         op = self.draw(st.sampled_from(ACTIVATIONS))

@@ -232,6 +232,24 @@ def _window_attention(attrs, ins, out):
     return OpCost(macs=macs, flops=2 * macs + d.windows * (adds + t * c + per_weight * d.heads * t * t))
 
 
+@COUNT_HANDLERS.register("window_attention_v2")
+def _window_attention_v2(attrs, ins, out):
+    # the windows' MACs as window_attention, plus cpb_mlp on the (2 wh - 1)(2 ww - 1) coordinate rows (2 -> hidden
+    # -> heads), as torchvision's published 5.94 GFLOPS of swin_v2_t count it; flops: 2 per MAC, the q, v and
+    # proj bias adds (torchvision zeroes k's), 3 per element of q and k to normalise them (square, sum, divide),
+    # per attention weight the logit scale multiply, the bias add, the shift mask add (shifted windows) and the
+    # softmax (5); cpb_mlp's bias add and relu per hidden value, 16 * sigmoid (5) per bias entry (heads T^2)
+    d = window_attention_dims(attrs, ins[0])
+    t, c = d.tokens, d.c
+    rows, hidden = (2 * d.wh - 1) * (2 * d.ww - 1), attrs["cpb_hidden"]
+    macs = d.windows * (4 * t * c * c + 2 * t * t * c) + rows * (2 * hidden + hidden * d.heads)
+    adds = (2 * t * c if attrs["qkv_bias"] else 0) + (t * c if attrs["proj_bias"] else 0)
+    per_weight = 1 + 1 + (1 if d.sh or d.sw else 0) + 5
+    flops = 2 * macs + d.windows * (adds + 6 * t * c + per_weight * d.heads * t * t) + 2 * rows * hidden + \
+        5 * d.heads * t * t
+    return OpCost(macs=macs, flops=flops)
+
+
 @COUNT_HANDLERS.register("identity", "dropout", "drop_path", "flatten", "stop_gradient", "auxiliary")
 def _view(attrs, ins, out):
     return OpCost(alias=True)
@@ -446,7 +464,8 @@ def count(g: Graph, batch_size: int = 1) -> Counts:
       published GFLOPS), flops ``2 * macs + 4 L E`` (biases) ``+ 6 H L^2`` (scale and softmax);
       ``window_attention`` (swin) with ``nW`` windows of ``T`` tokens over the zero-padded ``(Hp, Wp, C)`` map
       ``macs = nW (4 T C^2 + 2 T^2 C)``, flops ``2 * macs`` plus the bias adds, the q scaling ``T C`` and
-      ``(1 + shifted + 5) H T^2`` (position bias, shift mask, softmax) per window;
+      ``(1 + shifted + 5) H T^2`` (position bias, shift mask, softmax) per window; ``window_attention_v2``
+      the same MACs plus cpb_mlp's ``(2 wh - 1)(2 ww - 1)(2 hidden + hidden H)`` (torchvision's swin_v2 figures);
       ``layernorm`` ``(5 + weight + bias)`` per element (mean and variance sums, subtract, square, scale by
       1/std; the affine multiply and add) plus 4 per normalised vector (two divisions by C, + eps, rsqrt).
     - ``activation_bytes``: bytes of the node's output tensor; 0 for ``input`` nodes (given,

@@ -868,17 +868,17 @@ def _attention(b: CouplingBuilder, n, a, ins, it) -> None:
 # ---- swin: window_attention
 
 
-@register("window_attention")
+@register("window_attention", "window_attention_v2")
 def _window_attention(b: CouplingBuilder, n, a, ins, it) -> None:
     """Opaque (its inputs and output pinned), with the output's channels on their own axis: the last of the
     channels-last ``(H, W, C)`` map (a permute after it moves them back to axis 0 for a conv)."""
-    b.opaque(n, f"window_attention on {it[0]} mixes the tokens of each window through the attention weights and "
+    b.opaque(n, f"{b.g.nx.nodes[n]['op']} on {it[0]} mixes the tokens of each window through the attention weights and "
                 f"projects the channels (qkv, heads, proj and the per-head position bias table); archir does not "
                 f"follow channels through it", "leave the channels feeding this window attention alone")
     t = b.g.nx.nodes[n]["type"]
     pin = b.pins[-1]
     b.pins.pop()  # opaque pinned a layout on axis 0; the output's channels are on the last axis
-    b.rules[n] = NodeRule(n, "window_attention", "opaque", (), b.rules[n].reason, axis=t.rank - 1)
+    b.rules[n] = NodeRule(n, b.g.nx.nodes[n]["op"], "opaque", (), b.rules[n].reason, axis=t.rank - 1)
     b.layout[n] = b.fresh(t, t.rank - 1)
     b.axis[n] = t.rank - 1
     b.pins.append((b.layout[n], pin[1]))

@@ -31,8 +31,8 @@ Public names:
   ``transformer=True`` some are ViT-like blocks on the map's ``(H*W, C)`` tokens (``permute``, a ``param``
   class token ``concat``-ed in front and a ``param`` position embedding added, ``layernorm``, ``attention``
   with a residual, the class token sliced off, ``reshape`` back to the map), and some Swin-like blocks on the
-  channels-last ``(H, W, C)`` map (``permute``, ``layernorm``, ``window_attention`` with drawn window, shift,
-  heads and biases, a residual, ``permute`` back).
+  channels-last ``(H, W, C)`` map (``permute``, ``layernorm``, ``window_attention`` or ``window_attention_v2``
+  with drawn window, shift, heads and biases, a residual, ``permute`` back).
   Every attribute is drawn legal for the current shape (nothing is rejected by catching an
   error), spatial dims stay <= 16 and channels <= 32. The graph is validated, weights come
   from a drawn seed, BN running stats/affine params, ``scale`` and layernorm weights are randomised so
@@ -103,7 +103,8 @@ def randomize_weights(g: archir.Graph, seed: int) -> archir.Graph:
               for k, a in node.params.items()}
         if ps:
             g.set_params(node.id, **ps)
-    for node in [*g.nodes("attention"), *g.nodes("window_attention")]:  # a spread of scores, not uniform weights
+    for node in [*g.nodes("attention"), *g.nodes("window_attention"), *g.nodes("window_attention_v2")]:
+        # a spread of scores, not uniform weights
         g.set_params(node.id, **{k: rng.normal(0, 0.5 if k.endswith("weight") else 0.1, a.shape)
                                  for k, a in node.params.items()})
     for node in g.nodes("choice"):
@@ -446,8 +447,11 @@ class _Builder:
         shift = [draw(st.integers(0, k - 1)) for k in win] if draw(st.booleans()) else [0, 0]
         heads = draw(st.sampled_from([d for d in range(1, c + 1) if c % d == 0]))
         bias = draw(st.booleans())
-        a = self.add("window_attention", a, window_size=win, shift_size=shift, num_heads=heads, qkv_bias=bias,
-                     proj_bias=bias if draw(st.booleans()) else not bias)
+        extra = {}
+        if min(win) >= 2 and draw(st.booleans()):  # Swin V2's cosine attention and cpb_mlp position bias
+            extra = {"cpb_hidden": draw(st.integers(1, 16))}
+        a = self.add("window_attention_v2" if extra else "window_attention", a, window_size=win, shift_size=shift,
+                     num_heads=heads, qkv_bias=bias, proj_bias=bias if draw(st.booleans()) else not bias, **extra)
         t = self.add("add", t, a) if draw(st.booleans()) else a
         return self.add("permute", t, dims=[2, 0, 1])
 

@@ -41,7 +41,7 @@ from archir.frontend.common import (FrontendError, IdMaker, Skip, Unsupported, U
                                     clean_id, fuse_layernorm2d)
 from archir.graph import Graph
 from archir.lower.modules import LayerNorm2d, LearnedTensor, Scale, SelfAttention, stop_forward, zero
-from archir.lower.modules import WindowAttention  # swin
+from archir.lower.modules import WindowAttention, WindowAttentionV2  # swin
 from archir.ops import get_op
 
 __all__ = ["from_torch"]
@@ -1637,7 +1637,7 @@ def _m_learned(imp, node, m: LearnedTensor, args, kwargs):
                                       shape=list(m.value.shape)))
 
 
-# ---- swin: torchvision's Swin Transformer (V1). torchvision.models.swin_transformer is matched by name (archir does
+# ---- swin: torchvision's Swin Transformer (V1 and V2). torchvision.models.swin_transformer is matched by name (archir does
 # not import torchvision): its ShiftedWindowAttention modules are traced as leaves (one window_attention node each),
 # and its fx-wrapped _patch_merging_pad is one call, mapped onto pad / slice / concat.
 
@@ -1649,20 +1649,23 @@ def _qualname(obj) -> str:
 
 
 def _m_window_attention(imp, node, m: nn.Module, args, kwargs):
-    """torchvision's ``ShiftedWindowAttention`` (and archir's own ``WindowAttention``, to_fx's lowering) as one
-    ``window_attention`` node. The module's ``relative_position_index`` buffer must be the index the op rebuilds
-    from the window size (it is, unless changed by hand); Swin V2's attention is refused with the reason."""
+    """torchvision's ``ShiftedWindowAttention`` / ``ShiftedWindowAttentionV2`` (and archir's own
+    ``WindowAttention`` / ``WindowAttentionV2``, to_fx's lowerings) as one ``window_attention`` /
+    ``window_attention_v2`` node. The module's ``relative_position_index`` (and V2's ``relative_coords_table``)
+    buffer must be what the op rebuilds from the window size (it is, unless changed by hand), and V2's
+    ``cpb_mlp`` torchvision's ``Linear(2, hidden) -> ReLU -> Linear(hidden, heads, bias=False)``."""
     x = _act({"input": args[0] if args else kwargs.get("x")})
-    if _qualname(type(m)) == f"{_SWIN}.ShiftedWindowAttentionV2":
-        raise Skip("Swin V2's window attention (cosine attention with logit_scale, a continuous position bias from "
-                   "cpb_mlp) has no IR op yet; archir imports Swin V1 (swin_t, swin_s, swin_b)")
     if len(x.shape) != 4:
         raise Skip(f"window attention on {x.shape}; archir's window_attention takes (N, H, W, C) maps")
+    v2 = isinstance(m, WindowAttentionV2) or _qualname(type(m)) == f"{_SWIN}.ShiftedWindowAttentionV2"
+    extra: dict[str, Any] = {}
     if isinstance(m, WindowAttention):
         params = dict(m.named_parameters())
         qkv_bias, proj_bias = m.qkv_bias is not None, m.proj_bias is not None
+        if v2:
+            extra["cpb_hidden"] = int(m.cpb_fc1_weight.shape[0])
     else:
-        from archir.ops import window_relative_index
+        from archir.ops import window_coords_table, window_relative_index
 
         if len(m.window_size) != 2 or len(m.shift_size) != 2:
             raise Skip(f"window_size={m.window_size}, shift_size={m.shift_size}: archir's windows are 2-d")
@@ -1672,15 +1675,32 @@ def _m_window_attention(imp, node, m: nn.Module, args, kwargs):
             raise Skip("its relative_position_index buffer is not the index torchvision builds for window_size "
                        f"{list(m.window_size)}; archir rebuilds that index (it does not store one)")
         qkv_bias, proj_bias = m.qkv.bias is not None, m.proj.bias is not None
-        params = {"qkv_weight": m.qkv.weight, "proj_weight": m.proj.weight,
-                  "relative_position_bias_table": m.relative_position_bias_table}
+        params = {"qkv_weight": m.qkv.weight, "proj_weight": m.proj.weight}
+        if v2:
+            if min(m.window_size) < 2 or not torch.equal(
+                    m.relative_coords_table.detach().cpu().reshape(-1),
+                    torch.as_tensor(window_coords_table(*m.window_size)).reshape(-1)):
+                raise Skip("its relative_coords_table buffer is not the table torchvision builds for window_size "
+                           f"{list(m.window_size)}; archir rebuilds that table (it does not store one)")
+            mlp = list(m.cpb_mlp.children()) if isinstance(m.cpb_mlp, nn.Sequential) else []
+            if len(mlp) != 3 or type(mlp[0]) is not nn.Linear or type(mlp[1]) is not nn.ReLU or \
+                    type(mlp[2]) is not nn.Linear or mlp[0].in_features != 2 or mlp[0].bias is None or \
+                    mlp[2].bias is not None or mlp[2].out_features != m.num_heads:
+                raise Skip("its cpb_mlp is not torchvision's Linear(2, hidden) -> ReLU -> Linear(hidden, heads, "
+                           "bias=False)")
+            params.update(logit_scale=m.logit_scale, cpb_fc1_weight=mlp[0].weight, cpb_fc1_bias=mlp[0].bias,
+                          cpb_fc2_weight=mlp[2].weight)
+            extra["cpb_hidden"] = int(mlp[0].out_features)
+        else:
+            params["relative_position_bias_table"] = m.relative_position_bias_table
         if qkv_bias:
             params["qkv_bias"] = m.qkv.bias
         if proj_bias:
             params["proj_bias"] = m.proj.bias
-    nid = imp.add(node, "window_attention", [x.id], params=params, window_size=[int(v) for v in m.window_size],
-                  shift_size=[int(v) for v in m.shift_size], num_heads=int(m.num_heads), qkv_bias=qkv_bias,
-                  proj_bias=proj_bias, attention_dropout=float(m.attention_dropout), dropout=float(m.dropout))
+    nid = imp.add(node, "window_attention_v2" if v2 else "window_attention", [x.id], params=params,
+                  window_size=[int(v) for v in m.window_size], shift_size=[int(v) for v in m.shift_size],
+                  num_heads=int(m.num_heads), qkv_bias=qkv_bias, proj_bias=proj_bias,
+                  attention_dropout=float(m.attention_dropout), dropout=float(m.dropout), **extra)
     return _result(imp, node, nid)
 
 
@@ -1711,7 +1731,7 @@ _NAMED_MODULE_RULES: dict[str, Callable] = {f"{_SWIN}.ShiftedWindowAttention": _
 
 _MODULE_RULES: dict[type, Callable] = {
     nn.MultiheadAttention: _m_attention, SelfAttention: _m_attention, LearnedTensor: _m_learned,
-    WindowAttention: _m_window_attention,  # swin
+    WindowAttention: _m_window_attention, WindowAttentionV2: _m_window_attention,  # swin
     Scale: _m_scale,
     nn.Conv2d: _m_conv, nn.Linear: _m_linear, nn.BatchNorm2d: _m_bn,
     nn.ReLU: _m_unary("relu"), nn.ReLU6: _m_unary("relu6"), nn.Sigmoid: _m_unary("sigmoid"),

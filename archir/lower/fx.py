@@ -31,7 +31,7 @@ from archir.graph import Graph, Node, arch_key
 from archir.ops import OpHandlers, pair, slice_range, step_inputs
 from archir.lower.modules import (CHOICE_MODES, ArchSampler, ChoiceModule, DropPath, LayerNorm2d, LearnedTensor, Scale,
                                   SelfAttention, stop_forward, zero)
-from archir.lower.modules import WindowAttention  # swin
+from archir.lower.modules import WindowAttention, WindowAttentionV2  # swin
 from archir.training import auxiliary_head, auxiliary_outputs, strip_training
 
 __all__ = ["to_fx", "sync_back", "set_drop_path", "arch_parameters", "weight_parameters", "FX_HANDLERS",
@@ -353,6 +353,16 @@ def _window_attention(ctx, node, args, ins):
                                      qkv_bias=a["qkv_bias"], proj_bias=a["proj_bias"],
                                      attention_dropout=a["attention_dropout"], dropout=a["dropout"], device="meta"),
                      node)
+    return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
+
+
+@FX_HANDLERS.register("window_attention_v2")
+def _window_attention_v2(ctx, node, args, ins):
+    a = node.attrs
+    m = _load_params(WindowAttentionV2(ins[0].shape[-1], a["window_size"], a["shift_size"], a["num_heads"],
+                                       qkv_bias=a["qkv_bias"], proj_bias=a["proj_bias"], cpb_hidden=a["cpb_hidden"],
+                                       attention_dropout=a["attention_dropout"], dropout=a["dropout"],
+                                       device="meta"), node)
     return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
 
 

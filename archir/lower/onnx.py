@@ -553,30 +553,52 @@ def _window_roll(ctx, node, x: str, axis: int, start: int, what: str) -> str:
     return ctx.emit("Concat", [head, tail], _aux(ctx, node, what), axis=axis)
 
 
-@ONNX_HANDLERS.register("window_attention")
+@ONNX_HANDLERS.register("window_attention", "window_attention_v2")
 def _window_attention(ctx, node, xs, ins, out):
     """Shifted-window attention from primitives, in this order (``from_onnx`` reads exactly this back as one
-    ``window_attention``, starting at its first node, the Gather): the bias ``Transpose(Reshape(Gather(table,
-    index), [T, T, heads]), [2, 0, 1])`` with the relative position index a constant; ``Pad`` (bottom / right
-    zeros, when the size is not a multiple of the window); the roll by ``-shift`` as ``Slice`` + ``Concat`` per
-    shifted axis; windows ``Reshape [N, nh, wh, nw, ww, C] -> Transpose -> Reshape [N, nW, T, C]`` (the batch
-    stays axis 0, the windows get their own); per q, k, v a ``MatMul`` with its rows of ``qkv_weight`` (and
-    ``Add`` of its bias), ``Reshape`` to heads, ``Transpose``; ``Mul(q, d**-0.5)``, ``MatMul(q, k^T)``, ``Add``
-    the bias, ``Add`` the shift mask (a constant), ``Softmax``, ``MatMul(., v)``, back to ``(N, nW, T, C)``, the
-    projection, the windows undone, the roll back, a ``Slice`` cropping the padding."""
-    from archir.ops import window_attention_dims, window_relative_index, window_shift_mask
+    node, starting at its first ONNX node): the position bias first, from constants and weights only --
+    ``window_attention``: ``Transpose(Reshape(Gather(table, index), [T, T, heads]), [2, 0, 1])`` with the
+    relative position index a constant; ``window_attention_v2``: cpb_mlp on the constant coordinate table
+    (``MatMul``, ``Add``, ``Relu``, ``MatMul``), the same ``Gather`` / ``Reshape`` / ``Transpose``, ``Sigmoid``,
+    ``Mul`` by 16 --; ``Pad`` (bottom / right zeros, when the size is not a multiple of the window); the roll by
+    ``-shift`` as ``Slice`` + ``Concat`` per shifted axis; windows ``Reshape [N, nh, wh, nw, ww, C] -> Transpose
+    -> Reshape [N, nW, T, C]`` (the batch stays axis 0, the windows get their own); per q, k, v a ``MatMul`` with
+    its rows of ``qkv_weight`` (and ``Add`` of its bias; V2 has none on k, whose bias torchvision zeroes),
+    ``Reshape`` to heads, ``Transpose``; the scores -- V1: ``Mul(q, d**-0.5)``, ``MatMul(q, k^T)``; V2: q and k^T
+    divided by ``Max(ReduceL2, 1e-12)`` over the head dim (``F.normalize``), ``MatMul``, ``Mul`` by
+    ``Exp(Min(logit_scale, log 100))`` --; ``Add`` the bias, ``Add`` the shift mask (a constant), ``Softmax``,
+    ``MatMul(., v)``, back to ``(N, nW, T, C)``, the projection, the windows undone, the roll back, a ``Slice``
+    cropping the padding."""
+    from archir.ops import window_attention_dims, window_coords_table, window_relative_index, window_shift_mask
 
     a, p = node.attrs, node.params
+    v2 = node.op == "window_attention_v2"
     d = window_attention_dims(a, ins[0], node.id)
     c, t, nw_, heads, hd = d.c, d.tokens, d.windows, d.heads, d.head_dim
     nh, nw = d.hp // d.wh, d.wp // d.ww
     i64 = np.int64
-    bias = ctx.emit("Gather", [ctx.const(f"{node.id}.relative_position_bias_table", p["relative_position_bias_table"]),
-                               ctx.const(f"{node.id}::relative_position_index", window_relative_index(d.wh, d.ww), i64)],
+
+    def proj(x, w, b, what):
+        y = ctx.emit("MatMul", [x, ctx.const(f"{node.id}.{what}_weight_t", np.ascontiguousarray(w.T))],
+                     _aux(ctx, node, f"{what}_matmul"))
+        return y if b is None else ctx.emit("Add", [y, ctx.const(f"{node.id}.{what}_bias", b)], _aux(ctx, node, what))
+
+    if v2:
+        coords = window_coords_table(d.wh, d.ww).reshape(-1, 2)
+        table = proj(ctx.const(f"{node.id}::coords_table", coords), p["cpb_fc1_weight"], p["cpb_fc1_bias"], "cpb_fc1")
+        table = ctx.emit("Relu", [table], _aux(ctx, node, "cpb_relu"))
+        table = proj(table, p["cpb_fc2_weight"], None, "cpb_fc2")
+    else:
+        table = ctx.const(f"{node.id}.relative_position_bias_table", p["relative_position_bias_table"])
+    bias = ctx.emit("Gather", [table, ctx.const(f"{node.id}::relative_position_index",
+                                                window_relative_index(d.wh, d.ww), i64)],
                     _aux(ctx, node, "bias_rows"), axis=0)
     bias = ctx.emit("Reshape", [bias, ctx.const(f"{node.id}::bias_shape", [t, t, heads], i64)],
                     _aux(ctx, node, "bias_grid"))
-    bias = ctx.emit("Transpose", [bias], _aux(ctx, node, "bias"), perm=[2, 0, 1])
+    bias = ctx.emit("Transpose", [bias], _aux(ctx, node, "bias_t" if v2 else "bias"), perm=[2, 0, 1])
+    if v2:
+        bias = ctx.emit("Sigmoid", [bias], _aux(ctx, node, "bias_sigmoid"))
+        bias = ctx.emit("Mul", [bias, ctx.const(f"{node.id}::bias_gain", 16.0)], _aux(ctx, node, "bias"))
     x = xs[0]
     if (d.hp, d.wp) != (d.h, d.w):
         x = ctx.emit("Pad", [x, ctx.const(f"{node.id}::pads", [0, 0, 0, 0, 0, d.hp - d.h, d.wp - d.w, 0], i64)],
@@ -590,22 +612,28 @@ def _window_attention(ctx, node, xs, ins, out):
     x = ctx.emit("Transpose", [x], _aux(ctx, node, "grid_t"), perm=[0, 1, 3, 2, 4, 5])
     x = ctx.emit("Reshape", [x, ctx.const(f"{node.id}::windows_shape", [0, nw_, t, c], i64)],
                  _aux(ctx, node, "windows"))
-
-    def proj(x, w, b, what):
-        y = ctx.emit("MatMul", [x, ctx.const(f"{node.id}.{what}_weight_t", np.ascontiguousarray(w.T))],
-                     _aux(ctx, node, f"{what}_matmul"))
-        return y if b is None else ctx.emit("Add", [y, ctx.const(f"{node.id}.{what}_bias", b)], _aux(ctx, node, what))
-
     heads_shape = ctx.const(f"{node.id}::heads_shape", [0, nw_, t, heads, hd], i64)
     parts = {}
     for i, what in enumerate("qkv"):
-        b = p["qkv_bias"][i * c:(i + 1) * c] if a["qkv_bias"] else None
+        b = p["qkv_bias"][i * c:(i + 1) * c] if a["qkv_bias"] and not (v2 and what == "k") else None
         y = proj(x, p["qkv_weight"][i * c:(i + 1) * c], b, what)
         y = ctx.emit("Reshape", [y, heads_shape], _aux(ctx, node, f"{what}_heads"))
         parts[what] = ctx.emit("Transpose", [y], _aux(ctx, node, f"{what}_t"),
                                perm=[0, 1, 3, 4, 2] if what == "k" else [0, 1, 3, 2, 4])
-    q = ctx.emit("Mul", [parts["q"], ctx.const(f"{node.id}::scale", hd ** -0.5)], _aux(ctx, node, "q_scaled"))
-    s = ctx.emit("MatMul", [q, parts["k"]], _aux(ctx, node, "scores"))
+    if v2:
+        eps = ctx.const(f"{node.id}::eps", 1e-12)
+        for what, axis in (("q", 4), ("k", 3)):  # k is transposed: its head dim is axis 3
+            norm = ctx.emit("ReduceL2", [parts[what]], _aux(ctx, node, f"{what}_norm"), axes=[axis], keepdims=1)
+            norm = ctx.emit("Max", [norm, eps], _aux(ctx, node, f"{what}_denom"))
+            parts[what] = ctx.emit("Div", [parts[what], norm], _aux(ctx, node, f"{what}_unit"))
+        s = ctx.emit("MatMul", [parts["q"], parts["k"]], _aux(ctx, node, "cosines"))
+        gain = ctx.emit("Min", [ctx.const(f"{node.id}.logit_scale", p["logit_scale"]),
+                                ctx.const(f"{node.id}::logit_max", math.log(100.0))], _aux(ctx, node, "logit_min"))
+        gain = ctx.emit("Exp", [gain], _aux(ctx, node, "logit_gain"))
+        s = ctx.emit("Mul", [s, gain], _aux(ctx, node, "scores"))
+    else:
+        q = ctx.emit("Mul", [parts["q"], ctx.const(f"{node.id}::scale", hd ** -0.5)], _aux(ctx, node, "q_scaled"))
+        s = ctx.emit("MatMul", [q, parts["k"]], _aux(ctx, node, "scores"))
     s = ctx.emit("Add", [s, bias], _aux(ctx, node, "scores_biased"))
     mask = window_shift_mask(d)
     if mask is not None:

@@ -5,8 +5,8 @@ from archir.ops import core as _core  # noqa: F401  (registers the core ops)
 from archir.ops.core import (Step, attention_dims, candidate_names, candidate_output, candidate_steps, concat_axis, layernorm_size,
                              shuffle_order, slice_range, step_inputs)
 # swin: window_attention's geometry, relative position index and shift mask
-from archir.ops.core import (WINDOW_MASK_VALUE, WindowDims, window_attention_dims, window_relative_index,
-                             window_shift_mask)
+from archir.ops.core import (WINDOW_MASK_VALUE, WindowDims, window_attention_dims, window_coords_table,
+                             window_relative_index, window_shift_mask)
 
 __all__ = [
     "AttrSpec", "OpDef", "OpTraits", "OpHandlers", "get_op", "op_names", "pair", "register_op",
@@ -14,4 +14,5 @@ __all__ = [
     "layernorm_size", "shuffle_order", "attention_dims",
     # swin
     "WINDOW_MASK_VALUE", "WindowDims", "window_attention_dims", "window_relative_index", "window_shift_mask",
+    "window_coords_table",
 ]

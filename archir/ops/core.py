@@ -1449,3 +1449,70 @@ register_op(OpDef(
         "(-100 across regions)) v, proj; then undo the windows, roll back, crop; dropouts act in training only; "
         "MACs nW (4 T C^2 + 2 T^2 C) over the padded map",
 ))
+
+
+# --------------------------------------------------------------------------- swin: window_attention_v2
+# Swin V2 (torchvision's ShiftedWindowAttentionV2): the same windows, with cosine attention scaled by a learned
+# per-head logit_scale and a continuous position bias from a small MLP (cpb_mlp) on a fixed coordinate table.
+
+
+def window_coords_table(wh: int, ww: int) -> np.ndarray:
+    """The ``(2 wh - 1, 2 ww - 1, 2)`` float32 table cpb_mlp reads, as torchvision's
+    ``ShiftedWindowAttentionV2.define_relative_position_bias_table`` builds it: each offset ``(dy, dx)`` scaled to
+    [-8, 8] (``8 * d / (w - 1)``), then ``sign(v) * log2(|v| + 1) / 3``."""
+    ys = np.arange(-(wh - 1), wh, dtype=np.float32) / np.float32(wh - 1)
+    xs = np.arange(-(ww - 1), ww, dtype=np.float32) / np.float32(ww - 1)
+    t = np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1).astype(np.float32) * np.float32(8)
+    return (np.sign(t) * np.log2(np.abs(t) + np.float32(1.0)) / np.float32(3.0)).astype(np.float32)
+
+
+def _window_v2_check(a, node):
+    _window_check(a, node)
+    if min(a["window_size"]) < 2:
+        raise OpSchemaError(f"window_attention_v2 window_size={a['window_size']}: a window of 1 has no coordinate "
+                            "table (torchvision divides by window - 1)", node=node, rule="attr",
+                            hint="use windows of at least 2 x 2")
+
+
+def _window_v2_params(a, ins):
+    c = ins[0].shape[-1]
+    hidden, heads = a["cpb_hidden"], a["num_heads"]
+    p = {"qkv_weight": (3 * c, c), "proj_weight": (c, c), "logit_scale": (heads, 1, 1),
+         "cpb_fc1_weight": (hidden, 2), "cpb_fc1_bias": (hidden,), "cpb_fc2_weight": (heads, hidden)}
+    if a["qkv_bias"]:
+        p["qkv_bias"] = (3 * c,)
+    if a["proj_bias"]:
+        p["proj_bias"] = (c,)
+    return p
+
+
+def _window_v2_init(a, ins, rng):
+    # nn.Linear's default everywhere; logit_scale = log(10) as torchvision
+    p = {}
+    for k, s in _window_v2_params(a, ins).items():
+        if k == "logit_scale":
+            p[k] = np.full(s, math.log(10.0), np.float32)
+        else:
+            fan_in = 2 if k.startswith("cpb_fc1") else a["cpb_hidden"] if k == "cpb_fc2_weight" else ins[0].shape[-1]
+            p[k] = _uniform(rng, 1.0 / math.sqrt(fan_in), s)
+    return p, {}
+
+
+register_op(OpDef(
+    "window_attention_v2", arity=1,
+    attrs={"window_size": AttrSpec("ints", min=1, max=MAX_KERNEL), "shift_size": AttrSpec("ints", [0, 0], min=0,
+                                                                                          max=MAX_KERNEL),
+           "num_heads": AttrSpec("int", min=1, max=MAX_DIM), "qkv_bias": AttrSpec("bool", True),
+           "proj_bias": AttrSpec("bool", True), "cpb_hidden": AttrSpec("int", 512, min=1, max=MAX_DIM),
+           "attention_dropout": AttrSpec("float", 0.0, min=0.0, max=1.0),
+           "dropout": AttrSpec("float", 0.0, min=0.0, max=1.0)},
+    infer=_window_infer, check=_window_v2_check, param_shapes=_window_v2_params, init=_window_v2_init,
+    # as window_attention: a zero input gives out = proj(mean of v's bias) + proj_bias
+    traits=_traits("linear", zero_preserving=lambda a: None if a["qkv_bias"] or a["proj_bias"] else "all"),
+    doc="Swin V2's shifted-window attention on (H, W, C) samples, as torchvision's shifted_window_attention with "
+        "logit_scale: the windows of window_attention; q and k from qkv with the k third of qkv_bias unused (torch"
+        "vision zeroes it); per head cosine scores normalize(q) normalize(k)^T * exp(min(logit_scale, log 100)) + "
+        "16 sigmoid(cpb_mlp(coords table))[relative index] (+ the shift mask), softmax, v, proj; cpb_mlp = "
+        "relu(table @ cpb_fc1_weight.T + cpb_fc1_bias) @ cpb_fc2_weight.T; MACs as window_attention plus "
+        "cpb_mlp's (2 wh - 1)(2 ww - 1)(2 hidden + hidden heads)",
+))

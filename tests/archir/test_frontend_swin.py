@@ -7,8 +7,9 @@ it all) and patch merging (torchvision's fx-wrapped ``_patch_merging_pad``: pad 
 slices, a concat on the channels). Each is checked against torchvision: the op bit for bit in fx and to 1e-4
 under ONNX Runtime (shifted and not, inputs not a multiple of the window, a window larger than the map,
 rectangular windows, no biases), archir's ONNX read back as one node, shape rules and refusals, cost by hand,
-coupling, a small ``SwinTransformer`` imported with exact parameters and fx / ORT parity, and Swin V2 refused
-with the reason.
+coupling, a small ``SwinTransformer`` imported with exact parameters and fx / ORT parity; the same for Swin V2
+(``window_attention_v2``: cosine attention with ``logit_scale``, the ``cpb_mlp`` position bias) and swin_v2_t's
+published figures.
 """
 
 from __future__ import annotations
@@ -247,17 +248,17 @@ def test_small_swin_macs_by_hand():
     assert costmodels.count(g).macs == patch + attn + mlp + merge + 2 * e * 10
 
 
-def test_swin_v2_and_changed_index_are_refused_with_the_reason():
-    torch.manual_seed(0)
-    v2 = sw.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=[4, 4],
-                            num_classes=10, block=sw.SwinTransformerBlockV2, downsample_layer=sw.PatchMergingV2)
-    with pytest.raises(UnsupportedModelError, match="Swin V2"):
-        from_torch(v2, torch.randn(1, 3, 32, 32))
+def test_changed_buffers_are_refused_with_the_reason():
     m = _small_swin((4, 4))
     with torch.no_grad():
         m.features[1][0].attn.relative_position_index[0] += 1
     with pytest.raises(UnsupportedModelError, match="relative_position_index"):
         from_torch(m, torch.randn(1, 3, 32, 32))
+    v2 = _small_swin_v2()
+    with torch.no_grad():
+        v2.features[1][1].attn.relative_coords_table.mul_(1.5)
+    with pytest.raises(UnsupportedModelError, match="relative_coords_table"):
+        from_torch(v2, torch.randn(1, 3, 32, 32))
 
 
 def test_prune_on_a_small_swin_validates_and_keeps_the_window_attentions():
@@ -276,3 +277,109 @@ def test_prune_on_a_small_swin_validates_and_keeps_the_window_attentions():
         got = to_fx(small).eval()(x).numpy()
     np.testing.assert_allclose(_ort(small, x.numpy()), got, rtol=1e-4, atol=1e-4)
     assert small.num_params() < g.num_params()  # the MLPs' hidden channels are free: they are pruned
+
+
+# --------------------------------------------------------------------------- Swin V2
+
+
+def _v2_graph(m, h: int, w: int) -> archir.Graph:
+    g = archir.Graph("wa2")
+    x = g.input("x", (h, w, m.proj.weight.shape[0]))
+    fc1, fc2 = m.cpb_mlp[0], m.cpb_mlp[2]
+    n = g.add("window_attention_v2", x, window_size=list(m.window_size), shift_size=list(m.shift_size),
+              num_heads=m.num_heads, qkv_bias=m.qkv.bias is not None, proj_bias=m.proj.bias is not None,
+              cpb_hidden=fc1.out_features, name="wa")
+    g.set_outputs(n)
+    params = {"qkv_weight": m.qkv.weight, "proj_weight": m.proj.weight, "logit_scale": m.logit_scale,
+              "cpb_fc1_weight": fc1.weight, "cpb_fc1_bias": fc1.bias, "cpb_fc2_weight": fc2.weight}
+    params.update({k: b for k, b in (("qkv_bias", m.qkv.bias), ("proj_bias", m.proj.bias)) if b is not None})
+    g.set_params(n, **{k: v.detach().numpy().copy() for k, v in params.items()})
+    return g.validate()
+
+
+V2_CASES = {k: CASES[k] for k in ("shifted", "padded_shifted", "window_covers_map", "rectangular_odd", "no_bias")}
+
+
+@pytest.mark.parametrize("case", sorted(V2_CASES))
+def test_window_attention_v2_matches_torchvision_in_fx_and_onnx_and_reads_back(case):
+    h, w, c, win, shift, heads, bias = V2_CASES[case]
+    torch.manual_seed(0)
+    m = sw.ShiftedWindowAttentionV2(c, win, shift, heads, qkv_bias=bias, proj_bias=bias)
+    k_bias = m.qkv.bias[c:2 * c].clone() if bias else None
+    m = _randomize(m)
+    if bias:  # torchvision zeroes the k third of qkv_bias at construction (and never uses it)
+        with torch.no_grad():
+            m.qkv.bias[c:2 * c] = k_bias
+    g = _v2_graph(m, h, w)
+    x = torch.randn(3, h, w, c, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = m(x).numpy()
+        got = to_fx(g).eval()(x).numpy()
+    assert np.abs(ref).max() > 0.1
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_allclose(_ort(g, x.numpy()), ref, rtol=1e-4, atol=1e-4)
+    g2 = from_onnx(to_onnx(g))
+    assert [n.op for n in g2.nodes()] == ["input", "window_attention_v2"]
+    (n2,) = g2.nodes("window_attention_v2")
+    assert n2.attrs["cpb_hidden"] == 512 and n2.attrs["qkv_bias"] is bias
+    for k, v in g.node("wa").params.items():
+        np.testing.assert_array_equal(n2.params[k], v)  # the k third of qkv_bias is zero on both sides
+    with torch.no_grad():
+        np.testing.assert_array_equal(to_fx(g2).eval()(x).numpy(), ref)
+
+
+def test_window_attention_v2_needs_a_window_of_two_and_costs_by_hand():
+    g = archir.Graph("c2")
+    x = g.input("x", (6, 10, 8))
+    with pytest.raises(OpSchemaError, match="at least 2 x 2"):
+        g.add("window_attention_v2", x, window_size=[1, 4], num_heads=2)
+    g.set_outputs(g.add("window_attention_v2", x, window_size=[4, 4], shift_size=[2, 2], num_heads=2,
+                        cpb_hidden=32, name="wa"))
+    g.init_params(seed=0)
+    g.validate()
+    c, heads, hidden, rows = 8, 2, 32, 7 * 7
+    windows, t = 6, 16
+    cost = costmodels.count(g)["wa"]
+    assert cost.params == 3 * c * c + 3 * c + c * c + c + heads + hidden * 2 + hidden + heads * hidden
+    assert cost.macs == windows * (4 * t * c * c + 2 * t * t * c) + rows * (2 * hidden + hidden * heads)
+    assert cost.flops == 2 * cost.macs + windows * (3 * t * c + 6 * t * c + 8 * heads * t * t) + \
+        2 * rows * hidden + 5 * heads * t * t
+    assert passes.coupling.analyze(g, strict=False).rule("wa").kind == "opaque"
+
+
+def _small_swin_v2(window=(4, 4)) -> nn.Module:
+    torch.manual_seed(0)
+    m = sw.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=list(window),
+                           num_classes=10, block=sw.SwinTransformerBlockV2, downsample_layer=sw.PatchMergingV2)
+    return _randomize(m, std=0.2)
+
+
+def test_small_swin_v2_imports_with_fx_and_ort_parity_and_exact_params():
+    m = _small_swin_v2()
+    g = from_torch(m, torch.randn(1, 3, 32, 32))
+    assert len(list(g.nodes("window_attention_v2"))) == 4 and not list(g.nodes("window_attention"))
+    assert g.num_params() == sum(p.numel() for p in m.parameters())
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = m(x).numpy()
+        got = to_fx(g).eval()(x).numpy()
+    assert np.abs(ref).max() > 0.1
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_ort(g, x.numpy()), ref, rtol=1e-4, atol=1e-4)
+    g2 = from_onnx(to_onnx(g))
+    assert sorted(n.op for n in g2.nodes()) == sorted(n.op for n in g.nodes() if n.op != "dropout")
+    with torch.no_grad():
+        np.testing.assert_allclose(to_fx(g2).eval()(x).numpy(), ref, rtol=1e-4, atol=1e-4)
+    g3 = from_torch(to_fx(g).eval(), torch.randn(1, 3, 32, 32))
+    assert sorted(n.op for n in g3.nodes()) == sorted(n.op for n in g.nodes())
+
+
+def test_swin_v2_t_params_and_macs_match_the_published_figures():
+    """swin_v2_t at its evaluation size 256: cpb_mlp's linears count (the published 5.94 includes them)."""
+    tvm = pytest.importorskip("torchvision.models")
+    meta = tvm.Swin_V2_T_Weights.IMAGENET1K_V1.meta
+    with torch.no_grad():
+        g = from_torch(tvm.swin_v2_t(), torch.randn(1, 3, 256, 256), check=False)
+    c = costmodels.count(g)
+    assert c.params == meta["num_params"] == 28_351_570
+    assert abs(c.macs / 1e9 - meta["_ops"]) <= 0.005 + 1e-9, c.macs  # published with 2 decimals: 5.94

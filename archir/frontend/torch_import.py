@@ -1637,9 +1637,9 @@ def _m_learned(imp, node, m: LearnedTensor, args, kwargs):
                                       shape=list(m.value.shape)))
 
 
-# ---- swin: torchvision's Swin Transformer (V1 and V2). torchvision.models.swin_transformer is matched by name (archir does
-# not import torchvision): its ShiftedWindowAttention modules are traced as leaves (one window_attention node each),
-# and its fx-wrapped _patch_merging_pad is one call, mapped onto pad / slice / concat.
+# ---- swin: torchvision's Swin Transformer (V1 and V2). torchvision.models.swin_transformer is matched by name
+# (archir does not import torchvision): its ShiftedWindowAttention(V2) modules are traced as leaves (one
+# window_attention(_v2) node each), and its fx-wrapped _patch_merging_pad is one call, mapped onto pad / slice / concat.
 
 _SWIN = "torchvision.models.swin_transformer"
 

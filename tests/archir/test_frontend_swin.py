@@ -383,3 +383,20 @@ def test_swin_v2_t_params_and_macs_match_the_published_figures():
     c = costmodels.count(g)
     assert c.params == meta["num_params"] == 28_351_570
     assert abs(c.macs / 1e9 - meta["_ops"]) <= 0.005 + 1e-9, c.macs  # published with 2 decimals: 5.94
+
+
+def test_torchs_own_onnx_export_of_swin_is_refused_with_the_reasons():
+    """docs/frontend_support.md: torch's TorchScript export computes the window padding (``Mod`` of run-time
+    shapes) and the shift mask (``ScatterND``) in the graph; from_onnx has no pattern for it and says so."""
+    import io
+    import warnings
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_small_swin((4, 4)), (torch.randn(1, 3, 32, 32),), buf, dynamo=False, opset_version=17,
+                          input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    with pytest.raises(UnsupportedModelError) as ei:
+        from_onnx(buf.getvalue())
+    kinds = {u.what for u in ei.value.unsupported}
+    assert {"ONNX Mod", "ONNX ScatterND"} <= kinds

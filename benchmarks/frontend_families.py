@@ -91,6 +91,7 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     "squeezenet1_0": ("squeezenet", {}),
     "squeezenet1_1": ("squeezenet", {}),
     "swin_t": ("swin", {}),
+    "swin_v2_t": ("swin", {}),  # swin: V2 (cosine attention, cpb_mlp position bias), at its evaluation size 256
     "vgg11": ("vgg", {}),
     "vgg16_bn": ("vgg", {}),
     "vit_b_16": ("vit", {}),

@@ -31,6 +31,7 @@ import numpy as np
 
 from archir.graph import Graph
 from archir.ops import OpHandlers, attention_dims, candidate_steps, get_op, layernorm_size, pair, rel_attention_dims
+from archir.ops import window_attention_dims  # swin
 from archir.training import auxiliary_head
 from archir.types import TensorType
 
@@ -224,6 +225,42 @@ def _rel_attention(attrs, ins, out):
     g, length, e, heads, _ = rel_attention_dims(attrs, ins[0])
     macs = g * (4 * length * e * e + 2 * length * length * e)
     return OpCost(macs=macs, flops=2 * macs + g * (5 * length * e + 6 * heads * length * length))
+
+
+# ---- swin: window_attention
+
+
+@COUNT_HANDLERS.register("window_attention")
+def _window_attention(attrs, ins, out):
+    # per window of T tokens over the zero-padded map (the padding's tokens are computed, as torchvision does):
+    # the qkv and output projections 4 T C^2, q k^T and weights @ v T^2 C each, as fvcore / torchvision's
+    # published GFLOPS count them; flops: 2 per MAC, the bias adds (3 T C + T C), the q scaling (T C), and per
+    # attention weight (heads T^2) the relative position bias add, the shift mask add (shifted windows) and the
+    # softmax (5)
+    d = window_attention_dims(attrs, ins[0])
+    t, c = d.tokens, d.c
+    macs = d.windows * (4 * t * c * c + 2 * t * t * c)
+    adds = (3 * t * c if attrs["qkv_bias"] else 0) + (t * c if attrs["proj_bias"] else 0)
+    per_weight = 1 + (1 if d.sh or d.sw else 0) + 5
+    return OpCost(macs=macs, flops=2 * macs + d.windows * (adds + t * c + per_weight * d.heads * t * t))
+
+
+@COUNT_HANDLERS.register("window_attention_v2")
+def _window_attention_v2(attrs, ins, out):
+    # the windows' MACs as window_attention, plus cpb_mlp on the (2 wh - 1)(2 ww - 1) coordinate rows (2 -> hidden
+    # -> heads), as torchvision's published 5.94 GFLOPS of swin_v2_t count it; flops: 2 per MAC, the q, v and
+    # proj bias adds (torchvision zeroes k's), 3 per element of q and k to normalise them (square, sum, divide),
+    # per attention weight the logit scale multiply, the bias add, the shift mask add (shifted windows) and the
+    # softmax (5); cpb_mlp's bias add and relu per hidden value, 16 * sigmoid (5) per bias entry (heads T^2)
+    d = window_attention_dims(attrs, ins[0])
+    t, c = d.tokens, d.c
+    rows, hidden = (2 * d.wh - 1) * (2 * d.ww - 1), attrs["cpb_hidden"]
+    macs = d.windows * (4 * t * c * c + 2 * t * t * c) + rows * (2 * hidden + hidden * d.heads)
+    adds = (2 * t * c if attrs["qkv_bias"] else 0) + (t * c if attrs["proj_bias"] else 0)
+    per_weight = 1 + 1 + (1 if d.sh or d.sw else 0) + 5
+    flops = 2 * macs + d.windows * (adds + 6 * t * c + per_weight * d.heads * t * t) + 2 * rows * hidden + \
+        5 * d.heads * t * t
+    return OpCost(macs=macs, flops=flops)
 
 
 @COUNT_HANDLERS.register("identity", "dropout", "drop_path", "flatten", "stop_gradient", "auxiliary")
@@ -440,6 +477,10 @@ def count(g: Graph, batch_size: int = 1) -> Counts:
       published GFLOPS), flops ``2 * macs + 4 L E`` (biases) ``+ 6 H L^2`` (scale and softmax);
       ``rel_attention`` on ``(G, P, E)`` windows ``G`` times attention's MACs on ``(P, E)``, flops ``2 * macs +
       G (5 P E + 6 H P^2)`` (biases and the scale of k; the relative-bias add and softmax);
+      ``window_attention`` (swin) with ``nW`` windows of ``T`` tokens over the zero-padded ``(Hp, Wp, C)`` map
+      ``macs = nW (4 T C^2 + 2 T^2 C)``, flops ``2 * macs`` plus the bias adds, the q scaling ``T C`` and
+      ``(1 + shifted + 5) H T^2`` (position bias, shift mask, softmax) per window; ``window_attention_v2``
+      the same MACs plus cpb_mlp's ``(2 wh - 1)(2 ww - 1)(2 hidden + hidden H)`` (torchvision's swin_v2 figures);
       ``layernorm`` ``(5 + weight + bias)`` per element (mean and variance sums, subtract, square, scale by
       1/std; the affine multiply and add) plus 4 per normalised vector (two divisions by C, + eps, rsqrt).
     - ``activation_bytes``: bytes of the node's output tensor; 0 for ``input`` nodes (given,

@@ -45,8 +45,9 @@ of the *sources*:
   each of its ``g`` segments is made one class, so pruning removes whole rows and keeps the per-group
   counts equal; widening refuses (:attr:`NodeRule.mixes`). Any other ``reshape`` is opaque;
 - ``param`` (a learned tensor) makes a new pinned class (its input gives the batch size only and is not
-  pinned); ``attention`` mixes every token and projects the embedding: opaque; so is MaxViT's
-  ``rel_attention`` (windows of tokens, heads tied to its relative-bias table);
+  pinned); ``attention`` mixes every token and projects the embedding: opaque; so are MaxViT's
+  ``rel_attention`` (windows of tokens, heads tied to its relative-bias table) and swin's
+  ``window_attention`` (its heads split the channels, and its table has one column per head);
 - ``flatten(start_dim=1)`` of ``(C, H, W)`` keeps the classes, but each channel now covers
   ``H*W`` consecutive features (its *width*): a ``linear`` after it reads channel ``c`` through
   weight columns ``[c*H*W, (c+1)*H*W)`` (with ``global_avgpool`` first the width is 1).
@@ -874,6 +875,23 @@ def _rel_attention(b: CouplingBuilder, n, a, ins, it) -> None:
                 f"and projects the embedding (axis 2, split into {a['num_heads']} heads and read by its relative-"
                 f"bias table per head); archir does not follow channels through it",
              "leave the windows and embedding feeding this rel_attention alone")
+# ---- swin: window_attention
+
+
+@register("window_attention", "window_attention_v2")
+def _window_attention(b: CouplingBuilder, n, a, ins, it) -> None:
+    """Opaque (its inputs and output pinned), with the output's channels on their own axis: the last of the
+    channels-last ``(H, W, C)`` map (a permute after it moves them back to axis 0 for a conv)."""
+    b.opaque(n, f"{b.g.nx.nodes[n]['op']} on {it[0]} mixes the tokens of each window through the attention weights and "
+                f"projects the channels (qkv, heads, proj and the per-head position bias table); archir does not "
+                f"follow channels through it", "leave the channels feeding this window attention alone")
+    t = b.g.nx.nodes[n]["type"]
+    pin = b.pins[-1]
+    b.pins.pop()  # opaque pinned a layout on axis 0; the output's channels are on the last axis
+    b.rules[n] = NodeRule(n, b.g.nx.nodes[n]["op"], "opaque", (), b.rules[n].reason, axis=t.rank - 1)
+    b.layout[n] = b.fresh(t, t.rank - 1)
+    b.axis[n] = t.rank - 1
+    b.pins.append((b.layout[n], pin[1]))
 
 
 @register("choice")

@@ -30,8 +30,10 @@ Public names:
   With ``allow_choice=True`` some body steps are ``choice`` nodes (see :func:`supernets`); with
   ``transformer=True`` some are ViT-like blocks on the map's ``(H*W, C)`` tokens (``permute``, a ``param``
   class token ``concat``-ed in front and a ``param`` position embedding added, ``layernorm``, ``attention``
-  with a residual, the class token sliced off, ``reshape`` back to the map), or MaxViT-like window blocks
-  (``reshape``/``permute`` of the map into p x p windows, ``rel_attention`` with a residual, and back).
+  with a residual, the class token sliced off, ``reshape`` back to the map), MaxViT-like window blocks
+  (``reshape``/``permute`` of the map into p x p windows, ``rel_attention`` with a residual, and back), and
+  some Swin-like blocks on the channels-last ``(H, W, C)`` map (``permute``, ``layernorm``, ``window_attention``
+  or ``window_attention_v2`` with drawn window, shift, heads and biases, a residual, ``permute`` back).
   Every attribute is drawn legal for the current shape (nothing is rejected by catching an
   error), spatial dims stay <= 16 and channels <= 32. The graph is validated, weights come
   from a drawn seed, BN running stats/affine params, ``scale`` and layernorm weights are randomised so
@@ -102,7 +104,8 @@ def randomize_weights(g: archir.Graph, seed: int) -> archir.Graph:
               for k, a in node.params.items()}
         if ps:
             g.set_params(node.id, **ps)
-    for node in g.nodes("attention"):  # torch's init has zero biases; a spread of scores, not uniform weights
+    for node in [*g.nodes("attention"), *g.nodes("window_attention"), *g.nodes("window_attention_v2")]:
+        # a spread of scores, not uniform weights
         g.set_params(node.id, **{k: rng.normal(0, 0.5 if k.endswith("weight") else 0.1, a.shape)
                                  for k, a in node.params.items()})
     for node in g.nodes("rel_attention"):  # maxvit: a relative bias that moves the scores (init: N(0, 0.02))
@@ -260,6 +263,8 @@ class _Builder:
         if self.transformer:
             ops.append("tokens")
             weights.append(12)
+            ops.append("windows")  # swin
+            weights.append(6)
         op = draw(st.sampled_from([o for o, wt in zip(ops, weights) for _ in range(wt)]))
         if op == "conv2d":
             in_groups = [d for d in range(1, c + 1) if c % d == 0]
@@ -321,7 +326,9 @@ class _Builder:
             t = self.add("linear", t, out_features=draw(st.integers(1, 16)), bias=draw(st.booleans()))
             return self.add("permute", t, dims=[2, 0, 1])
         if op == "tokens":
-            return self.windows(cur) if self.draw(st.booleans()) else self.tokens(cur)  # maxvit: windows
+            return self.maxvit_windows(cur) if self.draw(st.booleans()) else self.tokens(cur)
+        if op == "windows":
+            return self.swin_windows(cur)
         if op == "channel_shuffle":
             groups = [d for d in range(2, c + 1) if c % d == 0]
             if not groups:
@@ -433,7 +440,7 @@ class _Builder:
 
     # ---- maxvit
 
-    def windows(self, cur: str) -> str:
+    def maxvit_windows(self, cur: str) -> str:
         """A MaxViT-like block: the (C, H, W) map cut into p x p windows as torchvision's WindowPartition does
         (reshape (C, H/p, p, W/p, p), permute to (H/p, W/p, p, p, C), reshape (H/p * W/p, p*p, C)),
         ``rel_attention`` (heads dividing C) maybe with a residual, then WindowDepartition back to the map."""
@@ -449,6 +456,28 @@ class _Builder:
         t = self.add("add", t, a) if draw(st.booleans()) else a
         t = self.add("permute", self.add("reshape", t, shape=[h // p, w // p, p, p, c]), dims=[4, 0, 2, 1, 3])
         return self.add("reshape", t, shape=[c, h, w])
+
+    # ---- swin
+
+    def swin_windows(self, cur: str) -> str:
+        """A Swin-like block on the channels-last ``(H, W, C)`` map, and back: permute, maybe a layernorm over
+        the channels, a ``window_attention`` (a window from 1 up to larger than the map, so padded or not; a shift
+        below it, or none; heads dividing C; biases or not) with a residual, permute back."""
+        draw = self.draw
+        c, h, w = self.shape(cur)
+        t = self.add("permute", cur, dims=[1, 2, 0])
+        a = self.add("layernorm", t, axis="last") if draw(st.booleans()) else t
+        win = [draw(st.integers(1, min(h + 2, 8))), draw(st.integers(1, min(w + 2, 8)))]
+        shift = [draw(st.integers(0, k - 1)) for k in win] if draw(st.booleans()) else [0, 0]
+        heads = draw(st.sampled_from([d for d in range(1, c + 1) if c % d == 0]))
+        bias = draw(st.booleans())
+        extra = {}
+        if min(win) >= 2 and draw(st.booleans()):  # Swin V2's cosine attention and cpb_mlp position bias
+            extra = {"cpb_hidden": draw(st.integers(1, 16))}
+        a = self.add("window_attention_v2" if extra else "window_attention", a, window_size=win, shift_size=shift,
+                     num_heads=heads, qkv_bias=bias, proj_bias=bias if draw(st.booleans()) else not bias, **extra)
+        t = self.add("add", t, a) if draw(st.booleans()) else a
+        return self.add("permute", t, dims=[2, 0, 1])
 
     def activation(self, cur: str) -> str:
         op = self.draw(st.sampled_from(ACTIVATIONS))

@@ -294,6 +294,8 @@ class _Importer:
                     if node.op_type not in _RULES and node.op_type not in _FOLDABLE:
                         raise Skip("no mapping for this ONNX op")
                     out = _BAD
+                elif node.op_type in ("Gather", "MatMul") and (wa := _window_attention_at(self, i, node)) is not None:
+                    out = wa  # swin: archir's to_onnx of window_attention (v2) starts with this Gather (MatMul)
                 elif _foldable(self, node):
                     out = _fold(self, node)
                 else:
@@ -1441,6 +1443,145 @@ def _attention_chain(imp, node, s: str, c: float) -> str | None:
     for n in dead:
         g.remove(n)
     return nid
+
+
+# ---- swin: window_attention read back
+
+
+class _WindowAttentionRead:
+    """The value of the ``Gather`` that starts archir's lowering of a ``window_attention`` (its bias rows, now
+    inside the node; nothing else reads it)."""
+
+
+def _window_attention_at(imp, i: int, node) -> Any:
+    """archir's to_onnx of ``window_attention`` (``window_attention_v2``), read back as one node, starting at its
+    first ONNX node: ``Gather`` of a float table ``(R, heads)`` by a constant index of ``T * T`` entries (V2:
+    ``MatMul`` of the constant ``(R, 2)`` coordinate table by cpb_mlp's first weight, the ``Gather`` 4 nodes
+    later). The attrs are read from the model (the window from R and T, the input from the node after the bias,
+    the shift from the roll's first ``Slice``); then a node with those attrs is lowered again and its ONNX nodes
+    must match the model's next nodes exactly: the same op types, attributes and wiring, every structural constant
+    (index, coordinate table, mask, shapes, pads, slices, scales) equal, and no value inside the run read from
+    outside it. The weights are the model's constants in the weight slots (V2's unused k third of ``qkv_bias``,
+    which torchvision zeroes and the lowering leaves out, reads back as zeros). ``None`` (the model's nodes are
+    then mapped one by one) where anything differs."""
+    import itertools
+
+    from archir.ops import relative_position_index
+
+    nodes = imp.model.graph.node
+    extra: dict[str, Any] = {}
+    if node.op_type == "MatMul":  # V2: cpb_mlp on the coordinate table
+        coords, w1 = (imp.env.get(v, _BAD) for v in node.input[:2])
+        gather = nodes[i + 4] if i + 4 < len(nodes) else None
+        w2 = imp.env.get(nodes[i + 3].input[1], _BAD) if i + 3 < len(nodes) and len(nodes[i + 3].input) > 1 else _BAD
+        if not (isinstance(coords, np.ndarray) and coords.ndim == 2 and coords.shape[1] == 2 and
+                isinstance(w1, np.ndarray) and w1.ndim == 2 and w1.shape[0] == 2 and isinstance(w2, np.ndarray)
+                and w2.ndim == 2 and w2.shape[0] == w1.shape[1] and gather is not None and
+                gather.op_type == "Gather" and len(gather.input) == 2):
+            return None
+        op, rows, heads, index, first = "window_attention_v2", coords.shape[0], w2.shape[1], \
+            imp.env.get(gather.input[1], _BAD), 9
+        extra["cpb_hidden"] = int(w1.shape[1])
+    else:
+        table, index = (imp.env.get(v, _BAD) for v in node.input[:2])
+        if not (isinstance(table, np.ndarray) and table.dtype == np.float32 and table.ndim == 2):
+            return None
+        op, (rows, heads), first = "window_attention", table.shape, 3
+    if not (isinstance(index, np.ndarray) and index.dtype == np.int64 and index.ndim == 1 and
+            int(_attrs(node).get("axis", 0)) == 0):
+        return None
+    t = math.isqrt(index.size)
+    s2 = 4 * t + 1 - rows  # (2 wh - 1)(2 ww - 1) = R and wh ww = T: wh + ww = (4 T + 1 - R) / 2
+    if t * t != index.size or t < 1 or s2 <= 0 or s2 % 2:
+        return None
+    total = s2 // 2
+    root = math.isqrt(max(total * total - 4 * t, 0))
+    windows = {((total + root) // 2, (total - root) // 2), ((total - root) // 2, (total + root) // 2)}
+    windows = [w for w in windows if w[0] >= 1 and w[1] >= 1 and w[0] * w[1] == t and
+               np.array_equal(index, relative_position_index(*w).reshape(-1))]
+    if not windows or i + first >= len(nodes) or not nodes[i + first].input:
+        return None
+    x = imp.env.get(nodes[i + first].input[0], _BAD)
+    if not isinstance(x, str) or len(imp.shape(x)) != 3 or imp.shape(x)[2] % heads:
+        return None
+    shift = [0, 0]
+    for n in nodes[i + first:i + first + 9]:  # the roll's first Slice per axis starts at the shift
+        if n.op_type == "Slice" and len(n.input) >= 4:
+            st, ax = imp.env.get(n.input[1], _BAD), imp.env.get(n.input[3], _BAD)
+            if isinstance(st, np.ndarray) and isinstance(ax, np.ndarray) and ax.size == 1 and int(ax[0]) in (1, 2) \
+                    and not shift[int(ax[0]) - 1]:
+                shift[int(ax[0]) - 1] = int(st.reshape(-1)[0])
+    for window, (qkv_bias, proj_bias) in itertools.product(windows, ((True, True), (False, False), (True, False),
+                                                                      (False, True))):
+        if any(s >= w for s, w in zip(shift, window)):
+            continue
+        attrs = dict(window_size=list(window), shift_size=shift, num_heads=heads, qkv_bias=qkv_bias,
+                     proj_bias=proj_bias, **extra)
+        got = _match_window_attention(imp, i, x, op, attrs, first)
+        if got is not None:
+            return got
+    return None
+
+
+def _match_window_attention(imp, i: int, x: str, op: str, attrs: dict, first: int) -> Any:
+    from archir.lower.onnx import to_onnx
+
+    probe = Graph("probe")
+    probe.set_outputs(probe.add(op, probe.input("x", imp.shape(x)), name="wa", **attrs))
+    try:
+        probe.init_params(seed=0)
+        want = to_onnx(probe, check=False)
+    except Exception:  # noqa: BLE001 - attrs that do not fit this input: not this pattern
+        return None
+    inits = {t.name for t in want.graph.initializer}
+    nodes = imp.model.graph.node
+    mine = list(want.graph.node)
+    if i + len(mine) > len(nodes):
+        return None
+    values, slots = {"x": nodes[i + first].input[0]}, {}
+    for k, (e, got) in enumerate(zip(mine, nodes[i:i + len(mine)])):
+        if e.op_type != got.op_type or len(e.input) != len(got.input) or len(got.output) != 1 or \
+                _attrs(e) != _attrs(got) or i + k in imp.done:
+            return None
+        for ei, gi in zip(e.input, got.input):
+            if ei in inits:
+                c = imp.env.get(gi, _BAD)
+                ref = next(numpy_helper.to_array(t) for t in want.graph.initializer if t.name == ei)
+                if not isinstance(c, np.ndarray) or c.dtype != ref.dtype or c.shape != ref.shape:
+                    return None
+                if "::" in ei:  # structural: index, mask, shapes, pads, slice bounds, scale
+                    if not np.array_equal(c, ref):
+                        return None
+                else:  # a weight slot
+                    slots[ei] = c
+            elif values.get(ei) != gi:
+                return None
+        values[e.output[0]] = got.output[0]
+    chain = nodes[i:i + len(mine)]
+    inside = {id(n) for n in chain}
+    for n in chain[:-1]:  # the run's inner values are read inside it only
+        if n.output[0] in {o.name for o in imp.model.graph.output} or any(
+                id(u) not in inside for u in imp.users.get(n.output[0], [])):
+            return None
+    c = imp.shape(x)[2]
+    params = {"qkv_weight": np.concatenate([slots[f"wa.{w}_weight_t"].T for w in "qkv"]),
+              "proj_weight": np.ascontiguousarray(slots["wa.proj_weight_t"].T)}
+    if op == "window_attention_v2":
+        params.update(logit_scale=slots["wa.logit_scale"], cpb_fc1_weight=np.ascontiguousarray(
+            slots["wa.cpb_fc1_weight_t"].T), cpb_fc1_bias=slots["wa.cpb_fc1_bias"],
+            cpb_fc2_weight=np.ascontiguousarray(slots["wa.cpb_fc2_weight_t"].T))
+    else:
+        params["relative_position_bias_table"] = slots["wa.relative_position_bias_table"]
+    if attrs["qkv_bias"]:
+        params["qkv_bias"] = np.concatenate([slots.get(f"wa.{w}_bias", np.zeros(c, np.float32)) for w in "qkv"])
+    if attrs["proj_bias"]:
+        params["proj_bias"] = slots["wa.proj_bias"]
+    assert params["qkv_weight"].shape == (3 * c, c)
+    nid = imp.add(chain[-1], op, [x], params=params, **attrs)
+    for k in range(1, len(chain)):
+        imp.done.add(i + k)
+    imp.env[chain[-1].output[0]] = nid
+    return _WindowAttentionRead()
 
 
 def _binary(op: str, onnx_op: str):

@@ -28,7 +28,6 @@ import math
 import operator
 import os
 import re
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -42,6 +41,7 @@ from archir.frontend.common import (FrontendError, IdMaker, Skip, Unsupported, U
                                     clean_id, fuse_layernorm2d)
 from archir.graph import Graph
 from archir.lower.modules import LayerNorm2d, LearnedTensor, RelPosAttention, Scale, SelfAttention, stop_forward, zero
+from archir.lower.modules import WindowAttention, WindowAttentionV2  # swin
 from archir.ops import get_op
 
 __all__ = ["from_torch"]
@@ -355,7 +355,8 @@ class _Importer:
         if isinstance(t, torch._ops.OpOverload):
             return t._schema.name.split("::")[-1] in _ATEN_RULES
         key = t if node.op == "call_function" else ("method", t)
-        return key in _CALL_RULES or (node.op == "call_function" and _is_stochastic_depth(t))
+        return key in _CALL_RULES or (node.op == "call_function" and (_is_stochastic_depth(t)
+                                                                        or _qualname(t) in _NAMED_CALL_RULES))
 
     def call(self, node: fx.Node, args: tuple, kwargs: dict) -> Any:
         info = self.shapes.get(node)
@@ -376,6 +377,8 @@ class _Importer:
             rule = _CALL_RULES.get(key)
             if rule is None and node.op == "call_function" and _is_stochastic_depth(target):
                 rule = ("stochastic_depth", _stochastic_depth, False)
+            if rule is None and node.op == "call_function":
+                rule = _NAMED_CALL_RULES.get(_qualname(target))  # swin
             if rule is None:
                 if info == "python":
                     # shape arithmetic (x.size(0), x.shape[2] ...): consumed as arguments of mapped ops,
@@ -1635,13 +1638,6 @@ def _m_learned(imp, node, m: LearnedTensor, args, kwargs):
 # ---- maxvit
 
 
-def _tv_rel_attention() -> type | None:
-    """torchvision's ``RelativePositionalMultiHeadAttention`` when its module is loaded (a MaxViT being imported
-    has loaded it), else ``None``: archir does not import torchvision itself."""
-    mod = sys.modules.get("torchvision.models.maxvit")
-    return getattr(mod, "RelativePositionalMultiHeadAttention", None)
-
-
 def _m_rel_attention(imp, node, m: nn.Module, args, kwargs):
     """torchvision's MaxViT ``RelativePositionalMultiHeadAttention`` on ``(N, G, P, E)`` windows as one
     ``rel_attention`` node (weights ``to_qkv``, ``merge``, ``relative_position_bias_table``); its
@@ -1682,11 +1678,103 @@ def _m_rel_attention(imp, node, m: nn.Module, args, kwargs):
               "merge_bias": m.merge.bias, "bias_table": table}
     return _result(imp, node, imp.add(node, "rel_attention", [x.id], params=params, num_heads=heads,
                                       window=side, scale=None if scale == e ** -0.5 else scale))
+# ---- swin: torchvision's Swin Transformer (V1 and V2). torchvision.models.swin_transformer is matched by name
+# (archir does not import torchvision): its ShiftedWindowAttention(V2) modules are traced as leaves (one
+# window_attention(_v2) node each), and its fx-wrapped _patch_merging_pad is one call, mapped onto pad / slice / concat.
+
+_SWIN = "torchvision.models.swin_transformer"
+
+
+def _qualname(obj) -> str:
+    return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', getattr(obj, '__name__', ''))}"
+
+
+def _m_window_attention(imp, node, m: nn.Module, args, kwargs):
+    """torchvision's ``ShiftedWindowAttention`` / ``ShiftedWindowAttentionV2`` (and archir's own
+    ``WindowAttention`` / ``WindowAttentionV2``, to_fx's lowerings) as one ``window_attention`` /
+    ``window_attention_v2`` node. The module's ``relative_position_index`` (and V2's ``relative_coords_table``)
+    buffer must be what the op rebuilds from the window size (it is, unless changed by hand), and V2's
+    ``cpb_mlp`` torchvision's ``Linear(2, hidden) -> ReLU -> Linear(hidden, heads, bias=False)``."""
+    x = _act({"input": args[0] if args else kwargs.get("x")})
+    if len(x.shape) != 4:
+        raise Skip(f"window attention on {x.shape}; archir's window_attention takes (N, H, W, C) maps")
+    v2 = isinstance(m, WindowAttentionV2) or _qualname(type(m)) == f"{_SWIN}.ShiftedWindowAttentionV2"
+    extra: dict[str, Any] = {}
+    if isinstance(m, WindowAttention):
+        params = dict(m.named_parameters())
+        qkv_bias, proj_bias = m.qkv_bias is not None, m.proj_bias is not None
+        if v2:
+            extra["cpb_hidden"] = int(m.cpb_fc1_weight.shape[0])
+    else:
+        from archir.ops import relative_position_index, window_coords_table
+
+        if len(m.window_size) != 2 or len(m.shift_size) != 2:
+            raise Skip(f"window_size={m.window_size}, shift_size={m.shift_size}: archir's windows are 2-d")
+        index = m.relative_position_index
+        if not torch.equal(index.detach().cpu().reshape(-1).long(),
+                           torch.as_tensor(relative_position_index(*m.window_size).reshape(-1))):
+            raise Skip("its relative_position_index buffer is not the index torchvision builds for window_size "
+                       f"{list(m.window_size)}; archir rebuilds that index (it does not store one)")
+        qkv_bias, proj_bias = m.qkv.bias is not None, m.proj.bias is not None
+        params = {"qkv_weight": m.qkv.weight, "proj_weight": m.proj.weight}
+        if v2:
+            if min(m.window_size) < 2 or not torch.equal(
+                    m.relative_coords_table.detach().cpu().reshape(-1),
+                    torch.as_tensor(window_coords_table(*m.window_size)).reshape(-1)):
+                raise Skip("its relative_coords_table buffer is not the table torchvision builds for window_size "
+                           f"{list(m.window_size)}; archir rebuilds that table (it does not store one)")
+            mlp = list(m.cpb_mlp.children()) if isinstance(m.cpb_mlp, nn.Sequential) else []
+            if len(mlp) != 3 or type(mlp[0]) is not nn.Linear or type(mlp[1]) is not nn.ReLU or \
+                    type(mlp[2]) is not nn.Linear or mlp[0].in_features != 2 or mlp[0].bias is None or \
+                    mlp[2].bias is not None or mlp[2].out_features != m.num_heads:
+                raise Skip("its cpb_mlp is not torchvision's Linear(2, hidden) -> ReLU -> Linear(hidden, heads, "
+                           "bias=False)")
+            params.update(logit_scale=m.logit_scale, cpb_fc1_weight=mlp[0].weight, cpb_fc1_bias=mlp[0].bias,
+                          cpb_fc2_weight=mlp[2].weight)
+            extra["cpb_hidden"] = int(mlp[0].out_features)
+        else:
+            params["relative_position_bias_table"] = m.relative_position_bias_table
+        if qkv_bias:
+            params["qkv_bias"] = m.qkv.bias
+        if proj_bias:
+            params["proj_bias"] = m.proj.bias
+    nid = imp.add(node, "window_attention_v2" if v2 else "window_attention", [x.id], params=params,
+                  window_size=[int(v) for v in m.window_size], shift_size=[int(v) for v in m.shift_size],
+                  num_heads=int(m.num_heads), qkv_bias=qkv_bias, proj_bias=proj_bias,
+                  attention_dropout=float(m.attention_dropout), dropout=float(m.dropout), **extra)
+    return _result(imp, node, nid)
+
+
+def _patch_merging_pad(imp, node, kw):
+    """torchvision's ``_patch_merging_pad`` on ``(N, H, W, C)``: zero-pad H and W to even sizes (a ``pad`` between
+    ``permute``s: archir's pad works on (C, H, W)), then ``concat([x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2],
+    x[1::2, 1::2]], -1)`` as ``slice``s (rows first, then columns) and a ``concat`` on the channels."""
+    x = _act(kw)
+    if len(x.shape) != 4:
+        raise Skip(f"_patch_merging_pad of {x.shape}; archir maps it on (N, H, W, C) maps")
+    _, h, w, _ = x.shape
+    nid = x.id
+    if h % 2 or w % 2:
+        nid = imp.add(node, "permute", [nid], dims=[2, 0, 1])
+        nid = imp.add(node, "pad", [nid], pads=[0, w % 2, 0, h % 2], mode="constant", value=0.0)
+        nid = imp.add(node, "permute", [nid], dims=[1, 2, 0])
+    rows = [imp.add(node, "slice", [nid], dim=1, start=r, end=None, step=2) for r in (0, 1)]
+    parts = [imp.add(node, "slice", [rows[r]], dim=2, start=col, end=None, step=2) for col, r in
+             ((0, 0), (0, 1), (1, 0), (1, 1))]
+    return _result(imp, node, imp.add(node, "concat", parts, dim=-1))
+
+
+#: torchvision functions and modules (Swin's, MaxViT's attention), by qualified name
+_NAMED_CALL_RULES: dict[str, Rule] = {f"{_SWIN}._patch_merging_pad": ("identity", _patch_merging_pad, False)}
+_NAMED_MODULE_RULES: dict[str, Callable] = {
+    "torchvision.models.maxvit.RelativePositionalMultiHeadAttention": _m_rel_attention,  # maxvit
+    f"{_SWIN}.ShiftedWindowAttention": _m_window_attention, f"{_SWIN}.ShiftedWindowAttentionV2": _m_window_attention}
 
 
 _MODULE_RULES: dict[type, Callable] = {
     nn.MultiheadAttention: _m_attention, SelfAttention: _m_attention, LearnedTensor: _m_learned,
-    RelPosAttention: _m_rel_attention,  # maxvit (torchvision's own class: _module_rule)
+    RelPosAttention: _m_rel_attention,  # maxvit (torchvision's own class: by name, _NAMED_MODULE_RULES)
+    WindowAttention: _m_window_attention, WindowAttentionV2: _m_window_attention,  # swin
     Scale: _m_scale,
     nn.Conv2d: _m_conv, nn.Linear: _m_linear, nn.BatchNorm2d: _m_bn,
     nn.ReLU: _m_unary("relu"), nn.ReLU6: _m_unary("relu6"), nn.Sigmoid: _m_unary("sigmoid"),
@@ -1704,14 +1792,11 @@ _MODULE_RULES: dict[type, Callable] = {
 
 
 def _module_rule(mod: nn.Module) -> Callable | None:
-    """The rule of a module: by its exact type, else by a base class; torchvision's MaxViT attention by its class
-    when torchvision has loaded it."""
-    rule = _MODULE_RULES.get(type(mod))
+    """The rule of a module: by its exact type, or torchvision's by qualified name (``_NAMED_MODULE_RULES``: archir
+    does not import torchvision), else by a base class."""
+    rule = _MODULE_RULES.get(type(mod)) or _NAMED_MODULE_RULES.get(_qualname(type(mod)))
     if rule is None:
         rule = next((r for cls, r in _MODULE_RULES.items() if isinstance(mod, cls)), None)
-    tv = _tv_rel_attention()  # maxvit
-    if rule is None and tv is not None and isinstance(mod, tv):
-        rule = _m_rel_attention
     return rule
 
 
@@ -1743,9 +1828,8 @@ class _Tracer(fx.Tracer):
         super().__init__(autowrap_functions=(zero, stop_forward))
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        tv = _tv_rel_attention()  # maxvit
-        return (isinstance(m, (Scale, LayerNorm2d, LearnedTensor, SelfAttention, RelPosAttention))
-                or (tv is not None and isinstance(m, tv)) or super().is_leaf_module(m, qualname))
+        return isinstance(m, (Scale, LayerNorm2d, LearnedTensor, SelfAttention, RelPosAttention, WindowAttention)) or \
+            _qualname(type(m)) in _NAMED_MODULE_RULES or super().is_leaf_module(m, qualname)
 
 
 def _trace_fx(module: nn.Module) -> fx.GraphModule:

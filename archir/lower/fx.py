@@ -31,6 +31,7 @@ from archir.graph import Graph, Node, arch_key
 from archir.ops import OpHandlers, pair, slice_range, step_inputs
 from archir.lower.modules import (CHOICE_MODES, ArchSampler, ChoiceModule, DropPath, LayerNorm2d, LearnedTensor, Scale,
                                   RelPosAttention, SelfAttention, stop_forward, zero)
+from archir.lower.modules import WindowAttention, WindowAttentionV2  # swin
 from archir.training import auxiliary_head, auxiliary_outputs, has_training_ops, strip_training
 
 __all__ = ["to_fx", "sync_back", "set_drop_path", "arch_parameters", "weight_parameters", "FX_HANDLERS",
@@ -352,6 +353,29 @@ def _rel_attention(ctx, node, args, ins):
     a, e = node.attrs, ins[0].shape[-1]
     m = _load_params(RelPosAttention(e, a["num_heads"], pair(a["window"]), rel_attention_scale(a, e), device="meta"),
                      node)
+    return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
+
+
+# ---- swin: window_attention
+
+
+@FX_HANDLERS.register("window_attention")
+def _window_attention(ctx, node, args, ins):
+    a = node.attrs
+    m = _load_params(WindowAttention(ins[0].shape[-1], a["window_size"], a["shift_size"], a["num_heads"],
+                                     qkv_bias=a["qkv_bias"], proj_bias=a["proj_bias"],
+                                     attention_dropout=a["attention_dropout"], dropout=a["dropout"], device="meta"),
+                     node)
+    return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
+
+
+@FX_HANDLERS.register("window_attention_v2")
+def _window_attention_v2(ctx, node, args, ins):
+    a = node.attrs
+    m = _load_params(WindowAttentionV2(ins[0].shape[-1], a["window_size"], a["shift_size"], a["num_heads"],
+                                       qkv_bias=a["qkv_bias"], proj_bias=a["proj_bias"], cpb_hidden=a["cpb_hidden"],
+                                       attention_dropout=a["attention_dropout"], dropout=a["dropout"],
+                                       device="meta"), node)
     return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
 
 

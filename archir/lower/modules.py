@@ -6,12 +6,15 @@ them, and so that ``torch.fx`` symbolic tracing of a lowered module sees plain c
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["Scale", "LayerNorm2d", "LearnedTensor", "SelfAttention", "RelPosAttention", "DropPath", "ArchSampler", "ChoiceModule", "zero",
            "stop_forward", "CHOICE_MODES"]
+__all__ += ["WindowAttention", "WindowAttentionV2"]  # swin
 
 CHOICE_MODES = ("softmax", "gumbel", "sample", "fixed")
 
@@ -131,6 +134,129 @@ class RelPosAttention(nn.Module):
     def extra_repr(self) -> str:
         return (f"embed_dim={self.qkv_weight.shape[1]}, num_heads={self.num_heads}, window={self.window}, "
                 f"scale={self.scale}")
+
+
+# ---- swin
+
+
+class WindowAttention(nn.Module):
+    """The ``window_attention`` op (swin): shifted-window multi-head self-attention on ``(N, H, W, C)`` maps, computed
+    step for step as torchvision's ``shifted_window_attention`` (Swin V1) without importing torchvision: zero-pad
+    to multiples of the window, roll by ``-shift``, cut ``(N, nW, T, C)`` windows (the windows get their own axis;
+    the batch is never folded), ``q * d**-0.5 @ k^T + table[index] (+ mask)``, softmax, ``@ v``, the projection,
+    undo the windows, roll back, crop. Parameters under the op's names (``qkv_weight``, ``qkv_bias``,
+    ``proj_weight``, ``proj_bias``, ``relative_position_bias_table``); the relative position index and the shift
+    mask are rebuilt from the attrs and the input size (``archir.ops.relative_position_index`` /
+    ``window_shift_mask``) and kept per size and device, not as buffers."""
+
+    def __init__(self, dim: int, window_size, shift_size, num_heads: int, qkv_bias: bool = True,
+                 proj_bias: bool = True, attention_dropout: float = 0.0, dropout: float = 0.0, device=None) -> None:
+        super().__init__()
+        self.window_size, self.shift_size = [int(v) for v in window_size], [int(v) for v in shift_size]
+        self.num_heads, self.attention_dropout, self.dropout = int(num_heads), float(attention_dropout), float(dropout)
+        wh, ww = self.window_size
+        self.qkv_weight = nn.Parameter(torch.zeros(3 * dim, dim, device=device))
+        self.qkv_bias = nn.Parameter(torch.zeros(3 * dim, device=device)) if qkv_bias else None
+        self.proj_weight = nn.Parameter(torch.zeros(dim, dim, device=device))
+        self.proj_bias = nn.Parameter(torch.zeros(dim, device=device)) if proj_bias else None
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads, device=device))
+        self._consts: dict = {}
+
+    def _geometry(self, h: int, w: int, c: int, device, dtype):
+        from archir.ops import window_attention_dims, relative_position_index, window_shift_mask
+        from archir.types import TensorType
+
+        key = (h, w, c, str(device), dtype)
+        if key not in self._consts:
+            d = window_attention_dims({"window_size": self.window_size, "shift_size": self.shift_size,
+                                       "num_heads": self.num_heads}, TensorType((h, w, c)))
+            mask = window_shift_mask(d)
+            self._consts[key] = (d, torch.as_tensor(relative_position_index(d.wh, d.ww).reshape(-1), device=device),
+                                 None if mask is None else torch.as_tensor(mask, dtype=dtype, device=device)[
+                                     None, :, None])
+        return self._consts[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, h, w, c = x.shape
+        d, index, mask = self._geometry(h, w, c, x.device, x.dtype)
+        x = F.pad(x, (0, 0, 0, d.wp - w, 0, d.hp - h))
+        if d.sh or d.sw:
+            x = torch.roll(x, shifts=(-d.sh, -d.sw), dims=(1, 2))
+        nh, nw = d.hp // d.wh, d.wp // d.ww
+        x = x.reshape(n, nh, d.wh, nw, d.ww, c).permute(0, 1, 3, 2, 4, 5).reshape(n, d.windows, d.tokens, c)
+        qkv = F.linear(x, self.qkv_weight, self._qkv_bias()).reshape(n, d.windows, d.tokens, 3, d.heads,
+                                                                      d.head_dim)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5)  # each (N, nW, heads, T, d)
+        attn = self._logits(q, k, d)
+        attn = attn + self._position_bias(index, d)
+        if mask is not None:
+            attn = attn + mask
+        attn = F.softmax(attn, dim=-1)
+        attn = F.dropout(attn, p=self.attention_dropout, training=self.training)
+        y = attn.matmul(v).transpose(2, 3).reshape(n, d.windows, d.tokens, c)
+        y = F.linear(y, self.proj_weight, self.proj_bias)
+        y = F.dropout(y, p=self.dropout, training=self.training)
+        y = y.reshape(n, nh, nw, d.wh, d.ww, c).permute(0, 1, 3, 2, 4, 5).reshape(n, d.hp, d.wp, c)
+        if d.sh or d.sw:
+            y = torch.roll(y, shifts=(d.sh, d.sw), dims=(1, 2))
+        return y[:, :h, :w].contiguous()
+
+    def _qkv_bias(self):
+        return self.qkv_bias
+
+    def _logits(self, q: torch.Tensor, k: torch.Tensor, d) -> torch.Tensor:
+        return (q * d.head_dim ** -0.5).matmul(k.transpose(-2, -1))
+
+    def _position_bias(self, index: torch.Tensor, d) -> torch.Tensor:
+        return self.relative_position_bias_table[index].view(d.tokens, d.tokens, d.heads).permute(2, 0, 1)
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.proj_weight.shape[0]}, window_size={self.window_size}, shift_size={self.shift_size}, "
+                f"num_heads={self.num_heads}")
+
+
+class WindowAttentionV2(WindowAttention):
+    """The ``window_attention_v2`` op (Swin V2): :class:`WindowAttention`'s windows with torchvision's V2 scores,
+    step for step as ``shifted_window_attention(..., logit_scale=...)``: the k third of ``qkv_bias`` zeroed,
+    cosine scores ``normalize(q) @ normalize(k)^T * exp(clamp(logit_scale, max=log 100))``, and the position
+    bias ``16 * sigmoid(cpb_mlp(coords table)[index])`` with ``cpb_mlp = fc2(relu(fc1(.)))`` (parameters
+    ``logit_scale``, ``cpb_fc1_weight``, ``cpb_fc1_bias``, ``cpb_fc2_weight``; the coordinate table is rebuilt by
+    ``archir.ops.window_coords_table``)."""
+
+    def __init__(self, dim: int, window_size, shift_size, num_heads: int, qkv_bias: bool = True,
+                 proj_bias: bool = True, cpb_hidden: int = 512, attention_dropout: float = 0.0, dropout: float = 0.0,
+                 device=None) -> None:
+        super().__init__(dim, window_size, shift_size, num_heads, qkv_bias, proj_bias, attention_dropout, dropout,
+                         device)
+        del self.relative_position_bias_table
+        self.logit_scale = nn.Parameter(torch.zeros(num_heads, 1, 1, device=device))
+        self.cpb_fc1_weight = nn.Parameter(torch.zeros(cpb_hidden, 2, device=device))
+        self.cpb_fc1_bias = nn.Parameter(torch.zeros(cpb_hidden, device=device))
+        self.cpb_fc2_weight = nn.Parameter(torch.zeros(num_heads, cpb_hidden, device=device))
+
+    def _qkv_bias(self):
+        if self.qkv_bias is None:
+            return None
+        b = self.qkv_bias.clone()
+        third = b.numel() // 3
+        b[third:2 * third].zero_()
+        return b
+
+    def _logits(self, q: torch.Tensor, k: torch.Tensor, d) -> torch.Tensor:
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        return attn * torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
+
+    def _position_bias(self, index: torch.Tensor, d) -> torch.Tensor:
+        from archir.ops import window_coords_table
+
+        w1 = self.cpb_fc1_weight
+        key = ("coords", d.wh, d.ww, str(w1.device), w1.dtype)
+        if key not in self._consts:  # float32 values, in the weights' dtype (float64 under check_preserved)
+            self._consts[key] = torch.as_tensor(window_coords_table(d.wh, d.ww), device=w1.device).to(w1.dtype)[None]
+        table = F.linear(F.relu(F.linear(self._consts[key], self.cpb_fc1_weight, self.cpb_fc1_bias)),
+                         self.cpb_fc2_weight).view(-1, d.heads)
+        return 16 * torch.sigmoid(table[index].view(d.tokens, d.tokens, d.heads).permute(2, 0, 1))
 
 
 class DropPath(nn.Module):

@@ -620,6 +620,127 @@ def _layernorm(ctx, node, xs, ins, out):
     return ctx.emit("Transpose", [t], out, perm=[0, 3, 1, 2])
 
 
+# ---- swin: window_attention
+
+
+def _window_roll(ctx, node, x: str, axis: int, start: int, what: str) -> str:
+    """``torch.roll`` along ``axis`` so that index ``start`` comes first: ``Concat(x[start:], x[:start])``."""
+    big = np.iinfo(np.int64).max
+    ax = ctx.const(f"{node.id}::{what}_axis", [axis], np.int64)
+    head = ctx.emit("Slice", [x, ctx.const(f"{node.id}::{what}_start", [start], np.int64),
+                              ctx.const(f"{node.id}::{what}_end", [big], np.int64), ax], _aux(ctx, node, f"{what}_a"))
+    tail = ctx.emit("Slice", [x, ctx.const(f"{node.id}::{what}_zero", [0], np.int64),
+                              ctx.const(f"{node.id}::{what}_cut", [start], np.int64), ax], _aux(ctx, node, f"{what}_b"))
+    return ctx.emit("Concat", [head, tail], _aux(ctx, node, what), axis=axis)
+
+
+@ONNX_HANDLERS.register("window_attention", "window_attention_v2")
+def _window_attention(ctx, node, xs, ins, out):
+    """Shifted-window attention from primitives, in this order (``from_onnx`` reads exactly this back as one
+    node, starting at its first ONNX node): the position bias first, from constants and weights only --
+    ``window_attention``: ``Transpose(Reshape(Gather(table, index), [T, T, heads]), [2, 0, 1])`` with the
+    relative position index a constant; ``window_attention_v2``: cpb_mlp on the constant coordinate table
+    (``MatMul``, ``Add``, ``Relu``, ``MatMul``), the same ``Gather`` / ``Reshape`` / ``Transpose``, ``Sigmoid``,
+    ``Mul`` by 16 --; ``Pad`` (bottom / right zeros, when the size is not a multiple of the window); the roll by
+    ``-shift`` as ``Slice`` + ``Concat`` per shifted axis; windows ``Reshape [N, nh, wh, nw, ww, C] -> Transpose
+    -> Reshape [N, nW, T, C]`` (the batch stays axis 0, the windows get their own); per q, k, v a ``MatMul`` with
+    its rows of ``qkv_weight`` (and ``Add`` of its bias; V2 has none on k, whose bias torchvision zeroes),
+    ``Reshape`` to heads, ``Transpose``; the scores -- V1: ``Mul(q, d**-0.5)``, ``MatMul(q, k^T)``; V2: q and k^T
+    divided by ``Max(ReduceL2, 1e-12)`` over the head dim (``F.normalize``), ``MatMul``, ``Mul`` by
+    ``Exp(Min(logit_scale, log 100))`` --; ``Add`` the bias, ``Add`` the shift mask (a constant), ``Softmax``,
+    ``MatMul(., v)``, back to ``(N, nW, T, C)``, the projection, the windows undone, the roll back, a ``Slice``
+    cropping the padding."""
+    from archir.ops import window_attention_dims, window_coords_table, relative_position_index, window_shift_mask
+
+    a, p = node.attrs, node.params
+    v2 = node.op == "window_attention_v2"
+    d = window_attention_dims(a, ins[0], node.id)
+    c, t, nw_, heads, hd = d.c, d.tokens, d.windows, d.heads, d.head_dim
+    nh, nw = d.hp // d.wh, d.wp // d.ww
+    i64 = np.int64
+
+    def proj(x, w, b, what):
+        y = ctx.emit("MatMul", [x, ctx.const(f"{node.id}.{what}_weight_t", np.ascontiguousarray(w.T))],
+                     _aux(ctx, node, f"{what}_matmul"))
+        return y if b is None else ctx.emit("Add", [y, ctx.const(f"{node.id}.{what}_bias", b)], _aux(ctx, node, what))
+
+    if v2:
+        coords = window_coords_table(d.wh, d.ww).reshape(-1, 2)
+        table = proj(ctx.const(f"{node.id}::coords_table", coords), p["cpb_fc1_weight"], p["cpb_fc1_bias"], "cpb_fc1")
+        table = ctx.emit("Relu", [table], _aux(ctx, node, "cpb_relu"))
+        table = proj(table, p["cpb_fc2_weight"], None, "cpb_fc2")
+    else:
+        table = ctx.const(f"{node.id}.relative_position_bias_table", p["relative_position_bias_table"])
+    bias = ctx.emit("Gather", [table, ctx.const(f"{node.id}::relative_position_index",
+                                                relative_position_index(d.wh, d.ww).reshape(-1), i64)],
+                    _aux(ctx, node, "bias_rows"), axis=0)
+    bias = ctx.emit("Reshape", [bias, ctx.const(f"{node.id}::bias_shape", [t, t, heads], i64)],
+                    _aux(ctx, node, "bias_grid"))
+    bias = ctx.emit("Transpose", [bias], _aux(ctx, node, "bias_t" if v2 else "bias"), perm=[2, 0, 1])
+    if v2:
+        bias = ctx.emit("Sigmoid", [bias], _aux(ctx, node, "bias_sigmoid"))
+        bias = ctx.emit("Mul", [bias, ctx.const(f"{node.id}::bias_gain", 16.0)], _aux(ctx, node, "bias"))
+    x = xs[0]
+    if (d.hp, d.wp) != (d.h, d.w):
+        x = ctx.emit("Pad", [x, ctx.const(f"{node.id}::pads", [0, 0, 0, 0, 0, d.hp - d.h, d.wp - d.w, 0], i64)],
+                     _aux(ctx, node, "padded"), mode="constant")
+    if d.sh:
+        x = _window_roll(ctx, node, x, 1, d.sh, "shift_h")
+    if d.sw:
+        x = _window_roll(ctx, node, x, 2, d.sw, "shift_w")
+    x = ctx.emit("Reshape", [x, ctx.const(f"{node.id}::grid_shape", [0, nh, d.wh, nw, d.ww, c], i64)],
+                 _aux(ctx, node, "grid"))
+    x = ctx.emit("Transpose", [x], _aux(ctx, node, "grid_t"), perm=[0, 1, 3, 2, 4, 5])
+    x = ctx.emit("Reshape", [x, ctx.const(f"{node.id}::windows_shape", [0, nw_, t, c], i64)],
+                 _aux(ctx, node, "windows"))
+    heads_shape = ctx.const(f"{node.id}::heads_shape", [0, nw_, t, heads, hd], i64)
+    parts = {}
+    for i, what in enumerate("qkv"):
+        b = p["qkv_bias"][i * c:(i + 1) * c] if a["qkv_bias"] and not (v2 and what == "k") else None
+        y = proj(x, p["qkv_weight"][i * c:(i + 1) * c], b, what)
+        y = ctx.emit("Reshape", [y, heads_shape], _aux(ctx, node, f"{what}_heads"))
+        parts[what] = ctx.emit("Transpose", [y], _aux(ctx, node, f"{what}_t"),
+                               perm=[0, 1, 3, 4, 2] if what == "k" else [0, 1, 3, 2, 4])
+    if v2:
+        eps = ctx.const(f"{node.id}::eps", 1e-12)
+        for what, axis in (("q", 4), ("k", 3)):  # k is transposed: its head dim is axis 3
+            norm = ctx.emit("ReduceL2", [parts[what]], _aux(ctx, node, f"{what}_norm"), axes=[axis], keepdims=1)
+            norm = ctx.emit("Max", [norm, eps], _aux(ctx, node, f"{what}_denom"))
+            parts[what] = ctx.emit("Div", [parts[what], norm], _aux(ctx, node, f"{what}_unit"))
+        s = ctx.emit("MatMul", [parts["q"], parts["k"]], _aux(ctx, node, "cosines"))
+        gain = ctx.emit("Min", [ctx.const(f"{node.id}.logit_scale", p["logit_scale"]),
+                                ctx.const(f"{node.id}::logit_max", math.log(100.0))], _aux(ctx, node, "logit_min"))
+        gain = ctx.emit("Exp", [gain], _aux(ctx, node, "logit_gain"))
+        s = ctx.emit("Mul", [s, gain], _aux(ctx, node, "scores"))
+    else:
+        q = ctx.emit("Mul", [parts["q"], ctx.const(f"{node.id}::scale", hd ** -0.5)], _aux(ctx, node, "q_scaled"))
+        s = ctx.emit("MatMul", [q, parts["k"]], _aux(ctx, node, "scores"))
+    s = ctx.emit("Add", [s, bias], _aux(ctx, node, "scores_biased"))
+    mask = window_shift_mask(d)
+    if mask is not None:
+        s = ctx.emit("Add", [s, ctx.const(f"{node.id}::shift_mask", mask[:, None])], _aux(ctx, node, "scores_masked"))
+    s = ctx.emit("Softmax", [s], _aux(ctx, node, "weights"), axis=-1)
+    y = ctx.emit("MatMul", [s, parts["v"]], _aux(ctx, node, "context"))
+    y = ctx.emit("Transpose", [y], _aux(ctx, node, "context_t"), perm=[0, 1, 3, 2, 4])
+    y = ctx.emit("Reshape", [y, ctx.const(f"{node.id}::tokens_shape", [0, nw_, t, c], i64)], _aux(ctx, node, "tokens"))
+    y = proj(y, p["proj_weight"], p["proj_bias"] if a["proj_bias"] else None, "proj")
+    y = ctx.emit("Reshape", [y, ctx.const(f"{node.id}::out_grid_shape", [0, nh, nw, d.wh, d.ww, c], i64)],
+                 _aux(ctx, node, "out_grid"))
+    y = ctx.emit("Transpose", [y], _aux(ctx, node, "out_grid_t"), perm=[0, 1, 3, 2, 4, 5])
+    y = ctx.emit("Reshape", [y, ctx.const(f"{node.id}::map_shape", [0, d.hp, d.wp, c], i64)], _aux(ctx, node, "map"))
+    if d.sh:
+        y = _window_roll(ctx, node, y, 1, d.hp - d.sh, "unshift_h")
+    if d.sw:
+        y = _window_roll(ctx, node, y, 2, d.wp - d.sw, "unshift_w")
+    if (d.hp, d.wp) != (d.h, d.w):
+        y = ctx.emit("Slice", [y, ctx.const(f"{node.id}::crop_start", [0, 0], i64),
+                               ctx.const(f"{node.id}::crop_end", [d.h, d.w], i64),
+                               ctx.const(f"{node.id}::crop_axes", [1, 2], i64)], _aux(ctx, node, "cropped"))
+    last = ctx.nodes[-1]  # the last step writes the node's own value
+    last.output[0] = last.name = out
+    return out
+
+
 def _refuse(ctx, node, xs, ins, out):
     opdef = get_op(node.op)
     raise LoweringError(f"op {node.op!r} is training-only and has no ONNX form", node=node.id, rule="to_onnx",

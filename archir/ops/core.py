@@ -1390,3 +1390,195 @@ register_op(OpDef(
         "feat_dim ** -0.5); per head softmax(q k^T + B) v with B[i, j] = bias_table[relative_position_index(h, w)"
         "[i, j], head]; heads merged and projected by merge_weight / merge_bias; 4 G P E^2 + 2 G P^2 E MACs",
 ))
+
+
+# --------------------------------------------------------------------------- swin: window_attention
+# torchvision's Swin Transformer (issue 17): shifted-window multi-head self-attention on channels-last (H, W, C)
+# samples, one op. The windows stay inside the sample (the IR never folds them into the batch dim); the relative
+# position index and the shifted-window mask are functions of the attrs and the input size, rebuilt wherever they
+# are needed (relative_position_index, shared with maxvit's rel_attention; window_shift_mask), never stored.
+
+
+class WindowDims(NamedTuple):
+    """The geometry of a ``window_attention`` node: input ``(h, w, c)``; window ``(wh, ww)``; the shift in use
+    ``(sh, sw)`` (0 on an axis whose padded size the window covers, as torchvision does); the padded size
+    ``(hp, wp)`` (bottom / right zero padding to a multiple of the window); ``windows`` = nW, ``tokens`` = T =
+    wh * ww per window; ``heads`` and ``head_dim``."""
+
+    h: int
+    w: int
+    c: int
+    wh: int
+    ww: int
+    sh: int
+    sw: int
+    hp: int
+    wp: int
+    windows: int
+    tokens: int
+    heads: int
+    head_dim: int
+
+
+def window_attention_dims(a: dict, t: TensorType, node=None) -> WindowDims:
+    """:class:`WindowDims` of a ``window_attention`` node with attrs ``a`` on a ``(H, W, C)`` input ``t``."""
+    if t.rank != 3:
+        raise _fail(node, f"window_attention needs channels-last (H, W, C) samples (torchvision's Swin: "
+                          f"(N, H, W, C)), got {t}", hint="permute a (C, H, W) map to (H, W, C) first")
+    h, w, c = t.shape
+    wh, ww = a["window_size"]
+    heads = a["num_heads"]
+    if c % heads:
+        raise _fail(node, f"window_attention channels {c} are not divisible by num_heads={heads}",
+                    hint="pick num_heads dividing the channel count")
+    hp, wp = -(-h // wh) * wh, -(-w // ww) * ww
+    sh, sw = (0 if wh >= hp else a["shift_size"][0]), (0 if ww >= wp else a["shift_size"][1])
+    return WindowDims(h, w, c, wh, ww, sh, sw, hp, wp, (hp // wh) * (wp // ww), wh * ww, heads, c // heads)
+
+
+#: the score torchvision adds between tokens of different regions of a shifted window (not -inf)
+WINDOW_MASK_VALUE = -100.0
+
+
+def window_shift_mask(d: WindowDims) -> np.ndarray | None:
+    """The ``(nW, T, T)`` float32 mask added to the scores of a shifted window (``None`` when nothing is shifted),
+    as torchvision's ``shifted_window_attention`` builds it: the padded, rolled map is cut into 3 x 3 regions
+    (``[0, -w)``, ``[-w, -s)``, ``[-s, end)`` per axis), and a query and a key of different regions get -100."""
+    if d.sh == 0 and d.sw == 0:
+        return None
+    region = np.zeros((d.hp, d.wp), np.float32)
+    count = 0
+    for h0, h1 in ((0, -d.wh), (-d.wh, -d.sh), (-d.sh, None)):
+        for w0, w1 in ((0, -d.ww), (-d.ww, -d.sw), (-d.sw, None)):
+            region[h0:h1, w0:w1] = count  # an empty slice (shift 0: -0 = 0) writes nothing, as in torch
+            count += 1
+    r = region.reshape(d.hp // d.wh, d.wh, d.wp // d.ww, d.ww).transpose(0, 2, 1, 3).reshape(d.windows, d.tokens)
+    diff = r[:, None, :] - r[:, :, None]
+    return np.where(diff != 0, np.float32(WINDOW_MASK_VALUE), np.float32(0.0)).astype(np.float32)
+
+
+def _window_check(a, node):
+    for k in ("window_size", "shift_size"):
+        if len(a[k]) != 2:
+            raise OpSchemaError(f"window_attention {k}={a[k]} must have 2 entries (height, width)", node=node,
+                                rule="attr", hint=f"pass {k}=[h, w], e.g. [7, 7] as swin_t")
+    for s, wsz, axis in zip(a["shift_size"], a["window_size"], ("height", "width")):
+        if s >= wsz:
+            raise OpSchemaError(f"window_attention shift {s} along the {axis} is not smaller than the window {wsz}",
+                                node=node, rule="attr", hint="shift by less than the window (torchvision: window // 2)")
+
+
+def _window_infer(a, ins, node):
+    window_attention_dims(a, ins[0], node)
+    return ins[0]
+
+
+def _window_params(a, ins):
+    c = ins[0].shape[-1]
+    wh, ww = a["window_size"]
+    p = {"qkv_weight": (3 * c, c), "proj_weight": (c, c),
+         "relative_position_bias_table": ((2 * wh - 1) * (2 * ww - 1), a["num_heads"])}
+    if a["qkv_bias"]:
+        p["qkv_bias"] = (3 * c,)
+    if a["proj_bias"]:
+        p["proj_bias"] = (c,)
+    return p
+
+
+def _window_init(a, ins, rng):
+    # the projections as nn.Linear's default; the table as torchvision's trunc_normal_(std=0.02) (its cut at
+    # +-2 is 100 sigma away: a normal draw)
+    c = ins[0].shape[-1]
+    bound = 1.0 / math.sqrt(c)
+    shapes = _window_params(a, ins)
+    p = {k: _uniform(rng, bound, s) for k, s in shapes.items() if k != "relative_position_bias_table"}
+    p["relative_position_bias_table"] = rng.normal(0.0, 0.02, size=shapes["relative_position_bias_table"]).astype(
+        np.float32)
+    return p, {}
+
+
+register_op(OpDef(
+    "window_attention", arity=1,
+    attrs={"window_size": AttrSpec("ints", min=1, max=MAX_KERNEL), "shift_size": AttrSpec("ints", [0, 0], min=0,
+                                                                                          max=MAX_KERNEL),
+           "num_heads": AttrSpec("int", min=1, max=MAX_DIM), "qkv_bias": AttrSpec("bool", True),
+           "proj_bias": AttrSpec("bool", True),
+           "attention_dropout": AttrSpec("float", 0.0, min=0.0, max=1.0),
+           "dropout": AttrSpec("float", 0.0, min=0.0, max=1.0)},
+    infer=_window_infer, check=_window_check, param_shapes=_window_params, init=_window_init,
+    # a zero input gives v = qkv_bias's v part, so out = proj(mean of v) + proj_bias: zero without biases
+    traits=_traits("linear", zero_preserving=lambda a: None if a["qkv_bias"] or a["proj_bias"] else "all"),
+    doc="shifted-window multi-head self-attention on channels-last (H, W, C) samples, as torchvision's "
+        "shifted_window_attention (Swin V1): zero-pad H, W to multiples of window_size, roll by -shift_size (a "
+        "shift is 0 on an axis whose padded size the window covers), per window of T = wh*ww tokens: qkv = x @ "
+        "qkv_weight.T + qkv_bias, per head softmax(q k^T / sqrt(C / heads) + table[relative index] + shift mask "
+        "(-100 across regions)) v, proj; then undo the windows, roll back, crop; dropouts act in training only; "
+        "MACs nW (4 T C^2 + 2 T^2 C) over the padded map",
+))
+
+
+# --------------------------------------------------------------------------- swin: window_attention_v2
+# Swin V2 (torchvision's ShiftedWindowAttentionV2): the same windows, with cosine attention scaled by a learned
+# per-head logit_scale and a continuous position bias from a small MLP (cpb_mlp) on a fixed coordinate table.
+
+
+def window_coords_table(wh: int, ww: int) -> np.ndarray:
+    """The ``(2 wh - 1, 2 ww - 1, 2)`` float32 table cpb_mlp reads, as torchvision's
+    ``ShiftedWindowAttentionV2.define_relative_position_bias_table`` builds it: each offset ``(dy, dx)`` scaled to
+    [-8, 8] (``8 * d / (w - 1)``), then ``sign(v) * log2(|v| + 1) / 3``."""
+    ys = np.arange(-(wh - 1), wh, dtype=np.float32) / np.float32(wh - 1)
+    xs = np.arange(-(ww - 1), ww, dtype=np.float32) / np.float32(ww - 1)
+    t = np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1).astype(np.float32) * np.float32(8)
+    return (np.sign(t) * np.log2(np.abs(t) + np.float32(1.0)) / np.float32(3.0)).astype(np.float32)
+
+
+def _window_v2_check(a, node):
+    _window_check(a, node)
+    if min(a["window_size"]) < 2:
+        raise OpSchemaError(f"window_attention_v2 window_size={a['window_size']}: a window of 1 has no coordinate "
+                            "table (torchvision divides by window - 1)", node=node, rule="attr",
+                            hint="use windows of at least 2 x 2")
+
+
+def _window_v2_params(a, ins):
+    c = ins[0].shape[-1]
+    hidden, heads = a["cpb_hidden"], a["num_heads"]
+    p = {"qkv_weight": (3 * c, c), "proj_weight": (c, c), "logit_scale": (heads, 1, 1),
+         "cpb_fc1_weight": (hidden, 2), "cpb_fc1_bias": (hidden,), "cpb_fc2_weight": (heads, hidden)}
+    if a["qkv_bias"]:
+        p["qkv_bias"] = (3 * c,)
+    if a["proj_bias"]:
+        p["proj_bias"] = (c,)
+    return p
+
+
+def _window_v2_init(a, ins, rng):
+    # nn.Linear's default everywhere; logit_scale = log(10) as torchvision
+    p = {}
+    for k, s in _window_v2_params(a, ins).items():
+        if k == "logit_scale":
+            p[k] = np.full(s, math.log(10.0), np.float32)
+        else:
+            fan_in = 2 if k.startswith("cpb_fc1") else a["cpb_hidden"] if k == "cpb_fc2_weight" else ins[0].shape[-1]
+            p[k] = _uniform(rng, 1.0 / math.sqrt(fan_in), s)
+    return p, {}
+
+
+register_op(OpDef(
+    "window_attention_v2", arity=1,
+    attrs={"window_size": AttrSpec("ints", min=1, max=MAX_KERNEL), "shift_size": AttrSpec("ints", [0, 0], min=0,
+                                                                                          max=MAX_KERNEL),
+           "num_heads": AttrSpec("int", min=1, max=MAX_DIM), "qkv_bias": AttrSpec("bool", True),
+           "proj_bias": AttrSpec("bool", True), "cpb_hidden": AttrSpec("int", 512, min=1, max=MAX_DIM),
+           "attention_dropout": AttrSpec("float", 0.0, min=0.0, max=1.0),
+           "dropout": AttrSpec("float", 0.0, min=0.0, max=1.0)},
+    infer=_window_infer, check=_window_v2_check, param_shapes=_window_v2_params, init=_window_v2_init,
+    # as window_attention: a zero input gives out = proj(mean of v's bias) + proj_bias
+    traits=_traits("linear", zero_preserving=lambda a: None if a["qkv_bias"] or a["proj_bias"] else "all"),
+    doc="Swin V2's shifted-window attention on (H, W, C) samples, as torchvision's shifted_window_attention with "
+        "logit_scale: the windows of window_attention; q and k from qkv with the k third of qkv_bias unused (torch"
+        "vision zeroes it); per head cosine scores normalize(q) normalize(k)^T * exp(min(logit_scale, log 100)) + "
+        "16 sigmoid(cpb_mlp(coords table))[relative index] (+ the shift mask), softmax, v, proj; cpb_mlp = "
+        "relu(table @ cpb_fc1_weight.T + cpb_fc1_bias) @ cpb_fc2_weight.T; MACs as window_attention plus "
+        "cpb_mlp's (2 wh - 1)(2 ww - 1)(2 hidden + hidden heads)",
+))

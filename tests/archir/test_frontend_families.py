@@ -507,6 +507,11 @@ TV_FAMILIES = {
     "maxvit": ("MaxVit", {"input_size": (32, 32), "stem_channels": 8, "partition_size": 2, "block_channels": [16, 32],
                           "block_layers": [1, 1], "head_dim": 8, "stochastic_depth_prob": 0.0, "num_classes": 10},
                (3, 32, 32), False),
+    # swin: torchvision's own SwinTransformer class with swin_t's patch size and 7x7 windows at 32x32 (8x8 maps,
+    # padded to 14x14 and shifted; then 4x4, one window) and two narrow stages (swin_t is 4 stages of the same
+    # blocks); torch.onnx.export's shifted_window_attention does not read back (see docs/frontend_support.md)
+    "swin": ("SwinTransformer", {"patch_size": [4, 4], "embed_dim": 16, "depths": [2, 2], "num_heads": [2, 4],
+                                 "window_size": [7, 7], "num_classes": 10}, (3, 32, 32), False),
 }
 _BIG = {"vgg11", "alexnet"}  # 133M and 61M parameters: their classifiers are fixed by torchvision
 
@@ -531,6 +536,13 @@ def test_torchvision_family_round_trips(family):
         module = randomize(module)
     elif ctor == "MaxVit":  # maxvit
         module = randomize(tvm.MaxVit(**kw))
+    elif ctor == "SwinTransformer":  # swin: torchvision's N(0, 0.02) weights give near-uniform attention, tiny logits
+        module = tvm.SwinTransformer(**kw)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in module.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+        module = randomize(module)
     else:
         module = randomize(getattr(tvm, ctor)(weights=None, **kw))
     g = round_trip(module, shape, torch_onnx=torch_onnx)
@@ -549,6 +561,9 @@ def test_torchvision_family_round_trips(family):
         assert {"param", "attention"} <= {n.op for n in g.nodes()}
     if family == "maxvit":
         assert {"rel_attention", "reshape", "permute", "layernorm"} <= {n.op for n in g.nodes()}
+    if family == "swin":
+        assert {"window_attention", "slice", "concat"} <= {n.op for n in g.nodes()}
+        assert g.node("features.1.1.attn").attrs["shift_size"] == [3, 3]
     if family == "efficientnet_b0":
         notes = g.meta["frontend"]["notes"]
         assert notes and all("stochastic depth" in n for n in notes)

@@ -377,7 +377,7 @@ def test_random_token_graphs_agree_in_fx_and_ort_read_back_and_prune_validly(g, 
     from archir.frontend import from_onnx
 
     g2 = from_onnx(to_onnx(g))
-    for op in ("param", "attention", "rel_attention"):
+    for op in ("param", "attention", "rel_attention", "window_attention", "window_attention_v2"):
         assert len(list(g2.nodes(op))) == len(list(g.nodes(op)))
     with torch.no_grad():
         back = to_fx(g2).eval()(*[torch.tensor(x) for x in xs])
@@ -393,3 +393,7 @@ def test_random_token_graphs_agree_in_fx_and_ort_read_back_and_prune_validly(g, 
             np.testing.assert_array_equal(small.node(n.id).params[k], a)
     for n in g.nodes("param"):
         np.testing.assert_array_equal(small.node(n.id).params["value"], n.params["value"])
+    for n in [*g.nodes("window_attention"), *g.nodes("window_attention_v2")]:  # swin: as attention
+        assert small.node(n.id).type == n.type
+        for k, a in n.params.items():
+            np.testing.assert_array_equal(small.node(n.id).params[k], a)

@@ -71,6 +71,14 @@ EXAMPLES = {
     "attention": ([(5, 8)], [{"num_heads": 2}, {"num_heads": 4, "bias": False}]),
     # ---- maxvit
     "rel_attention": ([(3, 6, 8)], [{"num_heads": 2, "window": [2, 3]}, {"num_heads": 4, "window": [3, 2], "scale": 0.5}]),
+    # ---- swin
+    "window_attention": ([(5, 6, 8)], [{"window_size": [4, 4], "shift_size": [2, 2], "num_heads": 2},
+                                       {"window_size": [3, 2], "num_heads": 4, "qkv_bias": False,
+                                        "proj_bias": False}]),
+    "window_attention_v2": ([(5, 6, 8)], [{"window_size": [4, 4], "shift_size": [2, 2], "num_heads": 2,
+                                           "cpb_hidden": 16},
+                                          {"window_size": [3, 2], "num_heads": 4, "qkv_bias": False,
+                                           "proj_bias": False, "cpb_hidden": 8}]),
 }
 UNARY = ("relu", "relu6", "sigmoid", "hardswish", "hardsigmoid", "silu", "tanh", "identity", "stop_gradient",
          "stop_forward")

@@ -377,6 +377,8 @@ OP_EXAMPLES = {
     "channel_shuffle": ([(4, 8, 8)], dict(groups=2)), "layernorm": ([(4, 8, 8)], dict(axis="channels", eps=1e-6)),
     "param": ([(4, 8, 8)], dict(shape=[3, 5])), "attention": ([(6, 8)], dict(num_heads=2)),
     "rel_attention": ([(3, 4, 8)], dict(num_heads=2, window=2)),  # maxvit
+    "window_attention": ([(5, 6, 8)], dict(window_size=[4, 4], shift_size=[2, 2], num_heads=2)),  # swin
+    "window_attention_v2": ([(5, 6, 8)], dict(window_size=[4, 4], shift_size=[2, 2], num_heads=2, cpb_hidden=16)),
     "choice": ([(4, 8, 8)], dict(candidates=_cands())),
 }
 

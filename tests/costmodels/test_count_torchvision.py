@@ -27,6 +27,7 @@ FAMILIES = {
     "convnext_tiny": {}, "shufflenet_v2_x1_0": {}, "shufflenet_v2_x0_5": {},
     "vit_b_16": {},  # attention's two matmuls count, as in the published 17.564 (fvcore's convention)
     "maxvit_t": {},  # maxvit: so do rel_attention's, per window (the published 5.558)
+    "swin_t": {},  # swin: window_attention's projections and two matmuls per window of the padded map (4.491)
 }
 _SLOW = {"resnet50", "resnext50_32x4d", "wide_resnet50_2", "vgg11", "alexnet", "densenet121", "vit_b_16", "maxvit_t"}
 
@@ -40,7 +41,7 @@ def test_macs_and_params_match_torchvision(family):
     c = costmodels.count(g)
     assert abs(c.macs / 1e9 - meta["_ops"]) <= 0.0005 + 1e-9, (c.macs / 1e9, meta["_ops"])
     assert c.params == meta["num_params"]
-    counted = ("conv2d", "linear", "attention", "rel_attention")
+    counted = ("conv2d", "linear", "attention", "rel_attention", "window_attention")
     assert c.macs == sum(r.macs for r in c.nodes.values() if r.op in counted)
 
 

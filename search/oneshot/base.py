@@ -716,7 +716,7 @@ def run_oneshot(config, out: str | os.PathLike, *, resume: bool = False, progres
     from dataclasses import replace
 
     from search.run import SearchRun
-    from search.train import _cuda_flags, resolve_device
+    from search.train import cuda_flags, resolve_device
 
     dev = resolve_device(device)  # a DeviceError before anything is loaded or written
     cuda = dev.type == "cuda"
@@ -733,7 +733,7 @@ def run_oneshot(config, out: str | os.PathLike, *, resume: bool = False, progres
     torch.set_num_threads(1)
     if not cuda or deterministic:  # CUDA: opt-in, as for search.train (the CPU always is)
         torch.use_deterministic_algorithms(True, warn_only=True)
-    restore_flags = _cuda_flags(dev, deterministic)
+    restore_flags = cuda_flags(dev, deterministic)
     forked = [dev.index if dev.index is not None else torch.cuda.current_device()] if cuda else []
     try:
         with torch.random.fork_rng(devices=forked):

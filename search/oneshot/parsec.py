@@ -201,7 +201,8 @@ class ParsecDriver(OneShotDriver):
     # ---------------------------------------------------------------- transfer
 
     def transfer(self, *, cells: int | None = None, channels: int | None = None, **options) -> "ParsecDriver":
-        """A driver on a larger supernet (``space.supernet(cells=, channels=)``) whose prior starts from this one.
+        """A driver on a larger supernet (``space.supernet(cells=, channels=)``) whose prior starts from this one
+        (on this driver's device, with its ``amp``).
 
         Its steps fine-tune the transferred distribution (and train the larger network's weights).
 
@@ -215,7 +216,8 @@ class ParsecDriver(OneShotDriver):
                                 "another network size", hint="use the darts space (view=space)")
         opts = {**{k: v for k, v in self.options.items()}, **options, "cells": int(cells or 0),
                 "channels": int(channels or 0)}
-        new = type(self)(self.space, self.dataset, self.config, self.seed, run_dir=self.run_dir, **opts)
+        new = type(self)(self.space, self.dataset, self.config, self.seed, run_dir=self.run_dir, device=self.device,
+                         amp=self.amp, **opts)
         with torch.no_grad():
             for dst, src in zip(new.prior, self.prior):
                 dst.copy_(src)

@@ -125,6 +125,13 @@ def test_bf16_autocast_trains_the_supernet_in_float32_weights(ds, name):
     assert bf16.derive() is not None
 
 
+def test_a_parsec_transfer_keeps_the_device_and_amp(ds):
+    drv = _driver(ds, "parsec", amp="bf16", space="darts")
+    big = drv.transfer(cells=2, channels=4)
+    assert (big.device, big.amp) == (drv.device, "bf16")
+    assert {str(p.device) for p in big.prior} == {str(drv.device)}
+
+
 def test_second_order_darts_stays_float32_under_bf16(ds):
     drv = _driver(ds, "darts", amp="bf16", order=2)
     xt, yt, xv, yv = drv.x_train[:16], drv.y_train[:16], drv.x_val[:16], drv.y_val[:16]

@@ -56,7 +56,9 @@ parameters, optimisers and batches live on ``driver.device`` (``search.train.res
 ``"auto"`` picks CUDA when present). The train and validation splits are kept resident on the
 device when they fit (``search.train.RESIDENT_BYTES``); a larger set stays in pinned host memory
 and each batch is copied with ``non_blocking``. Figures are summed on the device and read once
-per step, so a step does not synchronise per batch. ``amp="bf16"`` (the training config's
+per step, so DARTS', SNAS' and ENAS' weight steps do not synchronise per batch (PARSEC reads its K
+importance weights once per batch: which backward passes to skip depends on them; ENAS' rewards
+are read per sample, as the controller needs them). ``amp="bf16"`` (the training config's
 ``amp``, ``--train-opt amp=bf16``) runs the supernet's forward passes under ``torch.autocast``
 in bfloat16 (weight steps, first-order architecture steps, validation), except DARTS' unrolled
 second-order gradient, whose central differences at ``w +- eps * v`` would drown in bfloat16's

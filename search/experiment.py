@@ -137,7 +137,8 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         executor: ``"serial"``, ``"process"`` or ``"ray"``.
         device: where candidates train (``search.train.TrainConfig.device``: ``"cpu"``, ``"auto"``,
             ``"cuda"``, ``"cuda:N"``); a run-time choice, not part of the stored experiment (a search
-            resumed on another machine may train elsewhere). Default ``"cpu"``.
+            resumed on another machine may train elsewhere). A one-shot strategy trains its supernet
+            there as well (``search.oneshot.base``). Default ``"cpu"``.
         executor_options: e.g. ``{"workers": 2}`` (process), ``{"address": "auto", "num_cpus": 1}`` (ray).
         resume: continue the search stored in ``out`` (its config must equal ``config``).
         progress: the display (default: none).
@@ -172,13 +173,8 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
         raise ConfigError(f"strategy {config.strategy!r} trains one supernet: de-duplication options do not apply",
                           hint="drop --no-dedup / --count-duplicates")
     if config.strategy in ONESHOT:  # DARTS, SNAS, PARSEC, ENAS: one supernet, no ask/tell rounds, no executor
-        from search.train import resolve_device
-
-        if resolve_device(device).type != "cpu":  # never a silent fall-back to the CPU
-            raise ConfigError(f"strategy {config.strategy!r} trains its supernet on the CPU only; device {device!r} "
-                              "is not supported by the one-shot drivers yet",
-                              hint="use --device cpu with this strategy, or an ask/tell strategy on the GPU")
-        return run_oneshot(config, out, resume=resume, progress=progress, on_candidate=on_candidate)
+        # the supernet and the derived candidates train on `device` (search.oneshot.base: Devices)
+        return run_oneshot(config, out, resume=resume, progress=progress, on_candidate=on_candidate, device=device)
     if evaluator is not None:
         from dataclasses import replace
 

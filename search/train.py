@@ -90,7 +90,7 @@ from archir.lower import set_drop_path, sync_back, to_fx
 
 __all__ = ["TrainConfig", "TrainResult", "TrainState", "EpochInfo", "train", "evaluate", "learning_rate",
            "training_loss", "main_output", "resolve_device", "DeviceError", "TrainConfigError", "RECIPES",
-           "recipe_config", "RESIDENT_BYTES"]
+           "recipe_config", "RESIDENT_BYTES", "cuda_flags"]
 
 SCHEDULES = ("cosine", "sgdr", "constant")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -507,8 +507,15 @@ def _rng_state_json(state: tuple) -> list:
     return [state[0], list(state[1]), state[2]]
 
 
-def _cuda_flags(dev: torch.device, deterministic: bool):
-    """Set cuDNN/cuBLAS flags for a CUDA run; returns a function that puts them back."""
+def cuda_flags(dev: torch.device, deterministic: bool) -> Callable[[], None]:
+    """Set cuDNN/cuBLAS flags for a run on ``dev`` (``deterministic``: cuDNN's deterministic mode, no
+    benchmarking, ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` when unset; else cuDNN benchmarks); returns a function
+    that puts them back. Nothing to set on the CPU. Shared by ``train`` and the one-shot drivers.
+
+    Example:
+        >>> restore = cuda_flags(torch.device("cpu"), True)
+        >>> restore()
+    """
     if dev.type != "cuda":
         return lambda: None
     cudnn = torch.backends.cudnn
@@ -576,7 +583,7 @@ def train(graph: Graph, dataset: Any, cfg: TrainConfig | None = None, *,
         cuda = dev.type == "cuda"
         if not cuda or cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        restore_flags = _cuda_flags(dev, cfg.deterministic)
+        restore_flags = cuda_flags(dev, cfg.deterministic)
         fork_devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if cuda else []
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(cfg.seed)

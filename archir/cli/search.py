@@ -13,6 +13,7 @@ Usage::
     archir search --strategy hillclimb --out runs/h [--start net.json]   # NASH: grow a start net by morphisms
     archir search --strategy petridish --out runs/p --strategy-opt 'ops=["conv3x3","maxpool3x3"]'
     archir search --space darts --strategy darts --budget 5c --out runs/o   # one-shot: 5 supernet epochs, then derive
+    archir search --space darts --strategy darts --budget 5c --out runs/g --device cuda --train-opt amp=bf16
     archir search --space darts --start-genotype DARTS_V2 --out runs/g     # evolution from a published cell
     archir search --space darts --space-opt nodes=5 --space-opt 'ops=["sep_conv_7x7","max_pool_3x3"]' --out runs/n
     archir search --strategy snas --objective latency:ort-cpu --strategy-opt lam=0.5 --out runs/s
@@ -111,7 +112,8 @@ def _add_search(p: argparse.ArgumentParser) -> None:
                         "on every grown child)")
     p.add_argument("--device", default="cpu",
                    help="where candidates train: cpu (default), auto (CUDA when present), cuda, cuda:N; with "
-                        "--executor process --gpus or ray --gpus-per-candidate each worker gets its own GPU")
+                        "--executor process --gpus or ray --gpus-per-candidate each worker gets its own GPU; a "
+                        "one-shot strategy trains its supernet there too (--train-opt amp=bf16 for autocast)")
     p.add_argument("--train-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a search.train.TrainConfig field (repeatable), VALUE as JSON: amp=bf16, channels_last=true, "
                         "augment=true, cutout=16, grad_clip=5, weight_decay=3e-4, workers=2, ...")

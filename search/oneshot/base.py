@@ -50,6 +50,31 @@ global RNG, seeded inside ``torch.random.fork_rng``), runs use one thread and de
 algorithms, and the RNG states are checkpointed, so a resumed search continues exactly as
 an uninterrupted one.
 
+**Devices** (``run_search(..., device=)``, ``archir search --device``; a run-time choice, not part
+of the stored experiment, as for ask/tell searches): the driver's supernet, architecture
+parameters, optimisers and batches live on ``driver.device`` (``search.train.resolve_device``:
+``"auto"`` picks CUDA when present). The train and validation splits are kept resident on the
+device when they fit (``search.train.RESIDENT_BYTES``); a larger set stays in pinned host memory
+and each batch is copied with ``non_blocking``. Figures are summed on the device and read once
+per step, so DARTS', SNAS' and ENAS' weight steps do not synchronise per batch (PARSEC reads its K
+importance weights once per batch: which backward passes to skip depends on them; ENAS' rewards
+are read per sample, as the controller needs them). ``amp="bf16"`` (the training config's
+``amp``, ``--train-opt amp=bf16``) runs the supernet's forward passes under ``torch.autocast``
+in bfloat16 (weight steps, first-order architecture steps, validation), except DARTS' unrolled
+second-order gradient, whose central differences at ``w +- eps * v`` would drown in bfloat16's
+rounding: it stays float32. ``amp="fp16"`` is refused (``ConfigError``): the architecture steps
+take ``torch.autograd.grad`` of unscaled losses (DARTS' first and second order), so a
+``GradScaler`` would have to be threaded through every driver's own update. ENAS' controller
+is the exception that stays on the CPU: a 32-unit LSTM that samples one decision at a time and
+reads each back (``int(...)``), so on a GPU every decision would be a kernel launch and a
+synchronisation; it draws from its own CPU ``torch.Generator``, which also keeps its samples
+the same on every device. On CUDA the run is deterministic only with ``--train-opt
+deterministic=true`` (cuDNN/cuBLAS flags as in ``search.train``); the CPU always is, bit-exact.
+Checkpoints always hold CPU tensors (:func:`save_checkpoint` refuses any other) and load onto
+the run's device, so a search checkpointed on a GPU resumes on the CPU and vice versa (the CPU
+RNG state travels; CUDA's RNG state is restored only on CUDA). ``derive()`` and
+:meth:`OneShotDriver.derived_graph` give CPU data (numpy weights, as archir graphs hold).
+
 Adding a driver: subclass :class:`OneShotDriver`, set ``name`` and ``OPTIONS`` (its own
 keyword options with defaults; :data:`COMMON_OPTIONS` are added), implement ``step`` and
 ``derive`` and list what to checkpoint in ``modules()``/``optimizers()``/``extra_state()``,
@@ -73,6 +98,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from search.config import ConfigError
 from search.strategies.base import StrategyError, register_named
 
 __all__ = ["OneShotDriver", "ONESHOT", "register_oneshot", "get_oneshot", "run_oneshot", "COMMON_OPTIONS",
@@ -137,8 +163,14 @@ def decisions_from_probs(space, supernet, probs: Mapping[str, Any], *, drop_zero
     raise StrategyError(f"no supernet derivation for space {type(space).__name__}", hint="use the darts or chain space")
 
 
+def _cpu(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous CPU copy of ``t`` (never ``t`` itself), whatever device ``t`` is on."""
+    return t.detach().to("cpu", copy=True).contiguous()
+
+
 def optimizer_state(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """An optimiser's state as JSON (hyper-parameters, scalar state) and tensors (buffers) named ``prefix.*``."""
+    """An optimiser's state as JSON (hyper-parameters, scalar state) and tensors (buffers, copied to the CPU)
+    named ``prefix.*``; :func:`load_optimizer_state` puts them back on the parameters' device."""
     sd = opt.state_dict()
     js: dict[str, Any] = {"param_groups": sd["param_groups"], "state": {}}
     tensors: dict[str, torch.Tensor] = {}
@@ -146,7 +178,7 @@ def optimizer_state(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict, dict
         entry = {}
         for k, v in st.items():
             if isinstance(v, torch.Tensor):
-                tensors[f"{prefix}.{pid}.{k}"] = v.detach().clone().contiguous()
+                tensors[f"{prefix}.{pid}.{k}"] = _cpu(v)
                 entry[k] = {"tensor": f"{prefix}.{pid}.{k}"}
             else:
                 entry[k] = v
@@ -155,7 +187,8 @@ def optimizer_state(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict, dict
 
 
 def load_optimizer_state(opt: torch.optim.Optimizer, js: Mapping, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Inverse of :func:`optimizer_state`."""
+    """Inverse of :func:`optimizer_state` (``Optimizer.load_state_dict`` moves each buffer to its parameter's
+    device and dtype, so CPU tensors load onto a CUDA optimiser and back)."""
     state = {}
     for pid, entry in js["state"].items():
         state[int(pid)] = {k: (tensors[v["tensor"]].clone() if isinstance(v, dict) and "tensor" in v else v)
@@ -164,12 +197,19 @@ def load_optimizer_state(opt: torch.optim.Optimizer, js: Mapping, tensors: Mappi
 
 
 class PeakMemory:
-    """Peak bytes of CPU tensor storages allocated while active (a ``TorchDispatchMode``).
+    """Peak bytes of tensor memory allocated on ``device`` while active, beyond what existed before.
 
-    Every storage an op creates is counted when it appears and uncounted when it is freed
-    (a weakref finaliser), so ``peak`` is the high-water mark of memory allocated by tensors
-    inside the block -- activations kept for backward, gradients, optimiser buffers --
-    excluding what existed before (the weights). Used for per-step memory of drivers.
+    On the CPU (the default) a ``TorchDispatchMode`` counts every storage an op creates when it
+    appears and uncounts it when it is freed (a weakref finaliser). On CUDA the caching
+    allocator's own counters are exact and cost nothing per op, so they are used instead:
+    ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, less
+    ``memory_allocated`` at entry (the dispatch mode would see the same storages, slower). Either
+    way ``peak`` is the high-water mark of memory allocated by tensors inside the block --
+    activations kept for backward, gradients, optimiser buffers -- excluding what existed
+    before (the weights). Used for per-step memory of drivers.
+
+    Args:
+        device: where to count (``"cpu"``, ``"cuda:0"``, a ``torch.device``).
 
     Example:
         >>> with PeakMemory() as m:
@@ -178,17 +218,24 @@ class PeakMemory:
         True
     """
 
-    def __init__(self) -> None:
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
         self.current = 0
         self.peak = 0
         self._live: dict[int, Any] = {}
         self._mode = None
+        self._base = 0
 
     def _free(self, key: int, n: int) -> None:
         self.current -= n
         self._live.pop(key, None)
 
     def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            return self
         from torch.utils._python_dispatch import TorchDispatchMode
         from torch.utils._pytree import tree_flatten
 
@@ -214,22 +261,30 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = max(0, torch.cuda.max_memory_allocated(self.device) - self._base)
+            self.current = torch.cuda.memory_allocated(self.device) - self._base
+            return
         self._mode.__exit__(*exc)
         for fin in list(self._live.values()):
             fin.detach()
         self._live.clear()
 
 
-def train_step_peak(graph, x: torch.Tensor, y: torch.Tensor, *, lr: float = 0.05, momentum: float = 0.9) -> int:
-    """Peak bytes (:class:`PeakMemory`) of one SGD training step of the plain ``graph`` on ``(x, y)``.
+def train_step_peak(graph, x: torch.Tensor, y: torch.Tensor, *, lr: float = 0.05, momentum: float = 0.9,
+                    device: str | torch.device = "cpu") -> int:
+    """Peak bytes (:class:`PeakMemory`) of one SGD training step of the plain ``graph`` on ``(x, y)`` on ``device``.
 
     The baseline of a one-shot step's memory: a warm-up step first (momentum buffers exist
     afterwards, as in a running search), then the measured one.
     """
     from archir.lower import to_fx
 
-    gm = to_fx(graph)
+    dev = torch.device(device)
+    gm = to_fx(graph).to(dev)
     gm.train()
+    x, y = x.to(dev), y.to(dev)
     opt = torch.optim.SGD(gm.parameters(), lr=lr, momentum=momentum)
 
     def one() -> None:
@@ -238,18 +293,19 @@ def train_step_peak(graph, x: torch.Tensor, y: torch.Tensor, *, lr: float = 0.05
         opt.step()
 
     one()
-    with PeakMemory() as m:
+    with PeakMemory(dev) as m:
         one()
     return m.peak
 
 
 def driver_step_peak(driver: "OneShotDriver") -> int:
-    """Peak bytes (:class:`PeakMemory`) of one search step of ``driver`` on a single batch (after a warm-up step)."""
+    """Peak bytes (:class:`PeakMemory` on the driver's device) of one search step of ``driver`` on a single
+    batch (after a warm-up step)."""
     saved = driver.options["max_batches"]
     driver.options["max_batches"] = 1
     try:
         driver.step()
-        with PeakMemory() as m:
+        with PeakMemory(driver.device) as m:
             driver.step()
     finally:
         driver.options["max_batches"] = saved
@@ -268,22 +324,39 @@ class OneShotDriver(ABC):
         config: the ``search.experiment.ExperimentConfig`` (objective, training config, ...).
         seed: the experiment seed.
         run_dir: the run folder (files a driver keeps there, e.g. SNAS' latency table), or None.
+        device: where the supernet trains (``"cpu"``, ``"auto"``, ``"cuda"``, ``"cuda:N"``; see the module
+            docstring). Not an option: a run-time choice, not stored with the experiment.
+        amp: ``None`` (float32) or ``"bf16"`` (autocast for the supernet's forward passes).
         **options: the driver's options (``OPTIONS`` and :data:`COMMON_OPTIONS`).
 
     Attributes:
         steps_done: search steps finished so far.
         rng: the driver's numpy Generator (checkpointed).
         options: the options in effect.
+        device: the ``torch.device`` everything trains on; amp: the autocast dtype's name or None.
+        x_train, y_train, x_val, y_val: the splits as tensors (on ``device`` when they fit there).
 
     Raises:
-        StrategyError: an unknown option or a bad value.
+        StrategyError: an unknown option or a bad value. ConfigError: ``amp="fp16"`` or another unknown
+        amp. search.train.DeviceError: the device cannot be used here.
     """
 
     name: ClassVar[str] = ""
     OPTIONS: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, space, dataset, config, seed: int = 0, *, run_dir: str | os.PathLike | None = None,
-                 **options) -> None:
+                 device: str | torch.device = "cpu", amp: str | None = None, **options) -> None:
+        from search.train import RESIDENT_BYTES, resolve_device
+
+        if amp == "fp16":
+            raise ConfigError(f"strategy {self.name!r} cannot train its supernet with amp='fp16': the architecture "
+                              "steps take gradients of unscaled losses (torch.autograd.grad), which fp16 needs a "
+                              "GradScaler for", hint="use --train-opt amp=bf16 (or no amp) with a one-shot strategy")
+        if amp is not None and amp != "bf16":
+            raise ConfigError(f"strategy {self.name!r}: amp={amp!r} is not None or 'bf16'",
+                              hint="use --train-opt amp=bf16, or leave amp out")
+        self.device = resolve_device(str(device))
+        self.amp = amp
         if getattr(space, "seeds", None):
             raise StrategyError(f"strategy {self.name!r} is one-shot: it trains a supernet and does not start from "
                                 "given architectures (--start-genotype)",
@@ -306,10 +379,17 @@ class OneShotDriver(ABC):
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.rng = np.random.default_rng([int(seed), 9])
         self.steps_done = 0
-        self.x_train = torch.from_numpy(np.array(dataset.x_train, dtype=np.float32))
-        self.y_train = torch.from_numpy(np.array(dataset.y_train, dtype=np.int64))
-        self.x_val = torch.from_numpy(np.array(dataset.x_val, dtype=np.float32))
-        self.y_val = torch.from_numpy(np.array(dataset.y_val, dtype=np.int64))
+        splits = [torch.from_numpy(np.array(dataset.x_train, dtype=np.float32)),
+                  torch.from_numpy(np.array(dataset.y_train, dtype=np.int64)),
+                  torch.from_numpy(np.array(dataset.x_val, dtype=np.float32)),
+                  torch.from_numpy(np.array(dataset.y_val, dtype=np.int64))]
+        # resident on the device when the images fit (batches are then indexed there); else pinned host memory
+        self.resident = self.device.type == "cpu" or (splits[0].numel() + splits[2].numel()) * 4 <= RESIDENT_BYTES
+        if self.resident:
+            splits = [t.to(self.device) for t in splits]
+        elif self.device.type == "cuda":
+            splits = [t.pin_memory() for t in splits]
+        self.x_train, self.y_train, self.x_val, self.y_val = splits
 
     # ---------------------------------------------------------------- option checks
 
@@ -423,6 +503,26 @@ class OneShotDriver(ABC):
 
     # ---------------------------------------------------------------- shared machinery
 
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` on the driver's device (itself when it is there already; a ``non_blocking`` copy from pinned memory)."""
+        if t.device == self.device:
+            return t
+        if self.device.type == "cuda" and not t.is_pinned():
+            t = t.pin_memory()
+        return t.to(self.device, non_blocking=True)
+
+    def autocast(self):
+        """The context of the supernet's forward passes: ``torch.autocast`` in bfloat16 with ``amp="bf16"``, else none."""
+        if self.amp is None:
+            import contextlib
+
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def zeros(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """A 0-d accumulator on the device (figures are summed there and read once per step)."""
+        return torch.zeros((), dtype=dtype, device=self.device)
+
     def batches(self, split: str = "train") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Shuffled mini-batches of ``split`` (``"train"``/``"val"``) from ``self.rng``: :meth:`steps_per_epoch`
         of them (one pass over the training split, or ``max_batches``), cycling through the split -- so a
@@ -433,12 +533,12 @@ class OneShotDriver(ABC):
         total = self.steps_per_epoch()
         done = 0
         while done < total:
-            order = torch.from_numpy(self.rng.permutation(n))
+            order = torch.from_numpy(self.rng.permutation(n)).to(x.device)
             for s in range(0, n, bs):
                 if done >= total:
                     return
                 idx = order[s:s + bs]
-                yield x[idx], y[idx]
+                yield self.to_device(x[idx]), self.to_device(y[idx])
                 done += 1
 
     def steps_per_epoch(self) -> int:
@@ -453,38 +553,44 @@ class OneShotDriver(ABC):
             n = min(n, int(self.options["max_batches"]) * int(self.options["batch_size"]))
         return self.error_of(module, self.x_val[:n], self.y_val[:n])
 
-    @staticmethod
-    def error_of(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
-        """Classification error of ``module`` on ``(x, y)`` (eval mode restored to train mode after)."""
+    def error_of(self, module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+        """Classification error of ``module`` (on the driver's device) on ``(x, y)``, under :meth:`autocast`
+        (eval mode restored to train mode after)."""
         was = module.training
         module.eval()
-        wrong = 0
+        wrong = self.zeros(torch.int64)
         with torch.no_grad():
             for i in range(0, len(y), batch_size):
-                wrong += int((module(x[i:i + batch_size]).argmax(1) != y[i:i + batch_size]).sum())
+                with self.autocast():
+                    out = module(self.to_device(x[i:i + batch_size]))
+                wrong += (out.argmax(1) != self.to_device(y[i:i + batch_size])).sum()
         module.train(was)
-        return wrong / max(1, len(y))
+        return int(wrong) / max(1, len(y))
 
     def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
         """The driver's checkpoint: a JSON-able dict and a dict of tensors (for safetensors)."""
         tensors: dict[str, torch.Tensor] = {}
         for name, m in self.modules().items():
             for k, v in m.state_dict().items():
-                tensors[f"module/{name}/{k}"] = v.detach().clone().contiguous()
+                tensors[f"module/{name}/{k}"] = _cpu(v)
         opts = {}
         for name, opt in self.optimizers().items():
             js, ts = optimizer_state(opt, f"optim/{name}")
             opts[name] = js
             tensors.update(ts)
         extra_js, extra_ts = self.extra_state()
-        tensors.update({f"extra/{k}": v.detach().clone().contiguous() for k, v in extra_ts.items()})
+        tensors.update({f"extra/{k}": _cpu(v) for k, v in extra_ts.items()})
         tensors["rng/torch"] = torch.get_rng_state()
-        js = {"driver": self.name, "options": self.options, "steps_done": self.steps_done,
+        if self.device.type == "cuda":
+            tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
+        js = {"driver": self.name, "device": str(self.device), "options": self.options, "steps_done": self.steps_done,
               "rng": self.rng.bit_generator.state, "optimizers": opts, "extra": extra_js}
         return json.loads(json.dumps(js)), tensors
 
     def load_state(self, js: Mapping, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Restore :meth:`state` (the driver must have been built with the same space, config and options).
+        """Restore :meth:`state` (the driver must have been built with the same space, config and options)
+        onto the driver's device, whichever device wrote it: CPU tensors are copied into the modules and
+        optimisers where they live; CUDA's RNG state is restored when both are on CUDA.
 
         Raises:
             ValueError: the checkpoint belongs to another driver or misses tensors.
@@ -504,6 +610,8 @@ class OneShotDriver(ABC):
         self.steps_done = int(js["steps_done"])
         self.rng.bit_generator.state = js["rng"]
         torch.set_rng_state(tensors["rng/torch"])
+        if self.device.type == "cuda" and "rng/cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
 
 
 ONESHOT: dict[str, type[OneShotDriver]] = {}
@@ -526,12 +634,23 @@ def get_oneshot(name: str) -> type[OneShotDriver]:
 
 def save_checkpoint(run_dir: str | os.PathLike, js: Mapping, tensors: Mapping[str, torch.Tensor]) -> Path:
     """Write ``<run_dir>/oneshot/state.safetensors`` then ``state.json`` (both atomically; the JSON holds
-    the tensor file's sha256, so a crash between the two is detected on load). Returns the JSON path."""
+    the tensor file's sha256, so a crash between the two is detected on load). Returns the JSON path.
+
+    Raises:
+        StoreError: a tensor is not on the CPU (a checkpoint must load on every machine, GPU or not).
+    """
     from safetensors.torch import save
 
     from archir.serialize import atomic_write
 
+    from search.store import StoreError
+
     d = Path(run_dir) / CHECKPOINT_DIR
+    off = sorted(k for k, v in tensors.items() if v.device.type != "cpu")
+    if off:  # a checkpoint must load on any machine: OneShotDriver.state() copies everything to the CPU
+        raise StoreError(f"one-shot checkpoint: {len(off)} tensor(s) are not on the CPU, e.g. {off[0]!r} on "
+                         f"{tensors[off[0]].device}", file=d,
+                         hint="copy them with .cpu() first (OneShotDriver.state() does), so any machine can resume")
     d.mkdir(parents=True, exist_ok=True)
     blob = save({k: v.contiguous() for k, v in tensors.items()})
     atomic_write(d / "state.safetensors", blob)
@@ -542,7 +661,7 @@ def save_checkpoint(run_dir: str | os.PathLike, js: Mapping, tensors: Mapping[st
 
 
 def load_checkpoint(run_dir: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]] | None:
-    """The checkpoint of ``run_dir`` as ``(json, tensors)``, or None when there is none.
+    """The checkpoint of ``run_dir`` as ``(json, tensors)`` (CPU tensors), or None when there is none.
 
     Raises:
         StoreError: the files are unreadable or do not belong together.
@@ -571,7 +690,8 @@ def load_checkpoint(run_dir: str | os.PathLike) -> tuple[dict, dict[str, torch.T
 
 
 def run_oneshot(config, out: str | os.PathLike, *, resume: bool = False, progress=None,
-                on_candidate: Callable | None = None, on_step: Callable[[OneShotDriver, dict], None] | None = None):
+                on_candidate: Callable | None = None, on_step: Callable[[OneShotDriver, dict], None] | None = None,
+                device: str = "cpu"):
     """Run (or resume) a one-shot search into the run folder ``out``; see the module docstring.
 
     Args:
@@ -582,18 +702,28 @@ def run_oneshot(config, out: str | os.PathLike, *, resume: bool = False, progres
         progress: a ``search.experiment.Progress`` (default: none).
         on_candidate: called with every recorded finished candidate.
         on_step: called with ``(driver, figures)`` after every step (tests, benchmarks).
+        device: where the supernet and the derived candidates train (``"cpu"``, ``"auto"``, ``"cuda"``,
+            ``"cuda:N"``); a run-time choice, not stored: a run checkpointed on one device resumes on any.
+            The supernet's autocast is the training config's ``amp`` (``None`` or ``"bf16"``); on CUDA its
+            ``deterministic`` sets cuDNN/cuBLAS flags as in ``search.train``.
 
     Returns:
         A ``search.experiment.SearchSummary``.
 
     Raises:
-        ConfigError, StrategyError: bad options. StoreError: ``out`` holds a search (without
+        ConfigError, StrategyError: bad options (``amp="fp16"``). StoreError: ``out`` holds a search (without
         ``resume``), none (with ``resume``), another experiment, or a broken checkpoint.
+        search.train.DeviceError: the device cannot be used here.
     """
     from dataclasses import replace
 
     from search.run import SearchRun
+    from search.train import cuda_flags, resolve_device
 
+    dev = resolve_device(device)  # a DeviceError before anything is loaded or written
+    cuda = dev.type == "cuda"
+    amp = dict(config.train).get("amp")
+    deterministic = bool(dict(config.train).get("deterministic", False))
     # one supernet and no candidates to schedule: the config is stored without the scheduling option, as
     # before it existed, whichever was given
     run = SearchRun(replace(config, scheduling="sync"), out, progress=progress, on_candidate=on_candidate)
@@ -603,26 +733,30 @@ def run_oneshot(config, out: str | os.PathLike, *, resume: bool = False, progres
     threads = torch.get_num_threads()
     det, det_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    if not cuda or deterministic:  # CUDA: opt-in, as for search.train (the CPU always is)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    restore_flags = cuda_flags(dev, deterministic)
+    forked = [dev.index if dev.index is not None else torch.cuda.current_device()] if cuda else []
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=forked):
             torch.manual_seed(int(np.random.SeedSequence([int(config.seed), 9]).generate_state(1)[0]))
             driver = cls(run.space, run.dataset, run.config, seed=int(config.seed), run_dir=run.run_dir,
-                         **dict(config.strategy_options))
+                         device=dev, amp=amp, **dict(config.strategy_options))
             if driver.options["inherit"]:
-                with torch.random.fork_rng(devices=[]):
+                with torch.random.fork_rng(devices=forked):
                     driver.check_inherit()  # refuse before any step (and before the store is made)
             run.open(resume)
             try:
-                return _loop(run, driver, resume, on_step)
+                return _loop(run, driver, resume, on_step, device)
             finally:
                 run.close()
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(det, warn_only=det_warn)
+        restore_flags()
 
 
-def _loop(run, driver, resume: bool, on_step):
+def _loop(run, driver, resume: bool, on_step, device: str):
     from search.config import Budget, candidate_seed, fmt_time, one_line
     from search.evaluators import evaluate_candidate
     from search.store import Candidate, StoreError
@@ -642,19 +776,22 @@ def _loop(run, driver, resume: bool, on_step):
                 raise StoreError(f"cannot resume from the one-shot checkpoint: {one_line(e)}", file=run_dir,
                                  hint="start a new run (another --out folder) with this version of archir") from None
         resumed = sum(c.finished for c in store.candidates())
+        was = ck[0].get("device", "cpu") if ck is not None else str(driver.device)
+        moved = "" if was == str(driver.device) else f"; checkpointed on {was}, continuing on {driver.device}"
         progress.line(f"resumed {run_dir}: {driver.steps_done} search steps done, {resumed} derived candidates kept, "
-                      f"{len(run.requeued)} re-queued; {fmt_time(store.elapsed_s)} spent before")
+                      f"{len(run.requeued)} re-queued; {fmt_time(store.elapsed_s)} spent before{moved}")
     bud = f"{int(budget.value)} search steps" if budget.kind == "candidates" else f"{budget} of search steps"
     opts = ", ".join(f"{k}={v}" for k, v in sorted(driver.options.items()))
     progress.line(f"search: space {config.space}, one-shot strategy {config.strategy} ({opts}), objective "
-                  f"{config.objective}, budget {bud}, dataset {config.dataset}, seed {config.seed}, run folder {run_dir}")
+                  f"{config.objective}, budget {bud}, dataset {config.dataset}, seed {config.seed}, device "
+                  f"{driver.device}{' (bf16)' if driver.amp else ''}, run folder {run_dir}")
     elapsed, tick = run.elapsed, run.clock.tick
     step_times: list[float] = []
 
     def evaluate(c) -> None:
         store.mark_running([c.id])
-        task = run.task(c)
-        with torch.random.fork_rng(devices=[]):  # training must not move the search's RNG
+        task = {**run.task(c), "device": device}  # the derived candidate trains where the supernet did
+        with torch.random.fork_rng(devices=[]):  # training must not move the search's RNG (train forks CUDA's)
             if driver.options["inherit"]:  # start from the supernet's weights (weight sharing), fine-tune
                 if c.round != driver.steps_done:
                     raise StoreError(f"candidate {c.id} was derived after step {c.round} but the "

@@ -62,7 +62,7 @@ class RelaxedDriver(OneShotDriver):
             self._check_num(k, 0.0)
         self._check_num("w_momentum", 0.0, hi=0.999)
         self.supernet = space.supernet(seed=int(self.rng.integers(2 ** 31)))
-        self.gm = to_fx(self.supernet, choice_mode=self.CHOICE_MODE)
+        self.gm = to_fx(self.supernet, choice_mode=self.CHOICE_MODE).to(self.device)
         self.gm.train()
         self.weights = weight_parameters(self.gm)
         self.alphas = arch_parameters(self.gm)
@@ -89,8 +89,13 @@ class RelaxedDriver(OneShotDriver):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"w": self.w_opt, "arch": self.a_opt}
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.gm(x), y)
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, *, amp: bool = True) -> torch.Tensor:
+        """The supernet's cross-entropy on ``(x, y)``, the forward under :meth:`autocast` unless ``amp=False``."""
+        if not amp:
+            return F.cross_entropy(self.gm(x), y)
+        with self.autocast():
+            out = self.gm(x)
+        return F.cross_entropy(out.float(), y)
 
     def _weight_step(self, loss: torch.Tensor) -> None:
         self.w_opt.zero_grad(set_to_none=True)
@@ -100,8 +105,8 @@ class RelaxedDriver(OneShotDriver):
             torch.nn.utils.clip_grad_norm_(self.weights, self.options["grad_clip"])
         self.w_opt.step()
 
-    def _finish(self, total: float, count: int, **extra: float) -> dict:
-        return {"loss": total / max(1, count), "val_error": self.val_error(self.gm),
+    def _finish(self, total: torch.Tensor, count: int, **extra: float) -> dict:
+        return {"loss": float(total) / max(1, count), "val_error": self.val_error(self.gm),
                 "entropy": self.entropy(), **extra}
 
 
@@ -122,7 +127,7 @@ class DartsDriver(RelaxedDriver):
         self._check_num("xi", 0.0)
 
     def step(self) -> dict:
-        total, count = 0.0, 0
+        total, count = self.zeros(), 0
         for (xt, yt), (xv, yv) in zip(self.batches("train"), self.batches("val")):
             self.a_opt.zero_grad(set_to_none=True)
             if self.options["order"] == 2:
@@ -137,21 +142,22 @@ class DartsDriver(RelaxedDriver):
             self.a_opt.step()
             loss = self._loss(xt, yt)
             self._weight_step(loss)
-            total += float(loss.detach()) * len(yt)
+            total += loss.detach().double() * len(yt)
             count += len(yt)
         return self._finish(total, count)
 
     def _unrolled_arch_grads(self, xt, yt, xv, yv) -> list[torch.Tensor]:
-        """DARTS' second-order architecture gradient (eq. 7-8) at the current weights."""
+        """DARTS' second-order architecture gradient (eq. 7-8) at the current weights, in float32 whatever
+        ``amp`` (its central differences at ``w +- eps * v`` are below bfloat16's rounding)."""
         xi = self.options["xi"] or self.options["w_lr"]
         wd = self.options["w_decay"]
         w = self.weights
         backup = [p.detach().clone() for p in w]
-        gw = torch.autograd.grad(self._loss(xt, yt), w, allow_unused=True)
+        gw = torch.autograd.grad(self._loss(xt, yt, amp=False), w, allow_unused=True)
         with torch.no_grad():  # w' = w - xi * (grad + wd * w)
             for p, g in zip(w, gw):
                 p.sub_(xi * ((0 if g is None else g) + wd * p))
-        lv = self._loss(xv, yv)
+        lv = self._loss(xv, yv, amp=False)
         g_all = torch.autograd.grad(lv, self.alphas + w, allow_unused=True)
         g_alpha = [torch.zeros_like(a) if g is None else g for a, g in zip(self.alphas, g_all[:len(self.alphas)])]
         v = [torch.zeros_like(p) if g is None else g for p, g in zip(w, g_all[len(self.alphas):])]
@@ -161,7 +167,7 @@ class DartsDriver(RelaxedDriver):
             with torch.no_grad():
                 for p, b, g in zip(w, backup, v):
                     p.copy_(b + sign * eps * g)
-            gs = torch.autograd.grad(self._loss(xt, yt), self.alphas, allow_unused=True)
+            gs = torch.autograd.grad(self._loss(xt, yt, amp=False), self.alphas, allow_unused=True)
             return [torch.zeros_like(a) if g is None else g for a, g in zip(self.alphas, gs)]
 
         g_plus = alpha_grad_at(1.0)
@@ -172,4 +178,4 @@ class DartsDriver(RelaxedDriver):
         return [ga - xi * (gp - gm) / (2 * eps) for ga, gp, gm in zip(g_alpha, g_plus, g_minus)]
 
     def derive(self) -> dict:
-        return decisions_from_probs(self.space, self.supernet, {k: p.numpy() for k, p in self.probs().items()})
+        return decisions_from_probs(self.space, self.supernet, {k: p.cpu().numpy() for k, p in self.probs().items()})

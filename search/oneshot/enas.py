@@ -34,6 +34,11 @@ the whole validation split (ENAS samples several and keeps the best). Its draws 
 generator seeded by (seed, steps done), not the controller's, so deriving in the middle of a
 search (``evaluate_every``) does not change the search.
 
+**Devices**: the supernet, its optimiser and the batches live on the run's device (see
+:mod:`search.oneshot.base`); the controller stays on the CPU (a tiny LSTM that reads back every
+decision it samples: on a GPU each one would be a launch and a synchronisation), so its samples
+are the same on every device.
+
 **Checkpoint**: the supernet's weights, the controller's weights, both optimisers' state, and
 (extra state) the controller's baseline, counters and generator state, so a resumed search
 continues exactly (``tests/search/test_enas.py``).
@@ -101,7 +106,7 @@ class ENAS(OneShotDriver):
                 tanh_constant=self.options["tanh_constant"], temperature=self.options["temperature"])
         except ControllerError as e:
             raise self._error(e.message, e.hint or "see the enas options") from None
-        self.module = to_fx(self.supernet, choice_mode="fixed")
+        self.module = to_fx(self.supernet, choice_mode="fixed").to(self.device)
         self.module.train()
         self.samplers = {k: self.module.get_submodule(p) for k, p in self.module.meta["archir_arch"].items()}
         self.optimizer = torch.optim.SGD(weight_parameters(self.module), lr=float(self.options["lr"]),
@@ -162,23 +167,26 @@ class ENAS(OneShotDriver):
 
     def step(self) -> dict:
         self.module.train()
-        total, count = 0.0, 0
+        total, count = self.zeros(), 0
         for x, y in self.batches("train"):
             with torch.no_grad():
                 arch = self.controller.sample().choices
             self.select(arch)
-            loss = F.cross_entropy(self.module(x), y)
+            with self.autocast():
+                out = self.module(x)
+            loss = F.cross_entropy(out.float(), y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], float(self.options["grad_clip"]))
             self.optimizer.step()
-            total += float(loss.detach()) * len(y)
+            total += loss.detach().double() * len(y)
             count += len(y)
         rewards, ents, baseline = [], [], math.nan
         bs = int(self.options["batch_size"])
         for _ in range(int(self.options["controller_steps"])):
             idx = torch.from_numpy(self.rng.choice(len(self.y_val), size=min(bs, len(self.y_val)), replace=False))
-            xv, yv = self.x_val[idx], self.y_val[idx]
+            idx = idx.to(self.x_val.device)
+            xv, yv = self.to_device(self.x_val[idx]), self.to_device(self.y_val[idx])
             archs, rs = [], []
             for _ in range(int(self.options["controller_batch"])):
                 with torch.no_grad():
@@ -190,7 +198,7 @@ class ENAS(OneShotDriver):
             rewards += rs
             baseline = stats["baseline"]
         self._last_entropy = sum(ents) / len(ents) if ents else math.nan
-        out = {"loss": total / max(1, count), "reward": sum(rewards) / len(rewards) if rewards else math.nan,
+        out = {"loss": float(total) / max(1, count), "reward": sum(rewards) / len(rewards) if rewards else math.nan,
                "baseline": baseline if baseline is not None else math.nan}
         out["entropy"] = self.entropy()
         return out

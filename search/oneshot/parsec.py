@@ -81,7 +81,7 @@ class ParsecDriver(OneShotDriver):
             raise StrategyError(f"strategy 'parsec': options {sorted(size)} need a space whose supernet takes them "
                                 f"(darts), not {space.name!r}", hint="drop --strategy-opt cells/channels")
         self.supernet = space.supernet(seed=int(self.rng.integers(2 ** 31)), **size)
-        self.gm = to_fx(self.supernet, choice_mode="fixed")
+        self.gm = to_fx(self.supernet, choice_mode="fixed").to(self.device)
         self.gm.train()
         self.keys = decision_keys(self.supernet)
         self.samplers = {k: self.gm.get_submodule(p) for k, p in self.gm.meta["archir_arch"].items()}
@@ -89,7 +89,8 @@ class ParsecDriver(OneShotDriver):
             self.variables = list(space.variables())
         else:
             self.variables = [(k, len(v)) for k, v in self.keys.items()]
-        self.prior = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(n)) for _, n in self.variables])
+        self.prior = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros(n, device=self.device))
+                                             for _, n in self.variables])
         self.weights = weight_parameters(self.gm)
         for s in self.samplers.values():  # the samplers' own logits are unused (the prior decides)
             s.logits.requires_grad_(False)
@@ -101,8 +102,8 @@ class ParsecDriver(OneShotDriver):
     # ---------------------------------------------------------------- the prior
 
     def prior_probs(self) -> list[np.ndarray]:
-        """Per variable, the prior's probabilities."""
-        return [torch.softmax(p.detach().double(), -1).numpy() for p in self.prior]
+        """Per variable, the prior's probabilities (numpy, float64)."""
+        return [torch.softmax(p.detach().double(), -1).cpu().numpy() for p in self.prior]
 
     def sample(self) -> list[int]:
         """One architecture from the prior, as one option index per variable (from ``self.rng``)."""
@@ -151,17 +152,21 @@ class ParsecDriver(OneShotDriver):
             ll = []
             for a in archs:
                 self.set_arch(a)
-                ll.append(-float(F.cross_entropy(self.gm(x), y, reduction="sum")))
-        omega = torch.softmax(torch.tensor(ll, dtype=torch.float64), 0)
+                with self.autocast():
+                    out = self.gm(x)
+                ll.append(-F.cross_entropy(out.float(), y, reduction="sum").double())
+        omega = torch.softmax(torch.stack(ll), 0).cpu()  # read once per batch: the skips below need it
         self.w_opt.zero_grad(set_to_none=True)
-        total = 0.0
+        total = self.zeros()
         for a, w in zip(archs, omega.tolist()):
             if w < 1e-12:  # contributes nothing: skip its backward (saves time, not memory)
                 continue
             self.set_arch(a)
-            loss = F.cross_entropy(self.gm(x), y)
+            with self.autocast():
+                out = self.gm(x)
+            loss = F.cross_entropy(out.float(), y)
             (w * loss).backward()
-            total += w * float(loss.detach())
+            total += w * loss.detach().double()
         if self.options["grad_clip"]:
             torch.nn.utils.clip_grad_norm_(self.weights, self.options["grad_clip"])
         self.w_opt.step()
@@ -171,9 +176,9 @@ class ParsecDriver(OneShotDriver):
             target = torch.zeros(p.shape[0], dtype=torch.float64)
             for a, w in zip(archs, omega):
                 target[a[i]] += w
-            p.grad = (torch.softmax(p.detach().double(), -1) - target).to(p.dtype)
+            p.grad = (torch.softmax(p.detach().double(), -1) - target.to(p.device)).to(p.dtype)
         self.p_opt.step()
-        return total, float(1.0 / (omega ** 2).sum())
+        return float(total), float(1.0 / (omega ** 2).sum())
 
     def step(self) -> dict:
         total, ess, seen, batches = 0.0, 0.0, 0, 0
@@ -196,7 +201,8 @@ class ParsecDriver(OneShotDriver):
     # ---------------------------------------------------------------- transfer
 
     def transfer(self, *, cells: int | None = None, channels: int | None = None, **options) -> "ParsecDriver":
-        """A driver on a larger supernet (``space.supernet(cells=, channels=)``) whose prior starts from this one.
+        """A driver on a larger supernet (``space.supernet(cells=, channels=)``) whose prior starts from this one
+        (on this driver's device, with its ``amp``).
 
         Its steps fine-tune the transferred distribution (and train the larger network's weights).
 
@@ -210,7 +216,8 @@ class ParsecDriver(OneShotDriver):
                                 "another network size", hint="use the darts space (view=space)")
         opts = {**{k: v for k, v in self.options.items()}, **options, "cells": int(cells or 0),
                 "channels": int(channels or 0)}
-        new = type(self)(self.space, self.dataset, self.config, self.seed, run_dir=self.run_dir, **opts)
+        new = type(self)(self.space, self.dataset, self.config, self.seed, run_dir=self.run_dir, device=self.device,
+                         amp=self.amp, **opts)
         with torch.no_grad():
             for dst, src in zip(new.prior, self.prior):
                 dst.copy_(src)

@@ -126,17 +126,17 @@ class SnasDriver(RelaxedDriver):
         tau = self.tau()
         for s in self.samplers().values():
             s.tau = tau
-        total, pen_total, count = 0.0, 0.0, 0
+        total, pen_total, count = self.zeros(), self.zeros(), 0
         for x, y in self.batches("train"):
             ce = self._loss(x, y)
             pen = self.penalty()
             loss = ce + pen.to(ce.dtype)
             self._weight_step(loss)  # one level: the same backward also fills the logits' gradients
             self.a_opt.step()
-            total += float(ce.detach()) * len(y)
-            pen_total += float(pen.detach()) * len(y)
+            total += ce.detach().double() * len(y)
+            pen_total += pen.detach().double() * len(y)
             count += len(y)
-        return {"loss": total / max(1, count), "penalty": pen_total / max(1, count),
+        return {"loss": float(total) / max(1, count), "penalty": float(pen_total) / max(1, count),
                 "child_val_error": self.child_val_error(), "entropy": self.entropy(), "tau": tau,
                 f"expected_{self.cost_source}": self.expected_cost()}
 
@@ -152,10 +152,10 @@ class SnasDriver(RelaxedDriver):
                 s.mode = "gumbel"
 
     def derive(self) -> dict:
-        return decisions_from_probs(self.space, self.supernet, {k: p.numpy() for k, p in self.probs().items()},
+        return decisions_from_probs(self.space, self.supernet, {k: p.cpu().numpy() for k, p in self.probs().items()},
                                     drop_zero=True)
 
     def child_cost(self) -> float:
         """The cost of the argmax child (every decision's argmax) under the penalty's cost source."""
-        return self.costs.of({k: int(np.argmax(p.numpy())) for k, p in self.probs().items()})
+        return self.costs.of({k: int(np.argmax(p.cpu().numpy())) for k, p in self.probs().items()})
 

@@ -34,12 +34,23 @@ RUNS = {
     "hillclimb": dict(space="start", strategy="hillclimb",
                       strategy_options={"moves": 2, "morphisms": ["deepen", "add_skip", "enlarge_kernel"]},
                       budget="3c", round_size=1, seed=5, objective="error", train=dict(TRAIN, schedule="sgdr")),
+    # one-shot drivers on the CPU (inherit: the derived candidates fine-tune the supernet's weights), recorded at
+    # f65ee69, before the drivers took a device (issue 15); the device change kept both hashes
+    "darts_oneshot": dict(space="darts", space_options={"cells": 1, "channels": 4}, strategy="darts",
+                          strategy_options={"max_batches": 2, "evaluate_every": 1}, budget="3c", seed=7,
+                          objective="error", train=dict(TRAIN)),
+    "enas_oneshot": dict(space="chain", space_options={"layers": 2}, strategy="enas",
+                         strategy_options={"max_batches": 2, "evaluate_every": 1, "controller_steps": 2,
+                                           "controller_batch": 2, "derive_samples": 2},
+                         budget="3c", seed=8, objective="macs", train=dict(TRAIN)),
 }
 
 RECORDED = {
     "evolution": "dcb82ee8d614e09f194900778520906729126f25e5acd843c5a2b27c45073d4f",
     "evolution_async": "b40e784f5709ae3df8a0af6a245447f3b89ec10a114b7822006882b0bfda10f2",
     "hillclimb": "cd32870b59f8deba4bcaba7df6ad840662958fbabc87c177c29daaaedf3c468b",
+    "darts_oneshot": "dfa11fc3fb1f88448ea5307b9b93e33fd9dc2126eccc1f658b7a2c205ad9aca7",
+    "enas_oneshot": "b8c90c3482f1ba62092101419cb9113525c3db36851aa84376945701c4effed7",
 }
 
 

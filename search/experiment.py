@@ -194,7 +194,7 @@ def run_search(config: ExperimentConfig, out: str | os.PathLike, *, executor: st
                           hint="pass it again: run_search(config, out, evaluator=fn)")
     remote = executor == "ray" and bool((executor_options or {}).get("address"))  # a cluster's workers decide
     run = SearchRun(config, out, progress=progress, on_candidate=on_candidate,
-                    needs_data=not config.evaluator.startswith("table:"), check_local=not remote)
+                    needs_data=not config.evaluator.startswith("table:"), check_local=not remote, device=device)
     obj, run_dir, space = run.obj, run.run_dir, run.space
     strat = get_strategy(config.strategy, space, seed=np.random.default_rng([int(config.seed), 1]),
                          **config.strategy_options)

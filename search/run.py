@@ -238,7 +238,8 @@ class SearchRun:
     needs none), the space built (``search.spaces.get_space``: an unknown space or a bad option is
     a :class:`ConfigError`), the training options checked and the latency backend tried once here,
     so that a missing backend fails before any candidate trains (``check_local=False`` skips that
-    when a remote cluster's workers measure instead). Then :meth:`check_folder` (before an executor
+    when a remote cluster's workers measure instead); ``device`` is where candidates train (the
+    training options are checked for it: fp16 needs CUDA). Then :meth:`check_folder` (before an executor
     starts: nothing written), :meth:`open` (create, or resume: re-queue what was running and
     record an extended budget), :meth:`record` / :meth:`cache_hit` / :meth:`finished` per
     candidate, :meth:`summary` and :meth:`close`.
@@ -251,7 +252,7 @@ class SearchRun:
 
     def __init__(self, config: ExperimentConfig, out: str | os.PathLike, *, progress: Progress | None = None,
                  on_candidate: Callable[[Candidate], None] | None = None, needs_data: bool = True,
-                 check_local: bool = True) -> None:
+                 check_local: bool = True, device: str = "cpu") -> None:
         from search.data import cached_dataset
         from search.spaces import get_space
         from search.train import TrainConfig
@@ -274,7 +275,7 @@ class SearchRun:
         opts.update(input_shape=tuple(self.space.input_shape), num_classes=int(self.space.num_classes))
         self.space_options = opts
         try:
-            TrainConfig(**{**config.train, "seed": 0, "threads": 1})
+            TrainConfig(**{**config.train, "seed": 0, "threads": 1, "device": device})  # (fp16 needs CUDA)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"training options {config.train}: {one_line(e)}",
                               hint="check the --epochs / --batch-size / --lr values") from None

@@ -726,7 +726,8 @@ def run_oneshot(config, out: str | os.PathLike, *, resume: bool = False, progres
     deterministic = bool(dict(config.train).get("deterministic", False))
     # one supernet and no candidates to schedule: the config is stored without the scheduling option, as
     # before it existed, whichever was given
-    run = SearchRun(replace(config, scheduling="sync"), out, progress=progress, on_candidate=on_candidate)
+    run = SearchRun(replace(config, scheduling="sync"), out, progress=progress, on_candidate=on_candidate,
+                    device=device)
     cls = get_oneshot(run.config.strategy)
     run.check_folder(resume, extend=False)
 

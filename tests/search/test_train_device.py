@@ -199,3 +199,21 @@ def test_cuda_deterministic_runs_agree_and_amp_works(tiny, ds):
     for amp in ("bf16", "fp16"):
         r = train(tiny, ds, dataclasses.replace(CFG, device="cuda", amp=amp, channels_last=True))
         assert r.ok and r.metrics["train_loss"] < 2.3, (amp, r.reason)
+
+
+def test_a_search_checks_its_training_options_for_its_device(tmp_path):
+    """fp16 needs CUDA: a search on the CPU refuses it before anything runs, one on "cuda" does not (the device
+    itself is then checked: here, with no GPU, a DeviceError)."""
+    from search.config import ConfigError, ExperimentConfig
+    from search.run import SearchRun
+
+    cfg = ExperimentConfig(strategy="random", space="chain", budget="2c", train={"epochs": 1, "amp": "fp16"})
+    with pytest.raises(ConfigError, match="fp16"):
+        SearchRun(cfg, tmp_path / "cpu", device="cpu")
+    run = SearchRun(cfg, tmp_path / "cuda", device="cuda")  # prepared: the options fit a CUDA device
+    assert run.config.train["amp"] == "fp16"
+    if not torch.cuda.is_available():
+        from search.experiment import run_search
+
+        with pytest.raises(DeviceError):
+            run_search(cfg, tmp_path / "run", device="cuda")

@@ -359,23 +359,14 @@ def _rel_attention(ctx, node, args, ins):
 # ---- swin: window_attention
 
 
-@FX_HANDLERS.register("window_attention")
+@FX_HANDLERS.register("window_attention", "window_attention_v2")
 def _window_attention(ctx, node, args, ins):
     a = node.attrs
-    m = _load_params(WindowAttention(ins[0].shape[-1], a["window_size"], a["shift_size"], a["num_heads"],
-                                     qkv_bias=a["qkv_bias"], proj_bias=a["proj_bias"],
-                                     attention_dropout=a["attention_dropout"], dropout=a["dropout"], device="meta"),
-                     node)
-    return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
-
-
-@FX_HANDLERS.register("window_attention_v2")
-def _window_attention_v2(ctx, node, args, ins):
-    a = node.attrs
-    m = _load_params(WindowAttentionV2(ins[0].shape[-1], a["window_size"], a["shift_size"], a["num_heads"],
-                                       qkv_bias=a["qkv_bias"], proj_bias=a["proj_bias"], cpb_hidden=a["cpb_hidden"],
-                                       attention_dropout=a["attention_dropout"], dropout=a["dropout"],
-                                       device="meta"), node)
+    cls, extra = (WindowAttentionV2, {"cpb_hidden": a["cpb_hidden"]}) if node.op == "window_attention_v2" else \
+        (WindowAttention, {})
+    m = _load_params(cls(ins[0].shape[-1], a["window_size"], a["shift_size"], a["num_heads"], qkv_bias=a["qkv_bias"],
+                         proj_bias=a["proj_bias"], attention_dropout=a["attention_dropout"], dropout=a["dropout"],
+                         device="meta", **extra), node)
     return ctx.fx.call_module(ctx.module(node.id, m), tuple(args))
 
 

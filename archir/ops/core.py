@@ -1497,14 +1497,16 @@ def _window_init(a, ins, rng):
     return p, {}
 
 
+#: the attributes of window_attention (and, with cpb_hidden, of window_attention_v2)
+_WINDOW_ATTRS = {"window_size": AttrSpec("ints", min=1, max=MAX_KERNEL),
+                 "shift_size": AttrSpec("ints", [0, 0], min=0, max=MAX_KERNEL),
+                 "num_heads": AttrSpec("int", min=1, max=MAX_DIM), "qkv_bias": AttrSpec("bool", True),
+                 "proj_bias": AttrSpec("bool", True), "attention_dropout": AttrSpec("float", 0.0, min=0.0, max=1.0),
+                 "dropout": AttrSpec("float", 0.0, min=0.0, max=1.0)}
+
 register_op(OpDef(
     "window_attention", arity=1,
-    attrs={"window_size": AttrSpec("ints", min=1, max=MAX_KERNEL), "shift_size": AttrSpec("ints", [0, 0], min=0,
-                                                                                          max=MAX_KERNEL),
-           "num_heads": AttrSpec("int", min=1, max=MAX_DIM), "qkv_bias": AttrSpec("bool", True),
-           "proj_bias": AttrSpec("bool", True),
-           "attention_dropout": AttrSpec("float", 0.0, min=0.0, max=1.0),
-           "dropout": AttrSpec("float", 0.0, min=0.0, max=1.0)},
+    attrs=dict(_WINDOW_ATTRS),
     infer=_window_infer, check=_window_check, param_shapes=_window_params, init=_window_init,
     # a zero input gives v = qkv_bias's v part, so out = proj(mean of v) + proj_bias: zero without biases
     traits=_traits("linear", zero_preserving=lambda a: None if a["qkv_bias"] or a["proj_bias"] else "all"),
@@ -1566,12 +1568,7 @@ def _window_v2_init(a, ins, rng):
 
 register_op(OpDef(
     "window_attention_v2", arity=1,
-    attrs={"window_size": AttrSpec("ints", min=1, max=MAX_KERNEL), "shift_size": AttrSpec("ints", [0, 0], min=0,
-                                                                                          max=MAX_KERNEL),
-           "num_heads": AttrSpec("int", min=1, max=MAX_DIM), "qkv_bias": AttrSpec("bool", True),
-           "proj_bias": AttrSpec("bool", True), "cpb_hidden": AttrSpec("int", 512, min=1, max=MAX_DIM),
-           "attention_dropout": AttrSpec("float", 0.0, min=0.0, max=1.0),
-           "dropout": AttrSpec("float", 0.0, min=0.0, max=1.0)},
+    attrs={**_WINDOW_ATTRS, "cpb_hidden": AttrSpec("int", 512, min=1, max=MAX_DIM)},
     infer=_window_infer, check=_window_v2_check, param_shapes=_window_v2_params, init=_window_v2_init,
     # as window_attention: a zero input gives out = proj(mean of v's bias) + proj_bias
     traits=_traits("linear", zero_preserving=lambda a: None if a["qkv_bias"] or a["proj_bias"] else "all"),

@@ -321,6 +321,11 @@ class _Importer:
                 if isinstance(pv, _Sym):  # vit-onnx
                     self.env[node.output[0]] = pv
                     continue
+                if node.op_type in _SYM_OPS and any(isinstance(self.env.get(x), (_Sym, _BatchSize, _ShapeOf))
+                                                    for x in node.input):  # vit-onnx
+                    e = Skip(f"{e}; it computes on the run-time batch size N and its result is not an exact integer "
+                             "polynomial in N (archir reads a batch-dependent shape only as a Reshape or Expand "
+                             "target [N, *constant sizes])")
                 self.problems.append(Unsupported(f"ONNX {node.op_type}", node.name or f"node #{i}", str(e)))
             if node.op_type in _MULTI_OUTPUT:  # the rule gave one value per output (Split)
                 for o, v in zip(node.output, out if isinstance(out, list) else [out] * len(node.output)):
@@ -2130,6 +2135,11 @@ def _vit_reshape(sym, lay: list, dims: list) -> list:
     return out
 
 
+def _vit_norm(lay: list) -> list:
+    """A layout without its atoms of size 1 (they index nothing: any two size-1 axes are the same)."""
+    return [tuple(t for t in ax if t[2] != 1) for ax in lay]
+
+
 def _vit_contiguous(atoms, root: str, size) -> bool:
     """``atoms`` (in order) index all of ``root``'s ``size`` entries, row-major."""
     if not atoms or any(t[0] != root for t in atoms) or atoms[-1][1] != 1:
@@ -2177,7 +2187,10 @@ def _vit_mha_match(imp, index: int, entry, x: str) -> str:
     def where(n):
         return f"at {n.op_type} {n.name or '?'}"
 
-    st = {entry.output[0]: {"lay": [(("l", 1, length),), (("n", 1, sym.N),), (("e", 1, e),)], "kind": "x"}}
+    st = {entry.output[0]: {"lay": _vit_norm([(("l", 1, length),), (("n", 1, sym.N),), (("e", 1, e),)]),
+                            "kind": "x"}}
+    tok, key = _vit_norm([(("l", 1, length),), (("key", 1, length),)])
+    final = _vit_norm([(("n", 1, sym.N),), (("l", 1, length),), (("o", 1, e),)])
     region = {index}
     found = {}  # w_in, b_in, w_out, b_out, roles, scores, heads
     roles_seen = set()
@@ -2255,7 +2268,7 @@ def _vit_mha_match(imp, index: int, entry, x: str) -> str:
                 new = {"lay": lay[:-1] + [(("o", 1, e),)], "kind": "o", "bias": bias is not None}
         elif op == "Add" and len(tracked) == 1 and kind in ("p", "o") and not s["bias"]:
             b = const(node.input[1 - tracked[0]])
-            if b is None or b.shape != (int(lay[-1][0][2]),) or len(lay[-1]) != 1:
+            if b is None or len(lay[-1]) != 1 or b.shape != (int(lay[-1][0][2]),):
                 raise _NoMatch(f"the Add is not a bias of the projection {where(node)}")
             found["b_in" if kind == "p" else "b_out"] = b
             new = dict(s, bias=True)
@@ -2277,8 +2290,6 @@ def _vit_mha_match(imp, index: int, entry, x: str) -> str:
             new = dict(s, scale=s["scale"] * (c if op == "Mul" else 1.0 / c))
         elif op == "MatMul" and tracked == [0, 1]:
             l, r = st[node.input[0]], st[node.input[1]]
-            tok = (("l", 1, length),)
-            key = (("key", 1, length),)
             if l["kind"] == "role" and r["kind"] == "role":
                 if (l["role"], r["role"]) != (0, 1):
                     raise _NoMatch(f"the scores are not q @ k^T {where(node)}")
@@ -2311,8 +2322,9 @@ def _vit_mha_match(imp, index: int, entry, x: str) -> str:
         else:
             raise _NoMatch(f"{op} {node.name or '?'} is not part of nn.MultiheadAttention's export")
         region.add(j)
+        new["lay"] = _vit_norm(new["lay"])
         st[node.output[0]] = new
-        if new.get("kind") == "o" and new["lay"] == [(("n", 1, sym.N),), (("l", 1, length),), (("o", 1, e),)]:
+        if new.get("kind") == "o" and new["lay"] == final:
             users = [u for u in imp.users.get(node.output[0], []) if u.op_type != "Shape"]
             if not new["bias"] and len(users) == 1 and users[0].op_type == "Add":
                 continue  # the out-projection's bias may follow
@@ -2322,8 +2334,8 @@ def _vit_mha_match(imp, index: int, entry, x: str) -> str:
     if roles_seen != {0, 1, 2}:
         raise _NoMatch("q, k and v are not all used")
     heads, d = found["heads"], found["d"]
-    dsize = int(math.prod(t[2] for t in d))
-    h = int(e) // dsize
+    h = int(math.prod(t[2] for t in heads[:len(heads) - len(d)]))
+    dsize = int(e) // h
     if not math.isclose(found["scale"], 1.0 / math.sqrt(dsize), rel_tol=1e-6):
         raise _NoMatch(f"the scores are scaled by {found['scale']:.8g}, not 1/sqrt({dsize})")
     region_ids = {id(nodes[k]) for k in region}

@@ -13,6 +13,15 @@ it before opset 20's ``Gelu``) is a ``gelu``, torch's ``ReduceMean``/``Sub``/``P
 ``hardtanh``, a ``Split`` is one ``slice`` per output). Small constant shape
 arithmetic in the graph (torch's computed ``Pad`` pads, ``chunk`` bounds) is evaluated first.
 
+vit-onnx: shape arithmetic fed by ``Shape`` of run-time tensors is evaluated exactly with the batch as a
+symbol ``N`` (``_SymPass``): what comes out free of ``N`` is a constant, what still holds ``N`` is read only
+as a ``Reshape``/``Expand`` target ``[N, *constant sizes]`` (keep the batch); nothing is folded unless exact
+for every batch size. torch's exports (TorchScript and dynamo) of ``nn.MultiheadAttention(batch_first=True)``
+-- its sequence-first implementation, the batch transposed to dim 1 and back -- are read as one ``attention``
+node after a proof that the region computes it (``_vit_mha``: layouts of index ranges tracked through every
+Transpose/Reshape/Gather, the contractions, heads, scale and weights checked), and ``Gather`` of one index of a
+non-batch axis (``x[:, 0]``) is a ``slice`` (and ``flatten``).
+
 Loading is safe by default:
 
 - the file size, node count and initializer size are capped;

@@ -2335,8 +2335,9 @@ def _vit_mha_match(imp, index: int, entry, x: str) -> str:
         st[node.output[0]] = new
         if new.get("kind") == "o" and new["lay"] == final:
             users = [u for u in imp.users.get(node.output[0], []) if u.op_type != "Shape"]
-            if not new["bias"] and len(users) == 1 and users[0].op_type == "Add":
-                continue  # the out-projection's bias may follow
+            if not new["bias"] and len(users) == 1 and users[0].op_type == "Add" and any(
+                    const(i) is not None for i in users[0].input if i != node.output[0]):
+                continue  # the out-projection's bias follows
             out_value = node
     if out_value is None:
         raise _NoMatch("it does not end in an (N, L, E) tensor with the batch first again")
@@ -2357,8 +2358,12 @@ def _vit_mha_match(imp, index: int, entry, x: str) -> str:
             if id(u) not in region_ids and u.op_type != "Shape":
                 raise _NoMatch(f"its intermediate {v!r} is read by {u.op_type} {u.name or '?'} outside it")
     b_in, b_out = found.get("b_in"), found.get("b_out")
-    if (b_in is None) != (b_out is None):
-        raise _NoMatch("only one of the projections has a bias (nn.MultiheadAttention has both or neither)")
+    # nn.MultiheadAttention has both biases or neither; torch's dynamo exporter drops a bias that is all zeros
+    # (torchvision initialises out_proj.bias so): the missing one is exactly zero
+    if b_in is None and b_out is not None:
+        b_in = np.zeros(3 * int(e), np.float32)
+    if b_out is None and b_in is not None:
+        b_out = np.zeros(int(e), np.float32)
     params = {"in_proj_weight": np.ascontiguousarray(found["w_in"].T, np.float32),
               "out_proj_weight": np.ascontiguousarray(found["w_out"].T, np.float32)}
     if b_in is not None:

@@ -132,11 +132,19 @@ def test_random_multihead_attention_reads_back_from_torchscript_export(d, heads,
     _check_mha(m, length, _export(m, (length, 2 * d * heads), dynamo=False))
 
 
-@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("bias", [True, False, "zero out_proj.bias"])
 def test_multihead_attention_without_bias_and_four_heads_reads_back_from_dynamo(bias):
     torch.manual_seed(0)
-    m = _randomize(_Attn(16, 4, bias))
-    _check_mha(m, 7, _export(m, (7, 16), dynamo=True))
+    m = _randomize(_Attn(16, 4, bool(bias)))
+    if bias == "zero out_proj.bias":  # torchvision's init: dynamo's exporter drops the zero bias of the Gemm
+        with torch.no_grad():
+            m.mha.out_proj.bias.zero_()
+    proto = _export(m, (7, 16), dynamo=True)
+    _check_mha(m, 7, proto)
+    if bias == "zero out_proj.bias":
+        assert all(len(n.input) == 2 for n in proto.graph.node if n.op_type == "Gemm")
+        (a,) = from_onnx(proto).nodes("attention")
+        np.testing.assert_array_equal(a.params["out_proj_bias"], np.zeros(16, np.float32))
 
 
 # --------------------------------------------------------------------------- refusals

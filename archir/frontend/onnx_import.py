@@ -13,6 +13,15 @@ it before opset 20's ``Gelu``) is a ``gelu``, torch's ``ReduceMean``/``Sub``/``P
 ``hardtanh``, a ``Split`` is one ``slice`` per output). Small constant shape
 arithmetic in the graph (torch's computed ``Pad`` pads, ``chunk`` bounds) is evaluated first.
 
+vit-onnx: shape arithmetic fed by ``Shape`` of run-time tensors is evaluated exactly with the batch as a
+symbol ``N`` (``_SymPass``): what comes out free of ``N`` is a constant, what still holds ``N`` is read only
+as a ``Reshape``/``Expand`` target ``[N, *constant sizes]`` (keep the batch); nothing is folded unless exact
+for every batch size. torch's exports (TorchScript and dynamo) of ``nn.MultiheadAttention(batch_first=True)``
+-- its sequence-first implementation, the batch transposed to dim 1 and back -- are read as one ``attention``
+node after a proof that the region computes it (``_vit_mha``: layouts of index ranges tracked through every
+Transpose/Reshape/Gather, the contractions, heads, scale and weights checked), and ``Gather`` of one index of a
+non-batch axis (``x[:, 0]``) is a ``slice`` (and ``flatten``).
+
 Loading is safe by default:
 
 - the file size, node count and initializer size are capped;
@@ -234,7 +243,7 @@ class _Importer:
 
     def act(self, name: str) -> str:
         v = self.env.get(name, _BAD)
-        if isinstance(v, (_BatchSize, _BatchShape)):
+        if isinstance(v, (_BatchSize, _BatchShape, _Sym)):  # vit-onnx: _Sym too
             raise Skip(f"input {name!r} is computed from the run-time batch size; archir reads that only as the "
                        "first entry of a Reshape target (x.view(x.size(0), ...))")
         if not isinstance(v, str):
@@ -286,16 +295,36 @@ class _Importer:
                     self.done.add(i)
                 except Skip:
                     pass  # reported in order below
+        self.sym = _SymPass(self)  # vit-onnx: shape arithmetic evaluated with the batch as a symbol
         for i, node in enumerate(self.model.graph.node):
             if i in self.done:
                 continue
+            # vit-onnx: a shape value evaluated exactly is used as such; one that depends on the batch goes to
+            # the importer's own shape rules where they can read it, else it stays symbolic (_Sym)
+            pv = self.sym.vals.get(node.output[0]) if node.op_type in _SYM_OPS and node.output else None
+            # swin: archir's to_onnx of window_attention (v2) starts with a constant Gather (or MatMul): matched
+            # before the constant is taken as a shape value
+            wa = None
+            if node.op_type in ("Gather", "MatMul") and not any(self.env.get(x, None) is _BAD for x in node.input if x):
+                wa = _window_attention_at(self, i, node)
+            if wa is None and (isinstance(pv, np.ndarray) or (isinstance(pv, _Sym) and not _legacy_ok(self, node))):
+                self.env[node.output[0]] = pv
+                continue
+            if node.op_type == "Transpose":  # vit-onnx: torch's export of nn.MultiheadAttention
+                try:
+                    if _vit_mha(self, i, node) is not None:
+                        continue
+                except Skip as e:
+                    self.problems.append(Unsupported(f"ONNX {node.op_type}", node.name or f"node #{i}", str(e)))
+                    self.env[node.output[0]] = _BAD
+                    continue
             try:
                 if any(self.env.get(x, None) is _BAD for x in node.input if x):
                     if node.op_type not in _RULES and node.op_type not in _FOLDABLE:
                         raise Skip("no mapping for this ONNX op")
                     out = _BAD
-                elif node.op_type in ("Gather", "MatMul") and (wa := _window_attention_at(self, i, node)) is not None:
-                    out = wa  # swin: archir's to_onnx of window_attention (v2) starts with this Gather (MatMul)
+                elif wa is not None:
+                    out = wa  # swin: matched above
                 elif _foldable(self, node):
                     out = _fold(self, node)
                 else:
@@ -305,6 +334,14 @@ class _Importer:
                     out = rule(self, node, _attrs(node))
             except Skip as e:
                 out = _BAD
+                if isinstance(pv, _Sym):  # vit-onnx
+                    self.env[node.output[0]] = pv
+                    continue
+                if node.op_type in _SYM_OPS and any(isinstance(self.env.get(x), (_Sym, _BatchSize, _ShapeOf))
+                                                    for x in node.input):  # vit-onnx
+                    e = Skip(f"{e}; it computes on the run-time batch size N and its result is not an exact integer "
+                             "polynomial in N (archir reads a batch-dependent shape only as a Reshape or Expand "
+                             "target [N, *constant sizes])")
                 self.problems.append(Unsupported(f"ONNX {node.op_type}", node.name or f"node #{i}", str(e)))
             if node.op_type in _MULTI_OUTPUT:  # the rule gave one value per output (Split)
                 for o, v in zip(node.output, out if isinstance(out, list) else [out] * len(node.output)):
@@ -967,6 +1004,8 @@ def _target(imp, name: str) -> list[int]:
     v = imp.env.get(name, _BAD)
     if isinstance(v, _BatchShape):
         return [0] + v.rest
+    if isinstance(v, _Sym):  # vit-onnx
+        return [0] + _sym_target(imp, v, "the Reshape target")
     return imp.const(name, "the target shape").astype(np.int64).tolist()
 
 
@@ -974,7 +1013,7 @@ def _target(imp, name: str) -> list[int]:
 def _reshape(imp, node, a):
     x = imp.act(node.input[0])
     shape = _target(imp, node.input[1])
-    if isinstance(imp.env.get(node.input[1]), _BatchShape) and 0 in shape[1:] and not a.get("allowzero", 0):
+    if isinstance(imp.env.get(node.input[1]), (_BatchShape, _Sym)) and 0 in shape[1:] and not a.get("allowzero", 0):
         raise Skip(f"Reshape target {shape} copies input dims after the batch size computed at run time")
     ins = list(imp.shape(x))
     if shape in ([0, -1], [-1, math.prod(ins)]) or (shape[0] in (0, -1) and shape[1:] == [math.prod(ins)]):
@@ -1295,6 +1334,8 @@ def _expand(imp, node, a):
     to_onnx of ``param``): the learned tensor repeated over ``x``'s batch."""
     value = imp.const(node.input[0], "the expanded value")
     target = imp.env.get(node.input[1], _BAD)
+    if isinstance(target, _Sym):  # vit-onnx: TorchScript's Where(Equal(...)) target, [N, 1, 1]
+        target = _ShapeOf([None] + _sym_target(imp, target, "the Expand target"), imp.g.inputs[0])
     if not isinstance(target, _ShapeOf) or target.src is None:
         raise Skip("Expand to a shape that is not [batch of a network tensor, *constant sizes]; archir repeats a "
                    "constant over the batch only (its param op)")
@@ -1630,6 +1671,8 @@ def _shape(imp, node, a):
 @_rule("Gather")
 def _gather(imp, node, a):
     v = imp.env.get(node.input[0], _BAD)
+    if isinstance(v, str):  # vit-onnx: x[:, 0]
+        return _vit_gather_token(imp, node, a, v)
     idx = imp.const(node.input[1], "the indices")
     if not isinstance(v, _ShapeOf) or int(a.get("axis", 0)) != 0:
         raise Skip("Gather other than of a tensor's fixed dims (Shape then Gather); archir has no gather op")
@@ -1940,6 +1983,682 @@ def _gemm(imp, node, a):
         else:
             raise Skip(f"Gemm bias of shape {c.shape} is not one value per output")
     return imp.add(node, "linear", [x], params=params, out_features=int(w.shape[0]), bias=c is not None)
+
+
+# --------------------------------------------------------------------------- vit-onnx: symbolic shape arithmetic
+# torch.onnx.export computes shapes in the graph from ``Shape`` of run-time tensors (TorchScript: the head size of
+# nn.MultiheadAttention from ``Shape -> Gather -> Div -> Cast``, the scale from ``Sqrt`` of a shape, the class token
+# target from ``Where(Equal(...))``; dynamo: ``Shape -> Slice -> Concat`` reshape targets). Every dim of an
+# importable graph is static except the batch, so these values are evaluated exactly before the import, with the
+# batch as the symbol ``N`` (sympy): a value that comes out free of ``N`` is a constant; one that still holds ``N``
+# is a :class:`_Sym`, which only a Reshape target or an Expand target may read, and only as "keep the batch"
+# (``[N, *constants]``). Nothing is approximated: an entry that is not an exact integer polynomial in ``N`` (a
+# ``Div`` that does not divide, ``Mod(N, 2)``, ``Equal(N, 5)``) stays unknown, and whatever needs it is refused.
+
+#: ops evaluated on shape values (all inputs small constants or shape values)
+_SYM_OPS = frozenset({"Shape", "Size", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Mul", "Div", "Mod",
+                      "Add", "Sub", "Neg", "Sqrt", "Equal", "Where", "ConstantOfShape", "Reshape", "Range"})
+#: tensor ops whose output has their first input's shape
+_SYM_SAME = frozenset({"Relu", "Sigmoid", "Tanh", "Erf", "Gelu", "Softmax", "LayerNormalization", "BatchNormalization",
+                       "Identity", "Dropout", "Cast", "Sqrt", "Neg", "Abs", "Exp", "Log", "HardSigmoid", "HardSwish",
+                       "LeakyRelu", "Elu", "Clip", "Reciprocal", "Floor", "Ceil"})
+_SYM_BROADCAST = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Where", "Equal", "Max", "Min"})
+
+
+class _Sym:
+    """A shape value that depends on the run-time batch size: an integer array of sympy polynomials in ``N``."""
+
+    def __init__(self, arr: np.ndarray) -> None:
+        self.arr = arr
+
+    def __repr__(self) -> str:
+        return str(self.arr.tolist())
+
+
+class _Unknown(Exception):
+    pass
+
+
+def _sympy():
+    import sympy
+
+    return sympy
+
+
+def _int_poly(e, n) -> bool:
+    """``e`` is an integer-valued polynomial in ``n`` with integer coefficients (so exact for every batch size)."""
+    sp = _sympy()
+    if e.is_Integer:
+        return True
+    if not e.is_polynomial(n):
+        return False
+    return all(c.is_Integer for c in sp.Poly(e, n).coeffs())
+
+
+class _SymPass:
+    """Symbolic shapes of the tensors and values of a model, the batch as ``N`` (see the block comment)."""
+
+    def __init__(self, imp) -> None:
+        sp = _sympy()
+        self.sp = sp
+        self.N = sp.Symbol("N", integer=True, positive=True)
+        self.shapes: dict[str, list | None] = {}
+        self.vals: dict[str, np.ndarray | _Sym] = {}
+        for t in imp.model.graph.initializer:
+            self.shapes[t.name] = [sp.Integer(d) for d in t.dims]
+        for name, v in imp.env.items():  # initializers and Constant outputs
+            if isinstance(v, np.ndarray):
+                self.shapes[name] = [sp.Integer(d) for d in v.shape]
+                if v.size <= _FOLD_MAX:
+                    self.vals[name] = v
+        for vi in imp.model.graph.input:
+            if vi.name not in self.shapes:
+                dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+                self.shapes[vi.name] = [self.N] + [sp.Integer(d) for d in dims[1:]]
+        for node in imp.model.graph.node:
+            if not node.output or node.output[0] in self.vals:
+                continue
+            out = None
+            try:
+                if node.op_type in _SYM_OPS:
+                    out = self._value(node)
+            except (_Unknown, Skip, ValueError, TypeError, IndexError, ZeroDivisionError):
+                out = None
+            if out is not None:
+                self.vals[node.output[0]] = out
+                self.shapes[node.output[0]] = [sp.Integer(d) for d in np.shape(out.arr if isinstance(out, _Sym)
+                                                                               else out)]
+                continue
+            try:
+                self.shapes[node.output[0]] = self._tensor_shape(node)
+            except (_Unknown, ValueError, TypeError, IndexError, KeyError, ZeroDivisionError):
+                self.shapes[node.output[0]] = None
+
+    # ---- values
+    def _obj(self, v) -> np.ndarray:
+        """A value as an object array of sympy integers (or booleans)."""
+        if isinstance(v, _Sym):
+            return v.arr
+        a = np.asarray(v)
+        if a.dtype == np.bool_:
+            return a.astype(object)
+        if not np.issubdtype(a.dtype, np.integer):
+            if not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
+                raise _Unknown
+        flat = [self.sp.Integer(int(x)) for x in a.reshape(-1)]
+        return np.array(flat + [None], dtype=object)[:-1].reshape(a.shape)
+
+    def _done(self, arr: np.ndarray, dtype=np.int64):
+        arr = np.asarray(arr, dtype=object)
+        flat = []
+        for e in arr.reshape(-1):
+            if isinstance(e, (bool, np.bool_)) or e in (self.sp.true, self.sp.false):
+                flat.append(bool(e))
+                continue
+            e = self.sp.expand(self.sp.sympify(e))
+            if not _int_poly(e, self.N):
+                raise _Unknown
+            flat.append(e)
+        out = np.array(flat + [None], dtype=object)[:-1].reshape(arr.shape)
+        if all(isinstance(e, bool) for e in flat):
+            return out.astype(np.bool_)
+        if all(not isinstance(e, bool) and e.is_Integer for e in flat):
+            return np.array([int(e) for e in flat], dtype=dtype).reshape(arr.shape)
+        return _Sym(out)
+
+    def _const(self, name: str) -> np.ndarray:
+        v = self.vals.get(name)
+        if not isinstance(v, np.ndarray):
+            raise _Unknown
+        return v
+
+    def _value(self, node):
+        op, ins, a = node.op_type, list(node.input), _attrs(node)
+        if op == "Shape":
+            dims = self.shapes.get(ins[0])
+            if dims is None:
+                raise _Unknown
+            start, end = int(a.get("start", 0)), a.get("end")
+            return self._done(np.array(dims[start:None if end is None else int(end)] + [None], dtype=object)[:-1])
+        if op == "Size":
+            dims = self.shapes.get(ins[0])
+            if dims is None:
+                raise _Unknown
+            return self._done(np.array(math.prod(dims), dtype=object))
+        if not all(i in self.vals for i in ins if i):
+            return None
+        feeds = [self.vals[i] if i else None for i in ins]
+        if all(f is None or isinstance(f, np.ndarray) for f in feeds):
+            return self._fold(node, {i: self.vals[i] for i in ins if i})
+        x = feeds[0]
+        if op == "Gather":
+            idx = self._const(ins[1]).astype(np.int64)
+            return self._done(np.take(self._obj(x), idx, axis=int(a.get("axis", 0))))
+        if op == "Slice":
+            arr = self._obj(x)
+            starts, ends = (self._const(i).reshape(-1).tolist() for i in ins[1:3])
+            axes = self._const(ins[3]).reshape(-1).tolist() if len(ins) > 3 and ins[3] else list(range(len(starts)))
+            steps = self._const(ins[4]).reshape(-1).tolist() if len(ins) > 4 and ins[4] else [1] * len(starts)
+            idx = [slice(None)] * arr.ndim
+            for ax, s, e, st in zip(axes, starts, ends, steps):
+                idx[int(ax)] = slice(int(s), int(e), int(st))
+            return self._done(arr[tuple(idx)])
+        if op == "Concat":
+            return self._done(np.concatenate([self._obj(f) for f in feeds], axis=int(a["axis"])))
+        if op in ("Unsqueeze", "Squeeze"):
+            axes = self._const(ins[1]).reshape(-1).tolist() if len(ins) > 1 and ins[1] else a.get("axes")
+            arr = self._obj(x)
+            if op == "Squeeze":
+                return self._done(np.squeeze(arr, axis=None if axes is None else tuple(int(v) for v in axes)))
+            rank = arr.ndim + len(axes)
+            for ax in sorted(int(v) % rank for v in axes):
+                arr = np.expand_dims(arr, ax)
+            return self._done(arr)
+        if op == "Reshape":
+            arr = self._obj(x)
+            shape = self._const(ins[1]).astype(np.int64).tolist()
+            shape = [arr.shape[k] if d == 0 and not a.get("allowzero", 0) else d for k, d in enumerate(shape)]
+            return self._done(arr.reshape(shape))
+        if op == "Cast":
+            if onnx.helper.tensor_dtype_to_np_dtype(int(a["to"])).kind not in "iu":
+                raise _Unknown  # a batch-dependent shape as a float (Sqrt of it) is never a constant
+            return self._done(self._obj(x))
+        if op in ("Add", "Sub", "Mul", "Neg"):
+            l = self._obj(x)
+            if op == "Neg":
+                return self._done(-l)
+            r = self._obj(feeds[1])
+            return self._done(l + r if op == "Add" else l - r if op == "Sub" else l * r)
+        if op == "Div":  # integer division: exact only where it divides
+            l, r = np.broadcast_arrays(self._obj(x), self._obj(feeds[1]))
+            out = np.empty(l.shape, dtype=object)
+            for k in np.ndindex(l.shape):
+                if r[k] == 0:
+                    raise _Unknown
+                out[k] = self.sp.cancel(l[k] / r[k])
+            return self._done(out)
+        if op == "Mod":
+            if int(a.get("fmod", 0)):
+                raise _Unknown
+            l, r = np.broadcast_arrays(self._obj(x), self._obj(feeds[1]))
+            out = np.empty(l.shape, dtype=object)
+            for k in np.ndindex(l.shape):
+                if r[k] == 0:
+                    raise _Unknown
+                out[k] = self.sp.Mod(l[k], r[k])
+            return self._done(out)
+        if op == "Equal":
+            l, r = np.broadcast_arrays(self._obj(x), self._obj(feeds[1]))
+            out = np.empty(l.shape, dtype=object)
+            for k in np.ndindex(l.shape):
+                e = self.sp.Eq(l[k], r[k])
+                if e not in (self.sp.true, self.sp.false):
+                    raise _Unknown  # e.g. N == 5: true for one batch size only
+                out[k] = bool(e)
+            return self._done(out)
+        if op == "Where":
+            cond = feeds[0]
+            if not isinstance(cond, np.ndarray):
+                raise _Unknown
+            return self._done(np.where(cond.astype(bool), self._obj(feeds[1]), self._obj(feeds[2])))
+        raise _Unknown  # Sqrt, ConstantOfShape, Range of a batch-dependent value
+
+    def _fold(self, node, feeds: dict) -> np.ndarray | None:
+        from onnx.reference import ReferenceEvaluator
+
+        if node.op_type in ("ConstantOfShape", "Range"):
+            v = [np.asarray(f).reshape(-1).astype(np.float64) for f in feeds.values()]
+            n = np.prod(v[0]) if node.op_type == "ConstantOfShape" else (v[1][0] - v[0][0]) / (v[2][0] or 1)
+            if not 0 <= n <= _FOLD_MAX:
+                raise _Unknown
+        (out,) = ReferenceEvaluator(node).run(None, feeds)
+        out = np.asarray(out)
+        if out.size > _FOLD_MAX:
+            raise _Unknown
+        return out
+
+    # ---- tensor shapes
+    def _bcast(self, shapes: list) -> list:
+        rank = max(len(s) for s in shapes)
+        out = []
+        for k in range(rank):
+            ds = {s[len(s) - rank + k] for s in shapes if len(s) - rank + k >= 0} - {1}
+            if len(ds) > 1:
+                raise _Unknown
+            out.append(ds.pop() if ds else self.sp.Integer(1))
+        return out
+
+    def _tensor_shape(self, node) -> list | None:
+        op, ins, a = node.op_type, list(node.input), _attrs(node)
+        sh = [self.shapes.get(i) if i else None for i in ins]
+        if op not in ("Where",) and sh and sh[0] is None:
+            return None
+        if op in _SYM_SAME:
+            return list(sh[0])
+        if op in _SYM_BROADCAST:
+            if any(s is None for s in sh):
+                return None
+            return self._bcast(sh)
+        if op == "Transpose":
+            perm = [int(p) for p in a.get("perm", list(range(len(sh[0])))[::-1])]
+            return [sh[0][p] for p in perm]
+        if op in ("Reshape", "Expand"):
+            t = self.vals.get(ins[1])
+            if t is None:
+                return None
+            target = list(self._obj(t).reshape(-1))
+            if op == "Expand":
+                return self._bcast([sh[0], target])
+            out = [sh[0][k] if d == 0 and not a.get("allowzero", 0) else d for k, d in enumerate(target)]
+            if -1 in out:
+                known = math.prod(d for d in out if d != -1)
+                q = self.sp.cancel(math.prod(sh[0]) / known)
+                if not _int_poly(q, self.N):
+                    raise _Unknown
+                out[out.index(-1)] = q
+            if self.sp.expand(math.prod(out) - math.prod(sh[0])) != 0:
+                raise _Unknown  # the element counts differ: not a reshape of this tensor
+            return out
+        if op == "MatMul":
+            l, r = sh
+            if r is None or len(l) < 2 or len(r) < 2 or self.sp.expand(l[-1] - r[-2]) != 0:
+                return None
+            return self._bcast([l[:-2], r[:-2]]) + [l[-2], r[-1]]
+        if op == "Gemm":
+            l, r = sh[0], sh[1]
+            if r is None:
+                return None
+            return [l[1] if a.get("transA", 0) else l[0], r[0] if a.get("transB", 0) else r[1]]
+        if op in ("Unsqueeze", "Squeeze"):
+            axes = self._const(ins[1]).reshape(-1).tolist() if len(ins) > 1 and ins[1] else a.get("axes")
+            s = list(sh[0])
+            if op == "Squeeze":
+                if axes is None:
+                    return [d for d in s if d != 1]
+                drop = {int(v) % len(s) for v in axes}
+                return [d for k, d in enumerate(s) if k not in drop]
+            rank = len(s) + len(axes)
+            for ax in sorted(int(v) % rank for v in axes):
+                s.insert(ax, self.sp.Integer(1))
+            return s
+        if op == "Gather":
+            idx = self.vals.get(ins[1])
+            if idx is None:
+                return None
+            ax = int(a.get("axis", 0)) % len(sh[0])
+            return sh[0][:ax] + [self.sp.Integer(d) for d in np.shape(idx)] + sh[0][ax + 1:]
+        if op == "Concat":
+            if any(s is None for s in sh):
+                return None
+            ax = int(a["axis"]) % len(sh[0])
+            return sh[0][:ax] + [sum(s[ax] for s in sh)] + sh[0][ax + 1:]
+        if op == "Flatten":
+            ax = int(a.get("axis", 1)) % len(sh[0])
+            return [math.prod(sh[0][:ax]), math.prod(sh[0][ax:])]
+        if op == "Conv" and sh[1] is not None and a.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"):
+            k = [int(v) for v in a.get("kernel_shape", [int(d) for d in sh[1][2:]])]
+            nd = len(k)
+            pads = [int(v) for v in a.get("pads", [0] * 2 * nd)]
+            st = [int(v) for v in a.get("strides", [1] * nd)]
+            dil = [int(v) for v in a.get("dilations", [1] * nd)]
+            sp_ = [int(d) for d in sh[0][2:]]
+            out = [(sp_[j] + pads[j] + pads[j + nd] - dil[j] * (k[j] - 1) - 1) // st[j] + 1 for j in range(nd)]
+            return [sh[0][0], sh[1][0]] + [self.sp.Integer(d) for d in out]
+        return None
+
+
+def _sym_target(imp, v: _Sym, what: str) -> list:
+    """A batch-dependent shape value read as ``[batch, *constant sizes]`` (``[0 or keep, ...]``), else refused."""
+    flat = list(v.arr.reshape(-1))
+    n = imp.sym.N
+    if not flat or imp.sym.sp.expand(flat[0] - n) != 0 or any(not e.is_Integer for e in flat[1:]):
+        raise Skip(f"{what} {v} is computed from the run-time batch size N and is not [N, *constant sizes]: it "
+                   "would mix samples of the batch (archir keeps each sample apart)")
+    return [int(e) for e in flat[1:]]
+
+
+def _legacy_ok(imp, node) -> bool:
+    """The importer's own shape-value rules (``_ShapeOf``, ``_BatchSize``) may read this node's inputs."""
+    for name in node.input:
+        if not name:
+            continue
+        v = imp.env.get(name, _BAD)
+        if v is _BAD or isinstance(v, _Sym):
+            return False
+    if node.op_type == "Shape":
+        x = imp.env.get(node.input[0])
+        dims = imp.sym.shapes.get(node.input[0])
+        if not isinstance(x, str) or dims is None or len(dims) != len(imp.shape(x)) + 1 or dims[0] != imp.sym.N or \
+                any(d != k for d, k in zip(dims[1:], imp.shape(x))):
+            return False
+    return True
+
+
+def _vit_gather_token(imp, node, a, x: str) -> str:
+    """``Gather(x, i, axis=k)`` of a network tensor at a constant index (``x[:, 0]``: ViT's class token): a
+    ``slice`` of one entry, then that axis dropped (``flatten`` for ``(N, 1, E)``, as from_torch maps it)."""
+    idx = imp.const(node.input[1], "the Gather indices")
+    shape = list(imp.shape(x))
+    rank = len(shape) + 1
+    axis = int(a.get("axis", 0))
+    axis = axis % rank if -rank <= axis < rank else axis
+    if not 1 <= axis < rank or idx.size != 1:
+        raise Skip(f"Gather of indices {idx.reshape(-1).tolist()} along axis {a.get('axis', 0)}: archir gathers one "
+                   "constant index of a non-batch axis only (x[:, i])")
+    size = shape[axis - 1]
+    i = int(idx.reshape(()))
+    if not -size <= i < size:
+        raise Skip(f"Gather index {i} is out of range for a dim of {size}")
+    i %= size
+    nid = imp.add(node, "slice", [x], dim=axis, start=i, end=None if i + 1 >= size else i + 1)
+    if idx.ndim == 1:
+        return nid
+    if rank == 3 and axis == 1:
+        return imp.add(node, "flatten", [nid], start_dim=1)
+    return _reshape_to(imp, node, nid, [0] + shape[:axis - 1] + shape[axis:])
+
+
+# --------------------------------------------------------------------------- vit-onnx: exported nn.MultiheadAttention
+# Both of torch's exporters write nn.MultiheadAttention(batch_first=True) as its sequence-first implementation
+# (F.multi_head_attention_forward): Transpose the batch to dim 1, one MatMul (+Add) with the packed in-projection on
+# (L, N, E), Reshape / Unsqueeze / Transpose / Squeeze to (3, L, N, E), Gather q, k, v, Reshape each to
+# (L, N*h, d) and Transpose to (N*h, L, d), Reshape to (N, h, L, d) (k transposed to (N, h, d, L) on the way),
+# Mul by scalars, MatMul, Softmax, MatMul with v, Transpose and Reshape to (L*N, E), Gemm with the out-projection,
+# Reshape to (L, N, E), Transpose the batch back. The two exporters differ in the order of the layout ops and in
+# how they compute the shapes (symbolically evaluated above).
+#
+# The match is a proof, not a pattern of node names: every tensor of the region is tracked as a layout of
+# "atoms" (a dim of the input, the batch N, the token L, a head, a feature) — each atom a (root, stride, size)
+# index range of one root dim — through Transpose, Reshape (split / merge of atoms, exact in N), Unsqueeze,
+# Squeeze and Gather; the MatMuls must contract the right atoms (q's and k's per-head features, the key tokens with
+# v's tokens), q, k, v must be the Gathers 0, 1, 2 of one packed projection, the out-projection must read the heads
+# concatenated in order, the scale product must be 1/sqrt(d), and the output must be (N, L, E) in that order. Every
+# node reading a tensor of the region is part of it (or a Shape, evaluated above), none is a graph output.
+
+_L_ATOM = "l"
+
+
+def _vit_quot(sym, a, b):
+    """``a / b`` when it is an exact positive integer polynomial in N, else ``None``."""
+    q = sym.sp.cancel(a / b)
+    if not _int_poly(q, sym.N) or (q.is_Integer and q < 1):
+        return None
+    return q
+
+
+class _NoMatch(Exception):
+    pass
+
+
+def _vit_reshape(sym, lay: list, dims: list) -> list:
+    atoms = [t for ax in lay for t in ax if t[2] != 1]
+    out = []
+    for t in dims:
+        grp, p = [], sym.sp.Integer(1)
+        while True:
+            r = _vit_quot(sym, t, p)
+            if r is None:
+                raise _NoMatch(f"target dim {t} is not a product of whole input dims")
+            if r == 1:
+                break
+            if not atoms:
+                raise _NoMatch(f"target dim {t} is larger than the input")
+            root, stride, size = atoms.pop(0)
+            if _vit_quot(sym, r, size) is not None:
+                grp.append((root, stride, size))
+                p = p * size
+                continue
+            s = _vit_quot(sym, size, r)
+            if s is None or root == "n":
+                raise _NoMatch(f"it splits a dim of {size} ({root}) into {r} x {size / r}"
+                               + (", which mixes the batch" if root == "n" or r.free_symbols else ""))
+            grp.append((root, stride * s, r))
+            atoms.insert(0, (root, stride, s))
+            p = p * r
+        out.append(tuple(grp))
+    if atoms:
+        raise _NoMatch("target shape is smaller than the input")
+    return out
+
+
+def _vit_norm(lay: list) -> list:
+    """A layout without its atoms of size 1 (they index nothing: any two size-1 axes are the same)."""
+    return [tuple(t for t in ax if t[2] != 1) for ax in lay]
+
+
+def _vit_contiguous(atoms, root: str, size) -> bool:
+    """``atoms`` (in order) index all of ``root``'s ``size`` entries, row-major."""
+    if not atoms or any(t[0] != root for t in atoms) or atoms[-1][1] != 1:
+        return False
+    for (_, s0, _), (_, s1, z1) in zip(atoms, atoms[1:]):
+        if s0 != s1 * z1:
+            return False
+    return atoms[0][1] * atoms[0][2] == size
+
+
+def _vit_mha(imp, index: int, entry) -> str | None:
+    """``entry`` (a Transpose perm=[1, 0, 2] of a network tensor) begins an exported nn.MultiheadAttention:
+    one ``attention`` node (None when it does not even start like one; Skip with the reason when it starts
+    like one and does not match)."""
+    if [int(v) for v in _attrs(entry).get("perm", [])] != [1, 0, 2]:
+        return None
+    x = imp.env.get(entry.input[0])
+    if not isinstance(x, str) or len(imp.shape(x)) != 2:
+        return None
+    nxt = [u for u in imp.users.get(entry.output[0], []) if u.op_type != "Shape"]
+    if len(nxt) != 1 or nxt[0].op_type != "MatMul" or nxt[0].input[0] != entry.output[0]:
+        return None
+    try:
+        return _vit_mha_match(imp, index, entry, x)
+    except _NoMatch as e:
+        raise Skip(f"Transpose perm=[1, 0, 2] moves the batch dim; it begins a sequence-first attention as torch "
+                   f"exports nn.MultiheadAttention, but {e}; archir reads only nn.MultiheadAttention(batch_first=True)"
+                   "(x, x, x, need_weights=False) exported as is") from None
+
+
+def _vit_mha_match(imp, index: int, entry, x: str) -> str:
+    sym = imp.sym
+    sp = sym.sp
+    length, e = (sp.Integer(d) for d in imp.shape(x))
+    nodes = list(imp.model.graph.node)
+    graph_outs = {o.name for o in imp.model.graph.output}
+
+    def const(name):
+        v = imp.env.get(name)
+        if isinstance(v, np.ndarray):
+            return v
+        v = sym.vals.get(name)
+        return v if isinstance(v, np.ndarray) else None
+
+    def where(n):
+        return f"at {n.op_type} {n.name or '?'}"
+
+    st = {entry.output[0]: {"lay": _vit_norm([(("l", 1, length),), (("n", 1, sym.N),), (("e", 1, e),)]),
+                            "kind": "x"}}
+    tok, key = _vit_norm([(("l", 1, length),), (("key", 1, length),)])
+    final = _vit_norm([(("n", 1, sym.N),), (("l", 1, length),), (("o", 1, e),)])
+    region = {index}
+    found = {}  # w_in, b_in, w_out, b_out, roles, scores, heads
+    roles_seen = set()
+    out_value = None
+    for j in range(index + 1, len(nodes)):
+        node = nodes[j]
+        tracked = [k for k, i in enumerate(node.input) if i in st]
+        if not tracked:
+            continue
+        if node.op_type == "Shape":
+            continue
+        if out_value is not None:
+            break
+        a = _attrs(node)
+        op = node.op_type
+        s = st[node.input[tracked[0]]]
+        lay, kind = s["lay"], s["kind"]
+        new = None
+        if op in ("Transpose", "Reshape", "Unsqueeze", "Squeeze") and tracked == [0]:
+            if op == "Transpose":
+                perm = [int(v) for v in a.get("perm", list(range(len(lay)))[::-1])]
+                if sorted(perm) != list(range(len(lay))):
+                    raise _NoMatch(f"bad perm {perm} {where(node)}")
+                lay2 = [lay[p] for p in perm]
+            elif op == "Reshape":
+                dims = sym.shapes.get(node.output[0])
+                if dims is None:
+                    raise _NoMatch(f"the target shape is not known exactly {where(node)}")
+                try:
+                    lay2 = _vit_reshape(sym, lay, dims)
+                except _NoMatch as err:
+                    raise _NoMatch(f"the Reshape to {dims} {where(node)} does not keep the layout: {err}") from None
+            else:
+                ax_in = node.input[1] if len(node.input) > 1 and node.input[1] else None
+                c = const(ax_in) if ax_in else None
+                axes = c.reshape(-1).tolist() if c is not None else a.get("axes")
+                if axes is None:
+                    raise _NoMatch(f"axes not constant {where(node)}")
+                lay2 = list(lay)
+                if op == "Unsqueeze":
+                    rank = len(lay) + len(axes)
+                    for ax in sorted(int(v) % rank for v in axes):
+                        lay2.insert(ax, ())
+                else:
+                    drop = {int(v) % len(lay) for v in axes}
+                    if any(t[2] != 1 for k in drop for t in lay[k]):
+                        raise _NoMatch(f"squeezes a dim that is not 1 {where(node)}")
+                    lay2 = [ax for k, ax in enumerate(lay) if k not in drop]
+            new = dict(s, lay=lay2)
+        elif op in ("MatMul", "Gemm") and tracked == [0] and kind in ("x", "c"):
+            w = const(node.input[1])
+            if w is None or w.ndim != 2:
+                raise _NoMatch(f"the projection weight is not a constant matrix {where(node)}")
+            bias = None
+            if op == "Gemm":
+                if a.get("transA", 0) or float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0:
+                    raise _NoMatch(f"Gemm with transA, alpha or beta {where(node)}")
+                w = w.T if a.get("transB", 0) else w
+                if len(node.input) > 2 and node.input[2]:
+                    bias = const(node.input[2])
+                    if bias is None or bias.size != w.shape[1]:
+                        raise _NoMatch(f"the Gemm bias is not one constant per output {where(node)}")
+                    bias = bias.reshape(-1)
+            if kind == "x":
+                if lay[-1] != (("e", 1, e),) or w.shape[0] != e or w.shape[1] != 3 * e or "w_in" in found:
+                    raise _NoMatch(f"the in-projection is not a packed ({e}, {3 * e}) weight on the features "
+                                   f"{where(node)}")
+                found["w_in"], found["b_in"] = w, bias
+                new = {"lay": lay[:-1] + [(("p", 1, 3 * e),)], "kind": "p", "bias": bias is not None}
+            else:
+                heads = found["heads"]
+                if lay[-1] != heads or w.shape != (e, e) or "w_out" in found:
+                    raise _NoMatch(f"the out-projection does not read the heads concatenated in order {where(node)}")
+                found["w_out"], found["b_out"] = w, bias
+                new = {"lay": lay[:-1] + [(("o", 1, e),)], "kind": "o", "bias": bias is not None}
+        elif op == "Add" and len(tracked) == 1 and kind in ("p", "o") and not s["bias"]:
+            b = const(node.input[1 - tracked[0]])
+            if b is None or len(lay[-1]) != 1 or b.shape != (int(lay[-1][0][2]),):
+                raise _NoMatch(f"the Add is not a bias of the projection {where(node)}")
+            found["b_in" if kind == "p" else "b_out"] = b
+            new = dict(s, bias=True)
+        elif op == "Gather" and tracked == [0] and kind == "p":
+            idx = const(node.input[1])
+            ax = int(a.get("axis", 0)) % len(lay)
+            if idx is None or idx.ndim != 0 or lay[ax] != (("p", e, sp.Integer(3)),):
+                raise _NoMatch(f"the Gather does not pick one of q, k, v of the packed projection {where(node)}")
+            role = int(idx) % 3
+            if role in roles_seen:
+                raise _NoMatch(f"{'qkv'[role]} is picked twice {where(node)}")
+            roles_seen.add(role)
+            new = {"lay": lay[:ax] + lay[ax + 1:], "kind": "role", "role": role, "scale": 1.0}
+        elif op in ("Mul", "Div") and len(tracked) == 1 and kind in ("role", "s"):
+            c = const(node.input[1 - tracked[0]])
+            if c is None or c.size != 1 or (op == "Div" and tracked[0] != 0):
+                raise _NoMatch(f"{op} by something other than a constant scalar {where(node)}")
+            c = float(c.reshape(()))
+            new = dict(s, scale=s["scale"] * (c if op == "Mul" else 1.0 / c))
+        elif op == "MatMul" and tracked == [0, 1]:
+            l, r = st[node.input[0]], st[node.input[1]]
+            if l["kind"] == "role" and r["kind"] == "role":
+                if (l["role"], r["role"]) != (0, 1):
+                    raise _NoMatch(f"the scores are not q @ k^T {where(node)}")
+                lead, d = l["lay"][:-2], l["lay"][-1]
+                if r["lay"][:-2] != lead or r["lay"][-2] != d or l["lay"][-2] != tok or r["lay"][-1] != tok:
+                    raise _NoMatch(f"q @ k^T does not contract each head's features {where(node)}")
+                flat = [t for ax in lead for t in ax]
+                head = [t for t in flat if t[0] == "p"]
+                if sorted(t[0] for t in flat) != ["n"] + ["p"] * len(head) or \
+                        not _vit_contiguous(head + list(d), "p", e):
+                    raise _NoMatch(f"the batch of q @ k^T is not (N, heads) with each head's features contiguous "
+                                   f"{where(node)}")
+                found["heads"], found["lead"], found["d"] = tuple(head) + tuple(d), lead, d
+                found["scale"] = l["scale"] * r["scale"]
+                new = {"lay": lead + [tok, key], "kind": "s", "scale": 1.0}
+            elif l["kind"] == "a" and r["kind"] == "role":
+                lead, d = found["lead"], found["d"]
+                if r["role"] != 2 or r["scale"] != 1.0 or l["lay"] != lead + [tok, key] or \
+                        r["lay"] != lead + [tok, d]:
+                    raise _NoMatch(f"the weights do not multiply v over the key tokens {where(node)}")
+                new = {"lay": lead + [tok, d], "kind": "c"}
+            else:
+                raise _NoMatch(f"unexpected MatMul of two region tensors {where(node)}")
+        elif op == "Softmax" and kind == "s" and tracked == [0]:
+            ax = int(a.get("axis", -1 if imp.opset >= 13 else 1)) % len(lay)
+            if ax != len(lay) - 1 or (imp.opset < 13 and ax != 1):
+                raise _NoMatch(f"Softmax is not over the key tokens {where(node)}")
+            found["scale"] *= s["scale"]
+            new = {"lay": lay, "kind": "a", "scale": 1.0}
+        else:
+            raise _NoMatch(f"{op} {node.name or '?'} is not part of nn.MultiheadAttention's export")
+        region.add(j)
+        new["lay"] = _vit_norm(new["lay"])
+        st[node.output[0]] = new
+        if new.get("kind") == "o" and new["lay"] == final:
+            users = [u for u in imp.users.get(node.output[0], []) if u.op_type != "Shape"]
+            if not new["bias"] and len(users) == 1 and users[0].op_type == "Add" and any(
+                    const(i) is not None for i in users[0].input if i != node.output[0]):
+                continue  # the out-projection's bias follows
+            out_value = node
+    if out_value is None:
+        raise _NoMatch("it does not end in an (N, L, E) tensor with the batch first again")
+    if roles_seen != {0, 1, 2}:
+        raise _NoMatch("q, k and v are not all used")
+    heads, d = found["heads"], found["d"]
+    h = int(math.prod(t[2] for t in heads[:len(heads) - len(d)]))
+    dsize = int(e) // h
+    if not math.isclose(found["scale"], 1.0 / math.sqrt(dsize), rel_tol=1e-6):
+        raise _NoMatch(f"the scores are scaled by {found['scale']:.8g}, not 1/sqrt({dsize})")
+    region_ids = {id(nodes[k]) for k in region}
+    for v in st:
+        if v == out_value.output[0]:
+            continue
+        if v in graph_outs:
+            raise _NoMatch(f"its intermediate {v!r} is a graph output")
+        for u in imp.users.get(v, []):
+            if id(u) not in region_ids and u.op_type != "Shape":
+                raise _NoMatch(f"its intermediate {v!r} is read by {u.op_type} {u.name or '?'} outside it")
+    b_in, b_out = found.get("b_in"), found.get("b_out")
+    # nn.MultiheadAttention has both biases or neither; torch's dynamo exporter drops a bias that is all zeros
+    # (torchvision initialises out_proj.bias so): the missing one is exactly zero
+    if b_in is None and b_out is not None:
+        b_in = np.zeros(3 * int(e), np.float32)
+    if b_out is None and b_in is not None:
+        b_out = np.zeros(int(e), np.float32)
+    params = {"in_proj_weight": np.ascontiguousarray(found["w_in"].T, np.float32),
+              "out_proj_weight": np.ascontiguousarray(found["w_out"].T, np.float32)}
+    if b_in is not None:
+        params.update(in_proj_bias=np.asarray(b_in, np.float32).reshape(-1),
+                      out_proj_bias=np.asarray(b_out, np.float32).reshape(-1))
+    scoped = _torch_scope(out_value, "attention")
+    name = out_value.name or ""
+    if scoped:
+        base = scoped.rsplit(".", 1)[0] if scoped.endswith(".attention") else scoped
+    elif "/" in name and "." in _collapse_scope(name):
+        base = _collapse_scope(name).rsplit(".", 1)[0]
+    else:
+        base = "attention"
+    nid = add_mapped(imp.g, imp.ids, imp.ids(base), "attention", [x], params=params, num_heads=h,
+                     bias=b_in is not None)
+    imp.done.update(region)
+    imp.env[out_value.output[0]] = nid
+    return nid
 
 
 # --------------------------------------------------------------------------- entry point

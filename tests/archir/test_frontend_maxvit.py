@@ -12,7 +12,6 @@ of a small ``MaxVit`` (fx and ORT parity 1e-4, exact parameters) and what prune 
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
@@ -24,13 +23,11 @@ from archir.errors import ShapeError
 from archir.frontend import UnsupportedModelError, from_onnx, from_torch
 from archir.lower import sync_back, to_fx, to_onnx
 from archir.ops import relative_position_index
+from tests.archir.parity import assert_matches_module, ort_run as _ort
 
 mv = pytest.importorskip("torchvision.models.maxvit")
 
 
-def _ort(g, x: np.ndarray) -> np.ndarray:
-    s = ort.InferenceSession(to_onnx(g).SerializeToString(), providers=["CPUExecutionProvider"])
-    return s.run(None, {g.inputs[0]: x})[0]
 
 
 def _randomize(m: nn.Module, seed: int = 0, std: float = 0.3) -> nn.Module:
@@ -222,12 +219,7 @@ def test_small_maxvit_imports_with_fx_and_ort_parity_and_exact_params():
     assert a.attrs == {"num_heads": 4, "window": 2, "scale": None} and g.input_types(a.id)[0].shape == (4, 4, 32)
     assert g.num_params() == sum(p.numel() for p in m.parameters())
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        ref = m(x).numpy()
-        got = to_fx(g).eval()(x).numpy()
-    assert np.abs(ref).max() > 0.1
-    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(_ort(g, x.numpy()), ref, rtol=1e-4, atol=1e-4)
+    assert_matches_module(g, m, x)
     # MACs of the attention nodes by hand: block 0 at 8x8 (16 windows of 4 tokens, E = 16), block 1 at 4x4
     c = costmodels.count(g)
     by_hand = sum(2 * (groups * (4 * 4 * e * e + 2 * 16 * e))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
@@ -30,13 +29,11 @@ from archir.frontend import UnsupportedModelError, from_onnx, from_torch
 from archir.lower import to_fx, to_onnx
 from archir.ops import window_attention_dims, relative_position_index, window_shift_mask
 from archir.types import TensorType
+from tests.archir.parity import assert_matches_module, ort_run as _ort
 
 sw = pytest.importorskip("torchvision.models.swin_transformer")
 
 
-def _ort(g, x: np.ndarray) -> np.ndarray:
-    s = ort.InferenceSession(to_onnx(g).SerializeToString(), providers=["CPUExecutionProvider"])
-    return s.run(None, {g.inputs[0]: x})[0]
 
 
 def _randomize(m: nn.Module, seed: int = 0, std: float = 0.3) -> nn.Module:
@@ -219,12 +216,7 @@ def test_small_swin_imports_with_fx_and_ort_parity_and_exact_params(size, window
     assert g.node("features.1.1.attn").attrs["shift_size"] == [w // 2 for w in window]
     assert g.num_params() == sum(p.numel() for p in m.parameters())
     x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        ref = m(x).numpy()
-        got = to_fx(g).eval()(x).numpy()
-    assert np.abs(ref).max() > 0.1
-    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(_ort(g, x.numpy()), ref, rtol=1e-4, atol=1e-4)
+    ref = assert_matches_module(g, m, x)
     # archir's ONNX reads back: the same ops (dropout is the identity at inference), the same weights
     g2 = from_onnx(to_onnx(g))
     assert sorted(n.op for n in g2.nodes()) == sorted(n.op for n in g.nodes() if n.op != "dropout")
@@ -360,12 +352,7 @@ def test_small_swin_v2_imports_with_fx_and_ort_parity_and_exact_params():
     assert len(list(g.nodes("window_attention_v2"))) == 4 and not list(g.nodes("window_attention"))
     assert g.num_params() == sum(p.numel() for p in m.parameters())
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        ref = m(x).numpy()
-        got = to_fx(g).eval()(x).numpy()
-    assert np.abs(ref).max() > 0.1
-    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(_ort(g, x.numpy()), ref, rtol=1e-4, atol=1e-4)
+    ref = assert_matches_module(g, m, x)
     g2 = from_onnx(to_onnx(g))
     assert sorted(n.op for n in g2.nodes()) == sorted(n.op for n in g.nodes() if n.op != "dropout")
     with torch.no_grad():

@@ -24,14 +24,12 @@ import passes
 from archir.errors import OpSchemaError, ShapeError
 from archir.frontend import UnsupportedModelError, from_torch
 from archir.lower import sync_back, to_fx, to_onnx
+from tests.archir.parity import assert_matches_module, ort_run as _ort
 from tests.strategies import graphs, input_arrays
 
 tv = pytest.importorskip("torchvision.models.vision_transformer")
 
 
-def _ort(g, x: np.ndarray) -> np.ndarray:
-    s = ort.InferenceSession(to_onnx(g).SerializeToString(), providers=["CPUExecutionProvider"])
-    return s.run(None, {g.inputs[0]: x})[0]
 
 
 def _randomize(m: nn.Module, seed: int = 0, std: float = 0.3) -> nn.Module:
@@ -262,12 +260,7 @@ def test_small_vit_imports_with_fx_and_ort_parity_and_exact_params():
     assert g.node("encoder.layers.encoder_layer_0.self_attention").attrs["num_heads"] == 2
     assert g.num_params() == sum(p.numel() for p in m.parameters())
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        ref = m(x).numpy()
-        got = to_fx(g).eval()(x).numpy()
-    assert np.abs(ref).max() > 0.1
-    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(_ort(g, x.numpy()), ref, rtol=1e-4, atol=1e-4)
+    assert_matches_module(g, m, x)
     # MACs by hand: the patch conv, per layer attention and the MLP, the head
     length, e, mlp, layers = 5, 16, 32, 2
     per_layer = 4 * length * e * e + 2 * length * length * e + 2 * length * e * mlp

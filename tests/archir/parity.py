@@ -1,0 +1,27 @@
+"""Shared checks of the transformer import tests: an imported graph against its torch module in fx and ORT."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from archir.lower import to_fx, to_onnx
+
+
+def ort_run(g, x: np.ndarray) -> np.ndarray:
+    """``g``'s first output under ONNX Runtime (CPU) on ``x``."""
+    s = ort.InferenceSession(to_onnx(g).SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, {g.inputs[0]: x})[0]
+
+
+def assert_matches_module(g, m: torch.nn.Module, x: torch.Tensor, tol: float = 1e-4) -> np.ndarray:
+    """``to_fx(g)`` and ``to_onnx(g)`` under ORT agree with ``m`` on ``x`` (rtol = atol = ``tol``), on outputs that
+    are not near zero (a parity check on vanishing outputs would prove nothing); returns the module's output."""
+    with torch.no_grad():
+        ref = m(x).numpy()
+        got = to_fx(g).eval()(x).numpy()
+    assert np.abs(ref).max() > 0.1
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(ort_run(g, x.numpy()), ref, rtol=tol, atol=tol)
+    return ref

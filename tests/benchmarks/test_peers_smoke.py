@@ -18,9 +18,11 @@ def test_one_model_prints_its_row_and_every_goal(capsys):
     mod = load_benchmark(SCRIPT)
     assert mod.main(["--models", "mobilenet_v2", "--no-dynamo", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
-    row = re.search(r"^mobilenet_v2 +(\d+) +([\d.]+)MB \| +([\d.]+)ms +([\d.]+)ms +([\d.]+)ms \| +(\d+)ms +([\d.]+)x",
-                    out, re.M)
+    # nodes, weights | floor, protobuf's own copy, to_onnx cold, warm | TorchScript, ratio
+    row = re.search(r"^mobilenet_v2 +(\d+) +([\d.]+)MB \| +([\d.]+)ms +([\d.]+)ms +([\d.]+)ms +([\d.]+)ms \| +(\d+)ms "
+                    r"+([\d.]+)x", out, re.M)
     assert row and int(row.group(1)) > 100 and 13 < float(row.group(2)) < 14  # 3.5 M float32 params + BN buffers
+    assert all(float(row.group(k)) > 0 for k in (3, 4, 5, 6))
     assert re.search(r"^goal: to_onnx >= 10x faster than torch.onnx.export\(dynamo=False\): (PASS|FAIL)", out, re.M)
     fx = re.search(r"^mobilenet_v2 .*\| +([\d.]+)ms +([\d.]+)x$", out, re.M)  # the to_fx column and its ratio
     assert fx and float(fx.group(1)) > 0 and float(fx.group(2)) > 0

@@ -2025,14 +2025,23 @@ def _sympy():
     return sympy
 
 
+#: a shape value's polynomial in N is at most this degree, its coefficients below this size (shape arithmetic is
+#: N * heads, not N ** 100; a hostile file must not make sympy build huge numbers)
+_SYM_MAX_DEGREE = 4
+_SYM_MAX_COEFF = 1 << 62
+
+
 def _int_poly(e, n) -> bool:
-    """``e`` is an integer-valued polynomial in ``n`` with integer coefficients (so exact for every batch size)."""
+    """``e`` is an integer-valued polynomial in ``n`` with integer coefficients (so exact for every batch size),
+    of small degree and coefficients."""
     sp = _sympy()
     if e.is_Integer:
-        return True
+        return abs(int(e)) < _SYM_MAX_COEFF
     if not e.is_polynomial(n):
         return False
-    return all(c.is_Integer for c in sp.Poly(e, n).coeffs())
+    poly = sp.Poly(e, n)
+    return poly.degree() <= _SYM_MAX_DEGREE and all(c.is_Integer and abs(int(c)) < _SYM_MAX_COEFF
+                                                    for c in poly.coeffs())
 
 
 class _SymPass:
@@ -2062,7 +2071,7 @@ class _SymPass:
             try:
                 if node.op_type in _SYM_OPS:
                     out = self._value(node)
-            except (_Unknown, Skip, ValueError, TypeError, IndexError, ZeroDivisionError):
+            except Exception:  # noqa: BLE001 - not evaluable: unknown, and the importer's own rules report the node
                 out = None
             if out is not None:
                 self.vals[node.output[0]] = out
@@ -2071,7 +2080,7 @@ class _SymPass:
                 continue
             try:
                 self.shapes[node.output[0]] = self._tensor_shape(node)
-            except (_Unknown, ValueError, TypeError, IndexError, KeyError, ZeroDivisionError):
+            except Exception:  # noqa: BLE001 - an unknown shape (a Shape of it is not evaluated)
                 self.shapes[node.output[0]] = None
 
     # ---- values

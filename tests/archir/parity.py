@@ -25,3 +25,17 @@ def assert_matches_module(g, m: torch.nn.Module, x: torch.Tensor, tol: float = 1
     np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
     np.testing.assert_allclose(ort_run(g, x.numpy()), ref, rtol=tol, atol=tol)
     return ref
+
+
+def assert_reads_back_as_one(g, node_id: str):
+    """``from_onnx(to_onnx(g))`` of a one-op graph gives that op again with the same weights; returns the graph
+    and the node read back (the attrs are the caller's to compare: some ops read them back normalised)."""
+    from archir.frontend import from_onnx
+
+    op = g.node(node_id).op
+    g2 = from_onnx(to_onnx(g.validate()))
+    assert [n.op for n in g2.nodes()] == ["input", op]
+    (back,) = g2.nodes(op)
+    for k, v in g.node(node_id).params.items():
+        np.testing.assert_array_equal(back.params[k], v)
+    return g2, back

@@ -1473,16 +1473,21 @@ def _window_infer(a, ins, node):
     return ins[0]
 
 
-def _window_params(a, ins):
-    c = ins[0].shape[-1]
-    wh, ww = a["window_size"]
-    p = {"qkv_weight": (3 * c, c), "proj_weight": (c, c),
-         "relative_position_bias_table": ((2 * wh - 1) * (2 * ww - 1), a["num_heads"])}
+def _window_projections(a, c: int, position: dict) -> dict:
+    """The param shapes of a window attention op on ``c`` channels: the qkv and output projections, the
+    ``position`` bias's own params, then the optional biases (in this order: ``init`` draws in it)."""
+    p = {"qkv_weight": (3 * c, c), "proj_weight": (c, c), **position}
     if a["qkv_bias"]:
         p["qkv_bias"] = (3 * c,)
     if a["proj_bias"]:
         p["proj_bias"] = (c,)
     return p
+
+
+def _window_params(a, ins):
+    wh, ww = a["window_size"]
+    return _window_projections(a, ins[0].shape[-1],
+                               {"relative_position_bias_table": ((2 * wh - 1) * (2 * ww - 1), a["num_heads"])})
 
 
 def _window_init(a, ins, rng):
@@ -1543,15 +1548,9 @@ def _window_v2_check(a, node):
 
 
 def _window_v2_params(a, ins):
-    c = ins[0].shape[-1]
     hidden, heads = a["cpb_hidden"], a["num_heads"]
-    p = {"qkv_weight": (3 * c, c), "proj_weight": (c, c), "logit_scale": (heads, 1, 1),
-         "cpb_fc1_weight": (hidden, 2), "cpb_fc1_bias": (hidden,), "cpb_fc2_weight": (heads, hidden)}
-    if a["qkv_bias"]:
-        p["qkv_bias"] = (3 * c,)
-    if a["proj_bias"]:
-        p["proj_bias"] = (c,)
-    return p
+    return _window_projections(a, ins[0].shape[-1], {"logit_scale": (heads, 1, 1), "cpb_fc1_weight": (hidden, 2),
+                                                     "cpb_fc1_bias": (hidden,), "cpb_fc2_weight": (heads, hidden)})
 
 
 def _window_v2_init(a, ins, rng):

@@ -491,6 +491,9 @@ TV_FAMILIES = {
     "densenet121": ("densenet121", {}, (3, 32, 32), True),
     "squeezenet1_1": ("squeezenet1_1", {}, (3, 64, 64), True),
     "googlenet": ("googlenet", {"aux_logits": False, "init_weights": True}, (3, 64, 64), True),
+    # inception: torchvision's inception_v3 itself (no smaller config exists) at 75x75, the least input it accepts
+    # (74 leaves a 2x2 map for Mixed_7a's 3x3 stride-2 convs); 1x7 / 7x1 convs, avg-pool branches, 2 s here
+    "inception_v3": ("inception_v3", {"aux_logits": False, "init_weights": False}, (3, 75, 75), True),
     # 32x32: the least multiple of the stride 32; LayerNorm2d fuses to layernorm(axis="channels")
     "convnext_tiny": ("convnext_tiny", {}, (3, 32, 32), True),
     # torch.onnx.export writes channel_shuffle's x.view(batchsize, ...) with the batch size read at run time
@@ -564,6 +567,10 @@ def test_torchvision_family_round_trips(family):
     if family == "swin":
         assert {"window_attention", "slice", "concat"} <= {n.op for n in g.nodes()}
         assert g.node("features.1.1.attn").attrs["shift_size"] == [3, 3]
+    if family == "inception_v3":  # inception: the factorised 1x7 / 7x1 convs and the 3x3 avg-pool branches
+        assert g.node("Mixed_6b.branch7x7_2.conv").attrs["kernel_size"] == [1, 7]
+        assert g.node("Mixed_6b.branch7x7_3.conv").attrs["kernel_size"] == [7, 1]
+        assert len(g.nodes("avgpool2d")) == 9 and len(g.nodes("concat")) == 15
     if family == "efficientnet_b0":
         notes = g.meta["frontend"]["notes"]
         assert notes and all("stochastic depth" in n for n in notes)

@@ -45,6 +45,22 @@ def test_macs_and_params_match_torchvision(family):
     assert c.macs == sum(r.macs for r in c.nodes.values() if r.op in counted)
 
 
+def test_inception_v3_macs_and_params_match_torchvision():
+    """inception: at 299x299, torchvision's input for it. The published 27,161,264 params include the auxiliary
+    classifier (``AuxLogits``, used only in training mode, so not in the traced eval graph): the graph's params
+    plus the aux head's must give it exactly, and the graph alone the 5.713 GFLOPS (the aux head is not counted)."""
+    meta = tvm.get_model_weights("inception_v3").DEFAULT.meta
+    with torch.no_grad():
+        module = tvm.inception_v3(weights=None, aux_logits=True, init_weights=False).eval()
+    g = from_torch(module, torch.randn(1, 3, 299, 299), check=False)
+    c = costmodels.count(g)
+    assert abs(c.macs / 1e9 - meta["_ops"]) <= 0.0005 + 1e-9, (c.macs / 1e9, meta["_ops"])
+    aux = sum(p.numel() for p in module.AuxLogits.parameters())
+    assert c.params + aux == meta["num_params"] == 27_161_264
+    assert not any(n.startswith("AuxLogits") for n in g)
+    assert c.macs == sum(r.macs for r in c.nodes.values() if r.op in ("conv2d", "linear"))
+
+
 def _pool_graph(shape, size):
     g = archir.Graph("ap")
     x = g.input("x", shape)

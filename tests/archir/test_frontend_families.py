@@ -519,11 +519,10 @@ TV_FAMILIES = {
 _BIG = {"vgg11", "alexnet"}  # 133M and 61M parameters: their classifiers are fixed by torchvision
 
 
-@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f in _BIG else f
-                                    for f in TV_FAMILIES])
-def test_torchvision_family_round_trips(family):
+def build_torchvision(family):
+    """TV_FAMILIES[family]'s torchvision module, seeded and randomised as the tests use it (eval mode)."""
     tvm = pytest.importorskip("torchvision.models")
-    ctor, kw, shape, torch_onnx = TV_FAMILIES[family]
+    ctor, kw, _, _ = TV_FAMILIES[family]
     torch.manual_seed(0)
     if ctor == "ResNet":
         from torchvision.models import resnet
@@ -548,6 +547,14 @@ def test_torchvision_family_round_trips(family):
         module = randomize(module)
     else:
         module = randomize(getattr(tvm, ctor)(weights=None, **kw))
+    return module
+
+
+@pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f in _BIG else f
+                                    for f in TV_FAMILIES])
+def test_torchvision_family_round_trips(family):
+    _, _, shape, torch_onnx = TV_FAMILIES[family]
+    module = build_torchvision(family)
     g = round_trip(module, shape, torch_onnx=torch_onnx)
     assert g.num_params() == sum(p.numel() for p in module.parameters())
     if family == "resnet18":

@@ -4,12 +4,14 @@ Usage::
 
     archir import model.py:make_model -o net.json --input-shape 3,224,224
     archir import model.onnx -o net.json
+    archir import model_dynamic_hw.onnx -o net.json --input-shape 3,224,224
 
 For ``FILE.py:FUNCTION`` the Python file is executed and ``FUNCTION()`` is called with no
 arguments to build the ``nn.Module`` (running the user's own file is what they asked for;
 nothing is unpickled). The module is imported with :func:`archir.frontend.from_torch` on a
 seeded random input of ``--input-shape`` (batch 1) and checked against the module. An
-``.onnx`` file is imported with :func:`archir.frontend.from_onnx`. Unsupported layers are all
+``.onnx`` file is imported with :func:`archir.frontend.from_onnx` (both of torch's exporters);
+``--input-shape`` there sizes the dims after the batch that the file leaves dynamic. Unsupported layers are all
 listed in one error line.
 """
 
@@ -80,7 +82,7 @@ def _add_import(p: argparse.ArgumentParser) -> None:
                    help="the graph file to write (its weights go to OUT.safetensors)")
     p.add_argument("--input-shape", action="append", metavar="C,H,W",
                    help="shape of one input sample without the batch, e.g. 3,224,224 (repeat for several inputs; "
-                        "needed for a Python model)")
+                        "needed for a Python model; for an ONNX file it sizes dims exported as dynamic)")
     p.add_argument("--name", default=None, help="the graph name (default: the model's class or ONNX graph name)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random example input (default: 0)")
     p.add_argument("--no-check", action="store_true",
@@ -98,12 +100,11 @@ def _run_import(args: argparse.Namespace) -> int:
     if args.model.lower().endswith(".onnx"):
         from archir.frontend import from_onnx
 
-        if args.input_shape:
-            raise CLIError("--input-shape applies to Python models; an ONNX file carries its own input shapes",
-                           hint="drop --input-shape")
         if not Path(args.model).is_file():
             raise CLIError(f"{args.model}: no such file", hint="check the path of the .onnx file")
-        g = from_onnx(args.model, name=args.name)
+        # --input-shape fixes the sizes of dynamic dims after the batch (an export with a dynamic H, W)
+        shapes = [parse_shape(s) for s in args.input_shape] if args.input_shape else None
+        g = from_onnx(args.model, name=args.name, input_shapes=shapes)
         how = "ONNX"
     else:
         if not args.input_shape:

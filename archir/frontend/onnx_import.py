@@ -283,7 +283,8 @@ class _Importer:
             if len(dims) < 2 or any(d is None or d < 1 for d in dims[1:]):
                 raise FrontendError(f"input {vi.name!r} has shape {dims}: every dim after the batch must be a fixed "
                                     "size", rule="from_onnx",
-                                    hint="export with static shapes except the batch axis (dynamic_axes={'x': {0: 'batch'}})")
+                                    hint="export with static shapes except the batch axis (dynamic_axes={'x': {0: 'batch'}}), "
+                                    "or give the sizes (from_onnx(input_shapes=...), archir import --input-shape)")
             nid = self.ids(vi.name)
             self.g.input(nid, dims[1:])
             self.env[vi.name] = nid
@@ -2670,11 +2671,37 @@ def _vit_mha_match(imp, index: int, entry, x: str) -> str:
     return nid
 
 
+# --------------------------------------------------------------------------- inception: fixed input sizes
+
+
+def _fix_input_shapes(model: onnx.ModelProto, label: str, shapes) -> None:
+    """inception (issue 17, item 5): give the dynamic dims after the batch of ``model``'s inputs (a file
+    exported with ``dynamic_axes={'x': {0: 'b', 2: 'h', 3: 'w'}}``) the sizes of ``shapes``, one per-sample shape
+    (batch excluded) per graph input, in order. A dim the file fixes must be given its own size."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [vi for vi in model.graph.input if vi.name not in inits]
+    shapes = [tuple(int(d) for d in s) for s in shapes]
+    if len(shapes) != len(inputs):
+        raise FrontendError(f"{label}: {len(shapes)} input shape(s) given for {len(inputs)} input(s) "
+                            f"({', '.join(vi.name for vi in inputs)})", rule="from_onnx",
+                            hint="give one per-sample shape (batch excluded) per model input, in order")
+    for vi, shape in zip(inputs, shapes):
+        dims = vi.type.tensor_type.shape.dim
+        have = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in dims[1:]]
+        if len(shape) != len(have) or any(d < 1 for d in shape) or any(
+                isinstance(h, int) and h != d for h, d in zip(have, shape)):
+            raise FrontendError(f"{label}: input {vi.name!r} has per-sample shape {have}; {list(shape)} does not "
+                                "fit it", rule="from_onnx", where={"input": vi.name},
+                                hint=f"give {len(have)} positive sizes, keeping the fixed ones ({have})")
+        for d, size in zip(dims[1:], shape):
+            d.dim_value = size  # clears dim_param (a oneof)
+
+
 # --------------------------------------------------------------------------- entry point
 
 
 def from_onnx(path_or_proto, *, name: str | None = None, max_file_bytes: int = MAX_FILE_BYTES,
-              max_weight_bytes: int = MAX_WEIGHT_BYTES) -> Graph:
+              max_weight_bytes: int = MAX_WEIGHT_BYTES, input_shapes=None) -> Graph:
     """Import an ONNX model (an ``.onnx`` path, its bytes or an ``onnx.ModelProto``) as an archir graph.
 
     Args:
@@ -2682,6 +2709,9 @@ def from_onnx(path_or_proto, *, name: str | None = None, max_file_bytes: int = M
             model file's folder (so an in-memory proto with external data is refused).
         name: the graph name (default: the ONNX graph's name).
         max_file_bytes / max_weight_bytes: size caps of the file and of all weights.
+        input_shapes: optional per-sample shapes (batch excluded), one per input, that fix the
+            sizes of dynamic dims after the batch (e.g. ``[(3, 224, 224)]`` for an export with a
+            dynamic height and width); a dim the file fixes must be given its own size.
 
     Returns:
         A validated :class:`archir.Graph`. Inputs keep their ONNX names; node ids come from ONNX
@@ -2698,6 +2728,11 @@ def from_onnx(path_or_proto, *, name: str | None = None, max_file_bytes: int = M
         >>> g = archir.frontend.from_onnx("resnet18.onnx")      # doctest: +SKIP
     """
     model, label = _load(path_or_proto, max_file_bytes, max_weight_bytes)
+    if input_shapes is not None:  # inception: fixed sizes for dynamic dims after the batch
+        if model is path_or_proto:  # the caller's proto stays as it is
+            model = onnx.ModelProto()
+            model.CopyFrom(path_or_proto)
+        _fix_input_shapes(model, label, input_shapes)
     gname = name or model.graph.name or "onnx_model"
     from archir.frontend.common import clean_id
 

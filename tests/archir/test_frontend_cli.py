@@ -114,3 +114,113 @@ def test_entry_point_reports_without_traceback(model_py, tmp_path):
                           "--input-shape", "4,8,8"], capture_output=True, text=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "function torch.cumsum" in res.stderr
+
+
+# ------------------------------------------------------------------ torchvision families, both exporters
+
+# one torchvision module per representative family, at the families test's settings; each through `archir import`
+# from a Python factory (FILE.py:make_model), from torch.onnx.export(dynamo=False) and from dynamo=True
+CLI_FAMILIES = ["resnet18", "shufflenet_v2_x0_5", "convnext_tiny", "mobilenet_v3_small", "inception_v3"]
+
+FACTORY_PY = textwrap.dedent("""
+    from tests.archir.test_frontend_families import build_torchvision
+
+    def make_model():
+        return build_torchvision({family!r})
+""")
+
+
+def _export(m, shape, path, how):
+    import logging
+    import warnings
+
+    x = torch.randn(2, *shape)
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if how == "dynamo":
+                pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs onnxscript")
+                torch.onnx.export(m, (x,), dynamo=True, verbose=False,
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},)).save(str(path))
+            else:
+                torch.onnx.export(m, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                                  dynamic_axes={"x": {0: "batch"}})
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["factory", "torchscript", "dynamo"])
+@pytest.mark.parametrize("family", CLI_FAMILIES)
+def test_import_torchvision_family(family, how, tmp_path, capsys):
+    pytest.importorskip("torchvision.models")
+    from tests.archir.test_frontend_families import TV_FAMILIES, build_torchvision
+
+    shape = TV_FAMILIES[family][2]
+    m = build_torchvision(family)
+    out = tmp_path / "net.json"
+    if how == "factory":
+        (tmp_path / "model.py").write_text(FACTORY_PY.format(family=family))
+        argv = [f"{tmp_path / 'model.py'}:make_model", "--input-shape", ",".join(map(str, shape))]
+    else:
+        _export(m, shape, tmp_path / "m.onnx", how)
+        argv = [str(tmp_path / "m.onnx")]
+    assert main(["import", *argv, "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert ("checked against the module" if how == "factory" else "(ONNX;") in text
+    assert out.is_file() and out.with_suffix(".safetensors").is_file()
+    g = archir.load(out)
+    assert g.node(g.inputs[0]).type.shape == shape
+    n = sum(p.numel() for p in m.parameters())
+    assert g.num_params() == n if how == "factory" else g.num_params() <= n  # torch's exporters fold BN
+    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(archir.lower.to_fx(g).eval()(x), m(x), atol=1e-4, rtol=1e-4)
+
+
+def test_import_onnx_with_dynamic_height_and_width(tmp_path, capsys):
+    """An export with dynamic H, W needs its sizes: --input-shape gives them; a misfit is one line with a hint."""
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                            torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    src = tmp_path / "hw.onnx"
+    torch.onnx.export(m, (torch.randn(1, 3, 8, 8),), str(src), dynamo=False, opset_version=17, input_names=["x"],
+                      dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}})
+    out = tmp_path / "hw.json"
+    assert main(["import", str(src), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "every dim after the batch must be a fixed size" in err and "--input-shape" in err
+    assert main(["import", str(src), "-o", str(out), "--input-shape", "3,12,10"]) == 0
+    g = archir.load(out)
+    assert g.node(g.inputs[0]).type.shape == (3, 12, 10)
+    x = torch.randn(2, 3, 12, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(archir.lower.to_fx(g).eval()(x), m(x), atol=1e-5, rtol=1e-5)
+    out.unlink()
+    for extra, match in ((["--input-shape", "4,12,10"], "[4, 12, 10] does not fit it"),
+                         (["--input-shape", "3,12"], "does not fit it"),
+                         (["--input-shape", "3,12,10", "--input-shape", "3,4,4"], "2 input shape(s) given for 1")):
+        assert main(["import", str(src), "-o", str(out), *extra]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 2 and match in err[0] and err[1].startswith("  how to fix: "), err
+        assert not out.exists()
+
+
+def test_import_onnx_that_does_not_import_is_one_line(tmp_path, capsys):
+    (tmp_path / "junk.onnx").write_bytes(b"not a protobuf")
+    assert main(["import", str(tmp_path / "junk.onnx"), "-o", str(tmp_path / "j.json")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "not an ONNX model" in err[0] and "torch.onnx.export" in err[1]
+
+
+def test_from_onnx_input_shapes_leaves_the_callers_proto_alone():
+    from archir.frontend import from_onnx
+
+    m = torch.nn.Conv2d(3, 2, 1).eval()
+    buf = __import__("io").BytesIO()
+    torch.onnx.export(m, (torch.randn(1, 3, 4, 4),), buf, dynamo=False, opset_version=17, input_names=["x"],
+                      dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}})
+    proto = onnx.load_from_string(buf.getvalue())
+    g = from_onnx(proto, input_shapes=[(3, 5, 6)])
+    assert g.node(g.inputs[0]).type.shape == (3, 5, 6)
+    assert [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim] == ["b", "", "h", "w"]

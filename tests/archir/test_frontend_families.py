@@ -486,6 +486,8 @@ TV_FAMILIES = {
     "mobilenet_v3_small": ("mobilenet_v3_small", {}, (3, 64, 64), True),
     "mobilenet_v3_large": ("mobilenet_v3_large", {}, (3, 64, 64), False),
     "efficientnet_b0": ("efficientnet_b0", {}, (3, 64, 64), True),
+    # efficientnet_v2: torchvision's efficientnet_v2_s itself (fused MBConv stages; 21.5M parameters) at 32x32
+    "efficientnet_v2_s": ("efficientnet_v2_s", {}, (3, 32, 32), True),
     "mnasnet0_5": ("mnasnet0_5", {}, (3, 64, 64), True),
     "regnet_y_400mf": ("regnet_y_400mf", {}, (3, 64, 64), True),
     "densenet121": ("densenet121", {}, (3, 32, 32), True),

@@ -59,7 +59,7 @@ def _ort(proto, x: np.ndarray) -> np.ndarray:
 
 
 def test_the_list_covers_every_cnn_family():
-    families = {"resnet", "resnext", "wide_resnet", "mobilenet_v2", "mobilenet_v3", "efficientnet", "mnasnet",
+    families = {"resnet", "resnext", "wide_resnet", "mobilenet_v2", "mobilenet_v3", "efficientnet", "efficientnet_v2", "mnasnet",
                 "regnet", "densenet", "squeezenet", "googlenet", "convnext", "shufflenet", "inception"}
     assert {f for f in families if any(d.startswith(f) for d in DYNAMO_FAMILIES)} == families
     assert set(TV_FAMILIES) - set(DYNAMO_FAMILIES) == NOT_HERE

@@ -1,7 +1,8 @@
 """``costmodels.count`` against torchvision's published figures (issue 6's acceptance line).
 
 torchvision's weights metadata lists ``_ops`` (GFLOPS in their convention: giga multiply-
-accumulates of conv and linear layers at 224x224, 299x299 for Inception v3) and
+accumulates of conv and linear layers at 224x224; 299x299 for Inception v3, 256x256 for Swin V2, 384x384
+for EfficientNetV2-S: each model's evaluation size) and
 ``num_params``. Reading the metadata downloads nothing; models are built with random weights.
 ``macs`` must agree within the rounding of the published figure (3 decimals) and ``params``
 exactly.
@@ -28,8 +29,13 @@ FAMILIES = {
     "vit_b_16": {},  # attention's two matmuls count, as in the published 17.564 (fvcore's convention)
     "maxvit_t": {},  # maxvit: so do rel_attention's, per window (the published 5.558)
     "swin_t": {},  # swin: window_attention's projections and two matmuls per window of the padded map (4.491)
+    "swin_v2_t": {},  # window_attention_v2 adds its cpb_mlp per block (5.94 at 256x256)
+    "efficientnet_v2_s": {},  # at 384x384 (8.366)
 }
-_SLOW = {"resnet50", "resnext50_32x4d", "wide_resnet50_2", "vgg11", "alexnet", "densenet121", "vit_b_16", "maxvit_t"}
+#: the input side where torchvision's published figure is taken at another size than 224 (its evaluation size)
+_SIZE = {"swin_v2_t": 256, "efficientnet_v2_s": 384}
+_SLOW = {"resnet50", "resnext50_32x4d", "wide_resnet50_2", "vgg11", "alexnet", "densenet121", "vit_b_16", "maxvit_t",
+         "swin_v2_t", "efficientnet_v2_s"}
 
 
 @pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.slow) if f in _SLOW else f for f in FAMILIES])
@@ -37,11 +43,12 @@ def test_macs_and_params_match_torchvision(family):
     meta = tvm.get_model_weights(family).DEFAULT.meta
     with torch.no_grad():
         module = getattr(tvm, family)(weights=None, **FAMILIES[family])
-    g = from_torch(module, torch.randn(1, 3, 224, 224), check=False)  # counting needs no numeric check
+    side = _SIZE.get(family, 224)
+    g = from_torch(module, torch.randn(1, 3, side, side), check=False)  # counting needs no numeric check
     c = costmodels.count(g)
     assert abs(c.macs / 1e9 - meta["_ops"]) <= 0.0005 + 1e-9, (c.macs / 1e9, meta["_ops"])
     assert c.params == meta["num_params"]
-    counted = ("conv2d", "linear", "attention", "rel_attention", "window_attention")
+    counted = ("conv2d", "linear", "attention", "rel_attention", "window_attention", "window_attention_v2")
     assert c.macs == sum(r.macs for r in c.nodes.values() if r.op in counted)
 
 

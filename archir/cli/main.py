@@ -13,7 +13,9 @@ Usage::
 Exit codes: 0 success; 1 the ONNX export did not match torch.fx under ONNX Runtime;
 2 bad input or usage (a bad graph file, a missing path, an unknown option). A user's
 mistake (any ``archir.ArchirError``) is reported as one line (``archir: error: ...``) plus
-a ``how to fix`` line, never as a traceback; a traceback means an archir bug.
+a ``how to fix`` line, never as a traceback; a traceback means an archir bug. A model that
+does not import (``archir import``) adds one ``  - op at node: reason`` line per kind of node
+it could not map (the first node of each kind).
 
 Adding a subcommand: write a module ``archir/cli/<name>.py`` that defines
 ``SUBCOMMANDS = [Subcommand(name, help, add_arguments, run)]``; :func:`build_parser` finds
@@ -667,6 +669,24 @@ def _error(message: str, hint: str | None) -> None:
         print(f"  how to fix: {_first_line(hint)}", file=sys.stderr)
 
 
+#: the most kinds of unsupported node whose first reason ``archir import`` prints
+MAX_REASONS = 12
+
+
+def _unsupported_reasons(e: ArchirError) -> None:
+    """After an import's one-line error: the reason of the first node of each unsupported kind (the first line
+    only names them; without the reason a user cannot tell an op archir lacks from a form it refuses)."""
+    items = getattr(e, "unsupported", None) or []
+    first: dict[str, object] = {}
+    for u in items:
+        first.setdefault(u.what, u)
+    for u in list(first.values())[:MAX_REASONS]:
+        print(f"  - {_first_line(str(u))}", file=sys.stderr)
+    if len(items) > len(first) or len(first) > MAX_REASONS:
+        print(f"  ({len(items)} node(s) in all; archir.frontend's UnsupportedModelError.unsupported lists each)",
+              file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``archir`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code.
 
@@ -693,6 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise  # a bug wrapped in a user-facing class (e.g. inside a pass): keep the traceback
         # the first line says what and where; the hint says how to fix (context lines are for the API)
         _error(e.one_line(), e.hint)
+        _unsupported_reasons(e)
         return int(getattr(e, "exit_code", 2))
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""

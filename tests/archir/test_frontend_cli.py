@@ -98,9 +98,28 @@ def test_bad_input_is_one_line_with_a_hint(model_py, tmp_path, capsys, spec, ext
     out = tmp_path / "out.json"
     assert main(["import", src, "-o", str(out), *extra]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 2 and err[0].startswith("archir: error: ") and match in err[0], err
+    reasons = err[2:]  # an unsupported model: the first node of each kind, with its reason
+    assert len(err) == 2 + ("unsupported node" in match) and err[0].startswith("archir: error: ") and match in err[0], err
     assert err[1].startswith("  how to fix: ") and hint in err[1], err
+    assert all(r.startswith("  - ") and ": " in r for r in reasons), err
     assert not out.exists()
+
+
+def test_an_onnx_file_that_does_not_import_gives_each_kind_s_reason(tmp_path, capsys):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4])
+    nodes = [helper.make_node("Cos", ["x"], ["a"], name="cos1"), helper.make_node("Cos", ["a"], ["b"], name="cos2"),
+             helper.make_node("Sin", ["b"], ["y"], name="sin1")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    src = tmp_path / "trig.onnx"
+    src.write_bytes(model.SerializeToString())
+    assert main(["import", str(src), "-o", str(tmp_path / "t.json")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "3 unsupported node(s)" in err[0] and err[1].startswith("  how to fix: ")
+    assert err[2:4] == ["  - ONNX Cos at cos1: no mapping for this ONNX op", "  - ONNX Sin at sin1: no mapping for this ONNX op"]
+    assert "3 node(s) in all" in err[4] and len(err) == 5
 
 
 def test_output_must_be_json(model_py, tmp_path, capsys):

@@ -219,6 +219,7 @@ class _Importer:
         self.users: dict[str, list[onnx.NodeProto]] = {}
         self.producer: dict[str, onnx.NodeProto] = {}
         self.done: set[int] = set()  # ids of nodes consumed by a fused pattern
+        self.static_batch: int | None = None  # swin-onnx: the fixed batch of the file's input, if any
         opsets = {o.domain: o.version for o in model.opset_import}
         self.opset = opsets.get("", opsets.get("ai.onnx", 1))
         for n in model.graph.node:
@@ -285,6 +286,7 @@ class _Importer:
                                     "size", rule="from_onnx",
                                     hint="export with static shapes except the batch axis (dynamic_axes={'x': {0: 'batch'}})")
             nid = self.ids(vi.name)
+            self.static_batch = dims[0] if dims[0] else None  # swin-onnx: a dynamo file's fixed batch
             self.g.input(nid, dims[1:])
             self.env[vi.name] = nid
         for i, node in enumerate(self.model.graph.node):
@@ -296,9 +298,21 @@ class _Importer:
                 except Skip:
                     pass  # reported in order below
         self.sym = _SymPass(self)  # vit-onnx: shape arithmetic evaluated with the batch as a symbol
+        # swin-onnx: torch's exports of Swin / MaxViT attention modules, each read as one node after a proof by
+        # evaluation (archir/frontend/onnx_regions.py)
+        from archir.frontend import onnx_regions
+        regions = onnx_regions.plan_regions(self)
         for i, node in enumerate(self.model.graph.node):
             if i in self.done:
                 continue
+            if i in regions:  # swin-onnx
+                r = regions[i]
+                nid = onnx_regions.read_region(self, r, lambda op, x, params, attrs: self.add(
+                    self.producer[r.out], op, [x], params=params, **attrs))
+                if nid is not None:
+                    self.done.update(r.nodes)
+                    self.env[r.out] = nid
+                    continue
             # vit-onnx: a shape value evaluated exactly is used as such; one that depends on the batch goes to
             # the importer's own shape rules where they can read it, else it stays symbolic (_Sym)
             pv = self.sym.vals.get(node.output[0]) if node.op_type in _SYM_OPS and node.output else None

@@ -1020,13 +1020,22 @@ def _target(imp, name: str) -> list[int]:
         return [0] + v.rest
     if isinstance(v, _Sym):  # vit-onnx
         return [0] + _sym_target(imp, v, "the Reshape target")
-    return imp.const(name, "the target shape").astype(np.int64).tolist()
+    shape = imp.const(name, "the target shape").astype(np.int64).tolist()
+    if imp.static_batch and shape[:1] == [imp.static_batch]:
+        # swin-onnx: a file with a fixed batch B (dynamo without dynamic_shapes) writes x.view(B, ...): every tensor
+        # has batch B, so a target starting with B keeps the batch (its other entries are per sample): exact
+        return [0] + shape[1:]
+    return shape
 
 
 @_rule("Reshape")
 def _reshape(imp, node, a):
     x = imp.act(node.input[0])
     shape = _target(imp, node.input[1])
+    if imp.static_batch and shape == [-1]:  # swin-onnx: dynamo's as_strided flatten with a fixed batch B
+        nid = _static_flat_gather(imp, node, x)
+        if nid is not None:
+            return nid
     if isinstance(imp.env.get(node.input[1]), (_BatchShape, _Sym)) and 0 in shape[1:] and not a.get("allowzero", 0):
         raise Skip(f"Reshape target {shape} copies input dims after the batch size computed at run time")
     ins = list(imp.shape(x))
@@ -1041,6 +1050,24 @@ def _reshape(imp, node, a):
     if nid is not None:
         return nid
     return _reshape_to(imp, node, x, shape, bool(a.get("allowzero", 0)))
+
+
+def _static_flat_gather(imp, node, x: str) -> str | None:
+    """swin-onnx: ``Reshape(x, [-1])`` then ``Gather(axis=0)`` by the constant index ``arange(B * n)`` shaped
+    ``(B, *dims)`` (dynamo's ``as_strided`` in a file with the fixed batch ``B``): every element stays in place,
+    so the pair is ``x`` reshaped to ``dims`` per sample (exact: the batch is ``B`` for every tensor)."""
+    g = imp.sole_user(node.output[0])
+    if g is None or g.op_type != "Gather" or int(_attrs(g).get("axis", 0)) != 0 or len(g.input) != 2:
+        return None
+    idx = imp.env.get(g.input[1], _BAD)
+    n = math.prod(imp.shape(x))
+    if not (isinstance(idx, np.ndarray) and idx.ndim >= 1 and idx.shape[0] == imp.static_batch and
+            idx.size == imp.static_batch * n and np.array_equal(idx.reshape(-1), np.arange(idx.size))):
+        return None
+    nid = x if list(idx.shape[1:]) == list(imp.shape(x)) else _reshape_to(imp, g, x, [0, *idx.shape[1:]])
+    imp.done.add(next(k for k, m in enumerate(imp.model.graph.node) if m.output[:1] == g.output[:1]))
+    imp.env[g.output[0]] = nid
+    return nid
 
 
 def _channel_shuffle_chain(imp, node, x: str, shape: list[int]) -> str | None:

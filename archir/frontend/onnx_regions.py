@@ -39,6 +39,7 @@ The batch of the sub-model is the file's (static for dynamo exports without ``dy
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,6 +137,7 @@ def plan_regions(imp) -> dict[int, Region]:
     for p, idx in members.items():
         if not sig[p] or any(q.startswith(p + ".") and sig[q] for q in members):
             continue
+        own = set(idx)
         idx = set(idx)
         todo = [v for i in idx for v in nodes[i].input if v]
         while todo:
@@ -144,21 +146,44 @@ def plan_regions(imp) -> dict[int, Region]:
             if j is not None and j not in idx and v not in net and not isinstance(imp.env.get(v), np.ndarray):
                 idx.add(j)
                 todo.extend(u for u in nodes[j].input if u)
+        index_of = {id(n): k for k, n in enumerate(nodes)}
+        grew = True
+        while grew:  # a node outside the scope that only passes values between the region's nodes (dynamo's
+            grew = False  # Split of the qkv projection) is inside it too
+            for o in [o for i in list(idx) for o in nodes[i].output if o]:
+                for u in imp.users.get(o, []):
+                    j = index_of[id(u)]
+                    if j in idx:
+                        continue
+                    ins_ok = all(v in made_by and made_by[v] in idx or isinstance(imp.env.get(v), np.ndarray)
+                                 for v in u.input if v)
+                    outs_ok = all(w not in outs and w in imp.users and all(index_of[id(x)] in idx
+                                                                          for x in imp.users[w]) for w in u.output if w)
+                    if ins_ok and outs_ok:
+                        idx.add(j)
+                        grew = True
         idx = sorted(idx)
-        inside = set(idx)
+        inside = {id(nodes[j]) for j in idx}
         made = {o for i in idx for o in nodes[i].output if o}
         ext = [v for i in idx for v in nodes[i].input if v and v not in made]
         tensors = sorted({v for v in ext if not isinstance(imp.env.get(v), np.ndarray)})
-        leaving = sorted({o for o in made if o in outs or any(
-            id(u) not in {id(nodes[j]) for j in inside} for u in imp.users.get(o, []))})
-        if len(tensors) != 1 or len(leaving) != 1:
+        # the value the module hands on: a network value (constants, and static helpers outside its scope that
+        # something else reads too, may be shared)
+        leaving = sorted({o for i in own for o in nodes[i].output if o and o in net and (o in outs or any(
+            id(u) not in inside for u in imp.users.get(o, [])))})
+        shared = {o for i in idx for o in nodes[i].output if o and o not in net and any(
+            id(u) not in inside for u in imp.users.get(o, []))}
+        if len(tensors) != 1 or len(leaving) != 1 or any(o in outs for o in shared):
             continue
-        first = min(i for i in idx if i not in imp.done) if any(i not in imp.done for i in idx) else None
-        if first is None:
+        starts = [i for i in idx if i not in imp.done and any(v in net for v in nodes[i].input if v)]
+        if not starts:
             continue
-        plan[first] = Region(p, sorted(idx), tensors[0], leaving[0],
-                             {v: imp.env[v] for v in set(ext) if isinstance(imp.env.get(v), np.ndarray)},
-                             _classes(nodes[idx[0]]))
+        for j in idx:  # static helpers read by this region alone are consumed with it (the proof runs them)
+            if j not in own and not any(o in shared for o in nodes[j].output):
+                imp.done.add(j)
+        plan[min(starts)] = Region(p, idx, tensors[0], leaving[0],
+                                   {v: imp.env[v] for v in set(ext) if isinstance(imp.env.get(v), np.ndarray)},
+                                   _classes(nodes[min(own)]))
     return plan
 
 
@@ -221,7 +246,9 @@ def _candidates(r: Region, c: int, shape: tuple[int, ...]):
                                             num_heads=heads, cpb_hidden=hidden, **flags), p))
             tables = []  # (table, its window)
             for b in find(lambda s: len(s) == 4 and s[0] == 1 and s[2] == s[3] > 1 and c % s[1] == 0):
-                tables += _tables_of_bias(b)  # the exporter gathered the table by the index: read it back
+                tables += _tables_of_bias(b[0].reshape(b.shape[1], -1).T)  # the exporter gathered the table by the index
+            for b in find(lambda s: len(s) == 2 and s[0] > 1 and math.isqrt(s[0]) ** 2 == s[0] and c % s[1] == 0):
+                tables += _tables_of_bias(b)  # ... and left its reshape to run time
             tables += [(t, w) for t in find(lambda s: len(s) == 2 and len(_odd_pairs(s[0])) > 1 and s[0] > 1 and
                                             c % s[1] == 0) for w in _odd_pairs(t.shape[0])]
             tables.sort(key=lambda tw: abs(tw[1][0] - tw[1][1]))  # square windows first (torchvision's)
@@ -246,17 +273,17 @@ def _candidates(r: Region, c: int, shape: tuple[int, ...]):
 
 def _tables_of_bias(b: np.ndarray) -> list[tuple[np.ndarray, tuple[int, int]]]:
     """The relative-position tables ``(R, heads)`` whose gather by ``relative_position_index(wh, ww)`` is the
-    constant-folded bias ``b`` of shape ``(1, heads, T, T)``, one per window ``wh * ww = T`` (every table row
+    constant-folded bias ``b``, the table's rows gathered by the index: ``(T * T, heads)``, one per window ``wh * ww = T`` (every table row
     is hit by the index; the entries of a row hit twice are not compared here: the proof does that)."""
     from archir.ops import relative_position_index
 
-    heads, t = b.shape[1], b.shape[2]
+    heads, t = b.shape[1], math.isqrt(b.shape[0])
     out = []
     for wh in range(1, t + 1):
         if t % wh:
             continue
         idx = relative_position_index(wh, t // wh).reshape(-1)
-        vals = b[0].reshape(heads, -1).T
+        vals = b
         table = np.zeros(((2 * wh - 1) * (2 * (t // wh) - 1), heads), np.float32)
         table[idx] = vals  # rows hit twice and differing: the proof refuses the candidate
         out.append((table, (wh, t // wh)))

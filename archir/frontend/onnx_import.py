@@ -306,12 +306,11 @@ class _Importer:
             if i in self.done:
                 continue
             if i in regions:  # swin-onnx
-                r = regions[i]
-                nid = onnx_regions.read_region(self, r, lambda op, x, params, attrs: self.add(
-                    self.producer[r.out], op, [x], params=params, **attrs))
+                nid = onnx_regions.read_region(self, regions[i], lambda op, x, params, attrs, out: self.add(
+                    self.producer[out], op, [x], params=params, **attrs))
                 if nid is not None:
-                    self.done.update(r.nodes)
-                    self.env[r.out] = nid
+                    self.done.update(nid[1].nodes)
+                    self.env[nid[1].out] = nid[0]
                     continue
             # vit-onnx: a shape value evaluated exactly is used as such; one that depends on the batch goes to
             # the importer's own shape rules where they can read it, else it stays symbolic (_Sym)
@@ -386,7 +385,7 @@ class _Importer:
 # small constants is evaluated here (onnx.reference), so the op reading it sees a constant.
 
 #: ops folded when every input is a constant
-_FOLDABLE = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Abs", "Floor", "Ceil", "Min", "Max", "Cast", "Concat",
+_FOLDABLE = frozenset({"Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Floor", "Ceil", "Min", "Max", "Cast", "Concat",
                        "Reshape", "Slice", "Transpose", "Squeeze", "Unsqueeze", "Gather", "ConstantOfShape",
                        "Shape", "Size", "Equal", "Where", "Range"})
 #: a folded input may hold this many elements at most (shape arithmetic is tiny; a hostile file is not) ...

@@ -74,6 +74,7 @@ class Region:
     out: str  # the one value read outside it
     consts: dict[str, np.ndarray] = field(default_factory=dict)  # constants it reads from outside, by name
     classes: list[str] = field(default_factory=list)
+    helpers: list[int] = field(default_factory=list)  # nodes outside its scope that it alone reads
 
 
 def _paths(node: onnx.NodeProto) -> list[str]:
@@ -125,66 +126,86 @@ def plan_regions(imp) -> dict[int, Region]:
     for p, idx in members.items():
         read = {v for i in idx for v in nodes[i].input if v}
         sig[p] = _signature(_float_consts(imp, read))
-    outs = {o.name for o in imp.model.graph.output}
-    # values that depend on no graph input (the shift mask built by slice assignment outside the module's scope):
-    # their producers join a region that reads them, as constants do
-    net = {vi.name for vi in imp.model.graph.input if not isinstance(imp.env.get(vi.name), np.ndarray)}
-    for n in nodes:
-        if any(v in net for v in n.input if v):
-            net.update(o for o in n.output if o)
-    made_by = {o: i for i, n in enumerate(nodes) for o in n.output if o}
-    plan: dict[int, Region] = {}
+    ctx = _Ctx(imp)
+    plan: dict[int, Any] = {}
     for p, idx in members.items():
         if not sig[p] or any(q.startswith(p + ".") and sig[q] for q in members):
             continue
-        own = set(idx)
-        idx = set(idx)
-        todo = [v for i in idx for v in nodes[i].input if v]
-        while todo:
-            v = todo.pop()
-            j = made_by.get(v)
-            if j is not None and j not in idx and v not in net and not isinstance(imp.env.get(v), np.ndarray):
-                idx.add(j)
-                todo.extend(u for u in nodes[j].input if u)
-        index_of = {id(n): k for k, n in enumerate(nodes)}
-        grew = True
-        while grew:  # a node outside the scope that only passes values between the region's nodes (dynamo's
-            grew = False  # Split of the qkv projection) is inside it too
-            for o in [o for i in list(idx) for o in nodes[i].output if o]:
-                for u in imp.users.get(o, []):
-                    j = index_of[id(u)]
-                    if j in idx:
-                        continue
-                    ins_ok = all(v in made_by and made_by[v] in idx or isinstance(imp.env.get(v), np.ndarray)
-                                 for v in u.input if v)
-                    outs_ok = all(w not in outs and w in imp.users and all(index_of[id(x)] in idx
-                                                                          for x in imp.users[w]) for w in u.output if w)
-                    if ins_ok and outs_ok:
-                        idx.add(j)
-                        grew = True
-        idx = sorted(idx)
-        inside = {id(nodes[j]) for j in idx}
-        made = {o for i in idx for o in nodes[i].output if o}
-        ext = [v for i in idx for v in nodes[i].input if v and v not in made]
-        tensors = sorted({v for v in ext if not isinstance(imp.env.get(v), np.ndarray)})
-        # the value the module hands on: a network value (constants, and static helpers outside its scope that
-        # something else reads too, may be shared)
-        leaving = sorted({o for i in own for o in nodes[i].output if o and o in net and (o in outs or any(
-            id(u) not in inside for u in imp.users.get(o, [])))})
-        shared = {o for i in idx for o in nodes[i].output if o and o not in net and any(
-            id(u) not in inside for u in imp.users.get(o, []))}
-        if len(tensors) != 1 or len(leaving) != 1 or any(o in outs for o in shared):
-            continue
-        starts = [i for i in idx if i not in imp.done and any(v in net for v in nodes[i].input if v)]
+        starts = [i for i in idx if i not in imp.done and any(v in ctx.net for v in nodes[i].input if v)]
         if not starts:
             continue
-        for j in idx:  # static helpers read by this region alone are consumed with it (the proof runs them)
-            if j not in own and not any(o in shared for o in nodes[j].output):
-                imp.done.add(j)
-        plan[min(starts)] = Region(p, idx, tensors[0], leaving[0],
-                                   {v: imp.env[v] for v in set(ext) if isinstance(imp.env.get(v), np.ndarray)},
-                                   _classes(nodes[min(own)]))
+        r = _analyse(imp, ctx, p, idx)
+        plan[min(starts)] = r if isinstance(r, Region) else (p, idx)  # else: analysed again when it is reached
+        if isinstance(r, Region):
+            imp.done.update(r.helpers)
     return plan
+
+
+class _Ctx:
+    def __init__(self, imp) -> None:
+        nodes = imp.model.graph.node
+        self.nodes = nodes
+        self.outs = {o.name for o in imp.model.graph.output}
+        # network values: those that depend on a graph input's numbers (a Shape of a network tensor is not one:
+        # it is fixed per sample); the others (the shift mask built by slice assignment, shape arithmetic) join a
+        # region that reads them, as constants do
+        self.net = {vi.name for vi in imp.model.graph.input if not isinstance(imp.env.get(vi.name), np.ndarray)}
+        for n in nodes:
+            if n.op_type not in ("Shape", "Size") and any(v in self.net for v in n.input if v):
+                self.net.update(o for o in n.output if o)
+        self.made_by = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+        self.index_of = {id(n): k for k, n in enumerate(nodes)}
+
+
+def _analyse(imp, ctx: _Ctx, p: str, own_idx) -> Region | str:
+    """The region of module ``p`` (its nodes ``own_idx``) with the current constants, or why it is none."""
+    nodes, net, made_by, index_of, outs = ctx.nodes, ctx.net, ctx.made_by, ctx.index_of, ctx.outs
+    sym = getattr(getattr(imp, "sym", None), "vals", {})
+
+    def const(v):  # a constant, or shape arithmetic the importer evaluated exactly (free of the batch)
+        c = imp.env.get(v)
+        return c if isinstance(c, np.ndarray) else sym.get(v) if isinstance(sym.get(v), np.ndarray) else None
+
+    own = set(own_idx)
+    idx = set(own_idx)
+    todo = [v for i in idx for v in nodes[i].input if v]
+    while todo:
+        v = todo.pop()
+        j = made_by.get(v)
+        if j is not None and j not in idx and v not in net and const(v) is None:
+            idx.add(j)
+            todo.extend(u for u in nodes[j].input if u)
+    grew = True
+    while grew:  # a node outside the scope that only passes values between the region's nodes (dynamo's
+        grew = False  # Split of the qkv projection) is inside it too
+        for o in [o for i in list(idx) for o in nodes[i].output if o]:
+            for u in imp.users.get(o, []):
+                j = index_of[id(u)]
+                if j in idx:
+                    continue
+                ins_ok = all(v in made_by and made_by[v] in idx or const(v) is not None for v in u.input if v)
+                outs_ok = all(w not in outs and w in imp.users and all(index_of[id(x)] in idx
+                                                                      for x in imp.users[w]) for w in u.output if w)
+                if ins_ok and outs_ok:
+                    idx.add(j)
+                    grew = True
+    idx = sorted(idx)
+    inside = {id(nodes[j]) for j in idx}
+    made = {o for i in idx for o in nodes[i].output if o}
+    ext = [v for i in idx for v in nodes[i].input if v and v not in made]
+    tensors = sorted({v for v in ext if const(v) is None})
+    # the value the module hands on: a network value (constants, and static helpers outside its scope that
+    # something else reads too, may be shared)
+    leaving = sorted({o for i in own for o in nodes[i].output if o and o in net and (o in outs or any(
+        id(u) not in inside for u in imp.users.get(o, [])))})
+    shared = {o for i in idx for o in nodes[i].output if o and o not in net and any(
+        id(u) not in inside for u in imp.users.get(o, []))}
+    if len(tensors) != 1 or len(leaving) != 1 or any(o in outs for o in shared):
+        return (f"it reads {len(tensors)} network values from outside ({tensors[:3]}) and hands on {len(leaving)} "
+                f"({leaving[:3]}); a region must read one and hand on one")
+    helpers = [j for j in idx if j not in own and not any(o in shared for o in nodes[j].output)]
+    return Region(p, idx, tensors[0], leaving[0], {v: const(v) for v in set(ext) if const(v) is not None},
+                  _classes(nodes[min(own)]), helpers)
 
 
 def _submodel(imp, r: Region, batch) -> onnx.ModelProto:
@@ -304,11 +325,20 @@ def _run_candidate(op, attrs, params, shape, xs):
         return [m(torch.from_numpy(x)).numpy() for x in xs]
 
 
-def read_region(imp, r: Region, add) -> str | None:
-    """Prove ``r`` computes one candidate op and add that node (``add(op, x, params, attrs)`` -> IR id); ``None``
-    where the region's input is not a network tensor of archir's graph (the op-for-op reader then takes it)."""
+def read_region(imp, r, add) -> tuple[str, Region] | None:
+    """Prove region ``r`` (or a module ``(path, nodes)`` that was no region before the import, analysed again now)
+    computes one candidate op and add that node (``add(op, x, params, attrs, out)`` -> IR id): ``(IR id, region)``.
+    ``None`` where it is no region, or its input is not a network tensor of archir's graph (the op-for-op reader
+    then takes its nodes and names what it cannot read)."""
     import onnxruntime as ort
 
+    if not isinstance(r, Region):  # not a region with the constants known before the import: again, now
+        r = _analyse(imp, _Ctx(imp), *r)
+        if not isinstance(r, Region):
+            return None
+        names = {imp.model.graph.node[j].name for j in r.helpers}
+        imp.problems = [pr for pr in imp.problems if pr.where not in names]  # they run inside the proof
+        imp.done.update(r.helpers)
     x = imp.env.get(r.x)
     if not isinstance(x, str):
         return None
@@ -345,7 +375,7 @@ def read_region(imp, r: Region, add) -> str | None:
         tried.append(f"{op}({', '.join(f'{k}={v}' for k, v in attrs.items())})")
         best = min(best, err)
         if err <= RTOL:
-            return add(op, x, params, attrs)
+            return add(op, x, params, attrs, r.out), r
     raise RegionMismatchError(
         f"module {r.path!r} ({len(r.nodes)} ONNX nodes, input {r.x!r}) looks like window / relative-position "
         f"attention, but no candidate computes what it computes: tried {len(tried)} ({'; '.join(tried[:4])}"

@@ -346,11 +346,8 @@ def read_region(imp, r, add) -> tuple[str, Region] | None:
     batch = imp.static_batch or 2
     c = shape[-1]
     cands = _candidates(r, c, shape)
-    if not cands:
-        raise RegionMismatchError(f"module {r.path!r} ({len(r.nodes)} ONNX nodes, input {r.x!r}) looks like window / "
-                                  "relative-position attention, but no candidate op fits its constants (qkv (3C, C), "
-                                  f"projection (C, C), position bias) on its input of per-sample shape {shape}",
-                                  node=r.path, rule="from_onnx", hint="import the model with from_torch")
+    if not cands:  # no op of this kind fits its constants: the op-for-op reader names what it cannot read
+        return None
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal((batch, *shape)).astype(np.float32) for _ in range(DRAWS)]
     try:

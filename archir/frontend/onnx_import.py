@@ -219,6 +219,7 @@ class _Importer:
         self.users: dict[str, list[onnx.NodeProto]] = {}
         self.producer: dict[str, onnx.NodeProto] = {}
         self.done: set[int] = set()  # ids of nodes consumed by a fused pattern
+        self.static_batch: int | None = None  # swin-onnx: the fixed batch of the file's input, if any
         opsets = {o.domain: o.version for o in model.opset_import}
         self.opset = opsets.get("", opsets.get("ai.onnx", 1))
         for n in model.graph.node:
@@ -286,6 +287,7 @@ class _Importer:
                                     hint="export with static shapes except the batch axis (dynamic_axes={'x': {0: 'batch'}}), "
                                     "or give the sizes (from_onnx(input_shapes=...), archir import --input-shape)")
             nid = self.ids(vi.name)
+            self.static_batch = dims[0] if dims[0] else None  # swin-onnx: a dynamo file's fixed batch
             self.g.input(nid, dims[1:])
             self.env[vi.name] = nid
         for i, node in enumerate(self.model.graph.node):
@@ -297,9 +299,20 @@ class _Importer:
                 except Skip:
                     pass  # reported in order below
         self.sym = _SymPass(self)  # vit-onnx: shape arithmetic evaluated with the batch as a symbol
+        # swin-onnx: torch's exports of Swin / MaxViT attention modules, each read as one node after a proof by
+        # evaluation (archir/frontend/onnx_regions.py)
+        from archir.frontend import onnx_regions
+        regions = onnx_regions.plan_regions(self)
         for i, node in enumerate(self.model.graph.node):
             if i in self.done:
                 continue
+            if i in regions:  # swin-onnx
+                nid = onnx_regions.read_region(self, regions[i], lambda op, x, params, attrs, out: self.add(
+                    self.producer[out], op, [x], params=params, **attrs))
+                if nid is not None:
+                    self.done.update(nid[1].nodes)
+                    self.env[nid[1].out] = nid[0]
+                    continue
             # vit-onnx: a shape value evaluated exactly is used as such; one that depends on the batch goes to
             # the importer's own shape rules where they can read it, else it stays symbolic (_Sym)
             pv = self.sym.vals.get(node.output[0]) if node.op_type in _SYM_OPS and node.output else None
@@ -373,7 +386,7 @@ class _Importer:
 # small constants is evaluated here (onnx.reference), so the op reading it sees a constant.
 
 #: ops folded when every input is a constant
-_FOLDABLE = frozenset({"Add", "Sub", "Mul", "Div", "Neg", "Abs", "Floor", "Ceil", "Min", "Max", "Cast", "Concat",
+_FOLDABLE = frozenset({"Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Floor", "Ceil", "Min", "Max", "Cast", "Concat",
                        "Reshape", "Slice", "Transpose", "Squeeze", "Unsqueeze", "Gather", "ConstantOfShape",
                        "Shape", "Size", "Equal", "Where", "Range"})
 #: a folded input may hold this many elements at most (shape arithmetic is tiny; a hostile file is not) ...
@@ -1007,13 +1020,22 @@ def _target(imp, name: str) -> list[int]:
         return [0] + v.rest
     if isinstance(v, _Sym):  # vit-onnx
         return [0] + _sym_target(imp, v, "the Reshape target")
-    return imp.const(name, "the target shape").astype(np.int64).tolist()
+    shape = imp.const(name, "the target shape").astype(np.int64).tolist()
+    if imp.static_batch and shape[:1] == [imp.static_batch]:
+        # swin-onnx: a file with a fixed batch B (dynamo without dynamic_shapes) writes x.view(B, ...): every tensor
+        # has batch B, so a target starting with B keeps the batch (its other entries are per sample): exact
+        return [0] + shape[1:]
+    return shape
 
 
 @_rule("Reshape")
 def _reshape(imp, node, a):
     x = imp.act(node.input[0])
     shape = _target(imp, node.input[1])
+    if imp.static_batch and shape == [-1]:  # swin-onnx: dynamo's as_strided flatten with a fixed batch B
+        nid = _static_flat_gather(imp, node, x)
+        if nid is not None:
+            return nid
     if isinstance(imp.env.get(node.input[1]), (_BatchShape, _Sym)) and 0 in shape[1:] and not a.get("allowzero", 0):
         raise Skip(f"Reshape target {shape} copies input dims after the batch size computed at run time")
     ins = list(imp.shape(x))
@@ -1028,6 +1050,24 @@ def _reshape(imp, node, a):
     if nid is not None:
         return nid
     return _reshape_to(imp, node, x, shape, bool(a.get("allowzero", 0)))
+
+
+def _static_flat_gather(imp, node, x: str) -> str | None:
+    """swin-onnx: ``Reshape(x, [-1])`` then ``Gather(axis=0)`` by the constant index ``arange(B * n)`` shaped
+    ``(B, *dims)`` (dynamo's ``as_strided`` in a file with the fixed batch ``B``): every element stays in place,
+    so the pair is ``x`` reshaped to ``dims`` per sample (exact: the batch is ``B`` for every tensor)."""
+    g = imp.sole_user(node.output[0])
+    if g is None or g.op_type != "Gather" or int(_attrs(g).get("axis", 0)) != 0 or len(g.input) != 2:
+        return None
+    idx = imp.env.get(g.input[1], _BAD)
+    n = math.prod(imp.shape(x))
+    if not (isinstance(idx, np.ndarray) and idx.ndim >= 1 and idx.shape[0] == imp.static_batch and
+            idx.size == imp.static_batch * n and np.array_equal(idx.reshape(-1), np.arange(idx.size))):
+        return None
+    nid = x if list(idx.shape[1:]) == list(imp.shape(x)) else _reshape_to(imp, g, x, [0, *idx.shape[1:]])
+    imp.done.add(next(k for k, m in enumerate(imp.model.graph.node) if m.output[:1] == g.output[:1]))
+    imp.env[g.output[0]] = nid
+    return nid
 
 
 def _channel_shuffle_chain(imp, node, x: str, shape: list[int]) -> str | None:

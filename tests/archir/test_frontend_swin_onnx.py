@@ -1,0 +1,191 @@
+"""swin-onnx: Swin V1 and MaxViT from torch's own ONNX exports (TorchScript with a dynamic batch, dynamo with the
+static batch torch.export needs for Swin) read back through ``from_onnx`` (issue 17, item 5).
+
+Each attention module (``ShiftedWindowAttention``, ``RelativePositionalMultiHeadAttention``) is read as one
+``window_attention`` / ``rel_attention`` node after a proof by evaluation (archir/frontend/onnx_regions.py); the
+rest maps op for op. Checked: one attention node per block, ``to_fx`` vs ONNX Runtime on the file (1e-5) and vs
+the torch module (1e-4), parameter counts equal to the module's; a file whose attention region was altered after
+export (a weight, the folded position bias, the Softmax axis) is refused naming the module, and imports (wrongly)
+when the proof's tolerance is disabled, so the proof is what refuses it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from archir.frontend import from_onnx, onnx_regions
+from archir.frontend.onnx_regions import RegionMismatchError
+from archir.lower import to_fx
+
+ort = pytest.importorskip("onnxruntime")
+tvs = pytest.importorskip("torchvision.models.swin_transformer")
+tvm = pytest.importorskip("torchvision.models.maxvit")
+
+BATCH = 2  # dynamo's fixed batch
+
+
+def _randomize(m):
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in m.parameters():  # torchvision zeroes the biases: random ones make every weight slot count
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return m.eval()
+
+
+def _swin():
+    torch.manual_seed(0)
+    return _randomize(tvs.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+                                          window_size=[7, 7], num_classes=10))
+
+
+def _maxvit():
+    torch.manual_seed(0)
+    return _randomize(tvm.MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[16, 32],
+                                 block_layers=[1, 1], head_dim=8, stochastic_depth_prob=0, num_classes=10))
+
+
+def _export(m, dynamo: bool) -> onnx.ModelProto:
+    x = torch.randn(BATCH, 3, 32, 32)
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if dynamo:
+                pytest.importorskip("onnxscript")
+                return torch.onnx.export(m, (x,), dynamo=True, verbose=False).model_proto
+            buf = io.BytesIO()
+            torch.onnx.export(m, (x,), buf, dynamo=False, opset_version=17, input_names=["x"],
+                              dynamic_axes={"x": {0: "batch"}})
+            return onnx.load_from_string(buf.getvalue())
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _ort(proto, x):
+    s = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+
+_MODELS = {"swin": (_swin, "window_attention", 4), "maxvit": (_maxvit, "rel_attention", 4)}
+
+
+@pytest.fixture(scope="module", params=[(f, k) for f in _MODELS for k in ("torchscript", "dynamo")],
+                ids=lambda p: f"{p[0]}-{p[1]}")
+def exported(request):
+    family, kind = request.param
+    m = _MODELS[family][0]()
+    return family, kind, m, _export(m, kind == "dynamo")
+
+
+def test_torch_exports_import_with_one_attention_node_per_block(exported):
+    family, kind, m, proto = exported
+    _, op, blocks = _MODELS[family]
+    g = from_onnx(proto)
+    ops = [n.op for n in g.nodes()]
+    assert ops.count(op) == blocks
+    assert not {"attention", "window_attention_v2", "rel_attention", "window_attention"} - {op} & set(ops)
+    # both exporters fold a BatchNorm that follows a bias-free conv into the conv (MaxViT's stem and MBConv convs;
+    # not the pre-norm BN that follows no conv): the file holds the conv's new bias (C) instead of the BN's (2 C)
+    folded = sum(b.num_features for k, b in m.named_modules() if isinstance(b, torch.nn.BatchNorm2d) and
+                 not k.endswith("pre_norm"))
+    assert g.num_params() == sum(p.numel() for p in m.parameters()) - folded
+    batch = BATCH if kind == "dynamo" else 3  # TorchScript's batch axis is dynamic
+    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        got = to_fx(g).eval()(x).numpy()
+        want = m(x).numpy()
+    np.testing.assert_allclose(got, _ort(proto, x.numpy()), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _first_attention_init(proto, family, pred):
+    """The first initializer read inside the first attention module's scope with a shape matching ``pred``."""
+    scope = "attn" if family == "swin" else "attn_layer.1"
+    for n in proto.graph.node:
+        if any(p.endswith(scope) for p in onnx_regions._paths(n)):
+            for i in n.input:
+                t = next((t for t in proto.graph.initializer if t.name == i), None)
+                if t is not None and pred(numpy_helper.to_array(t).shape):
+                    return t
+    raise AssertionError("no such initializer in the attention region")
+
+
+def _altered(proto, family, what):
+    p = onnx.ModelProto()
+    p.CopyFrom(proto)
+    if what == "softmax":
+        n = next(n for n in p.graph.node if n.op_type == "Softmax")
+        for a in n.attribute:
+            if a.name == "axis":
+                a.i = a.i - 1 if a.i > 0 else a.i - 1
+                break
+        else:
+            n.attribute.append(onnx.helper.make_attribute("axis", -2))
+        return p
+    if what == "weight":  # the qkv projection
+        t = _first_attention_init(p, family, lambda s: len(s) == 2 and 3 in (s[0] // max(s[1], 1), s[1] // s[0]))
+    else:  # the folded position bias (1, heads, T, T) or (T * T, heads)
+        t = _first_attention_init(p, family, lambda s: len(s) == 4 or (len(s) == 2 and s[0] > 3 * s[1] > 0 and
+                                                                       s[0] != 3 * s[1]))
+    a = numpy_helper.to_array(t).copy()
+    a.reshape(-1)[1] += 0.5
+    t.CopyFrom(numpy_helper.from_array(a, t.name))
+    return p
+
+
+def test_altered_weight_is_read_as_it_is(exported):
+    """A weight changed after export is still an attention of that kind: it imports with the file's weight."""
+    family, kind, m, proto = exported
+    if kind == "dynamo":
+        pytest.skip("one exporter keeps the suite quick")
+    bad = _altered(proto, family, "weight")
+    g = from_onnx(bad)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        got = to_fx(g).eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, _ort(bad, x), rtol=1e-5, atol=1e-5)
+    op = _MODELS[family][1]
+    first_bad, first_ok = (next(iter(h.nodes(op))) for h in (g, from_onnx(proto)))
+    diff = np.abs(first_bad.params["qkv_weight"] - first_ok.params["qkv_weight"])
+    assert np.isclose(diff.max(), 0.5) and np.count_nonzero(diff) == 1  # the one entry changed, as in the file
+
+
+@pytest.mark.parametrize("what", ["bias", "softmax"])
+def test_altered_region_is_refused_naming_the_module(exported, what, monkeypatch):
+    """One entry of the folded position bias (rows the index repeats no longer agree: no relative-position
+    table gives it), or the Softmax axis: no candidate computes the region."""
+    family, kind, m, proto = exported
+    if kind == "dynamo" or (what == "bias" and family == "maxvit"):
+        pytest.skip("one exporter per alteration keeps the suite quick")
+    bad = _altered(proto, family, what)
+    with pytest.raises(RegionMismatchError, match=r"module '.*(attn|attn_layer\.1)'.*no candidate"):
+        from_onnx(bad)
+    monkeypatch.setattr(onnx_regions, "RTOL", float("inf"))  # the proof off: the altered file imports, wrongly
+    g = from_onnx(bad)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        got = to_fx(g).eval()(torch.from_numpy(x)).numpy()
+    assert np.abs(got - _ort(bad, x)).max() > 1e-3
+
+
+def test_dynamo_window_attention_module_alone(tmp_path):
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(tvs.ShiftedWindowAttention(16, [4, 4], [2, 2], num_heads=2)).eval()
+    _randomize(m)
+    x = torch.randn(2, 8, 8, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = torch.onnx.export(m, (x,), dynamo=True, verbose=False).model_proto
+    g = from_onnx(proto)
+    (wa,) = g.nodes("window_attention")
+    assert wa.attrs["window_size"] == [4, 4] and wa.attrs["shift_size"] == [2, 2]
+    with torch.no_grad():
+        np.testing.assert_allclose(to_fx(g).eval()(x).numpy(), m(x).numpy(), rtol=1e-4, atol=1e-4)

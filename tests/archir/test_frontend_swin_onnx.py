@@ -85,6 +85,13 @@ def exported(request):
     return family, kind, m, _export(m, kind == "dynamo")
 
 
+@pytest.fixture(scope="module", params=list(_MODELS))
+def ts_exported(request):
+    """The TorchScript export only: the alteration tests use one exporter, which keeps the suite quick."""
+    m = _MODELS[request.param][0]()
+    return request.param, "torchscript", m, _export(m, False)
+
+
 def test_torch_exports_import_with_one_attention_node_per_block(exported):
     family, kind, m, proto = exported
     _, op, blocks = _MODELS[family]
@@ -141,11 +148,9 @@ def _altered(proto, family, what):
     return p
 
 
-def test_altered_weight_is_read_as_it_is(exported):
+def test_altered_weight_is_read_as_it_is(ts_exported):
     """A weight changed after export is still an attention of that kind: it imports with the file's weight."""
-    family, kind, m, proto = exported
-    if kind == "dynamo":
-        pytest.skip("one exporter keeps the suite quick")
+    family, kind, m, proto = ts_exported
     bad = _altered(proto, family, "weight")
     g = from_onnx(bad)
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
@@ -159,12 +164,10 @@ def test_altered_weight_is_read_as_it_is(exported):
 
 
 @pytest.mark.parametrize("what", ["bias", "softmax"])
-def test_altered_region_is_refused_naming_the_module(exported, what, monkeypatch):
+def test_altered_region_is_refused_naming_the_module(ts_exported, what, monkeypatch):
     """One entry of the folded position bias (rows the index repeats no longer agree: no relative-position
     table gives it), or the Softmax axis: no candidate computes the region."""
-    family, kind, m, proto = exported
-    if kind == "dynamo" or (what == "bias" and family == "maxvit"):
-        pytest.skip("one exporter per alteration keeps the suite quick")
+    family, kind, m, proto = ts_exported
     bad = _altered(proto, family, what)
     with pytest.raises(RegionMismatchError, match=r"module '.*(attn|attn_layer\.1)'.*no candidate"):
         from_onnx(bad)

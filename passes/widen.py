@@ -136,9 +136,24 @@ def _check(g: Graph, cp: Coupling, node: Any, out_channels: Any, mode: Any, pnam
     if mixers:
         raise PreconditionError(
             f"widen {node!r} would add channels to {mixers[0].node!r}: {mixers[0].mixes}", pass_name=pname,
-            node=mixers[0].node, hint="widen a conv whose channels meet no channel layernorm or channel shuffle "
+            node=mixers[0].node, hint="widen a conv whose channels meet no layernorm over the channels "
                                       "(widen_targets(g) lists them); pruning through them is allowed")
+    _follow(cp, node, pname)
     return c
+
+
+def _follow(cp: Coupling, node: str, pname: str) -> None:
+    """Raise ``PreconditionError`` when an edit of ``node``'s channels cannot be followed through a channel
+    shuffle (a tie whose operands it would reorder differently, a slice it would split; see
+    :meth:`passes.coupling.Coupling.carry`). Without a shuffle every edit is followed, so nothing is tried.
+
+    It tries one copy of every class of ``node``: the edits ``widen`` makes (any subset of the classes, any
+    number of copies, or new channels after one of them) put their channels at the same places, so they
+    are followed when this one is."""
+    classes = cp.classes(node)
+    if not cp.shufflers(classes):
+        return
+    cp.remap({c: ("keep", "copy") for c in classes}, what=f"widen {node!r}", pass_name=pname)
 
 
 def _producers(cp: Coupling, node: str) -> list[str]:
@@ -154,6 +169,10 @@ def _targets(g: Graph, cp: Coupling) -> list[dict]:
     for n in cp.order:
         rule = cp.rule(n)
         if rule.kind == "source" and not cp.pins(cp.classes(n)) and not cp.mixers(cp.classes(n)):
+            try:
+                _follow(cp, n, "widen")
+            except PreconditionError:
+                continue
             out.append({"node": n, "out_channels": 2 * len(cp.layout(n))})
     return out
 

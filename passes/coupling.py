@@ -35,15 +35,17 @@ of the *sources*:
 - ``concat`` along the channel axis lays its inputs' channels one after the other (the offsets);
 - ``layernorm`` over the channel axis (``axis="channels"`` of ``(C, H, W)``, ``axis="last"`` of a vector
   or a channels-last map) carries them with its affine weight/bias (per-channel arrays), but its
-  statistics mix them (:attr:`NodeRule.mixes`): pruning follows, widening refuses; over another axis
+  statistics mix them (:attr:`NodeRule.mixes`): pruning follows, widening refuses (that is math: a new
+  channel, even a copy, changes the mean and variance of every position); over another axis
   the channels pass through;
 - ``permute`` passes the channels, moving their axis; a ``slice`` of the channel axis with step 1
   (``x[:, a:b]``, ``chunk``, ``split``) holds that range of them, and an edit resets its
   ``start``/``end`` (a slice of another axis passes them through);
 - ``channel_shuffle`` (and torchvision's ``view(g, C/g, H, W) -> transpose -> view(C, H, W)``, whose views
   get their ``shape`` reset) is a permutation that depends on the channel count: channel ``j`` of
-  each of its ``g`` segments is made one class, so pruning removes whole rows and keeps the per-group
-  counts equal; widening refuses (:attr:`NodeRule.mixes`). Any other ``reshape`` is opaque;
+  each of its ``g`` segments is made one class, so an edit removes or copies whole rows and keeps the
+  per-group counts equal; its output's position map is its input's permuted by the shuffle of the *new*
+  count (:meth:`Coupling.carry`). Any other ``reshape`` is opaque;
 - ``param`` (a learned tensor) makes a new pinned class (its input gives the batch size only and is not
   pinned); ``attention`` mixes every token and projects the embedding: opaque; so are MaxViT's
   ``rel_attention`` (windows of tokens, heads tied to its relative-bias table) and swin's
@@ -98,7 +100,17 @@ of an ``add`` hold the class at the same positions, so they grow at the same pos
 ``concat`` grows inside the segment of the input that holds the class, which shifts the offsets
 of the segments after it for every consumer. The result is, per affected node, an index map
 from new positions to old ones (:class:`PositionMap`) and the attrs to set (``out_channels``,
-``groups`` of a depthwise conv, ``out_features``).
+``groups`` of a depthwise conv, ``out_features``, a slice's ``start``/``end``, a shuffle view's ``shape``).
+
+Only a source's map is read off its layout ("right after every occurrence"); every other node's map is
+*propagated* from its inputs' maps in topological order by its flow (:meth:`Coupling.carry`), so it is
+what the edited graph computes there. Without a shuffle the two agree everywhere. A shuffle of
+``C = g * p`` channels puts input segment ``i``, row ``j`` at output ``j * g + i``; a copy of row ``j``
+(one class: row ``j`` of every segment) grows every segment by one at row ``j + 1``, so the new output is
+the old one with a block of ``g`` copies inserted after block ``j`` -- not a copy next to each of them.
+Downstream, a tie needs its operands mapped alike and a channel slice needs its old channels to stay one
+range (a shuffle row straddling its bound breaks that); where they do not, the edit is refused with the
+node and the reason (``widen`` tries one copy of every class of its target first).
 
 Example:
     >>> import archir.samples as S
@@ -191,10 +203,10 @@ class NodeRule:
         mixes: for a carrier through which removing channels is followed but adding them is not,
             why; ``None`` otherwise. ``layernorm`` over the channels: every output channel depends
             on all input channels together (the mean and variance run over them), so an added
-            channel changes every channel's statistics; ``channel_shuffle``: an added channel would
-            land at a position set by the new channel count, not next to its original. Pruning
-            through it is consistent (and changes the function, as pruning may); function-preserving
-            edits that add channels (``widen``, ``add_skip``) refuse it.
+            channel changes every channel's statistics. Pruning through it is consistent (and
+            changes the function, as pruning may); function-preserving edits that add channels
+            (``widen``, ``add_skip``) refuse it. (A channel shuffle does not mix: its map is followed,
+            :meth:`Coupling.carry`.)
         axis: the per-sample axis of the node's output that holds its channels: 0 for ``(C, H, W)``
             maps and vectors, the last axis of a channels-last ``(H, W, C)`` map (``permute`` moves
             it; a ``linear`` over it makes channels there).
@@ -405,7 +417,8 @@ class CouplingBuilder:
         ``flow`` says how: ``"pass"`` (port 0's channels index for index), ``"concat"`` (the
         inputs' channels one after the other), ``"flatten"`` (each channel widened to ``H*W``
         features), ``"tie"`` (the inputs' channels made the same classes: :meth:`tie`),
-        ``"slice"`` (a range of port 0's channels), ``"shuffle"`` (port 0's channels reordered).
+        ``"slice"`` (a range of port 0's channels), ``"shuffle"`` (port 0's channels reordered), and a
+        shuffle's views ``"shuffle_split"`` / ``"shuffle_merge"``.
         ``mixes``: why channels may be removed here but not added (:attr:`NodeRule.mixes`).
         ``axis``: the output's channel axis (default: port 0's).
         """
@@ -795,9 +808,9 @@ def _channel_shuffle(b: CouplingBuilder, n, a, ins, it) -> None:
     shuffle of the pruned input is the pruned shuffle, entry for entry (rows stay whole and in
     order). So channel ``j`` of every segment is made one class (they are pruned together, which
     keeps the per-group counts equal, as the op needs), and the output holds the input's classes
-    in shuffled order. Adding channels cannot be followed: a copy of row ``j`` lands, after the
-    shuffle, one row later, not right after its original (:attr:`NodeRule.mixes`), so ``widen``
-    and ``add_skip`` refuse these channels."""
+    in shuffled order. Adding channels is followed too: a copy of row ``j`` in every segment lands,
+    after the shuffle of the new count, as a block of ``g`` copies right after block ``j``; the output's
+    map is its input's permuted that way (:meth:`Coupling.carry`), not read off its layout."""
     if not _channels_first(b, n, ins[0], it[0], "channel_shuffle"):
         return
     lay, gr = b.layout[ins[0]], a["groups"]

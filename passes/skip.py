@@ -20,6 +20,11 @@ Why the function is preserved::
                      relu, pools (adaptive too), dropout, identity ...: channel-wise, carried through
                                         to their consumers
                      concat:            the new channels keep their offset in the larger concat
+                     channel slice:     the one whose range ends at the old last channel takes them in
+                                        (``end`` moves); the others keep their range
+                     channel shuffle:   the new count must be a multiple of its groups; the shuffle of
+                                        the new count interleaves new and old channels, and every
+                                        consumer after it reads the old ones where they now are
                    (each consumer by its rule in passes.coupling, the analysis widen and pruning use), so every tensor that is not channel-extended is unchanged. Consumers that cannot take
                    extra channels with zero weight (add/mul with an unextended operand, grouped or
                    depthwise convs, linear on a feature map, a graph output) are refused with the reason.

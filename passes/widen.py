@@ -47,9 +47,18 @@ grow: the call is refused with the reason (:class:`~passes.infra.PreconditionErr
 variance of *all* its channels: a copy of channel ``r`` shifts both (``(C * mu + h_r) / (C + 1)``),
 a zero-mode channel shifts them too, so every output channel changes. No choice of the new
 channels' values keeps the function in general, so widening channels that reach such a layernorm
-is refused, naming it (:meth:`passes.coupling.Coupling.mixers`). So is widening channels that reach
-a **channel shuffle**: a copy of channel ``r`` would land, after the shuffle, where the new channel
-count puts it, not next to ``r`` (pruning whole rows of its groups is followed).
+is refused, naming it (:meth:`passes.coupling.Coupling.mixers`).
+
+**Channel shuffle** (``channel_shuffle``, or torchvision's view/transpose/view). Output ``j * g + i`` is
+input segment ``i``, row ``j``; row ``j`` of every segment is one class, so a copy (or zero-mode channel)
+of it grows every segment by one, right after row ``j``: the segments stay equal and ``g`` is kept. The
+shuffled output is then the old output with a block of ``g`` copies inserted after block ``j``: every copy
+still equals its original, so the consumers after it are divided by ``k`` (or given zero columns) as
+above, at the positions the shuffle of the new count gives (:meth:`passes.coupling.Coupling.carry`); the
+views' ``shape`` is reset. Refused, with the node: a tie whose operands the shuffle would reorder on one
+side only, and a channel slice (``chunk``) whose bound a shuffle row straddles (its channels would no
+longer be one range; in torchvision's ShuffleNetV2 this happens in stage 3, whose eight units merge rows
+into classes wider than a chunk).
 
 **Channels-last.** A ``linear`` over the last axis of a channels-last map (ConvNeXt's pointwise
 layers, between ``permute(0, 2, 3, 1)`` and back) is a 1x1 conv: it is widened as one, its rows
@@ -182,8 +191,9 @@ def widen_targets(g: Graph) -> list[dict]:
 
     A node is legal when it is a conv2d (``groups == 1``) or a linear on a vector, and none of its
     channels (nor channels tied to them) reach a graph input or output or an op whose coupling
-    is unknown. Tied producers (the members of one residual stream) are each listed: widening
-    any of them widens all.
+    is unknown, nor meet a layernorm over the channels, and an edit of them is followed through every
+    channel shuffle they reach (no slice split, no tie reordered on one side). Tied producers (the members
+    of one residual stream) are each listed: widening any of them widens all.
 
     Example:
         >>> import archir.samples as S
@@ -329,8 +339,9 @@ def widen(g: Graph, node: str, out_channels: int, mode: str = "replicate", noise
     Raises:
         PreconditionError: unknown node; not a conv2d/linear (or a depthwise/grouped conv);
             ``out_channels`` not more than now (shrinking); the channels (or channels tied to
-            them) reach a graph output/input or an op with unknown coupling; ``noise != 0``;
-            unknown mode. The message says which, where and how to fix it.
+            them) reach a graph output/input or an op with unknown coupling, or a layernorm over the
+            channels, or cannot be followed through a channel shuffle (a slice bound straddling a shuffle
+            row, a tie reordered on one side); ``noise != 0``; unknown mode. The message says which, where and how to fix it.
 
     Example:
         >>> import archir.samples as S, passes

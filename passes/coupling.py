@@ -35,15 +35,17 @@ of the *sources*:
 - ``concat`` along the channel axis lays its inputs' channels one after the other (the offsets);
 - ``layernorm`` over the channel axis (``axis="channels"`` of ``(C, H, W)``, ``axis="last"`` of a vector
   or a channels-last map) carries them with its affine weight/bias (per-channel arrays), but its
-  statistics mix them (:attr:`NodeRule.mixes`): pruning follows, widening refuses; over another axis
+  statistics mix them (:attr:`NodeRule.mixes`): pruning follows, widening refuses (that is math: a new
+  channel, even a copy, changes the mean and variance of every position); over another axis
   the channels pass through;
 - ``permute`` passes the channels, moving their axis; a ``slice`` of the channel axis with step 1
   (``x[:, a:b]``, ``chunk``, ``split``) holds that range of them, and an edit resets its
   ``start``/``end`` (a slice of another axis passes them through);
 - ``channel_shuffle`` (and torchvision's ``view(g, C/g, H, W) -> transpose -> view(C, H, W)``, whose views
   get their ``shape`` reset) is a permutation that depends on the channel count: channel ``j`` of
-  each of its ``g`` segments is made one class, so pruning removes whole rows and keeps the per-group
-  counts equal; widening refuses (:attr:`NodeRule.mixes`). Any other ``reshape`` is opaque;
+  each of its ``g`` segments is made one class, so an edit removes or copies whole rows and keeps the
+  per-group counts equal; its output's position map is its input's permuted by the shuffle of the *new*
+  count (:meth:`Coupling.carry`). Any other ``reshape`` is opaque;
 - ``param`` (a learned tensor) makes a new pinned class (its input gives the batch size only and is not
   pinned); ``attention`` mixes every token and projects the embedding: opaque; so are MaxViT's
   ``rel_attention`` (windows of tokens, heads tied to its relative-bias table) and swin's
@@ -98,7 +100,17 @@ of an ``add`` hold the class at the same positions, so they grow at the same pos
 ``concat`` grows inside the segment of the input that holds the class, which shifts the offsets
 of the segments after it for every consumer. The result is, per affected node, an index map
 from new positions to old ones (:class:`PositionMap`) and the attrs to set (``out_channels``,
-``groups`` of a depthwise conv, ``out_features``).
+``groups`` of a depthwise conv, ``out_features``, a slice's ``start``/``end``, a shuffle view's ``shape``).
+
+Only a source's map is read off its layout ("right after every occurrence"); every other node's map is
+*propagated* from its inputs' maps in topological order by its flow (:meth:`Coupling.carry`), so it is
+what the edited graph computes there. Without a shuffle the two agree everywhere. A shuffle of
+``C = g * p`` channels puts input segment ``i``, row ``j`` at output ``j * g + i``; a copy of row ``j``
+(one class: row ``j`` of every segment) grows every segment by one at row ``j + 1``, so the new output is
+the old one with a block of ``g`` copies inserted after block ``j`` -- not a copy next to each of them.
+Downstream, a tie needs its operands mapped alike and a channel slice needs its old channels to stay one
+range (a shuffle row straddling its bound breaks that); where they do not, the edit is refused with the
+node and the reason (``widen`` tries one copy of every class of its target first).
 
 Example:
     >>> import archir.samples as S
@@ -191,10 +203,10 @@ class NodeRule:
         mixes: for a carrier through which removing channels is followed but adding them is not,
             why; ``None`` otherwise. ``layernorm`` over the channels: every output channel depends
             on all input channels together (the mean and variance run over them), so an added
-            channel changes every channel's statistics; ``channel_shuffle``: an added channel would
-            land at a position set by the new channel count, not next to its original. Pruning
-            through it is consistent (and changes the function, as pruning may); function-preserving
-            edits that add channels (``widen``, ``add_skip``) refuse it.
+            channel changes every channel's statistics. Pruning through it is consistent (and
+            changes the function, as pruning may); function-preserving edits that add channels
+            (``widen``, ``add_skip``) refuse it. (A channel shuffle does not mix: its map is followed,
+            :meth:`Coupling.carry`.)
         axis: the per-sample axis of the node's output that holds its channels: 0 for ``(C, H, W)``
             maps and vectors, the last axis of a channels-last ``(H, W, C)`` map (``permute`` moves
             it; a ``linear`` over it makes channels there).
@@ -405,7 +417,8 @@ class CouplingBuilder:
         ``flow`` says how: ``"pass"`` (port 0's channels index for index), ``"concat"`` (the
         inputs' channels one after the other), ``"flatten"`` (each channel widened to ``H*W``
         features), ``"tie"`` (the inputs' channels made the same classes: :meth:`tie`),
-        ``"slice"`` (a range of port 0's channels), ``"shuffle"`` (port 0's channels reordered).
+        ``"slice"`` (a range of port 0's channels), ``"shuffle"`` (port 0's channels reordered), and a
+        shuffle's views ``"shuffle_split"`` / ``"shuffle_merge"``.
         ``mixes``: why channels may be removed here but not added (:attr:`NodeRule.mixes`).
         ``axis``: the output's channel axis (default: port 0's).
         """
@@ -724,7 +737,7 @@ def _permute(b: CouplingBuilder, n, a, ins, it) -> None:
     dims, ax = a["dims"], b.axis_of(ins[0])
     if b.rules[ins[0]].flow == "shuffle_split":  # the middle of a view/transpose/view channel shuffle
         b.carrier(n, _shuffled(b.layout[ins[0]], b.g.nx.nodes[ins[0]]["attrs"]["shape"][0]), flow="shuffle",
-                  mixes=b.rules[ins[0]].mixes, axis=0)
+                  axis=0)
     elif all(w == 1 for _, w in b.layout[ins[0]]):
         b.carrier(n, list(b.layout[ins[0]]), axis=dims.index(ax))
     else:
@@ -765,12 +778,6 @@ def _shuffle_rows(b: CouplingBuilder, lay: Sequence[tuple[int, int]], groups: in
             b.uf.union(lay[j][0], lay[i * per + j][0])
 
 
-def _shuffle_mixes(n: str, groups: int) -> str:
-    return (f"channel shuffle {n!r} (groups={groups}) puts each channel at a position set by the channel count: "
-            f"a new channel would not sit next to its original after the shuffle (pruning whole rows of the "
-            f"{groups} groups is followed)")
-
-
 @register("reshape")
 def _reshape(b: CouplingBuilder, n, a, ins, it) -> None:
     """Opaque, except torchvision's channel shuffle ``view(g, C/g, H, W) -> transpose -> view(C, H, W)``,
@@ -781,10 +788,10 @@ def _reshape(b: CouplingBuilder, n, a, ins, it) -> None:
     groups = _shuffle_triple(b, n, a, u, it[0])
     if groups is not None:
         _shuffle_rows(b, b.layout[u], groups)
-        b.carrier(n, list(b.layout[u]), flow="shuffle_split", mixes=_shuffle_mixes(n, groups), axis=0)
+        b.carrier(n, list(b.layout[u]), flow="shuffle_split", axis=0)
         return
     if b.rules[u].op == "permute" and b.rules[u].flow == "shuffle":
-        b.carrier(n, list(b.layout[u]), flow="shuffle_merge", mixes=b.rules[u].mixes, axis=0)
+        b.carrier(n, list(b.layout[u]), flow="shuffle_merge", axis=0)
         return
     b.opaque(n, f"reshape of {it[0]} to {tuple(a['shape'])}: its target shape fixes the channel count, and in "
                 f"general it regroups the elements of several channels",
@@ -801,9 +808,9 @@ def _channel_shuffle(b: CouplingBuilder, n, a, ins, it) -> None:
     shuffle of the pruned input is the pruned shuffle, entry for entry (rows stay whole and in
     order). So channel ``j`` of every segment is made one class (they are pruned together, which
     keeps the per-group counts equal, as the op needs), and the output holds the input's classes
-    in shuffled order. Adding channels cannot be followed: a copy of row ``j`` lands, after the
-    shuffle, one row later, not right after its original (:attr:`NodeRule.mixes`), so ``widen``
-    and ``add_skip`` refuse these channels."""
+    in shuffled order. Adding channels is followed too: a copy of row ``j`` in every segment lands,
+    after the shuffle of the new count, as a block of ``g`` copies right after block ``j``; the output's
+    map is its input's permuted that way (:meth:`Coupling.carry`), not read off its layout."""
     if not _channels_first(b, n, ins[0], it[0], "channel_shuffle"):
         return
     lay, gr = b.layout[ins[0]], a["groups"]
@@ -812,7 +819,7 @@ def _channel_shuffle(b: CouplingBuilder, n, a, ins, it) -> None:
                  "leave the channels feeding the shuffle alone")
         return
     _shuffle_rows(b, lay, gr)
-    b.carrier(n, _shuffled(lay, gr), flow="shuffle", mixes=_shuffle_mixes(n, gr))
+    b.carrier(n, _shuffled(lay, gr), flow="shuffle")
 
 
 @register("layernorm")
@@ -926,7 +933,12 @@ class Coupling:
         self._group_of_class: dict[int, int] = {}
         self._slice_bounds: dict[str, tuple[int, int]] = {}  # channel slice -> (start, stop) on its input
         self._views: dict[str, tuple[int, list[int]]] = {}  # a channel shuffle's views -> (groups, spatial dims)
+        self._shuffle_groups: dict[str, int] = {}  # a "shuffle" carrier -> its group count
         for n, rule in rules.items():
+            if rule.flow == "shuffle":
+                u = self._inputs[n][0]
+                self._shuffle_groups[n] = int(g.nx.nodes[n]["attrs"]["groups"]) if rule.op == "channel_shuffle" \
+                    else int(g.nx.nodes[u]["attrs"]["shape"][0])
             if rule.flow == "shuffle_split":
                 shape = list(g.nx.nodes[n]["attrs"]["shape"])
                 self._views[n] = (shape[0], shape[2:])
@@ -1002,6 +1014,13 @@ class Coupling:
         cs = {self._cls(classes)} if isinstance(classes, (int, np.integer)) else {self._cls(c) for c in classes}
         nodes = {n for c in cs for n in self._occurs.get(c, ())}
         return tuple(self._rules[n] for n in self._order if n in nodes and self._rules[n].mixes)
+
+    def shufflers(self, classes: int | Iterable[int]) -> tuple[str, ...]:
+        """The channel shuffles (flow ``"shuffle"``: the op, or the transpose of torchvision's
+        view/transpose/view) holding any of ``classes``, in topological order."""
+        cs = {self._cls(classes)} if isinstance(classes, (int, np.integer)) else {self._cls(c) for c in classes}
+        nodes = {n for c in cs for n in self._occurs.get(c, ())}
+        return tuple(n for n in self._order if n in nodes and self._rules[n].flow == "shuffle")
 
     def holders(self, cls: int) -> tuple[str, ...]:
         """Nodes whose output holds channels of class ``cls``, in topological order."""
@@ -1112,45 +1131,158 @@ class Coupling:
         if any(c in self._pins for c in edit):
             raise self.pin_error([c for c in edit if c in self._pins], what, pass_name=pass_name)
         outs: set[str] = set()
-        ins: set[str] = set()
         for c in edit:
             outs.update(self._occurs.get(c, ()))
-            ins.update(self._read_by.get(c, ()))
-        # a channel slice moves with its input's channels (even when none of its own change)
-        slices = {n for n in self._order if self._rules[n].flow == "slice" and self._inputs[n][0] in outs}
+        # every map is propagated in topological order: a source's from its layout (a copy or new channel
+        # right after every occurrence of its class), every other node's from its inputs' maps by its flow
+        # (Coupling.carry), so each describes what the edited graph really computes there
+        maps: dict[str, PositionMap] = {}
         result: dict[str, NodeRemap] = {}
         for n in self._order:
-            if n not in outs and n not in ins and n not in slices:
+            rule = self._rules[n]
+            in_maps = [maps.get(u) for u in self._inputs[n]]
+            out, attrs = None, {}
+            if rule.kind == "source":
+                if n in outs:
+                    out = _posmap(self._layouts[n], edit)
+            elif rule.kind == "carrier":
+                if any(m is not None for m in in_maps):
+                    out, attrs = self.carry(n, in_maps, what=what, pass_name=pass_name)
+            elif n in outs:  # an input or opaque node holding an edited class: pinned, refused above
+                raise AssertionError(f"remap: pinned node {n!r} holds an edited class")
+            inp = in_maps[0] if any(x.side == "in" for x in rule.arrays) else None
+            if out is None and inp is None and not attrs:
                 continue
-            out = _posmap(self._layouts[n], edit) if n in outs else None
-            inp = _posmap(self._layouts[self._inputs[n][0]], edit) if n in ins else None
             if (out is not None and out.entries == 0) or (inp is not None and inp.entries == 0):
                 raise PreconditionError(f"the edit would leave node {n!r} with no channels", node=n,
                                         pass_name=pass_name, hint="keep at least one channel per tensor")
-            attrs = {} if out is None else dict.fromkeys(self._rules[n].count_attrs, out.entries)
-            if n in slices:
-                attrs.update(self._slice_attrs(n, _posmap(self._layouts[self._inputs[n][0]], edit)))
-            if out is not None and n in self._views:  # a channel shuffle's view: its shape follows the count
-                groups = self._views[n][0]
-                if out.entries % groups:
-                    raise PreconditionError(f"the edit would leave {out.entries} channels at channel shuffle {n!r}, "
-                                            f"not a multiple of its {groups} groups", node=n, pass_name=pass_name,
-                                            hint="remove whole rows of the shuffle's groups (one class each)")
-                attrs["shape"] = self._view_shape(n, out.entries)
+            if out is not None:
+                maps[n] = out
+                attrs.update(dict.fromkeys(rule.count_attrs, out.entries))
+                if n in self._views:  # a channel shuffle's view: its shape follows the count
+                    groups = self._views[n][0]
+                    if out.entries % groups:
+                        raise PreconditionError(
+                            f"the edit would leave {out.entries} channels at channel shuffle {n!r}, not a multiple "
+                            f"of its {groups} groups", node=n, pass_name=pass_name,
+                            hint="remove whole rows of the shuffle's groups (one class each)")
+                    attrs["shape"] = self.view_shape(n, out.entries)
             result[n] = NodeRemap(n, out, inp, attrs)
         return result
 
-    def _view_shape(self, n: str, entries: int) -> list[int]:
+    def view_shape(self, n: str, entries: int) -> list[int]:
+        """The ``shape`` of view ``n`` of a torchvision channel shuffle holding ``entries`` channels."""
         groups, rest = self._views[n]
         return [groups, entries // groups, *rest] if self._rules[n].flow == "shuffle_split" else [entries, *rest]
 
-    def _slice_attrs(self, n: str, pm: PositionMap) -> dict:
-        """The new ``start``/``end`` of channel slice ``n`` whose input's channels map by ``pm``: the new
-        positions derived from old positions in ``[start, stop)`` (an edit keeps positions in order, and
-        a copy or new channel sits right after its original, so they form one range)."""
+    def identity_map(self, node: str) -> PositionMap:
+        """The map of ``node``'s output channel axis when nothing changes (every position kept, once)."""
+        lay = self._layouts[self._node(node)]
+        p = sum(w for _, w in lay)
+        return PositionMap(np.arange(p, dtype=np.int64), np.full(p, "keep", dtype=object),
+                           np.ones(p, dtype=np.int64), len(lay))
+
+    def carry(self, node: str, in_maps: Sequence[PositionMap | None], *, what: str = "edit these channels",
+              pass_name: str | None = None) -> tuple[PositionMap | None, dict]:
+        """The map of carrier ``node``'s output, given its inputs' maps (``None``: that input is unchanged).
+
+        Each flow says what the op computes from its inputs' new channels: ``"pass"`` (and the views of a
+        shuffle) keeps port 0's map; ``"tie"`` needs every operand mapped alike (an ``add`` combines
+        positions); ``"concat"`` lays the inputs' maps end to end; ``"flatten"`` widens each entry to its
+        ``H*W`` features; ``"slice"`` keeps the positions derived from its old range (which must still be
+        one range: a channel derived from outside it may sit inside only if it is new) and gives the new
+        ``start``/``end``; ``"shuffle"`` permutes its input's new channels by the shuffle of the *new*
+        count: output ``q`` is new input ``shuffle_order(C', g)[q]``, which derives from the old input
+        position ``in.src[...]``, which the old shuffle put at old output ``shuffle_order(C, g)^-1[...]``.
+
+        Returns:
+            ``(map, attrs)``: the output's map (``None`` when it is unchanged) and attributes to set
+            (a slice's ``start``/``end``).
+
+        Raises:
+            PreconditionError: the operands of a tie would be mapped differently (one comes through a
+                channel shuffle, say), a slice's range would no longer be one range, or a shuffle would
+                get a channel count that is not a multiple of its groups.
+        """
+        rule = self._rules[self._node(node)]
+        flow = rule.flow
+        ins = self._inputs[node]
+        if all(m is None for m in in_maps):
+            return None, {}
+        if flow in ("pass", "shuffle_split", "shuffle_merge"):
+            return in_maps[0], {}
+        if flow == "tie":
+            first = in_maps[0]
+            for u, m in zip(ins[1:], in_maps[1:]):
+                if first is None or m is None or not _same_map(first, m):
+                    other = u if first is not None else ins[0]
+                    raise PreconditionError(
+                        f"cannot {what}: {rule.op} {node!r} combines {ins[0]!r} and {u!r} position by position, but "
+                        f"after the edit their channels would not line up ({other!r} "
+                        f"{'is unchanged' if first is None or m is None else 'is reordered differently, e.g. by a channel shuffle'})",
+                        node=node, pass_name=pass_name,
+                        hint="edit channels that reach the operands the same way (not through a channel shuffle on "
+                             "one side only)")
+            return first, {}
+        if flow == "concat":
+            parts = [m if m is not None else self.identity_map(u) for u, m in zip(ins, in_maps)]
+            offs = np.cumsum([0] + [sum(w for _, w in self._layouts[u]) for u in ins])[:-1]
+            return PositionMap(np.concatenate([m.src + o for m, o in zip(parts, offs)]),
+                               np.concatenate([m.tag for m in parts]), np.concatenate([m.share for m in parts]),
+                               sum(m.entries for m in parts)), {}
+        m = in_maps[0]
+        if m is None:  # a single-input flow whose input is unchanged
+            return None, {}
+        if flow == "flatten":
+            hw = sum(w for _, w in self._layouts[node]) // max(1, sum(w for _, w in self._layouts[ins[0]]))
+            feat = np.arange(hw, dtype=np.int64)
+            return PositionMap((m.src[:, None] * hw + feat).ravel(), np.repeat(m.tag, hw), np.repeat(m.share, hw),
+                               m.entries), {}
+        if flow == "slice":
+            return self._carry_slice(node, m, what, pass_name)
+        if flow == "shuffle":
+            from archir.ops.core import shuffle_order
+
+            groups = self._shuffle_groups[node]
+            c_old, c_new = sum(w for _, w in self._layouts[ins[0]]), m.positions
+            if c_new % groups:
+                raise PreconditionError(
+                    f"cannot {what}: channel shuffle {node!r} would get {c_new} channels, not a multiple of its "
+                    f"{groups} groups", node=node, pass_name=pass_name,
+                    hint=f"add channels in multiples of {groups} (widen adds one to every group per class)")
+            inv_old = np.argsort(np.asarray(shuffle_order(c_old, groups), dtype=np.int64))
+            order_new = np.asarray(shuffle_order(c_new, groups), dtype=np.int64)
+            return PositionMap(inv_old[m.src[order_new]], m.tag[order_new], m.share[order_new], m.entries), {}
+        raise AssertionError(f"carry: flow {flow!r} of {node!r} is not handled")
+
+    def _carry_slice(self, n: str, m: PositionMap, what: str, pass_name: str | None) -> tuple[PositionMap | None, dict]:
+        """A channel slice ``start:stop`` of an input mapped by ``m``: the new positions derived from the old
+        range (a new channel counts by its anchor) must be one range, with nothing but new channels from
+        elsewhere inside it (a concat skip's channels after a shuffle, say)."""
         start, stop = self._slice_bounds[n]
-        return {"start": int(np.searchsorted(pm.src, start, side="left")),
-                "end": int(np.searchsorted(pm.src, stop, side="left"))}
+        inr = (m.src >= start) & (m.src < stop)
+        idx = np.flatnonzero(inr)
+        if idx.size == 0:
+            raise PreconditionError(f"the edit would leave node {n!r} with no channels", node=n,
+                                    pass_name=pass_name, hint="keep at least one channel per tensor")
+        a, b = int(idx[0]), int(idx[-1]) + 1
+        foreign = ~inr[a:b]
+        if (foreign & (m.tag[a:b] != "new")).any():
+            q = a + int(np.flatnonzero(foreign & (m.tag[a:b] != "new"))[0])
+            raise PreconditionError(
+                f"cannot {what}: channel slice {n!r} ({start}:{stop} of {self._inputs[n][0]!r}) would no longer "
+                f"hold its channels as one range: old channel {int(m.src[q])} (outside it) would land at new "
+                f"position {q}, between channels it holds (a channel shuffle's group row straddles the slice's "
+                f"bound)", node=n, pass_name=pass_name,
+                hint="edit channels whose shuffle rows the slice holds whole, or slice at a multiple of the "
+                     "shuffle's groups")
+        src = np.clip(m.src[a:b] - start, 0, stop - start - 1)  # a new channel from elsewhere: any index (shape only)
+        share = np.where(foreign, 1, m.share[a:b])
+        out = PositionMap(src.astype(np.int64), m.tag[a:b], share.astype(np.int64), b - a)
+        attrs = {} if (a, b) == (start, stop) else {"start": a, "end": b}
+        if out.positions == stop - start and (out.tag == "keep").all() and (out.src == np.arange(stop - start)).all():
+            out = None
+        return out, attrs
 
     def apply(self, g: Graph, remaps: Mapping[str, NodeRemap],
               adjust: Callable[[NodeRule, ArrayAxis, PositionMap, np.ndarray, np.ndarray], np.ndarray] | None = None
@@ -1183,6 +1315,10 @@ class Coupling:
                 out.set_buffers(n, **new_arrays["buffers"])
             out.set_attrs(n, **rm.attrs)  # also re-infers the type (a reshape's check needs its input's new one)
         return out.validate()
+
+
+def _same_map(a: PositionMap, b: PositionMap) -> bool:
+    return a.entries == b.entries and np.array_equal(a.src, b.src) and np.array_equal(a.tag, b.tag)
 
 
 def _spans(layout: Sequence[tuple[int, int]], cls: int) -> list[tuple[int, int]]:

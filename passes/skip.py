@@ -20,6 +20,11 @@ Why the function is preserved::
                      relu, pools (adaptive too), dropout, identity ...: channel-wise, carried through
                                         to their consumers
                      concat:            the new channels keep their offset in the larger concat
+                     channel slice:     the one whose range ends at the old last channel takes them in
+                                        (``end`` moves); the others keep their range
+                     channel shuffle:   the new count must be a multiple of its groups; the shuffle of
+                                        the new count interleaves new and old channels, and every
+                                        consumer after it reads the old ones where they now are
                    (each consumer by its rule in passes.coupling, the analysis widen and pruning use), so every tensor that is not channel-extended is unchanged. Consumers that cannot take
                    extra channels with zero weight (add/mul with an unextended operand, grouped or
                    depthwise convs, linear on a feature map, a graph output) are refused with the reason.
@@ -39,7 +44,7 @@ import numpy as np
 from archir import Graph
 
 from passes._util import fresh_scope, identity_bn, is_plain_target, require_node, require_rank3
-from passes.coupling import Coupling, analyze
+from passes.coupling import Coupling, PositionMap, analyze
 from passes.infra import PreconditionError, graph_pass
 
 __all__ = ["add_skip", "skip_targets", "SKIP_MODES"]
@@ -66,17 +71,27 @@ def _extension_plan(g: Graph, start: str, new_mask: np.ndarray, cp: Coupling | N
     """Walk the consumers of ``start`` (whose channel axis becomes ``new_mask``, True = new channel).
 
     Each consumer is treated by its channel-coupling rule (``passes.coupling``, the analysis
-    ``widen`` and pruning use): a carrier that passes channels index for index passes the new
-    ones on (BN and ``scale`` get identity values for them), a channel concat keeps their
-    offset, a flatten widens them to ``H*W`` features, a tie (``add``, ``mul``) needs every
-    operand extended alike, and a source (conv, linear) reads them with zero weight.
+    ``widen`` and pruning use), through :meth:`~passes.coupling.Coupling.carry`, which maps every new
+    position to the old one it holds (or marks it new): a carrier that passes channels index for index
+    passes the new ones on (BN and ``scale`` get identity values for them), a channel concat keeps their
+    offset, a flatten widens them to ``H*W`` features, a channel slice whose range ends at the old last
+    channel takes them in (its ``end`` moves), a channel shuffle puts them, and the old channels, where
+    the shuffle of the new count does (its views' ``shape`` is reset), a tie (``add``, ``mul``) needs every
+    operand extended alike, and a source (conv, linear) reads the old channels where they now are and the
+    new ones with zero weight.
 
-    Returns ``(masks, edits)``: the channel mask of every extended node, and a list of
-    ``(node, kind, mask)`` weight edits (``kind`` in ``"in_zero"``, ``"bn"``, ``"scale"``). Raises
-    ``PreconditionError`` at the first consumer that cannot take the new channels. Does not edit ``g``.
+    Returns ``(maps, edits)``: the position map of every extended node, and a list of ``(node, kind, map)``
+    edits (``kind`` in ``"in_zero"``, ``"bn"``, ``"scale"``, ``"attrs"``: a slice's range or a view's
+    shape, given as a dict). Raises ``PreconditionError`` at the first consumer that cannot take the new
+    channels. Does not edit ``g``.
     """
     cp = analyze(g) if cp is None else cp
-    masks = {start: new_mask}
+    n_new = int(new_mask.size)
+    old = int(np.count_nonzero(~new_mask))
+    # the new channels come after the old ones; each points at the old last channel (an anchor, for shape)
+    src = np.where(new_mask, old - 1, np.cumsum(~new_mask) - 1).astype(np.int64)
+    maps = {start: PositionMap(src, np.where(new_mask, "new", "keep").astype(object), np.ones(n_new, np.int64),
+                               n_new)}
     edits = []
     order = g.topo_order()
     pos = {n: i for i, n in enumerate(order)}
@@ -100,15 +115,15 @@ def _extension_plan(g: Graph, start: str, new_mask: np.ndarray, cp: Coupling | N
         rule = cp.rule(n)
         op = rule.op
         ins = g.inputs_of(n)
-        in_masks = [masks.get(u) for u in ins]
-        m_in = next(m for m in in_masks if m is not None)
-        out_mask = None
+        in_maps = [maps.get(u) for u in ins]
+        m_in = next(m for m in in_maps if m is not None)
+        out_map = None
         if rule.kind == "opaque":
             raise refuse(n, f"cannot take new input channels: {rule.reason}")
         if rule.mixes:
             raise refuse(n, f"cannot take new channels with zero weight: {rule.mixes}")
         if rule.kind == "source":
-            edits.append((n, "in_zero", m_in))  # zero columns of its weight's input axis
+            edits.append((n, "in_zero", m_in))  # old columns where their channels now are, zero for the new
         elif rule.flow == "pass":
             if rule.count_attrs:  # a depthwise conv: its channel count is its group count
                 raise refuse(n, f"is a grouped conv (groups={g.node(n).attrs['groups']}, depthwise): its input "
@@ -118,58 +133,60 @@ def _extension_plan(g: Graph, start: str, new_mask: np.ndarray, cp: Coupling | N
                 if op not in ("batchnorm2d", "scale"):
                     raise refuse(n, f"is a {op} with per-channel arrays that add_skip cannot fill for new channels")
                 edits.append((n, "bn" if op == "batchnorm2d" else "scale", m_in))
-            out_mask = m_in
-        elif rule.flow == "flatten":
-            out_mask = np.repeat(m_in, int(np.prod(g.node(ins[0]).type.shape[1:], dtype=np.int64)))
-        elif rule.flow == "slice":
-            raise refuse(n, "slices the channels: new channels at the end of its input fall outside its range",
-                         "use mode='add', or a dst whose channels meet no channel slice")
-        elif rule.flow == "concat":
-            parts = [m if m is not None else np.zeros(g.node(u).type.shape[cp.channel_axis(u)], bool)
-                     for u, m in zip(ins, in_masks)]
-            out_mask = np.concatenate(parts)
+            out_map = m_in
         elif rule.flow == "tie":
-            if any(m is None or not np.array_equal(m, m_in) for m in in_masks):
-                other = [u for u, m in zip(ins, in_masks) if m is None or not np.array_equal(m, m_in)]
+            if any(m is None or not np.array_equal(m.src, m_in.src) or not np.array_equal(m.tag, m_in.tag)
+                   for m in in_maps):
+                other = [u for u, m in zip(ins, in_maps) if m is None or not np.array_equal(m.tag, m_in.tag)
+                         or not np.array_equal(m.src, m_in.src)]
                 raise refuse(n, f"is {'an' if op[0] in 'aeiou' else 'a'} {op} whose other operand {other[0]!r} does "
                                 "not get the new channels (channels are tied through it)",
                              "use mode='add', or widen the coupled producers instead")
-            out_mask = m_in
+            out_map = m_in
+        elif rule.flow in ("flatten", "slice", "concat", "shuffle", "shuffle_split", "shuffle_merge"):
+            try:
+                out_map, attrs = cp.carry(n, in_maps, what="concatenate the skip's channels", pass_name="add_skip")
+            except PreconditionError as e:
+                raise refuse(n, f"cannot take the new channels: {e.message}",
+                             e.hint or "use mode='add'") from None
+            if out_map is not None and rule.flow in ("shuffle_split", "shuffle_merge"):
+                attrs = {**attrs, "shape": cp.view_shape(n, out_map.entries)}
+            if attrs:
+                edits.append((n, "attrs", attrs))
         else:  # a rule this walk does not know: a bug of ours, not of the graph
             raise AssertionError(f"add_skip: coupling rule of {n!r} ({rule.kind}, flow {rule.flow!r}) is not handled")
-        if out_mask is not None:
+        if out_map is not None:
             if n in outputs:
                 raise PreconditionError(
                     f"the new channels reach graph output {n!r} (through channel-wise ops), which would change "
                     "the output shape", pass_name="add_skip", node=n,
                     hint="use mode='add', or a dst whose channels meet a conv/linear before the output")
-            masks[n] = out_mask
+            maps[n] = out_map
             todo |= {v for v, _ in g.users_of(n)}
-    return masks, edits
+    return maps, edits
+
+
+def _take(a: np.ndarray, m: PositionMap, axis: int, fill: float) -> np.ndarray:
+    """``a`` gathered along ``axis`` by ``m`` (each new position holds its old one), ``fill`` at new positions."""
+    out = np.take(a, m.src, axis=axis).astype(np.float32)
+    idx = [slice(None)] * out.ndim
+    idx[axis] = m.tag == "new"
+    out[tuple(idx)] = fill
+    return out
 
 
 def _apply_edits(g: Graph, edits) -> None:
-    for n, kind, mask in edits:
+    """The weight edits of :func:`_extension_plan` (its ``"attrs"`` edits are set before, in graph order)."""
+    for n, kind, m in edits:
         node = g.node(n)
         if kind == "in_zero":
-            w = node.params["weight"]
-            new = np.zeros((w.shape[0], mask.size) + w.shape[2:], np.float32)
-            new[:, ~mask] = w
-            g.set_params(n, weight=new)
+            g.set_params(n, weight=_take(node.params["weight"], m, 1, 0.0))
         elif kind == "bn":
-            old_p, old_b = node.params, node.buffers
-            idp, idb = identity_bn(mask.size, node.attrs["eps"])
-            for src, ident, setter in ((old_p, idp, g.set_params), (old_b, idb, g.set_buffers)):
-                upd = {}
-                for k, a in src.items():
-                    full = ident[k].copy()
-                    full[~mask] = a
-                    upd[k] = full
-                setter(n, **upd)
+            idp, idb = identity_bn(1, node.attrs["eps"])
+            for arrs, ident, setter in ((node.params, idp, g.set_params), (node.buffers, idb, g.set_buffers)):
+                setter(n, **{k: _take(a, m, 0, float(ident[k][0])) for k, a in arrs.items()})
         elif kind == "scale":
-            full = np.ones(mask.size, np.float32)
-            full[~mask] = node.params["weight"]
-            g.set_params(n, weight=full)
+            g.set_params(n, weight=_take(node.params["weight"], m, 0, 1.0))
 
 
 @graph_pass(preserves="function")
@@ -237,6 +254,12 @@ def add_skip(g: Graph, src: str, dst: str, mode: str = "add", seed: int = 0) -> 
         g.set_params(path, weight=rng.uniform(-bound, bound, (c1, c1, 1, 1)))
     cat = g.add("concat", dst, path, name=f"{scope}.cat", dim=1)
     g.replace_uses(dst, cat, exclude=[cat])
+    attrs = {n: a for n, kind, a in edits if kind == "attrs"}
+    for n in g.topo_order():  # a slice's new range, a shuffle view's new shape; each sees its inputs' new types
+        if n in attrs:
+            g.set_attrs(n, **attrs[n])
+        elif n != cat and g.inputs_of(n):
+            g.set_attrs(n)
     g.infer_shapes()
     _apply_edits(g, edits)
     return g.validate()
@@ -268,19 +291,22 @@ def skip_targets(g: Graph, limit: int | None = None) -> list[dict]:
         return stride_ok[key]
 
     for dst in plain:
-        a, concat_ok = anc[dst], None
+        # concat_ok: src channel count -> whether dst's consumers take that many (a shuffle needs a multiple of
+        # its groups)
+        a, concat_ok = anc[dst], {}
         for src in plain:  # in topological order: deterministic whatever the hash seed
             if not a & bit[src] or not fits(hw[src], hw[dst]):
                 continue
             out.append({"src": src, "dst": dst, "mode": "add"})
-            if concat_ok is None:
+            c1 = nxg.nodes[src]["type"].shape[0]
+            if c1 not in concat_ok:
                 c2 = nxg.nodes[dst]["type"].shape[0]
                 try:
-                    _extension_plan(g, dst, np.concatenate([np.zeros(c2, bool), np.ones(1, bool)]), cp)
-                    concat_ok = True
+                    _extension_plan(g, dst, np.concatenate([np.zeros(c2, bool), np.ones(c1, bool)]), cp)
+                    concat_ok[c1] = True
                 except PreconditionError:
-                    concat_ok = False
-            if concat_ok:
+                    concat_ok[c1] = False
+            if concat_ok[c1]:
                 out.append({"src": src, "dst": dst, "mode": "concat"})
             if limit is not None and len(out) >= limit:
                 return out

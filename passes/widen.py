@@ -47,9 +47,18 @@ grow: the call is refused with the reason (:class:`~passes.infra.PreconditionErr
 variance of *all* its channels: a copy of channel ``r`` shifts both (``(C * mu + h_r) / (C + 1)``),
 a zero-mode channel shifts them too, so every output channel changes. No choice of the new
 channels' values keeps the function in general, so widening channels that reach such a layernorm
-is refused, naming it (:meth:`passes.coupling.Coupling.mixers`). So is widening channels that reach
-a **channel shuffle**: a copy of channel ``r`` would land, after the shuffle, where the new channel
-count puts it, not next to ``r`` (pruning whole rows of its groups is followed).
+is refused, naming it (:meth:`passes.coupling.Coupling.mixers`).
+
+**Channel shuffle** (``channel_shuffle``, or torchvision's view/transpose/view). Output ``j * g + i`` is
+input segment ``i``, row ``j``; row ``j`` of every segment is one class, so a copy (or zero-mode channel)
+of it grows every segment by one, right after row ``j``: the segments stay equal and ``g`` is kept. The
+shuffled output is then the old output with a block of ``g`` copies inserted after block ``j``: every copy
+still equals its original, so the consumers after it are divided by ``k`` (or given zero columns) as
+above, at the positions the shuffle of the new count gives (:meth:`passes.coupling.Coupling.carry`); the
+views' ``shape`` is reset. Refused, with the node: a tie whose operands the shuffle would reorder on one
+side only, and a channel slice (``chunk``) whose bound a shuffle row straddles (its channels would no
+longer be one range; in torchvision's ShuffleNetV2 this happens in stage 3, whose eight units merge rows
+into classes wider than a chunk).
 
 **Channels-last.** A ``linear`` over the last axis of a channels-last map (ConvNeXt's pointwise
 layers, between ``permute(0, 2, 3, 1)`` and back) is a 1x1 conv: it is widened as one, its rows
@@ -136,9 +145,24 @@ def _check(g: Graph, cp: Coupling, node: Any, out_channels: Any, mode: Any, pnam
     if mixers:
         raise PreconditionError(
             f"widen {node!r} would add channels to {mixers[0].node!r}: {mixers[0].mixes}", pass_name=pname,
-            node=mixers[0].node, hint="widen a conv whose channels meet no channel layernorm or channel shuffle "
+            node=mixers[0].node, hint="widen a conv whose channels meet no layernorm over the channels "
                                       "(widen_targets(g) lists them); pruning through them is allowed")
+    _follow(cp, node, pname)
     return c
+
+
+def _follow(cp: Coupling, node: str, pname: str) -> None:
+    """Raise ``PreconditionError`` when an edit of ``node``'s channels cannot be followed through a channel
+    shuffle (a tie whose operands it would reorder differently, a slice it would split; see
+    :meth:`passes.coupling.Coupling.carry`). Without a shuffle every edit is followed, so nothing is tried.
+
+    It tries one copy of every class of ``node``: the edits ``widen`` makes (any subset of the classes, any
+    number of copies, or new channels after one of them) put their channels at the same places, so they
+    are followed when this one is."""
+    classes = cp.classes(node)
+    if not cp.shufflers(classes):
+        return
+    cp.remap({c: ("keep", "copy") for c in classes}, what=f"widen {node!r}", pass_name=pname)
 
 
 def _producers(cp: Coupling, node: str) -> list[str]:
@@ -154,6 +178,10 @@ def _targets(g: Graph, cp: Coupling) -> list[dict]:
     for n in cp.order:
         rule = cp.rule(n)
         if rule.kind == "source" and not cp.pins(cp.classes(n)) and not cp.mixers(cp.classes(n)):
+            try:
+                _follow(cp, n, "widen")
+            except PreconditionError:
+                continue
             out.append({"node": n, "out_channels": 2 * len(cp.layout(n))})
     return out
 
@@ -163,8 +191,9 @@ def widen_targets(g: Graph) -> list[dict]:
 
     A node is legal when it is a conv2d (``groups == 1``) or a linear on a vector, and none of its
     channels (nor channels tied to them) reach a graph input or output or an op whose coupling
-    is unknown. Tied producers (the members of one residual stream) are each listed: widening
-    any of them widens all.
+    is unknown, nor meet a layernorm over the channels, and an edit of them is followed through every
+    channel shuffle they reach (no slice split, no tie reordered on one side). Tied producers (the members
+    of one residual stream) are each listed: widening any of them widens all.
 
     Example:
         >>> import archir.samples as S
@@ -310,8 +339,9 @@ def widen(g: Graph, node: str, out_channels: int, mode: str = "replicate", noise
     Raises:
         PreconditionError: unknown node; not a conv2d/linear (or a depthwise/grouped conv);
             ``out_channels`` not more than now (shrinking); the channels (or channels tied to
-            them) reach a graph output/input or an op with unknown coupling; ``noise != 0``;
-            unknown mode. The message says which, where and how to fix it.
+            them) reach a graph output/input or an op with unknown coupling, or a layernorm over the
+            channels, or cannot be followed through a channel shuffle (a slice bound straddling a shuffle
+            row, a tie reordered on one side); ``noise != 0``; unknown mode. The message says which, where and how to fix it.
 
     Example:
         >>> import archir.samples as S, passes

@@ -3,7 +3,8 @@
 The coupling analysis tracks the channel axis of every tensor: ``permute`` moves it, a ``linear`` over
 it is a 1x1 conv, a ``layernorm`` over it has its affine follow the channels. A channel shuffle (the
 ``channel_shuffle`` op, or torchvision's ``view/transpose/view``) is pruned by whole rows of its groups
-and refused by ``widen``; channel slices (``chunk``) move with their input's channels.
+and widened through (tests/passes/test_widen_shuffle.py); channel slices (``chunk``) move with their
+input's channels.
 
 Checked on small hand-written graphs and on modules built from torchvision's own classes (one ConvNeXt
 stage, two ShuffleNetV2 blocks): the pass fired (which channels, how many), the structure (shapes,
@@ -249,12 +250,15 @@ def test_pruning_shuffled_rows_that_contribute_nothing_keeps_the_function():
     assert check_preserved(g0, small).ok
 
 
-def test_widen_refuses_channels_that_reach_a_shuffle():
+def test_widen_follows_channels_through_a_shuffle():
+    # (this was a refusal: "a copy would land where the new channel count puts it"; the shuffle's map is now
+    # propagated, see passes/coupling.py Coupling.carry)
     g = shuffle_block()
-    with pytest.raises(PreconditionError, match="channel shuffle 'shuffle'.*position set by the channel count"):
-        passes.widen(g, node="b.pw2", out_channels=6)
     targets = [t["node"] for t in passes.widen_targets(g)]
-    assert targets == ["b.pw1", "conv5"]
+    assert targets == ["stem", "b.pw1", "b.pw2", "conv5"]
+    wide = passes.widen(g, node="b.pw2", out_channels=6)
+    assert wide.node("shuffle").attrs["groups"] == 2 and wide.node("shuffle").type.shape[0] == 12
+    assert_morphism(g, wide)
     assert_morphism(g, passes.widen(g, node="b.pw1", out_channels=7))
 
 
@@ -273,8 +277,12 @@ def test_widen_through_a_channel_slice_moves_its_range_and_keeps_the_function():
         assert lo_n + hi_n == 13 and wide.node("hi").attrs["start"] == lo_n
         assert wide.node("p").params["weight"].shape[1] == lo_n
         assert_morphism(g, wide)
-    with pytest.raises(PreconditionError, match="slices the channels"):
-        passes.add_skip(g, src="x", dst="a.relu", mode="concat")
+    # (this was refused, "slices the channels"): the new channels come after the old last one, so the slice
+    # that ends there takes them in and its consumer reads them with zero weight; the other slice is unchanged
+    skip = passes.add_skip(g, src="x", dst="a.relu", mode="concat")
+    assert skip.node("hi").attrs["end"] == 11 and skip.node("lo").attrs["end"] == 3
+    assert not skip.node("q").params["weight"][:, 5:].any()
+    assert_morphism(g, skip)
 
 
 def test_torchvision_shufflenet_units_prune_through_view_transpose_view():
@@ -299,8 +307,9 @@ def test_torchvision_shufflenet_units_prune_through_view_transpose_view():
     assert x1["start"] == 0 and x1["end"] == x2["start"] and x2["end"] == small.node("3.concat").type.shape[0]
     assert small.node("4.branch2.5").attrs["out_channels"] == x1["end"]  # the branch keeps x1's rows
     assert_onnx_agrees(small)
-    with pytest.raises(PreconditionError, match="channel shuffle"):
-        passes.widen(g, node="3.branch1.2", out_channels=20)
+    wide = passes.widen(g, node="3.branch1.2", out_channels=20)  # (this was refused, "channel shuffle")
+    assert wide.node("3.reshape").attrs["shape"][:2] == [2, 20] and wide.node("4.reshape_1").attrs["shape"][0] == 40
+    assert_morphism(g, wide)
 
 
 # --------------------------------------------------------------------------- random shapes

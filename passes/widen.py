@@ -271,16 +271,40 @@ def _widen(g: Graph, node: str, out_channels: int, mode: str, noise: float, seed
     cp = analyze(g)
     c = _check(g, cp, node, out_channels, mode, pname)
     rng = np.random.default_rng(seed)
+    # a class can occur several times in the node's own output (a row of every group of a channel shuffle it
+    # feeds): an edit of it adds that many channels, so the classes edited must add up to exactly k channels
+    mult: dict[int, int] = {}
+    for cls, _ in cp.layout(node):
+        mult[cls] = mult.get(cls, 0) + 1
+    classes = list(mult)
     k = int(out_channels) - c
-    classes = [cls for cls, _ in cp.layout(node)]
-    edit: dict[int, list[str]] = {}
+    taken: list[int] = []
+    rem = k
     if mode == "replicate":
-        # every channel is copied once before any is copied twice: copies spread evenly
-        picks = np.concatenate([rng.permutation(c) for _ in range(-(-k // c))])[:k]
-        for j in picks:
-            edit.setdefault(classes[int(j)], ["keep"]).append("copy")
-    else:
-        edit[classes[-1]] = ["keep"] + ["new"] * k
+        # every class is copied once before any is copied twice: copies spread evenly
+        while rem > 0:
+            before = rem
+            for j in rng.permutation(len(classes)):
+                if 0 < mult[classes[int(j)]] <= rem:
+                    taken.append(classes[int(j)])
+                    rem -= mult[classes[int(j)]]
+            if rem == before:
+                break
+    else:  # new channels after the last class that fits
+        for cls in reversed(classes):
+            while 0 < mult[cls] <= rem:
+                taken.append(cls)
+                rem -= mult[cls]
+    if rem:
+        steps = sorted(set(mult.values()))
+        raise PreconditionError(f"{pname} of {node!r} to {out_channels} channels: its channels are classes of "
+                                f"{'/'.join(map(str, steps))} channels each (rows of a channel shuffle's groups), "
+                                f"which grow together, so {k} more cannot be made of whole classes",
+                                node=node, pass_name=pname,
+                                hint=f"grow it by a multiple of {steps[0]} (e.g. out_channels={c + steps[0] * -(-k // steps[0])})")
+    edit: dict[int, list[str]] = {}
+    for cls in taken:
+        edit.setdefault(cls, ["keep"]).append("copy" if mode == "replicate" else "new")
     remaps = cp.remap(edit, what=f"widen {node!r}", pass_name=pname)
 
 
@@ -327,7 +351,9 @@ def widen(g: Graph, node: str, out_channels: int, mode: str = "replicate", noise
     Args:
         g: the graph (not changed).
         node: a conv2d with ``groups == 1`` or a linear on a vector (see :func:`widen_targets`).
-        out_channels: the new channel count, more than the current one.
+        out_channels: the new channel count, more than the current one. Channels that feed a channel
+            shuffle grow by whole rows of its groups (one class is several of the node's channels): a
+            count that whole classes cannot make is refused, naming the step.
         mode: ``"replicate"`` (copies of random existing channels, consumers divided by the copy
             count) or ``"zero"`` (fresh He-normal filters, consumer columns zero).
         noise: must be 0: noise breaks the promise of this pass (use :func:`widen_noisy`).

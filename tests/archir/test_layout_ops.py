@@ -287,7 +287,7 @@ def test_prune_follows_the_layernorm_affine():
     assert verify_onnx(small).ok
 
 
-def test_reshape_pins_and_channel_shuffle_is_pruned_by_rows_not_widened():
+def test_reshape_pins_and_channel_shuffle_is_pruned_and_widened_by_rows():
     g = archir.Graph("pin")
     x = g.input("x", (3, 8, 8))
     a = g.add("conv2d", x, out_channels=8, kernel_size=1, name="a")
@@ -297,9 +297,13 @@ def test_reshape_pins_and_channel_shuffle_is_pruned_by_rows_not_widened():
     g.set_outputs(r)
     g.init_params(0)
     g.validate()
-    # a channel shuffle puts channels where the new count says: adding them is refused, removing rows is followed
-    with pytest.raises(PreconditionError, match="channel shuffle 'cs'.*position set by the channel count"):
-        passes.widen(g, node="a", out_channels=12)
+    # a channel shuffle moves whole rows of its groups: adding (widen by copies of rows) and removing them is followed
+    wide = passes.widen(g, node="a", out_channels=12)
+    assert wide.node("a").attrs["out_channels"] == 12 and wide.node("cs").attrs["groups"] == 2
+    assert wide.node("b").params["weight"].shape == (8, 12, 1, 1)
+    assert passes.check_preserved(g, wide).ok
+    with pytest.raises(PreconditionError, match="classes of 2 channels each"):
+        passes.widen(g, node="a", out_channels=11)  # 3 new channels cannot be whole rows of 2 groups
     with pytest.raises(PreconditionError, match="reshape.*fixes the channel count") as e:
         passes.widen(g, node="b", out_channels=12)
     assert e.value.node == "b" and "'r'" in str(e.value)

@@ -54,16 +54,24 @@ def test_the_shuffle_output_map_inserts_a_block_of_g_copies_after_the_block():
 
 
 @pytest.mark.parametrize("mode", ["replicate", "zero"])
-@pytest.mark.parametrize("out_channels", [7, 9, 12])
+@pytest.mark.parametrize("out_channels", [9, 12, 15])
 def test_widen_conv_shuffle_conv(mode, out_channels):
     g = conv_shuffle_conv()
     assert passes.widen_targets(g) == [{"node": "a", "out_channels": 12}]
     wide = passes.widen(g, node="a", out_channels=out_channels, mode=mode, seed=2)
-    # every class is a row of all 3 segments: each added channel grows every segment by one
-    grown = 3 * (out_channels - 6)
-    assert wide.node("a").attrs["out_channels"] == 6 + grown
+    # every class is a row of all 3 segments: each added class grows every segment by one, 3 channels
+    grown = out_channels - 6
+    assert wide.node("a").attrs["out_channels"] == out_channels
     assert wide.node("sh").attrs["groups"] == 3 and wide.node("b").params["weight"].shape[1] == 6 + grown
     assert_morphism(g, wide)
+
+
+@pytest.mark.parametrize("out_channels", [7, 8, 10])
+def test_widen_through_a_shuffle_grows_by_whole_rows_only(out_channels):
+    g = conv_shuffle_conv()
+    with pytest.raises(PreconditionError, match=r"classes of 3 channels each") as e:
+        passes.widen(g, node="a", out_channels=out_channels)
+    assert e.value.node == "a" and "a multiple of 3" in str(e.value.hint)
 
 
 def test_add_skip_concat_through_a_shuffle_needs_a_multiple_of_its_groups():
@@ -133,8 +141,8 @@ def test_widen_through_the_view_transpose_view_form_resets_the_views(mode):
     assert {analyze(g).rule(n).flow for n in (split, merge)} == {"shuffle_split", "shuffle_merge"}
     stem = next(n.id for n in g.nodes("conv2d"))
     assert stem in [t["node"] for t in passes.widen_targets(g)]
-    wide = passes.widen(g, node=stem, out_channels=8, mode=mode, seed=1)
-    assert wide.node(stem).attrs["out_channels"] == 12  # two rows, each a row of all 3 groups
+    wide = passes.widen(g, node=stem, out_channels=12, mode=mode, seed=1)
+    assert wide.node(stem).attrs["out_channels"] == 12  # two more rows, each a row of all 3 groups
     assert wide.node(split).attrs["shape"][:2] == [3, 4] and wide.node(merge).attrs["shape"][0] == 12
     assert_morphism(g, wide)
     skip = passes.add_skip(g, src=stem, dst=g.inputs_of(split)[0], mode="concat")  # 6 more: a multiple of 3
@@ -194,8 +202,11 @@ def test_torchvision_shufflenet_v2_widens_through_its_shuffles(shufflenet):
     for i, n in enumerate(legal):
         c = g.node(n).attrs["out_channels"]
         for mode in ("replicate", "zero"):
-            wide = passes.widen(g, node=n, out_channels=c + 1 + i % 3, mode=mode, seed=i)
-            assert wide.node(n).attrs["out_channels"] > c
+            # a stream's classes are rows of the shuffles' groups (2, 4 or 8 channels once shuffles compose):
+            # it grows by whole classes
+            step = c // len({cls for cls, _ in cp.layout(n)})
+            wide = passes.widen(g, node=n, out_channels=c + step * (1 + i % 3), mode=mode, seed=i)
+            assert wide.node(n).attrs["out_channels"] == c + step * (1 + i % 3)
             assert all(wide.node(s).attrs["shape"][0] == 2 for s in splits)  # the groups stay 2
             if (cp.group_of(n).index, mode) not in checked:
                 checked.add((cp.group_of(n).index, mode))
@@ -203,7 +214,7 @@ def test_torchvision_shufflenet_v2_widens_through_its_shuffles(shufflenet):
                     assert check_preserved(g, wide).ok, (n, mode)
     # ONNX Runtime agrees on one widened stream of stage 2 and one of stage 4
     for n, mode in (("stage2.0.branch2.5", "replicate"), ("stage4.1.branch2.5", "zero")):
-        assert_morphism(g, passes.widen(g, node=n, out_channels=g.node(n).attrs["out_channels"] + 5, mode=mode))
+        assert_morphism(g, passes.widen(g, node=n, out_channels=g.node(n).attrs["out_channels"] + 8, mode=mode))
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])

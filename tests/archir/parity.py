@@ -1,6 +1,10 @@
-"""Shared checks of the transformer import tests: an imported graph against its torch module in fx and ORT."""
+"""Shared checks of the import tests: an imported graph against its torch module in fx and ORT, and torch's
+dynamo export of a module."""
 
 from __future__ import annotations
+
+import logging
+import warnings
 
 import numpy as np
 import onnxruntime as ort
@@ -39,3 +43,18 @@ def assert_reads_back_as_one(g, node_id: str):
     for k, v in g.node(node_id).params.items():
         np.testing.assert_array_equal(back.params[k], v)
     return g2, back
+
+
+def dynamo_export(module, shape, batch: int = 2):
+    """``module``'s ``torch.onnx.export(dynamo=True)`` on a ``(batch, *shape)`` sample with a dynamic batch (an
+    ``onnx.ModelProto``); the exporter's warnings and log lines are silenced."""
+    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(1))
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prog = torch.onnx.export(module, (x,), dynamo=True, verbose=False,
+                                     dynamic_shapes=({0: torch.export.Dim("batch")},))
+    finally:
+        logging.disable(logging.NOTSET)
+    return prog.model_proto

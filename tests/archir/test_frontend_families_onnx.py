@@ -17,8 +17,6 @@ exports, with dynamo's GatherND pooling, are ``test_frontend_onnx_opsets.py``'s)
 
 from __future__ import annotations
 
-import logging
-import warnings
 
 import numpy as np
 import pytest
@@ -26,6 +24,7 @@ import torch
 
 from archir.frontend import from_onnx
 from archir.lower import to_fx
+from tests.archir.parity import dynamo_export
 from tests.archir.test_frontend_families import TV_FAMILIES, build_torchvision
 
 pytestmark = pytest.mark.slow
@@ -37,20 +36,6 @@ ort = pytest.importorskip("onnxruntime")
 #: constructs as the one kept; they read back too: ``python benchmarks/frontend_families.py --dynamo``)
 NOT_HERE = {"vit", "swin", "maxvit", "vgg11", "alexnet", "mobilenet_v3_large", "shufflenet_v2_x1_0"}
 DYNAMO_FAMILIES = [f for f in TV_FAMILIES if f not in NOT_HERE]
-
-
-def dynamo_export(module, shape, batch: int = 2):
-    """``module``'s ``torch.onnx.export(dynamo=True)`` with a dynamic batch (an ``onnx.ModelProto``)."""
-    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(1))
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            prog = torch.onnx.export(module, (x,), dynamo=True, verbose=False,
-                                     dynamic_shapes=({0: torch.export.Dim("batch")},))
-    finally:
-        logging.disable(logging.NOTSET)
-    return prog.model_proto
 
 
 def _ort(proto, x: np.ndarray) -> np.ndarray:

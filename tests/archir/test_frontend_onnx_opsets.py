@@ -16,7 +16,6 @@ Then the small families of ``test_frontend_families`` exported by ``torch.onnx.e
 from __future__ import annotations
 
 import io
-import logging
 import math
 import warnings
 
@@ -30,6 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from archir.frontend import UnsupportedModelError, from_onnx
 from archir.lower import to_fx
+from tests.archir.parity import dynamo_export
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -496,16 +496,8 @@ def test_dynamo_export_of_family_imports(family):
     build, shape = FAMILIES[family]
     torch.manual_seed(0)
     m = randomize(build())
-    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            prog = torch.onnx.export(m, (x,), dynamo=True, verbose=False,
-                                     dynamic_shapes=({0: torch.export.Dim("batch")},))
-    finally:
-        logging.disable(logging.NOTSET)
-    proto = prog.model_proto
+    proto = dynamo_export(m, shape)
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))  # the export's sample
     g = _check(proto, shape, seed=3)
     assert g.meta["frontend"]["opset"] >= 18
     xn = x.numpy()
@@ -559,14 +551,7 @@ def test_dynamo_masked_adaptive_pool_with_windows_of_several_lengths():
     pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs onnxscript")
     m = torch.nn.AdaptiveAvgPool2d((7, 3)).eval()
     x = torch.randn(2, 4, 2, 5)
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            proto = torch.onnx.export(m, (x,), dynamo=True, verbose=False,
-                                      dynamic_shapes=({0: torch.export.Dim("batch")},)).model_proto
-    finally:
-        logging.disable(logging.NOTSET)
+    proto = dynamo_export(m, (4, 2, 5))
     assert {"GatherND", "Where", "Gather", "Div"} <= {n.op_type for n in proto.graph.node}
     g = _check(proto, (4, 2, 5))
     assert _ops(g) == {"adaptive_avgpool2d"}

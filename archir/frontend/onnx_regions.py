@@ -111,7 +111,7 @@ def _signature(consts: dict[str, np.ndarray]) -> bool:
     shapes = [v.shape for v in consts.values()]
     has_qkv = any(len(s) == 2 and (s[0] == 3 * s[1] or s[1] == 3 * s[0]) for s in shapes)
     has_pos = any(len(s) == 2 and ((2 in s) and max(s) > 2 or (len(_odd_pairs(s[0])) > 1 and s[0] > 1))
-                  or (len(s) == 4 and s[0] == 1 and s[2] == s[3] > 1) for s in shapes)
+                  or (len(s) == 4 and s[0] == 1 and s[2] == s[3] > 1) or _is_folded_cpb(s) for s in shapes)
     return has_qkv and has_pos
 
 
@@ -235,7 +235,10 @@ def _candidates(r: Region, c: int, shape: tuple[int, ...]):
     proj = [w for v in find(lambda s: s == (c, c)) for w in (v, v.T)]
     qkv_b = find(lambda s: s == (3 * c,))
     proj_b = find(lambda s: s == (c,))
-    fc1 = [v if v.shape[1] == 2 else v.T for v in find(lambda s: len(s) == 2 and 2 in s and max(s) > 2)]
+    # V2's cpb_mlp first layer: its weight (hidden, 2) (either orientation; TorchScript), or recovered from the
+    # constant-folded table @ weight.T (dynamo): (weight, bias fitted or None, window or None)
+    fc1 = [(v if v.shape[1] == 2 else v.T, None, None) for v in find(lambda s: len(s) == 2 and 2 in s and max(s) > 2)]
+    fc1 += [_fc1_of_folded(r, f) for f in find(_is_folded_cpb)]
     out = []
     for qw, pw in itertools.product(qkv, proj):
         biases = list(itertools.product(qkv_b or [None], proj_b or [None]))
@@ -246,9 +249,10 @@ def _candidates(r: Region, c: int, shape: tuple[int, ...]):
             if pb is not None:
                 base["proj_bias"] = pb
             flags = dict(qkv_bias=qb is not None, proj_bias=pb is not None)
-            for w1 in fc1:  # V2
+            for w1, b_fit, known in fc1:  # V2
                 hidden = w1.shape[0]
-                b1s = find(lambda s: s == (hidden,)) or [None]
+                b1s = find(lambda s: s == (hidden,))
+                b1s = ([b_fit + b for b in b1s] + [b_fit]) if b_fit is not None else (b1s or [None])
                 # cpb_mlp's second weight (heads, hidden): any other matrix with a side of hidden, the one taken as
                 # w1 excepted (with 2 heads it has w1's shape: both are tried in both roles)
                 w2s = [w for v in find(lambda s: len(s) == 2 and hidden in s) if not (
@@ -257,17 +261,22 @@ def _candidates(r: Region, c: int, shape: tuple[int, ...]):
                 for b1, w2 in itertools.product(b1s, w2s):
                     heads = w2.shape[0]
                     ls = find(lambda s: s == (heads, 1, 1))
-                    tables = find(lambda s: len(s) >= 2 and s[-1] == 2 and max(s[:-1]) > 1)
-                    rows = {int(np.prod(t.shape[:-1])) for t in tables}
-                    for lsv, rr in itertools.product(ls, rows):
-                        for win in _odd_pairs(rr):
-                            for sh in ((win[0] // 2, win[1] // 2), (0, 0)):
-                                p = dict(base, logit_scale=lsv, cpb_fc1_weight=np.ascontiguousarray(w1),
-                                         cpb_fc2_weight=np.ascontiguousarray(w2))
-                                if b1 is not None:
-                                    p["cpb_fc1_bias"] = b1
-                                out.append(("window_attention_v2", dict(window_size=list(win), shift_size=list(sh),
-                                            num_heads=heads, cpb_hidden=hidden, **flags), p))
+                    # dynamo folds exp(clamp(logit_scale, max=log 100)) to a constant: its log is a logit_scale of
+                    # the same function (log of a value <= 100 is <= log 100, where the clamp is the identity)
+                    ls += [np.log(v).astype(np.float32) for v in ls if np.all(v > 0)]
+                    if known:
+                        wins = [known]
+                    else:
+                        tables = find(lambda s: len(s) >= 2 and s[-1] == 2 and max(s[:-1]) > 1)
+                        wins = [w for rr in sorted({int(np.prod(t.shape[:-1])) for t in tables}) for w in _odd_pairs(rr)]
+                    for lsv, win in itertools.product(ls, wins):
+                        for sh in ((win[0] // 2, win[1] // 2), (0, 0)):
+                            p = dict(base, logit_scale=lsv, cpb_fc1_weight=np.ascontiguousarray(w1),
+                                     cpb_fc2_weight=np.ascontiguousarray(w2))
+                            if b1 is not None:
+                                p["cpb_fc1_bias"] = b1
+                            out.append(("window_attention_v2", dict(window_size=list(win), shift_size=list(sh),
+                                        num_heads=heads, cpb_hidden=hidden, **flags), p))
             tables = []  # (table, its window)
             for b in find(lambda s: len(s) == 4 and s[0] == 1 and s[2] == s[3] > 1 and c % s[1] == 0):
                 tables += _tables_of_bias(b[0].reshape(b.shape[1], -1).T)  # the exporter gathered the table by the index
@@ -293,6 +302,31 @@ def _candidates(r: Region, c: int, shape: tuple[int, ...]):
         return abs(w[0] - w[1])
 
     return sorted(out, key=square)
+
+
+def _is_folded_cpb(s) -> bool:
+    return len(s) == 4 and s[0] == 1 and s[1] > 1 and s[2] > 1 and s[1] % 2 == 1 and s[2] % 2 == 1 and s[3] > 2
+
+
+def _fc1_of_folded(r: Region, f: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """cpb_mlp's first weight ``(hidden, 2)`` and bias ``(hidden,)`` from ``f = coords @ weight.T (+ bias)``, the
+    ``(1, 2 wh - 1, 2 ww - 1, hidden)`` constant dynamo folds it to, by least squares against the known coordinate
+    table of that window (torchvision's ``relative_coords_table``, :func:`archir.ops.window_coords_table`). The fit
+    is exact where ``f`` is such a product (up to float32 rounding); where it is not, the proof refuses the
+    candidate. Its bias is 0 where the file adds cpb_mlp's bias at run time (the candidates add each
+    ``(hidden,)`` constant of the region to it)."""
+    from archir.ops import window_coords_table
+
+    wh, ww = (f.shape[1] + 1) // 2, (f.shape[2] + 1) // 2
+    a = np.concatenate([window_coords_table(wh, ww).reshape(-1, 2).astype(np.float64),
+                        np.ones((f.shape[1] * f.shape[2], 1))], axis=1)
+    if np.linalg.matrix_rank(a) < 3:  # only for windows < 2, which V2 has not: kept as a guard
+        raise RegionMismatchError(
+            f"module {r.path!r}: the constant {f.shape} looks like cpb_mlp's first layer folded on the coordinate "
+            f"table of a {wh} x {ww} window, but that table has rank < 3: its weight and bias cannot be recovered "
+            "by least squares", node=r.path, rule="from_onnx", hint="import the model with from_torch")
+    sol = np.linalg.lstsq(a, f.reshape(-1, f.shape[3]).astype(np.float64), rcond=None)[0]  # (3, hidden)
+    return (np.ascontiguousarray(sol[:2].T.astype(np.float32)), sol[2].astype(np.float32), (wh, ww))
 
 
 def _tables_of_bias(b: np.ndarray) -> list[tuple[np.ndarray, tuple[int, int]]]:

@@ -11,6 +11,7 @@ when the proof's tolerance is disabled, so the proof is what refuses it.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import warnings
@@ -46,6 +47,15 @@ def _swin():
                                           window_size=[7, 7], num_classes=10))
 
 
+def _swinv2():
+    """Swin V2 with 2 and 3 heads (2: cpb_mlp's second weight (512, 2) has the first's transposed shape), shifted
+    windows of 3 that do not divide the 8 x 8 and 4 x 4 maps (padded)."""
+    torch.manual_seed(0)
+    return _randomize(tvs.SwinTransformer(patch_size=[4, 4], embed_dim=12, depths=[2, 2], num_heads=[2, 3],
+                                          window_size=[3, 3], num_classes=10, block=tvs.SwinTransformerBlockV2,
+                                          downsample_layer=tvs.PatchMergingV2))
+
+
 def _maxvit():
     torch.manual_seed(0)
     return _randomize(tvm.MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[16, 32],
@@ -74,22 +84,27 @@ def _ort(proto, x):
     return s.run(None, {s.get_inputs()[0].name: x})[0]
 
 
-_MODELS = {"swin": (_swin, "window_attention", 4), "maxvit": (_maxvit, "rel_attention", 4)}
+_MODELS = {"swin": (_swin, "window_attention", 4), "maxvit": (_maxvit, "rel_attention", 4),
+           "swinv2": (_swinv2, "window_attention_v2", 4)}
+
+
+@functools.cache
+def _exported(family, kind):
+    m = _MODELS[family][0]()
+    return family, kind, m, _export(m, kind == "dynamo")
 
 
 @pytest.fixture(scope="module", params=[(f, k) for f in _MODELS for k in ("torchscript", "dynamo")],
                 ids=lambda p: f"{p[0]}-{p[1]}")
 def exported(request):
-    family, kind = request.param
-    m = _MODELS[family][0]()
-    return family, kind, m, _export(m, kind == "dynamo")
+    return _exported(*request.param)
 
 
 @pytest.fixture(scope="module", params=list(_MODELS))
 def ts_exported(request):
-    """The TorchScript export only: the alteration tests use one exporter, which keeps the suite quick."""
-    m = _MODELS[request.param][0]()
-    return request.param, "torchscript", m, _export(m, False)
+    """The TorchScript export only: the alteration tests use one exporter, which keeps the suite quick (Swin V2's
+    "bias" is its coordinate table, which the candidates take from archir.ops, not from the file)."""
+    return _exported(request.param, "torchscript")
 
 
 def test_torch_exports_import_with_one_attention_node_per_block(exported):
@@ -115,7 +130,7 @@ def test_torch_exports_import_with_one_attention_node_per_block(exported):
 
 def _first_attention_init(proto, family, pred):
     """The first initializer read inside the first attention module's scope with a shape matching ``pred``."""
-    scope = "attn" if family == "swin" else "attn_layer.1"
+    scope = "attn" if family in ("swin", "swinv2") else "attn_layer.1"
     for n in proto.graph.node:
         if any(p.endswith(scope) for p in onnx_regions._paths(n)):
             for i in n.input:
@@ -192,3 +207,55 @@ def test_dynamo_window_attention_module_alone(tmp_path):
     assert wa.attrs["window_size"] == [4, 4] and wa.attrs["shift_size"] == [2, 2]
     with torch.no_grad():
         np.testing.assert_allclose(to_fx(g).eval()(x).numpy(), m(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def _v2_constant(proto, pred):
+    """The first Swin V2 attention's constant (initializer) with a shape matching ``pred``, as a writable copy."""
+    return _first_attention_init(proto, "swinv2", pred)
+
+
+@pytest.mark.parametrize("what", ["table", "logit_scale"])
+def test_swinv2_dynamo_altered_folded_constant_is_refused(what, monkeypatch):
+    """dynamo folds cpb_mlp's first layer on the coordinate table to a (1, 5, 5, 512) constant, read back by least
+    squares (archir/frontend/onnx_regions.py); one row changed is no such product: refused. The folded
+    exp(clamp(logit_scale, max=log 100)) raised above 100 is no clamped value: refused (an entry below 100 is
+    a logit scale, read as it is)."""
+    family, kind, m, proto = _exported("swinv2", "dynamo")
+    bad = onnx.ModelProto()
+    bad.CopyFrom(proto)
+    if what == "table":  # one row of the folded table (one relative offset's hidden vector)
+        t = _v2_constant(bad, lambda s: len(s) == 4 and s[-1] > 2)
+        a = numpy_helper.to_array(t).copy()
+        a[0, 0, 0] += 0.5
+    else:
+        t = _v2_constant(bad, lambda s: len(s) == 3 and s[1:] == (1, 1))
+        a = numpy_helper.to_array(t).copy()
+        assert np.all(a < 100)  # exp of a clamped value
+        a.reshape(-1)[0] = 150.0
+    t.CopyFrom(numpy_helper.from_array(a, t.name))
+    with pytest.raises(RegionMismatchError, match=r"module '.*attn'.*no candidate"):
+        from_onnx(bad)
+    monkeypatch.setattr(onnx_regions, "RTOL", float("inf"))  # the proof off: the altered file imports, wrongly
+    g = from_onnx(bad)
+    x = np.random.default_rng(0).standard_normal((BATCH, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        got = to_fx(g).eval()(torch.from_numpy(x)).numpy()
+    assert np.abs(got - _ort(bad, x)).max() > 1e-3
+
+
+def test_swinv2_torchscript_logit_scale_is_read_as_it_is():
+    """TorchScript keeps logit_scale (heads, 1, 1) and clamps it in the graph: an edited one is a weight of the
+    same op, imported with the file's value."""
+    family, kind, m, proto = _exported("swinv2", "torchscript")
+    bad = onnx.ModelProto()
+    bad.CopyFrom(proto)
+    t = _v2_constant(bad, lambda s: len(s) == 3 and s[1:] == (1, 1))
+    a = numpy_helper.to_array(t).copy()
+    a.reshape(-1)[0] += 0.5
+    t.CopyFrom(numpy_helper.from_array(a, t.name))
+    g = from_onnx(bad)
+    first = next(iter(g.nodes("window_attention_v2")))
+    np.testing.assert_array_equal(first.params["logit_scale"], a)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(to_fx(g).eval()(torch.from_numpy(x)).numpy(), _ort(bad, x), rtol=1e-5, atol=1e-5)

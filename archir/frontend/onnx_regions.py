@@ -9,16 +9,26 @@ proved by evaluation**:
 
 1. *Regions.* Every node carries its module path (TorchScript: the node name ``/features/features.1/.../attn/MatMul``;
    dynamo: ``pkg.torch.onnx.name_scopes``). A region is all nodes under one module path. It is a candidate when it
-   holds a relative-position table ``((2a-1)(2b-1), heads)`` or a V2 ``cpb_mlp`` first weight ``(hidden, 2)`` and a
-   qkv weight ``(3C, C)`` among its constants, and no module below it does (the deepest such module). A candidate
-   must read exactly one network tensor from outside (everything else it reads is a constant) and exactly one of its
-   values may be read outside it (or be a graph output); else it is left to the op-for-op reader (which then names
-   what it cannot read).
+   holds a relative-position table ``((2a-1)(2b-1), heads)``, a V2 ``cpb_mlp`` first weight ``(hidden, 2)`` or
+   that layer folded on the coordinate table ``(1, 2a-1, 2b-1, hidden)`` (dynamo), and a qkv weight ``(3C, C)``
+   among its constants, and no module below it does (the deepest such module). A candidate must read exactly one
+   network tensor from outside (everything else it reads is a constant) and exactly one of its values may be read
+   outside it (or be a graph output); else it is left to the op-for-op reader (which then names what it cannot
+   read).
 2. *Candidates.* The op (``window_attention``, ``window_attention_v2``, ``rel_attention``), its weights and attrs are
    read from the region's constants by shape: qkv ``(3C, C)`` (or its transpose), the output projection ``(C, C)``
    (both orientations tried), biases ``(3C,)``/``(C,)``, the table, V2's ``logit_scale (heads, 1, 1)`` and cpb_mlp
    weights; the window from the table's rows (every ``(a, b)`` with ``(2a-1)(2b-1) = R``), the shift from
    ``{(a//2, b//2), (0, 0)}`` (torchvision's choices). Only a handful of candidates exist per region.
+   *Swin V2.* TorchScript keeps cpb_mlp's ``(hidden, 2)`` and ``(hidden, heads)`` weights (with 2 heads of alike
+   shape: each tried in both roles) and ``logit_scale``. dynamo folds ``relative_coords_table @ W1^T`` to a
+   ``(1, 2wh-1, 2ww-1, hidden)`` constant and ``exp(clamp(logit_scale, max=log 100))`` to ``(heads, 1, 1)``: the
+   candidates recover ``W1`` and a bias by least squares against the known coordinate table of that window
+   (:func:`archir.ops.window_coords_table`; rank 3 for every window >= 2, else refused), add each ``(hidden,)``
+   constant to the fitted bias (dynamo adds cpb_mlp's bias at run time), and try ``log`` of each
+   ``(heads, 1, 1)`` constant besides the constant itself: ``exp(min(log v, log 100)) = v`` for ``v <= 100``,
+   the same function (the module's stored scale where it was clamped is not recoverable, and need not be).
+   These are guesses like the rest: the proof below decides.
 3. *Proof.* The region, cut out as its own ONNX model (its nodes, the constants it reads, its one input and output),
    is run with ONNX Runtime on random inputs; each candidate, as a one-node archir graph, through ``to_fx``. The
    region is a composition of real-analytic maps of its input (linear maps, softmax, exp, normalisation, adding
@@ -31,7 +41,10 @@ proved by evaluation**:
    evaluation, not a syntactic match: it does not depend on how an exporter version spells the computation. A
    candidate region that no candidate explains is refused (:class:`RegionMismatchError`: the module path, the
    candidates tried, the smallest error) -- never imported approximately.
-4. The region is replaced by the one IR node (its weights the file's constants); the rest imports op for op.
+4. The region is replaced by the one IR node (its weights the file's constants, or recovered from them as
+   above); the rest imports op for op. Region nodes that read constants only and come before its input
+   (TorchScript's cpb_mlp) were tried op for op first: what that reader reported on them is dropped once the
+   region is proved.
 
 The batch of the sub-model is the file's (static for dynamo exports without ``dynamic_shapes``) or 2.
 """
@@ -268,7 +281,8 @@ def _candidates(r: Region, c: int, shape: tuple[int, ...]):
                         wins = [known]
                     else:
                         tables = find(lambda s: len(s) >= 2 and s[-1] == 2 and max(s[:-1]) > 1)
-                        wins = [w for rr in sorted({int(np.prod(t.shape[:-1])) for t in tables}) for w in _odd_pairs(rr)]
+                        rows = sorted({int(np.prod(t.shape[:-1])) for t in tables})
+                        wins = [w for rr in rows for w in _odd_pairs(rr)]
                     for lsv, win in itertools.product(ls, wins):
                         for sh in ((win[0] // 2, win[1] // 2), (0, 0)):
                             p = dict(base, logit_scale=lsv, cpb_fc1_weight=np.ascontiguousarray(w1),

@@ -1,8 +1,9 @@
-"""swin-onnx: Swin V1 and MaxViT from torch's own ONNX exports (TorchScript with a dynamic batch, dynamo with the
-static batch torch.export needs for Swin) read back through ``from_onnx`` (issue 17, item 5).
+"""swin-onnx: Swin V1, Swin V2 and MaxViT from torch's own ONNX exports (TorchScript with a dynamic batch, dynamo
+with a static batch) read back through ``from_onnx`` (issue 17, item 5).
 
-Each attention module (``ShiftedWindowAttention``, ``RelativePositionalMultiHeadAttention``) is read as one
-``window_attention`` / ``rel_attention`` node after a proof by evaluation (archir/frontend/onnx_regions.py); the
+Each attention module (``ShiftedWindowAttention``, ``ShiftedWindowAttentionV2``,
+``RelativePositionalMultiHeadAttention``) is read as one ``window_attention`` / ``window_attention_v2`` /
+``rel_attention`` node after a proof by evaluation (archir/frontend/onnx_regions.py); the
 rest maps op for op. Checked: one attention node per block, ``to_fx`` vs ONNX Runtime on the file (1e-5) and vs
 the torch module (1e-4), parameter counts equal to the module's; a file whose attention region was altered after
 export (a weight, the folded position bias, the Softmax axis) is refused naming the module, and imports (wrongly)
@@ -259,3 +260,17 @@ def test_swinv2_torchscript_logit_scale_is_read_as_it_is():
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     with torch.no_grad():
         np.testing.assert_allclose(to_fx(g).eval()(torch.from_numpy(x)).numpy(), _ort(bad, x), rtol=1e-5, atol=1e-5)
+
+
+def test_cpb_fc1_recovered_by_least_squares_from_the_folded_table():
+    """dynamo's folded ``coords @ W1^T + b1`` gives W1 and b1 back (float32 rounding) for a non-square window."""
+    from archir.ops import window_coords_table
+
+    rng = np.random.default_rng(0)
+    w1, b1 = rng.standard_normal((16, 2)).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    folded = (window_coords_table(3, 4) @ w1.T + b1)[None].astype(np.float32)  # (1, 5, 7, 16)
+    r = onnx_regions.Region("attn", [], "x", "y")
+    got_w, got_b, win = onnx_regions._fc1_of_folded(r, folded)
+    assert win == (3, 4)
+    np.testing.assert_allclose(got_w, w1, atol=1e-5)
+    np.testing.assert_allclose(got_b, b1, atol=1e-5)

@@ -61,6 +61,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from archir.errors import IRError
 from archir.frontend.common import FrontendError
 
 __all__ = ["RegionMismatchError", "plan_regions", "read_region", "RTOL"]
@@ -418,8 +419,8 @@ def read_region(imp, r, add) -> tuple[str, Region] | None:
             if err <= RTOL:
                 got = _run_candidate(op, attrs, params, shape, xs)
                 err = max(float(np.abs(gv - rv).max() / max(1.0, np.abs(rv).max())) for gv, rv in zip(got, refs))
-        except Exception:  # noqa: BLE001 - attrs that do not fit this input: not this candidate
-            continue
+        except IRError:  # attrs or weights that do not fit this input (its shape rule or schema says so): not
+            continue  # this candidate; anything else is a bug of ours and keeps its traceback
         tried.append(f"{op}({', '.join(f'{k}={v}' for k, v in attrs.items())})")
         best = min(best, err)
         if err <= RTOL:

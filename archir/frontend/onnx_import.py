@@ -1107,8 +1107,9 @@ def _per_sample_flat_gather(imp, node, x: str) -> str | None:
     for k in np.ndindex(idx.rest):
         if any((idx.coef[m][k] if m in idx.coef else 0) != (want[m][k] if m in want else 0)
                for m in set(idx.coef) | set(want)):
+            off = int(want[(0, 0)][k])
             raise Skip(f"{where}: index entry [n, {', '.join(map(str, k))}] is {idx.entry(k)}, not "
-                       f"{size} * n + {int(want[(0, 0)][k])}: the Gather moves elements within or across samples (not "
+                       f"{size} * n{f' + {off}' if off else ''}: the Gather moves elements within or across samples (not "
                        f"a flatten); {mend}")
     nid = x if list(idx.rest) == ins else _reshape_to(imp, g, x, [0, *idx.rest])
     imp.done.add(next(k for k, m in enumerate(imp.model.graph.node) if m.output[:1] == g.output[:1]))

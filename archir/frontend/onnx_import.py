@@ -22,6 +22,10 @@ node after a proof that the region computes it (``_vit_mha``: layouts of index r
 Transpose/Reshape/Gather, the contractions, heads, scale and weights checked), and ``Gather`` of one index of a
 non-batch axis (``x[:, 0]``) is a ``slice`` (and ``flatten``).
 
+swin-onnx: dynamo's ``as_strided`` flatten with a dynamic batch, ``Reshape [-1]`` then ``Gather`` by
+``Range(0, N) * P + offsets``, is a per-sample ``reshape`` after a symbolic proof (``_PerSample``: the index as integer
+polynomials in the sample index ``n`` and ``N``, equal to ``P n + i``; see ``_per_sample_flat_gather``).
+
 Loading is safe by default:
 
 - the file size, node count and initializer size are capped;

@@ -1,5 +1,5 @@
-"""swin-onnx: Swin V1 and MaxViT from torch's own ONNX exports (TorchScript with a dynamic batch, dynamo with the
-static batch torch.export needs for Swin) read back through ``from_onnx`` (issue 17, item 5).
+"""swin-onnx: Swin V1 and MaxViT from torch's own ONNX exports (TorchScript with a dynamic batch, dynamo with a
+static and with a dynamic batch) read back through ``from_onnx`` (issue 17, item 5).
 
 Each attention module (``ShiftedWindowAttention``, ``RelativePositionalMultiHeadAttention``) is read as one
 ``window_attention`` / ``rel_attention`` node after a proof by evaluation (archir/frontend/onnx_regions.py); the

@@ -1024,6 +1024,12 @@ def _flatten(imp, node, a):
 def _target(imp, name: str) -> list[int]:
     """A Reshape target: a constant, or the batch size then constants (its batch entry as ONNX's 0)."""
     v = imp.env.get(name, _BAD)
+    if (isinstance(v, _ShapeOf) or v is _BAD) and isinstance(imp.sym.vals.get(name), _Sym):
+        # its exact symbolic value: a Concat of Shape(x) slices (which the legacy rules read for Resize sizes and
+        # Expand targets), or one not imported yet (a channel shuffle's second target, read ahead): dynamo's view
+        # targets from the run-time H and W of a file whose sizes from_onnx(input_shapes=...) fixed,
+        # [N, 2, 24, (H - 1) // 8 + 1, ...]
+        v = imp.sym.vals[name]
     if isinstance(v, _BatchShape):
         return [0] + v.rest
     if isinstance(v, _Sym):  # vit-onnx
@@ -1155,10 +1161,10 @@ def _channel_shuffle_chain(imp, node, x: str, shape: list[int]) -> str | None:
     back = imp.sole_user(tr.output[0])
     if back is None or back.op_type != "Reshape" or back.input[0] != tr.output[0]:
         return None
-    target = imp.env.get(back.input[1])
-    if not isinstance(target, (np.ndarray, _BatchShape)):
+    try:  # a constant, [batch, *constants], or its exact symbolic value (a target from the run-time H and W)
+        t = _target(imp, back.input[1])
+    except Skip:
         return None
-    t = [0] + target.rest if isinstance(target, _BatchShape) else target.astype(np.int64).tolist()
     if len(t) != 4 or t[0] not in (0, -1) or t[2:] != ins[1:] or t[1] not in (ins[0], -1):
         return None
     index = {id(n): k for k, n in enumerate(imp.model.graph.node)}

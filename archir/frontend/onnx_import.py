@@ -22,6 +22,10 @@ node after a proof that the region computes it (``_vit_mha``: layouts of index r
 Transpose/Reshape/Gather, the contractions, heads, scale and weights checked), and ``Gather`` of one index of a
 non-batch axis (``x[:, 0]``) is a ``slice`` (and ``flatten``).
 
+swin-onnx: dynamo's ``as_strided`` flatten with a dynamic batch, ``Reshape [-1]`` then ``Gather`` by
+``Range(0, N) * P + offsets``, is a per-sample ``reshape`` after a symbolic proof (``_PerSample``: the index as integer
+polynomials in the sample index ``n`` and ``N``, equal to ``P n + i``; see ``_per_sample_flat_gather``).
+
 Loading is safe by default:
 
 - the file size, node count and initializer size are capped;
@@ -244,6 +248,9 @@ class _Importer:
 
     def act(self, name: str) -> str:
         v = self.env.get(name, _BAD)
+        if isinstance(v, _PerSample):  # swin-onnx
+            raise Skip(f"input {name!r} is an integer tensor computed from the run-time batch size (a per-sample "
+                       "index); archir reads that only as the index of a flatten's Gather (dynamo's as_strided)")
         if isinstance(v, (_BatchSize, _BatchShape, _Sym)):  # vit-onnx: _Sym too
             raise Skip(f"input {name!r} is computed from the run-time batch size; archir reads that only as the "
                        "first entry of a Reshape target (x.view(x.size(0), ...))")
@@ -321,7 +328,8 @@ class _Importer:
             wa = None
             if node.op_type in ("Gather", "MatMul") and not any(self.env.get(x, None) is _BAD for x in node.input if x):
                 wa = _window_attention_at(self, i, node)
-            if wa is None and (isinstance(pv, np.ndarray) or (isinstance(pv, _Sym) and not _legacy_ok(self, node))):
+            if wa is None and (isinstance(pv, (np.ndarray, _PerSample)) or
+                               (isinstance(pv, _Sym) and not _legacy_ok(self, node))):
                 self.env[node.output[0]] = pv
                 continue
             if node.op_type == "Transpose":  # vit-onnx: torch's export of nn.MultiheadAttention
@@ -1016,6 +1024,12 @@ def _flatten(imp, node, a):
 def _target(imp, name: str) -> list[int]:
     """A Reshape target: a constant, or the batch size then constants (its batch entry as ONNX's 0)."""
     v = imp.env.get(name, _BAD)
+    if (isinstance(v, _ShapeOf) or v is _BAD) and isinstance(imp.sym.vals.get(name), _Sym):
+        # its exact symbolic value: a Concat of Shape(x) slices (which the legacy rules read for Resize sizes and
+        # Expand targets), or one not imported yet (a channel shuffle's second target, read ahead): dynamo's view
+        # targets from the run-time H and W of a file whose sizes from_onnx(input_shapes=...) fixed,
+        # [N, 2, 24, (H - 1) // 8 + 1, ...]
+        v = imp.sym.vals[name]
     if isinstance(v, _BatchShape):
         return [0] + v.rest
     if isinstance(v, _Sym):  # vit-onnx
@@ -1032,8 +1046,8 @@ def _target(imp, name: str) -> list[int]:
 def _reshape(imp, node, a):
     x = imp.act(node.input[0])
     shape = _target(imp, node.input[1])
-    if imp.static_batch and shape == [-1]:  # swin-onnx: dynamo's as_strided flatten with a fixed batch B
-        nid = _static_flat_gather(imp, node, x)
+    if shape == [-1]:  # swin-onnx: dynamo's as_strided flatten
+        nid = _static_flat_gather(imp, node, x) if imp.static_batch else _per_sample_flat_gather(imp, node, x)
         if nid is not None:
             return nid
     if isinstance(imp.env.get(node.input[1]), (_BatchShape, _Sym)) and 0 in shape[1:] and not a.get("allowzero", 0):
@@ -1070,6 +1084,67 @@ def _static_flat_gather(imp, node, x: str) -> str | None:
     return nid
 
 
+def _per_sample_flat_gather(imp, node, x: str) -> str | None:
+    """swin-onnx: ``Reshape(x, [-1])`` then ``Gather(axis=0)`` by a run-time index (dynamo's ``as_strided`` flatten
+    in a file with a dynamic batch ``N``: ``Range(0, N) * P + offsets``), read as ``x`` reshaped per sample.
+
+    The proof is symbolic, for every batch size at once: ``_SymPass`` evaluates the index exactly as a
+    :class:`_PerSample` -- each entry ``[n, i]`` an integer polynomial in the sample index ``n`` and ``N`` -- from
+    the nodes of ``_PER_SAMPLE_OPS`` only (each maps exact integer polynomials to exact integer polynomials). With
+    ``x`` of shape ``(N, *ins)``, ``P = prod(ins)``, the index must be shaped ``(N, *dims)``, ``prod(dims) = P``,
+    and equal, as a polynomial, ``n * P + i`` at flat position ``i`` of ``dims``: then output ``[n, i]`` is flat
+    element ``n P + i`` of ``x``, element ``i`` of sample ``n`` -- every element in place, the batch kept, i.e.
+    ``x`` reshaped to ``dims`` per sample. Anything else is refused naming the node."""
+    g = imp.sole_user(node.output[0])
+    if g is None or g.op_type != "Gather" or g.input[0] != node.output[0] or int(_attrs(g).get("axis", 0)) != 0 \
+            or len(g.input) != 2 or isinstance(imp.env.get(g.input[1]), np.ndarray):
+        return None  # not a run-time-indexed flatten: the Reshape's own refusal stands
+    ins = list(imp.shape(x))
+    size = math.prod(ins)
+    idx = imp.sym.vals.get(g.input[1])
+    mend = ("export with a static batch (no dynamic_shapes), or flatten with torch.flatten / x.reshape(x.size(0), -1) "
+            "instead of as_strided")
+    if not isinstance(idx, _PerSample):
+        culprit = _per_sample_culprit(imp, g.input[1])
+        raise Skip(f"Reshape [-1] then Gather {g.name!r} by a run-time index: the index is not evaluated exactly as a "
+                   f"per-sample integer tensor{culprit} (archir evaluates it from {'; '.join(_PER_SAMPLE_OPS)}); "
+                   f"{mend}")
+    where = f"Reshape [-1] of (N, {', '.join(map(str, ins))}) then Gather {g.name!r}"
+    if math.prod(idx.rest) != size:
+        raise Skip(f"{where}: the index has {math.prod(idx.rest)} entries per sample, not {size}: it does not keep each "
+                   f"sample's elements; {mend}")
+    want = {(1, 0): np.full(idx.rest, size, dtype=object), (0, 0): np.arange(size, dtype=object).reshape(idx.rest)}
+    for k in np.ndindex(idx.rest):
+        if any((idx.coef[m][k] if m in idx.coef else 0) != (want[m][k] if m in want else 0)
+               for m in set(idx.coef) | set(want)):
+            off = int(want[(0, 0)][k])
+            raise Skip(f"{where}: index entry [n, {', '.join(map(str, k))}] is {idx.entry(k)}, not "
+                       f"{size} * n{f' + {off}' if off else ''}: the Gather moves elements within or across samples (not "
+                       f"a flatten); {mend}")
+    nid = x if list(idx.rest) == ins else _reshape_to(imp, g, x, [0, *idx.rest])
+    imp.done.add(next(k for k, m in enumerate(imp.model.graph.node) if m.output[:1] == g.output[:1]))
+    imp.env[g.output[0]] = nid
+    return nid
+
+
+def _per_sample_culprit(imp, name: str) -> str:
+    """``: node 'X' (Op) is not ...`` for the first node feeding ``name`` whose value was not evaluated (its inputs
+    were), or ``''``."""
+    seen, stack = set(), [name]
+    while stack:
+        v = stack.pop()
+        n = imp.producer.get(v)
+        if v in seen or n is None:
+            continue
+        seen.add(v)
+        pending = [i for i in n.input if i and i not in imp.sym.vals and i in imp.producer]
+        if v not in imp.sym.vals and not pending:
+            return f": node {n.name!r} ({n.op_type}) is not one of those ops on such values"
+        stack.extend(pending)
+    v = imp.sym.vals.get(name)
+    return "" if v is None else f": it is {'a constant' if isinstance(v, np.ndarray) else 'free of the sample index'}"
+
+
 def _channel_shuffle_chain(imp, node, x: str, shape: list[int]) -> str | None:
     """``channel_shuffle`` when ``node`` begins Reshape (N, g, C/g, H, W) -> Transpose(0, 2, 1, 3, 4) ->
     Reshape (N, C, H, W) (archir's to_onnx writes it so; torchvision's view / transpose / view with
@@ -1086,10 +1161,10 @@ def _channel_shuffle_chain(imp, node, x: str, shape: list[int]) -> str | None:
     back = imp.sole_user(tr.output[0])
     if back is None or back.op_type != "Reshape" or back.input[0] != tr.output[0]:
         return None
-    target = imp.env.get(back.input[1])
-    if not isinstance(target, (np.ndarray, _BatchShape)):
+    try:  # a constant, [batch, *constants], or its exact symbolic value (a target from the run-time H and W)
+        t = _target(imp, back.input[1])
+    except Skip:
         return None
-    t = [0] + target.rest if isinstance(target, _BatchShape) else target.astype(np.int64).tolist()
     if len(t) != 4 or t[0] not in (0, -1) or t[2:] != ins[1:] or t[1] not in (ins[0], -1):
         return None
     index = {id(n): k for k, n in enumerate(imp.model.graph.node)}
@@ -2060,6 +2135,42 @@ class _Unknown(Exception):
     pass
 
 
+class _PerSample:
+    """swin-onnx: an integer tensor of shape ``(N, *rest)`` whose entry ``[n, i]`` is an exact integer polynomial in
+    the sample index ``n`` and the batch size ``N`` (dynamo's ``as_strided`` index, ``Range(0, N) * stride +
+    offsets``). ``coef`` maps a monomial ``(a, b)`` (``n ** a * N ** b``) to its integer coefficients, an object array
+    of Python ints of shape ``rest`` (exact: no int64 overflow)."""
+
+    def __init__(self, coef: dict[tuple[int, int], np.ndarray], rest: tuple[int, ...]) -> None:
+        self.rest = tuple(int(d) for d in rest)
+        if math.prod(self.rest) > _PER_SAMPLE_MAX:
+            raise _Unknown
+        self.coef = {}
+        for k, c in coef.items():
+            c = np.broadcast_to(np.asarray(c, dtype=object), self.rest)
+            if any(v != 0 for v in c.reshape(-1)):
+                if sum(k) > _SYM_MAX_DEGREE or any(abs(int(v)) >= _SYM_MAX_COEFF for v in c.reshape(-1)):
+                    raise _Unknown
+                self.coef[k] = c
+
+    def entry(self, i: tuple[int, ...]) -> str:
+        terms = [f"{int(c[i])}{''.join(f' * {v}' + (f' ** {p}' if p > 1 else '') for v, p in zip('nN', k) if p)}"
+                 for k, c in sorted(self.coef.items(), reverse=True) if c[i]]
+        return " + ".join(terms) or "0"
+
+    def __repr__(self) -> str:
+        return f"<per-sample (N, {', '.join(map(str, self.rest))})>"
+
+
+#: what a :class:`_PerSample` is built from (``_SymPass._per_sample``); anything else leaves the value unknown
+_PER_SAMPLE_OPS = ("Range(s, s + N * d, d) with constant integers s, d", "Add", "Sub", "Mul", "Neg",
+                   "Unsqueeze / Squeeze / Reshape that keep the batch axis first", "Cast to an integer type")
+#: a per-sample index holds at most this many entries per sample (a flattened sample: 768 in Swin-T)
+_PER_SAMPLE_MAX = 1 << 16
+
+
+
+
 def _sympy():
     import sympy
 
@@ -2092,6 +2203,7 @@ class _SymPass:
         sp = _sympy()
         self.sp = sp
         self.N = sp.Symbol("N", integer=True, positive=True)
+        self.env = imp.env
         self.shapes: dict[str, list | None] = {}
         self.vals: dict[str, np.ndarray | _Sym] = {}
         for t in imp.model.graph.initializer:
@@ -2116,8 +2228,9 @@ class _SymPass:
                 out = None
             if out is not None:
                 self.vals[node.output[0]] = out
-                self.shapes[node.output[0]] = [sp.Integer(d) for d in np.shape(out.arr if isinstance(out, _Sym)
-                                                                               else out)]
+                self.shapes[node.output[0]] = ([self.N] if isinstance(out, _PerSample) else []) + [
+                    sp.Integer(d) for d in (out.rest if isinstance(out, _PerSample) else
+                                            np.shape(out.arr if isinstance(out, _Sym) else out))]
                 continue
             try:
                 self.shapes[node.output[0]] = self._tensor_shape(node)
@@ -2176,8 +2289,16 @@ class _SymPass:
                 raise _Unknown
             return self._done(np.array(math.prod(dims), dtype=object))
         if not all(i in self.vals for i in ins if i):
-            return None
+            # swin-onnx: a per-sample index may read a constant larger than the shape-value bound (Swin-T's offsets
+            # of a 768-channel sample, a 2048-channel CNN's)
+            big = {i: self.env.get(i) for i in ins if i and i not in self.vals}
+            if not any(isinstance(self.vals.get(i), _PerSample) for i in ins if i) or not all(
+                    isinstance(v, np.ndarray) and v.size <= _PER_SAMPLE_MAX for v in big.values()):
+                return None
+            return self._per_sample(node, [self.vals.get(i, big.get(i)) if i else None for i in ins])
         feeds = [self.vals[i] if i else None for i in ins]
+        if any(isinstance(f, _PerSample) for f in feeds) or (op == "Range" and any(isinstance(f, _Sym) for f in feeds)):
+            return self._per_sample(node, feeds)  # swin-onnx
         if all(f is None or isinstance(f, np.ndarray) for f in feeds):
             return self._fold(node, {i: self.vals[i] for i in ins if i})
         x = feeds[0]
@@ -2252,6 +2373,116 @@ class _SymPass:
                 raise _Unknown
             return self._done(np.where(cond.astype(bool), self._obj(feeds[1]), self._obj(feeds[2])))
         raise _Unknown  # Sqrt, ConstantOfShape, Range of a batch-dependent value
+
+    # ---- swin-onnx: per-sample integer tensors (dynamo's as_strided index)
+    def _poly(self, v, rest: tuple[int, ...]) -> dict:
+        """A constant or :class:`_Sym` (no batch axis) as :class:`_PerSample` coefficients broadcast to ``rest``."""
+        if isinstance(v, _PerSample):
+            return v.coef
+        arr = np.asarray(v.arr if isinstance(v, _Sym) else v)
+        if not isinstance(v, _Sym) and arr.dtype.kind not in "iu":
+            raise _Unknown  # a float index is no integer arithmetic
+        coef: dict = {}
+        for k in np.ndindex(arr.shape):
+            e = arr[k]
+            terms = {(0, 0): int(e)} if not isinstance(v, _Sym) else {
+                (0, int(m[0])): int(c) for m, c in self.sp.Poly(e, self.N).as_dict().items()}
+            for key, c in terms.items():
+                coef.setdefault(key, np.zeros(arr.shape, dtype=object))[k] = c
+        return {key: np.broadcast_to(c, rest) for key, c in coef.items()}
+
+    def _per_sample(self, node, feeds) -> _PerSample:
+        """``node`` on a :class:`_PerSample` (or ``Range`` over the batch), exactly; anything but the ops of
+        ``_PER_SAMPLE_OPS`` raises :class:`_Unknown` (the value stays unknown, and whatever reads it is refused)."""
+        op, a = node.op_type, _attrs(node)
+        if op == "Range":
+            start, limit, delta = feeds
+            if not all(isinstance(f, np.ndarray) and f.size == 1 and f.dtype.kind in "iu" for f in (start, delta)) or \
+                    not isinstance(limit, _Sym) or limit.arr.size != 1:
+                raise _Unknown
+            s, d = int(start.reshape(())), int(delta.reshape(()))
+            # Range(s, L, d) has length N and entry n = s + n d exactly when L - s = N d (then ceil((L - s) / d) = N)
+            if d == 0 or self.sp.expand(limit.arr.reshape(-1)[0] - s - d * self.N) != 0:
+                raise _Unknown
+            return _PerSample({(0, 0): np.array(s, dtype=object), (1, 0): np.array(d, dtype=object)}, ())
+        x = feeds[0]
+        if op == "Cast":
+            if onnx.helper.tensor_dtype_to_np_dtype(int(a["to"])).kind not in "iu":
+                raise _Unknown
+            return x
+        if op == "Neg":
+            return _PerSample({k: -c for k, c in x.coef.items()}, x.rest)
+        if op in ("Add", "Sub", "Mul"):
+            l, r = feeds
+            ranks = [1 + len(f.rest) if isinstance(f, _PerSample) else np.ndim(f.arr if isinstance(f, _Sym) else f)
+                     for f in (l, r)]
+            rank = max(ranks)
+            parts = []
+            for f, k in zip((l, r), ranks):
+                if isinstance(f, _PerSample):
+                    if k != rank:
+                        raise _Unknown  # the batch axis would not stay first
+                    parts.append((f, f.rest))
+                    continue
+                arr = f.arr if isinstance(f, _Sym) else f
+                if k == rank:  # a constant with the batch axis: it must broadcast along it (size 1)
+                    if arr.shape[0] != 1:
+                        raise _Unknown
+                    f = _Sym(arr[0]) if isinstance(f, _Sym) else arr[0]
+                parts.append((f, np.shape(f.arr if isinstance(f, _Sym) else f)))
+            rest = np.broadcast_shapes(*(sh for _, sh in parts))
+            cl, cr = (self._poly(f, rest) for f, _ in parts)
+            if op == "Mul":
+                out: dict = {}
+                for (a1, b1), c1 in cl.items():
+                    for (a2, b2), c2 in cr.items():
+                        key = (a1 + a2, b1 + b2)
+                        out[key] = out.get(key, 0) + np.broadcast_to(c1, rest) * np.broadcast_to(c2, rest)
+            else:
+                out = {k: np.broadcast_to(c, rest) for k, c in cl.items()}
+                for k, c in cr.items():
+                    c = np.broadcast_to(c, rest)
+                    out[k] = out.get(k, 0) + (c if op == "Add" else -c)
+            return _PerSample(out, rest)
+        if op in ("Unsqueeze", "Squeeze"):
+            axes = feeds[1] if len(feeds) > 1 and feeds[1] is not None else a.get("axes")
+            if axes is None or not isinstance(axes, (np.ndarray, list)):
+                raise _Unknown
+            axes = [int(v) for v in np.asarray(axes).reshape(-1)]
+            rank = 1 + len(x.rest) + (len(axes) if op == "Unsqueeze" else 0)
+            axes = sorted({v % rank for v in axes})
+            if 0 in axes:
+                raise _Unknown  # the batch axis would not stay first
+            rest = list(x.rest)
+            if op == "Unsqueeze":
+                for ax in axes:
+                    rest.insert(ax - 1, 1)
+            else:
+                if any(rest[ax - 1] != 1 for ax in axes):
+                    raise _Unknown
+                rest = [d for k, d in enumerate(rest, start=1) if k not in axes]
+            return _PerSample({k: c.reshape(rest) for k, c in x.coef.items()}, tuple(rest))
+        if op == "Reshape":
+            t = feeds[1]
+            flat = list(self._obj(t).reshape(-1)) if isinstance(t, (np.ndarray, _Sym)) else None
+            if not flat or any(not e.is_Integer for e in flat[1:]):
+                raise _Unknown
+            first, rest = flat[0], [int(e) for e in flat[1:]]
+            if not (self.sp.expand(first - self.N) == 0 or (first == 0 and not a.get("allowzero", 0)) or
+                    (first == -1 and -1 not in rest)):
+                raise _Unknown  # the batch axis would not stay first (and whole)
+            rest = [x.rest[k - 1] if d == 0 and not a.get("allowzero", 0) and k - 1 < len(x.rest) else d
+                    for k, d in enumerate(rest, start=1)]
+            size = math.prod(x.rest)
+            if -1 in rest:
+                known = math.prod(d for d in rest if d != -1)
+                if known < 1 or size % known:
+                    raise _Unknown
+                rest[rest.index(-1)] = size // known
+            if any(d < 0 for d in rest) or math.prod(rest) != size:
+                raise _Unknown  # not N samples of this size each
+            return _PerSample({k: c.reshape(rest) for k, c in x.coef.items()}, tuple(rest))
+        raise _Unknown
 
     def _fold(self, node, feeds: dict) -> np.ndarray | None:
         from onnx.reference import ReferenceEvaluator
@@ -2373,7 +2604,7 @@ def _legacy_ok(imp, node) -> bool:
         if not name:
             continue
         v = imp.env.get(name, _BAD)
-        if v is _BAD or isinstance(v, _Sym):
+        if v is _BAD or isinstance(v, (_Sym, _PerSample)):
             return False
     if node.op_type == "Shape":
         x = imp.env.get(node.input[0])

@@ -1,5 +1,6 @@
 """swin-onnx: Swin V1, Swin V2 and MaxViT from torch's own ONNX exports (TorchScript with a dynamic batch, dynamo
-with a static batch) read back through ``from_onnx`` (issue 17, item 5).
+with a static batch; Swin V1 and MaxViT also dynamo with a dynamic batch) read back through ``from_onnx`` (issue 17,
+item 5).
 
 Each attention module (``ShiftedWindowAttention``, ``ShiftedWindowAttentionV2``,
 ``RelativePositionalMultiHeadAttention``) is read as one ``window_attention`` / ``window_attention_v2`` /
@@ -8,6 +9,11 @@ rest maps op for op. Checked: one attention node per block, ``to_fx`` vs ONNX Ru
 the torch module (1e-4), parameter counts equal to the module's; a file whose attention region was altered after
 export (a weight, the folded position bias, the Softmax axis) is refused naming the module, and imports (wrongly)
 when the proof's tolerance is disabled, so the proof is what refuses it.
+
+dynamo with a dynamic batch (``dynamic_shapes={0: Dim("batch")}``): the same checks at batches 1 and 3 (neither the
+export's); Swin's head flatten is then ``Reshape [-1]`` + ``Gather`` by ``Range(0, N) * P + offsets`` (its
+``as_strided``), read as a per-sample reshape after a symbolic proof; an edited index (offsets swapped, the stride
+changed, a node the proof does not evaluate) is refused naming the node.
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from archir.frontend import from_onnx, onnx_regions
+from archir.frontend import UnsupportedModelError, from_onnx, onnx_regions
 from archir.frontend.onnx_regions import RegionMismatchError
 from archir.lower import to_fx
+from tests.archir.parity import dynamo_export
 
 ort = pytest.importorskip("onnxruntime")
 tvs = pytest.importorskip("torchvision.models.swin_transformer")
@@ -274,3 +281,134 @@ def test_cpb_fc1_recovered_by_least_squares_from_the_folded_table():
     assert win == (3, 4)
     np.testing.assert_allclose(got_w, w1, atol=1e-5)
     np.testing.assert_allclose(got_b, b1, atol=1e-5)
+
+
+@pytest.fixture(scope="module", params=["swin", "maxvit"])  # Swin V2's: not read yet (docs note (8))
+def dyn_exported(request):
+    """dynamo with a dynamic batch (sample batch 2)."""
+    pytest.importorskip("onnxscript")
+    m = _MODELS[request.param][0]()
+    return request.param, m, dynamo_export(m, (3, 32, 32))
+
+
+def test_dynamo_dynamic_batch_imports_and_matches_at_two_batches(dyn_exported):
+    family, m, proto = dyn_exported
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # the batch is dynamic in the file
+    _, op, blocks = _MODELS[family]
+    g = from_onnx(proto)
+    ops = [n.op for n in g.nodes()]
+    assert ops.count(op) == blocks
+    assert "gather" not in ops and not {"attention", "window_attention_v2", "rel_attention", "window_attention"} - {
+        op} & set(ops)
+    fx = to_fx(g).eval()
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            got = fx(x).numpy()
+            want = m(x).numpy()
+        assert got.shape == (batch, 10)
+        np.testing.assert_allclose(got, _ort(proto, x.numpy()), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _flat_gather(proto):
+    """Swin's dynamo ``as_strided`` flatten: the Gather after ``Reshape [-1]``, and the nodes computing its index."""
+    prod = {o: n for n in proto.graph.node for o in n.output}
+    inits = {t.name: t for t in proto.graph.initializer}
+    g = next(n for n in proto.graph.node if n.op_type == "Gather" and n.input[0] in prod and
+             prod[n.input[0]].op_type == "Reshape" and prod[n.input[0]].input[1] in inits and
+             numpy_helper.to_array(inits[prod[n.input[0]].input[1]]).tolist() == [-1])
+    chain, stack = [], [g.input[1]]
+    while stack:
+        n = prod.get(stack.pop())
+        if n is not None and n.op_type != "Shape":
+            chain.append(n)
+            stack.extend(n.input)
+    return g, chain, inits
+
+
+def _edit_index(proto, what):
+    p = onnx.ModelProto()
+    p.CopyFrom(proto)
+    g, chain, inits = _flat_gather(p)
+    if what == "node":  # an op the proof does not evaluate: the last Add (of zeros) as Max(index, 0), the same index
+        n = next(n for n in chain if n.op_type == "Add")
+        n.op_type = "Max"
+        return p, g, n.name
+    if what == "offsets":  # two entries of the per-sample offsets arange(P) swapped: a permutation, no flatten
+        t = next(inits[i] for n in chain if n.op_type == "Add" for i in n.input
+                 if i in inits and numpy_helper.to_array(inits[i]).size > 1)
+        a = numpy_helper.to_array(t).copy()
+        a.reshape(-1)[[0, 1]] = a.reshape(-1)[[1, 0]]
+    else:  # the stride P of Range(0, N) * P: samples overlap
+        mul = next(n for n in chain if n.op_type == "Mul")
+        t = next(inits[i] for i in mul.input if i in inits)
+        a = numpy_helper.to_array(t) - 1
+    t.CopyFrom(numpy_helper.from_array(a.astype(numpy_helper.to_array(t).dtype), t.name))
+    return p, g, g.name
+
+
+@pytest.mark.parametrize("dyn_exported", ["swin"], indirect=True)  # MaxViT's dynamo head has no as_strided
+@pytest.mark.parametrize("what", ["offsets", "stride", "node"])
+def test_dynamo_dynamic_batch_edited_flatten_index_is_refused_naming_the_node(dyn_exported, what):
+    family, m, proto = dyn_exported
+    bad, g, named = _edit_index(proto, what)
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    if what == "offsets":  # the edit changes what the file computes (two channels of the head's input swapped)
+        assert np.abs(_ort(bad, x) - _ort(proto, x)).max() > 1e-3
+    with pytest.raises(UnsupportedModelError) as e:
+        from_onnx(bad)
+    msg = str(e.value)
+    assert f"Gather {g.name!r}" in msg and f"{named!r}" in msg
+    if what == "offsets":
+        assert "index entry [n, 0, 0, 0] is 32 * n + 1, not 32 * n:" in msg
+    elif what == "stride":
+        assert "index entry [n, 0, 0, 0] is 31 * n, not 32 * n:" in msg
+    else:
+        assert "(Max) is not one of those ops" in msg
+
+
+def _flat_gather_model(rng: str, offsets: np.ndarray) -> onnx.ModelProto:
+    """x (N, 6) -> Reshape [-1] -> Gather by an index built from ``Range`` over the batch, shaped (N, 2, 3)."""
+    h, T = onnx.helper, onnx.TensorProto
+    c = [numpy_helper.from_array(np.asarray(v, np.int64), k) for k, v in [
+        ("zero", 0), ("one", 1), ("two", 2), ("six", 6), ("three", 3), ("ax1", [1]), ("flat", [-1]),
+        ("t", [-1, 2, 3]), ("off", offsets)]]
+    nodes = [h.make_node("Shape", ["x"], ["s"], start=0, end=1), h.make_node("Squeeze", ["s"], ["N"])]
+    if rng == "plain":  # Range(0, N, 1) * 6
+        nodes += [h.make_node("Range", ["zero", "N", "one"], ["r"]), h.make_node("Mul", ["r", "six"], ["rs"])]
+    elif rng == "shifted":  # (Range(2, N + 2, 1) - 2) * 6
+        nodes += [h.make_node("Add", ["N", "two"], ["L"]), h.make_node("Range", ["two", "L", "one"], ["r0"]),
+                  h.make_node("Sub", ["r0", "two"], ["r"]), h.make_node("Mul", ["r", "six"], ["rs"])]
+    else:  # Range(0, 2 N, 2) * 3
+        nodes += [h.make_node("Mul", ["N", "two"], ["L"]), h.make_node("Range", ["zero", "L", "two"], ["r"]),
+                  h.make_node("Mul", ["r", "three"], ["rs"])]
+    nodes += [h.make_node("Unsqueeze", ["rs", "ax1"], ["u"]), h.make_node("Add", ["u", "off"], ["i"]),
+              h.make_node("Reshape", ["i", "t"], ["idx"]), h.make_node("Reshape", ["x", "flat"], ["xf"]),
+              h.make_node("Gather", ["xf", "idx"], ["g"], axis=0, name="the_gather"),
+              h.make_node("Relu", ["g"], ["y"])]
+    graph = h.make_graph(nodes, "flat", [h.make_tensor_value_info("x", T.FLOAT, ["N", 6])],
+                         [h.make_tensor_value_info("y", T.FLOAT, ["N", 2, 3])], initializer=c)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("rng", ["plain", "shifted", "step2"])
+def test_run_time_indexed_flatten_is_a_per_sample_reshape(rng):
+    proto = _flat_gather_model(rng, np.arange(6)[None])
+    onnx.checker.check_model(proto, full_check=True)
+    g = from_onnx(proto)
+    assert [n.op for n in g.nodes()] == ["input", "reshape", "relu"]
+    fx = to_fx(g).eval()
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 6)).astype(np.float32)
+        with torch.no_grad():
+            got = fx(torch.from_numpy(x)).numpy()
+        np.testing.assert_array_equal(got, _ort(proto, x))
+        np.testing.assert_array_equal(got, np.maximum(x, 0).reshape(batch, 2, 3))
+
+
+def test_run_time_indexed_gather_that_is_no_flatten_is_refused():
+    proto = _flat_gather_model("plain", np.arange(6)[None, ::-1].copy())  # each sample reversed
+    with pytest.raises(UnsupportedModelError, match=r"Gather 'the_gather': index entry \[n, 0, 0\] is 6 \* n \+ 5, "
+                                                    r"not 6 \* n:"):
+        from_onnx(proto)

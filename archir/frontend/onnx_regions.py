@@ -89,6 +89,7 @@ class Region:
     consts: dict[str, np.ndarray] = field(default_factory=dict)  # constants it reads from outside, by name
     classes: list[str] = field(default_factory=list)
     helpers: list[int] = field(default_factory=list)  # nodes outside its scope that it alone reads
+    shaped: list[str] = field(default_factory=list)  # network tensors it reads only the Shape of (the batch size)
 
 
 def _paths(node: onnx.NodeProto) -> list[str]:
@@ -207,7 +208,12 @@ def _analyse(imp, ctx: _Ctx, p: str, own_idx) -> Region | str:
     inside = {id(nodes[j]) for j in idx}
     made = {o for i in idx for o in nodes[i].output if o}
     ext = [v for i in idx for v in nodes[i].input if v and v not in made]
-    tensors = sorted({v for v in ext if const(v) is None})
+    # a network tensor read only by Shape / Size nodes of the region (dynamo's Swin V2 takes the batch size from the
+    # graph input) gives the region its per-sample shape, not its numbers: the sub-model gets a tensor of that shape
+    shape_readers = {v: [nodes[i].op_type for i in idx if v in nodes[i].input] for v in ext}
+    shaped = sorted({v for v in ext if const(v) is None and v in net
+                     and all(op in ("Shape", "Size") for op in shape_readers[v])})
+    tensors = sorted({v for v in ext if const(v) is None} - set(shaped))
     # the value the module hands on: a network value (constants, and static helpers outside its scope that
     # something else reads too, may be shared)
     leaving = sorted({o for i in own for o in nodes[i].output if o and o in net and (o in outs or any(
@@ -219,14 +225,15 @@ def _analyse(imp, ctx: _Ctx, p: str, own_idx) -> Region | str:
                 f"({leaving[:3]}); a region must read one and hand on one")
     helpers = [j for j in idx if j not in own and not any(o in shared for o in nodes[j].output)]
     return Region(p, idx, tensors[0], leaving[0], {v: const(v) for v in set(ext) if const(v) is not None},
-                  _classes(nodes[min(own)]), helpers)
+                  _classes(nodes[min(own)]), helpers, shaped)
 
 
 def _submodel(imp, r: Region, batch) -> onnx.ModelProto:
     nodes = [imp.model.graph.node[i] for i in r.nodes]
-    shape = [batch, *imp.shape(imp.env[r.x])]
     inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in r.consts.items()]
-    g = helper.make_graph(nodes, "region", [helper.make_tensor_value_info(r.x, onnx.TensorProto.FLOAT, shape)],
+    ins = [helper.make_tensor_value_info(v, onnx.TensorProto.FLOAT, [batch, *imp.shape(imp.env[v])])
+           for v in [r.x, *r.shaped]]
+    g = helper.make_graph(nodes, "region", ins,
                           [helper.make_tensor_value_info(r.out, onnx.TensorProto.FLOAT, None)], inits)
     m = helper.make_model(g, opset_imports=list(imp.model.opset_import))
     m.ir_version = imp.model.ir_version
@@ -392,7 +399,7 @@ def read_region(imp, r, add) -> tuple[str, Region] | None:
         imp.problems = [pr for pr in imp.problems if pr.where not in names]  # they run inside the proof
         imp.done.update(r.helpers)
     x = imp.env.get(r.x)
-    if not isinstance(x, str):
+    if not isinstance(x, str) or not all(isinstance(imp.env.get(v), str) for v in r.shaped):
         return None
     shape = imp.shape(x)
     batch = imp.static_batch or 2
@@ -404,7 +411,8 @@ def read_region(imp, r, add) -> tuple[str, Region] | None:
     xs = [rng.standard_normal((batch, *shape)).astype(np.float32) for _ in range(DRAWS)]
     try:
         sess = ort.InferenceSession(_submodel(imp, r, batch).SerializeToString(), providers=["CPUExecutionProvider"])
-        refs = [sess.run(None, {r.x: v})[0] for v in xs]
+        shaped = {v: np.zeros((batch, *imp.shape(imp.env[v])), np.float32) for v in r.shaped}
+        refs = [sess.run(None, {r.x: v, **shaped})[0] for v in xs]
     except Exception as e:  # noqa: BLE001 - a region ORT cannot run alone is not read this way
         raise RegionMismatchError(f"module {r.path!r}: the region cannot be evaluated on its own "
                                   f"({type(e).__name__}: {str(e)[:300]})", node=r.path, rule="from_onnx",

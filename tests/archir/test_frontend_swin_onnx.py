@@ -1,5 +1,5 @@
 """swin-onnx: Swin V1, Swin V2 and MaxViT from torch's own ONNX exports (TorchScript with a dynamic batch, dynamo
-with a static batch; Swin V1 and MaxViT also dynamo with a dynamic batch) read back through ``from_onnx`` (issue 17,
+with a static and with a dynamic batch) read back through ``from_onnx`` (issue 17,
 item 5).
 
 Each attention module (``ShiftedWindowAttention``, ``ShiftedWindowAttentionV2``,
@@ -283,7 +283,7 @@ def test_cpb_fc1_recovered_by_least_squares_from_the_folded_table():
     np.testing.assert_allclose(got_b, b1, atol=1e-5)
 
 
-@pytest.fixture(scope="module", params=["swin", "maxvit"])  # Swin V2's: not read yet (docs note (8))
+@pytest.fixture(scope="module", params=list(_MODELS))
 def dyn_exported(request):
     """dynamo with a dynamic batch (sample batch 2)."""
     pytest.importorskip("onnxscript")

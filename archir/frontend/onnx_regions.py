@@ -12,8 +12,9 @@ proved by evaluation**:
    holds a relative-position table ``((2a-1)(2b-1), heads)``, a V2 ``cpb_mlp`` first weight ``(hidden, 2)`` or
    that layer folded on the coordinate table ``(1, 2a-1, 2b-1, hidden)`` (dynamo), and a qkv weight ``(3C, C)``
    among its constants, and no module below it does (the deepest such module). A candidate must read exactly one
-   network tensor from outside (everything else it reads is a constant) and exactly one of its values may be read
-   outside it (or be a graph output); else it is left to the op-for-op reader (which then names what it cannot
+   network tensor from outside (everything else it reads is a constant, or a network tensor it takes only the
+   ``Shape`` / ``Size`` of: dynamo's Swin V2 reads the batch size from the graph input) and exactly one of its
+   values may be read outside it (or be a graph output); else it is left to the op-for-op reader (which then names what it cannot
    read).
 2. *Candidates.* The op (``window_attention``, ``window_attention_v2``, ``rel_attention``), its weights and attrs are
    read from the region's constants by shape: qkv ``(3C, C)`` (or its transpose), the output projection ``(C, C)``

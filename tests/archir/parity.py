@@ -19,6 +19,26 @@ def ort_run(g, x: np.ndarray) -> np.ndarray:
     return s.run(None, {g.inputs[0]: x})[0]
 
 
+def ort_file(proto, x: np.ndarray) -> np.ndarray:
+    """An ONNX file's (``onnx.ModelProto``) first output under ONNX Runtime (CPU) on ``x``, fed to its first input."""
+    s = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+
+def assert_matches_file_at_batches(g, m: torch.nn.Module, proto, shape, batches=(1, 3)) -> None:
+    """``to_fx(g)`` of the graph read from ``proto`` agrees with ORT on that file (1e-5) and with ``m`` (1e-4) on
+    random ``(batch, *shape)`` inputs at each of ``batches`` (sizes other than the export's: a dynamic batch)."""
+    fx = to_fx(g).eval()
+    for batch in batches:
+        x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            got = fx(x).numpy()
+            want = m(x).numpy()
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, ort_file(proto, x.numpy()), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def assert_matches_module(g, m: torch.nn.Module, x: torch.Tensor, tol: float = 1e-4) -> np.ndarray:
     """``to_fx(g)`` and ``to_onnx(g)`` under ORT agree with ``m`` on ``x`` (rtol = atol = ``tol``), on outputs that
     are not near zero (a parity check on vanishing outputs would prove nothing); returns the module's output."""

@@ -24,7 +24,7 @@ import torch
 
 from archir.frontend import from_onnx
 from archir.lower import to_fx
-from tests.archir.parity import dynamo_export
+from tests.archir.parity import dynamo_export, ort_file as _ort
 from tests.archir.test_frontend_families import TV_FAMILIES, build_torchvision
 
 pytestmark = pytest.mark.slow
@@ -37,10 +37,6 @@ ort = pytest.importorskip("onnxruntime")
 NOT_HERE = {"vit", "swin", "maxvit", "vgg11", "alexnet", "mobilenet_v3_large", "shufflenet_v2_x1_0"}
 DYNAMO_FAMILIES = [f for f in TV_FAMILIES if f not in NOT_HERE]
 
-
-def _ort(proto, x: np.ndarray) -> np.ndarray:
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
 def test_the_list_covers_every_cnn_family():

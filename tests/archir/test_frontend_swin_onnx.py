@@ -32,7 +32,7 @@ from onnx import numpy_helper
 from archir.frontend import UnsupportedModelError, from_onnx, onnx_regions
 from archir.frontend.onnx_regions import RegionMismatchError
 from archir.lower import to_fx
-from tests.archir.parity import dynamo_export
+from tests.archir.parity import assert_matches_file_at_batches, dynamo_export, ort_file as _ort
 
 ort = pytest.importorskip("onnxruntime")
 tvs = pytest.importorskip("torchvision.models.swin_transformer")
@@ -86,10 +86,6 @@ def _export(m, dynamo: bool) -> onnx.ModelProto:
     finally:
         logging.disable(logging.NOTSET)
 
-
-def _ort(proto, x):
-    s = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    return s.run(None, {s.get_inputs()[0].name: x})[0]
 
 
 _MODELS = {"swin": (_swin, "window_attention", 4), "maxvit": (_maxvit, "rel_attention", 4),
@@ -300,15 +296,7 @@ def test_dynamo_dynamic_batch_imports_and_matches_at_two_batches(dyn_exported):
     assert ops.count(op) == blocks
     assert "gather" not in ops and not {"attention", "window_attention_v2", "rel_attention", "window_attention"} - {
         op} & set(ops)
-    fx = to_fx(g).eval()
-    for batch in (1, 3):
-        x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch))
-        with torch.no_grad():
-            got = fx(x).numpy()
-            want = m(x).numpy()
-        assert got.shape == (batch, 10)
-        np.testing.assert_allclose(got, _ort(proto, x.numpy()), rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert_matches_file_at_batches(g, m, proto, (3, 32, 32))
 
 
 def _flat_gather(proto):

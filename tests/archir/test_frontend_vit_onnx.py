@@ -29,6 +29,7 @@ from torch import nn
 
 from archir.frontend import UnsupportedModelError, from_onnx, from_torch
 from archir.lower import to_fx
+from tests.archir.parity import ort_file as _ort
 from tests.archir.test_frontend_vit import _randomize, _small_vit
 
 ort = pytest.importorskip("onnxruntime")
@@ -53,10 +54,6 @@ def _export(m: nn.Module, shape, dynamo: bool, batch: int = 2) -> onnx.ModelProt
     finally:
         logging.disable(logging.NOTSET)
 
-
-def _ort(proto: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    s = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    return s.run(None, {s.get_inputs()[0].name: x})[0]
 
 
 @pytest.fixture(scope="module")

@@ -2169,8 +2169,6 @@ _PER_SAMPLE_OPS = ("Range(s, s + N * d, d) with constant integers s, d", "Add", 
 _PER_SAMPLE_MAX = 1 << 16
 
 
-
-
 def _sympy():
     import sympy
 
